@@ -1,0 +1,79 @@
+// The safe gossip-ingest surface: the json wire form of OR-Map entries, and
+// validation of anything a peer sends before it touches a map or a clock.
+//
+// Wire form (docs/reference/wire.md):
+//   hlc       [wall_ms, logical]                      two unsigned integers
+//   value     {"v": payload, "d": [[node, hlc], ...]} a non-empty dot set
+//   tombstone {"t": hlc}
+//   map       {key: entry, ...}
+//
+// Every function here takes ANY json (a peer may send an array, a string,
+// null, huge numbers, deep nesting) and never throws on its content: invalid
+// entries are dropped one by one, the rest are kept.
+#pragma once
+
+#include <barrel_p2p/hlc.hpp>
+#include <barrel_p2p/ormap.hpp>
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace barrel_p2p::crdt_wire {
+
+/// Application check of a value (the "leaf"): false or an exception rejects
+/// that entry alone. Tombstones carry no value and are not passed to it.
+using leaf_validator = std::function<bool(const std::string& key, const json& value)>;
+
+/// Bounds on the wrapper, so a peer cannot make one entry expensive.
+struct limits {
+  std::size_t max_key_bytes = 1024;
+  std::size_t max_node_id_bytes = 255;
+  /// Most dots accepted in one entry's dot set (only the greatest is kept).
+  std::size_t max_dots = 64;
+};
+
+[[nodiscard]] json encode_hlc(const hlc_timestamp& ts);
+[[nodiscard]] json encode_entry(const entry& e);
+[[nodiscard]] json encode_map(const ormap& m);
+
+/// Parses an HLC; nullopt unless it is a valid timestamp the clock admits
+/// (within the maximum forward offset).
+[[nodiscard]] std::optional<hlc_timestamp> decode_hlc(const json& j,
+                                                      const hlc_clock& clock) noexcept;
+
+/// Validates and converts one entry; nullopt when the wrapper is malformed or
+/// the leaf rejects the value. The dot set is reduced to its greatest dot.
+[[nodiscard]] std::optional<entry> decode_entry(const std::string& key, const json& j,
+                                                const hlc_clock& clock,
+                                                const leaf_validator& leaf = {},
+                                                const limits& lim = {}) noexcept;
+
+/// True when decode_entry would accept `j`.
+[[nodiscard]] bool valid_entry(const std::string& key, const json& j,
+                               const hlc_clock& clock, const leaf_validator& leaf = {},
+                               const limits& lim = {}) noexcept;
+
+/// The valid entries of `payload` as a map; a non-object payload gives an
+/// empty map. `rejected`, when given, receives how many entries were dropped.
+[[nodiscard]] ormap accept(const json& payload, const hlc_clock& clock,
+                           const leaf_validator& leaf = {}, std::size_t* rejected = nullptr,
+                           const limits& lim = {}) noexcept;
+
+struct ingest_result {
+  /// The validated, filtered sub-map of the input (a whole snapshot on full
+  /// sync). Only these entries advanced the clock.
+  ormap accepted;
+  /// Keys whose local entry changed: emit events for exactly these.
+  std::vector<std::string> changed;
+  /// Entries dropped as invalid.
+  std::size_t rejected = 0;
+};
+
+/// accept + absorb_clock + merge in one step. `local` is left unchanged by
+/// anything invalid; nothing thrown reaches the caller from peer content.
+ingest_result ingest(ormap& local, const json& incoming, hlc_clock& clock,
+                     const leaf_validator& leaf = {}, const limits& lim = {});
+
+}  // namespace barrel_p2p::crdt_wire

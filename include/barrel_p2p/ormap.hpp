@@ -1,0 +1,129 @@
+// Last-write-wins OR-Map: the state every replica converges on.
+//
+// Pure data, no I/O. Each key holds either a value {payload, dot} or a
+// tombstone {hlc}. A dot names one write: the node that made it and the HLC
+// it made it at. Merge keeps, per key, the entry that wins:
+//   * value vs value:     the greater dot (HLC, then node id) wins;
+//   * tombstone vs value: the tombstone wins only if its HLC is strictly
+//                          greater than the value's; on a tie the value wins;
+//   * tombstone vs tombstone: the greater HLC.
+// These rules are a total order on entries, so merge is "take the maximum":
+// commutative, associative and idempotent, and replicas that see the same
+// writes in any order, with duplicates, end equal.
+//
+// Why one dot and not a growing dot set: the specification's entry carries a
+// dot set, but merge only ever reads its greatest dot. A smaller dot can never
+// win again (any later comparison is against the maximum), so keeping it buys
+// nothing and costs memory that grows with every write to the key. We keep the
+// winning dot; the wire form still carries a set, and ingest reduces it to its
+// maximum. See docs/concepts/or-map.md.
+#pragma once
+
+#include <barrel_p2p/hlc.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace barrel_p2p {
+
+using json = nlohmann::json;
+
+/// One write: who made it and when. Ordered by HLC, then by node id, so two
+/// nodes writing with the same HLC still resolve the same way everywhere.
+struct dot {
+  std::string node;
+  hlc_timestamp hlc;
+
+  friend bool operator==(const dot&, const dot&) = default;
+  friend std::strong_ordering operator<=>(const dot& a, const dot& b) {
+    if (auto c = a.hlc <=> b.hlc; c != 0) return c;
+    return a.node.compare(b.node) <=> 0;
+  }
+};
+
+/// A live value and the write that produced it.
+struct value_entry {
+  json payload;
+  barrel_p2p::dot dot;
+  friend bool operator==(const value_entry&, const value_entry&) = default;
+};
+
+/// A removal, remembered so that an older add arriving late cannot resurrect
+/// the key. Collected by gc_tombstones once older than the map's TTL.
+struct tombstone {
+  hlc_timestamp hlc;
+  friend bool operator==(const tombstone&, const tombstone&) = default;
+};
+
+using entry = std::variant<value_entry, tombstone>;
+
+/// The HLC that decides an entry's fate: the dot's for a value.
+[[nodiscard]] const hlc_timestamp& entry_hlc(const entry& e) noexcept;
+/// True when `incoming` would replace `current` under the merge rules.
+[[nodiscard]] bool entry_wins(const entry& incoming, const entry& current);
+
+class ormap {
+ public:
+  using container = std::unordered_map<std::string, entry>;
+
+  /// Local write: records `payload` under `key` with the dot {node, hlc} and
+  /// returns the delta to broadcast (a one-key map). The caller passes a
+  /// fresh HLC from its clock, so the local write wins locally.
+  ormap add(const std::string& key, json payload, const std::string& node,
+            const hlc_timestamp& hlc);
+
+  /// Local removal: a tombstone at `hlc`. Returns the delta to broadcast.
+  ormap remove(const std::string& key, const hlc_timestamp& hlc);
+
+  /// The live value of `key`, or nullopt when absent or removed.
+  [[nodiscard]] std::optional<json> get(const std::string& key) const;
+  /// The raw entry (value or tombstone), or nullptr.
+  [[nodiscard]] const entry* get_entry(const std::string& key) const;
+
+  /// Live keys, sorted.
+  [[nodiscard]] std::vector<std::string> keys() const;
+  /// Live key/value pairs, sorted by key.
+  [[nodiscard]] std::vector<std::pair<std::string, json>> to_list() const;
+  /// True when no key holds a live value (tombstones do not count).
+  [[nodiscard]] bool is_empty() const;
+  /// Number of live values.
+  [[nodiscard]] std::size_t live_size() const;
+  /// Number of entries, tombstones included.
+  [[nodiscard]] std::size_t entry_count() const noexcept { return entries_.size(); }
+
+  /// Merges one entry; true when the local entry changed.
+  bool merge_entry(const std::string& key, const entry& incoming);
+  /// Merges another map. Returns the keys whose entry changed, in the order
+  /// met, so a caller can emit events for exactly those.
+  std::vector<std::string> merge(const ormap& other);
+
+  /// Advances `clock` past every HLC in this map, so the next local write
+  /// beats everything merged so far. Entries must be admissible (ingest
+  /// guarantees it); throws hlc_offset_error otherwise.
+  void absorb_clock(hlc_clock& clock) const;
+
+  /// Drops tombstones whose HLC wall time is older than `cutoff_wall_ms`.
+  /// Values are never touched. Returns how many were dropped.
+  std::size_t gc_tombstones(std::uint64_t cutoff_wall_ms);
+
+  /// Direct access for iteration (snapshot, wire encoding).
+  [[nodiscard]] const container& entries() const noexcept { return entries_; }
+
+  /// Removes every entry whose winning write was made by `node` (values
+  /// only), returning their keys. Backs prune-on-peer-down.
+  std::vector<std::string> remove_values_by(const std::string& node);
+
+  friend bool operator==(const ormap&, const ormap&) = default;
+
+ private:
+  container entries_;
+};
+
+}  // namespace barrel_p2p

@@ -1,0 +1,124 @@
+#include "barrel_p2p/ormap.hpp"
+
+#include <algorithm>
+
+namespace barrel_p2p {
+
+const hlc_timestamp& entry_hlc(const entry& e) noexcept {
+  if (const auto* v = std::get_if<value_entry>(&e)) return v->dot.hlc;
+  return std::get<tombstone>(e).hlc;
+}
+
+// The total order behind merge. Entries rank by HLC; at equal HLC a value
+// ranks above a tombstone (a tombstone must be strictly newer to win), values
+// then rank by node id. Two values with the same dot are the same write; should
+// a faulty peer send a different payload under an existing dot, the payloads'
+// own order decides so that replicas still agree.
+bool entry_wins(const entry& incoming, const entry& current) {
+  const auto& in_hlc = entry_hlc(incoming);
+  const auto& cur_hlc = entry_hlc(current);
+  if (in_hlc != cur_hlc) return in_hlc > cur_hlc;
+  const auto* in_v = std::get_if<value_entry>(&incoming);
+  const auto* cur_v = std::get_if<value_entry>(&current);
+  if (!in_v || !cur_v) return in_v != nullptr && cur_v == nullptr;
+  if (in_v->dot.node != cur_v->dot.node) return in_v->dot.node > cur_v->dot.node;
+  return cur_v->payload < in_v->payload;
+}
+
+ormap ormap::add(const std::string& key, json payload, const std::string& node,
+                 const hlc_timestamp& hlc) {
+  ormap delta;
+  delta.entries_.emplace(key, value_entry{std::move(payload), {node, hlc}});
+  merge_entry(key, delta.entries_.begin()->second);
+  return delta;
+}
+
+ormap ormap::remove(const std::string& key, const hlc_timestamp& hlc) {
+  ormap delta;
+  delta.entries_.emplace(key, tombstone{hlc});
+  merge_entry(key, delta.entries_.begin()->second);
+  return delta;
+}
+
+std::optional<json> ormap::get(const std::string& key) const {
+  const auto* e = get_entry(key);
+  if (!e) return std::nullopt;
+  if (const auto* v = std::get_if<value_entry>(e)) return v->payload;
+  return std::nullopt;
+}
+
+const entry* ormap::get_entry(const std::string& key) const {
+  auto it = entries_.find(key);
+  return it == entries_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> ormap::keys() const {
+  std::vector<std::string> out;
+  for (const auto& [k, e] : entries_)
+    if (std::holds_alternative<value_entry>(e)) out.push_back(k);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<std::pair<std::string, json>> ormap::to_list() const {
+  std::vector<std::pair<std::string, json>> out;
+  for (const auto& [k, e] : entries_)
+    if (const auto* v = std::get_if<value_entry>(&e)) out.emplace_back(k, v->payload);
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  return out;
+}
+
+bool ormap::is_empty() const { return live_size() == 0; }
+
+std::size_t ormap::live_size() const {
+  return static_cast<std::size_t>(std::count_if(
+      entries_.begin(), entries_.end(),
+      [](const auto& kv) { return std::holds_alternative<value_entry>(kv.second); }));
+}
+
+bool ormap::merge_entry(const std::string& key, const entry& incoming) {
+  auto [it, inserted] = entries_.try_emplace(key, incoming);
+  if (inserted) return true;
+  if (!entry_wins(incoming, it->second)) return false;
+  it->second = incoming;
+  return true;
+}
+
+std::vector<std::string> ormap::merge(const ormap& other) {
+  std::vector<std::string> changed;
+  for (const auto& [k, e] : other.entries_)
+    if (merge_entry(k, e)) changed.push_back(k);
+  return changed;
+}
+
+void ormap::absorb_clock(hlc_clock& clock) const {
+  if (entries_.empty()) return;
+  const auto newest = std::max_element(
+      entries_.begin(), entries_.end(),
+      [](const auto& a, const auto& b) { return entry_hlc(a.second) < entry_hlc(b.second); });
+  clock.update(entry_hlc(newest->second));
+}
+
+std::size_t ormap::gc_tombstones(std::uint64_t cutoff_wall_ms) {
+  return std::erase_if(entries_, [cutoff_wall_ms](const auto& kv) {
+    const auto* t = std::get_if<tombstone>(&kv.second);
+    return t && t->hlc.wall_ms < cutoff_wall_ms;
+  });
+}
+
+std::vector<std::string> ormap::remove_values_by(const std::string& node) {
+  std::vector<std::string> removed;
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    const auto* v = std::get_if<value_entry>(&it->second);
+    if (v && v->dot.node == node) {
+      removed.push_back(it->first);
+      it = entries_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return removed;
+}
+
+}  // namespace barrel_p2p
