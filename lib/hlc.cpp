@@ -20,6 +20,7 @@ std::optional<hlc_timestamp> hlc_timestamp::from_bytes(
   hlc_timestamp ts;
   for (int i = 0; i < 8; ++i) ts.wall_ms = (ts.wall_ms << 8) | bytes[i];
   for (int i = 0; i < 4; ++i) ts.logical = (ts.logical << 8) | bytes[8 + i];
+  if (!ts.valid()) return std::nullopt;
   return ts;
 }
 

@@ -13,7 +13,7 @@ const hlc_timestamp& entry_hlc(const entry& e) noexcept {
 // ranks above a tombstone (a tombstone must be strictly newer to win), values
 // then rank by node id. Two values with the same dot are the same write; should
 // a faulty peer send a different payload under an existing dot, the payloads'
-// own order decides so that replicas still agree.
+// encoded bytes decide so that replicas still agree.
 bool entry_wins(const entry& incoming, const entry& current) {
   const auto& in_hlc = entry_hlc(incoming);
   const auto& cur_hlc = entry_hlc(current);
@@ -22,7 +22,10 @@ bool entry_wins(const entry& incoming, const entry& current) {
   const auto* cur_v = std::get_if<value_entry>(&current);
   if (!in_v || !cur_v) return in_v != nullptr && cur_v == nullptr;
   if (in_v->dot.node != cur_v->dot.node) return in_v->dot.node > cur_v->dot.node;
-  return cur_v->payload < in_v->payload;
+  if (in_v->payload == cur_v->payload) return false;
+  // Same dot, different payloads: only a faulty peer does this. The encoded
+  // bytes give a total order (json's own order has 1 == 1.0 and NaN).
+  return json::to_cbor(cur_v->payload) < json::to_cbor(in_v->payload);
 }
 
 ormap ormap::add(const std::string& key, json payload, const std::string& node,

@@ -55,7 +55,8 @@ struct hlc_timestamp {
   /// comparison of two encodings gives the timestamp order.
   static constexpr std::size_t binary_size = 12;
   [[nodiscard]] std::array<std::uint8_t, binary_size> to_bytes() const noexcept;
-  /// Parses the 12-byte form; nullopt when the span is not exactly 12 bytes.
+  /// Parses the 12-byte form; nullopt when the span is not exactly 12 bytes
+  /// or the timestamp is not valid().
   [[nodiscard]] static std::optional<hlc_timestamp> from_bytes(
       std::span<const std::uint8_t> bytes) noexcept;
 

@@ -1,0 +1,122 @@
+// A bounded stream of events, consumed with `co_await stream.next()`.
+//
+// Publishers never block and never buffer without bound: each subscriber has
+// a buffer of `capacity` events; when it is full the OLDEST event is dropped
+// and counted (dropped()), so a slow subscriber loses history, not the
+// present, and the publisher (membership, a map) is never held up. A
+// subscriber that sees dropped() grow should re-read the current state.
+#pragma once
+
+#include <barrel_p2p/task.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <vector>
+
+namespace barrel_p2p {
+
+template <class T>
+class event_publisher;
+
+template <class T>
+class event_stream {
+ public:
+  event_stream() = default;
+
+  /// The next event, or nullopt once the publisher is gone or closed and the
+  /// buffer is drained. One reader at a time.
+  task<std::optional<T>> next() {
+    auto st = state_;
+    if (!st) co_return std::nullopt;
+    while (st->queue.empty() && !st->closed) {
+      boost::asio::steady_timer wake(st->ex, boost::asio::steady_timer::time_point::max());
+      st->waiter = &wake;
+      co_await wake.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
+      st->waiter = nullptr;
+      if (!st->woken) co_return std::nullopt;  // cancelled
+      st->woken = false;
+    }
+    if (st->queue.empty()) co_return std::nullopt;
+    T ev = std::move(st->queue.front());
+    st->queue.pop_front();
+    co_return ev;
+  }
+
+  /// Events buffered and not yet read.
+  [[nodiscard]] std::size_t pending() const { return state_ ? state_->queue.size() : 0; }
+  /// Events dropped because the buffer was full.
+  [[nodiscard]] std::uint64_t dropped() const { return state_ ? state_->dropped : 0; }
+  [[nodiscard]] bool valid() const { return state_ != nullptr; }
+
+ private:
+  friend class event_publisher<T>;
+  struct state {
+    executor ex;
+    std::size_t capacity;
+    std::deque<T> queue;
+    std::uint64_t dropped = 0;
+    bool closed = false;
+    bool woken = false;
+    boost::asio::steady_timer* waiter = nullptr;
+
+    void wake() {
+      if (waiter) {
+        woken = true;
+        waiter->cancel();
+      }
+    }
+  };
+  explicit event_stream(std::shared_ptr<state> s) : state_(std::move(s)) {}
+  std::shared_ptr<state> state_;
+};
+
+template <class T>
+class event_publisher {
+ public:
+  explicit event_publisher(executor ex) : ex_(std::move(ex)) {}
+  ~event_publisher() { close(); }
+
+  /// A new subscriber, seeing events published from now on.
+  [[nodiscard]] event_stream<T> subscribe(std::size_t capacity = 1024) {
+    auto st = std::make_shared<typename event_stream<T>::state>();
+    st->ex = ex_;
+    st->capacity = capacity == 0 ? 1 : capacity;
+    subscribers_.push_back(st);
+    return event_stream<T>(st);
+  }
+
+  void publish(const T& ev) {
+    std::erase_if(subscribers_, [](const auto& w) { return w.expired(); });
+    for (const auto& w : subscribers_) {
+      auto st = w.lock();
+      if (st->queue.size() >= st->capacity) {
+        st->queue.pop_front();
+        ++st->dropped;
+      }
+      st->queue.push_back(ev);
+      st->wake();
+    }
+  }
+
+  /// Ends every stream: readers get nullopt after draining.
+  void close() {
+    for (const auto& w : subscribers_)
+      if (auto st = w.lock()) {
+        st->closed = true;
+        st->wake();
+      }
+    subscribers_.clear();
+  }
+
+ private:
+  executor ex_;
+  std::vector<std::weak_ptr<typename event_stream<T>::state>> subscribers_;
+};
+
+}  // namespace barrel_p2p

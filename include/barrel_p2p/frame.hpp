@@ -1,0 +1,131 @@
+// Frames and handshake messages of the TCP transport, as pure functions.
+//
+// No I/O here: tcp_transport.cpp reads and writes bytes, these functions say
+// what the bytes mean. Everything that looks at bytes or json from a peer is
+// noexcept and reports a bad shape as a value, so the fuzzer (and a hostile
+// peer) can feed it anything.
+//
+// Frame:  u32 big-endian length of what follows | u8 channel | CBOR body
+// Hello:  {"v": u32, "id": s, "host": s, "port": u16, "nonce": 32 bytes}
+// Auth:   {"mac": 32 bytes}, HMAC-SHA256 over the peer's nonce (compute_mac)
+// See docs/reference/wire.md for the whole exchange.
+#pragma once
+
+#include <barrel_p2p/transport.hpp>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <vector>
+
+namespace barrel_p2p {
+
+/// The bytes before a body: the u32 length and the u8 channel.
+inline constexpr std::size_t frame_header_size = 5;
+
+/// Largest frame accepted before a peer has authenticated: hello and auth are
+/// well under 600 bytes, and an unauthenticated peer should not make us
+/// allocate max_frame_bytes.
+inline constexpr std::size_t handshake_max_frame_bytes = 1024;
+
+using frame_header_bytes = std::array<std::uint8_t, frame_header_size>;
+
+/// A validated header: which channel, and how many body bytes follow.
+struct frame_header {
+  channel ch = channel::control;
+  std::size_t body_size = 0;
+};
+
+enum class frame_error {
+  none,
+  truncated,        ///< fewer than frame_header_size bytes
+  zero_length,      ///< length 0: not even a channel byte
+  empty_body,       ///< length 1: a channel but no CBOR item
+  oversized,        ///< 4 + length > max_frame_bytes
+  unknown_channel,  ///< channel byte beyond the known channels
+};
+[[nodiscard]] std::string_view to_string(frame_error e) noexcept;
+
+struct parsed_frame_header {
+  frame_error error = frame_error::none;
+  frame_header header;
+  /// The length field as received (for log lines), when there was one.
+  std::uint32_t length = 0;
+  explicit operator bool() const noexcept { return error == frame_error::none; }
+};
+
+/// The header of a frame carrying `body_size` bytes on `ch`.
+/// Precondition: body_size < 2^32 - 1 (callers check max_frame_bytes first).
+[[nodiscard]] frame_header_bytes encode_frame_header(channel ch, std::size_t body_size) noexcept;
+
+/// Reads and validates a header from the first frame_header_size bytes of
+/// `bytes` against `max_frame_bytes` (the whole frame, length field
+/// included). Decides from the length field alone, before the body exists.
+[[nodiscard]] parsed_frame_header parse_frame_header(std::span<const std::uint8_t> bytes,
+                                                     std::size_t max_frame_bytes) noexcept;
+
+/// Checks the length field alone (the first 4 bytes of `bytes`), as soon as
+/// it has arrived: a zero length has no channel byte to wait for, and an
+/// oversized one is refused before anything more is read. `header` is not
+/// filled; parse_frame_header decides the rest once the channel byte is in.
+[[nodiscard]] parsed_frame_header parse_frame_length(std::span<const std::uint8_t> bytes,
+                                                     std::size_t max_frame_bytes) noexcept;
+
+/// A whole frame (header and body) in one buffer: for tests and tools; the
+/// transport writes header and shared body as two buffers instead.
+[[nodiscard]] std::vector<std::uint8_t> encode_frame(channel ch,
+                                                     std::span<const std::uint8_t> body);
+
+// ---------------------------------------------------------------- handshake
+
+inline constexpr std::size_t handshake_nonce_size = 32;
+inline constexpr std::size_t handshake_mac_size = 32;
+using handshake_nonce = std::array<std::uint8_t, handshake_nonce_size>;
+using handshake_mac = std::array<std::uint8_t, handshake_mac_size>;
+
+/// The first message each side sends: who it is, which protocol it speaks,
+/// and a fresh challenge for the other side to answer.
+struct hello_message {
+  std::uint32_t version = 0;
+  peer_descriptor self;
+  handshake_nonce nonce{};
+};
+
+[[nodiscard]] json make_hello(const hello_message& hello);
+/// Validating parse of a peer's hello: nullopt on any bad shape (missing or
+/// mistyped field, id or host empty or over 255 bytes, port over 65535,
+/// version over u32, nonce not exactly 32 bytes). Never throws. The version
+/// is returned as sent; whether it is acceptable is the caller's decision.
+[[nodiscard]] std::optional<hello_message> parse_hello(const json& j) noexcept;
+
+[[nodiscard]] json make_auth(const handshake_mac& mac);
+/// Validating parse of a peer's auth: the 32-byte mac, or nullopt. Never throws.
+[[nodiscard]] std::optional<handshake_mac> parse_auth(const json& j) noexcept;
+
+/// The heartbeat sent on an idle connection (channel control).
+[[nodiscard]] json make_heartbeat();
+
+/// 32 bytes from the OpenSSL CSPRNG. Throws std::runtime_error if it fails.
+[[nodiscard]] handshake_nonce random_nonce();
+
+/// HMAC-SHA256(secret, "barrel_p2p-auth" | peer_nonce | own_id | peer_id),
+/// every field preceded by its u32 big-endian length so that no two
+/// different field lists give the same bytes. `own_id` is the id of the side
+/// that sends the mac: binding both ids and the direction means a mac cannot
+/// be reflected back or replayed to another node.
+[[nodiscard]] handshake_mac compute_mac(std::string_view secret, const handshake_nonce& peer_nonce,
+                                        std::string_view own_id, std::string_view peer_id);
+
+/// Constant-time comparison (CRYPTO_memcmp).
+[[nodiscard]] bool mac_equal(const handshake_mac& a, const handshake_mac& b) noexcept;
+
+/// True when `received` is the mac `peer_id` must send to `own_id`, whose
+/// challenge was `own_nonce`. Never throws.
+[[nodiscard]] bool verify_mac(std::string_view secret, const handshake_nonce& own_nonce,
+                              std::string_view own_id, std::string_view peer_id,
+                              const handshake_mac& received) noexcept;
+
+}  // namespace barrel_p2p

@@ -1,0 +1,101 @@
+// The in-process simulated network: many nodes in one process, on virtual
+// time, deterministic from a seed.
+//
+// Every component above the transport runs on it unchanged: each node gets a
+// transport (addresses are {"sim", index}) and a scheduler whose sleeps are
+// events on one virtual timeline. run_for() executes the timeline: it runs
+// every ready coroutine on the io_context, then jumps virtual time to the next
+// event. With one thread and a seeded generator, the same seed gives the same
+// sequence of events.
+//
+// Failure model: a message is delivered after latency ± jitter (jitter
+// reorders), may be lost or duplicated; partitions (also one-way) drop
+// messages and, like heartbeats would, close the connections that cross them
+// after failure_detection; a killed node is silent (a crash): its peers see
+// the connection fail after failure_detection. A killed node's objects keep
+// running in isolation; revive() reconnects it to the network.
+#pragma once
+
+#include <barrel_p2p/scheduler.hpp>
+#include <barrel_p2p/transport.hpp>
+
+#include <boost/asio/io_context.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace barrel_p2p {
+
+struct sim_config {
+  /// One-way delivery time, and the uniform ± jitter around it.
+  duration latency{5};
+  duration jitter{2};
+  /// Probability that a message is lost, or delivered twice.
+  double loss = 0.0;
+  double duplicate = 0.0;
+  /// How long a peer takes to notice a crash or a cut link (the heartbeat
+  /// timeout of a real transport).
+  duration failure_detection{3000};
+  /// How long a dial to an unreachable node takes to fail.
+  duration connect_timeout{1000};
+  /// Virtual wall clock at time zero (HLC source), ms since the epoch.
+  std::uint64_t epoch_ms = 1'700'000'000'000;
+  std::uint64_t seed = 1;
+};
+
+/// Traffic seen by the whole network.
+struct sim_stats {
+  std::uint64_t messages_sent = 0;
+  std::uint64_t messages_delivered = 0;
+  std::uint64_t messages_lost = 0;  ///< loss, partitions, dead nodes
+  std::uint64_t bytes_sent = 0;
+  std::uint64_t events = 0;         ///< timeline events executed
+  std::uint64_t per_channel_sent[channel_count] = {};
+};
+
+class sim_network {
+ public:
+  explicit sim_network(boost::asio::io_context& io, sim_config config = {});
+  ~sim_network();
+  sim_network(const sim_network&) = delete;
+  sim_network& operator=(const sim_network&) = delete;
+
+  /// Creates a node's transport. Its address is {"sim", index}.
+  [[nodiscard]] std::unique_ptr<transport> add_node(const std::string& id);
+  /// A scheduler on the virtual timeline; `wall_skew` shifts its wall clock
+  /// (to test HLCs under clock skew).
+  [[nodiscard]] std::unique_ptr<scheduler> make_scheduler(duration wall_skew = duration{0});
+
+  /// Executes the timeline for `d` of virtual time.
+  void run_for(duration d);
+  /// Executes until `done()` holds (checked between events) or `limit` of
+  /// virtual time passed. Returns done().
+  bool run_until(const std::function<bool()>& done, duration limit);
+  [[nodiscard]] duration now() const;
+
+  /// Faults. Node ids must have been added.
+  void kill(const std::string& id);
+  void revive(const std::string& id);
+  [[nodiscard]] bool alive(const std::string& id) const;
+  /// Drops traffic from every node in `a` to every node in `b` (and back,
+  /// unless one_way), and fails the connections between them.
+  void partition(const std::set<std::string>& a, const std::set<std::string>& b,
+                 bool one_way = false);
+  void heal();
+  void set_loss(double loss);
+
+  [[nodiscard]] const sim_stats& stats() const;
+  [[nodiscard]] const sim_config& config() const;
+  [[nodiscard]] random_engine& rng();
+
+  struct impl;
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace barrel_p2p

@@ -1,0 +1,147 @@
+// Framed messages between node ids: the interface every layer above talks to.
+//
+// Two implementations: TCP (tcp_transport.hpp) and the in-process simulated
+// network (sim_network.hpp). Membership, broadcast and replicas run unchanged
+// on either. A message is a json value sent on a channel; the transport
+// encodes it as CBOR once (see encode_body) and delivers it decoded, already
+// bounded by cbor_limits, to the handler registered for its channel.
+//
+// Threading: a transport, its handlers and its callers all run on the node's
+// executor (strand). Handlers are called from the transport's reader
+// coroutine and must not block.
+#pragma once
+
+#include <barrel_p2p/task.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace barrel_p2p {
+
+using json = nlohmann::json;
+
+/// Where a node listens. For the simulated network, host is "sim" and port
+/// the node's index.
+struct peer_address {
+  std::string host;
+  std::uint16_t port = 0;
+
+  // Not an aggregate on purpose: GCC 12 destroys a braced aggregate temporary
+  // passed to a coroutine twice (`co_await t.connect({"h", 1})` crashes);
+  // with a user-provided constructor the same call is safe.
+  peer_address() = default;
+  peer_address(std::string h, std::uint16_t p) : host(std::move(h)), port(p) {}
+
+  friend bool operator==(const peer_address&, const peer_address&) = default;
+  [[nodiscard]] std::string to_string() const;
+};
+
+/// A node: its unique id and where it listens. Travels in membership
+/// messages as {"id": s, "host": s, "port": n}.
+struct peer_descriptor {
+  std::string id;
+  peer_address address;
+
+  peer_descriptor() = default;  // not an aggregate: see peer_address
+  peer_descriptor(std::string i, peer_address a) : id(std::move(i)), address(std::move(a)) {}
+  friend bool operator==(const peer_descriptor&, const peer_descriptor&) = default;
+};
+
+[[nodiscard]] json to_json(const peer_descriptor& d);
+/// Validating parse of a descriptor from a peer: nullopt on any bad shape
+/// (never throws). Ids are 1..255 bytes, hosts 1..255 bytes.
+[[nodiscard]] std::optional<peer_descriptor> descriptor_from_json(const json& j) noexcept;
+
+/// What a frame is for. The transport itself owns `control` (handshake,
+/// heartbeats); the others are dispatched to the layer that registered them.
+enum class channel : std::uint8_t {
+  control = 0,
+  membership = 1,
+  broadcast = 2,
+  replica = 3,
+};
+inline constexpr std::size_t channel_count = 4;
+
+/// A CBOR-encoded message body, encoded once and shared by every send (a
+/// broadcast to five peers encodes once, not five times).
+using message_body = std::shared_ptr<const std::vector<std::uint8_t>>;
+[[nodiscard]] message_body encode_body(const json& message);
+
+enum class disconnect_reason {
+  closed_locally,     ///< disconnect() or stop() on this node
+  closed_by_peer,     ///< orderly close or EOF from the peer
+  heartbeat_timeout,  ///< nothing heard within the heartbeat timeout
+  io_error,           ///< socket error
+  protocol_error,     ///< bad frame, oversized length, undecodable body
+  replaced,           ///< a simultaneous connection to the same peer won
+};
+[[nodiscard]] std::string_view to_string(disconnect_reason r) noexcept;
+
+/// Counters every transport keeps (exported as metrics).
+struct transport_counters {
+  std::uint64_t connections_opened = 0;
+  std::uint64_t connections_closed = 0;
+  std::uint64_t connect_failures = 0;
+  std::uint64_t handshake_failures = 0;  ///< bad version, wrong secret, timeout
+  std::uint64_t frames_sent = 0;
+  std::uint64_t frames_received = 0;
+  std::uint64_t bytes_sent = 0;
+  std::uint64_t bytes_received = 0;
+  std::uint64_t bad_frames = 0;          ///< oversized, unknown channel, bad CBOR
+  std::uint64_t send_queue_drops = 0;    ///< messages dropped by a full send queue
+  std::uint64_t heartbeat_timeouts = 0;
+};
+
+class transport {
+ public:
+  /// A connection is up (after the handshake). `inbound` is true when the
+  /// peer dialled us.
+  using connected_handler = std::function<void(const peer_descriptor& peer, bool inbound)>;
+  /// A connection is gone, for `reason`. Called once per connection that
+  /// reached connected_handler.
+  using disconnected_handler = std::function<void(const std::string& peer_id, disconnect_reason)>;
+  /// A message arrived on a channel from a connected peer.
+  using message_handler = std::function<void(const std::string& peer_id, json&& message)>;
+
+  virtual ~transport() = default;
+
+  /// This node's id and advertised address.
+  [[nodiscard]] virtual const peer_descriptor& self() const = 0;
+
+  /// Set before start(); one handler per channel (control is reserved).
+  virtual void on_connected(connected_handler h) = 0;
+  virtual void on_disconnected(disconnected_handler h) = 0;
+  virtual void on_message(channel ch, message_handler h) = 0;
+
+  /// Starts listening. Throws std::system_error when the address is taken.
+  virtual task<> start() = 0;
+  /// Closes every connection and ends every loop; returns when they have.
+  virtual task<> stop() = 0;
+
+  /// Dials `addr` (or reuses an existing connection to the node there) and
+  /// completes the handshake. Returns the peer as it identified itself, or
+  /// nullopt on refusal, timeout or a failed handshake (counted).
+  virtual task<std::optional<peer_descriptor>> connect(peer_address addr) = 0;
+
+  /// Queues `body` for a connected peer. False when there is no connection
+  /// or the peer's send queue is full (the message is dropped and counted).
+  virtual bool send(const std::string& peer_id, channel ch, const message_body& body) = 0;
+
+  /// Closes the connection to `peer_id`, if any. disconnected_handler runs
+  /// with closed_locally.
+  virtual void disconnect(const std::string& peer_id) = 0;
+
+  [[nodiscard]] virtual bool is_connected(const std::string& peer_id) const = 0;
+  [[nodiscard]] virtual std::vector<std::string> connected_peers() const = 0;
+  [[nodiscard]] virtual const transport_counters& counters() const = 0;
+};
+
+}  // namespace barrel_p2p

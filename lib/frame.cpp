@@ -1,0 +1,195 @@
+#include "barrel_p2p/frame.hpp"
+
+#include "barrel_p2p/cbor.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+
+namespace barrel_p2p {
+
+std::string_view to_string(frame_error e) noexcept {
+  switch (e) {
+    case frame_error::none: return "none";
+    case frame_error::truncated: return "truncated header";
+    case frame_error::zero_length: return "zero length";
+    case frame_error::empty_body: return "empty body";
+    case frame_error::oversized: return "oversized";
+    case frame_error::unknown_channel: return "unknown channel";
+  }
+  return "unknown";
+}
+
+frame_header_bytes encode_frame_header(channel ch, std::size_t body_size) noexcept {
+  const auto length = static_cast<std::uint32_t>(body_size + 1);
+  return {static_cast<std::uint8_t>(length >> 24), static_cast<std::uint8_t>(length >> 16),
+          static_cast<std::uint8_t>(length >> 8), static_cast<std::uint8_t>(length),
+          static_cast<std::uint8_t>(ch)};
+}
+
+parsed_frame_header parse_frame_length(std::span<const std::uint8_t> bytes,
+                                       std::size_t max_frame_bytes) noexcept {
+  parsed_frame_header out;
+  if (bytes.size() < 4) {
+    out.error = frame_error::truncated;
+    return out;
+  }
+  out.length = static_cast<std::uint32_t>(bytes[0]) << 24 |
+               static_cast<std::uint32_t>(bytes[1]) << 16 |
+               static_cast<std::uint32_t>(bytes[2]) << 8 | static_cast<std::uint32_t>(bytes[3]);
+  if (out.length == 0) out.error = frame_error::zero_length;
+  else if (std::size_t{4} + out.length > max_frame_bytes) out.error = frame_error::oversized;
+  return out;
+}
+
+parsed_frame_header parse_frame_header(std::span<const std::uint8_t> bytes,
+                                       std::size_t max_frame_bytes) noexcept {
+  auto out = parse_frame_length(bytes, max_frame_bytes);
+  if (!out) return out;
+  if (bytes.size() < frame_header_size) {
+    out.error = frame_error::truncated;
+    return out;
+  }
+  const std::uint8_t ch = bytes[4];
+  if (ch >= channel_count) {
+    out.error = frame_error::unknown_channel;
+  } else if (out.length == 1) {
+    out.error = frame_error::empty_body;
+  } else {
+    out.header = {static_cast<channel>(ch), std::size_t{out.length} - 1};
+  }
+  return out;
+}
+
+std::vector<std::uint8_t> encode_frame(channel ch, std::span<const std::uint8_t> body) {
+  const auto header = encode_frame_header(ch, body.size());
+  std::vector<std::uint8_t> out(header.size() + body.size());
+  std::copy(header.begin(), header.end(), out.begin());
+  std::copy(body.begin(), body.end(), out.begin() + static_cast<std::ptrdiff_t>(header.size()));
+  return out;
+}
+
+// ---------------------------------------------------------------- handshake
+
+namespace {
+
+template <std::size_t N>
+json to_binary(const std::array<std::uint8_t, N>& bytes) {
+  return json::binary(std::vector<std::uint8_t>(bytes.begin(), bytes.end()));
+}
+
+template <std::size_t N>
+std::optional<std::array<std::uint8_t, N>> from_binary(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_binary()) return std::nullopt;
+  const auto& bin = it->get_binary();
+  if (bin.size() != N) return std::nullopt;
+  std::array<std::uint8_t, N> out{};
+  std::copy(bin.begin(), bin.end(), out.begin());
+  return out;
+}
+
+void append_field(std::vector<std::uint8_t>& out, std::span<const std::uint8_t> field) {
+  const auto n = static_cast<std::uint32_t>(field.size());
+  out.push_back(static_cast<std::uint8_t>(n >> 24));
+  out.push_back(static_cast<std::uint8_t>(n >> 16));
+  out.push_back(static_cast<std::uint8_t>(n >> 8));
+  out.push_back(static_cast<std::uint8_t>(n));
+  out.insert(out.end(), field.begin(), field.end());
+}
+
+std::span<const std::uint8_t> bytes_of(std::string_view s) {
+  return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
+
+}  // namespace
+
+json make_hello(const hello_message& hello) {
+  return {{"v", hello.version},
+          {"id", hello.self.id},
+          {"host", hello.self.address.host},
+          {"port", hello.self.address.port},
+          {"nonce", to_binary(hello.nonce)}};
+}
+
+std::optional<hello_message> parse_hello(const json& j) noexcept {
+  try {
+    if (!j.is_object()) return std::nullopt;
+    auto v = j.find("v");
+    // CBOR decodes non-negative integers as unsigned; json built in memory
+    // may hold them as signed.
+    if (v == j.end() || !v->is_number_integer()) return std::nullopt;
+    if (v->is_number_integer() && !v->is_number_unsigned() && v->get<std::int64_t>() < 0)
+      return std::nullopt;
+    const auto version = v->get<std::uint64_t>();
+    if (version > std::numeric_limits<std::uint32_t>::max()) return std::nullopt;
+    auto self = descriptor_from_json(j);
+    if (!self) return std::nullopt;
+    auto nonce = from_binary<handshake_nonce_size>(j, "nonce");
+    if (!nonce) return std::nullopt;
+    return hello_message{static_cast<std::uint32_t>(version), std::move(*self), *nonce};
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+json make_auth(const handshake_mac& mac) { return {{"mac", to_binary(mac)}}; }
+
+std::optional<handshake_mac> parse_auth(const json& j) noexcept {
+  try {
+    if (!j.is_object()) return std::nullopt;
+    return from_binary<handshake_mac_size>(j, "mac");
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+json make_heartbeat() { return {{"hb", 1}}; }
+
+handshake_nonce random_nonce() {
+  handshake_nonce n{};
+  if (RAND_bytes(n.data(), static_cast<int>(n.size())) != 1)
+    throw std::runtime_error("barrel_p2p: RAND_bytes failed");
+  return n;
+}
+
+handshake_mac compute_mac(std::string_view secret, const handshake_nonce& peer_nonce,
+                          std::string_view own_id, std::string_view peer_id) {
+  std::vector<std::uint8_t> message;
+  message.reserve(4 * 4 + 15 + peer_nonce.size() + own_id.size() + peer_id.size());
+  append_field(message, bytes_of("barrel_p2p-auth"));
+  append_field(message, peer_nonce);
+  append_field(message, bytes_of(own_id));
+  append_field(message, bytes_of(peer_id));
+  handshake_mac mac{};
+  unsigned int mac_len = 0;
+  // HMAC accepts an empty key; the transport refuses an empty secret earlier.
+  static const std::uint8_t no_key = 0;
+  const void* key = secret.empty() ? static_cast<const void*>(&no_key) : secret.data();
+  if (HMAC(EVP_sha256(), key, static_cast<int>(secret.size()), message.data(), message.size(),
+           mac.data(), &mac_len) == nullptr ||
+      mac_len != mac.size())
+    throw std::runtime_error("barrel_p2p: HMAC-SHA256 failed");
+  return mac;
+}
+
+bool mac_equal(const handshake_mac& a, const handshake_mac& b) noexcept {
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+bool verify_mac(std::string_view secret, const handshake_nonce& own_nonce,
+                std::string_view own_id, std::string_view peer_id,
+                const handshake_mac& received) noexcept {
+  try {
+    return mac_equal(compute_mac(secret, own_nonce, peer_id, own_id), received);
+  } catch (...) {
+    return false;
+  }
+}
+
+}  // namespace barrel_p2p

@@ -1,0 +1,569 @@
+#include "barrel_p2p/hyparview.hpp"
+
+#include "barrel_p2p/task_group.hpp"
+
+#include <algorithm>
+#include <map>
+
+namespace barrel_p2p {
+
+const char* to_string(membership_event::kind k) noexcept {
+  switch (k) {
+    case membership_event::kind::peer_up: return "peer_up";
+    case membership_event::kind::peer_down: return "peer_down";
+    case membership_event::kind::joined: return "joined";
+    case membership_event::kind::left: return "left";
+  }
+  return "unknown";
+}
+
+namespace {
+
+struct passive_entry {
+  peer_descriptor desc;
+  duration refreshed{0};   // last time a message vouched for it
+  duration next_try{0};    // backoff after a failed dial
+  unsigned failures = 0;
+};
+
+template <class T>
+const T& pick(const std::vector<T>& v, random_engine& rng) {
+  return v[std::uniform_int_distribution<std::size_t>(0, v.size() - 1)(rng)];
+}
+
+}  // namespace
+
+struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
+  transport& net;
+  scheduler& sched;
+  hyparview_config config;
+  random_engine rng;
+  hyparview_counters counters;
+  std::vector<peer_descriptor> active;
+  std::vector<passive_entry> passive;
+  std::vector<peer_address> contacts;
+  std::map<std::string, duration> stray_since;  // open connections outside the active view
+  std::map<std::string, std::optional<bool>> neighbor_answers;
+  std::vector<peer_descriptor> last_shuffle_sent;
+  std::vector<peer_address> probe_contacts;
+  std::vector<listener> listeners;
+  event_publisher<membership_event> events;
+  task_group loops;
+  duration rejoin_backoff;
+  duration next_rejoin{0};
+  bool repairing = false;
+  bool rejoining = false;
+  bool ever_joined = false;
+  bool started = false;
+  bool leaving = false;
+
+  impl(transport& n, scheduler& s, hyparview_config c)
+      : net(n),
+        sched(s),
+        config(std::move(c)),
+        rng(config.seed ? config.seed : std::random_device{}()),
+        events(s.get_executor()),
+        loops(s.get_executor()),
+        rejoin_backoff(config.backoff_initial) {}
+
+  const peer_descriptor& self() const { return net.self(); }
+
+  // Every loop holds the state alive, so a hyparview destroyed while a loop
+  // is suspended leaves that loop to wake, see it was cancelled, and end.
+  static task<> holding(std::shared_ptr<impl>, task<> t) { co_await std::move(t); }
+  void spawn(const char* name, task<> t) { loops.spawn(name, holding(shared_from_this(), std::move(t))); }
+
+  void log(const std::string& line) const {
+    if (config.log) config.log(self().id + ": " + line);
+  }
+
+  // ---- views ---------------------------------------------------------------
+
+  bool is_active(const std::string& id) const {
+    return std::any_of(active.begin(), active.end(), [&](const auto& d) { return d.id == id; });
+  }
+  passive_entry* find_passive(const std::string& id) {
+    auto it = std::find_if(passive.begin(), passive.end(), [&](const auto& e) { return e.desc.id == id; });
+    return it == passive.end() ? nullptr : &*it;
+  }
+  void erase_passive(const std::string& id) {
+    std::erase_if(passive, [&](const auto& e) { return e.desc.id == id; });
+  }
+
+  void publish(membership_event ev) {
+    for (const auto& l : listeners) l(ev);
+    events.publish(ev);
+  }
+
+  void send(const std::string& peer, const json& msg) {
+    net.send(peer, channel::membership, encode_body(msg));
+  }
+
+  void add_active(const peer_descriptor& d) {
+    if (d.id == self().id || is_active(d.id) || leaving) return;
+    erase_passive(d.id);
+    if (active.size() >= config.active_size) {
+      auto victim = pick(active, rng);
+      ++counters.disconnects_sent;
+      send(victim.id, {{"t", "disconnect"}, {"leave", false}});
+      remove_active(victim.id, "evicted", true);
+      // The victim closes the connection when it reads DISCONNECT; if it
+      // does not, the stray-connection sweep does.
+      stray_since[victim.id] = sched.now();
+    }
+    active.push_back(d);
+    stray_since.erase(d.id);
+    ++counters.peers_up;
+    log("peer_up " + d.id);
+    publish({membership_event::kind::peer_up, d, {}});
+    if (!ever_joined) {
+      ever_joined = true;
+      publish({membership_event::kind::joined, {}, {}});
+    }
+  }
+
+  void remove_active(const std::string& id, const std::string& reason, bool to_passive) {
+    auto it = std::find_if(active.begin(), active.end(), [&](const auto& d) { return d.id == id; });
+    if (it == active.end()) return;
+    auto d = *it;
+    active.erase(it);
+    ++counters.peers_down;
+    if (to_passive) add_passive(d);
+    log("peer_down " + id + " (" + reason + ")");
+    publish({membership_event::kind::peer_down, d, reason});
+  }
+
+  void add_passive(const peer_descriptor& d, const std::vector<peer_descriptor>* prefer_evict = nullptr) {
+    if (d.id == self().id || is_active(d.id)) return;
+    if (auto* e = find_passive(d.id)) {
+      e->desc = d;
+      e->refreshed = sched.now();
+      return;
+    }
+    if (config.passive_size == 0) return;
+    if (passive.size() >= config.passive_size) {
+      // Evict what we just sent away in a shuffle first (the peer has it
+      // now), else a random entry.
+      std::size_t victim = std::uniform_int_distribution<std::size_t>(0, passive.size() - 1)(rng);
+      if (prefer_evict)
+        for (std::size_t i = 0; i < passive.size(); ++i)
+          if (std::any_of(prefer_evict->begin(), prefer_evict->end(),
+                          [&](const auto& s) { return s.id == passive[i].desc.id; })) {
+            victim = i;
+            break;
+          }
+      passive.erase(passive.begin() + static_cast<std::ptrdiff_t>(victim));
+    }
+    passive.push_back(passive_entry{d, sched.now(), duration{0}, 0});
+  }
+
+  std::vector<peer_descriptor> sample(const std::vector<peer_descriptor>& from, std::size_t n,
+                                      const std::string& exclude = {}) {
+    std::vector<peer_descriptor> pool;
+    for (const auto& d : from)
+      if (d.id != exclude) pool.push_back(d);
+    std::shuffle(pool.begin(), pool.end(), rng);
+    if (pool.size() > n) pool.resize(n);
+    return pool;
+  }
+  std::vector<peer_descriptor> passive_descriptors() const {
+    std::vector<peer_descriptor> out;
+    for (const auto& e : passive) out.push_back(e.desc);
+    return out;
+  }
+
+  // ---- messages ------------------------------------------------------------
+
+  static json descriptors_to_json(const std::vector<peer_descriptor>& v) {
+    json out = json::array();
+    for (const auto& d : v) out.push_back(to_json(d));
+    return out;
+  }
+  std::optional<std::vector<peer_descriptor>> descriptors_from_json(const json& j) {
+    if (!j.is_array() || j.size() > 4 * config.shuffle_length + 8) return std::nullopt;
+    std::vector<peer_descriptor> out;
+    for (const auto& e : j) {
+      auto d = descriptor_from_json(e);
+      if (!d) return std::nullopt;
+      out.push_back(std::move(*d));
+    }
+    return out;
+  }
+
+  void on_message(const std::string& from, json&& msg) {
+    if (leaving) return;
+    try {
+      if (!msg.is_object() || !msg.contains("t") || !msg["t"].is_string()) return bad(from, "no type");
+      const auto& type = msg["t"].get_ref<const std::string&>();
+      if (type == "join") return on_join(from, msg);
+      if (type == "fwd_join") return on_forward_join(from, msg);
+      if (type == "neighbor") return on_neighbor(from, msg);
+      if (type == "neighbor_reply") return on_neighbor_reply(from, msg);
+      if (type == "disconnect") return on_disconnect(from, msg);
+      if (type == "shuffle") return on_shuffle(from, msg);
+      if (type == "shuffle_reply") return on_shuffle_reply(msg);
+      bad(from, "unknown type " + type);
+    } catch (const std::exception& ex) {  // a json access on an unexpected shape
+      bad(from, ex.what());
+    }
+  }
+
+  void bad(const std::string& from, const std::string& why) {
+    ++counters.bad_messages;
+    log("dropped membership message from " + from + ": " + why);
+  }
+
+  std::optional<peer_descriptor> field_descriptor(const json& msg, const char* key) {
+    auto it = msg.find(key);
+    if (it == msg.end()) return std::nullopt;
+    return descriptor_from_json(*it);
+  }
+
+  void on_join(const std::string& from, const json& msg) {
+    auto joiner = field_descriptor(msg, "n");
+    if (!joiner || joiner->id != from) return bad(from, "join: bad descriptor");
+    ++counters.joins_received;
+    add_active(*joiner);
+    for (const auto& p : active)
+      if (p.id != joiner->id)
+        send(p.id, {{"t", "fwd_join"}, {"n", to_json(*joiner)}, {"ttl", config.arwl}});
+  }
+
+  void on_forward_join(const std::string& from, const json& msg) {
+    auto joiner = field_descriptor(msg, "n");
+    auto ttl_it = msg.find("ttl");
+    if (!joiner || ttl_it == msg.end() || !ttl_it->is_number_unsigned())
+      return bad(from, "fwd_join: bad fields");
+    ++counters.forward_joins;
+    if (joiner->id == self().id || is_active(joiner->id)) return;
+    const auto ttl = std::min<std::uint64_t>(ttl_it->get<std::uint64_t>(), config.arwl);
+    if (ttl == 0 || active.size() <= 1) return accept_joiner(*joiner);
+    if (ttl == config.prwl) add_passive(*joiner);
+    std::vector<peer_descriptor> next;
+    for (const auto& p : active)
+      if (p.id != from && p.id != joiner->id) next.push_back(p);
+    if (next.empty()) return accept_joiner(*joiner);
+    send(pick(next, rng).id, {{"t", "fwd_join"}, {"n", to_json(*joiner)}, {"ttl", ttl - 1}});
+  }
+
+  // The end of a FORWARD_JOIN walk: this node becomes a neighbour of the
+  // joiner. HIGH priority: the joiner must accept, its view is still small.
+  void accept_joiner(const peer_descriptor& joiner) {
+    spawn("accept_joiner", connect_joiner(joiner));
+  }
+  task<> connect_joiner(peer_descriptor joiner) {
+    auto c = co_await net.connect(joiner.address);
+    if (!c || c->id != joiner.id || leaving) co_return;
+    add_active(*c);
+    send(c->id, {{"t", "neighbor"}, {"n", to_json(self())}, {"prio", "high"}});
+  }
+
+  void on_neighbor(const std::string& from, const json& msg) {
+    auto asker = field_descriptor(msg, "n");
+    auto prio = msg.find("prio");
+    if (!asker || asker->id != from || prio == msg.end() || !prio->is_string())
+      return bad(from, "neighbor: bad fields");
+    ++counters.neighbor_requests;
+    const bool high = prio->get_ref<const std::string&>() == "high";
+    const bool ok = high || is_active(from) || active.size() < config.active_size;
+    if (ok) add_active(*asker);
+    else ++counters.neighbor_rejected;
+    send(from, {{"t", "neighbor_reply"}, {"ok", ok}});
+    if (!ok) add_passive(*asker);
+  }
+
+  void on_neighbor_reply(const std::string& from, const json& msg) {
+    auto ok = msg.find("ok");
+    if (ok == msg.end() || !ok->is_boolean()) return bad(from, "neighbor_reply: bad fields");
+    auto it = neighbor_answers.find(from);
+    if (it != neighbor_answers.end()) it->second = ok->get<bool>();
+  }
+
+  void on_disconnect(const std::string& from, const json& msg) {
+    auto leave = msg.find("leave");
+    const bool leaving_peer = leave != msg.end() && leave->is_boolean() && leave->get<bool>();
+    if (is_active(from)) remove_active(from, leaving_peer ? "left" : "disconnect", !leaving_peer);
+    if (leaving_peer) erase_passive(from);
+    net.disconnect(from);
+  }
+
+  void on_shuffle(const std::string& from, const json& msg) {
+    auto origin = field_descriptor(msg, "o");
+    auto ttl_it = msg.find("ttl");
+    auto list_it = msg.find("l");
+    if (!origin || ttl_it == msg.end() || !ttl_it->is_number_unsigned() || list_it == msg.end())
+      return bad(from, "shuffle: bad fields");
+    auto list = descriptors_from_json(*list_it);
+    if (!list) return bad(from, "shuffle: bad list");
+    ++counters.shuffles_received;
+    if (origin->id == self().id) return;
+    const auto ttl = std::min<std::uint64_t>(ttl_it->get<std::uint64_t>(), config.arwl);
+    if (ttl > 1 && active.size() > 1) {
+      std::vector<peer_descriptor> next;
+      for (const auto& p : active)
+        if (p.id != from && p.id != origin->id) next.push_back(p);
+      if (!next.empty()) {
+        auto fwd = msg;
+        fwd["ttl"] = ttl - 1;
+        send(pick(next, rng).id, fwd);
+        return;
+      }
+    }
+    // The walk ends here: answer the origin with as many passive entries,
+    // then take in its list, evicting first what we sent.
+    auto reply = sample(passive_descriptors(), list->size(), origin->id);
+    spawn("shuffle_reply", send_shuffle_reply(*origin, reply));
+    for (const auto& d : *list) add_passive(d, &reply);
+  }
+
+  task<> send_shuffle_reply(peer_descriptor origin, std::vector<peer_descriptor> reply) {
+    auto c = co_await net.connect(origin.address);
+    if (!c || c->id != origin.id) co_return;
+    send(c->id, {{"t", "shuffle_reply"}, {"l", descriptors_to_json(reply)}});
+  }
+
+  void on_shuffle_reply(const json& msg) {
+    auto list_it = msg.find("l");
+    if (list_it == msg.end()) return;
+    auto list = descriptors_from_json(*list_it);
+    if (!list) return;
+    for (const auto& d : *list) add_passive(d, &last_shuffle_sent);
+  }
+
+  // ---- transport events ----------------------------------------------------
+
+  void on_connected(const peer_descriptor& peer, bool) {
+    if (!is_active(peer.id)) stray_since[peer.id] = sched.now();
+  }
+
+  void on_disconnected(const std::string& peer, disconnect_reason why) {
+    stray_since.erase(peer);
+    neighbor_answers.erase(peer);
+    if (is_active(peer)) {
+      // Keep it in reserve only if it went away in an orderly way; a failed
+      // peer goes to the back of the passive view with a backoff, so that a
+      // partition can still heal through it later.
+      std::string reason(to_string(why));
+      auto it = std::find_if(active.begin(), active.end(), [&](const auto& d) { return d.id == peer; });
+      auto d = *it;
+      remove_active(peer, reason, true);
+      if (auto* e = find_passive(d.id)) {
+        e->failures = 1;
+        e->next_try = sched.now() + config.backoff_initial;
+      }
+    }
+  }
+
+  // ---- loops ---------------------------------------------------------------
+
+  task<> maintenance_loop() {
+    while (!leaving) {
+      if (!co_await sched.sleep(jittered(config.maintenance_interval, config.jitter, rng))) co_return;
+      const auto now = sched.now();
+      for (auto it = stray_since.begin(); it != stray_since.end();) {
+        if (is_active(it->first)) {
+          it = stray_since.erase(it);
+        } else if (now - it->second > config.stray_connection_grace) {
+          auto id = it->first;
+          it = stray_since.erase(it);
+          net.disconnect(id);
+        } else {
+          ++it;
+        }
+      }
+      std::erase_if(passive, [&](const auto& e) { return now - e.refreshed > config.passive_max_age; });
+      if (active.size() < config.active_size && !repairing && !passive.empty()) {
+        repairing = true;
+        spawn("repair", repair());
+      }
+      if (active.empty() && !rejoining && !contacts.empty() && now >= next_rejoin) {
+        rejoining = true;
+        spawn("rejoin", rejoin());
+      }
+    }
+  }
+
+  task<> rejoin() {
+    for (const auto& c : std::vector<peer_address>(contacts)) {
+      if (!active.empty() || leaving) break;
+      co_await join_via(c);
+    }
+    if (active.empty()) {
+      next_rejoin = sched.now() + rejoin_backoff;
+      rejoin_backoff = std::min(rejoin_backoff * 2, config.backoff_max);
+    } else {
+      rejoin_backoff = config.backoff_initial;
+    }
+    rejoining = false;
+  }
+
+  // Fills the active view from the passive view: dial a random candidate,
+  // ask it to be a neighbour (HIGH priority when we have nobody).
+  task<> repair() {
+    std::size_t attempts = passive.size();
+    while (active.size() < config.active_size && attempts-- > 0 && !leaving) {
+      const auto now = sched.now();
+      std::vector<peer_descriptor> candidates;
+      for (const auto& e : passive)
+        if (e.next_try <= now) candidates.push_back(e.desc);
+      if (candidates.empty()) break;
+      const auto target = pick(candidates, rng);
+      if (co_await promote(target)) ++counters.promotions;
+    }
+    repairing = false;
+  }
+
+  task<bool> promote(const peer_descriptor& target, bool force = false) {
+    auto c = co_await net.connect(target.address);
+    if (!c || c->id != target.id) {
+      if (auto* e = find_passive(target.id)) {
+        ++e->failures;
+        auto backoff = config.backoff_initial * (1u << std::min(e->failures, 6u));
+        e->next_try = sched.now() + std::min(backoff, config.backoff_max);
+      }
+      co_return false;
+    }
+    if (is_active(c->id)) co_return true;
+    const bool high = force || active.empty();
+    neighbor_answers[c->id] = std::nullopt;
+    send(c->id, {{"t", "neighbor"}, {"n", to_json(self())}, {"prio", high ? "high" : "low"}});
+    const auto deadline = sched.now() + config.neighbor_timeout;
+    while (sched.now() < deadline) {
+      auto it = neighbor_answers.find(c->id);
+      if (it == neighbor_answers.end() || it->second.has_value()) break;
+      if (!co_await sched.sleep(duration{20})) co_return false;
+    }
+    auto it = neighbor_answers.find(c->id);
+    const bool ok = it != neighbor_answers.end() && it->second.value_or(false);
+    neighbor_answers.erase(c->id);
+    if (ok) {
+      add_active(*c);
+    } else if (auto* e = find_passive(target.id)) {
+      e->next_try = sched.now() + config.shuffle_interval;  // full now; ask again later
+    }
+    co_return ok;
+  }
+
+  // The paper's protocol never replaces a healthy active peer, so two halves
+  // of a healed partition, each with full views, would stay apart forever.
+  // Now and then a node with a full view swaps one active peer for a random
+  // passive one (HIGH priority: the target makes room too). The passive view
+  // keeps peers from across a partition (with backoff) and the contacts, so
+  // this is what joins the halves again. Costs a little active-view churn.
+  void maybe_promote_randomly() {
+    if (active.size() < config.active_size || repairing || config.random_promotion <= 0) return;
+    if (std::uniform_real_distribution<double>(0, 1)(rng) >= config.random_promotion) return;
+    const auto now = sched.now();
+    for (const auto& c : contacts)
+      if (std::none_of(passive.begin(), passive.end(), [&](const auto& e) { return e.desc.address == c; }) &&
+          std::none_of(active.begin(), active.end(), [&](const auto& d) { return d.address == c; }))
+        probe_contacts.push_back(c);
+    std::vector<peer_descriptor> candidates;
+    for (const auto& e : passive)
+      if (e.next_try <= now) candidates.push_back(e.desc);
+    // One draw over passive candidates and unknown contacts alike.
+    const auto total = candidates.size() + probe_contacts.size();
+    if (total > 0) {
+      const auto i = std::uniform_int_distribution<std::size_t>(0, total - 1)(rng);
+      if (i < candidates.size()) spawn("swap", swap_in(candidates[i]));
+      else spawn("swap_contact", swap_in_contact(probe_contacts[i - candidates.size()]));
+    }
+    probe_contacts.clear();
+  }
+  task<> swap_in(peer_descriptor target) { co_await promote(target, true); }
+  task<> swap_in_contact(peer_address contact) {
+    auto c = co_await net.connect(contact);
+    if (c && c->id != self().id && !is_active(c->id)) co_await promote(*c, true);
+  }
+
+  task<> shuffle_loop() {
+    while (!leaving) {
+      if (!co_await sched.sleep(jittered(config.shuffle_interval, config.jitter, rng))) co_return;
+      if (active.empty()) continue;
+      std::vector<peer_descriptor> list{self()};
+      for (auto& d : sample(active, config.shuffle_active)) list.push_back(d);
+      const auto room = config.shuffle_length > list.size() ? config.shuffle_length - list.size() : 0;
+      for (auto& d : sample(passive_descriptors(), room)) list.push_back(d);
+      last_shuffle_sent = list;
+      maybe_promote_randomly();
+      ++counters.shuffles_sent;
+      send(pick(active, rng).id,
+           {{"t", "shuffle"}, {"o", to_json(self())}, {"ttl", config.arwl}, {"l", descriptors_to_json(list)}});
+    }
+  }
+
+  task<bool> join_via(const peer_address& contact) {
+    auto c = co_await net.connect(contact);
+    if (!c || leaving) co_return false;
+    if (c->id == self().id) co_return false;
+    if (is_active(c->id)) co_return true;
+    add_active(*c);
+    send(c->id, {{"t", "join"}, {"n", to_json(self())}});
+    co_return true;
+  }
+};
+
+hyparview::hyparview(transport& net, scheduler& sched, hyparview_config config)
+    : impl_(std::make_shared<impl>(net, sched, std::move(config))) {}
+
+hyparview::~hyparview() {
+  // Loops may still be suspended: they hold the state and end on
+  // cancellation. The transport must stop calling into it.
+  impl_->leaving = true;
+  if (impl_->started) {
+    impl_->net.on_message(channel::membership, nullptr);
+    impl_->net.on_connected(nullptr);
+    impl_->net.on_disconnected(nullptr);
+  }
+  impl_->loops.cancel();
+}
+
+void hyparview::start() {
+  auto* m = impl_.get();
+  if (m->started) return;
+  m->started = true;
+  m->net.on_message(channel::membership,
+                    [m](const std::string& from, json&& msg) { m->on_message(from, std::move(msg)); });
+  m->net.on_connected([m](const peer_descriptor& p, bool inbound) { m->on_connected(p, inbound); });
+  m->net.on_disconnected([m](const std::string& p, disconnect_reason r) { m->on_disconnected(p, r); });
+  m->spawn("maintenance", m->maintenance_loop());
+  m->spawn("shuffle", m->shuffle_loop());
+}
+
+task<bool> hyparview::join(peer_address contact) {
+  auto* m = impl_.get();
+  if (std::find(m->contacts.begin(), m->contacts.end(), contact) == m->contacts.end())
+    m->contacts.push_back(contact);
+  co_return co_await m->join_via(contact);
+}
+
+task<> hyparview::leave() {
+  auto* m = impl_.get();
+  if (m->leaving) co_return;
+  // From here on no peer is added and no message handled.
+  m->leaving = true;
+  for (const auto& p : m->active) m->send(p.id, {{"t", "disconnect"}, {"leave", true}});
+  // Give the DISCONNECTs a moment to leave before the connections close.
+  co_await m->sched.sleep(duration{100});
+  auto peers = m->active;
+  for (const auto& p : peers) {
+    m->remove_active(p.id, "left", false);
+    m->net.disconnect(p.id);
+  }
+  for (const auto& id : m->net.connected_peers()) m->net.disconnect(id);
+  co_await m->loops.stop();
+  m->publish({membership_event::kind::left, {}, {}});
+  m->events.close();
+}
+
+std::vector<peer_descriptor> hyparview::active_view() const { return impl_->active; }
+std::vector<peer_descriptor> hyparview::passive_view() const { return impl_->passive_descriptors(); }
+bool hyparview::is_active(const std::string& id) const { return impl_->is_active(id); }
+const peer_descriptor& hyparview::self() const { return impl_->self(); }
+const hyparview_counters& hyparview::counters() const { return impl_->counters; }
+event_stream<membership_event> hyparview::subscribe(std::size_t capacity) {
+  return impl_->events.subscribe(capacity);
+}
+void hyparview::add_listener(listener l) { impl_->listeners.push_back(std::move(l)); }
+
+}  // namespace barrel_p2p

@@ -1,0 +1,385 @@
+#include "barrel_p2p/sim_network.hpp"
+
+#include "barrel_p2p/cbor.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+#include <map>
+#include <stdexcept>
+
+namespace barrel_p2p {
+
+namespace asio = boost::asio;
+
+namespace {
+
+struct sim_node {
+  peer_descriptor desc;
+  bool alive = true;
+  bool attached = true;  // false once its transport is stopped or destroyed
+  transport::connected_handler on_connected;
+  transport::disconnected_handler on_disconnected;
+  transport::message_handler on_message[channel_count];
+  transport_counters counters;
+  std::map<std::string, std::uint64_t> links;  // peer id -> link epoch
+};
+
+struct event {
+  duration at;
+  std::uint64_t seq;
+  std::function<void()> fire;
+};
+struct later {
+  bool operator()(const event& a, const event& b) const {
+    return a.at != b.at ? a.at > b.at : a.seq > b.seq;
+  }
+};
+
+}  // namespace
+
+struct sim_network::impl {
+  asio::io_context& io;
+  sim_config config;
+  random_engine rng;
+  duration now{0};
+  std::uint64_t next_seq = 0;
+  std::uint64_t next_epoch = 1;
+  std::vector<event> timeline;  // a min-heap by (at, seq)
+  std::vector<std::unique_ptr<sim_node>> nodes;
+  std::map<std::string, std::size_t> index_of;
+  std::set<std::pair<std::string, std::string>> blocked;  // directed
+  sim_stats stats;
+
+  impl(asio::io_context& io_, sim_config c) : io(io_), config(c), rng(c.seed) {}
+
+  void schedule(duration delay, std::function<void()> fire) {
+    timeline.push_back({now + delay, next_seq++, std::move(fire)});
+    std::push_heap(timeline.begin(), timeline.end(), later{});
+  }
+
+  // Runs every ready coroutine, then the next event; false when none is due
+  // before `limit`.
+  bool step(duration limit) {
+    io.restart();
+    io.poll();
+    if (timeline.empty() || timeline.front().at > limit) return false;
+    std::pop_heap(timeline.begin(), timeline.end(), later{});
+    event ev = std::move(timeline.back());
+    timeline.pop_back();
+    now = ev.at;
+    ++stats.events;
+    ev.fire();
+    return true;
+  }
+
+  sim_node& node(const std::string& id) {
+    auto it = index_of.find(id);
+    if (it == index_of.end()) throw std::invalid_argument("sim_network: unknown node " + id);
+    return *nodes[it->second];
+  }
+
+  // Traffic from a can reach b.
+  bool can_send(const sim_node& a, const sim_node& b) const {
+    return a.alive && b.alive && a.attached && b.attached && !blocked.contains({a.desc.id, b.desc.id});
+  }
+  // A connection needs both directions (a handshake is a round trip).
+  bool reachable(const sim_node& a, const sim_node& b) const {
+    return can_send(a, b) && can_send(b, a);
+  }
+
+  duration one_way_delay() {
+    auto j = config.jitter.count();
+    auto d = config.latency.count() +
+             (j > 0 ? std::uniform_int_distribution<duration::rep>(-j, j)(rng) : 0);
+    return duration(std::max<duration::rep>(d, 0));
+  }
+
+  bool roll(double p) { return p > 0 && std::uniform_real_distribution<double>(0, 1)(rng) < p; }
+
+  // Ends one side of a link if it is still the same link.
+  void drop_side(sim_node& n, const std::string& peer, std::uint64_t epoch, disconnect_reason why) {
+    auto it = n.links.find(peer);
+    if (it == n.links.end() || it->second != epoch) return;
+    n.links.erase(it);
+    ++n.counters.connections_closed;
+    if (why == disconnect_reason::heartbeat_timeout) ++n.counters.heartbeat_timeouts;
+    if (n.attached && n.on_disconnected) n.on_disconnected(peer, why);
+  }
+
+  // A link that stops carrying traffic: both sides notice after the
+  // failure-detection delay, as heartbeats would.
+  void fail_link(sim_node& a, const std::string& b_id, std::uint64_t epoch) {
+    const auto a_id = a.desc.id;
+    schedule(config.failure_detection, [this, a_id, b_id, epoch] {
+      drop_side(node(a_id), b_id, epoch, disconnect_reason::heartbeat_timeout);
+      drop_side(node(b_id), a_id, epoch, disconnect_reason::heartbeat_timeout);
+    });
+  }
+
+  void deliver(const std::string& from, const std::string& to, std::uint64_t epoch, channel ch,
+               const message_body& body) {
+    auto& dst = node(to);
+    auto it = dst.links.find(from);
+    if (it == dst.links.end() || it->second != epoch || !dst.alive || !dst.attached) {
+      ++stats.messages_lost;
+      return;
+    }
+    ++stats.messages_delivered;
+    ++dst.counters.frames_received;
+    dst.counters.bytes_received += body->size() + 5;
+    auto msg = decode_cbor(*body);
+    if (!msg) {
+      ++dst.counters.bad_frames;
+      return;
+    }
+    auto& handler = dst.on_message[static_cast<std::size_t>(ch)];
+    if (handler) handler(from, std::move(*msg));
+  }
+};
+
+namespace {
+
+class sim_scheduler final : public scheduler {
+ public:
+  sim_scheduler(sim_network::impl& net, duration skew) : net_(net), skew_(skew) {}
+  executor get_executor() const override { return net_.io.get_executor(); }
+  duration now() const override { return net_.now; }
+  std::uint64_t wall_ms() const override {
+    return net_.config.epoch_ms + static_cast<std::uint64_t>((net_.now + skew_).count());
+  }
+  task<bool> sleep(duration d) override {
+    auto timer = std::make_shared<asio::steady_timer>(net_.io, asio::steady_timer::time_point::max());
+    auto fired = std::make_shared<bool>(false);
+    net_.schedule(d, [timer, fired] {
+      *fired = true;
+      timer->cancel();
+    });
+    co_await timer->async_wait(asio::as_tuple(asio::use_awaitable));
+    co_return *fired;
+  }
+
+ private:
+  sim_network::impl& net_;
+  duration skew_;
+};
+
+class sim_transport final : public transport {
+ public:
+  sim_transport(sim_network::impl& net, std::size_t index) : net_(net), index_(index) {}
+  ~sim_transport() override { detach(false); }
+
+  const peer_descriptor& self() const override { return me().desc; }
+  void on_connected(connected_handler h) override { me().on_connected = std::move(h); }
+  void on_disconnected(disconnected_handler h) override { me().on_disconnected = std::move(h); }
+  void on_message(channel ch, message_handler h) override {
+    me().on_message[static_cast<std::size_t>(ch)] = std::move(h);
+  }
+
+  task<> start() override { co_return; }
+  task<> stop() override {
+    detach(true);
+    co_return;
+  }
+
+  task<std::optional<peer_descriptor>> connect(peer_address addr) override {
+    auto& self_node = me();
+    if (addr.host != "sim" || addr.port >= net_.nodes.size() || addr.port == index_ ||
+        !self_node.attached) {
+      ++self_node.counters.connect_failures;
+      co_return std::nullopt;
+    }
+    const std::size_t target_index = addr.port;
+    {
+      auto& target = *net_.nodes[target_index];
+      if (self_node.links.contains(target.desc.id)) co_return target.desc;
+      if (!net_.reachable(self_node, target)) {
+        co_await sleep(net_.config.connect_timeout);
+        ++me().counters.connect_failures;
+        co_return std::nullopt;
+      }
+    }
+    co_await sleep(net_.config.latency * 2);  // the handshake's round trip
+    auto& a = me();
+    auto& b = *net_.nodes[target_index];
+    if (a.links.contains(b.desc.id)) co_return b.desc;  // the other side dialled meanwhile
+    if (!net_.reachable(a, b)) {
+      ++a.counters.connect_failures;
+      co_return std::nullopt;
+    }
+    const auto epoch = net_.next_epoch++;
+    a.links[b.desc.id] = epoch;
+    b.links[a.desc.id] = epoch;
+    ++a.counters.connections_opened;
+    ++b.counters.connections_opened;
+    const auto a_desc = a.desc;
+    const auto b_desc = b.desc;
+    if (b.on_connected) b.on_connected(a_desc, true);
+    // The callee's handler may have closed the link again.
+    if (me().links.contains(b_desc.id) && me().on_connected) me().on_connected(b_desc, false);
+    co_return b_desc;
+  }
+
+  bool send(const std::string& peer_id, channel ch, const message_body& body) override {
+    auto& a = me();
+    auto it = a.links.find(peer_id);
+    if (it == a.links.end()) return false;
+    const auto epoch = it->second;
+    ++a.counters.frames_sent;
+    a.counters.bytes_sent += body->size() + 5;
+    ++net_.stats.messages_sent;
+    net_.stats.bytes_sent += body->size() + 5;
+    ++net_.stats.per_channel_sent[static_cast<std::size_t>(ch)];
+    auto& b = net_.node(peer_id);
+    if (!net_.can_send(a, b) || net_.roll(net_.config.loss)) {
+      ++net_.stats.messages_lost;
+      return true;  // sent as far as the sender can tell
+    }
+    const int copies = net_.roll(net_.config.duplicate) ? 2 : 1;
+    for (int i = 0; i < copies; ++i) {
+      net_.schedule(net_.one_way_delay(), [net = &net_, from = a.desc.id, peer_id, epoch, ch, body] {
+        net->deliver(from, peer_id, epoch, ch, body);
+      });
+    }
+    return true;
+  }
+
+  void disconnect(const std::string& peer_id) override {
+    auto& a = me();
+    auto it = a.links.find(peer_id);
+    if (it == a.links.end()) return;
+    const auto epoch = it->second;
+    net_.drop_side(a, peer_id, epoch, disconnect_reason::closed_locally);
+    net_.schedule(net_.one_way_delay(), [net = &net_, from = a.desc.id, peer_id, epoch] {
+      net->drop_side(net->node(peer_id), from, epoch, disconnect_reason::closed_by_peer);
+    });
+  }
+
+  bool is_connected(const std::string& peer_id) const override {
+    return me().links.contains(peer_id);
+  }
+  std::vector<std::string> connected_peers() const override {
+    std::vector<std::string> out;
+    for (const auto& [id, epoch] : me().links) out.push_back(id);
+    return out;
+  }
+  const transport_counters& counters() const override { return me().counters; }
+
+ private:
+  sim_node& me() const { return *net_.nodes[index_]; }
+
+  task<> sleep(duration d) {
+    sim_scheduler s(net_, duration{0});
+    co_await s.sleep(d);
+  }
+
+  // Leaves the network: peers see their connections close; this node's
+  // handlers are no longer called (they may belong to destroyed objects).
+  void detach(bool notify_self) {
+    auto& a = me();
+    if (!a.attached) return;
+    std::vector<std::pair<std::string, std::uint64_t>> links(a.links.begin(), a.links.end());
+    for (const auto& [peer, epoch] : links) {
+      if (notify_self) net_.drop_side(a, peer, epoch, disconnect_reason::closed_locally);
+      net_.schedule(net_.one_way_delay(), [net = &net_, from = a.desc.id, peer, epoch] {
+        net->drop_side(net->node(peer), from, epoch, disconnect_reason::closed_by_peer);
+      });
+    }
+    a.links.clear();
+    a.attached = false;
+    a.on_connected = nullptr;
+    a.on_disconnected = nullptr;
+    for (auto& h : a.on_message) h = nullptr;
+  }
+
+  sim_network::impl& net_;
+  std::size_t index_;
+};
+
+}  // namespace
+
+sim_network::sim_network(asio::io_context& io, sim_config config)
+    : impl_(std::make_unique<impl>(io, config)) {}
+
+sim_network::~sim_network() = default;
+
+std::unique_ptr<transport> sim_network::add_node(const std::string& id) {
+  if (id.empty() || impl_->index_of.contains(id))
+    throw std::invalid_argument("sim_network: node id empty or taken: " + id);
+  const auto index = impl_->nodes.size();
+  if (index > 65535) throw std::length_error("sim_network: at most 65536 nodes");
+  auto n = std::make_unique<sim_node>();
+  n->desc = {id, {"sim", static_cast<std::uint16_t>(index)}};
+  impl_->nodes.push_back(std::move(n));
+  impl_->index_of[id] = index;
+  return std::make_unique<sim_transport>(*impl_, index);
+}
+
+std::unique_ptr<scheduler> sim_network::make_scheduler(duration wall_skew) {
+  return std::make_unique<sim_scheduler>(*impl_, wall_skew);
+}
+
+void sim_network::run_for(duration d) {
+  const auto end = impl_->now + d;
+  while (impl_->step(end)) {
+  }
+  impl_->now = end;
+  impl_->io.restart();
+  impl_->io.poll();
+}
+
+bool sim_network::run_until(const std::function<bool()>& done, duration limit) {
+  const auto end = impl_->now + limit;
+  auto checked_at = duration{-1};
+  for (;;) {
+    // Checking once per distinct instant keeps an expensive predicate cheap.
+    if (impl_->now != checked_at) {
+      impl_->io.restart();
+      impl_->io.poll();
+      if (done()) return true;
+      checked_at = impl_->now;
+    }
+    if (!impl_->step(end)) break;
+  }
+  impl_->now = end;
+  impl_->io.restart();
+  impl_->io.poll();
+  return done();
+}
+
+duration sim_network::now() const { return impl_->now; }
+
+void sim_network::kill(const std::string& id) {
+  auto& n = impl_->node(id);
+  if (!n.alive) return;
+  n.alive = false;
+  for (const auto& [peer, epoch] : n.links) impl_->fail_link(n, peer, epoch);
+}
+
+void sim_network::revive(const std::string& id) { impl_->node(id).alive = true; }
+
+bool sim_network::alive(const std::string& id) const { return impl_->node(id).alive; }
+
+void sim_network::partition(const std::set<std::string>& a, const std::set<std::string>& b,
+                            bool one_way) {
+  for (const auto& x : a)
+    for (const auto& y : b) {
+      impl_->blocked.insert({x, y});
+      if (!one_way) impl_->blocked.insert({y, x});
+    }
+  for (const auto& x : a) {
+    auto& n = impl_->node(x);
+    for (const auto& [peer, epoch] : n.links)
+      if (b.contains(peer)) impl_->fail_link(n, peer, epoch);
+  }
+}
+
+void sim_network::heal() { impl_->blocked.clear(); }
+void sim_network::set_loss(double loss) { impl_->config.loss = loss; }
+const sim_stats& sim_network::stats() const { return impl_->stats; }
+const sim_config& sim_network::config() const { return impl_->config; }
+random_engine& sim_network::rng() { return impl_->rng; }
+
+}  // namespace barrel_p2p

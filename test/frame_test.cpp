@@ -1,0 +1,191 @@
+#include <barrel_p2p/cbor.hpp>
+#include <barrel_p2p/frame.hpp>
+#include <barrel_p2p/tcp_transport.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <string>
+
+using namespace barrel_p2p;
+
+namespace {
+
+std::string hex(const handshake_mac& mac) {
+  std::string out;
+  char buf[3];
+  for (auto b : mac) {
+    std::snprintf(buf, sizeof buf, "%02x", b);
+    out += buf;
+  }
+  return out;
+}
+
+handshake_nonce counting_nonce(std::uint8_t start = 0) {
+  handshake_nonce n{};
+  for (std::size_t i = 0; i < n.size(); ++i) n[i] = static_cast<std::uint8_t>(start + i);
+  return n;
+}
+
+frame_header_bytes raw_header(std::uint32_t length, std::uint8_t ch) {
+  return {static_cast<std::uint8_t>(length >> 24), static_cast<std::uint8_t>(length >> 16),
+          static_cast<std::uint8_t>(length >> 8), static_cast<std::uint8_t>(length), ch};
+}
+
+}  // namespace
+
+TEST_SUITE("transport") {
+
+TEST_CASE("frame header round-trips on every channel") {
+  for (auto ch : {channel::control, channel::membership, channel::broadcast, channel::replica}) {
+    for (std::size_t body : {std::size_t{1}, std::size_t{200}, std::size_t{65536}, std::size_t{1} << 24}) {
+      const auto header = encode_frame_header(ch, body);
+      const auto parsed = parse_frame_header(header, std::size_t{1} << 26);
+      REQUIRE(parsed);
+      CHECK(parsed.header.ch == ch);
+      CHECK(parsed.header.body_size == body);
+      CHECK(parsed.length == body + 1);
+    }
+  }
+  // Big-endian length of channel byte + body.
+  const auto h = encode_frame_header(channel::replica, 0x010203);
+  CHECK(h == frame_header_bytes{0x00, 0x01, 0x02, 0x04, 0x03});
+}
+
+TEST_CASE("encode_frame is header then body") {
+  const std::vector<std::uint8_t> body = {0xa0};  // CBOR {}
+  const auto frame = encode_frame(channel::broadcast, body);
+  CHECK(frame == std::vector<std::uint8_t>{0, 0, 0, 2, 2, 0xa0});
+}
+
+TEST_CASE("header parse rejects zero length, empty body, oversized, unknown channel, truncation") {
+  const std::size_t max = 1024;
+  CHECK(parse_frame_header(raw_header(0, 1), max).error == frame_error::zero_length);
+  CHECK(parse_frame_header(raw_header(1, 1), max).error == frame_error::empty_body);
+  // The limit counts the whole frame: 4 length bytes + length.
+  CHECK(parse_frame_header(raw_header(1020, 1), max));
+  CHECK(parse_frame_header(raw_header(1021, 1), max).error == frame_error::oversized);
+  const auto huge = parse_frame_header(raw_header(0xffffffff, 1), max);
+  CHECK(huge.error == frame_error::oversized);
+  CHECK(huge.length == 0xffffffffu);
+  CHECK(parse_frame_header(raw_header(10, 4), max).error == frame_error::unknown_channel);
+  CHECK(parse_frame_header(raw_header(10, 255), max).error == frame_error::unknown_channel);
+  const std::uint8_t short_bytes[] = {0, 0, 0, 2};
+  CHECK(parse_frame_header(short_bytes, max).error == frame_error::truncated);
+  CHECK(parse_frame_header({}, max).error == frame_error::truncated);
+  CHECK_FALSE(parse_frame_header(raw_header(0, 1), max));
+  CHECK(to_string(frame_error::oversized) == "oversized");
+}
+
+TEST_CASE("the length alone is judged from its 4 bytes") {
+  const std::size_t max = 1024;
+  const auto zero = raw_header(0, 0);
+  CHECK(parse_frame_length(std::span(zero).first(4), max).error == frame_error::zero_length);
+  const auto huge = raw_header(5000, 1);
+  CHECK(parse_frame_length(std::span(huge).first(4), max).error == frame_error::oversized);
+  const auto fine = raw_header(100, 200);  // the channel is not its business
+  const auto parsed = parse_frame_length(std::span(fine).first(4), max);
+  CHECK(parsed);
+  CHECK(parsed.length == 100);
+  CHECK(parse_frame_length(std::span(fine).first(3), max).error == frame_error::truncated);
+}
+
+TEST_CASE("hello survives CBOR and parses back") {
+  const hello_message hello{protocol_version, {"node-a", {"10.0.0.1", 4000}}, counting_nonce()};
+  const auto wire = encode_cbor(make_hello(hello));
+  auto decoded = decode_cbor(wire);
+  REQUIRE(decoded);
+  auto back = parse_hello(*decoded);
+  REQUIRE(back);
+  CHECK(back->version == protocol_version);
+  CHECK(back->self == hello.self);
+  CHECK(back->nonce == hello.nonce);
+  CHECK(wire.size() < handshake_max_frame_bytes);
+}
+
+TEST_CASE("malformed hellos are refused without throwing") {
+  const json good = make_hello({1, {"a", {"h", 1}}, counting_nonce()});
+  REQUIRE(parse_hello(good));
+  auto without = [&](const char* key) {
+    json j = good;
+    j.erase(key);
+    return j;
+  };
+  auto with = [&](const char* key, json v) {
+    json j = good;
+    j[key] = std::move(v);
+    return j;
+  };
+  CHECK_FALSE(parse_hello(json()));
+  CHECK_FALSE(parse_hello(json::array({1, 2})));
+  for (const char* key : {"v", "id", "host", "port", "nonce"}) CHECK_FALSE(parse_hello(without(key)));
+  CHECK_FALSE(parse_hello(with("v", -1)));
+  CHECK_FALSE(parse_hello(with("v", "1")));
+  CHECK_FALSE(parse_hello(with("v", std::uint64_t{1} << 32)));
+  CHECK_FALSE(parse_hello(with("id", "")));
+  CHECK_FALSE(parse_hello(with("id", std::string(256, 'x'))));
+  CHECK_FALSE(parse_hello(with("host", 5)));
+  CHECK_FALSE(parse_hello(with("port", 70000)));
+  CHECK_FALSE(parse_hello(with("nonce", json::binary(std::vector<std::uint8_t>(31, 1)))));
+  CHECK_FALSE(parse_hello(with("nonce", json::binary(std::vector<std::uint8_t>(33, 1)))));
+  CHECK_FALSE(parse_hello(with("nonce", std::string(32, 'x'))));
+  // Another version parses (the caller decides it is unacceptable).
+  auto v2 = parse_hello(with("v", 2));
+  REQUIRE(v2);
+  CHECK(v2->version == 2);
+}
+
+TEST_CASE("auth round-trips and rejects bad shapes") {
+  const auto mac = compute_mac("s", counting_nonce(), "a", "b");
+  auto decoded = decode_cbor(encode_cbor(make_auth(mac)));
+  REQUIRE(decoded);
+  auto back = parse_auth(*decoded);
+  REQUIRE(back);
+  CHECK(*back == mac);
+  CHECK_FALSE(parse_auth(json::object()));
+  CHECK_FALSE(parse_auth(json{{"mac", json::binary(std::vector<std::uint8_t>(16, 0))}}));
+  CHECK_FALSE(parse_auth(json{{"mac", "not binary"}}));
+  CHECK_FALSE(parse_auth(json(42)));
+}
+
+TEST_CASE("the mac is HMAC-SHA256 over length-prefixed fields (known answer)") {
+  // Computed independently: Python hmac over
+  // len|"barrel_p2p-auth"|len|nonce|len|"node-a"|len|"node-b", lengths u32 BE.
+  const auto mac = compute_mac("cluster-secret", counting_nonce(), "node-a", "node-b");
+  CHECK(hex(mac) == "72404a2dd48354fcce6b4d3f5ad986b0ec4c4018ae1d96fd4c774949d003fa5a");
+}
+
+TEST_CASE("the mac verifies only with the same secret, nonce, ids and direction") {
+  const auto nonce_b = counting_nonce(7);  // B's challenge
+  // A answers B's challenge; B verifies with its own nonce.
+  const auto mac = compute_mac("secret", nonce_b, "A", "B");
+  CHECK(verify_mac("secret", nonce_b, "B", "A", mac));
+  CHECK(mac_equal(mac, compute_mac("secret", nonce_b, "A", "B")));
+
+  CHECK_FALSE(verify_mac("Secret", nonce_b, "B", "A", mac));
+  CHECK_FALSE(verify_mac("secret", counting_nonce(8), "B", "A", mac));
+  CHECK_FALSE(verify_mac("secret", nonce_b, "B", "C", mac));
+  CHECK_FALSE(verify_mac("secret", nonce_b, "C", "A", mac));
+  // Reflection: B cannot send A's own answer back as its proof.
+  CHECK_FALSE(verify_mac("secret", nonce_b, "A", "B", mac));
+  // Length prefixes keep ("ab", "c") apart from ("a", "bc").
+  CHECK_FALSE(mac_equal(compute_mac("s", nonce_b, "ab", "c"), compute_mac("s", nonce_b, "a", "bc")));
+  auto flipped = mac;
+  flipped[31] ^= 1;
+  CHECK_FALSE(mac_equal(mac, flipped));
+}
+
+TEST_CASE("nonces come from the CSPRNG and differ") {
+  const auto a = random_nonce();
+  const auto b = random_nonce();
+  CHECK(a != b);
+  CHECK(a != handshake_nonce{});
+}
+
+TEST_CASE("the heartbeat is a small control message") {
+  const auto body = encode_body(make_heartbeat());
+  CHECK(body->size() < 16);
+  CHECK(decode_cbor(*body));
+}
+
+}  // TEST_SUITE

@@ -1,0 +1,186 @@
+#include <barrel_p2p/sim_network.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <doctest/doctest.h>
+
+using namespace barrel_p2p;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct recorder {
+  std::vector<std::string> log;
+  void attach(transport& t) {
+    auto id = t.self().id;
+    t.on_message(channel::membership, [this, id](const std::string& from, json&& m) {
+      log.push_back(id + "<-" + from + ":" + m.dump());
+    });
+    t.on_connected([this, id](const peer_descriptor& p, bool inbound) {
+      log.push_back(id + " up " + p.id + (inbound ? " in" : " out"));
+    });
+    t.on_disconnected([this, id](const std::string& p, disconnect_reason r) {
+      log.push_back(id + " down " + p + " " + std::string(to_string(r)));
+    });
+  }
+};
+
+// Runs a small scripted exchange and returns everything that happened.
+std::vector<std::string> scripted_run(std::uint64_t seed) {
+  boost::asio::io_context io;
+  sim_config cfg;
+  cfg.seed = seed;
+  cfg.jitter = 4ms;
+  cfg.loss = 0.2;
+  cfg.duplicate = 0.2;
+  sim_network net(io, cfg);
+  recorder rec;
+  std::vector<std::unique_ptr<transport>> nodes;
+  for (int i = 0; i < 4; ++i) {
+    nodes.push_back(net.add_node("n" + std::to_string(i)));
+    rec.attach(*nodes.back());
+  }
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    for (int i = 1; i < 4; ++i) {
+      peer_address addr{"sim", static_cast<std::uint16_t>(i)};
+      co_await nodes[0]->connect(addr);
+    }
+    for (int k = 0; k < 50; ++k)
+      for (int i = 1; i < 4; ++i)
+        nodes[0]->send("n" + std::to_string(i), channel::membership, encode_body(k));
+  }, boost::asio::detached);
+  net.run_for(10s);
+  return rec.log;
+}
+
+}  // namespace
+
+TEST_CASE("same seed, same sequence of events; another seed, another sequence") {
+  auto a = scripted_run(7);
+  auto b = scripted_run(7);
+  auto c = scripted_run(8);
+  CHECK(a.size() > 50);
+  CHECK(a == b);
+  CHECK(a != c);
+}
+
+TEST_CASE("messages arrive after the configured latency on virtual time") {
+  boost::asio::io_context io;
+  sim_config cfg;
+  cfg.latency = 40ms;
+  cfg.jitter = 0ms;
+  sim_network net(io, cfg);
+  auto a = net.add_node("a");
+  auto b = net.add_node("b");
+  duration arrived{-1};
+  b->on_message(channel::replica, [&](const std::string& from, json&& m) {
+    CHECK(from == "a");
+    CHECK(m == json{{"hello", 1}});
+    arrived = net.now();
+  });
+  duration sent{};
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    auto peer = co_await a->connect({"sim", 1});
+    REQUIRE(peer.has_value());
+    CHECK(peer->id == "b");
+    sent = net.now();
+    CHECK(a->send("b", channel::replica, encode_body({{"hello", 1}})));
+  }, boost::asio::detached);
+  net.run_for(1s);
+  CHECK(arrived - sent == 40ms);
+  CHECK(net.now() == 1000ms);
+}
+
+TEST_CASE("a killed node's peers see the connection fail after the detection delay") {
+  boost::asio::io_context io;
+  sim_config cfg;
+  cfg.failure_detection = 2s;
+  sim_network net(io, cfg);
+  auto a = net.add_node("a");
+  auto b = net.add_node("b");
+  std::optional<duration> down_at;
+  disconnect_reason why{};
+  a->on_disconnected([&](const std::string& p, disconnect_reason r) {
+    CHECK(p == "b");
+    down_at = net.now();
+    why = r;
+  });
+  boost::asio::co_spawn(io, [&]() -> task<> { co_await a->connect({"sim", 1}); }, boost::asio::detached);
+  net.run_for(100ms);
+  REQUIRE(a->is_connected("b"));
+  net.kill("b");
+  CHECK_FALSE(a->send("zzz", channel::replica, encode_body(1)));  // unknown peer
+  CHECK(a->send("b", channel::replica, encode_body(1)));          // looks fine, is lost
+  net.run_for(5s);
+  REQUIRE(down_at.has_value());
+  CHECK(*down_at == 2100ms);
+  CHECK(why == disconnect_reason::heartbeat_timeout);
+  CHECK_FALSE(a->is_connected("b"));
+  // Dialling the dead node fails; after revive it succeeds.
+  std::optional<std::optional<peer_descriptor>> r1, r2;
+  boost::asio::co_spawn(io, [&]() -> task<> { r1 = co_await a->connect({"sim", 1}); }, boost::asio::detached);
+  net.run_for(5s);
+  REQUIRE(r1.has_value());
+  CHECK_FALSE(r1->has_value());
+  net.revive("b");
+  boost::asio::co_spawn(io, [&]() -> task<> { r2 = co_await a->connect({"sim", 1}); }, boost::asio::detached);
+  net.run_for(5s);
+  REQUIRE(r2.has_value());
+  CHECK(r2->has_value());
+}
+
+TEST_CASE("a partition drops traffic and fails crossing links; one-way too") {
+  boost::asio::io_context io;
+  sim_network net(io, {});
+  auto a = net.add_node("a");
+  auto b = net.add_node("b");
+  int received_by_b = 0, received_by_a = 0;
+  b->on_message(channel::replica, [&](const std::string&, json&&) { ++received_by_b; });
+  a->on_message(channel::replica, [&](const std::string&, json&&) { ++received_by_a; });
+  boost::asio::co_spawn(io, [&]() -> task<> { co_await a->connect({"sim", 1}); }, boost::asio::detached);
+  net.run_for(100ms);
+  net.partition({"a"}, {"b"}, /*one_way=*/true);
+  a->send("b", channel::replica, encode_body(1));
+  b->send("a", channel::replica, encode_body(1));
+  net.run_for(100ms);
+  CHECK(received_by_b == 0);
+  CHECK(received_by_a == 1);
+  net.run_for(10s);
+  CHECK_FALSE(a->is_connected("b"));
+  CHECK_FALSE(b->is_connected("a"));
+  net.heal();
+  std::optional<peer_descriptor> again;
+  boost::asio::co_spawn(io, [&]() -> task<> { again = co_await a->connect({"sim", 1}); }, boost::asio::detached);
+  net.run_for(1s);
+  CHECK(again.has_value());
+}
+
+TEST_CASE("disconnect: closed_locally here, closed_by_peer there") {
+  boost::asio::io_context io;
+  sim_network net(io, {});
+  auto a = net.add_node("a");
+  auto b = net.add_node("b");
+  std::vector<std::string> seen;
+  a->on_disconnected([&](const std::string& p, disconnect_reason r) { seen.push_back("a:" + p + ":" + std::string(to_string(r))); });
+  b->on_disconnected([&](const std::string& p, disconnect_reason r) { seen.push_back("b:" + p + ":" + std::string(to_string(r))); });
+  boost::asio::co_spawn(io, [&]() -> task<> { co_await a->connect({"sim", 1}); }, boost::asio::detached);
+  net.run_for(100ms);
+  a->disconnect("b");
+  net.run_for(100ms);
+  CHECK(seen == std::vector<std::string>{"a:b:closed_locally", "b:a:closed_by_peer"});
+}
+
+TEST_CASE("ten virtual minutes of timers pass quickly") {
+  boost::asio::io_context io;
+  sim_network net(io, {});
+  auto sched = net.make_scheduler();
+  int ticks = 0;
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    while (co_await sched->sleep(100ms)) ++ticks;
+  }, boost::asio::detached);
+  net.run_for(std::chrono::minutes(10));
+  CHECK(ticks == 6000);
+  CHECK(sched->wall_ms() == net.config().epoch_ms + 600'000);
+}
