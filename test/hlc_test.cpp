@@ -110,9 +110,9 @@ TEST_CASE("total order, pack() and the binary form all agree") {
 
 TEST_CASE("binary form is 12 bytes big-endian and rejects other sizes") {
   hlc_timestamp t{0x0102030405060708ULL, 0x090a0b0c};
-  CHECK_FALSE(hlc_timestamp::from_bytes(bytes).has_value());  // wall beyond 44 bits
   auto bytes = t.to_bytes();
   for (std::size_t i = 0; i < bytes.size(); ++i) CHECK(bytes[i] == i + 1);
+  CHECK_FALSE(hlc_timestamp::from_bytes(bytes).has_value());  // wall beyond 44 bits
   std::array<std::uint8_t, 11> short_form{};
   CHECK_FALSE(hlc_timestamp::from_bytes(short_form).has_value());
   std::array<std::uint8_t, 13> long_form{};
