@@ -165,6 +165,9 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       throw std::invalid_argument("tcp_transport: max_frame_bytes below the handshake size");
     if (config_.send_queue_limit == 0)
       throw std::invalid_argument("tcp_transport: send_queue_limit must be positive");
+    if (config_.connect_timeout <= duration{0} || config_.handshake_timeout <= duration{0} ||
+        config_.heartbeat_interval <= duration{0} || config_.heartbeat_timeout <= duration{0})
+      throw std::invalid_argument("tcp_transport: timeouts and intervals must be positive");
     self_.id = config_.node_id;
     self_.address.host =
         config_.advertise_host.empty() ? config_.listen_host : config_.advertise_host;
@@ -194,8 +197,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       endpoint = tcp::endpoint(address, config_.listen_port);
     } else {
       tcp::resolver resolver(ex_);
-      auto [rec, results] = co_await resolver.async_resolve(
-          config_.listen_host, std::to_string(config_.listen_port), use_tuple);
+      const auto service = std::to_string(config_.listen_port);
+      auto [rec, results] = co_await resolver.async_resolve(config_.listen_host, service, use_tuple);
       if (rec || results.empty())
         throw std::system_error(std::error_code(rec), "tcp_transport: resolve " + config_.listen_host);
       endpoint = results.begin()->endpoint();
@@ -441,8 +444,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       endpoints.emplace_back(address, addr.port);
     } else {
       tcp::resolver resolver(ex_);
-      auto [rec, results] =
-          co_await resolver.async_resolve(addr.host, std::to_string(addr.port), use_tuple);
+      const auto service = std::to_string(addr.port);
+      auto [rec, results] = co_await resolver.async_resolve(addr.host, service, use_tuple);
       if (rec) {
         log("cannot resolve " + addr.host + ": " + rec.message());
         co_return false;
@@ -502,8 +505,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     try {
       conn->own_nonce = random_nonce();
       const hello_message hello{protocol_version, self_, conn->own_nonce};
-      if (!co_await write_direct(conn, encode_body(make_hello(hello))))
-        co_return "cannot send hello";
+      auto hello_body = encode_body(make_hello(hello));
+      if (!co_await write_direct(conn, std::move(hello_body))) co_return "cannot send hello";
 
       auto in = co_await read_frame(conn, handshake_max_frame_bytes, handshake_cbor_limits);
       if (in.st != frame_in::status::ok) co_return "reading hello: " + in.detail;
@@ -518,7 +521,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       conn->state = conn_state::hello_received;
 
       const auto mac = compute_mac(config_.cluster_secret, conn->peer_nonce, self_.id, conn->peer.id);
-      if (!co_await write_direct(conn, encode_body(make_auth(mac)))) co_return "cannot send auth";
+      auto auth_body = encode_body(make_auth(mac));
+      if (!co_await write_direct(conn, std::move(auth_body))) co_return "cannot send auth";
 
       in = co_await read_frame(conn, handshake_max_frame_bytes, handshake_cbor_limits);
       if (in.st != frame_in::status::ok) co_return "reading auth: " + in.detail;

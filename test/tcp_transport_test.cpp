@@ -296,6 +296,13 @@ TEST_CASE("a bad config is refused") {
   auto no_secret = config_for("a");
   no_secret.cluster_secret.clear();
   CHECK_THROWS_AS((void)make_tcp_transport(no_secret, *sched), std::invalid_argument);
+  auto no_heartbeat = config_for("a");
+  no_heartbeat.heartbeat_interval = std::chrono::milliseconds{0};
+  CHECK_THROWS_AS((void)make_tcp_transport(no_heartbeat, *sched), std::invalid_argument);
+  auto tiny_frames = config_for("a");
+  tiny_frames.max_frame_bytes = 100;
+  CHECK_THROWS_AS((void)make_tcp_transport(tiny_frames, *sched), std::invalid_argument);
+  CHECK_NOTHROW((void)make_tcp_transport(config_for("a"), *sched));
 }
 
 TEST_CASE("three transports connect and exchange messages on two channels") {

@@ -52,7 +52,11 @@ struct tcp_transport_config {
 inline constexpr std::uint32_t protocol_version = 1;
 
 /// Creates a TCP transport on the scheduler's executor. Throws
-/// std::invalid_argument on a bad config (empty id or secret).
+/// std::invalid_argument on a bad config (empty id or secret, an id over 255
+/// bytes, max_frame_bytes below 1024, a zero send_queue_limit, a duration
+/// that is not positive). Call stop() before destroying it; a transport
+/// destroyed without stop() silences its handlers and winds down on the
+/// executor.
 [[nodiscard]] std::unique_ptr<transport> make_tcp_transport(tcp_transport_config config,
                                                             scheduler& sched);
 
