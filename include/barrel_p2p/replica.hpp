@@ -1,0 +1,146 @@
+// The replica driver: the gossip/CRDT engine behind replicated maps and
+// leader election (docs/reference/replica.md, after the Erlang
+// barrel_p2p_replica).
+//
+// A named instance gossips OR-Map deltas over Plumtree under a tag equal to
+// its name, routes incoming deltas to its callbacks (the OWNER, which holds
+// the actual map), full-syncs state with peers when they connect and pulls
+// state when it starts late, and drops a node's entries on peer_down. It can
+// run periodic, jittered anti-entropy pulls for owners whose snapshot is the
+// whole state.
+#pragma once
+
+#include <barrel_p2p/hlc.hpp>
+#include <barrel_p2p/hyparview.hpp>
+#include <barrel_p2p/plumtree.hpp>
+#include <barrel_p2p/scheduler.hpp>
+#include <barrel_p2p/transport.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+
+namespace barrel_p2p {
+
+/// What a replica instance's owner implements. Every callback receives the
+/// instance name first, so one object can back several instances. Callbacks
+/// of one instance run one at a time, in arrival order, on the node's
+/// executor. A callback that throws is counted and logged; the instance
+/// keeps running.
+class replica_callbacks {
+ public:
+  virtual ~replica_callbacks() = default;
+
+  /// Merge an incoming delta (a wire-form OR-Map, see crdt_wire) into the
+  /// owner's map and run its side effects. Peer-supplied: validate it
+  /// (crdt_wire::ingest does).
+  virtual task<> merge_delta(const std::string& name, const json& delta) = 0;
+  /// Apply a snapshot received from a peer (on connect, on pull).
+  virtual task<> apply_full_sync(const std::string& name, const json& snapshot) = 0;
+  /// The snapshot to push to a peer, or nullopt when there is nothing.
+  virtual task<std::optional<json>> full_sync_snapshot(const std::string& name) = 0;
+  /// A node left or failed: drop what it owned, or do nothing.
+  virtual task<> remove_node(const std::string& name, const std::string& node_id) = 0;
+  /// A broadcast_custom payload. Optional.
+  virtual task<> merge_custom(const std::string& name, const json& payload);
+  /// True to run periodic anti-entropy. Only for owners whose snapshot is
+  /// the WHOLE state and whose removals are tombstones, so that a re-pull
+  /// cannot resurrect a removed entry. Optional (default false).
+  virtual bool anti_entropy() const { return false; }
+};
+
+struct replica_config {
+  /// Mean interval between anti-entropy pulls (each jittered by ±25 %).
+  duration anti_entropy_interval{30'000};
+  double anti_entropy_jitter = 0.25;
+  /// Work items (deltas, snapshots, peer events) queued per instance before
+  /// new ones are dropped and counted. Anti-entropy repairs such drops for
+  /// instances that opt in.
+  std::size_t inbox_limit = 100'000;
+  std::uint64_t seed = 0;
+  std::function<void(const std::string&)> log;
+};
+
+struct replica_counters {
+  std::uint64_t deltas_sent = 0;
+  std::uint64_t deltas_received = 0;
+  std::uint64_t customs_sent = 0;
+  std::uint64_t customs_received = 0;
+  std::uint64_t syncs_sent = 0;        ///< snapshots pushed to peers
+  std::uint64_t syncs_received = 0;
+  std::uint64_t pulls_sent = 0;        ///< sync requests (late start, anti-entropy, request_sync)
+  std::uint64_t anti_entropy_rounds = 0;
+  std::uint64_t callback_errors = 0;
+  std::uint64_t bad_messages = 0;      ///< payloads of unknown shape, ignored
+  std::uint64_t inbox_drops = 0;
+};
+
+/// A local write: add a value or remove a key.
+struct replica_add {
+  std::string key;
+  json value;
+};
+struct replica_remove {
+  std::string key;
+};
+using replica_update = std::variant<replica_add, replica_remove>;
+
+/// One per node: routes replica traffic to named instances and owns their
+/// shared services (the node's HLC, membership, broadcast).
+class replica_host {
+ public:
+  replica_host(transport& net, hyparview& membership, plumtree& broadcast, scheduler& sched,
+               hlc_clock& clock, replica_config config = {});
+  ~replica_host();
+  replica_host(const replica_host&) = delete;
+  replica_host& operator=(const replica_host&) = delete;
+
+  /// Registers the replica channel handler and the membership listener.
+  void start();
+  /// Stops every instance; returns when their loops have ended.
+  task<> stop();
+
+  [[nodiscard]] const replica_config& config() const;
+
+  struct impl;
+
+ private:
+  std::shared_ptr<impl> impl_;
+  friend class replica;
+};
+
+class replica {
+ public:
+  /// Starts instance `name` on this node. `callbacks` must outlive the
+  /// instance. Throws std::invalid_argument when the name is empty or
+  /// already started on this node.
+  static std::shared_ptr<replica> start(replica_host& host, std::string name,
+                                        replica_callbacks& callbacks);
+  ~replica();
+
+  /// Applies the update locally (merge_delta) and gossips it. An add
+  /// carries a fresh dot, a remove a tombstone, both stamped by the node's
+  /// HLC. Returns the delta (wire form).
+  task<json> broadcast_update(replica_update update);
+  /// Applies `payload` locally (merge_custom) and gossips it.
+  task<> broadcast_custom(json payload);
+  /// Asks `peer_id` (or, without argument, every active peer) to push its
+  /// snapshot to this node.
+  void request_sync(const std::string& peer_id);
+  void request_sync();
+  /// Stops the instance (unsubscribes, ends its loops).
+  task<> stop();
+
+  [[nodiscard]] const std::string& name() const;
+  [[nodiscard]] const replica_counters& counters() const;
+
+  struct impl;
+
+ private:
+  explicit replica(std::shared_ptr<impl> i);
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace barrel_p2p

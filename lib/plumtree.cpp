@@ -1,0 +1,337 @@
+#include "barrel_p2p/plumtree.hpp"
+
+#include "barrel_p2p/task_group.hpp"
+
+#include <deque>
+#include <map>
+#include <set>
+#include <unordered_map>
+
+namespace barrel_p2p {
+namespace {
+
+struct message_id {
+  std::string origin;
+  std::uint64_t seq = 0;
+  friend bool operator==(const message_id&, const message_id&) = default;
+};
+struct message_id_hash {
+  std::size_t operator()(const message_id& m) const noexcept {
+    return std::hash<std::string>{}(m.origin) ^ (std::hash<std::uint64_t>{}(m.seq) * 0x9e3779b97f4a7c15ULL);
+  }
+};
+
+json id_to_json(const message_id& id) { return json::array({id.origin, id.seq}); }
+
+std::optional<message_id> id_from_json(const json& j) {
+  if (!j.is_array() || j.size() < 2 || !j[0].is_string() || !j[1].is_number_unsigned()) return std::nullopt;
+  const auto& origin = j[0].get_ref<const std::string&>();
+  if (origin.empty() || origin.size() > 255) return std::nullopt;
+  return message_id{origin, j[1].get<std::uint64_t>()};
+}
+
+struct cached_message {
+  std::string tag;
+  json payload;
+  std::uint64_t round = 0;
+};
+
+struct missing_message {
+  std::deque<std::pair<std::string, std::uint64_t>> announcers;  // (peer, round), in arrival order
+  duration deadline{0};
+};
+
+}  // namespace
+
+struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
+  transport& net;
+  hyparview& membership;
+  scheduler& sched;
+  plumtree_config config;
+  plumtree_counters counters;
+  std::set<std::string> eager, lazy;
+  std::unordered_map<message_id, cached_message, message_id_hash> cache;
+  std::deque<std::pair<duration, message_id>> cache_order;  // for expiry, oldest first
+  std::unordered_map<message_id, missing_message, message_id_hash> missing;
+  std::map<std::string, std::vector<json>> pending_ihave;  // peer -> announced ids
+  std::map<std::string, delivery_handler> subscribers;
+  task_group loops;
+  std::uint64_t next_seq;
+  bool started = false;
+  bool stopped = false;
+
+  impl(transport& n, hyparview& m, scheduler& s, plumtree_config c)
+      : net(n), membership(m), sched(s), config(std::move(c)), loops(s.get_executor()) {
+    // Sequence numbers start from the wall clock so that a restarted node
+    // does not reuse ids its peers still hold in their caches.
+    random_engine rng(config.seed ? config.seed : std::random_device{}());
+    next_seq = (sched.wall_ms() << 16) | (rng() & 0xffff);
+  }
+
+  const std::string& self() const { return net.self().id; }
+  bool is_peer(const std::string& p) const { return eager.contains(p) || lazy.contains(p); }
+
+  void log(const std::string& line) const {
+    if (config.log) config.log(self() + ": " + line);
+  }
+
+  void to_eager(const std::string& p) {
+    lazy.erase(p);
+    eager.insert(p);
+  }
+  void to_lazy(const std::string& p) {
+    eager.erase(p);
+    lazy.insert(p);
+  }
+
+  void remember(const message_id& id, const std::string& tag, const json& payload, std::uint64_t round) {
+    cache.emplace(id, cached_message{tag, payload, round});
+    cache_order.emplace_back(sched.now(), id);
+    missing.erase(id);
+    while (cache.size() > config.cache_max_messages && !cache_order.empty()) {
+      cache.erase(cache_order.front().second);
+      cache_order.pop_front();
+    }
+    counters.cache_size = cache.size();
+    counters.missing = missing.size();
+  }
+
+  // Pushes a message one hop further: whole to eager peers, announced to
+  // lazy ones. The GOSSIP is encoded once for all eager peers.
+  void push(const message_id& id, const std::string& tag, const json& payload, std::uint64_t round,
+            const std::string& except) {
+    message_body body;
+    for (const auto& p : eager) {
+      if (p == except) continue;
+      if (!body)
+        body = encode_body({{"t", "g"}, {"id", id_to_json(id)}, {"tag", tag}, {"r", round}, {"p", payload}});
+      if (net.send(p, channel::broadcast, body)) ++counters.gossip_sent;
+    }
+    for (const auto& p : lazy)
+      if (p != except) pending_ihave[p].push_back(json::array({id.origin, id.seq, round}));
+  }
+
+  void broadcast(const std::string& tag, const json& payload) {
+    const message_id id{self(), next_seq++};
+    ++counters.broadcasts;
+    remember(id, tag, payload, 0);
+    push(id, tag, payload, 1, {});
+  }
+
+  void bad(const std::string& from, const std::string& why) {
+    ++counters.bad_messages;
+    log("dropped broadcast message from " + from + ": " + why);
+  }
+
+  void on_message(const std::string& from, json&& msg) {
+    if (stopped) return;
+    try {
+      if (!msg.is_object()) return bad(from, "not an object");
+      auto t = msg.find("t");
+      if (t == msg.end() || !t->is_string()) return bad(from, "no type");
+      const auto& type = t->get_ref<const std::string&>();
+      if (type == "g") return on_gossip(from, msg);
+      if (type == "i") return on_ihave(from, msg);
+      if (type == "gr") return on_graft(from, msg);
+      if (type == "p") return on_prune(from);
+      bad(from, "unknown type " + type);
+    } catch (const std::exception& ex) {
+      bad(from, ex.what());
+    }
+  }
+
+  void on_gossip(const std::string& from, json& msg) {
+    auto id = id_from_json(msg.value("id", json()));
+    auto tag = msg.find("tag");
+    auto round = msg.find("r");
+    auto payload = msg.find("p");
+    if (!id || tag == msg.end() || !tag->is_string() || round == msg.end() ||
+        !round->is_number_unsigned() || payload == msg.end())
+      return bad(from, "gossip: bad fields");
+    ++counters.gossip_received;
+    if (cache.contains(*id) || id->origin == self()) {
+      // A redundant edge of the tree: keep the sender for announcements only.
+      ++counters.duplicates;
+      if (eager.contains(from)) {
+        to_lazy(from);
+        ++counters.prune_sent;
+        net.send(from, channel::broadcast, encode_body({{"t", "p"}}));
+      }
+      return;
+    }
+    const auto& tag_s = tag->get_ref<const std::string&>();
+    const auto r = round->get<std::uint64_t>();
+    remember(*id, tag_s, *payload, r);
+    if (is_peer(from)) to_eager(from);
+    push(*id, tag_s, *payload, r + 1, from);
+    deliver(*id, tag_s, *payload);
+  }
+
+  void deliver(const message_id& id, const std::string& tag, const json& payload) {
+    auto it = subscribers.find(tag);
+    if (it == subscribers.end()) return;  // relayed for others, not for us
+    ++counters.delivered;
+    try {
+      it->second(tag, payload, id.origin);
+    } catch (const std::exception& ex) {
+      log("subscriber for tag '" + tag + "' threw: " + ex.what());
+    }
+  }
+
+  void on_ihave(const std::string& from, const json& msg) {
+    auto ids = msg.find("ids");
+    if (ids == msg.end() || !ids->is_array()) return bad(from, "ihave: bad fields");
+    const auto now = sched.now();
+    for (const auto& e : *ids) {
+      auto id = id_from_json(e);
+      if (!id || e.size() != 3 || !e[2].is_number_unsigned()) return bad(from, "ihave: bad id");
+      if (cache.contains(*id) || id->origin == self()) continue;
+      auto it = missing.find(*id);
+      if (it == missing.end()) {
+        if (missing.size() >= config.max_missing) continue;
+        it = missing.emplace(*id, missing_message{{}, now + config.graft_timeout}).first;
+      }
+      it->second.announcers.emplace_back(from, e[2].get<std::uint64_t>());
+    }
+    counters.missing = missing.size();
+  }
+
+  void on_graft(const std::string& from, const json& msg) {
+    auto id = id_from_json(msg.value("id", json()));
+    if (!id) return bad(from, "graft: bad id");
+    if (is_peer(from)) to_eager(from);
+    auto it = cache.find(*id);
+    if (it == cache.end()) return;  // expired: the grafter will ask someone else
+    ++counters.gossip_sent;
+    net.send(from, channel::broadcast,
+             encode_body({{"t", "g"}, {"id", id_to_json(*id)}, {"tag", it->second.tag},
+                          {"r", it->second.round + 1}, {"p", it->second.payload}}));
+  }
+
+  void on_prune(const std::string& from) {
+    if (is_peer(from)) to_lazy(from);
+  }
+
+  void on_membership(const membership_event& ev) {
+    if (ev.what == membership_event::kind::peer_up) {
+      to_eager(ev.peer.id);  // new links start in the tree
+    } else if (ev.what == membership_event::kind::peer_down) {
+      eager.erase(ev.peer.id);
+      lazy.erase(ev.peer.id);
+      pending_ihave.erase(ev.peer.id);
+      for (auto& [id, m] : missing)
+        std::erase_if(m.announcers, [&](const auto& a) { return a.first == ev.peer.id; });
+    }
+  }
+
+  // One loop does all of the timed work: flushing IHAVE batches, grafting
+  // missing messages, expiring the cache.
+  // Holds the state alive while suspended, so a plumtree destroyed without
+  // stop() leaves the loop to wake, see it was cancelled, and end.
+  static task<> timers_loop(std::shared_ptr<impl> self) {
+    while (!self->stopped) {
+      const bool elapsed = co_await self->sched.sleep(self->config.ihave_interval);
+      if (!elapsed) break;
+      self->flush_ihave();
+      self->graft_missing();
+      self->expire_cache();
+    }
+  }
+
+  void flush_ihave() {
+    for (auto& [peer, ids] : pending_ihave) {
+      if (!lazy.contains(peer)) continue;  // became eager or left: the ids are stale
+      for (std::size_t i = 0; i < ids.size(); i += config.ihave_batch_max) {
+        json batch = json::array();
+        for (std::size_t j = i; j < std::min(ids.size(), i + config.ihave_batch_max); ++j)
+          batch.push_back(std::move(ids[j]));
+        counters.ihave_ids_sent += batch.size();
+        ++counters.ihave_sent;
+        net.send(peer, channel::broadcast, encode_body({{"t", "i"}, {"ids", std::move(batch)}}));
+      }
+    }
+    pending_ihave.clear();
+  }
+
+  void graft_missing() {
+    const auto now = sched.now();
+    for (auto it = missing.begin(); it != missing.end();) {
+      auto& m = it->second;
+      if (m.deadline > now) {
+        ++it;
+        continue;
+      }
+      // Ask the next announcer still connected; give up when none is left.
+      while (!m.announcers.empty() && !is_peer(m.announcers.front().first)) m.announcers.pop_front();
+      if (m.announcers.empty()) {
+        it = missing.erase(it);
+        continue;
+      }
+      auto [peer, round] = m.announcers.front();
+      m.announcers.pop_front();
+      to_eager(peer);
+      ++counters.graft_sent;
+      net.send(peer, channel::broadcast,
+               encode_body({{"t", "gr"}, {"id", id_to_json(it->first)}, {"r", round}}));
+      m.deadline = now + config.graft_retry_timeout;
+      ++it;
+    }
+    counters.missing = missing.size();
+  }
+
+  void expire_cache() {
+    const auto now = sched.now();
+    while (!cache_order.empty() && now - cache_order.front().first > config.cache_ttl) {
+      cache.erase(cache_order.front().second);
+      cache_order.pop_front();
+    }
+    counters.cache_size = cache.size();
+  }
+
+};
+
+plumtree::plumtree(transport& net, hyparview& membership, scheduler& sched, plumtree_config config)
+    : impl_(std::make_shared<impl>(net, membership, sched, std::move(config))) {}
+
+plumtree::~plumtree() {
+  impl_->stopped = true;
+  if (impl_->started) impl_->net.on_message(channel::broadcast, nullptr);
+  impl_->loops.cancel();
+}
+
+void plumtree::start() {
+  auto* m = impl_.get();
+  if (m->started) return;
+  m->started = true;
+  m->net.on_message(channel::broadcast,
+                    [m](const std::string& from, json&& msg) { m->on_message(from, std::move(msg)); });
+  // The listener outlives nothing: membership is owned beside us and
+  // destroyed after us by the node; a weak pointer guards the rest.
+  std::weak_ptr<impl> weak = impl_;
+  m->membership.add_listener([weak](const membership_event& ev) {
+    if (auto p = weak.lock(); p && !p->stopped) p->on_membership(ev);
+  });
+  for (const auto& d : m->membership.active_view()) m->eager.insert(d.id);
+  m->loops.spawn("plumtree_timers", impl::timers_loop(impl_));
+}
+
+task<> plumtree::stop() {
+  impl_->stopped = true;
+  co_await impl_->loops.stop();
+}
+
+void plumtree::broadcast(const std::string& tag, const json& payload) { impl_->broadcast(tag, payload); }
+
+void plumtree::subscribe(const std::string& tag, delivery_handler handler) {
+  if (!handler) throw std::invalid_argument("plumtree: empty handler for tag '" + tag + "'");
+  if (!impl_->subscribers.emplace(tag, std::move(handler)).second)
+    throw std::invalid_argument("plumtree: tag '" + tag + "' already has a subscriber on this node");
+}
+
+void plumtree::unsubscribe(const std::string& tag) { impl_->subscribers.erase(tag); }
+
+std::vector<std::string> plumtree::eager_peers() const { return {impl_->eager.begin(), impl_->eager.end()}; }
+std::vector<std::string> plumtree::lazy_peers() const { return {impl_->lazy.begin(), impl_->lazy.end()}; }
+const plumtree_counters& plumtree::counters() const { return impl_->counters; }
+
+}  // namespace barrel_p2p

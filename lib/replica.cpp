@@ -1,0 +1,320 @@
+#include "barrel_p2p/replica.hpp"
+
+#include "barrel_p2p/crdt_wire.hpp"
+#include "barrel_p2p/event_stream.hpp"
+#include "barrel_p2p/task_group.hpp"
+
+#include <map>
+
+namespace barrel_p2p {
+
+task<> replica_callbacks::merge_custom(const std::string&, const json&) { co_return; }
+
+namespace {
+
+// Work for an instance's loop, processed in arrival order.
+struct work_item {
+  enum class kind { delta, custom, snapshot, push_to, node_down } what;
+  json body;         // delta, custom payload or snapshot
+  std::string peer;  // push_to, node_down
+};
+
+}  // namespace
+
+struct replica_host::impl {
+  transport& net;
+  hyparview& membership;
+  plumtree& broadcast;
+  scheduler& sched;
+  hlc_clock& clock;
+  replica_config config;
+  random_engine rng;
+  std::map<std::string, std::weak_ptr<replica::impl>> instances;
+  bool started = false;
+  bool stopped = false;
+
+  impl(transport& n, hyparview& m, plumtree& b, scheduler& s, hlc_clock& c, replica_config cfg)
+      : net(n), membership(m), broadcast(b), sched(s), clock(c), config(std::move(cfg)),
+        rng(config.seed ? config.seed : std::random_device{}()) {}
+
+  void log(const std::string& line) const {
+    if (config.log) config.log(net.self().id + ": " + line);
+  }
+
+  void send(const std::string& peer, const json& msg) { net.send(peer, channel::replica, encode_body(msg)); }
+
+  std::shared_ptr<replica::impl> find(const std::string& name) {
+    auto it = instances.find(name);
+    return it == instances.end() ? nullptr : it->second.lock();
+  }
+
+  void on_message(const std::string& from, json&& msg);
+  void on_membership(const membership_event& ev);
+};
+
+struct replica::impl : std::enable_shared_from_this<replica::impl> {
+  std::shared_ptr<replica_host::impl> host;
+  std::string name;
+  replica_callbacks& callbacks;
+  replica_counters counters;
+  event_publisher<work_item> inbox_in;
+  event_stream<work_item> inbox;
+  task_group loops;
+  bool stopped = false;
+
+  impl(std::shared_ptr<replica_host::impl> h, std::string n, replica_callbacks& cb)
+      : host(std::move(h)),
+        name(std::move(n)),
+        callbacks(cb),
+        inbox_in(host->sched.get_executor()),
+        inbox(inbox_in.subscribe(host->config.inbox_limit)),
+        loops(host->sched.get_executor()) {}
+
+  void enqueue(work_item w) {
+    if (stopped) return;
+    const auto before = inbox.dropped();
+    inbox_in.publish(std::move(w));
+    if (inbox.dropped() != before) {
+      ++counters.inbox_drops;
+      host->log("replica " + name + ": inbox full, dropped the oldest work item");
+    }
+  }
+
+  // Plumtree delivery for our tag: {"k":"d","d":delta} or {"k":"c","p":payload}.
+  void on_broadcast(const json& payload) {
+    const auto* kind = payload.is_object() && payload.contains("k") && payload["k"].is_string()
+                           ? &payload["k"].get_ref<const std::string&>()
+                           : nullptr;
+    if (kind && *kind == "d" && payload.contains("d")) {
+      ++counters.deltas_received;
+      enqueue({work_item::kind::delta, payload["d"], {}});
+    } else if (kind && *kind == "c" && payload.contains("p")) {
+      ++counters.customs_received;
+      enqueue({work_item::kind::custom, payload["p"], {}});
+    } else {
+      ++counters.bad_messages;
+      host->log("replica " + name + ": ignored a broadcast of unknown shape");
+    }
+  }
+
+  // Runs one callback; a throwing owner is counted and logged, never fatal.
+  template <class F>
+  task<> guarded(const char* what, F call) {
+    try {
+      co_await call();
+    } catch (const std::exception& ex) {
+      ++counters.callback_errors;
+      host->log("replica " + name + ": callback " + what + " threw: " + ex.what());
+    } catch (...) {
+      ++counters.callback_errors;
+      host->log("replica " + name + ": callback " + what + " threw");
+    }
+  }
+
+  task<> push_snapshot(std::string peer) {
+    std::optional<json> snapshot;
+    co_await guarded("full_sync_snapshot", [&]() -> task<> { snapshot = co_await callbacks.full_sync_snapshot(name); });
+    if (!snapshot || stopped) co_return;
+    // Full sync goes straight to the peer, not through the broadcast tree.
+    ++counters.syncs_sent;
+    host->send(peer, {{"t", "sync"}, {"n", name}, {"s", std::move(*snapshot)}});
+  }
+
+  // Static, holding the state: see plumtree's timers_loop.
+  static task<> inbox_loop(std::shared_ptr<impl> self) { co_await self->process_inbox(); }
+  static task<> anti_entropy_loop(std::shared_ptr<impl> self) { co_await self->run_anti_entropy(); }
+
+  task<> process_inbox() {
+    while (auto w = co_await inbox.next()) {
+      if (stopped) co_return;
+      switch (w->what) {
+        case work_item::kind::delta:
+          co_await guarded("merge_delta", [&]() { return callbacks.merge_delta(name, w->body); });
+          break;
+        case work_item::kind::custom:
+          co_await guarded("merge_custom", [&]() { return callbacks.merge_custom(name, w->body); });
+          break;
+        case work_item::kind::snapshot:
+          ++counters.syncs_received;
+          co_await guarded("apply_full_sync", [&]() { return callbacks.apply_full_sync(name, w->body); });
+          break;
+        case work_item::kind::push_to:
+          co_await push_snapshot(w->peer);
+          break;
+        case work_item::kind::node_down:
+          co_await guarded("remove_node", [&]() { return callbacks.remove_node(name, w->peer); });
+          break;
+      }
+    }
+  }
+
+  void pull_from(const std::string& peer) {
+    ++counters.pulls_sent;
+    host->send(peer, {{"t", "pull"}, {"n", name}});
+  }
+
+  // Why anti-entropy: full sync runs on start and on peer_up only, and what
+  // a node learns by full sync is not re-broadcast. After a partition heals,
+  // a node whose links survived the split gets no peer_up and would stay
+  // behind; pulling from a random peer now and then closes that gap, and
+  // since merge is idempotent and snapshots are whole, repeats are harmless.
+  task<> run_anti_entropy() {
+    const auto& cfg = host->config;
+    while (!stopped) {
+      if (!co_await host->sched.sleep(jittered(cfg.anti_entropy_interval, cfg.anti_entropy_jitter, host->rng)))
+        co_return;
+      auto peers = host->membership.active_view();
+      if (peers.empty()) continue;
+      ++counters.anti_entropy_rounds;
+      pull_from(peers[std::uniform_int_distribution<std::size_t>(0, peers.size() - 1)(host->rng)].id);
+    }
+  }
+
+};
+
+void replica_host::impl::on_message(const std::string& from, json&& msg) {
+  if (stopped) return;
+  const auto* type = msg.is_object() && msg.contains("t") && msg["t"].is_string()
+                         ? &msg["t"].get_ref<const std::string&>()
+                         : nullptr;
+  const auto* name = msg.is_object() && msg.contains("n") && msg["n"].is_string()
+                         ? &msg["n"].get_ref<const std::string&>()
+                         : nullptr;
+  if (!type || !name) return log("dropped a replica message of unknown shape from " + from);
+  auto instance = find(*name);
+  if (!instance) return;  // not started on this node
+  if (*type == "sync" && msg.contains("s")) {
+    instance->enqueue({work_item::kind::snapshot, std::move(msg["s"]), {}});
+  } else if (*type == "pull") {
+    instance->enqueue({work_item::kind::push_to, {}, from});
+  } else {
+    ++instance->counters.bad_messages;
+    log("replica " + *name + ": ignored a message of unknown shape from " + from);
+  }
+}
+
+void replica_host::impl::on_membership(const membership_event& ev) {
+  if (stopped) return;
+  for (auto& [name, weak] : instances) {
+    auto instance = weak.lock();
+    if (!instance) continue;
+    if (ev.what == membership_event::kind::peer_up)
+      instance->enqueue({work_item::kind::push_to, {}, ev.peer.id});
+    else if (ev.what == membership_event::kind::peer_down)
+      instance->enqueue({work_item::kind::node_down, {}, ev.peer.id});
+  }
+}
+
+replica_host::replica_host(transport& net, hyparview& membership, plumtree& broadcast,
+                           scheduler& sched, hlc_clock& clock, replica_config config)
+    : impl_(std::make_shared<impl>(net, membership, broadcast, sched, clock, std::move(config))) {}
+
+replica_host::~replica_host() {
+  impl_->stopped = true;
+  if (impl_->started) impl_->net.on_message(channel::replica, nullptr);
+}
+
+void replica_host::start() {
+  auto* h = impl_.get();
+  if (h->started) return;
+  h->started = true;
+  h->net.on_message(channel::replica, [h](const std::string& from, json&& msg) { h->on_message(from, std::move(msg)); });
+  std::weak_ptr<impl> weak = impl_;
+  h->membership.add_listener([weak](const membership_event& ev) {
+    if (auto p = weak.lock()) p->on_membership(ev);
+  });
+}
+
+task<> replica_host::stop() {
+  std::vector<std::shared_ptr<replica::impl>> live;
+  for (auto& [name, weak] : impl_->instances)
+    if (auto p = weak.lock()) live.push_back(p);
+  for (auto& p : live) {
+    p->stopped = true;
+    p->inbox_in.close();
+    co_await p->loops.stop();
+  }
+  impl_->stopped = true;
+}
+
+const replica_config& replica_host::config() const { return impl_->config; }
+
+std::shared_ptr<replica> replica::start(replica_host& host, std::string name, replica_callbacks& callbacks) {
+  auto h = host.impl_;
+  if (name.empty()) throw std::invalid_argument("replica: empty instance name");
+  if (h->find(name)) throw std::invalid_argument("replica: an instance named '" + name + "' is already running on this node");
+  auto i = std::make_shared<impl>(h, name, callbacks);
+  // The name is the broadcast tag; plumtree refuses a second subscriber.
+  std::weak_ptr<impl> weak = i;
+  h->broadcast.subscribe(name, [weak](const std::string&, const json& payload, const std::string&) {
+    if (auto p = weak.lock()) p->on_broadcast(payload);
+  });
+  h->instances[name] = i;
+  i->loops.spawn("replica_inbox", impl::inbox_loop(i));
+  if (callbacks.anti_entropy()) i->loops.spawn("anti_entropy", impl::anti_entropy_loop(i));
+  // Late start: peers already connected send no peer_up, so pull from them.
+  for (const auto& d : h->membership.active_view()) i->pull_from(d.id);
+  return std::shared_ptr<replica>(new replica(i));
+}
+
+replica::replica(std::shared_ptr<impl> i) : impl_(std::move(i)) {}
+
+replica::~replica() {
+  auto& i = *impl_;
+  if (!i.stopped) {
+    i.stopped = true;
+    i.host->broadcast.unsubscribe(i.name);
+    i.host->instances.erase(i.name);
+    i.inbox_in.close();
+    i.loops.cancel();
+  }
+}
+
+task<json> replica::broadcast_update(replica_update update) {
+  auto i = impl_;
+  if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
+  ormap scratch;
+  const auto ts = i->host->clock.now();
+  const ormap delta = std::visit(
+      [&](auto& u) {
+        if constexpr (std::is_same_v<std::decay_t<decltype(u)>, replica_add>)
+          return scratch.add(u.key, std::move(u.value), i->host->net.self().id, ts);
+        else
+          return scratch.remove(u.key, ts);
+      },
+      update);
+  json wire = crdt_wire::encode_map(delta);
+  co_await i->guarded("merge_delta", [&]() { return i->callbacks.merge_delta(i->name, wire); });
+  ++i->counters.deltas_sent;
+  i->host->broadcast.broadcast(i->name, {{"k", "d"}, {"d", wire}});
+  co_return wire;
+}
+
+task<> replica::broadcast_custom(json payload) {
+  auto i = impl_;
+  if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
+  co_await i->guarded("merge_custom", [&]() { return i->callbacks.merge_custom(i->name, payload); });
+  ++i->counters.customs_sent;
+  i->host->broadcast.broadcast(i->name, {{"k", "c"}, {"p", std::move(payload)}});
+}
+
+void replica::request_sync(const std::string& peer_id) { impl_->pull_from(peer_id); }
+
+void replica::request_sync() {
+  for (const auto& d : impl_->host->membership.active_view()) impl_->pull_from(d.id);
+}
+
+task<> replica::stop() {
+  auto i = impl_;
+  if (i->stopped) co_return;
+  i->stopped = true;
+  i->host->broadcast.unsubscribe(i->name);
+  i->host->instances.erase(i->name);
+  i->inbox_in.close();
+  co_await i->loops.stop();
+}
+
+const std::string& replica::name() const { return impl_->name; }
+const replica_counters& replica::counters() const { return impl_->counters; }
+
+}  // namespace barrel_p2p
