@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <map>
+#include <stdexcept>
 
 namespace barrel_p2p {
 
@@ -64,7 +65,13 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
         rng(config.seed ? config.seed : std::random_device{}()),
         events(s.get_executor()),
         loops(s.get_executor()),
-        rejoin_backoff(config.backoff_initial) {}
+        rejoin_backoff(config.backoff_initial) {
+    if (config.active_size == 0 || config.shuffle_interval <= duration{0} ||
+        config.maintenance_interval <= duration{0} || config.backoff_initial <= duration{0} ||
+        config.backoff_max < config.backoff_initial || config.jitter < 0 || config.jitter >= 1)
+      throw std::invalid_argument(
+          "hyparview_config: active_size > 0, positive intervals, backoff_max >= backoff_initial, jitter in [0, 1)");
+  }
 
   const peer_descriptor& self() const { return net.self(); }
 

@@ -4,6 +4,7 @@
 
 #include <deque>
 #include <map>
+#include <stdexcept>
 #include <set>
 #include <unordered_map>
 
@@ -62,6 +63,10 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
 
   impl(transport& n, hyparview& m, scheduler& s, plumtree_config c)
       : net(n), membership(m), sched(s), config(std::move(c)), loops(s.get_executor()) {
+    if (config.ihave_interval <= duration{0} || config.graft_timeout <= duration{0} ||
+        config.graft_retry_timeout <= duration{0} || config.ihave_batch_max == 0 ||
+        config.cache_max_messages == 0)
+      throw std::invalid_argument("plumtree_config: intervals must be positive, batch and cache sizes > 0");
     // Sequence numbers start from the wall clock so that a restarted node
     // does not reuse ids its peers still hold in their caches.
     random_engine rng(config.seed ? config.seed : std::random_device{}());

@@ -5,6 +5,7 @@
 #include "barrel_p2p/task_group.hpp"
 
 #include <map>
+#include <stdexcept>
 
 namespace barrel_p2p {
 
@@ -35,7 +36,12 @@ struct replica_host::impl {
 
   impl(transport& n, hyparview& m, plumtree& b, scheduler& s, hlc_clock& c, replica_config cfg)
       : net(n), membership(m), broadcast(b), sched(s), clock(c), config(std::move(cfg)),
-        rng(config.seed ? config.seed : std::random_device{}()) {}
+        rng(config.seed ? config.seed : std::random_device{}()) {
+    if (config.anti_entropy_interval <= duration{0} || config.anti_entropy_jitter < 0 ||
+        config.anti_entropy_jitter >= 1 || config.inbox_limit == 0)
+      throw std::invalid_argument(
+          "replica_config: anti_entropy_interval must be positive, jitter in [0, 1), inbox_limit > 0");
+  }
 
   void log(const std::string& line) const {
     if (config.log) config.log(net.self().id + ": " + line);
@@ -231,9 +237,11 @@ task<> replica_host::stop() {
     if (auto p = weak.lock()) live.push_back(p);
   for (auto& p : live) {
     p->stopped = true;
+    impl_->broadcast.unsubscribe(p->name);
     p->inbox_in.close();
     co_await p->loops.stop();
   }
+  impl_->instances.clear();
   impl_->stopped = true;
 }
 
@@ -284,7 +292,7 @@ task<json> replica::broadcast_update(replica_update update) {
       },
       update);
   json wire = crdt_wire::encode_map(delta);
-  co_await i->guarded("merge_delta", [&]() { return i->callbacks.merge_delta(i->name, wire); });
+  co_await i->callbacks.merge_delta(i->name, wire);  // throws to the caller: nothing is sent
   ++i->counters.deltas_sent;
   i->host->broadcast.broadcast(i->name, {{"k", "d"}, {"d", wire}});
   co_return wire;
@@ -293,7 +301,7 @@ task<json> replica::broadcast_update(replica_update update) {
 task<> replica::broadcast_custom(json payload) {
   auto i = impl_;
   if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
-  co_await i->guarded("merge_custom", [&]() { return i->callbacks.merge_custom(i->name, payload); });
+  co_await i->callbacks.merge_custom(i->name, payload);  // throws to the caller: nothing is sent
   ++i->counters.customs_sent;
   i->host->broadcast.broadcast(i->name, {{"k", "c"}, {"p", std::move(payload)}});
 }

@@ -125,3 +125,17 @@ TEST_CASE("200 nodes with 1% message loss: every broadcast is still delivered ev
   for (auto& b : c.nodes) grafts += b->broadcast->counters().graft_sent;
   CHECK(grafts > 0);  // the lazy links did the repairing
 }
+
+TEST_CASE("configurations that would spin or never fire are refused") {
+  boost::asio::io_context io;
+  sim_network net(io, {});
+  auto sched = net.make_scheduler();
+  auto t = net.add_node("a");
+  hyparview_config bad_hv;
+  bad_hv.shuffle_interval = duration{0};
+  CHECK_THROWS_AS(hyparview(*t, *sched, bad_hv), std::invalid_argument);
+  hyparview hv(*t, *sched, {});
+  plumtree_config bad_pt;
+  bad_pt.ihave_batch_max = 0;
+  CHECK_THROWS_AS(plumtree(*t, hv, *sched, bad_pt), std::invalid_argument);
+}

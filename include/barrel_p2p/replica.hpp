@@ -55,9 +55,9 @@ struct replica_config {
   /// Mean interval between anti-entropy pulls (each jittered by ±25 %).
   duration anti_entropy_interval{30'000};
   double anti_entropy_jitter = 0.25;
-  /// Work items (deltas, snapshots, peer events) queued per instance before
-  /// new ones are dropped and counted. Anti-entropy repairs such drops for
-  /// instances that opt in.
+  /// Work items (deltas, snapshots, peer events) queued per instance; when
+  /// full, the OLDEST is dropped and counted (inbox_drops). Anti-entropy
+  /// repairs such drops for instances that opt in.
   std::size_t inbox_limit = 100'000;
   std::uint64_t seed = 0;
   std::function<void(const std::string&)> log;
@@ -122,9 +122,12 @@ class replica {
 
   /// Applies the update locally (merge_delta) and gossips it. An add
   /// carries a fresh dot, a remove a tombstone, both stamped by the node's
-  /// HLC. Returns the delta (wire form).
+  /// HLC. Returns the delta (wire form). If the local merge_delta throws
+  /// (the owner rejects its own write), the exception reaches the caller and
+  /// nothing is gossiped.
   task<json> broadcast_update(replica_update update);
-  /// Applies `payload` locally (merge_custom) and gossips it.
+  /// Applies `payload` locally (merge_custom) and gossips it; as above, a
+  /// throwing local merge_custom propagates and nothing is gossiped.
   task<> broadcast_custom(json payload);
   /// Asks `peer_id` (or, without argument, every active peer) to push its
   /// snapshot to this node.
