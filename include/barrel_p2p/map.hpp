@@ -1,0 +1,115 @@
+// The replicated key-value map: the everyday API (docs/concepts/replicated-map.md).
+//
+// A named LWW map on top of the replica driver: `co_await put/remove`, reads
+// that never wait, change events for local and remote writes, a validator,
+// tombstone expiry, optional pruning of a departed node's keys, and optional
+// durability (write-ahead log + snapshot, map_store.hpp).
+//
+// Concurrency: writes and events run on the node's strand (put/remove hop
+// onto it, so they may be called from any executor). Reads (get, keys,
+// to_list, size) read a projection under a shared lock and may be called
+// from any thread: each key is read atomically, but there is no snapshot
+// across keys. The projection is updated before the event for that change is
+// published, so a subscriber that reads after an event sees the new value.
+#pragma once
+
+#include <barrel_p2p/event_stream.hpp>
+#include <barrel_p2p/map_store.hpp>
+#include <barrel_p2p/node.hpp>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace barrel_p2p {
+
+struct map_options {
+  /// Checks a value before it is written locally (a rejection throws
+  /// map_error from put) or merged from a peer (silently dropped and
+  /// counted). Empty: everything is accepted. Must not block.
+  std::function<bool(const std::string& key, const json& value)> validator;
+  /// Tombstones older than this are swept (a remove is remembered this long
+  /// so that a delayed add cannot resurrect the key; keep it far above the
+  /// longest partition you expect to heal from).
+  duration tombstone_ttl{3'600'000};
+  duration tombstone_sweep_interval{60'000};
+  /// On peer_down, drop the keys whose winning write was made by that node
+  /// (presence-style maps). Local only: nothing is broadcast.
+  bool prune_on_peer_down = false;
+  /// Keep the map on disk under <node data_dir>/maps/<name>: every put and
+  /// remove is fsynced before it returns; recovered at open.
+  bool persist = false;
+  /// Log records between snapshots (each snapshot compacts the log).
+  std::size_t snapshot_every = 10'000;
+};
+
+/// A change, local or remote.
+struct map_event {
+  enum class kind { put, remove };
+  kind what;
+  std::string key;
+  json value;  ///< the new value for put; null for remove
+};
+
+/// A put refused by the validator, a map used after close, a bad option.
+class map_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct map_counters {
+  std::uint64_t puts = 0;          ///< local puts
+  std::uint64_t removes = 0;       ///< local removes
+  std::uint64_t remote_changes = 0;
+  std::uint64_t rejected_local = 0;   ///< puts refused by the validator
+  std::uint64_t rejected_remote = 0;  ///< peer entries dropped (validator or malformed)
+  std::uint64_t tombstones_swept = 0;
+  std::uint64_t pruned = 0;        ///< keys dropped by prune_on_peer_down
+};
+
+class map : public node::attachment, public std::enable_shared_from_this<map> {
+ public:
+  /// Opens the map `name` on this node: the same object for the same name
+  /// while it is open (options of a later call are ignored). With persist,
+  /// recovers from disk first. Throws map_error on a bad name or options,
+  /// std::system_error when the data directory cannot be used.
+  static std::shared_ptr<map> open(node& n, const std::string& name, map_options options = {});
+  ~map() override;
+
+  /// Writes `value` under `key` and gossips it. Returns once applied
+  /// locally (and, with persist, on disk). Throws map_error when the
+  /// validator refuses the value or the map is closed.
+  task<> put(std::string key, json value);
+  /// Removes `key` (a tombstone that beats every older write).
+  task<> remove(std::string key);
+
+  [[nodiscard]] std::optional<json> get(const std::string& key) const;
+  [[nodiscard]] std::vector<std::string> keys() const;  ///< sorted
+  [[nodiscard]] std::vector<std::pair<std::string, json>> to_list() const;  ///< sorted by key
+  [[nodiscard]] std::size_t size() const;
+
+  /// Change events from now on, local and remote. Bounded (drop-oldest, see
+  /// event_stream); the map never waits for a subscriber.
+  [[nodiscard]] event_stream<map_event> subscribe(std::size_t capacity = 1024);
+
+  /// Stops the map on this node (others keep it). erase() also deletes its
+  /// files. Both are idempotent.
+  task<> close();
+  task<> erase();
+
+  [[nodiscard]] const std::string& name() const;
+  [[nodiscard]] map_counters counters() const;
+  /// Entries including tombstones (for tests and metrics).
+  [[nodiscard]] std::size_t entry_count() const;
+
+  struct impl;
+  explicit map(std::shared_ptr<impl> i);
+
+ private:
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace barrel_p2p

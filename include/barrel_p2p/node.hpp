@@ -1,0 +1,87 @@
+// One node: transport, membership, broadcast, clock and replica host,
+// assembled and started in the right order, stopped in the reverse one.
+//
+// Maps (map.hpp) and leader election sit on top of a node; the HTTP surface
+// and the daemon sit on top of those. A node runs on ONE executor, a strand
+// the node creates over the executor it is given: public entry points of
+// the layers above hop onto it, so they may be called from any thread.
+#pragma once
+
+#include <barrel_p2p/hlc.hpp>
+#include <barrel_p2p/hyparview.hpp>
+#include <barrel_p2p/plumtree.hpp>
+#include <barrel_p2p/replica.hpp>
+#include <barrel_p2p/scheduler.hpp>
+#include <barrel_p2p/tcp_transport.hpp>
+#include <barrel_p2p/transport.hpp>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace barrel_p2p {
+
+class sim_network;
+
+struct node_config {
+  /// Transport: id, listen address, cluster secret, limits, heartbeats.
+  tcp_transport_config transport;
+  /// Nodes to join through at start (any one that answers is enough).
+  std::vector<peer_address> contacts;
+  /// Where persisted maps keep their files (one subdirectory per map).
+  /// Empty: persistence is unavailable on this node.
+  std::filesystem::path data_dir;
+  hyparview_config membership;
+  plumtree_config broadcast;
+  replica_config replicas;
+  /// HLC maximum forward offset for timestamps from peers.
+  std::chrono::milliseconds max_clock_offset = hlc_clock::default_max_offset;
+  /// One-line log sink shared by every layer that has none of its own.
+  std::function<void(const std::string&)> log;
+};
+
+class node {
+ public:
+  /// A node on real TCP. `ex` may be any executor (a multi-threaded
+  /// io_context too): the node makes a strand over it.
+  node(executor ex, node_config config);
+  /// A node on the simulated network (transport and virtual-time scheduler
+  /// from `net`); `config.transport.node_id` names it.
+  node(sim_network& net, node_config config);
+  ~node();
+  node(const node&) = delete;
+  node& operator=(const node&) = delete;
+
+  /// Starts listening and every layer, then joins through the contacts.
+  task<> start();
+  /// Leaves the cluster politely and stops every layer; returns when done.
+  task<> stop();
+
+  [[nodiscard]] const std::string& id() const;
+  [[nodiscard]] const peer_descriptor& self() const;
+  [[nodiscard]] const node_config& config() const;
+  [[nodiscard]] executor get_executor() const;  ///< the node's strand
+
+  [[nodiscard]] transport& net();
+  [[nodiscard]] scheduler& sched();
+  [[nodiscard]] hlc_clock& clock();
+  [[nodiscard]] hyparview& membership();
+  [[nodiscard]] plumtree& broadcast();
+  [[nodiscard]] replica_host& replicas();
+
+  /// A per-node registry for the layers above (maps, leader): one object per
+  /// name and kind, looked up by name.
+  struct attachment {
+    virtual ~attachment() = default;
+  };
+  [[nodiscard]] std::shared_ptr<attachment> find_attachment(const std::string& key) const;
+  void set_attachment(const std::string& key, std::weak_ptr<attachment> a);
+  void clear_attachment(const std::string& key);
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace barrel_p2p

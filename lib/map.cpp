@@ -1,0 +1,289 @@
+#include "barrel_p2p/map.hpp"
+
+#include "barrel_p2p/crdt_wire.hpp"
+#include "barrel_p2p/task_group.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+#include <mutex>
+#include <shared_mutex>
+#include <unordered_map>
+
+namespace barrel_p2p {
+
+namespace {
+
+bool safe_name(const std::string& name) {
+  if (name.empty() || name.size() > 200 || name == "." || name == "..") return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+  });
+}
+
+}  // namespace
+
+// The map's state lives here; the impl is also the replica owner.
+struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::impl> {
+  node& n;
+  std::string name;
+  map_options options;
+  ormap state;  // strand only
+  std::unique_ptr<map_store> store;
+  std::shared_ptr<replica> rep;
+  event_publisher<map_event> events;
+  task_group loops;
+  bool closed = false;
+  bool local_write = false;  // set while our own write is being merged
+
+  // The read side: a projection of the live values, and the counters.
+  mutable std::shared_mutex mu;
+  std::unordered_map<std::string, json> projection;
+  map_counters counts;
+
+  impl(node& nd, std::string nm, map_options o)
+      : n(nd), name(std::move(nm)), options(std::move(o)), events(nd.get_executor()), loops(nd.get_executor()) {}
+
+  crdt_wire::leaf_validator leaf() const {
+    if (!options.validator) return {};
+    return [v = options.validator](const std::string& k, const json& value) { return v(k, value); };
+  }
+
+  void log(const std::string& line) const {
+    if (n.config().log) n.config().log(n.id() + ": map " + name + ": " + line);
+  }
+
+  // Applies what a merge changed: projection first, then events, then disk.
+  // Costs in proportion to the change, never to the size of the map.
+  void apply_changes(const std::vector<std::string>& changed, bool durable_now) {
+    std::vector<map_event> out;
+    {
+      std::unique_lock lock(mu);
+      for (const auto& key : changed) {
+        const auto* e = state.get_entry(key);
+        if (!e) continue;
+        if (const auto* v = std::get_if<value_entry>(e)) {
+          projection[key] = v->payload;
+          out.push_back({map_event::kind::put, key, v->payload});
+        } else if (projection.erase(key) > 0) {
+          out.push_back({map_event::kind::remove, key, nullptr});
+        }
+      }
+      if (!local_write) counts.remote_changes += out.size();
+    }
+    if (store) {
+      for (const auto& key : changed)
+        if (const auto* e = state.get_entry(key)) store->append(key, *e, false);
+      if (durable_now) store->sync();
+      if (store->log_records() >= options.snapshot_every) store->snapshot(state);
+    }
+    for (const auto& ev : out) events.publish(ev);
+  }
+
+  void ingest(const json& incoming) {
+    auto r = crdt_wire::ingest(state, incoming, n.clock(), leaf());
+    if (r.rejected > 0) {
+      std::unique_lock lock(mu);
+      counts.rejected_remote += r.rejected;
+    }
+    apply_changes(r.changed, local_write);
+  }
+
+  // ---- replica_callbacks ----------------------------------------------------
+  task<> merge_delta(const std::string&, const json& delta) override {
+    ingest(delta);
+    co_return;
+  }
+  task<> apply_full_sync(const std::string&, const json& snapshot) override {
+    ingest(snapshot);
+    co_return;
+  }
+  task<std::optional<json>> full_sync_snapshot(const std::string&) override {
+    if (state.entry_count() == 0) co_return std::nullopt;
+    co_return crdt_wire::encode_map(state);
+  }
+  task<> remove_node(const std::string&, const std::string& node_id) override {
+    if (!options.prune_on_peer_down) co_return;
+    const auto dropped = state.remove_values_by(node_id);
+    std::vector<map_event> out;
+    {
+      std::unique_lock lock(mu);
+      for (const auto& key : dropped)
+        if (projection.erase(key) > 0) out.push_back({map_event::kind::remove, key, nullptr});
+      counts.pruned += dropped.size();
+    }
+    for (const auto& ev : out) events.publish(ev);
+  }
+  bool anti_entropy() const override { return true; }  // whole-state snapshots, tombstoned removes
+
+  // ---- writes (on the strand) -------------------------------------------------
+  task<> write(replica_update u) {
+    if (closed) throw map_error("map " + name + " is closed on this node");
+    local_write = true;
+    try {
+      co_await rep->broadcast_update(std::move(u));
+    } catch (...) {
+      local_write = false;
+      throw;
+    }
+    local_write = false;
+  }
+
+  static task<> do_put(std::shared_ptr<impl> self, std::string key, json value) {
+    if (self->options.validator && !self->options.validator(key, value)) {
+      {
+        std::unique_lock lock(self->mu);
+        ++self->counts.rejected_local;
+      }
+      throw map_error("map " + self->name + ": the validator refused the value for key '" + key + "'");
+    }
+    replica_update u = replica_add{std::move(key), std::move(value)};
+    co_await self->write(std::move(u));
+    std::unique_lock lock(self->mu);
+    ++self->counts.puts;
+  }
+
+  static task<> do_remove(std::shared_ptr<impl> self, std::string key) {
+    replica_update u = replica_remove{std::move(key)};
+    co_await self->write(std::move(u));
+    std::unique_lock lock(self->mu);
+    ++self->counts.removes;
+  }
+
+  // Why a sweep: tombstones must outlive every delayed add they guard
+  // against, but not forever; past the TTL they only cost memory.
+  static task<> sweep_loop(std::shared_ptr<impl> self) {
+    while (!self->closed) {
+      if (!co_await self->n.sched().sleep(self->options.tombstone_sweep_interval)) co_return;
+      const auto ttl = static_cast<std::uint64_t>(self->options.tombstone_ttl.count());
+      const auto wall = self->n.sched().wall_ms();
+      if (wall <= ttl) continue;
+      const auto swept = self->state.gc_tombstones(wall - ttl);
+      std::unique_lock lock(self->mu);
+      self->counts.tombstones_swept += swept;
+    }
+  }
+
+  static task<> do_close(std::shared_ptr<impl> self) {
+    if (self->closed) co_return;
+    self->closed = true;
+    co_await self->rep->stop();
+    co_await self->loops.stop();
+    if (self->store) {
+      self->store->sync();
+      self->store.reset();
+    }
+    self->events.close();
+    self->n.clear_attachment("map:" + self->name);
+  }
+};
+
+std::shared_ptr<map> map::open(node& n, const std::string& name, map_options options) {
+  if (!safe_name(name))
+    throw map_error("map name '" + name + "' must be 1-200 characters of [A-Za-z0-9._-]");
+  if (options.tombstone_ttl <= duration{0} || options.tombstone_sweep_interval <= duration{0} ||
+      options.snapshot_every == 0)
+    throw map_error("map " + name + ": tombstone_ttl, tombstone_sweep_interval and snapshot_every must be positive");
+  const auto key = "map:" + name;
+  if (auto existing = std::dynamic_pointer_cast<map>(n.find_attachment(key))) return existing;
+  if (options.persist && n.config().data_dir.empty())
+    throw map_error("map " + name + ": persist needs the node's data_dir");
+
+  auto i = std::make_shared<impl>(n, name, std::move(options));
+  if (i->options.persist) {
+    i->store = std::make_unique<map_store>(n.config().data_dir / "maps" / name,
+                                           [i = i.get()](const std::string& line) { i->log(line); });
+    // Recovered entries go through the same validation and clock as peer data.
+    auto r = crdt_wire::ingest(i->state, i->store->recovered(), n.clock(), i->leaf());
+    std::unique_lock lock(i->mu);
+    for (const auto& [k, v] : i->state.to_list()) i->projection.emplace(k, v);
+    if (r.rejected) i->log("dropped " + std::to_string(r.rejected) + " invalid recovered entries");
+  }
+  i->rep = replica::start(n.replicas(), name, *i);
+  i->loops.spawn("tombstone_sweep", impl::sweep_loop(i));
+  auto m = std::make_shared<map>(i);
+  n.set_attachment(key, m);
+  return m;
+}
+
+map::map(std::shared_ptr<impl> i) : impl_(std::move(i)) {}
+
+map::~map() {
+  // Without close(): stop taking callbacks; the replica instance goes with us.
+  if (!impl_->closed) {
+    impl_->closed = true;
+    impl_->loops.cancel();
+    impl_->events.close();
+    impl_->rep.reset();
+    if (impl_->store) impl_->store->sync();
+  }
+}
+
+task<> map::put(std::string key, json value) {
+  // Hop onto the node's strand: callers may be on any executor.
+  co_await boost::asio::co_spawn(impl_->n.get_executor(), impl::do_put(impl_, std::move(key), std::move(value)),
+                                 boost::asio::use_awaitable);
+}
+
+task<> map::remove(std::string key) {
+  co_await boost::asio::co_spawn(impl_->n.get_executor(), impl::do_remove(impl_, std::move(key)),
+                                 boost::asio::use_awaitable);
+}
+
+std::optional<json> map::get(const std::string& key) const {
+  std::shared_lock lock(impl_->mu);
+  auto it = impl_->projection.find(key);
+  if (it == impl_->projection.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<std::string> map::keys() const {
+  std::vector<std::string> out;
+  {
+    std::shared_lock lock(impl_->mu);
+    out.reserve(impl_->projection.size());
+    for (const auto& [k, v] : impl_->projection) out.push_back(k);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<std::pair<std::string, json>> map::to_list() const {
+  std::vector<std::pair<std::string, json>> out;
+  {
+    std::shared_lock lock(impl_->mu);
+    out.assign(impl_->projection.begin(), impl_->projection.end());
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return out;
+}
+
+std::size_t map::size() const {
+  std::shared_lock lock(impl_->mu);
+  return impl_->projection.size();
+}
+
+event_stream<map_event> map::subscribe(std::size_t capacity) { return impl_->events.subscribe(capacity); }
+
+task<> map::close() {
+  co_await boost::asio::co_spawn(impl_->n.get_executor(), impl::do_close(impl_), boost::asio::use_awaitable);
+}
+
+task<> map::erase() {
+  co_await close();
+  std::error_code ec;
+  if (impl_->options.persist)
+    std::filesystem::remove_all(impl_->n.config().data_dir / "maps" / impl_->name, ec);
+}
+
+const std::string& map::name() const { return impl_->name; }
+
+map_counters map::counters() const {
+  std::shared_lock lock(impl_->mu);
+  return impl_->counts;
+}
+
+std::size_t map::entry_count() const { return impl_->state.entry_count(); }
+
+}  // namespace barrel_p2p

@@ -1,0 +1,100 @@
+#include "barrel_p2p/node.hpp"
+
+#include "barrel_p2p/sim_network.hpp"
+
+#include <boost/asio/strand.hpp>
+
+#include <iostream>
+#include <map>
+
+namespace barrel_p2p {
+
+struct node::impl {
+  node_config config;
+  executor strand;
+  std::unique_ptr<scheduler> sched;
+  std::unique_ptr<transport> net;
+  std::unique_ptr<hlc_clock> clock;
+  std::unique_ptr<hyparview> membership;
+  std::unique_ptr<plumtree> broadcast;
+  std::unique_ptr<replica_host> replicas;
+  std::map<std::string, std::weak_ptr<attachment>> attachments;
+  bool started = false;
+  bool stopped = false;
+
+  explicit impl(node_config c) : config(std::move(c)) {
+    if (!config.log) config.log = [](const std::string& line) { std::cerr << line << '\n'; };
+    for (auto* l : {&config.membership.log, &config.broadcast.log, &config.replicas.log, &config.transport.log})
+      if (!*l) *l = config.log;
+  }
+
+  // The layers above the transport are the same on TCP and on the simulator.
+  void assemble() {
+    clock = std::make_unique<hlc_clock>([s = sched.get()] { return s->wall_ms(); }, config.max_clock_offset);
+    membership = std::make_unique<hyparview>(*net, *sched, config.membership);
+    broadcast = std::make_unique<plumtree>(*net, *membership, *sched, config.broadcast);
+    replicas = std::make_unique<replica_host>(*net, *membership, *broadcast, *sched, *clock, config.replicas);
+  }
+};
+
+node::node(executor ex, node_config config) : impl_(std::make_unique<impl>(std::move(config))) {
+  auto& m = *impl_;
+  m.strand = boost::asio::make_strand(ex);
+  m.sched = make_real_scheduler(m.strand);
+  m.net = make_tcp_transport(m.config.transport, *m.sched);
+  m.assemble();
+}
+
+node::node(sim_network& net, node_config config) : impl_(std::make_unique<impl>(std::move(config))) {
+  auto& m = *impl_;
+  m.sched = net.make_scheduler();
+  m.strand = m.sched->get_executor();  // the simulator is single-threaded
+  m.net = net.add_node(m.config.transport.node_id);
+  m.assemble();
+}
+
+node::~node() = default;
+
+task<> node::start() {
+  auto& m = *impl_;
+  if (m.started) co_return;
+  m.started = true;
+  co_await m.net->start();
+  m.membership->start();
+  m.broadcast->start();
+  m.replicas->start();
+  for (const auto& contact : m.config.contacts)
+    if (co_await m.membership->join(contact)) break;
+}
+
+task<> node::stop() {
+  auto& m = *impl_;
+  if (m.stopped || !m.started) co_return;
+  m.stopped = true;
+  co_await m.replicas->stop();
+  co_await m.membership->leave();
+  co_await m.broadcast->stop();
+  co_await m.net->stop();
+}
+
+const std::string& node::id() const { return impl_->net->self().id; }
+const peer_descriptor& node::self() const { return impl_->net->self(); }
+const node_config& node::config() const { return impl_->config; }
+executor node::get_executor() const { return impl_->strand; }
+transport& node::net() { return *impl_->net; }
+scheduler& node::sched() { return *impl_->sched; }
+hlc_clock& node::clock() { return *impl_->clock; }
+hyparview& node::membership() { return *impl_->membership; }
+plumtree& node::broadcast() { return *impl_->broadcast; }
+replica_host& node::replicas() { return *impl_->replicas; }
+
+std::shared_ptr<node::attachment> node::find_attachment(const std::string& key) const {
+  auto it = impl_->attachments.find(key);
+  return it == impl_->attachments.end() ? nullptr : it->second.lock();
+}
+void node::set_attachment(const std::string& key, std::weak_ptr<attachment> a) {
+  impl_->attachments[key] = std::move(a);
+}
+void node::clear_attachment(const std::string& key) { impl_->attachments.erase(key); }
+
+}  // namespace barrel_p2p

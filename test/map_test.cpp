@@ -1,0 +1,445 @@
+// The replicated map: several full nodes over TCP, plus storage tests.
+#include <barrel_p2p/map.hpp>
+#include <barrel_p2p/sim_network.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <csignal>
+#include <fstream>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+using namespace barrel_p2p;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::filesystem::path temp_dir(const std::string& tag) {
+  auto p = std::filesystem::temp_directory_path() /
+           ("barrel_p2p_" + tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(std::rand()));
+  std::filesystem::remove_all(p);
+  return p;
+}
+
+node_config tcp_config(const std::string& id, const std::filesystem::path& data = {}) {
+  node_config c;
+  c.transport.node_id = id;
+  c.transport.cluster_secret = "map-test";
+  c.transport.heartbeat_interval = 200ms;
+  c.transport.heartbeat_timeout = 1500ms;
+  c.membership.maintenance_interval = 100ms;
+  c.membership.shuffle_interval = 1s;
+  c.replicas.anti_entropy_interval = 500ms;
+  c.data_dir = data;
+  c.log = [](const std::string& line) {
+    if (std::getenv("BARREL_TEST_LOG")) std::fprintf(stderr, "%s\n", line.c_str());
+  };
+  return c;
+}
+
+struct cluster {
+  boost::asio::io_context io;
+  std::vector<std::unique_ptr<node>> nodes;
+
+  // Runs `body` on the io_context; the limit only catches hangs.
+  void run(std::function<task<>()> body, duration limit = 60s) {
+    bool done = false;
+    std::exception_ptr error;
+    boost::asio::co_spawn(io, [&]() -> task<> {
+      co_await body();
+      done = true;
+    }, [&](std::exception_ptr e) { error = e; done = true; });
+    auto sched = make_real_scheduler(io.get_executor());
+    const auto end = sched->now() + limit;
+    while (!done && sched->now() < end) io.run_for(20ms);
+    io.restart();
+    REQUIRE(done);
+    if (error) std::rethrow_exception(error);
+  }
+  bool eventually(const std::function<bool()>& cond, duration limit = 30s) {
+    bool ok = false;
+    run([&]() -> task<> {
+      auto sched = make_real_scheduler(io.get_executor());
+      const auto end = sched->now() + limit;
+      while (!(ok = cond()) && sched->now() < end) co_await sched->sleep(10ms);
+    }, limit + 5s);
+    return ok;
+  }
+
+  node& add(const std::string& id, const std::filesystem::path& data = {}) {
+    auto c = tcp_config(id, data);
+    if (!nodes.empty()) c.contacts.push_back(nodes[0]->self().address);
+    nodes.push_back(std::make_unique<node>(io.get_executor(), c));
+    auto& n = *nodes.back();
+    run([&]() -> task<> { co_await n.start(); });
+    return n;
+  }
+
+  void stop_all() {
+    run([&]() -> task<> {
+      for (auto& n : nodes) co_await n->stop();
+    });
+    nodes.clear();
+  }
+  ~cluster() {
+    // Never throw from here: a failed test is already unwinding.
+    try {
+      if (!nodes.empty()) stop_all();
+    } catch (...) {
+    }
+  }
+};
+
+task<> put(map& m, std::string k, json v) { co_await m.put(std::move(k), std::move(v)); }
+
+bool all_equal(const std::vector<std::shared_ptr<map>>& maps) {
+  for (auto& m : maps)
+    if (m->to_list() != maps[0]->to_list()) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("5 nodes: puts and removes converge; remote writes raise events everywhere") {
+  cluster c;
+  for (int i = 0; i < 5; ++i) c.add("m" + std::to_string(i));
+  std::vector<std::shared_ptr<map>> maps;
+  std::vector<event_stream<map_event>> streams;
+  for (auto& n : c.nodes) {
+    maps.push_back(map::open(*n, "kv"));
+    streams.push_back(maps.back()->subscribe());
+  }
+  CHECK(map::open(*c.nodes[0], "kv") == maps[0]);  // idempotent
+  c.run([&]() -> task<> {
+    for (int i = 0; i < 10; ++i) co_await put(*maps[i % 5], "k" + std::to_string(i), i);
+    co_await maps[2]->remove("k3");
+    co_await maps[4]->remove("k7");
+  });
+  REQUIRE(c.eventually([&] { return all_equal(maps) && maps[0]->size() == 8; }));
+  CHECK_FALSE(maps[1]->get("k3").has_value());
+  CHECK(maps[3]->get("k9") == json(9));
+  // Every node saw a put event for every live key, and consistent removes.
+  for (std::size_t i = 0; i < streams.size(); ++i) {
+    CAPTURE(i);
+    std::set<std::string> put_keys, removed;
+    while (streams[i].pending() > 0) {
+      std::optional<map_event> ev;
+      c.run([&]() -> task<> { ev = co_await streams[i].next(); });
+      REQUIRE(ev.has_value());
+      (ev->what == map_event::kind::put ? put_keys : removed).insert(ev->key);
+    }
+    for (const auto& k : maps[i]->keys()) CHECK(put_keys.contains(k));
+    // A removed key raised put+remove, or nothing if its tombstone arrived
+    // before its value (the value never became visible there).
+    for (const std::string k : {"k3", "k7"}) CHECK(put_keys.contains(k) == removed.contains(k));
+    CHECK(removed.size() <= 2);
+  }
+}
+
+TEST_CASE("a subscriber that reads after an event sees the new value") {
+  cluster c;
+  c.add("a");
+  c.add("b");
+  auto ma = map::open(*c.nodes[0], "kv");
+  auto mb = map::open(*c.nodes[1], "kv");
+  auto events = mb->subscribe();
+  std::vector<bool> consistent;
+  c.run([&]() -> task<> {
+    for (int i = 0; i < 20; ++i) co_await ma->put("k", i);
+  });
+  c.run([&]() -> task<> {
+    auto sched = make_real_scheduler(c.io.get_executor());
+    while (consistent.size() < 20) {
+      auto ev = co_await events.next();
+      if (!ev) break;
+      // The projection is updated before the event is published.
+      const auto now = mb->get(ev->key);
+      consistent.push_back(now.has_value());
+    }
+  });
+  CHECK(consistent.size() == 20);
+  CHECK(std::all_of(consistent.begin(), consistent.end(), [](bool b) { return b; }));
+}
+
+TEST_CASE("a map opened late populates and emits a put for every key it learns") {
+  cluster c;
+  c.add("a");
+  c.add("b");
+  c.add("c");
+  auto ma = map::open(*c.nodes[0], "late");
+  auto mb = map::open(*c.nodes[1], "late");
+  c.run([&]() -> task<> {
+    for (int i = 0; i < 25; ++i) co_await put(*ma, "k" + std::to_string(i), i);
+  });
+  REQUIRE(c.eventually([&] { return mb->size() == 25; }));
+  auto mc = map::open(*c.nodes[2], "late");
+  auto events = mc->subscribe();
+  REQUIRE(c.eventually([&] { return mc->size() == 25; }));
+  // Events published before subscribe() cannot be seen; open + subscribe
+  // happen before any network round trip, so all 25 are there.
+  CHECK(events.pending() == 25);
+}
+
+TEST_CASE("validator: a rejected put throws; an invalid value from a peer is dropped and counted") {
+  cluster c;
+  c.add("a");
+  c.add("b");
+  map_options strict;
+  strict.validator = [](const std::string&, const json& v) { return v.is_number_integer(); };
+  auto loose = map::open(*c.nodes[0], "ints");  // node a accepts anything
+  auto checked = map::open(*c.nodes[1], "ints", strict);
+  bool threw = false;
+  c.run([&]() -> task<> {
+    try {
+      co_await checked->put("bad", "text");
+    } catch (const map_error&) {
+      threw = true;
+    }
+    co_await loose->put("bad", "text");  // the unvalidated node sends it anyway
+    co_await loose->put("good", 7);
+  });
+  CHECK(threw);
+  CHECK(checked->counters().rejected_local == 1);
+  REQUIRE(c.eventually([&] { return checked->get("good").has_value(); }));
+  CHECK_FALSE(checked->get("bad").has_value());
+  CHECK(checked->counters().rejected_remote >= 1);
+}
+
+TEST_CASE("prune_on_peer_down drops a stopped node's keys; the default map keeps them") {
+  cluster c;
+  c.add("a");
+  c.add("b");
+  c.add("gone");
+  map_options presence;
+  presence.prune_on_peer_down = true;
+  auto pa = map::open(*c.nodes[0], "presence", presence);
+  auto da = map::open(*c.nodes[0], "default");
+  auto pg = map::open(*c.nodes[2], "presence", presence);
+  auto dg = map::open(*c.nodes[2], "default");
+  auto pb = map::open(*c.nodes[1], "presence", presence);
+  c.run([&]() -> task<> {
+    co_await pa->put("a", "here");
+    co_await pg->put("gone", "here");
+    co_await dg->put("gone", "here");
+  });
+  REQUIRE(c.eventually([&] { return pa->size() == 2 && da->size() == 1; }));
+  // Node "gone" stops: its neighbours see peer_down.
+  pg.reset();
+  dg.reset();
+  c.run([&]() -> task<> { co_await c.nodes[2]->stop(); });
+  CHECK(c.eventually([&] { return !pa->get("gone").has_value(); }));
+  CHECK(pa->get("a") == json("here"));
+  CHECK(da->get("gone") == json("here"));
+  CHECK(pa->counters().pruned >= 1);
+}
+
+TEST_CASE("the tombstone sweep removes only tombstones older than the TTL") {
+  boost::asio::io_context io;
+  sim_network net(io, {});
+  node_config cfg;
+  cfg.transport.node_id = "solo";
+  cfg.log = [](const std::string&) {};
+  node n(net, cfg);
+  map_options o;
+  o.tombstone_ttl = 60s;
+  o.tombstone_sweep_interval = 5s;
+  std::shared_ptr<map> m;
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await n.start();
+    m = map::open(n, "ttl", o);
+    co_await m->put("old", 1);
+    co_await m->remove("old");
+  }, boost::asio::detached);
+  net.run_for(30s);
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await m->put("young", 1);
+    co_await m->remove("young");
+    co_await m->put("alive", 1);
+  }, boost::asio::detached);
+  net.run_for(20s);  // t = 50 s: nothing is older than 60 s yet
+  CHECK(m->entry_count() == 3);
+  net.run_for(20s);  // t = 70 s: "old" (removed at ~0 s) is past the TTL, "young" (30 s) is not
+  CHECK(m->entry_count() == 2);
+  CHECK(m->counters().tombstones_swept == 1);
+  CHECK(m->get("alive") == json(1));
+  net.run_for(40s);  // t = 110 s: "young" goes too; the live value never does
+  CHECK(m->entry_count() == 1);
+  CHECK(m->get("alive") == json(1));
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await m->close();
+    co_await n.stop();
+  }, boost::asio::detached);
+  net.run_for(5s);
+}
+
+TEST_CASE("persistence: stop every node, start again, all data is back") {
+  const auto root = temp_dir("persist");
+  map_options durable;
+  durable.persist = true;
+  durable.snapshot_every = 7;  // force snapshots and log compaction along the way
+  {
+    cluster c;
+    c.add("p0", root / "p0");
+    c.add("p1", root / "p1");
+    auto m0 = map::open(*c.nodes[0], "kv", durable);
+    auto m1 = map::open(*c.nodes[1], "kv", durable);
+    c.run([&]() -> task<> {
+      for (int i = 0; i < 30; ++i) co_await put(*m0, "k" + std::to_string(i), i);
+      co_await m1->remove("k5");
+    });
+    REQUIRE(c.eventually([&] { return m0->size() == 29 && m1->size() == 29; }));
+    c.run([&]() -> task<> {
+      co_await m0->close();
+      co_await m1->close();
+    });
+    c.stop_all();
+  }
+  {
+    // Both nodes come back, alone first: the data is from disk.
+    cluster c;
+    c.nodes.push_back(std::make_unique<node>(c.io.get_executor(), tcp_config("p1", root / "p1")));
+    c.run([&]() -> task<> { co_await c.nodes[0]->start(); });
+    auto m1 = map::open(*c.nodes[0], "kv", durable);
+    CHECK(m1->size() == 29);
+    CHECK_FALSE(m1->get("k5").has_value());
+    CHECK(m1->get("k29") == json(29));
+    c.run([&]() -> task<> { co_await m1->close(); });
+  }
+  std::filesystem::remove_all(root);
+}
+
+TEST_CASE("a log with a truncated or bit-flipped tail opens with the valid prefix") {
+  const auto dir = temp_dir("torn");
+  auto fill = [&] {
+    std::filesystem::remove_all(dir);
+    map_store s(dir, {});
+    for (int i = 0; i < 10; ++i) s.append("k" + std::to_string(i), value_entry{i, {"n", {1000u + i, 0}}}, true);
+  };
+  std::vector<std::string> logged;
+  auto sink = [&](const std::string& l) { logged.push_back(l); };
+  SUBCASE("truncated in the middle of the last record") {
+    fill();
+    std::filesystem::resize_file(dir / "log", std::filesystem::file_size(dir / "log") - 3);
+    map_store s(dir, sink);
+    CHECK(s.recovered().size() == 9);
+    CHECK(s.stats().torn_tails_dropped == 1);
+    CHECK_FALSE(logged.empty());
+  }
+  SUBCASE("a flipped bit in the last record") {
+    fill();
+    {
+      std::fstream f(dir / "log", std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(-2, std::ios::end);
+      char c;
+      f.read(&c, 1);
+      c ^= 0x10;
+      f.seekp(-2, std::ios::end);
+      f.write(&c, 1);
+    }
+    map_store s(dir, sink);
+    CHECK(s.recovered().size() == 9);
+    CHECK(s.recovered().contains("k8"));
+    CHECK_FALSE(s.recovered().contains("k9"));
+  }
+  SUBCASE("garbage appended") {
+    fill();
+    {
+      std::ofstream f(dir / "log", std::ios::app | std::ios::binary);
+      f << "\xff\xff\xff\x7fgarbage";
+    }
+    map_store s(dir, sink);
+    CHECK(s.recovered().size() == 10);
+    // The bad tail was cut off: appending continues from the valid prefix.
+    s.append("k10", value_entry{10, {"n", {2000, 0}}}, true);
+  }
+  {
+    map_store again(dir, {});
+    CHECK(again.stats().torn_tails_dropped == 0);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("SIGKILL in the middle of a stream of puts: every put that returned is recovered") {
+  const auto dir = temp_dir("kill");
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    // The child: one node, a persisted map, puts as fast as they return.
+    ::close(fds[0]);
+    boost::asio::io_context io;
+    auto cfg = tcp_config("victim", dir);
+    node n(io.get_executor(), cfg);
+    boost::asio::co_spawn(io, [&]() -> task<> {
+      co_await n.start();
+      map_options o;
+      o.persist = true;
+      o.snapshot_every = 50;
+      auto m = map::open(n, "kv", o);
+      for (int i = 0;; ++i) {
+        co_await m->put("k" + std::to_string(i), i);
+        const std::string line = std::to_string(i) + "\n";
+        if (::write(fds[1], line.data(), line.size()) < 0) ::_exit(3);
+      }
+    }, boost::asio::detached);
+    io.run();
+    ::_exit(2);
+  }
+  ::close(fds[1]);
+  // Read acknowledgements until a few hundred puts have returned, then kill.
+  std::string acked;
+  int last = -1;
+  char buf[4096];
+  while (last < 300) {
+    const auto got = ::read(fds[0], buf, sizeof buf);
+    REQUIRE(got > 0);
+    acked.append(buf, static_cast<std::size_t>(got));
+    const auto end = acked.rfind('\n');
+    if (end != std::string::npos) {
+      const auto start = acked.rfind('\n', end - 1);
+      last = std::stoi(acked.substr(start == std::string::npos ? 0 : start + 1, end));
+    }
+  }
+  ::kill(child, SIGKILL);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  ::close(fds[0]);
+  CHECK(WIFSIGNALED(status));
+  map_store recovered(dir / "maps" / "kv", {});
+  const auto& j = recovered.recovered();
+  int missing = 0;
+  for (int i = 0; i <= last; ++i) missing += !j.contains("k" + std::to_string(i));
+  CHECK(missing == 0);
+  MESSAGE("puts acknowledged before the kill: ", last + 1, ", entries recovered: ", j.size());
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("reads from another thread while the owner writes") {
+  cluster c;
+  c.add("w");
+  auto m = map::open(*c.nodes[0], "kv");
+  std::atomic<bool> stop{false};
+  std::atomic<std::size_t> reads{0};
+  std::thread reader([&] {
+    while (!stop) {
+      auto v = m->get("k");
+      auto ks = m->keys();
+      if (v) CHECK(v->is_number_integer());
+      reads += 1 + ks.size() * 0;
+    }
+  });
+  c.run([&]() -> task<> {
+    for (int i = 0; i < 500; ++i) co_await put(*m, "k", i);
+  });
+  stop = true;
+  reader.join();
+  CHECK(m->get("k") == json(499));
+  CHECK(reads > 0);
+}
