@@ -131,6 +131,9 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   }
 
   static task<> do_put(std::shared_ptr<impl> self, std::string key, json value) {
+    if (key.size() > crdt_wire::limits{}.max_key_bytes)
+      throw map_error("map " + self->name + ": key longer than " +
+                      std::to_string(crdt_wire::limits{}.max_key_bytes) + " bytes");
     if (self->options.validator && !self->options.validator(key, value)) {
       {
         std::unique_lock lock(self->mu);
@@ -145,6 +148,9 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   }
 
   static task<> do_remove(std::shared_ptr<impl> self, std::string key) {
+    if (key.size() > crdt_wire::limits{}.max_key_bytes)
+      throw map_error("map " + self->name + ": key longer than " +
+                      std::to_string(crdt_wire::limits{}.max_key_bytes) + " bytes");
     replica_update u = replica_remove{std::move(key)};
     co_await self->write(std::move(u));
     std::unique_lock lock(self->mu);

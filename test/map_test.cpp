@@ -206,6 +206,15 @@ TEST_CASE("validator: a rejected put throws; an invalid value from a peer is dro
   });
   CHECK(threw);
   CHECK(checked->counters().rejected_local == 1);
+  bool long_key_refused = false;
+  c.run([&]() -> task<> {
+    try {
+      co_await checked->put(std::string(2000, 'k'), 1);
+    } catch (const map_error&) {
+      long_key_refused = true;
+    }
+  });
+  CHECK(long_key_refused);
   REQUIRE(c.eventually([&] { return checked->get("good").has_value(); }));
   CHECK_FALSE(checked->get("bad").has_value());
   CHECK(checked->counters().rejected_remote >= 1);
@@ -301,7 +310,7 @@ TEST_CASE("persistence: stop every node, start again, all data is back") {
     c.stop_all();
   }
   {
-    // Both nodes come back, alone first: the data is from disk.
+    // p1 comes back alone, with no peer to sync from: the data is from disk.
     cluster c;
     c.nodes.push_back(std::make_unique<node>(c.io.get_executor(), tcp_config("p1", root / "p1")));
     c.run([&]() -> task<> { co_await c.nodes[0]->start(); });
