@@ -4,6 +4,7 @@
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -36,9 +37,13 @@ task_group::task_group(executor ex, error_sink on_error)
   state_->on_error = std::move(on_error);
 }
 
+// Cancellation from a destructor or cancel() is posted, not emitted on the
+// spot: a member spawned a moment ago may not have started yet, and
+// cancelling a coroutine that Asio has not yet launched was seen to disturb
+// other coroutines (see docs/how-to/contributing.md).
 task_group::~task_group() {
   state_->stopping = true;
-  state_->cancel_all();
+  boost::asio::post(state_->ex, [st = state_] { st->cancel_all(); });
 }
 
 void task_group::spawn(std::string name, task<> t) {
@@ -77,7 +82,7 @@ void task_group::spawn(std::string name, task<> t) {
 
 void task_group::cancel() {
   state_->stopping = true;
-  state_->cancel_all();
+  boost::asio::post(state_->ex, [st = state_] { st->cancel_all(); });
 }
 
 task<> task_group::stop() {
