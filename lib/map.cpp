@@ -7,6 +7,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
@@ -34,7 +35,9 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   std::shared_ptr<replica> rep;
   event_publisher<map_event> events;
   task_group loops;
-  bool closed = false;
+  executor strand;  // the node's, kept so a closed map never touches a gone node
+  std::filesystem::path dir;  // with persist: where the files are
+  std::atomic<bool> closed{false};
   bool local_write = false;  // set while our own write is being merged
 
   // The read side: a projection of the live values, and the counters.
@@ -43,7 +46,16 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   map_counters counts;
 
   impl(node& nd, std::string nm, map_options o)
-      : n(nd), name(std::move(nm)), options(std::move(o)), events(nd.get_executor()), loops(nd.get_executor()) {}
+      : n(nd),
+        name(std::move(nm)),
+        options(std::move(o)),
+        events(nd.get_executor()),
+        loops(nd.get_executor()),
+        strand(nd.get_executor()) {}
+
+  void check_open() const {
+    if (closed) throw map_error("map " + name + " is closed on this node");
+  }
 
   crdt_wire::leaf_validator leaf() const {
     if (!options.validator) return {};
@@ -119,7 +131,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
 
   // ---- writes (on the strand) -------------------------------------------------
   task<> write(replica_update u) {
-    if (closed) throw map_error("map " + name + " is closed on this node");
+    check_open();
     local_write = true;
     try {
       co_await rep->broadcast_update(std::move(u));
@@ -172,8 +184,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   }
 
   static task<> do_close(std::shared_ptr<impl> self) {
-    if (self->closed) co_return;
-    self->closed = true;
+    if (self->closed.exchange(true)) co_return;
     co_await self->rep->stop();
     co_await self->loops.stop();
     if (self->store) {
@@ -198,7 +209,8 @@ std::shared_ptr<map> map::open(node& n, const std::string& name, map_options opt
 
   auto i = std::make_shared<impl>(n, name, std::move(options));
   if (i->options.persist) {
-    i->store = std::make_unique<map_store>(n.config().data_dir / "maps" / name,
+    i->dir = n.config().data_dir / "maps" / name;
+    i->store = std::make_unique<map_store>(i->dir,
                                            [i = i.get()](const std::string& line) { i->log(line); });
     // Recovered entries go through the same validation and clock as peer data.
     auto r = crdt_wire::ingest(i->state, i->store->recovered(), n.clock(), i->leaf());
@@ -217,8 +229,7 @@ map::map(std::shared_ptr<impl> i) : impl_(std::move(i)) {}
 
 map::~map() {
   // Without close(): stop taking callbacks; the replica instance goes with us.
-  if (!impl_->closed) {
-    impl_->closed = true;
+  if (!impl_->closed.exchange(true)) {
     impl_->loops.cancel();
     impl_->events.close();
     impl_->rep.reset();
@@ -227,14 +238,15 @@ map::~map() {
 }
 
 task<> map::put(std::string key, json value) {
+  impl_->check_open();
   // Hop onto the node's strand: callers may be on any executor.
-  co_await boost::asio::co_spawn(impl_->n.get_executor(), impl::do_put(impl_, std::move(key), std::move(value)),
+  co_await boost::asio::co_spawn(impl_->strand, impl::do_put(impl_, std::move(key), std::move(value)),
                                  boost::asio::use_awaitable);
 }
 
 task<> map::remove(std::string key) {
-  co_await boost::asio::co_spawn(impl_->n.get_executor(), impl::do_remove(impl_, std::move(key)),
-                                 boost::asio::use_awaitable);
+  impl_->check_open();
+  co_await boost::asio::co_spawn(impl_->strand, impl::do_remove(impl_, std::move(key)), boost::asio::use_awaitable);
 }
 
 std::optional<json> map::get(const std::string& key) const {
@@ -273,15 +285,17 @@ std::size_t map::size() const {
 event_stream<map_event> map::subscribe(std::size_t capacity) { return impl_->events.subscribe(capacity); }
 
 task<> map::close() {
-  co_await boost::asio::co_spawn(impl_->n.get_executor(), impl::do_close(impl_), boost::asio::use_awaitable);
+  if (impl_->closed) co_return;
+  co_await boost::asio::co_spawn(impl_->strand, impl::do_close(impl_), boost::asio::use_awaitable);
 }
 
 task<> map::erase() {
   co_await close();
   std::error_code ec;
-  if (impl_->options.persist)
-    std::filesystem::remove_all(impl_->n.config().data_dir / "maps" / impl_->name, ec);
+  if (!impl_->dir.empty()) std::filesystem::remove_all(impl_->dir, ec);
 }
+
+task<> map::on_node_stop() { co_await close(); }
 
 const std::string& map::name() const { return impl_->name; }
 

@@ -71,6 +71,10 @@ task<> node::stop() {
   auto& m = *impl_;
   if (m.stopped || !m.started) co_return;
   m.stopped = true;
+  std::vector<std::shared_ptr<attachment>> live;
+  for (auto& [key, weak] : m.attachments)
+    if (auto a = weak.lock()) live.push_back(std::move(a));
+  for (auto& a : live) co_await a->on_node_stop();
   co_await m.replicas->stop();
   co_await m.membership->leave();
   co_await m.broadcast->stop();

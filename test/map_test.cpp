@@ -309,16 +309,29 @@ TEST_CASE("persistence: stop every node, start again, all data is back") {
     });
     c.stop_all();
   }
-  {
-    // p1 comes back alone, with no peer to sync from: the data is from disk.
+  // Each node comes back alone, with no peer to sync from: the data is
+  // from its own disk.
+  for (const std::string id : {"p0", "p1"}) {
+    CAPTURE(id);
     cluster c;
-    c.nodes.push_back(std::make_unique<node>(c.io.get_executor(), tcp_config("p1", root / "p1")));
+    c.nodes.push_back(std::make_unique<node>(c.io.get_executor(), tcp_config(id, root / id)));
     c.run([&]() -> task<> { co_await c.nodes[0]->start(); });
-    auto m1 = map::open(*c.nodes[0], "kv", durable);
-    CHECK(m1->size() == 29);
-    CHECK_FALSE(m1->get("k5").has_value());
-    CHECK(m1->get("k29") == json(29));
-    c.run([&]() -> task<> { co_await m1->close(); });
+    auto m = map::open(*c.nodes[0], "kv", durable);
+    CHECK(m->size() == 29);
+    CHECK_FALSE(m->get("k5").has_value());
+    CHECK(m->get("k0") == json(0));
+    CHECK(m->get("k29") == json(29));
+    // node::stop() closes the map; a later put is refused as closed.
+    c.stop_all();
+    bool refused = false;
+    c.run([&]() -> task<> {
+      try {
+        co_await m->put("late", 1);
+      } catch (const map_error&) {
+        refused = true;
+      }
+    });
+    CHECK(refused);
   }
   std::filesystem::remove_all(root);
 }

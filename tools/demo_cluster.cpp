@@ -4,7 +4,7 @@
 // Every step waits for the cluster to reach the state it describes and
 // exits non-zero if it does not.
 #include <barrel_p2p/crdt_wire.hpp>
-#include <barrel_p2p/hyparview.hpp>
+#include <barrel_p2p/node.hpp>
 #include <barrel_p2p/replica.hpp>
 #include <barrel_p2p/tcp_transport.hpp>
 
@@ -47,13 +47,11 @@ struct map_owner final : replica_callbacks {
   bool anti_entropy() const override { return true; }
 };
 
+// A node (node.hpp: transport, membership, broadcast, clock, replica host)
+// plus the owner of the demo's replicated map. Members are destroyed in
+// reverse: the instance, then the owner, then the stack they refer to.
 struct demo_node {
-  std::unique_ptr<scheduler> sched;
-  std::unique_ptr<transport> net;
-  std::unique_ptr<hyparview> membership;
-  std::unique_ptr<plumtree> broadcast;
-  std::unique_ptr<hlc_clock> clock;
-  std::unique_ptr<replica_host> replicas;
+  std::unique_ptr<node> stack;
   std::unique_ptr<map_owner> owner;
   std::shared_ptr<replica> state;
   bool running = true;
@@ -62,45 +60,44 @@ struct demo_node {
 std::vector<std::unique_ptr<demo_node>> nodes;
 
 demo_node& start_node(boost::asio::io_context& io, const std::string& id) {
+  node_config c;
+  c.transport.node_id = id;
+  c.transport.cluster_secret = "demo-secret";
+  c.transport.heartbeat_interval = 250ms;
+  c.transport.heartbeat_timeout = 1500ms;
+  c.membership.active_size = 3;  // small views, so five nodes show a real overlay
+  c.membership.passive_size = 10;
+  c.membership.maintenance_interval = 100ms;
+  c.membership.shuffle_interval = 2s;
+  c.membership.log = [](const std::string& line) { std::cout << "    [membership] " << line << '\n'; };
+  c.replicas.anti_entropy_interval = 2s;
+  c.log = [](const std::string&) {};  // the transport, broadcast and replica layers stay quiet
   auto n = std::make_unique<demo_node>();
-  n->sched = make_real_scheduler(io.get_executor());
-  tcp_transport_config tc;
-  tc.node_id = id;
-  tc.cluster_secret = "demo-secret";
-  tc.heartbeat_interval = 250ms;
-  tc.heartbeat_timeout = 1500ms;
-  tc.log = [](const std::string&) {};
-  n->net = make_tcp_transport(tc, *n->sched);
-  hyparview_config hc;
-  hc.active_size = 3;  // small views, so five nodes show a real overlay
-  hc.passive_size = 10;
-  hc.maintenance_interval = 100ms;
-  hc.shuffle_interval = 2s;
-  hc.log = [](const std::string& line) { std::cout << "    [membership] " << line << '\n'; };
-  n->membership = std::make_unique<hyparview>(*n->net, *n->sched, hc);
-  n->broadcast = std::make_unique<plumtree>(*n->net, *n->membership, *n->sched);
-  n->clock = std::make_unique<hlc_clock>();
-  replica_config rc;
-  rc.anti_entropy_interval = 2s;
-  n->replicas = std::make_unique<replica_host>(*n->net, *n->membership, *n->broadcast, *n->sched, *n->clock, rc);
-  n->owner = std::make_unique<map_owner>(*n->clock);
+  n->stack = std::make_unique<node>(io.get_executor(), std::move(c));
+  n->owner = std::make_unique<map_owner>(n->stack->clock());
   nodes.push_back(std::move(n));
   return *nodes.back();
 }
 
+// No contacts in the config: the demo joins in a step of its own.
 task<> boot(demo_node& n) {
-  co_await n.net->start();
-  n.membership->start();
-  n.broadcast->start();
-  n.replicas->start();
-  n.state = replica::start(*n.replicas, "demo", *n.owner);
+  co_await n.stack->start();
+  n.state = replica::start(n.stack->replicas(), "demo", *n.owner);
 }
 
-task<> shut(demo_node& n) {
+// Stops the node without leaving: its neighbours see the sockets close, as
+// after a crash. (node::stop() would leave politely first.)
+task<> halt(demo_node& n) {
   n.running = false;
-  co_await n.replicas->stop();
-  co_await n.broadcast->stop();
-  co_await n.net->stop();
+  co_await n.stack->replicas().stop();
+  co_await n.stack->broadcast().stop();
+  co_await n.stack->net().stop();
+}
+
+// Leaves the cluster politely (DISCONNECT to the neighbours), then stops.
+task<> leave(demo_node& n) {
+  n.running = false;
+  co_await n.stack->stop();
 }
 
 // Every running node holds exactly `expected` (key -> value).
@@ -130,7 +127,7 @@ bool healthy() {
   std::map<std::string, std::set<std::string>> g;
   for (auto& n : nodes)
     if (n->running)
-      for (auto& d : n->membership->active_view()) g[n->net->self().id].insert(d.id);
+      for (auto& d : n->stack->membership().active_view()) g[n->stack->id()].insert(d.id);
   std::size_t running = 0;
   for (auto& n : nodes) running += n->running;
   if (g.size() != running) return false;
@@ -153,9 +150,9 @@ void print_views() {
   for (auto& n : nodes) {
     if (!n->running) continue;
     std::string active;
-    for (auto& d : n->membership->active_view()) active += d.id + " ";
-    std::printf("    %-8s %-30s %zu\n", n->net->self().id.c_str(), active.c_str(),
-                n->membership->passive_view().size());
+    for (auto& d : n->stack->membership().active_view()) active += d.id + " ";
+    std::printf("    %-8s %-30s %zu\n", n->stack->id().c_str(), active.c_str(),
+                n->stack->membership().passive_view().size());
   }
 }
 
@@ -181,11 +178,11 @@ task<> demo(boost::asio::io_context& io) {
   for (int i = 1; i <= 5; ++i) {
     auto& n = start_node(io, "node" + std::to_string(i));
     co_await boot(n);
-    std::cout << "    " << n.net->self().id << " listens on " << n.net->self().address.to_string() << '\n';
+    std::cout << "    " << n.stack->id() << " listens on " << n.stack->self().address.to_string() << '\n';
   }
   std::cout << "2. Nodes 2-5 join through node1 (JOIN, FORWARD_JOIN random walks).\n";
-  const auto contact = nodes[0]->net->self().address;
-  for (std::size_t i = 1; i < nodes.size(); ++i) co_await nodes[i]->membership->join(contact);
+  const auto contact = nodes[0]->stack->self().address;
+  for (std::size_t i = 1; i < nodes.size(); ++i) co_await nodes[i]->stack->membership().join(contact);
   co_await wait_for(*sched, healthy, "overlay symmetric and connected");
   print_views();
 
@@ -210,7 +207,7 @@ task<> demo(boost::asio::io_context& io) {
     auto intruder = make_tcp_transport(tc, *sched);
     co_await intruder->start();
     auto r = co_await intruder->connect(contact);
-    std::uint64_t refused = nodes[0]->net->counters().handshake_failures;
+    std::uint64_t refused = nodes[0]->stack->net().counters().handshake_failures;
     std::cout << (r ? "  FAILED: intruder got in\n" : "  ok: refused; node1 counted ") << refused
               << " failed handshake(s)\n";
     if (r) ++failures;
@@ -218,10 +215,10 @@ task<> demo(boost::asio::io_context& io) {
   }
 
   std::cout << "5. node3 crashes (its sockets close); its neighbours repair from passive views.\n";
-  co_await shut(*nodes[2]);
+  co_await halt(*nodes[2]);
   co_await wait_for(*sched, [&] {
     for (auto& n : nodes)
-      if (n->running && n->membership->is_active("node3")) return false;
+      if (n->running && n->stack->membership().is_active("node3")) return false;
     return healthy();
   }, "survivors healed into one overlay");
   print_views();
@@ -235,24 +232,23 @@ task<> demo(boost::asio::io_context& io) {
   {
     auto& back = start_node(io, "node3");
     co_await boot(back);
-    co_await back.membership->join(contact);
+    co_await back.stack->membership().join(contact);
     co_await wait_for(*sched, [&] { return all_hold(expected); }, "node3 caught up");
     std::swap(nodes[2], nodes.back());  // keep the table in node order
   }
 
   std::cout << "7. node5 leaves politely (DISCONNECT to its neighbours).\n";
-  co_await nodes[4]->membership->leave();
-  co_await shut(*nodes[4]);
+  co_await leave(*nodes[4]);
   co_await wait_for(*sched, [&] {
     for (auto& n : nodes)
-      if (n->running && n->membership->is_active("node5")) return false;
+      if (n->running && n->stack->membership().is_active("node5")) return false;
     return healthy();
   }, "remaining four nodes connected");
   print_views();
 
   std::cout << "8. Shutting down.\n";
   for (auto& n : nodes)
-    if (n->running) co_await shut(*n);
+    if (n->running) co_await halt(*n);
 }
 
 }  // namespace

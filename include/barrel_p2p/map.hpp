@@ -100,6 +100,9 @@ class map : public node::attachment, public std::enable_shared_from_this<map> {
   task<> close();
   task<> erase();
 
+  /// node::stop() closes the map (and flushes it) before the node stops.
+  task<> on_node_stop() override;
+
   [[nodiscard]] const std::string& name() const;
   [[nodiscard]] map_counters counters() const;
   /// Entries including tombstones (for tests and metrics).

@@ -55,7 +55,8 @@ class node {
 
   /// Starts listening and every layer, then joins through the contacts.
   task<> start();
-  /// Leaves the cluster politely and stops every layer; returns when done.
+  /// Closes what is attached (maps...), leaves the cluster politely and
+  /// stops every layer; returns when done.
   task<> stop();
 
   [[nodiscard]] const std::string& id() const;
@@ -74,6 +75,9 @@ class node {
   /// name and kind, looked up by name.
   struct attachment {
     virtual ~attachment() = default;
+    /// Called by node::stop() before the layers below stop, so that maps
+    /// and the like close cleanly (flush, stop their replica instances).
+    virtual task<> on_node_stop() { co_return; }
   };
   [[nodiscard]] std::shared_ptr<attachment> find_attachment(const std::string& key) const;
   void set_attachment(const std::string& key, std::weak_ptr<attachment> a);
