@@ -26,8 +26,8 @@
 //     straight onto the broadcast bus, is rejected by every receiver.
 //
 // Three nodes run in this one process, each a full stack over TCP on
-// 127.0.0.1 (scheduler, TCP transport, HyParView, Plumtree, HLC, replica
-// host, owner). They write from different nodes, poll until all three owners
+// 127.0.0.1 (a barrel_p2p::node from node.hpp: scheduler, TCP transport,
+// HyParView, Plumtree, HLC, replica host) plus the owner. They write from different nodes, poll until all three owners
 // agree, print the table, and stop everything. Exit status 0 when every step
 // converged, 1 otherwise.
 //
@@ -41,9 +41,9 @@
 // capturing coroutine lambda is invoked on the spot.
 #include <barrel_p2p/crdt_wire.hpp>
 #include <barrel_p2p/hyparview.hpp>
+#include <barrel_p2p/node.hpp>
 #include <barrel_p2p/plumtree.hpp>
 #include <barrel_p2p/replica.hpp>
-#include <barrel_p2p/tcp_transport.hpp>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -273,77 +273,58 @@ class high_score_table final : public replica_callbacks {
 
 // ------------------------------------------------------------------ a node
 
-// Members in construction order; destroyed in reverse, so everything that
-// refers to the transport (and the owner, which the instance refers to) goes
-// first.
-struct node {
-  std::string id;
-  std::unique_ptr<scheduler> sched;
-  std::unique_ptr<transport> net;
-  std::unique_ptr<hlc_clock> clock;
-  std::unique_ptr<hyparview> membership;
-  std::unique_ptr<plumtree> broadcast;
-  std::unique_ptr<replica_host> replicas;
+// The stack is a barrel_p2p::node; the owner and its instance come on top.
+// Members in construction order; destroyed in reverse, so the instance goes
+// first, then the owner it refers to, then the stack the owner's clock
+// belongs to.
+struct example_node {
+  std::unique_ptr<node> stack;
   std::unique_ptr<high_score_table> owner;
   std::shared_ptr<replica> instance;
   bool started = false;
+  [[nodiscard]] const std::string& id() const { return stack->id(); }
 };
 
-using cluster = std::vector<std::unique_ptr<node>>;
+using cluster = std::vector<std::unique_ptr<example_node>>;
 
-std::unique_ptr<node> make_node(boost::asio::io_context& io, const std::string& id) {
-  auto n = std::make_unique<node>();
-  n->id = id;
-  n->sched = make_real_scheduler(io.get_executor());
-  tcp_transport_config tc;
-  tc.node_id = id;
-  tc.cluster_secret = "custom-replica-example";  // use a long random secret in production
-  tc.log = [id](const std::string& line) { std::fprintf(stderr, "    [tcp %s] %s\n", id.c_str(), line.c_str()); };
-  n->net = make_tcp_transport(tc, *n->sched);  // 127.0.0.1, port chosen by the OS
-  n->clock = std::make_unique<hlc_clock>();
-  hyparview_config hc;
-  hc.maintenance_interval = 200ms;
-  n->membership = std::make_unique<hyparview>(*n->net, *n->sched, hc);
-  n->broadcast = std::make_unique<plumtree>(*n->net, *n->membership, *n->sched);
-  replica_config rc;
-  rc.anti_entropy_interval = 5s;  // default 30 s; shorter here so the counters show rounds
-  rc.log = [](const std::string& line) { std::printf("    [replica] %s\n", line.c_str()); };
-  n->replicas = std::make_unique<replica_host>(*n->net, *n->membership, *n->broadcast, *n->sched, *n->clock, rc);
+std::unique_ptr<example_node> make_node(boost::asio::io_context& io, const std::string& id) {
+  node_config c;
+  c.transport.node_id = id;  // 127.0.0.1, port chosen by the OS
+  c.transport.cluster_secret = "custom-replica-example";  // use a long random secret in production
+  c.transport.log = [id](const std::string& line) { std::fprintf(stderr, "    [tcp %s] %s\n", id.c_str(), line.c_str()); };
+  c.membership.maintenance_interval = 200ms;
+  c.replicas.anti_entropy_interval = 5s;  // default 30 s; shorter here so the counters show rounds
+  c.replicas.log = [](const std::string& line) { std::printf("    [replica] %s\n", line.c_str()); };
+  c.log = [](const std::string&) {};  // membership and broadcast stay quiet
+  auto n = std::make_unique<example_node>();
+  n->stack = std::make_unique<node>(io.get_executor(), std::move(c));
   // The owner exists before its instance starts, and outlives it.
-  n->owner = std::make_unique<high_score_table>(*n->clock, id);
+  n->owner = std::make_unique<high_score_table>(n->stack->clock(), id);
   return n;
 }
 
-task<> start_node(node& n) {
-  co_await n.net->start();
-  n.membership->start();
-  n.broadcast->start();
-  n.replicas->start();
-  n.instance = replica::start(*n.replicas, instance_name, *n.owner);
+// No contacts in the config: the scenario joins node2 and node3 itself.
+task<> start_node(example_node& n) {
+  co_await n.stack->start();
+  n.instance = replica::start(n.stack->replicas(), instance_name, *n.owner);
   n.started = true;
 }
 
-// Instances first (they stop using the owner), then the replica host and the
-// broadcast layer, then membership leaves politely, then the sockets close.
+// Instances first (they stop using the owner), then each node: its replica
+// host, membership (leaves politely), broadcast, and transport (node::stop).
 task<> stop_all(cluster& nodes) {
-  for (auto& n : nodes) {
-    if (!n->started) continue;
-    co_await n->instance->stop();
-    co_await n->replicas->stop();
-    co_await n->broadcast->stop();
-  }
   for (auto& n : nodes)
-    if (n->started) co_await n->membership->leave();
+    if (n->started) co_await n->instance->stop();
   for (auto& n : nodes)
-    if (n->started) co_await n->net->stop();
+    if (n->started) co_await n->stack->stop();
 }
 
 // ------------------------------------------------------- writes, as coroutines
 // By-value parameters, named updates: nothing braced is passed to a coroutine.
 
-task<bool> submit_score(node& n, std::string player, std::int64_t score) {
+task<bool> submit_score(example_node& n, std::string player, std::int64_t score) {
   auto update = n.owner->score_update(player, score);
-  std::printf("  %s: %s scores %lld%s\n", n.id.c_str(), player.c_str(), static_cast<long long>(score),
+  std::printf("  %s: %s scores %lld%s\n", n.id().c_str(), player.c_str(), static_cast<long long>(score),
               update ? "" : "  -> refused locally (invalid, or not above this node's own best)");
   if (!update) co_return false;
   // Applies locally (merge_delta, directly) and gossips the delta.
@@ -351,16 +332,16 @@ task<bool> submit_score(node& n, std::string player, std::int64_t score) {
   co_return true;
 }
 
-task<std::size_t> reset_player(node& n, std::string player) {
+task<std::size_t> reset_player(example_node& n, std::string player) {
   auto updates = n.owner->reset_updates(player);
   for (auto& u : updates) co_await n.instance->broadcast_update(std::move(u));
-  std::printf("  %s: reset %s (%zu register(s) tombstoned)\n", n.id.c_str(), player.c_str(), updates.size());
+  std::printf("  %s: reset %s (%zu register(s) tombstoned)\n", n.id().c_str(), player.c_str(), updates.size());
   co_return updates.size();
 }
 
-task<> announce(node& n, std::string text) {
+task<> announce(example_node& n, std::string text) {
   json payload = n.owner->announcement_payload(text);
-  std::printf("  %s: announces \"%s\"\n", n.id.c_str(), text.c_str());
+  std::printf("  %s: announces \"%s\"\n", n.id().c_str(), text.c_str());
   // Applies locally (merge_custom) and gossips {"k":"c","p":payload}.
   co_await n.instance->broadcast_custom(std::move(payload));
 }
@@ -369,14 +350,14 @@ task<> announce(node& n, std::string text) {
 // negative score straight onto the broadcast bus, in the replica's own
 // payload format {"k":"d","d":delta}. Plumtree does not deliver to the
 // origin; every other node's leaf validator must drop it.
-void publish_forged_delta(node& n) {
+void publish_forged_delta(example_node& n) {
   ormap scratch;
-  json delta = crdt_wire::encode_map(scratch.add("eve@" + n.id, -5, n.id, n.clock->now()));
+  json delta = crdt_wire::encode_map(scratch.add("eve@" + n.id(), -5, n.id(), n.stack->clock().now()));
   json payload = json::object();
   payload["k"] = "d";
   payload["d"] = std::move(delta);
-  n.broadcast->broadcast(instance_name, payload);
-  std::printf("  %s: publishes a forged delta {eve: -5} directly on the broadcast bus\n", n.id.c_str());
+  n.stack->broadcast().broadcast(instance_name, payload);
+  std::printf("  %s: publishes a forged delta {eve: -5} directly on the broadcast bus\n", n.id().c_str());
 }
 
 // ------------------------------------------------------------- observations
@@ -414,7 +395,7 @@ bool all_agree(const cluster& nodes, const score_table& expected, const std::str
 bool overlay_formed(const cluster& nodes) {
   // Three nodes, symmetric views, each with a neighbour: necessarily connected.
   for (const auto& n : nodes)
-    if (n->membership->active_view().empty()) return false;
+    if (n->stack->membership().active_view().empty()) return false;
   return true;
 }
 
@@ -429,16 +410,16 @@ void print_state(const cluster& nodes) {
   for (const auto& n : nodes) {
     const auto& a = n->owner->latest();
     const std::string ann = a ? "\"" + a->text + "\" (" + a->by + ")" : "-";
-    std::printf("  %-7s %-45s %s\n", n->id.c_str(), render(n->owner->table()).c_str(), ann.c_str());
+    std::printf("  %-7s %-45s %s\n", n->id().c_str(), render(n->owner->table()).c_str(), ann.c_str());
   }
-  std::printf("\n  registers behind the table on %s (key = player@writer):\n", nodes.front()->id.c_str());
+  std::printf("\n  registers behind the table on %s (key = player@writer):\n", nodes.front()->id().c_str());
   for (const auto& [key, value] : nodes.front()->owner->registers().to_list())
     std::printf("    %-18s %s\n", key.c_str(), value.dump().c_str());
   std::printf("\n  %-7s %6s %6s %6s %6s %6s %6s %6s %6s %8s\n", "node", "d.sent", "d.recv", "c.sent", "c.recv",
               "s.sent", "s.recv", "pulls", "ae", "rejected");
   for (const auto& n : nodes) {
     const auto& c = n->instance->counters();
-    std::printf("  %-7s %6llu %6llu %6llu %6llu %6llu %6llu %6llu %6llu %8zu\n", n->id.c_str(),
+    std::printf("  %-7s %6llu %6llu %6llu %6llu %6llu %6llu %6llu %6llu %8zu\n", n->id().c_str(),
                 static_cast<unsigned long long>(c.deltas_sent), static_cast<unsigned long long>(c.deltas_received),
                 static_cast<unsigned long long>(c.customs_sent), static_cast<unsigned long long>(c.customs_received),
                 static_cast<unsigned long long>(c.syncs_sent), static_cast<unsigned long long>(c.syncs_received),
@@ -474,15 +455,15 @@ task<bool> scenario(boost::asio::io_context& io, cluster& nodes) {
   for (int i = 1; i <= 3; ++i) {
     nodes.push_back(make_node(io, "node" + std::to_string(i)));
     co_await start_node(*nodes.back());
-    std::printf("  %s listens on %s\n", nodes.back()->id.c_str(), nodes.back()->net->self().address.to_string().c_str());
+    std::printf("  %s listens on %s\n", nodes.back()->id().c_str(), nodes.back()->stack->self().address.to_string().c_str());
   }
-  const peer_address contact = nodes[0]->net->self().address;
-  for (std::size_t i = 1; i < nodes.size(); ++i) co_await nodes[i]->membership->join(contact);
+  const peer_address contact = nodes[0]->stack->self().address;
+  for (std::size_t i = 1; i < nodes.size(); ++i) co_await nodes[i]->stack->membership().join(contact);
   if (!co_await wait_for(*sched, [&] { return overlay_formed(nodes); }, "overlay formed", patience))
     co_return false;
-  node& n1 = *nodes[0];
-  node& n2 = *nodes[1];
-  node& n3 = *nodes[2];
+  example_node& n1 = *nodes[0];
+  example_node& n2 = *nodes[1];
+  example_node& n3 = *nodes[2];
 
   std::printf("2. Scores submitted on different nodes, some for the same player at once.\n");
   bool ok = true;
@@ -539,7 +520,7 @@ task<bool> scenario(boost::asio::io_context& io, cluster& nodes) {
   print_state(nodes);
   for (const auto& n : nodes)
     if (n->instance->counters().callback_errors != 0) {
-      std::printf("  FAILED: %s counted callback errors\n", n->id.c_str());
+      std::printf("  FAILED: %s counted callback errors\n", n->id().c_str());
       co_return false;
     }
   co_return true;
@@ -554,7 +535,7 @@ task<bool> run(boost::asio::io_context& io, cluster& nodes) {
   } catch (const std::exception& ex) {
     std::printf("  FAILED: %s\n", ex.what());
   }
-  std::printf("6. Stopping: instances, replica hosts, broadcast, membership (leave), transports.\n");
+  std::printf("6. Stopping: instances, then each node (replica host, membership (leave), broadcast, transport).\n");
   co_await stop_all(nodes);
   co_return ok;
 }

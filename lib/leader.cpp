@@ -1,0 +1,273 @@
+#include "barrel_p2p/leader.hpp"
+
+#include "barrel_p2p/crdt_wire.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <map>
+#include <stdexcept>
+
+namespace barrel_p2p {
+
+namespace {
+
+constexpr const char* instance_name = "barrel_p2p.leader";
+
+std::string candidacy_key(const std::string& name, const std::string& node) { return name + '\n' + node; }
+
+// Splits "name\nnode"; nullopt for anything else.
+std::optional<std::pair<std::string, std::string>> split_key(const std::string& key) {
+  const auto at = key.find('\n');
+  if (at == std::string::npos || at == 0 || at + 1 == key.size()) return std::nullopt;
+  return std::pair{key.substr(0, at), key.substr(at + 1)};
+}
+
+bool valid_name(const std::string& name) {
+  return !name.empty() && name.size() <= 200 && name.find('\n') == std::string::npos;
+}
+
+struct local_campaign {
+  std::int64_t priority = 0;
+  bool leader = false;
+  std::uint64_t fence = 0;
+  bool announcing = false;  // false during lead(): the first role is returned, not streamed
+  std::unique_ptr<event_publisher<leadership_event>> events;
+};
+
+}  // namespace
+
+struct elections::impl final : replica_callbacks, std::enable_shared_from_this<elections::impl> {
+  node& n;
+  executor strand;
+  ormap candidates;                          // key "name\nnode" -> {"p": priority}
+  std::map<std::string, std::uint64_t> hwm;  // name -> greatest token seen
+  std::map<std::string, local_campaign> mine;
+  std::shared_ptr<replica> rep;
+  bool stopped = false;
+
+  explicit impl(node& nd) : n(nd), strand(nd.get_executor()) {}
+
+  const std::string& self() const { return n.id(); }
+
+  static crdt_wire::leaf_validator leaf() {
+    return [](const std::string& key, const json& v) {
+      return split_key(key).has_value() && v.is_object() && v.size() == 1 && v.contains("p") &&
+             v["p"].is_number_integer();
+    };
+  }
+
+  // The leader of `name`: highest priority, then lowest node id.
+  std::optional<std::string> leader_of(const std::string& name) const {
+    std::optional<std::pair<std::int64_t, std::string>> best;
+    const auto prefix = name + '\n';
+    for (const auto& [key, e] : candidates.entries()) {
+      const auto* v = std::get_if<value_entry>(&e);
+      if (!v || key.compare(0, prefix.size(), prefix) != 0) continue;
+      const auto priority = v->payload["p"].get<std::int64_t>();
+      auto node = key.substr(prefix.size());
+      if (!best || priority > best->first || (priority == best->first && node < best->second))
+        best = std::pair{priority, std::move(node)};
+    }
+    if (!best) return std::nullopt;
+    return best->second;
+  }
+
+  void merge_fence(const std::string& name, std::uint64_t fence) {
+    auto& mark = hwm[name];
+    mark = std::max(mark, fence);
+  }
+
+  // A new term: past every token seen for the name, from the HLC.
+  std::uint64_t take_term(const std::string& name) {
+    const auto floor = hwm[name];
+    const auto floor_ts = hlc_timestamp::unpack(floor);
+    auto ts = n.clock().admissible(floor_ts) ? n.clock().update(floor_ts) : n.clock().now();
+    auto fence = ts.pack();
+    if (fence <= floor) fence = floor + 1;  // a peer's clock far ahead: still strictly greater
+    hwm[name] = fence;
+    return fence;
+  }
+
+  // Re-evaluates every election this node takes part in.
+  void recompute() {
+    for (auto& [name, c] : mine) {
+      const bool leads = leader_of(name) == self();
+      if (leads && !c.leader) {
+        c.leader = true;
+        c.fence = take_term(name);
+        publish_fence(name, c.fence);
+        if (c.announcing) c.events->publish({leadership_event::kind::elected, c.fence});
+      } else if (!leads && c.leader) {
+        c.leader = false;
+        c.fence = 0;
+        if (c.announcing) c.events->publish({leadership_event::kind::revoked, 0});
+      }
+      // Someone dropped our candidacy (a peer saw us go down): put it back.
+      if (!candidates.get(candidacy_key(name, self())) && c.announcing)
+        boost::asio::co_spawn(strand, republish(shared_from_this(), name, c.priority), boost::asio::detached);
+    }
+  }
+
+  void publish_fence(const std::string& name, std::uint64_t fence) {
+    json f = json::object();
+    f[name] = fence;
+    boost::asio::co_spawn(strand, send_custom(shared_from_this(), {{"f", std::move(f)}}), boost::asio::detached);
+  }
+
+  static task<> send_custom(std::shared_ptr<impl> self, json payload) {
+    if (self->stopped) co_return;
+    co_await self->rep->broadcast_custom(std::move(payload));
+  }
+
+  static task<> republish(std::shared_ptr<impl> self, std::string name, std::int64_t priority) {
+    if (self->stopped || !self->mine.contains(name)) co_return;
+    replica_update u = replica_add{candidacy_key(name, self->self()), json{{"p", priority}}};
+    co_await self->rep->broadcast_update(std::move(u));
+  }
+
+  // ---- replica_callbacks ----------------------------------------------------
+  task<> merge_delta(const std::string&, const json& delta) override {
+    crdt_wire::ingest(candidates, delta, n.clock(), leaf());
+    recompute();
+    co_return;
+  }
+  task<> apply_full_sync(const std::string&, const json& snapshot) override {
+    if (snapshot.is_object()) {
+      if (auto c = snapshot.find("c"); c != snapshot.end()) crdt_wire::ingest(candidates, *c, n.clock(), leaf());
+      if (auto f = snapshot.find("f"); f != snapshot.end()) merge_fences(*f);
+    }
+    recompute();
+    co_return;
+  }
+  task<std::optional<json>> full_sync_snapshot(const std::string&) override {
+    if (candidates.entry_count() == 0 && hwm.empty()) co_return std::nullopt;
+    json f = json::object();
+    for (const auto& [name, mark] : hwm) f[name] = mark;
+    co_return json{{"c", crdt_wire::encode_map(candidates)}, {"f", std::move(f)}};
+  }
+  task<> remove_node(const std::string&, const std::string& node_id) override {
+    // Only a node's own candidacies carry its id as the author.
+    candidates.remove_values_by(node_id);
+    recompute();
+    co_return;
+  }
+  task<> merge_custom(const std::string&, const json& payload) override {
+    if (payload.is_object())
+      if (auto f = payload.find("f"); f != payload.end()) merge_fences(*f);
+    co_return;
+  }
+  // No anti-entropy: candidacies follow liveness (peer_up / peer_down), as
+  // in the specification.
+
+  void merge_fences(const json& f) {
+    if (!f.is_object()) return;
+    for (const auto& [name, mark] : f.items())
+      if (valid_name(name) && mark.is_number_unsigned()) merge_fence(name, mark.get<std::uint64_t>());
+  }
+
+  // ---- operations (on the strand) ---------------------------------------------
+  struct lead_start {
+    bool leader = false;
+    std::uint64_t fence = 0;
+    event_stream<leadership_event> events;
+  };
+
+  static task<lead_start> do_lead(std::shared_ptr<impl> self, std::string name, std::int64_t priority) {
+    if (self->stopped) throw std::logic_error("elections: the node is stopping");
+    if (self->mine.contains(name)) throw std::invalid_argument("already campaigning for '" + name + "'");
+    auto& c = self->mine[name];
+    c.priority = priority;
+    c.events = std::make_unique<event_publisher<leadership_event>>(self->strand);
+    lead_start start;
+    start.events = c.events->subscribe();
+    replica_update u = replica_add{candidacy_key(name, self->self()), json{{"p", priority}}};
+    co_await self->rep->broadcast_update(std::move(u));
+    auto& after = self->mine.at(name);
+    after.announcing = true;
+    start.leader = after.leader;
+    start.fence = after.fence;
+    co_return start;
+  }
+
+  static task<> do_resign(std::shared_ptr<impl> self, std::string name) {
+    auto it = self->mine.find(name);
+    if (it == self->mine.end() || self->stopped) co_return;
+    self->mine.erase(it);  // closes its stream
+    replica_update u = replica_remove{candidacy_key(name, self->self())};
+    co_await self->rep->broadcast_update(std::move(u));
+  }
+};
+
+std::shared_ptr<elections> elections::open(node& n) {
+  if (auto existing = std::dynamic_pointer_cast<elections>(n.find_attachment("elections"))) return existing;
+  auto i = std::make_shared<impl>(n);
+  i->rep = replica::start(n.replicas(), instance_name, *i);
+  auto e = std::make_shared<elections>(i);
+  n.set_attachment("elections", e);
+  return e;
+}
+
+elections::elections(std::shared_ptr<impl> i) : impl_(std::move(i)) {}
+
+elections::~elections() {
+  impl_->stopped = true;
+  impl_->rep.reset();
+}
+
+task<std::unique_ptr<campaign>> elections::lead(std::string name, campaign_options options) {
+  if (!valid_name(name)) throw std::invalid_argument("election name must be 1-200 bytes without a newline");
+  auto self = shared_from_this();
+  auto start = co_await boost::asio::co_spawn(impl_->strand, impl::do_lead(impl_, name, options.priority),
+                                              boost::asio::use_awaitable);
+  co_return std::unique_ptr<campaign>(new campaign(
+      self, impl_->strand, name, start.leader ? election_role::leader : election_role::follower,
+      start.leader ? std::optional<std::uint64_t>(start.fence) : std::nullopt, std::move(start.events)));
+}
+
+task<> elections::resign(std::string name) {
+  co_await boost::asio::co_spawn(impl_->strand, impl::do_resign(impl_, std::move(name)), boost::asio::use_awaitable);
+}
+
+std::optional<std::string> elections::leader(const std::string& name) const { return impl_->leader_of(name); }
+
+bool elections::is_leader(const std::string& name) const {
+  auto it = impl_->mine.find(name);
+  return it != impl_->mine.end() && it->second.leader;
+}
+
+std::optional<std::uint64_t> elections::fence(const std::string& name) const {
+  auto it = impl_->mine.find(name);
+  if (it == impl_->mine.end() || !it->second.leader) return std::nullopt;
+  return it->second.fence;
+}
+
+std::uint64_t elections::high_water_mark(const std::string& name) const {
+  auto it = impl_->hwm.find(name);
+  return it == impl_->hwm.end() ? 0 : it->second;
+}
+
+task<> elections::on_node_stop() {
+  impl_->stopped = true;
+  if (impl_->rep) co_await impl_->rep->stop();
+}
+
+campaign::campaign(std::shared_ptr<elections> owner, executor strand, std::string name, election_role initial,
+                   std::optional<std::uint64_t> fence, event_stream<leadership_event> events)
+    : owner_(std::move(owner)), strand_(std::move(strand)), name_(std::move(name)), initial_(initial),
+      initial_fence_(fence), events_(std::move(events)) {}
+
+campaign::~campaign() {
+  if (resigned_) return;
+  // Withdraw in the background: the candidacy is tombstoned and gossiped.
+  boost::asio::co_spawn(strand_, owner_->resign(name_), boost::asio::detached);
+}
+
+task<> campaign::resign() {
+  if (resigned_) co_return;
+  resigned_ = true;
+  co_await owner_->resign(name_);
+}
+
+}  // namespace barrel_p2p
