@@ -136,7 +136,12 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
   task<> apply_full_sync(const std::string&, const json& snapshot) override {
     if (snapshot.is_object()) {
       if (auto c = snapshot.find("c"); c != snapshot.end()) crdt_wire::ingest(candidates, *c, n.clock(), leaf());
-      if (auto f = snapshot.find("f"); f != snapshot.end()) merge_fences(*f);
+      if (auto f = snapshot.find("f"); f != snapshot.end()) {
+        // Marks learned by full sync (a healed partition) are gossiped on, so
+        // that nodes without a new link to the other side learn them too and
+        // every later term's token exceeds every token of either side.
+        for (const auto& name : merge_fences(*f)) publish_fence(name, hwm[name]);
+      }
     }
     recompute();
     co_return;
@@ -161,10 +166,17 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
   // No anti-entropy: candidacies follow liveness (peer_up / peer_down), as
   // in the specification.
 
-  void merge_fences(const json& f) {
-    if (!f.is_object()) return;
-    for (const auto& [name, mark] : f.items())
-      if (valid_name(name) && mark.is_number_unsigned()) merge_fence(name, mark.get<std::uint64_t>());
+  // Merges marks by max; returns the names whose mark went up.
+  std::vector<std::string> merge_fences(const json& f) {
+    std::vector<std::string> raised;
+    if (!f.is_object()) return raised;
+    for (const auto& [name, mark] : f.items()) {
+      if (!valid_name(name) || !mark.is_number_unsigned()) continue;
+      const auto before = hwm[name];
+      merge_fence(name, mark.get<std::uint64_t>());
+      if (hwm[name] > before) raised.push_back(name);
+    }
+    return raised;
   }
 
   // ---- operations (on the strand) ---------------------------------------------
