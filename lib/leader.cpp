@@ -104,9 +104,6 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
         c.fence = 0;
         if (c.announcing) c.events->publish({leadership_event::kind::revoked, 0});
       }
-      // Someone dropped our candidacy (a peer saw us go down): put it back.
-      if (!candidates.get(candidacy_key(name, self())) && c.announcing)
-        boost::asio::co_spawn(strand, republish(shared_from_this(), name, c.priority), boost::asio::detached);
     }
   }
 
@@ -119,12 +116,6 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
   static task<> send_custom(std::shared_ptr<impl> self, json payload) {
     if (self->stopped) co_return;
     co_await self->rep->broadcast_custom(std::move(payload));
-  }
-
-  static task<> republish(std::shared_ptr<impl> self, std::string name, std::int64_t priority) {
-    if (self->stopped || !self->mine.contains(name)) co_return;
-    replica_update u = replica_add{candidacy_key(name, self->self()), json{{"p", priority}}};
-    co_await self->rep->broadcast_update(std::move(u));
   }
 
   // ---- replica_callbacks ----------------------------------------------------
@@ -171,7 +162,8 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
     std::vector<std::string> raised;
     if (!f.is_object()) return raised;
     for (const auto& [name, mark] : f.items()) {
-      if (!valid_name(name) || !mark.is_number_unsigned()) continue;
+      // UINT64_MAX would leave no greater token to issue.
+      if (!valid_name(name) || !mark.is_number_unsigned() || mark.get<std::uint64_t>() == UINT64_MAX) continue;
       const auto before = hwm[name];
       merge_fence(name, mark.get<std::uint64_t>());
       if (hwm[name] > before) raised.push_back(name);
@@ -270,10 +262,16 @@ campaign::campaign(std::shared_ptr<elections> owner, executor strand, std::strin
     : owner_(std::move(owner)), strand_(std::move(strand)), name_(std::move(name)), initial_(initial),
       initial_fence_(fence), events_(std::move(events)) {}
 
+namespace {
+// Holds the service alive until the resignation is done, even if the
+// campaign held the last reference to it.
+task<> resign_holding(std::shared_ptr<elections> owner, std::string name) { co_await owner->resign(std::move(name)); }
+}  // namespace
+
 campaign::~campaign() {
   if (resigned_) return;
   // Withdraw in the background: the candidacy is tombstoned and gossiped.
-  boost::asio::co_spawn(strand_, owner_->resign(name_), boost::asio::detached);
+  boost::asio::co_spawn(strand_, resign_holding(owner_, name_), boost::asio::detached);
 }
 
 task<> campaign::resign() {

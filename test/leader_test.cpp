@@ -215,8 +215,8 @@ TEST_CASE("partition: each side may elect; after the heal one leader, and new to
   const auto left_token = *el[0]->fence("db");
   const auto right_token = *el[2]->fence("db");
   CHECK(right_token > left_token);  // s2 advanced past the mark it had seen
-  // Heal. The overlay reconnects across (random promotion), full sync merges
-  // the candidate sets and the marks: one leader again.
+  // Heal. The overlay reconnects across (view repair), full sync merges the
+  // candidate sets and the marks: one leader again.
   net.heal();
   const bool one = net.run_until([&] {
     return leaders({0, 1, 2, 3}) == std::set<std::string>{"s0"} && !el[2]->is_leader("db");

@@ -1,0 +1,383 @@
+// barrel-p2p-sim: runs N nodes of the real membership, broadcast and replica
+// code over the simulated network, on virtual time, deterministic from a
+// seed. Each scenario prints JSON lines (one per measurement) and a summary
+// table. Same seed, same output (wall-clock figures go to stderr).
+//
+//   barrel-p2p-sim --scenario form|fail|steady|partition [--nodes N] [--seed S]
+//                  [--broadcasts K] [--fail 10,20,...]
+#include <barrel_p2p/map.hpp>
+#include <barrel_p2p/sim_network.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <queue>
+#include <set>
+#include <sstream>
+
+using namespace barrel_p2p;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct options {
+  std::string scenario = "form";
+  std::size_t nodes = 1000;
+  std::uint64_t seed = 1;
+  std::size_t broadcasts = 1000;
+  std::vector<int> fail_percents = {10, 20, 30, 40, 50, 60, 70, 80, 90, 95};
+};
+
+constexpr duration link_latency{5};
+
+struct cluster {
+  boost::asio::io_context io;
+  sim_network net;
+  std::vector<std::unique_ptr<node>> nodes;
+  // Deliveries of the probe tag: message number -> (node index -> virtual time)
+  std::map<std::uint64_t, std::map<std::size_t, duration>> delivered;
+  std::map<std::uint64_t, duration> sent_at;
+
+  cluster(std::size_t n, std::uint64_t seed) : net(io, [&] {
+    sim_config c;
+    c.seed = seed;
+    c.latency = link_latency;
+    c.jitter = duration{0};  // exact hop counts from delivery times
+    return c;
+  }()) {
+    for (std::size_t i = 0; i < n; ++i) {
+      node_config c;
+      c.transport.node_id = "n" + std::to_string(i);
+      c.membership.seed = seed * 1'000'003 + i + 1;
+      c.broadcast.seed = seed * 2'000'003 + i + 1;
+      c.replicas.seed = seed * 3'000'017 + i + 1;
+      c.log = [](const std::string&) {};
+      nodes.push_back(std::make_unique<node>(net, c));
+      auto* me = this;
+      nodes.back()->broadcast().subscribe("probe", [me, i](const std::string&, const json& p, const std::string&) {
+        me->delivered[p.at("n").get<std::uint64_t>()].emplace(i, me->net.now());
+      });
+    }
+  }
+
+  bool alive(std::size_t i) const { return net.alive(nodes[i]->id()); }
+
+  // Node i joins through a random earlier node, one every 10 ms.
+  void form(std::uint64_t seed) {
+    boost::asio::co_spawn(io, [this, seed]() -> task<> {
+      random_engine rng(seed);
+      for (std::size_t i = 0; i < nodes.size(); ++i) {
+        co_await nodes[i]->start();
+        if (i == 0) continue;
+        peer_address contact{"sim", static_cast<std::uint16_t>(std::uniform_int_distribution<std::size_t>(0, i - 1)(rng))};
+        co_await nodes[i]->membership().join(contact);
+        co_await nodes[i]->sched().sleep(10ms);
+      }
+    }, boost::asio::detached);
+  }
+
+  std::vector<std::vector<std::size_t>> graph() const {
+    std::map<std::string, std::size_t> index;
+    for (std::size_t i = 0; i < nodes.size(); ++i) index[nodes[i]->id()] = i;
+    std::vector<std::vector<std::size_t>> g(nodes.size());
+    for (std::size_t i = 0; i < nodes.size(); ++i)
+      if (alive(i))
+        for (const auto& d : nodes[i]->membership().active_view()) g[i].push_back(index.at(d.id));
+    return g;
+  }
+
+  struct overlay_stats {
+    std::size_t live = 0, asymmetric = 0, reached = 0, min_active = SIZE_MAX, max_active = 0;
+    double avg_active = 0, avg_passive = 0, clustering = 0, avg_path = 0;
+    bool connected() const { return reached == live && asymmetric == 0; }
+  };
+
+  overlay_stats stats(bool paths) const {
+    overlay_stats s;
+    auto g = graph();
+    std::vector<std::set<std::size_t>> sets(g.size());
+    for (std::size_t i = 0; i < g.size(); ++i) sets[i] = {g[i].begin(), g[i].end()};
+    std::size_t first = SIZE_MAX;
+    for (std::size_t i = 0; i < g.size(); ++i) {
+      if (!alive(i)) continue;
+      ++s.live;
+      if (first == SIZE_MAX) first = i;
+      s.min_active = std::min(s.min_active, g[i].size());
+      s.max_active = std::max(s.max_active, g[i].size());
+      s.avg_active += static_cast<double>(g[i].size());
+      s.avg_passive += static_cast<double>(nodes[i]->membership().passive_view().size());
+      for (auto j : g[i]) s.asymmetric += !sets[j].contains(i) || !alive(j);
+      // Clustering coefficient: links among neighbours / possible links.
+      std::size_t links = 0;
+      for (auto a : g[i])
+        for (auto b : g[i]) links += a < b && sets[a].contains(b);
+      const auto k = g[i].size();
+      if (k >= 2) s.clustering += 2.0 * static_cast<double>(links) / static_cast<double>(k * (k - 1));
+    }
+    if (s.live == 0) return s;
+    s.avg_active /= static_cast<double>(s.live);
+    s.avg_passive /= static_cast<double>(s.live);
+    s.clustering /= static_cast<double>(s.live);
+    auto bfs = [&](std::size_t from) {
+      std::vector<int> dist(g.size(), -1);
+      std::queue<std::size_t> q;
+      dist[from] = 0;
+      q.push(from);
+      while (!q.empty()) {
+        auto v = q.front();
+        q.pop();
+        for (auto w : g[v])
+          if (alive(w) && dist[w] < 0) dist[w] = dist[v] + 1, q.push(w);
+      }
+      return dist;
+    };
+    auto d0 = bfs(first);
+    for (std::size_t i = 0; i < g.size(); ++i) s.reached += alive(i) && d0[i] >= 0;
+    if (paths) {  // average shortest path from up to 50 sources
+      double total = 0;
+      std::size_t pairs = 0, sources = 0;
+      for (std::size_t i = first; i < g.size() && sources < 50; i += std::max<std::size_t>(1, g.size() / 50)) {
+        if (!alive(i)) continue;
+        ++sources;
+        auto d = bfs(i);
+        for (std::size_t j = 0; j < g.size(); ++j)
+          if (j != i && d[j] > 0) total += d[j], ++pairs;
+      }
+      s.avg_path = pairs ? total / static_cast<double>(pairs) : 0;
+    }
+    return s;
+  }
+
+  std::uint64_t payload_sent() const {
+    std::uint64_t n = 0;
+    for (auto& nd : nodes) n += nd->broadcast().counters().gossip_sent;
+    return n;
+  }
+  std::uint64_t ihave_sent() const {
+    std::uint64_t n = 0;
+    for (auto& nd : nodes) n += nd->broadcast().counters().ihave_sent;
+    return n;
+  }
+
+  struct broadcast_result {
+    double reliability = 0;
+    double rmr = 0;
+    std::uint64_t ldh = 0;
+  };
+
+  // Broadcasts probe `k` from a random live node and lets it settle.
+  broadcast_result probe(std::uint64_t k, random_engine& rng) {
+    std::vector<std::size_t> live;
+    for (std::size_t i = 0; i < nodes.size(); ++i)
+      if (alive(i)) live.push_back(i);
+    const auto origin = live[std::uniform_int_distribution<std::size_t>(0, live.size() - 1)(rng)];
+    const auto before = payload_sent();
+    sent_at[k] = net.now();
+    delivered[k].emplace(origin, net.now());
+    nodes[origin]->broadcast().broadcast("probe", {{"n", k}});
+    net.run_for(5s);
+    broadcast_result r;
+    std::size_t got = 0;
+    for (auto& [i, at] : delivered[k]) {
+      if (!alive(i)) continue;
+      ++got;
+      r.ldh = std::max<std::uint64_t>(r.ldh, static_cast<std::uint64_t>((at - sent_at[k]) / link_latency));
+    }
+    r.reliability = static_cast<double>(got) / static_cast<double>(live.size());
+    const double msgs = static_cast<double>(payload_sent() - before);
+    r.rmr = got > 1 ? msgs / static_cast<double>(got - 1) - 1.0 : 0.0;
+    return r;
+  }
+};
+
+std::string fmt(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3f", v);
+  return buf;
+}
+
+duration settle(cluster& c, duration limit) {
+  const auto start = c.net.now();
+  c.net.run_until([&] { return c.stats(false).connected(); }, limit);
+  return c.net.now() - start;
+}
+
+int scenario_form(const options& o) {
+  cluster c(o.nodes, o.seed);
+  c.form(o.seed);
+  const auto joined_by = duration{10} * static_cast<duration::rep>(o.nodes);
+  c.net.run_for(joined_by);
+  const auto extra = settle(c, 600s);
+  auto s = c.stats(true);
+  json line = {{"scenario", "form"}, {"nodes", o.nodes}, {"seed", o.seed},
+               {"connected_at_ms", (joined_by + extra).count()}, {"connected", s.connected()},
+               {"asymmetric_edges", s.asymmetric}, {"active_min", s.min_active}, {"active_max", s.max_active},
+               {"active_avg", s.avg_active}, {"passive_avg", s.avg_passive},
+               {"clustering", s.clustering}, {"avg_shortest_path", s.avg_path},
+               {"events", c.net.stats().events}};
+  std::cout << line.dump() << '\n';
+  std::cout << "\nform: " << o.nodes << " nodes, seed " << o.seed << "\n"
+            << "  connected overlay at " << (joined_by + extra).count() << " ms virtual (joins end at "
+            << joined_by.count() << " ms)\n"
+            << "  active view min/avg/max " << s.min_active << "/" << fmt(s.avg_active) << "/" << s.max_active
+            << ", passive avg " << fmt(s.avg_passive) << ", asymmetric edges " << s.asymmetric << "\n"
+            << "  clustering coefficient " << fmt(s.clustering) << ", average shortest path " << fmt(s.avg_path)
+            << "\n";
+  return s.connected() ? 0 : 1;
+}
+
+int scenario_fail(const options& o) {
+  std::cout << "\nfail: " << o.nodes << " nodes, seed " << o.seed
+            << "; reliability / RMR / LDH of a broadcast right after the failure and after 1, 2, 5 membership rounds\n";
+  std::printf("  %5s  %-26s %-26s %-26s %-26s\n", "fail%", "immediately", "after 1 round", "after 2 rounds",
+              "after 5 rounds");
+  for (int f : o.fail_percents) {
+    cluster c(o.nodes, o.seed);
+    c.form(o.seed);
+    c.net.run_for(duration{10} * static_cast<duration::rep>(o.nodes));
+    settle(c, 600s);
+    c.net.run_for(30s);
+    random_engine rng(o.seed * 31 + static_cast<std::uint64_t>(f));
+    std::vector<std::size_t> order(o.nodes);
+    for (std::size_t i = 0; i < o.nodes; ++i) order[i] = i;
+    std::shuffle(order.begin(), order.end(), rng);
+    const auto kill = o.nodes * static_cast<std::size_t>(f) / 100;
+    for (std::size_t i = 0; i < kill; ++i) c.net.kill(c.nodes[order[i]]->id());
+    std::string row;
+    std::uint64_t k = static_cast<std::uint64_t>(f) * 100;
+    int rounds_done = 0;
+    for (int rounds : {0, 1, 2, 5}) {
+      c.net.run_for(c.nodes[0]->config().membership.shuffle_interval * (rounds - rounds_done));
+      rounds_done = rounds;
+      auto r = c.probe(k++, rng);
+      json line = {{"scenario", "fail"}, {"nodes", o.nodes}, {"seed", o.seed}, {"fail_percent", f},
+                   {"after_rounds", rounds}, {"reliability", r.reliability}, {"rmr", r.rmr}, {"ldh", r.ldh}};
+      std::cout << line.dump() << '\n';
+      row += fmt(r.reliability) + " / " + fmt(r.rmr) + " / " + std::to_string(r.ldh) + "       ";
+    }
+    std::printf("  %5d  %s\n", f, row.c_str());
+  }
+  return 0;
+}
+
+int scenario_steady(const options& o) {
+  cluster c(o.nodes, o.seed);
+  c.form(o.seed);
+  c.net.run_for(duration{10} * static_cast<duration::rep>(o.nodes));
+  settle(c, 600s);
+  random_engine rng(o.seed);
+  for (std::uint64_t k = 0; k < 20; ++k) c.probe(k, rng);  // warm-up: the tree settles
+  const auto payload0 = c.payload_sent();
+  const auto ihave0 = c.ihave_sent();
+  const auto control0 = c.net.stats().per_channel_sent[static_cast<std::size_t>(channel::broadcast)];
+  double reliability = 0, rmr = 0;
+  std::uint64_t ldh = 0;
+  for (std::uint64_t k = 1000; k < 1000 + o.broadcasts; ++k) {
+    auto r = c.probe(k, rng);
+    reliability += r.reliability;
+    rmr += r.rmr;
+    ldh = std::max(ldh, r.ldh);
+  }
+  const auto n = static_cast<double>(o.broadcasts);
+  const double payload = static_cast<double>(c.payload_sent() - payload0) / n;
+  const double ihave = static_cast<double>(c.ihave_sent() - ihave0) / n;
+  const double control =
+      static_cast<double>(c.net.stats().per_channel_sent[static_cast<std::size_t>(channel::broadcast)] - control0) / n -
+      payload;
+  json line = {{"scenario", "steady"}, {"nodes", o.nodes}, {"seed", o.seed}, {"broadcasts", o.broadcasts},
+               {"reliability_avg", reliability / n}, {"rmr_avg", rmr / n}, {"ldh_max", ldh},
+               {"payload_msgs_per_broadcast", payload}, {"ihave_msgs_per_broadcast", ihave},
+               {"control_msgs_per_broadcast", control}};
+  std::cout << line.dump() << '\n';
+  std::cout << "\nsteady: " << o.nodes << " nodes, " << o.broadcasts << " broadcasts, seed " << o.seed << "\n"
+            << "  reliability " << fmt(reliability / n) << ", RMR " << fmt(rmr / n) << ", LDH max " << ldh << "\n"
+            << "  per broadcast: payload " << fmt(payload) << ", IHAVE " << fmt(ihave) << ", other broadcast control "
+            << fmt(control) << "\n";
+  return 0;
+}
+
+int scenario_partition(const options& o) {
+  cluster c(o.nodes, o.seed);
+  c.form(o.seed);
+  c.net.run_for(duration{10} * static_cast<duration::rep>(o.nodes));
+  settle(c, 600s);
+  std::vector<std::shared_ptr<map>> maps;
+  for (auto& n : c.nodes) maps.push_back(map::open(*n, "state"));
+  std::set<std::string> left, right;
+  for (std::size_t i = 0; i < o.nodes; ++i) (i < o.nodes / 2 ? left : right).insert(c.nodes[i]->id());
+  c.net.partition(left, right);
+  c.net.run_for(10s);
+  boost::asio::co_spawn(c.io, [&]() -> task<> {
+    for (int k = 0; k < 50; ++k) {
+      co_await maps[0]->put("left-" + std::to_string(k), k);
+      co_await maps[o.nodes - 1]->put("right-" + std::to_string(k), k);
+    }
+  }, boost::asio::detached);
+  c.net.run_for(10s);
+  const auto bytes0 = c.net.stats().bytes_sent;
+  const auto healed_at = c.net.now();
+  c.net.heal();
+  const bool equal = c.net.run_until([&] {
+    for (auto& m : maps)
+      if (m->size() != 100) return false;
+    return true;
+  }, 3600s);
+  const auto took = c.net.now() - healed_at;
+  json line = {{"scenario", "partition"}, {"nodes", o.nodes}, {"seed", o.seed}, {"converged", equal},
+               {"converge_ms", took.count()}, {"bytes_after_heal", c.net.stats().bytes_sent - bytes0}};
+  std::cout << line.dump() << '\n';
+  std::cout << "\npartition: " << o.nodes << " nodes split in halves, 50 writes per side, then heal\n"
+            << "  every replica equal " << (equal ? "after " : "NOT within ") << took.count()
+            << " ms virtual; " << (c.net.stats().bytes_sent - bytes0) << " bytes sent meanwhile\n";
+  return equal ? 0 : 1;
+}
+
+std::vector<int> parse_list(const std::string& s) {
+  std::vector<int> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(std::stoi(item));
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--scenario") o.scenario = value();
+    else if (a == "--nodes") o.nodes = std::stoul(value());
+    else if (a == "--seed") o.seed = std::stoull(value());
+    else if (a == "--broadcasts") o.broadcasts = std::stoul(value());
+    else if (a == "--fail") o.fail_percents = parse_list(value());
+    else {
+      std::cerr << "usage: barrel-p2p-sim --scenario form|fail|steady|partition [--nodes N] [--seed S]"
+                   " [--broadcasts K] [--fail 10,20,...]\n";
+      return 2;
+    }
+  }
+  if (o.nodes < 2 || o.nodes > 60000) {
+    std::cerr << "barrel-p2p-sim: --nodes must be 2..60000\n";
+    return 2;
+  }
+  const auto wall0 = std::chrono::steady_clock::now();
+  int rc = 2;
+  if (o.scenario == "form") rc = scenario_form(o);
+  else if (o.scenario == "fail") rc = scenario_fail(o);
+  else if (o.scenario == "steady") rc = scenario_steady(o);
+  else if (o.scenario == "partition") rc = scenario_partition(o);
+  else std::cerr << "barrel-p2p-sim: unknown scenario " << o.scenario << '\n';
+  const auto wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  std::cerr << "wall time " << fmt(wall) << " s\n";
+  return rc;
+}
