@@ -169,15 +169,15 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     remember(*id, tag_s, *payload, r);
     if (is_peer(from)) to_eager(from);
     push(*id, tag_s, *payload, r + 1, from);
-    deliver(*id, tag_s, *payload);
+    deliver(*id, tag_s, *payload, r);
   }
 
-  void deliver(const message_id& id, const std::string& tag, const json& payload) {
+  void deliver(const message_id& id, const std::string& tag, const json& payload, std::uint64_t hops) {
     auto it = subscribers.find(tag);
     if (it == subscribers.end()) return;  // relayed for others, not for us
     ++counters.delivered;
     try {
-      it->second(tag, payload, id.origin);
+      it->second(tag, payload, id.origin, hops);
     } catch (const std::exception& ex) {
       log("subscriber for tag '" + tag + "' threw: " + ex.what());
     }

@@ -254,7 +254,7 @@ std::shared_ptr<replica> replica::start(replica_host& host, std::string name, re
   auto i = std::make_shared<impl>(h, name, callbacks);
   // The name is the broadcast tag; plumtree refuses a second subscriber.
   std::weak_ptr<impl> weak = i;
-  h->broadcast.subscribe(name, [weak](const std::string&, const json& payload, const std::string&) {
+  h->broadcast.subscribe(name, [weak](const std::string&, const json& payload, const std::string&, std::uint64_t) {
     if (auto p = weak.lock()) p->on_broadcast(payload);
   });
   h->instances[name] = i;

@@ -48,7 +48,7 @@ struct bcluster {
       b->membership->start();
       b->broadcast->start();
       auto* raw = b.get();
-      b->broadcast->subscribe("t", [raw](const std::string&, const json& p, const std::string&) {
+      b->broadcast->subscribe("t", [raw](const std::string&, const json& p, const std::string&, std::uint64_t) {
         ++raw->received[p.at("n").get<std::uint64_t>()];
       });
       nodes.push_back(std::move(b));

@@ -39,9 +39,8 @@ struct cluster {
   boost::asio::io_context io;
   sim_network net;
   std::vector<std::unique_ptr<node>> nodes;
-  // Deliveries of the probe tag: message number -> (node index -> virtual time)
-  std::map<std::uint64_t, std::map<std::size_t, duration>> delivered;
-  std::map<std::uint64_t, duration> sent_at;
+  // Deliveries of the probe tag: message number -> (node index -> hops)
+  std::map<std::uint64_t, std::map<std::size_t, std::uint64_t>> delivered;
 
   cluster(std::size_t n, std::uint64_t seed) : net(io, [&] {
     sim_config c;
@@ -59,9 +58,10 @@ struct cluster {
       c.log = [](const std::string&) {};
       nodes.push_back(std::make_unique<node>(net, c));
       auto* me = this;
-      nodes.back()->broadcast().subscribe("probe", [me, i](const std::string&, const json& p, const std::string&) {
-        me->delivered[p.at("n").get<std::uint64_t>()].emplace(i, me->net.now());
-      });
+      nodes.back()->broadcast().subscribe(
+          "probe", [me, i](const std::string&, const json& p, const std::string&, std::uint64_t hops) {
+            me->delivered[p.at("n").get<std::uint64_t>()].emplace(i, hops);
+          });
     }
   }
 
@@ -165,32 +165,40 @@ struct cluster {
   }
 
   struct broadcast_result {
-    double reliability = 0;
-    double rmr = 0;
-    std::uint64_t ldh = 0;
+    double reliability = 0;  ///< live nodes reached / live nodes, averaged over the messages
+    double rmr = 0;          ///< payload messages / (deliveries - 1) - 1, over the batch
+    std::uint64_t ldh = 0;   ///< greatest hop count of any delivery
   };
 
-  // Broadcasts probe `k` from a random live node and lets it settle.
-  broadcast_result probe(std::uint64_t k, random_engine& rng) {
+  // Broadcasts `count` probes from random live nodes, one every `gap`, then
+  // lets them settle (delivery, and grafts for what was lost).
+  broadcast_result probe(std::uint64_t first, std::size_t count, duration gap, random_engine& rng) {
     std::vector<std::size_t> live;
     for (std::size_t i = 0; i < nodes.size(); ++i)
       if (alive(i)) live.push_back(i);
-    const auto origin = live[std::uniform_int_distribution<std::size_t>(0, live.size() - 1)(rng)];
     const auto before = payload_sent();
-    sent_at[k] = net.now();
-    delivered[k].emplace(origin, net.now());
-    nodes[origin]->broadcast().broadcast("probe", {{"n", k}});
-    net.run_for(5s);
-    broadcast_result r;
-    std::size_t got = 0;
-    for (auto& [i, at] : delivered[k]) {
-      if (!alive(i)) continue;
-      ++got;
-      r.ldh = std::max<std::uint64_t>(r.ldh, static_cast<std::uint64_t>((at - sent_at[k]) / link_latency));
+    for (std::uint64_t k = first; k < first + count; ++k) {
+      const auto origin = live[std::uniform_int_distribution<std::size_t>(0, live.size() - 1)(rng)];
+      delivered[k].emplace(origin, 0);
+      nodes[origin]->broadcast().broadcast("probe", {{"n", k}});
+      net.run_for(gap);
     }
-    r.reliability = static_cast<double>(got) / static_cast<double>(live.size());
+    net.run_for(3s);
+    broadcast_result r;
+    double deliveries_minus_one = 0;
+    for (std::uint64_t k = first; k < first + count; ++k) {
+      std::size_t got = 0;
+      for (auto& [i, hops] : delivered[k]) {
+        if (!alive(i)) continue;
+        ++got;
+        r.ldh = std::max(r.ldh, hops);
+      }
+      r.reliability += static_cast<double>(got) / static_cast<double>(live.size());
+      deliveries_minus_one += got > 0 ? static_cast<double>(got - 1) : 0.0;
+    }
+    r.reliability /= static_cast<double>(count);
     const double msgs = static_cast<double>(payload_sent() - before);
-    r.rmr = got > 1 ? msgs / static_cast<double>(got - 1) - 1.0 : 0.0;
+    r.rmr = deliveries_minus_one > 0 ? msgs / deliveries_minus_one - 1.0 : 0.0;
     return r;
   }
 };
@@ -201,9 +209,11 @@ std::string fmt(double v) {
   return buf;
 }
 
+// Runs until the overlay is connected and symmetric, checking every 100 ms
+// of virtual time (the check walks the whole overlay).
 duration settle(cluster& c, duration limit) {
   const auto start = c.net.now();
-  c.net.run_until([&] { return c.stats(false).connected(); }, limit);
+  while (!c.stats(false).connected() && c.net.now() - start < limit) c.net.run_for(100ms);
   return c.net.now() - start;
 }
 
@@ -254,7 +264,7 @@ int scenario_fail(const options& o) {
     for (int rounds : {0, 1, 2, 5}) {
       c.net.run_for(c.nodes[0]->config().membership.shuffle_interval * (rounds - rounds_done));
       rounds_done = rounds;
-      auto r = c.probe(k++, rng);
+      auto r = c.probe(k++, 1, duration{0}, rng);
       json line = {{"scenario", "fail"}, {"nodes", o.nodes}, {"seed", o.seed}, {"fail_percent", f},
                    {"after_rounds", rounds}, {"reliability", r.reliability}, {"rmr", r.rmr}, {"ldh", r.ldh}};
       std::cout << line.dump() << '\n';
@@ -271,33 +281,28 @@ int scenario_steady(const options& o) {
   c.net.run_for(duration{10} * static_cast<duration::rep>(o.nodes));
   settle(c, 600s);
   random_engine rng(o.seed);
-  for (std::uint64_t k = 0; k < 20; ++k) c.probe(k, rng);  // warm-up: the tree settles
+  c.probe(0, 20, 100ms, rng);  // warm-up: the tree settles
   const auto payload0 = c.payload_sent();
   const auto ihave0 = c.ihave_sent();
-  const auto control0 = c.net.stats().per_channel_sent[static_cast<std::size_t>(channel::broadcast)];
-  double reliability = 0, rmr = 0;
-  std::uint64_t ldh = 0;
-  for (std::uint64_t k = 1000; k < 1000 + o.broadcasts; ++k) {
-    auto r = c.probe(k, rng);
-    reliability += r.reliability;
-    rmr += r.rmr;
-    ldh = std::max(ldh, r.ldh);
-  }
+  const auto broadcast0 = c.net.stats().per_channel_sent[static_cast<std::size_t>(channel::broadcast)];
+  const auto other0 = c.net.stats().messages_sent - broadcast0;
+  auto r = c.probe(1000, o.broadcasts, 50ms, rng);
   const auto n = static_cast<double>(o.broadcasts);
   const double payload = static_cast<double>(c.payload_sent() - payload0) / n;
   const double ihave = static_cast<double>(c.ihave_sent() - ihave0) / n;
-  const double control =
-      static_cast<double>(c.net.stats().per_channel_sent[static_cast<std::size_t>(channel::broadcast)] - control0) / n -
-      payload;
+  const auto broadcast_msgs = c.net.stats().per_channel_sent[static_cast<std::size_t>(channel::broadcast)] - broadcast0;
+  const double graft_prune = static_cast<double>(broadcast_msgs) / n - payload - ihave;
+  const double other = static_cast<double>(c.net.stats().messages_sent - broadcast_msgs - broadcast0 - other0) / n;
   json line = {{"scenario", "steady"}, {"nodes", o.nodes}, {"seed", o.seed}, {"broadcasts", o.broadcasts},
-               {"reliability_avg", reliability / n}, {"rmr_avg", rmr / n}, {"ldh_max", ldh},
+               {"reliability_avg", r.reliability}, {"rmr", r.rmr}, {"ldh_max", r.ldh},
                {"payload_msgs_per_broadcast", payload}, {"ihave_msgs_per_broadcast", ihave},
-               {"control_msgs_per_broadcast", control}};
+               {"graft_prune_msgs_per_broadcast", graft_prune}, {"membership_replica_msgs_per_broadcast", other}};
   std::cout << line.dump() << '\n';
-  std::cout << "\nsteady: " << o.nodes << " nodes, " << o.broadcasts << " broadcasts, seed " << o.seed << "\n"
-            << "  reliability " << fmt(reliability / n) << ", RMR " << fmt(rmr / n) << ", LDH max " << ldh << "\n"
-            << "  per broadcast: payload " << fmt(payload) << ", IHAVE " << fmt(ihave) << ", other broadcast control "
-            << fmt(control) << "\n";
+  std::cout << "\nsteady: " << o.nodes << " nodes, " << o.broadcasts << " broadcasts (one every 50 ms), seed "
+            << o.seed << "\n"
+            << "  reliability " << fmt(r.reliability) << ", RMR " << fmt(r.rmr) << ", LDH " << r.ldh << "\n"
+            << "  per broadcast: payload " << fmt(payload) << ", IHAVE " << fmt(ihave) << ", GRAFT+PRUNE "
+            << fmt(graft_prune) << ", membership/replica traffic meanwhile " << fmt(other) << "\n";
   return 0;
 }
 
@@ -322,11 +327,13 @@ int scenario_partition(const options& o) {
   const auto bytes0 = c.net.stats().bytes_sent;
   const auto healed_at = c.net.now();
   c.net.heal();
-  const bool equal = c.net.run_until([&] {
+  auto all_equal = [&] {
     for (auto& m : maps)
       if (m->size() != 100) return false;
     return true;
-  }, 3600s);
+  };
+  while (!all_equal() && c.net.now() - healed_at < 3600s) c.net.run_for(100ms);
+  const bool equal = all_equal();
   const auto took = c.net.now() - healed_at;
   json line = {{"scenario", "partition"}, {"nodes", o.nodes}, {"seed", o.seed}, {"converged", equal},
                {"converge_ms", took.count()}, {"bytes_after_heal", c.net.stats().bytes_sent - bytes0}};

@@ -60,7 +60,7 @@ struct hyparview_config {
   /// active peer for a random passive peer or a contact not in its views.
   /// Not in the paper: it is what rejoins the halves of a healed partition
   /// (each half's views are full, so the paper's repair never looks across).
-  double random_promotion = 0.2;
+  double random_promotion = 0.05;
   /// Timers are jittered by ± this fraction so nodes do not act in step.
   double jitter = 0.25;
   /// Seed of this node's generator (0: from std::random_device).

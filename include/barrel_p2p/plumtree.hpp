@@ -68,9 +68,10 @@ struct plumtree_counters {
 class plumtree {
  public:
   /// Called once per message, on every node but its origin, in the order
-  /// received. `origin` is the node that broadcast it.
-  using delivery_handler =
-      std::function<void(const std::string& tag, const json& payload, const std::string& origin)>;
+  /// received. `origin` is the node that broadcast it; `hops` the number of
+  /// links the payload crossed to get here (1 for the origin's neighbours).
+  using delivery_handler = std::function<void(const std::string& tag, const json& payload,
+                                              const std::string& origin, std::uint64_t hops)>;
 
   plumtree(transport& net, hyparview& membership, scheduler& sched, plumtree_config config = {});
   ~plumtree();
