@@ -9,6 +9,8 @@
 
 #include <doctest/doctest.h>
 
+#include "io_harness.hpp"
+
 using namespace barrel_p2p;
 using namespace std::chrono_literals;
 
@@ -32,27 +34,10 @@ struct tcp_cluster {
   std::vector<std::unique_ptr<node>> nodes;
   std::vector<std::shared_ptr<elections>> el;
 
-  void run(std::function<task<>()> body, duration limit = 60s) {
-    bool done = false;
-    std::exception_ptr error;
-    boost::asio::co_spawn(io, [&]() -> task<> {
-      co_await body();
-    }, [&](std::exception_ptr e) { error = e; done = true; });
-    auto sched = make_real_scheduler(io.get_executor());
-    const auto end = sched->now() + limit;
-    while (!done && sched->now() < end) io.run_for(20ms);
-    io.restart();
-    REQUIRE(done);
-    if (error) std::rethrow_exception(error);
-  }
+  // The limits only catch hangs (see io_harness.hpp).
+  void run(const std::function<task<>()>& body, duration limit = 60s) { testing::run(io, body, limit); }
   bool eventually(const std::function<bool()>& cond, duration limit = 30s) {
-    bool ok = false;
-    run([&]() -> task<> {
-      auto sched = make_real_scheduler(io.get_executor());
-      const auto end = sched->now() + limit;
-      while (!(ok = cond()) && sched->now() < end) co_await sched->sleep(10ms);
-    }, limit + 5s);
-    return ok;
+    return testing::eventually(io, cond, limit);
   }
   node& add(const std::string& id) {
     node_config c;

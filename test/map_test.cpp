@@ -8,6 +8,8 @@
 
 #include <doctest/doctest.h>
 
+#include "io_harness.hpp"
+
 #include <atomic>
 #include <csignal>
 #include <fstream>
@@ -47,29 +49,10 @@ struct cluster {
   boost::asio::io_context io;
   std::vector<std::unique_ptr<node>> nodes;
 
-  // Runs `body` on the io_context; the limit only catches hangs.
-  void run(std::function<task<>()> body, duration limit = 60s) {
-    bool done = false;
-    std::exception_ptr error;
-    boost::asio::co_spawn(io, [&]() -> task<> {
-      co_await body();
-      done = true;
-    }, [&](std::exception_ptr e) { error = e; done = true; });
-    auto sched = make_real_scheduler(io.get_executor());
-    const auto end = sched->now() + limit;
-    while (!done && sched->now() < end) io.run_for(20ms);
-    io.restart();
-    REQUIRE(done);
-    if (error) std::rethrow_exception(error);
-  }
+  // The limits only catch hangs (see io_harness.hpp).
+  void run(const std::function<task<>()>& body, duration limit = 60s) { testing::run(io, body, limit); }
   bool eventually(const std::function<bool()>& cond, duration limit = 30s) {
-    bool ok = false;
-    run([&]() -> task<> {
-      auto sched = make_real_scheduler(io.get_executor());
-      const auto end = sched->now() + limit;
-      while (!(ok = cond()) && sched->now() < end) co_await sched->sleep(10ms);
-    }, limit + 5s);
-    return ok;
+    return testing::eventually(io, cond, limit);
   }
 
   node& add(const std::string& id, const std::filesystem::path& data = {}) {
