@@ -424,9 +424,14 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     auto c = co_await net.connect(target.address);
     if (!c || c->id != target.id) {
       if (auto* e = find_passive(target.id)) {
-        ++e->failures;
-        auto backoff = config.backoff_initial * (1u << std::min(e->failures, 6u));
-        e->next_try = sched.now() + std::min(backoff, config.backoff_max);
+        // Shuffles keep refreshing a dead peer's entry, so ageing alone
+        // would never drop it: repeated failed dials do.
+        if (++e->failures >= config.passive_max_failures) {
+          erase_passive(target.id);
+        } else {
+          auto backoff = config.backoff_initial * (1u << std::min(e->failures, 6u));
+          e->next_try = sched.now() + std::min(backoff, config.backoff_max);
+        }
       }
       co_return false;
     }

@@ -56,6 +56,11 @@ struct hyparview_config {
   /// Passive entries not refreshed (by a join, a shuffle, a disconnect) for
   /// this long are dropped: they are likely gone.
   duration passive_max_age{600'000};
+  /// Failed dials after which a passive entry is dropped. Shuffles refresh
+  /// entries they carry, so a dead peer's entry would otherwise never age
+  /// out; a live peer that failed (a partition) comes back through shuffles
+  /// or the contacts.
+  unsigned passive_max_failures = 5;
   /// Chance per shuffle round that a node with a full active view swaps one
   /// active peer for a random passive peer or a contact not in its views.
   /// Not in the paper: it is what rejoins the halves of a healed partition
