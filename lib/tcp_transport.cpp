@@ -365,26 +365,26 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     });
   }
 
-  void report_connected(const peer_descriptor& peer, bool inbound) {
-    if (!on_connected_) return;
+  // Calls a user handler; one that throws is logged, never fatal to the
+  // transport's loops.
+  template <class Handler, class... Args>
+  void call_handler(const char* what, const Handler& h, Args&&... args) {
+    if (!h) return;
     try {
-      on_connected_(peer, inbound);
+      h(std::forward<Args>(args)...);
     } catch (const std::exception& e) {
-      log(std::string("connected handler threw: ") + e.what());
+      log(std::string(what) + " handler threw: " + e.what());
     } catch (...) {
-      log("connected handler threw");
+      log(std::string(what) + " handler threw");
     }
   }
 
+  void report_connected(const peer_descriptor& peer, bool inbound) {
+    call_handler("connected", on_connected_, peer, inbound);
+  }
+
   void report_disconnected(const std::string& peer_id, disconnect_reason why) {
-    if (!on_disconnected_) return;
-    try {
-      on_disconnected_(peer_id, why);
-    } catch (const std::exception& e) {
-      log(std::string("disconnected handler threw: ") + e.what());
-    } catch (...) {
-      log("disconnected handler threw");
-    }
+    call_handler("disconnected", on_disconnected_, peer_id, why);
   }
 
   void complete_dial(connection& c, std::optional<peer_descriptor> result) {
@@ -627,15 +627,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     // replaced one still does (its peer is connected) while it drains.
     if (conn.closing == disconnect_reason::closed_locally) return;
     if (!peers_.contains(conn.peer.id)) return;
-    const auto& handler = handlers_[static_cast<std::size_t>(ch)];
-    if (!handler) return;  // nobody listens on this channel here
-    try {
-      handler(conn.peer.id, std::move(message));
-    } catch (const std::exception& e) {
-      log("message handler threw: " + std::string(e.what()));
-    } catch (...) {
-      log("message handler threw");
-    }
+    // No handler: nobody listens on this channel here.
+    call_handler("message", handlers_[static_cast<std::size_t>(ch)], conn.peer.id, std::move(message));
   }
 
   task<disconnect_reason> write_loop(std::shared_ptr<connection> conn) {

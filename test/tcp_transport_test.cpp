@@ -807,24 +807,37 @@ TEST_CASE("a second connection from the same node: the smaller dialler nonce win
   });
 }
 
+// The deferred-disconnect window: p's first connection to m is up, a second
+// one has got as far as m's auth, and then the first drops. Returns the
+// second link and m's hello, for the test to finish or fail the handshake.
+struct replacement_race {
+  replacement_race(tcp::socket l, hello_message h) : link(std::move(l)), m_hello(std::move(h)) {}
+  tcp::socket link;
+  std::optional<hello_message> m_hello;
+};
+
+task<replacement_race> drop_during_replacement(node& m) {
+  auto old_link = co_await raw_connect(m.address());
+  REQUIRE(co_await raw_handshake(old_link, "p"));
+  REQUIRE(co_await eventually([&] { return m.ups.size() == 1; }));
+  auto new_link = co_await raw_connect(m.address());
+  const auto nonce = random_nonce();
+  auto m_hello = co_await raw_hello(new_link, "p", nonce);
+  REQUIRE(m_hello);
+  REQUIRE(co_await raw_check_auth(new_link, "p", nonce, *m_hello));
+  old_link.close();
+  CHECK(co_await eventually([&] { return m.counters().connections_closed == 1; }));
+  CHECK(m.downs.empty());
+  co_return replacement_race(std::move(new_link), std::move(*m_hello));
+}
+
 TEST_CASE("a connection that ends while its replacement is in the handshake is not reported") {
   run_test([](executor ex) -> task<> {
     auto m = make_node(ex, "m");
     co_await m->t->start();
-    auto old_link = co_await raw_connect(m->address());
-    REQUIRE(co_await raw_handshake(old_link, "p"));
-    REQUIRE(co_await eventually([&] { return m->ups.size() == 1; }));
-
-    // The replacement gets as far as m's auth (m has our hello)...
-    auto new_link = co_await raw_connect(m->address());
-    const auto nonce = random_nonce();
-    auto m_hello = co_await raw_hello(new_link, "p", nonce);
-    REQUIRE(m_hello);
-    REQUIRE(co_await raw_check_auth(new_link, "p", nonce, *m_hello));
-    // ...when the old connection drops.
-    old_link.close();
-    CHECK(co_await eventually([&] { return m->counters().connections_closed == 1; }));
-    CHECK(m->downs.empty());
+    auto race = co_await drop_during_replacement(*m);
+    auto& new_link = race.link;
+    const auto& m_hello = race.m_hello;
     CHECK(m->t->is_connected("p"));
     // Sends meanwhile wait for the new connection.
     CHECK(m->t->send("p", channel::replica, encode_body("held")));
@@ -848,17 +861,9 @@ TEST_CASE("when the replacement's handshake fails, the deferred disconnect is re
   run_test([](executor ex) -> task<> {
     auto m = make_node(ex, "m");
     co_await m->t->start();
-    auto old_link = co_await raw_connect(m->address());
-    REQUIRE(co_await raw_handshake(old_link, "p"));
-    REQUIRE(co_await eventually([&] { return m->ups.size() == 1; }));
-    auto new_link = co_await raw_connect(m->address());
-    const auto nonce = random_nonce();
-    auto m_hello = co_await raw_hello(new_link, "p", nonce);
-    REQUIRE(m_hello);
-    REQUIRE(co_await raw_check_auth(new_link, "p", nonce, *m_hello));
-    old_link.close();
-    CHECK(co_await eventually([&] { return m->counters().connections_closed == 1; }));
-    CHECK(m->downs.empty());
+    auto race = co_await drop_during_replacement(*m);
+    auto& new_link = race.link;
+    const auto& m_hello = race.m_hello;
     // A wrong proof: the handshake fails and the peer is down after all.
     co_await raw_auth(new_link, "p", *m_hello, "not-the-secret");
     CHECK(co_await raw_closed_within(new_link, 20s));

@@ -217,12 +217,18 @@ duration settle(cluster& c, duration limit) {
   return c.net.now() - start;
 }
 
+// Every node joins (one every 10 ms), then the overlay settles; returns the
+// time it took to connect after the last join.
+duration formed(cluster& c, const options& o) {
+  c.form(o.seed);
+  c.net.run_for(duration{10} * static_cast<duration::rep>(o.nodes));
+  return settle(c, 600s);
+}
+
 int scenario_form(const options& o) {
   cluster c(o.nodes, o.seed);
-  c.form(o.seed);
   const auto joined_by = duration{10} * static_cast<duration::rep>(o.nodes);
-  c.net.run_for(joined_by);
-  const auto extra = settle(c, 600s);
+  const auto extra = formed(c, o);
   auto s = c.stats(true);
   json line = {{"scenario", "form"}, {"nodes", o.nodes}, {"seed", o.seed},
                {"connected_at_ms", (joined_by + extra).count()}, {"connected", s.connected()},
@@ -248,9 +254,7 @@ int scenario_fail(const options& o) {
               "after 5 rounds");
   for (int f : o.fail_percents) {
     cluster c(o.nodes, o.seed);
-    c.form(o.seed);
-    c.net.run_for(duration{10} * static_cast<duration::rep>(o.nodes));
-    settle(c, 600s);
+    formed(c, o);
     c.net.run_for(30s);
     random_engine rng(o.seed * 31 + static_cast<std::uint64_t>(f));
     std::vector<std::size_t> order(o.nodes);
@@ -277,9 +281,7 @@ int scenario_fail(const options& o) {
 
 int scenario_steady(const options& o) {
   cluster c(o.nodes, o.seed);
-  c.form(o.seed);
-  c.net.run_for(duration{10} * static_cast<duration::rep>(o.nodes));
-  settle(c, 600s);
+  formed(c, o);
   random_engine rng(o.seed);
   c.probe(0, 20, 100ms, rng);  // warm-up: the tree settles
   const auto payload0 = c.payload_sent();
@@ -308,9 +310,7 @@ int scenario_steady(const options& o) {
 
 int scenario_partition(const options& o) {
   cluster c(o.nodes, o.seed);
-  c.form(o.seed);
-  c.net.run_for(duration{10} * static_cast<duration::rep>(o.nodes));
-  settle(c, 600s);
+  formed(c, o);
   std::vector<std::shared_ptr<map>> maps;
   for (auto& n : c.nodes) maps.push_back(map::open(*n, "state"));
   std::set<std::string> left, right;
