@@ -121,7 +121,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     active.push_back(d);
     stray_since.erase(d.id);
     ++counters.peers_up;
-    log("peer_up " + d.id);
+    log("peer_up " + d.id + " " + d.address.to_string() + " (active view " + std::to_string(active.size()) + ")");
     publish({membership_event::kind::peer_up, d, {}});
     if (!ever_joined) {
       ever_joined = true;
@@ -136,7 +136,8 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     active.erase(it);
     ++counters.peers_down;
     if (to_passive) add_passive(d);
-    log("peer_down " + id + " (" + reason + ")");
+    log("peer_down " + id + " " + d.address.to_string() + " (" + reason + "; active view " +
+        std::to_string(active.size()) + ")");
     publish({membership_event::kind::peer_down, d, reason});
   }
 

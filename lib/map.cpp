@@ -304,6 +304,8 @@ map_counters map::counters() const {
   return impl_->counts;
 }
 
+replica_counters map::replica_stats() const { return impl_->rep ? impl_->rep->counters() : replica_counters{}; }
+
 std::size_t map::entry_count() const { return impl_->state.entry_count(); }
 
 }  // namespace barrel_p2p

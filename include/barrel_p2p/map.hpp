@@ -105,6 +105,9 @@ class map : public node::attachment, public std::enable_shared_from_this<map> {
 
   [[nodiscard]] const std::string& name() const;
   [[nodiscard]] map_counters counters() const;
+  /// The counters of the map's replica instance (deltas, syncs, pulls...).
+  /// Call on the node's executor.
+  [[nodiscard]] replica_counters replica_stats() const;
   /// Entries including tombstones (for tests and metrics).
   [[nodiscard]] std::size_t entry_count() const;
 

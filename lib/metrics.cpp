@@ -1,0 +1,186 @@
+#include "barrel_p2p/metrics.hpp"
+
+#include "barrel_p2p/map.hpp"
+#include "barrel_p2p/node.hpp"
+
+#include <charconv>
+#include <cmath>
+
+namespace barrel_p2p {
+
+namespace {
+
+// Label values escape backslash, double quote and newline (the format's rule).
+void append_label_value(std::string& out, std::string_view v) {
+  for (char c : v) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '"') out += "\\\"";
+    else if (c == '\n') out += "\\n";
+    else out += c;
+  }
+}
+
+void append_number(std::string& out, double v) {
+  if (std::isnan(v)) {
+    out += "NaN";
+    return;
+  }
+  char buf[64];
+  // Integral values print exactly (counters are integers up to 2^53).
+  auto r = (v == std::floor(v) && std::fabs(v) < 9e15)
+               ? std::to_chars(buf, buf + sizeof buf, static_cast<long long>(v))
+               : std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
+
+template <class Counters>
+struct field {
+  const char* name;
+  prometheus_writer::kind kind;
+  const char* help;
+  std::uint64_t Counters::*member;
+};
+
+using K = prometheus_writer::kind;
+
+const field<transport_counters> transport_fields[] = {
+    {"barrel_p2p_transport_connections_opened_total", K::counter, "Connections that completed the handshake.", &transport_counters::connections_opened},
+    {"barrel_p2p_transport_connections_closed_total", K::counter, "Connections closed, for any reason.", &transport_counters::connections_closed},
+    {"barrel_p2p_transport_connect_failures_total", K::counter, "Dials that failed (refused, timeout).", &transport_counters::connect_failures},
+    {"barrel_p2p_transport_handshake_failures_total", K::counter, "Handshakes refused: bad version, wrong cluster secret, timeout.", &transport_counters::handshake_failures},
+    {"barrel_p2p_transport_frames_sent_total", K::counter, "Frames written to peers.", &transport_counters::frames_sent},
+    {"barrel_p2p_transport_frames_received_total", K::counter, "Frames read from peers.", &transport_counters::frames_received},
+    {"barrel_p2p_transport_bytes_sent_total", K::counter, "Bytes written to peers.", &transport_counters::bytes_sent},
+    {"barrel_p2p_transport_bytes_received_total", K::counter, "Bytes read from peers.", &transport_counters::bytes_received},
+    {"barrel_p2p_transport_bad_frames_total", K::counter, "Frames rejected: oversized, unknown channel, undecodable body.", &transport_counters::bad_frames},
+    {"barrel_p2p_transport_send_queue_drops_total", K::counter, "Messages dropped because a peer's send queue was full.", &transport_counters::send_queue_drops},
+    {"barrel_p2p_transport_heartbeat_timeouts_total", K::counter, "Connections closed because the peer fell silent.", &transport_counters::heartbeat_timeouts},
+};
+
+const field<hyparview_counters> membership_fields[] = {
+    {"barrel_p2p_membership_joins_received_total", K::counter, "JOIN requests received.", &hyparview_counters::joins_received},
+    {"barrel_p2p_membership_forward_joins_total", K::counter, "FORWARD_JOIN messages handled.", &hyparview_counters::forward_joins},
+    {"barrel_p2p_membership_neighbor_requests_total", K::counter, "NEIGHBOR requests received.", &hyparview_counters::neighbor_requests},
+    {"barrel_p2p_membership_neighbor_rejected_total", K::counter, "NEIGHBOR requests refused.", &hyparview_counters::neighbor_rejected},
+    {"barrel_p2p_membership_disconnects_sent_total", K::counter, "DISCONNECT messages sent.", &hyparview_counters::disconnects_sent},
+    {"barrel_p2p_membership_shuffles_sent_total", K::counter, "SHUFFLE messages originated.", &hyparview_counters::shuffles_sent},
+    {"barrel_p2p_membership_shuffles_received_total", K::counter, "SHUFFLE messages received.", &hyparview_counters::shuffles_received},
+    {"barrel_p2p_membership_peers_up_total", K::counter, "Peers added to the active view.", &hyparview_counters::peers_up},
+    {"barrel_p2p_membership_peers_down_total", K::counter, "Peers removed from the active view.", &hyparview_counters::peers_down},
+    {"barrel_p2p_membership_promotions_total", K::counter, "Passive peers promoted to repair the active view.", &hyparview_counters::promotions},
+    {"barrel_p2p_membership_bad_messages_total", K::counter, "Malformed membership messages dropped.", &hyparview_counters::bad_messages},
+};
+
+const field<plumtree_counters> broadcast_fields[] = {
+    {"barrel_p2p_broadcast_originated_total", K::counter, "Broadcasts originated on this node.", &plumtree_counters::broadcasts},
+    {"barrel_p2p_broadcast_gossip_sent_total", K::counter, "Payload messages sent (eager push and graft answers).", &plumtree_counters::gossip_sent},
+    {"barrel_p2p_broadcast_gossip_received_total", K::counter, "Payload messages received.", &plumtree_counters::gossip_received},
+    {"barrel_p2p_broadcast_delivered_total", K::counter, "First receipts delivered to a subscriber.", &plumtree_counters::delivered},
+    {"barrel_p2p_broadcast_duplicates_total", K::counter, "Payloads received again (each one prunes a link).", &plumtree_counters::duplicates},
+    {"barrel_p2p_broadcast_ihave_sent_total", K::counter, "IHAVE batches sent.", &plumtree_counters::ihave_sent},
+    {"barrel_p2p_broadcast_ihave_ids_sent_total", K::counter, "Message ids announced in IHAVE batches.", &plumtree_counters::ihave_ids_sent},
+    {"barrel_p2p_broadcast_graft_sent_total", K::counter, "GRAFT messages sent (a missing payload requested).", &plumtree_counters::graft_sent},
+    {"barrel_p2p_broadcast_prune_sent_total", K::counter, "PRUNE messages sent.", &plumtree_counters::prune_sent},
+    {"barrel_p2p_broadcast_bad_messages_total", K::counter, "Malformed broadcast messages dropped.", &plumtree_counters::bad_messages},
+    {"barrel_p2p_broadcast_cache_messages", K::gauge, "Payloads kept to answer grafts.", &plumtree_counters::cache_size},
+    {"barrel_p2p_broadcast_missing_messages", K::gauge, "Ids announced but not yet received.", &plumtree_counters::missing},
+};
+
+const field<map_counters> map_fields[] = {
+    {"barrel_p2p_map_puts_total", K::counter, "Local puts.", &map_counters::puts},
+    {"barrel_p2p_map_removes_total", K::counter, "Local removes.", &map_counters::removes},
+    {"barrel_p2p_map_remote_changes_total", K::counter, "Keys changed by peer data.", &map_counters::remote_changes},
+    {"barrel_p2p_map_rejected_local_total", K::counter, "Local puts refused by the validator.", &map_counters::rejected_local},
+    {"barrel_p2p_map_rejected_remote_total", K::counter, "Peer entries dropped (validator or malformed).", &map_counters::rejected_remote},
+    {"barrel_p2p_map_tombstones_swept_total", K::counter, "Tombstones expired by the sweep.", &map_counters::tombstones_swept},
+    {"barrel_p2p_map_pruned_total", K::counter, "Keys dropped when their writer went down (prune_on_peer_down).", &map_counters::pruned},
+};
+
+const field<replica_counters> replica_fields[] = {
+    {"barrel_p2p_replica_deltas_sent_total", K::counter, "Deltas gossiped.", &replica_counters::deltas_sent},
+    {"barrel_p2p_replica_deltas_received_total", K::counter, "Deltas received.", &replica_counters::deltas_received},
+    {"barrel_p2p_replica_syncs_sent_total", K::counter, "Full-sync snapshots pushed to peers.", &replica_counters::syncs_sent},
+    {"barrel_p2p_replica_syncs_received_total", K::counter, "Full-sync snapshots received.", &replica_counters::syncs_received},
+    {"barrel_p2p_replica_pulls_sent_total", K::counter, "Sync requests sent (late start, anti-entropy).", &replica_counters::pulls_sent},
+    {"barrel_p2p_replica_anti_entropy_rounds_total", K::counter, "Anti-entropy rounds run.", &replica_counters::anti_entropy_rounds},
+    {"barrel_p2p_replica_callback_errors_total", K::counter, "Replica callbacks that threw.", &replica_counters::callback_errors},
+    {"barrel_p2p_replica_bad_messages_total", K::counter, "Replica payloads of unknown shape, ignored.", &replica_counters::bad_messages},
+    {"barrel_p2p_replica_inbox_drops_total", K::counter, "Work items dropped by a full inbox.", &replica_counters::inbox_drops},
+};
+
+template <class Counters>
+void write_fields(prometheus_writer& w, const auto& fields, const prometheus_writer::labels& l,
+                  const Counters& c) {
+  for (const auto& f : fields) {
+    w.family(f.name, f.kind, f.help);
+    w.sample(l, static_cast<double>(c.*f.member));
+  }
+}
+
+}  // namespace
+
+void prometheus_writer::family(std::string_view name, kind k, std::string_view help) {
+  if (current_ == name) return;  // one header per family
+  current_ = name;
+  out_ += "# HELP ";
+  out_ += name;
+  out_ += ' ';
+  out_ += help;
+  out_ += "\n# TYPE ";
+  out_ += name;
+  out_ += k == kind::counter ? " counter\n" : " gauge\n";
+}
+
+void prometheus_writer::sample(const labels& l, double value) {
+  out_ += current_;
+  if (!l.empty()) {
+    out_ += '{';
+    for (std::size_t i = 0; i < l.size(); ++i) {
+      if (i) out_ += ',';
+      out_ += l[i].first;
+      out_ += "=\"";
+      append_label_value(out_, l[i].second);
+      out_ += '"';
+    }
+    out_ += '}';
+  }
+  out_ += ' ';
+  append_number(out_, value);
+  out_ += '\n';
+}
+
+void write_node_metrics(prometheus_writer& w, node& n) {
+  const prometheus_writer::labels l{{"node", n.id()}};
+  write_fields(w, transport_fields, l, n.net().counters());
+  w.family("barrel_p2p_transport_connected_peers", K::gauge, "Peers with an open connection.");
+  w.sample(l, static_cast<double>(n.net().connected_peers().size()));
+  write_fields(w, membership_fields, l, n.membership().counters());
+  w.family("barrel_p2p_membership_active_view_size", K::gauge, "Peers in the active view.");
+  w.sample(l, static_cast<double>(n.membership().active_view().size()));
+  w.family("barrel_p2p_membership_passive_view_size", K::gauge, "Peers in the passive view.");
+  w.sample(l, static_cast<double>(n.membership().passive_view().size()));
+  write_fields(w, broadcast_fields, l, n.broadcast().counters());
+  w.family("barrel_p2p_broadcast_eager_peers", K::gauge, "Peers in the eager-push set (tree links).");
+  w.sample(l, static_cast<double>(n.broadcast().eager_peers().size()));
+  w.family("barrel_p2p_broadcast_lazy_peers", K::gauge, "Peers in the lazy-push set.");
+  w.sample(l, static_cast<double>(n.broadcast().lazy_peers().size()));
+}
+
+void write_map_metrics(prometheus_writer& w, const node& n, const std::vector<std::shared_ptr<map>>& maps) {
+  // Family by family across maps: the format wants a family's samples together.
+  auto labels_of = [&](const map& m) { return prometheus_writer::labels{{"node", n.id()}, {"map", m.name()}}; };
+  w.family("barrel_p2p_map_keys", K::gauge, "Live keys.");
+  for (const auto& m : maps) w.sample(labels_of(*m), static_cast<double>(m->size()));
+  w.family("barrel_p2p_map_entries", K::gauge, "Entries including tombstones.");
+  for (const auto& m : maps) w.sample(labels_of(*m), static_cast<double>(m->entry_count()));
+  for (const auto& f : map_fields) {
+    w.family(f.name, f.kind, f.help);
+    for (const auto& m : maps) w.sample(labels_of(*m), static_cast<double>(m->counters().*f.member));
+  }
+  for (const auto& f : replica_fields) {
+    w.family(f.name, f.kind, f.help);
+    for (const auto& m : maps) w.sample(labels_of(*m), static_cast<double>(m->replica_stats().*f.member));
+  }
+}
+
+}  // namespace barrel_p2p

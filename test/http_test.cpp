@@ -1,0 +1,410 @@
+// The HTTP admin surface: real nodes over loopback TCP, a real HTTP client.
+#include <barrel_p2p/http_api.hpp>
+#include <barrel_p2p/map.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+
+#include <doctest/doctest.h>
+
+#include "io_harness.hpp"
+
+#include <regex>
+#include <set>
+#include <sstream>
+
+using namespace barrel_p2p;
+using namespace std::chrono_literals;
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
+
+node_config config_for(const std::string& id) {
+  node_config c;
+  c.transport.node_id = id;
+  c.transport.cluster_secret = "http-test";
+  c.transport.heartbeat_interval = 200ms;
+  c.transport.heartbeat_timeout = 1500ms;
+  c.membership.maintenance_interval = 100ms;
+  c.replicas.anti_entropy_interval = 500ms;
+  c.log = [](const std::string& line) {
+    if (std::getenv("BARREL_TEST_LOG")) std::fprintf(stderr, "%s\n", line.c_str());
+  };
+  return c;
+}
+
+// Two nodes, each serving map "kv" (and "strict", which takes only numbers)
+// over HTTP.
+struct fixture {
+  asio::io_context io;
+  std::vector<std::unique_ptr<node>> nodes;
+  std::vector<std::unique_ptr<http_api>> apis;
+  std::vector<std::shared_ptr<map>> kv;
+
+  explicit fixture(http_api_config base = {}, std::size_t count = 2) {
+    for (std::size_t i = 0; i < count; ++i) {
+      auto c = config_for("n" + std::to_string(i));
+      if (i > 0) c.contacts.push_back(nodes[0]->self().address);
+      nodes.push_back(std::make_unique<node>(io.get_executor(), c));
+      auto& n = *nodes.back();
+      kv.push_back(map::open(n, "kv"));
+      map_options strict;
+      strict.validator = [](const std::string&, const json& v) { return v.is_number(); };
+      auto s = map::open(n, "strict", strict);
+      apis.push_back(std::make_unique<http_api>(n, base));
+      auto& api = *apis.back();
+      run([&]() -> task<> {
+        co_await n.start();
+        co_await api.expose(kv.back());
+        co_await api.expose(s);
+        co_await api.start();
+      });
+    }
+    REQUIRE(eventually([&] {
+      for (auto& n : nodes)
+        if (n->membership().active_view().size() + 1 < nodes.size()) return false;
+      return true;
+    }));
+  }
+  ~fixture() {
+    run([&]() -> task<> {
+      for (auto& a : apis) co_await a->stop();
+      for (auto& n : nodes) co_await n->stop();
+    });
+  }
+
+  void run(const std::function<task<>()>& body) { testing::run(io, body); }
+  bool eventually(const std::function<bool()>& cond) { return testing::eventually(io, cond); }
+  std::uint16_t port(std::size_t i = 0) const { return apis[i]->port(); }
+};
+
+struct reply {
+  unsigned status = 0;
+  std::string body;
+  std::string content_type;
+  json body_json() const { return json::parse(body, nullptr, false); }
+};
+
+task<reply> send_request(std::uint16_t port, http::verb method, std::string target, std::string body = {},
+                         std::string token = {}) {
+  beast::tcp_stream stream(co_await asio::this_coro::executor);
+  co_await stream.async_connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port), asio::use_awaitable);
+  http::request<http::string_body> req{method, target, 11};
+  req.set(http::field::host, "127.0.0.1");
+  if (!token.empty()) req.set(http::field::authorization, "Bearer " + token);
+  if (!body.empty() || method == http::verb::put) {
+    req.body() = std::move(body);
+    req.prepare_payload();
+  }
+  co_await http::async_write(stream, req, asio::use_awaitable);
+  beast::flat_buffer buffer;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(64 * 1024 * 1024);
+  co_await http::async_read(stream, buffer, parser, asio::use_awaitable);
+  auto res = parser.release();
+  reply r;
+  r.status = res.result_int();
+  r.body = res.body();
+  r.content_type = std::string(res[http::field::content_type]);
+  co_return r;
+}
+
+// Writes raw bytes, then reads whatever comes back until the server closes.
+task<std::string> send_raw(std::uint16_t port, std::string bytes, bool half_close = true) {
+  tcp::socket socket(co_await asio::this_coro::executor);
+  co_await socket.async_connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port), asio::use_awaitable);
+  co_await asio::async_write(socket, asio::buffer(bytes), tuple_awaitable);
+  if (half_close) socket.shutdown(tcp::socket::shutdown_send);
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    auto [ec, n] = co_await socket.async_read_some(asio::buffer(buf), tuple_awaitable);
+    out.append(buf, n);
+    if (ec) break;
+  }
+  co_return out;
+}
+
+}  // namespace
+
+TEST_CASE("HTTP: a PUT on one node is readable through the other; DELETE removes it everywhere") {
+  fixture f;
+  reply put, got, list, del, after;
+  f.run([&]() -> task<> {
+    put = co_await send_request(f.port(0), http::verb::put, "/maps/kv/greeting", R"({"hello":"world"})");
+  });
+  CHECK(put.status == 200);
+  CHECK(put.content_type == "application/json");
+  REQUIRE(f.eventually([&] { return f.kv[1]->get("greeting").has_value(); }));
+  f.run([&]() -> task<> {
+    got = co_await send_request(f.port(1), http::verb::get, "/maps/kv/greeting");
+    list = co_await send_request(f.port(1), http::verb::get, "/maps/kv");
+  });
+  CHECK(got.status == 200);
+  CHECK(got.body_json() == json{{"key", "greeting"}, {"value", {{"hello", "world"}}}});
+  CHECK(list.body_json()["entries"] == json{{"greeting", {{"hello", "world"}}}});
+  CHECK(list.body_json()["size"] == 1);
+
+  f.run([&]() -> task<> { del = co_await send_request(f.port(1), http::verb::delete_, "/maps/kv/greeting"); });
+  CHECK(del.status == 200);
+  REQUIRE(f.eventually([&] { return !f.kv[0]->get("greeting").has_value(); }));
+  f.run([&]() -> task<> { after = co_await send_request(f.port(0), http::verb::get, "/maps/kv/greeting"); });
+  CHECK(after.status == 404);
+  CHECK(after.body_json()["error"] == "not_found");
+}
+
+TEST_CASE("HTTP: keys are percent-decoded and may hold slashes; ?limit= truncates a listing") {
+  fixture f(http_api_config{}, 1);
+  reply put, got, list, bad;
+  f.run([&]() -> task<> {
+    put = co_await send_request(f.port(), http::verb::put, "/maps/kv/a%20b/c", "1");
+    co_await send_request(f.port(), http::verb::put, "/maps/kv/z", "2");
+    got = co_await send_request(f.port(), http::verb::get, "/maps/kv/a%20b/c");
+    list = co_await send_request(f.port(), http::verb::get, "/maps/kv?limit=1");
+    bad = co_await send_request(f.port(), http::verb::get, "/maps/kv/%zz");
+  });
+  CHECK(put.status == 200);
+  CHECK(f.kv[0]->get("a b/c") == json(1));
+  CHECK(got.body_json()["value"] == 1);
+  CHECK(list.body_json()["truncated"] == true);
+  CHECK(list.body_json()["entries"].size() == 1);
+  CHECK(list.body_json()["size"] == 2);
+  CHECK(bad.status == 400);
+}
+
+TEST_CASE("HTTP: /status shows the node, its views and its maps; /maps lists them") {
+  fixture f;
+  reply status, maps;
+  f.run([&]() -> task<> {
+    co_await send_request(f.port(), http::verb::put, "/maps/kv/k", "\"v\"");
+    status = co_await send_request(f.port(), http::verb::get, "/status");
+    maps = co_await send_request(f.port(), http::verb::get, "/maps");
+  });
+  REQUIRE(status.status == 200);
+  auto s = status.body_json();
+  CHECK(s["node"] == "n0");
+  CHECK(s["address"] == f.nodes[0]->self().address.to_string());
+  REQUIRE(s["active_view"].size() == 1);
+  CHECK(s["active_view"][0]["id"] == "n1");
+  CHECK(s["uptime_seconds"].is_number());
+  CHECK(s["maps"] == json::array({{{"entries", 1}, {"name", "kv"}, {"size", 1}},
+                                  {{"entries", 0}, {"name", "strict"}, {"size", 0}}}));
+  CHECK(maps.body_json()["maps"].size() == 2);
+}
+
+TEST_CASE("HTTP: /metrics is valid Prometheus text covering every layer") {
+  fixture f;
+  reply m;
+  f.run([&]() -> task<> {
+    co_await send_request(f.port(), http::verb::put, "/maps/kv/k", "1");
+    m = co_await send_request(f.port(), http::verb::get, "/metrics");
+  });
+  REQUIRE(m.status == 200);
+  CHECK(m.content_type.starts_with("text/plain; version=0.0.4"));
+  const std::regex sample(R"(^([a-z_][a-z0-9_]*)\{([a-z_][a-z0-9_]*="[^"\\]*",?)+\} (-?[0-9.e+]+|NaN)$)");
+  std::set<std::string> typed, sampled;
+  std::istringstream lines(m.body);
+  std::string line;
+  std::size_t samples = 0;
+  while (std::getline(lines, line)) {
+    if (line.starts_with("# TYPE ")) {
+      auto name = line.substr(7, line.find(' ', 7) - 7);
+      CHECK_MESSAGE(typed.insert(name).second, "family declared twice: " << name);
+      continue;
+    }
+    if (line.starts_with("# HELP ")) continue;
+    std::smatch match;
+    REQUIRE_MESSAGE(std::regex_match(line, match, sample), "not a sample line: " << line);
+    CHECK_MESSAGE(typed.contains(match[1].str()), "sample before its TYPE: " << line);
+    sampled.insert(match[1].str());
+    ++samples;
+  }
+  CHECK(samples > 60);
+  for (const char* name : {"barrel_p2p_transport_bytes_sent_total", "barrel_p2p_membership_active_view_size",
+                           "barrel_p2p_broadcast_gossip_sent_total", "barrel_p2p_map_keys",
+                           "barrel_p2p_replica_deltas_sent_total", "barrel_p2p_http_requests_total"})
+    CHECK_MESSAGE(sampled.contains(name), name);
+  CHECK(m.body.find("barrel_p2p_map_puts_total{node=\"n0\",map=\"kv\"} 1\n") != std::string::npos);
+  CHECK(m.body.find("barrel_p2p_membership_active_view_size{node=\"n0\"} 1\n") != std::string::npos);
+}
+
+TEST_CASE("HTTP: bad input gets a clear 4xx with a JSON body, and the node keeps serving") {
+  http_api_config c;
+  c.max_body_bytes = 1000;
+  fixture f(c, 1);
+  std::map<std::string, reply> r;
+  f.run([&]() -> task<> {
+    r["bad json"] = co_await send_request(f.port(), http::verb::put, "/maps/kv/k", "{\"a\":");
+    r["empty body"] = co_await send_request(f.port(), http::verb::put, "/maps/kv/k", "");
+    r["too deep"] = co_await send_request(f.port(), http::verb::put, "/maps/kv/k", std::string(40, '[') + std::string(40, ']'));
+    r["unknown map"] = co_await send_request(f.port(), http::verb::get, "/maps/nope/k");
+    r["unknown route"] = co_await send_request(f.port(), http::verb::get, "/nope");
+    r["method"] = co_await send_request(f.port(), http::verb::post, "/maps/kv/k", "1");
+    r["rejected"] = co_await send_request(f.port(), http::verb::put, "/maps/strict/k", "\"not a number\"");
+    r["long key"] = co_await send_request(f.port(), http::verb::put, "/maps/kv/" + std::string(1100, 'k'), "1");
+    r["bad limit"] = co_await send_request(f.port(), http::verb::get, "/maps/kv?limit=x");
+  });
+  auto expect = [&](const std::string& what, unsigned status, const std::string& code) {
+    INFO(what);
+    CHECK(r[what].status == status);
+    CHECK(r[what].content_type == "application/json");
+    CHECK(r[what].body_json()["error"] == code);
+    CHECK(r[what].body_json()["detail"].is_string());
+  };
+  expect("bad json", 400, "bad_json");
+  expect("empty body", 400, "bad_json");
+  expect("too deep", 400, "bad_json");
+  expect("unknown map", 404, "unknown_map");
+  expect("unknown route", 404, "not_found");
+  expect("method", 405, "method_not_allowed");
+  expect("rejected", 422, "rejected");
+  expect("long key", 400, "key_too_long");
+  expect("bad limit", 400, "bad_limit");
+  CHECK(f.kv[0]->size() == 0);
+  CHECK(f.apis[0]->counters().responses_4xx == 9);
+
+  // Below HTTP: an oversized body, garbage, a truncated request, huge headers.
+  std::string oversized, garbage, truncated, huge_header;
+  f.run([&]() -> task<> {
+    oversized = co_await send_raw(f.port(), "PUT /maps/kv/k HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" +
+                                                 std::string(5000, '1'));
+    garbage = co_await send_raw(f.port(), std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 15));
+    truncated = co_await send_raw(f.port(), "PUT /maps/kv/k HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n12");
+    huge_header = co_await send_raw(f.port(), "GET /status HTTP/1.1\r\nX-Big: " + std::string(20000, 'a') + "\r\n\r\n");
+  });
+  CHECK(oversized.starts_with("HTTP/1.1 413"));
+  CHECK(oversized.find("body_too_large") != std::string::npos);
+  CHECK(garbage.starts_with("HTTP/1.1 400"));
+  CHECK(truncated.empty());  // the client went away mid-body: nothing to answer
+  CHECK(huge_header.starts_with("HTTP/1.1 431"));
+  CHECK(f.apis[0]->counters().malformed_requests == 3);
+
+  reply still;
+  f.run([&]() -> task<> { still = co_await send_request(f.port(), http::verb::get, "/status"); });
+  CHECK(still.status == 200);
+  CHECK(f.kv[0]->size() == 0);
+}
+
+TEST_CASE("HTTP: with a bearer token, requests without it get 401") {
+  http_api_config c;
+  c.bearer_token = "let-me-in";
+  fixture f(c, 1);
+  reply none, wrong, right, ws_refused;
+  f.run([&]() -> task<> {
+    none = co_await send_request(f.port(), http::verb::get, "/status");
+    wrong = co_await send_request(f.port(), http::verb::put, "/maps/kv/k", "1", "let-me-out");
+    right = co_await send_request(f.port(), http::verb::put, "/maps/kv/k", "1", "let-me-in");
+  });
+  CHECK(none.status == 401);
+  CHECK(none.body_json()["error"] == "unauthorized");
+  CHECK(wrong.status == 401);
+  CHECK(right.status == 200);
+  CHECK(f.kv[0]->get("k") == json(1));
+  CHECK(f.apis[0]->counters().unauthorized == 2);
+
+  // A WebSocket upgrade without the token is refused too.
+  bool handshake_failed = false;
+  f.run([&]() -> task<> {
+    websocket::stream<beast::tcp_stream> ws(co_await asio::this_coro::executor);
+    co_await beast::get_lowest_layer(ws).async_connect(
+        tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()), asio::use_awaitable);
+    auto [ec] = co_await ws.async_handshake("127.0.0.1", "/maps/kv/events", tuple_awaitable);
+    handshake_failed = static_cast<bool>(ec);
+  });
+  CHECK(handshake_failed);
+}
+
+TEST_CASE("HTTP: /maps/{map}/events streams local and remote changes over a WebSocket") {
+  fixture f;
+  std::vector<json> received;
+  f.run([&]() -> task<> {
+    websocket::stream<beast::tcp_stream> ws(co_await asio::this_coro::executor);
+    co_await beast::get_lowest_layer(ws).async_connect(
+        tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port(0)), asio::use_awaitable);
+    co_await ws.async_handshake("127.0.0.1", "/maps/kv/events", asio::use_awaitable);
+    // A remote write (through node 1) and a local remove (through node 0).
+    co_await send_request(f.port(1), http::verb::put, "/maps/kv/x", "42");
+    beast::flat_buffer buffer;
+    co_await ws.async_read(buffer, asio::use_awaitable);
+    received.push_back(json::parse(beast::buffers_to_string(buffer.data())));
+    buffer.consume(buffer.size());
+    co_await send_request(f.port(0), http::verb::delete_, "/maps/kv/x");
+    co_await ws.async_read(buffer, asio::use_awaitable);
+    received.push_back(json::parse(beast::buffers_to_string(buffer.data())));
+    co_await ws.async_close(websocket::close_code::normal, asio::use_awaitable);
+  });
+  REQUIRE(received.size() == 2);
+  CHECK(received[0] == json{{"event", "put"}, {"key", "x"}, {"value", 42}});
+  CHECK(received[1] == json{{"event", "remove"}, {"key", "x"}});
+  CHECK(f.apis[0]->counters().websocket_sessions == 1);
+  CHECK(f.apis[0]->counters().websocket_events_sent == 2);
+}
+
+TEST_CASE("HTTP: stop() closes open WebSockets and idle connections and returns") {
+  fixture f(http_api_config{}, 1);
+  bool ws_ended = false;
+  bool idle_ended = false;
+  f.run([&]() -> task<> {
+    auto ex = co_await asio::this_coro::executor;
+    websocket::stream<beast::tcp_stream> ws(ex);
+    co_await beast::get_lowest_layer(ws).async_connect(
+        tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()), asio::use_awaitable);
+    co_await ws.async_handshake("127.0.0.1", "/maps/kv/events", asio::use_awaitable);
+    tcp::socket idle(ex);
+    co_await idle.async_connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()), asio::use_awaitable);
+    co_await f.apis[0]->stop();
+    beast::flat_buffer buffer;
+    auto [ec, n] = co_await ws.async_read(buffer, tuple_awaitable);
+    ws_ended = static_cast<bool>(ec);
+    char c;
+    auto [ec2, n2] = co_await idle.async_read_some(asio::buffer(&c, 1), tuple_awaitable);
+    idle_ended = static_cast<bool>(ec2);
+  });
+  CHECK(ws_ended);
+  CHECK(idle_ended);
+}
+
+TEST_CASE("HTTP: connections over max_connections are closed on accept and counted") {
+  http_api_config c;
+  c.max_connections = 1;
+  fixture f(c, 1);
+  std::string second;
+  reply after;
+  f.run([&]() -> task<> {
+    tcp::socket first(co_await asio::this_coro::executor);
+    co_await first.async_connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()), asio::use_awaitable);
+    second = co_await send_raw(f.port(), "GET /status HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    first.close();
+  });
+  CHECK(second.empty());
+  CHECK(f.apis[0]->counters().connections_rejected == 1);
+  // Once the server has seen the first connection close, requests are served
+  // again (until then a new connection may still be refused: retry).
+  bool served = false;
+  f.run([&]() -> task<> {
+    auto sched = make_real_scheduler(co_await asio::this_coro::executor);
+    for (int attempt = 0; attempt < 500 && !served; ++attempt) {
+      bool refused = false;
+      try {
+        after = co_await send_request(f.port(), http::verb::get, "/status");
+        served = after.status == 200;
+      } catch (const std::exception&) {
+        refused = true;
+      }
+      if (refused) co_await sched->sleep(10ms);
+    }
+  });
+  CHECK(served);
+}

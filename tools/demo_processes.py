@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""The README's first command, after the build: five barrel-p2p-node
+processes on loopback, driven only through their HTTP API.
+
+It forms the cluster, writes through one node and times the value's arrival
+on all five, stops a node, writes and removes while it is down, restarts it
+from its data directory and shows it catching up (and the removed key
+staying removed), prints the cluster's status, then stops everything.
+Exits non-zero if any step does not converge; leaves no process behind.
+
+    tools/demo_processes.py --node-binary build/tools/barrel-p2p-node [--quick]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+
+class StepFailed(Exception):
+    pass
+
+
+def say(text=""):
+    print(text, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    def __init__(self, name, binary, workdir, secret_file, contact, args):
+        self.name = name
+        self.binary = binary
+        self.cluster_port = free_port()
+        self.http_port = free_port()
+        self.data_dir = os.path.join(workdir, name)
+        self.log_path = os.path.join(workdir, name + ".log")
+        self.secret_file = secret_file
+        self.contact = contact
+        self.args = args
+        self.proc = None
+
+    @property
+    def cluster_address(self):
+        return "127.0.0.1:%d" % self.cluster_port
+
+    def start(self):
+        cmd = [self.binary, "--id", self.name,
+               "--listen", self.cluster_address,
+               "--http", "127.0.0.1:%d" % self.http_port,
+               "--secret-file", self.secret_file,
+               "--data-dir", self.data_dir,
+               "--map", "kv,persist",
+               "--heartbeat-ms", "250",
+               "--anti-entropy-ms", str(self.args.anti_entropy_ms)]
+        if self.contact:
+            cmd += ["--contact", self.contact.cluster_address]
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=10):
+        """SIGTERM: the node leaves the cluster and flushes its maps."""
+        if not self.running():
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise StepFailed("%s did not stop within %d s of SIGTERM" % (self.name, timeout))
+
+    def kill(self):
+        if self.running():
+            self.proc.kill()
+            self.proc.wait()
+
+    # ---- HTTP -------------------------------------------------------------
+    def request(self, method, path, body=None):
+        url = "http://127.0.0.1:%d%s" % (self.http_port, path)
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as res:
+                text = res.read().decode()
+                return res.status, text
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def json(self, method, path, body=None):
+        status, text = self.request(method, path, body)
+        return status, json.loads(text) if text.startswith(("{", "[")) else text
+
+    def get(self, key):
+        status, body = self.json("GET", "/maps/kv/" + urllib.parse.quote(key, safe=""))
+        return body["value"] if status == 200 else None
+
+    def put(self, key, value):
+        status, body = self.json("PUT", "/maps/kv/" + urllib.parse.quote(key, safe=""), value)
+        if status != 200:
+            raise StepFailed("PUT %s on %s: %s %s" % (key, self.name, status, body))
+
+    def delete(self, key):
+        status, body = self.json("DELETE", "/maps/kv/" + urllib.parse.quote(key, safe=""))
+        if status != 200:
+            raise StepFailed("DELETE %s on %s: %s %s" % (key, self.name, status, body))
+
+    def entries(self):
+        status, body = self.json("GET", "/maps/kv?limit=1000000")
+        return body["entries"] if status == 200 else None
+
+    def status(self):
+        try:
+            status, body = self.json("GET", "/status")
+            return body if status == 200 else None
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return None
+
+
+def wait_until(what, condition, timeout):
+    """Polls `condition` until it holds; returns the seconds it took."""
+    start = time.monotonic()
+    while True:
+        try:
+            if condition():
+                return time.monotonic() - start
+        except (urllib.error.URLError, ConnectionError, OSError, ValueError, KeyError):
+            pass
+        if time.monotonic() - start > timeout:
+            raise StepFailed("%s: not reached within %.0f s" % (what, timeout))
+        time.sleep(0.002)
+
+
+def overlay_ok(nodes):
+    """Active views are non-empty, symmetric and connect every running node."""
+    views = {}
+    for n in nodes:
+        s = n.status()
+        if s is None:
+            return False
+        views[n.name] = {p["id"] for p in s["active_view"]}
+    names = set(views)
+    for a, peers in views.items():
+        if not peers or not peers <= names:
+            return False
+        if any(a not in views[b] for b in peers):
+            return False
+    seen, todo = set(), [next(iter(names))]
+    while todo:
+        a = todo.pop()
+        if a not in seen:
+            seen.add(a)
+            todo.extend(views[a])
+    return seen == names
+
+
+def all_equal(nodes, expected):
+    return all(n.entries() == expected for n in nodes)
+
+
+def print_status_table(nodes):
+    say("    %-7s %-17s %-7s %-28s %-8s %-5s %s" % ("node", "cluster address", "http", "active view",
+                                                    "passive", "keys", "uptime"))
+    for n in nodes:
+        s = n.status() if n.running() else None
+        if s is None:
+            say("    %-7s %-17s %-7s (stopped)" % (n.name, n.cluster_address, n.http_port))
+            continue
+        active = ",".join(sorted(p["id"] for p in s["active_view"]))
+        keys = s["maps"][0]["size"] if s["maps"] else 0
+        say("    %-7s %-17s %-7d %-28s %-8d %-5d %.1f s" % (s["node"], s["address"], n.http_port, active,
+                                                           len(s["passive_view"]), keys, s["uptime_seconds"]))
+
+
+def run(args):
+    binary = os.path.abspath(args.node_binary)
+    if not os.access(binary, os.X_OK):
+        raise StepFailed("no node binary at %s (build first: tools/setup)" % binary)
+    workdir = tempfile.mkdtemp(prefix="barrel-p2p-demo-")
+    secret_file = os.path.join(workdir, "cluster.secret")
+    with open(secret_file, "w") as f:
+        f.write("demo-%d-%d\n" % (os.getpid(), int(time.time())))
+    os.chmod(secret_file, 0o600)
+    keys_per_batch = 20 if args.quick else 200
+    nodes = []
+    try:
+        say("== 1. Start %d node processes on loopback" % args.nodes)
+        say("   Each is `barrel-p2p-node` with its own cluster port, HTTP port and data directory;")
+        say("   they share a cluster secret (a file), and all but the first join through node1.")
+        for i in range(args.nodes):
+            n = Node("node%d" % (i + 1), binary, workdir, secret_file, nodes[0] if nodes else None, args)
+            n.start()
+            nodes.append(n)
+        t = wait_until("every node answers /status", lambda: all(n.status() for n in nodes), 30)
+        say("   all %d answer on HTTP after %.2f s" % (len(nodes), t))
+
+        say("\n== 2. Form the cluster")
+        t = wait_until("a symmetric, connected overlay", lambda: overlay_ok(nodes), 30)
+        say("   HyParView active views are symmetric and connect all %d nodes (%.2f s)" % (len(nodes), t))
+        print_status_table(nodes)
+
+        say("\n== 3. Write through node1's HTTP API, read on all five")
+        start = time.monotonic()
+        nodes[0].put("greeting", {"text": "hello from node1"})
+        wait_until("greeting on every node",
+                   lambda: all(n.get("greeting") == {"text": "hello from node1"} for n in nodes), 10)
+        say("   PUT /maps/kv/greeting on node1 -> readable on all %d nodes %.1f ms later"
+            " (HTTP polling included)" % (len(nodes), (time.monotonic() - start) * 1000))
+        expected = {"greeting": {"text": "hello from node1"}}
+        start = time.monotonic()
+        for i in range(keys_per_batch):
+            key = "user:%03d" % i
+            nodes[1].put(key, {"n": i})
+            expected[key] = {"n": i}
+        put_time = time.monotonic() - start
+        t = wait_until("%d keys on every node" % keys_per_batch, lambda: all_equal(nodes, expected), 30)
+        say("   %d PUTs on node2 (%.0f ms of HTTP round trips), every node equal %.1f ms after the last"
+            % (keys_per_batch, put_time * 1000, t * 1000))
+
+        say("\n== 4. Stop node%d (SIGTERM: it leaves politely and flushes its map)" % len(nodes))
+        stopped = nodes[-1]
+        code = stopped.stop()
+        if code != 0:
+            raise StepFailed("%s exited with %s" % (stopped.name, code))
+        say("   %s exited with status 0" % stopped.name)
+        live = nodes[:-1]
+        t = wait_until("the overlay heals without it", lambda: overlay_ok(live), 30)
+        say("   the other %d still form a connected overlay (%.2f s)" % (len(live), t))
+
+        say("\n== 5. Write and remove while it is down")
+        for i in range(keys_per_batch):
+            key = "order:%03d" % i
+            live[2 % len(live)].put(key, {"total": i * 10})
+            expected[key] = {"total": i * 10}
+        nodes[0].delete("greeting")
+        del expected["greeting"]
+        say("   %d PUTs on node3, and DELETE /maps/kv/greeting on node1" % keys_per_batch)
+        t = wait_until("the live nodes agree", lambda: all_equal(live, expected), 30)
+        say("   the %d live nodes agree (%.1f ms)" % (len(live), t * 1000))
+
+        say("\n== 6. Restart %s from its data directory" % stopped.name)
+        say("   Its disk still holds 'greeting' and none of the new keys.")
+        stopped.start()
+        start = time.monotonic()
+        t = wait_until("the restarted node catches up", lambda: stopped.entries() == expected, 30)
+        say("   %s holds all %d keys %.2f s after restart (full sync on connect)" % (stopped.name, len(expected), t))
+        say("   'greeting' on %s: %s (the tombstone beat its stale copy on disk)"
+            % (stopped.name, "absent" if stopped.get("greeting") is None else "PRESENT"))
+        watch = 2 * args.anti_entropy_ms / 1000.0
+        deadline = time.monotonic() + watch
+        while time.monotonic() < deadline:
+            for n in nodes:
+                if n.get("greeting") is not None:
+                    raise StepFailed("the removed key came back on %s" % n.name)
+            time.sleep(0.05)
+        say("   watched every node for %.0f s (two anti-entropy rounds): 'greeting' stayed removed" % watch)
+        if not all_equal(nodes, expected):
+            raise StepFailed("the nodes differ after the restart")
+
+        say("\n== 7. The cluster's status")
+        wait_until("a symmetric, connected overlay", lambda: overlay_ok(nodes), 30)
+        print_status_table(nodes)
+        status, metrics = nodes[0].request("GET", "/metrics")
+        wanted = ("barrel_p2p_transport_bytes_sent_total", "barrel_p2p_broadcast_delivered_total",
+                  "barrel_p2p_replica_syncs_sent_total", "barrel_p2p_map_puts_total",
+                  "barrel_p2p_transport_send_queue_drops_total")
+        say("   a few of node1's metrics (GET /metrics, Prometheus text):")
+        for line in metrics.splitlines():
+            if line.startswith(wanted):
+                say("     " + line)
+
+        say("\n== 8. Stop everything")
+        for n in nodes:
+            code = n.stop()
+            if code != 0:
+                raise StepFailed("%s exited with %s" % (n.name, code))
+        say("   all %d nodes left the cluster and exited with status 0" % len(nodes))
+        say("\ndemo: every step converged")
+        return 0
+    except StepFailed as e:
+        say("\ndemo FAILED: %s" % e)
+        for n in nodes:
+            say("---- last lines of %s" % n.log_path)
+            try:
+                with open(n.log_path) as f:
+                    for line in f.readlines()[-15:]:
+                        say("  " + line.rstrip())
+            except OSError:
+                pass
+        return 1
+    finally:
+        for n in nodes:
+            n.kill()  # no process left behind, whatever happened
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            say("logs and data kept in %s" % workdir)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--node-binary", default="build/tools/barrel-p2p-node")
+    p.add_argument("--nodes", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="fewer keys (the test suite's form)")
+    p.add_argument("--anti-entropy-ms", type=int, default=2000)
+    p.add_argument("--keep", action="store_true", help="keep logs and data directories")
+    args = p.parse_args()
+    if args.nodes < 3:
+        p.error("--nodes must be at least 3")
+    sys.exit(run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+// barrel-p2p-node: one node as a daemon, with the HTTP admin surface.
+//
+// Configured by flags and/or a JSON file (flags win); see
+// docs/reference/daemon.md. SIGINT/SIGTERM: stop serving HTTP, leave the
+// cluster, flush persisted maps, exit 0. A second signal exits at once.
+
+#include <barrel_p2p/http_api.hpp>
+#include <barrel_p2p/map.hpp>
+#include <barrel_p2p/node.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <charconv>
+#include <chrono>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+using namespace barrel_p2p;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct map_spec {
+  std::string name;
+  map_options options;
+};
+
+struct daemon_config {
+  node_config node;
+  std::vector<map_spec> maps;
+  bool http_enabled = true;
+  http_api_config http;
+};
+
+class config_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+void log_line(const std::string& line) {
+  const auto now = std::chrono::system_clock::now();
+  const auto t = std::chrono::system_clock::to_time_t(now);
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+  char frac[8];
+  std::snprintf(frac, sizeof frac, ".%03dZ", static_cast<int>(ms));
+  std::cerr << stamp << frac << ' ' << line << std::endl;
+}
+
+std::string read_file_trimmed(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  if (!in) throw config_error(std::string("cannot read the ") + what + " file " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto s = ss.str();
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
+  if (s.empty()) throw config_error(std::string("the ") + what + " file " + path + " is empty");
+  return s;
+}
+
+// "host:port"; "[v6]:port" for IPv6.
+peer_address parse_address(const std::string& text, const char* what) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0) throw config_error(std::string(what) + ": expected HOST:PORT, got '" + text + "'");
+  auto host = text.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  unsigned port = 0;
+  auto p = text.substr(colon + 1);
+  auto r = std::from_chars(p.data(), p.data() + p.size(), port);
+  if (r.ec != std::errc{} || r.ptr != p.data() + p.size() || port > 65535)
+    throw config_error(std::string(what) + ": bad port in '" + text + "'");
+  return {host, static_cast<std::uint16_t>(port)};
+}
+
+// --map kv  |  --map kv,persist,prune
+map_spec parse_map_flag(const std::string& text) {
+  std::stringstream ss(text);
+  std::string part;
+  map_spec spec;
+  std::getline(ss, spec.name, ',');
+  while (std::getline(ss, part, ',')) {
+    if (part == "persist") spec.options.persist = true;
+    else if (part == "prune") spec.options.prune_on_peer_down = true;
+    else throw config_error("--map " + text + ": unknown option '" + part + "' (persist, prune)");
+  }
+  return spec;
+}
+
+// Reads one key of a JSON object with the right type, or fails naming it.
+template <class T>
+T get(const json& obj, const char* key, const std::string& where) {
+  try {
+    return obj.at(key).get<T>();
+  } catch (const json::exception&) {
+    throw config_error(where + ": '" + key + "' has the wrong type");
+  }
+}
+
+void check_keys(const json& obj, std::initializer_list<const char*> allowed, const std::string& where) {
+  if (!obj.is_object()) throw config_error(where + " must be an object");
+  for (const auto& [k, v] : obj.items()) {
+    bool ok = false;
+    for (const char* a : allowed) ok |= k == a;
+    if (!ok) throw config_error(where + ": unknown key '" + k + "'");  // a typo must not pass silently
+  }
+}
+
+duration ms_of(const json& obj, const char* key, const std::string& where) {
+  const auto v = get<std::int64_t>(obj, key, where);
+  if (v <= 0) throw config_error(where + ": '" + key + "' must be positive");
+  return duration{v};
+}
+
+void apply_file(daemon_config& c, const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw config_error("cannot read the config file " + path);
+  json j = json::parse(in, nullptr, false);
+  if (j.is_discarded()) throw config_error(path + " is not valid JSON");
+  check_keys(j,
+             {"id", "listen", "advertise", "contacts", "secret", "secret_file", "data_dir", "maps", "http",
+              "membership", "anti_entropy_interval_ms", "heartbeat_interval_ms", "heartbeat_timeout_ms"},
+             path);
+  auto& t = c.node.transport;
+  if (j.contains("id")) t.node_id = get<std::string>(j, "id", path);
+  if (j.contains("listen")) {
+    auto a = parse_address(get<std::string>(j, "listen", path), "listen");
+    t.listen_host = a.host;
+    t.listen_port = a.port;
+  }
+  if (j.contains("advertise")) t.advertise_host = get<std::string>(j, "advertise", path);
+  if (j.contains("contacts"))
+    for (const auto& s : get<std::vector<std::string>>(j, "contacts", path))
+      c.node.contacts.push_back(parse_address(s, "contacts"));
+  if (j.contains("secret")) t.cluster_secret = get<std::string>(j, "secret", path);
+  if (j.contains("secret_file")) t.cluster_secret = read_file_trimmed(get<std::string>(j, "secret_file", path), "secret");
+  if (j.contains("data_dir")) c.node.data_dir = get<std::string>(j, "data_dir", path);
+  if (j.contains("heartbeat_interval_ms")) t.heartbeat_interval = ms_of(j, "heartbeat_interval_ms", path);
+  if (j.contains("heartbeat_timeout_ms")) t.heartbeat_timeout = ms_of(j, "heartbeat_timeout_ms", path);
+  if (j.contains("anti_entropy_interval_ms"))
+    c.node.replicas.anti_entropy_interval = ms_of(j, "anti_entropy_interval_ms", path);
+  if (j.contains("maps")) {
+    if (!j["maps"].is_array()) throw config_error(path + ": 'maps' must be an array");
+    for (const auto& m : j["maps"]) {
+      const auto where = path + ": maps[]";
+      check_keys(m, {"name", "persist", "prune_on_peer_down", "tombstone_ttl_ms"}, where);
+      map_spec spec;
+      spec.name = get<std::string>(m, "name", where);
+      if (m.contains("persist")) spec.options.persist = get<bool>(m, "persist", where);
+      if (m.contains("prune_on_peer_down")) spec.options.prune_on_peer_down = get<bool>(m, "prune_on_peer_down", where);
+      if (m.contains("tombstone_ttl_ms")) spec.options.tombstone_ttl = ms_of(m, "tombstone_ttl_ms", where);
+      c.maps.push_back(std::move(spec));
+    }
+  }
+  if (j.contains("http")) {
+    const auto& h = j["http"];
+    const auto where = path + ": http";
+    if (h.is_string() && h == "off") {
+      c.http_enabled = false;
+    } else {
+      check_keys(h, {"listen", "token", "token_file", "max_body_bytes", "max_connections"}, where);
+      if (h.contains("listen")) {
+        auto a = parse_address(get<std::string>(h, "listen", where), "http.listen");
+        c.http.listen_host = a.host;
+        c.http.listen_port = a.port;
+      }
+      if (h.contains("token")) c.http.bearer_token = get<std::string>(h, "token", where);
+      if (h.contains("token_file")) c.http.bearer_token = read_file_trimmed(get<std::string>(h, "token_file", where), "token");
+      if (h.contains("max_body_bytes")) c.http.max_body_bytes = get<std::size_t>(h, "max_body_bytes", where);
+      if (h.contains("max_connections")) c.http.max_connections = get<std::size_t>(h, "max_connections", where);
+    }
+  }
+  if (j.contains("membership")) {
+    const auto& m = j["membership"];
+    const auto where = path + ": membership";
+    check_keys(m, {"active_size", "passive_size", "shuffle_interval_ms", "maintenance_interval_ms"}, where);
+    if (m.contains("active_size")) c.node.membership.active_size = get<std::size_t>(m, "active_size", where);
+    if (m.contains("passive_size")) c.node.membership.passive_size = get<std::size_t>(m, "passive_size", where);
+    if (m.contains("shuffle_interval_ms")) c.node.membership.shuffle_interval = ms_of(m, "shuffle_interval_ms", where);
+    if (m.contains("maintenance_interval_ms"))
+      c.node.membership.maintenance_interval = ms_of(m, "maintenance_interval_ms", where);
+  }
+}
+
+constexpr const char* usage =
+    "usage: barrel-p2p-node --id NAME [options]\n"
+    "  --config FILE          JSON config (docs/reference/daemon.md); flags given after override it\n"
+    "  --listen HOST:PORT     cluster address (default 127.0.0.1:7946)\n"
+    "  --advertise HOST       address peers should dial, if not the listen host\n"
+    "  --contact HOST:PORT    a node to join through (repeatable)\n"
+    "  --secret S | --secret-file F   the cluster secret (required)\n"
+    "  --data-dir DIR         where persisted maps live\n"
+    "  --map NAME[,persist][,prune]   a map to open and serve (repeatable)\n"
+    "  --http HOST:PORT|off   HTTP admin address (default 127.0.0.1:8946)\n"
+    "  --http-token T | --http-token-file F   require 'Authorization: Bearer T'\n"
+    "  --anti-entropy-ms N    mean anti-entropy interval (default 30000)\n"
+    "  --heartbeat-ms N       heartbeat interval (timeout: 5x)\n";
+
+daemon_config parse(int argc, char** argv) {
+  daemon_config c;
+  c.node.transport.listen_port = 7946;
+  c.http.listen_port = 8946;
+  c.node.log = log_line;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw config_error(a + " needs a value");
+      return argv[++i];
+    };
+    auto positive = [&](const std::string& text) {
+      long long v = 0;
+      auto r = std::from_chars(text.data(), text.data() + text.size(), v);
+      if (r.ec != std::errc{} || r.ptr != text.data() + text.size() || v <= 0)
+        throw config_error(a + ": expected a positive integer, got '" + text + "'");
+      return duration{v};
+    };
+    if (a == "--help" || a == "-h") {
+      std::cout << usage;
+      std::exit(0);
+    } else if (a == "--config") {
+      apply_file(c, value());
+    } else if (a == "--id") {
+      c.node.transport.node_id = value();
+    } else if (a == "--listen") {
+      auto ad = parse_address(value(), "--listen");
+      c.node.transport.listen_host = ad.host;
+      c.node.transport.listen_port = ad.port;
+    } else if (a == "--advertise") {
+      c.node.transport.advertise_host = value();
+    } else if (a == "--contact") {
+      c.node.contacts.push_back(parse_address(value(), "--contact"));
+    } else if (a == "--secret") {
+      c.node.transport.cluster_secret = value();
+    } else if (a == "--secret-file") {
+      c.node.transport.cluster_secret = read_file_trimmed(value(), "secret");
+    } else if (a == "--data-dir") {
+      c.node.data_dir = value();
+    } else if (a == "--map") {
+      c.maps.push_back(parse_map_flag(value()));
+    } else if (a == "--http") {
+      auto v = value();
+      if (v == "off") {
+        c.http_enabled = false;
+      } else {
+        auto ad = parse_address(v, "--http");
+        c.http_enabled = true;
+        c.http.listen_host = ad.host;
+        c.http.listen_port = ad.port;
+      }
+    } else if (a == "--http-token") {
+      c.http.bearer_token = value();
+    } else if (a == "--http-token-file") {
+      c.http.bearer_token = read_file_trimmed(value(), "token");
+    } else if (a == "--anti-entropy-ms") {
+      c.node.replicas.anti_entropy_interval = positive(value());
+    } else if (a == "--heartbeat-ms") {
+      c.node.transport.heartbeat_interval = positive(value());
+      c.node.transport.heartbeat_timeout = 5 * c.node.transport.heartbeat_interval;
+    } else {
+      throw config_error("unknown flag " + a);
+    }
+  }
+  if (c.node.transport.node_id.empty()) throw config_error("--id is required");
+  if (c.node.transport.cluster_secret.empty()) throw config_error("a cluster secret is required (--secret or --secret-file)");
+  for (const auto& m : c.maps)
+    if (m.options.persist && c.node.data_dir.empty())
+      throw config_error("map " + m.name + " is persisted: give --data-dir");
+  return c;
+}
+
+// Holds what the daemon runs, so shutdown can reach it.
+struct daemon_state {
+  std::unique_ptr<node> n;
+  std::vector<std::shared_ptr<map>> maps;
+  std::unique_ptr<http_api> http;
+  bool stopping = false;
+  int exit_code = 0;
+};
+
+task<> run(daemon_state& s, daemon_config c) {
+  s.n = std::make_unique<node>(co_await boost::asio::this_coro::executor, c.node);
+  node& n = *s.n;
+  for (auto& spec : c.maps) {
+    s.maps.push_back(map::open(n, spec.name, spec.options));
+    log_line(n.id() + ": map " + spec.name + " open, " + std::to_string(s.maps.back()->size()) + " keys" +
+             (spec.options.persist ? " recovered" : ""));
+  }
+  if (c.http_enabled) {
+    s.http = std::make_unique<http_api>(n, c.http);
+    for (auto& m : s.maps) co_await s.http->expose(m);
+    co_await s.http->start();
+  }
+  co_await n.start();
+  log_line(n.id() + ": listening on " + n.self().address.to_string() + ", http " +
+           (s.http ? c.http.listen_host + ":" + std::to_string(s.http->port()) : std::string("off")) +
+           ", " + std::to_string(c.node.contacts.size()) + " contact(s)");
+}
+
+task<> shutdown(daemon_state& s, boost::asio::io_context& io) {
+  log_line("shutting down: leaving the cluster, flushing maps");
+  if (s.http) co_await s.http->stop();
+  if (s.n) co_await s.n->stop();  // closes (and flushes) the maps, then leaves
+  log_line("stopped");
+  io.stop();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  daemon_config config;
+  try {
+    config = parse(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "barrel-p2p-node: " << e.what() << "\n" << usage;
+    return 2;
+  }
+  boost::asio::io_context io;
+  daemon_state state;
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  std::function<void(const boost::system::error_code&, int)> on_signal = [&](const boost::system::error_code& ec,
+                                                                               int sig) {
+    if (ec) return;
+    if (state.stopping) {
+      log_line("second signal: exiting now");
+      std::_Exit(1);
+    }
+    log_line(std::string("got ") + (sig == SIGINT ? "SIGINT" : "SIGTERM"));
+    state.stopping = true;
+    boost::asio::co_spawn(io, shutdown(state, io), boost::asio::detached);
+    signals.async_wait(on_signal);
+  };
+  signals.async_wait(on_signal);
+  boost::asio::co_spawn(io, run(state, std::move(config)), [&](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      log_line(std::string("cannot start: ") + ex.what());
+    }
+    state.exit_code = 1;
+    io.stop();
+  });
+  io.run();
+  return state.exit_code;
+}
