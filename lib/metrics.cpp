@@ -106,6 +106,7 @@ const field<replica_counters> replica_fields[] = {
     {"barrel_p2p_replica_callback_errors_total", K::counter, "Replica callbacks that threw.", &replica_counters::callback_errors},
     {"barrel_p2p_replica_bad_messages_total", K::counter, "Replica payloads of unknown shape, ignored.", &replica_counters::bad_messages},
     {"barrel_p2p_replica_inbox_drops_total", K::counter, "Work items dropped by a full inbox.", &replica_counters::inbox_drops},
+    {"barrel_p2p_replica_backpressure_waits_total", K::counter, "Local writes that waited for send-queue room.", &replica_counters::backpressure_waits},
 };
 
 template <class Counters>

@@ -1,5 +1,6 @@
 #include "barrel_p2p/replica.hpp"
 
+#include "barrel_p2p/cbor.hpp"
 #include "barrel_p2p/crdt_wire.hpp"
 #include "barrel_p2p/event_stream.hpp"
 #include "barrel_p2p/task_group.hpp"
@@ -31,6 +32,15 @@ struct replica_host::impl {
   replica_config config;
   random_engine rng;
   std::map<std::string, std::weak_ptr<replica::impl>> instances;
+  // Chunked snapshots being received, per (peer, instance): bounded by
+  // max_snapshot_bytes each, dropped when the peer goes down.
+  struct assembly {
+    std::uint64_t id = 0;
+    std::uint64_t parts = 0;
+    std::uint64_t next = 0;
+    std::vector<std::uint8_t> bytes;
+  };
+  std::map<std::pair<std::string, std::string>, assembly> assemblies;
   bool started = false;
   bool stopped = false;
 
@@ -38,13 +48,28 @@ struct replica_host::impl {
       : net(n), membership(m), broadcast(b), sched(s), clock(c), config(std::move(cfg)),
         rng(config.seed ? config.seed : std::random_device{}()) {
     if (config.anti_entropy_interval <= duration{0} || config.anti_entropy_jitter < 0 ||
-        config.anti_entropy_jitter >= 1 || config.inbox_limit == 0)
+        config.anti_entropy_jitter >= 1 || config.inbox_limit == 0 ||
+        config.backpressure_max_wait < duration{0} || config.sync_chunk_bytes < 1024 ||
+        config.max_snapshot_bytes < config.sync_chunk_bytes || config.max_snapshot_items == 0)
       throw std::invalid_argument(
-          "replica_config: anti_entropy_interval must be positive, jitter in [0, 1), inbox_limit > 0");
+          "replica_config: anti_entropy_interval must be positive, jitter in [0, 1), inbox_limit > 0, "
+          "backpressure_max_wait >= 0, sync_chunk_bytes >= 1024, max_snapshot_bytes >= sync_chunk_bytes, "
+          "max_snapshot_items > 0");
   }
 
   void log(const std::string& line) const {
     if (config.log) config.log(net.self().id + ": " + line);
+  }
+
+  // Waits (polling each millisecond) until every send queue is at most half
+  // full, or backpressure_max_wait has passed. True when it had to wait.
+  task<bool> wait_for_room() {
+    const auto limit = net.send_queue_limit();
+    if (limit == 0 || net.fullest_send_queue() <= limit / 2) co_return false;
+    const auto deadline = sched.now() + config.backpressure_max_wait;
+    while (net.fullest_send_queue() > limit / 2 && sched.now() < deadline && !stopped)
+      if (!co_await sched.sleep(duration{1})) break;
+    co_return true;
   }
 
   void send(const std::string& peer, const json& msg) { net.send(peer, channel::replica, encode_body(msg)); }
@@ -56,6 +81,10 @@ struct replica_host::impl {
 
   void on_message(const std::string& from, json&& msg);
   void on_membership(const membership_event& ev);
+  // One part of a chunked snapshot; returns the whole snapshot once the
+  // last part is in, nullopt otherwise (or when the part is refused).
+  std::optional<json> on_part(const std::string& from, const std::string& name, const json& msg,
+                              replica_counters& counters);
 };
 
 struct replica::impl : std::enable_shared_from_this<replica::impl> {
@@ -122,8 +151,49 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     co_await guarded("full_sync_snapshot", [&]() -> task<> { snapshot = co_await callbacks.full_sync_snapshot(name); });
     if (!snapshot || stopped) co_return;
     // Full sync goes straight to the peer, not through the broadcast tree.
+    auto bytes = encode_cbor(*snapshot);
+    const auto& cfg = host->config;
+    if (bytes.size() <= cfg.sync_chunk_bytes) {
+      ++counters.syncs_sent;
+      host->send(peer, sync_message(name, std::move(*snapshot)));
+      co_return;
+    }
+    if (bytes.size() > cfg.max_snapshot_bytes) {
+      ++counters.snapshots_too_large;
+      host->log("replica " + name + ": snapshot of " + std::to_string(bytes.size()) +
+                " bytes is over max_snapshot_bytes; not sent to " + peer);
+      co_return;
+    }
+    // Parts go out in order on one connection; the receiver reassembles
+    // them in order. A part the send queue drops ends this sync (the next
+    // pull or peer_up starts another).
     ++counters.syncs_sent;
-    host->send(peer, {{"t", "sync"}, {"n", name}, {"s", std::move(*snapshot)}});
+    const auto id = std::uniform_int_distribution<std::uint64_t>(1)(host->rng);
+    const auto parts = (bytes.size() + cfg.sync_chunk_bytes - 1) / cfg.sync_chunk_bytes;
+    for (std::uint64_t i = 0; i < parts; ++i) {
+      const auto begin = i * cfg.sync_chunk_bytes;
+      const auto end = std::min<std::size_t>(bytes.size(), begin + cfg.sync_chunk_bytes);
+      json::binary_t slice(std::vector<std::uint8_t>(bytes.begin() + static_cast<std::ptrdiff_t>(begin),
+                                                     bytes.begin() + static_cast<std::ptrdiff_t>(end)));
+      // Wait for queue room between parts: a big snapshot must not crowd
+      // out deltas, nor overflow the queue and fail.
+      co_await host->wait_for_room();
+      if (stopped) co_return;
+      ++counters.sync_parts_sent;
+      if (!host->net.send(peer, channel::replica, encode_body(part_message(name, id, i, parts, std::move(slice))))) {
+        host->log("replica " + name + ": part " + std::to_string(i) + " of a snapshot for " + peer +
+                  " was not queued; the sync is abandoned");
+        co_return;
+      }
+    }
+  }
+
+  static json sync_message(const std::string& name, json snapshot) {
+    return json{{"t", "sync"}, {"n", name}, {"s", std::move(snapshot)}};
+  }
+  static json part_message(const std::string& name, std::uint64_t id, std::uint64_t i, std::uint64_t parts,
+                           json::binary_t slice) {
+    return json{{"t", "part"}, {"n", name}, {"id", id}, {"i", i}, {"of", parts}, {"b", json::binary(std::move(slice))}};
   }
 
   // Static, holding the state: see plumtree's timers_loop.
@@ -191,6 +261,10 @@ void replica_host::impl::on_message(const std::string& from, json&& msg) {
   if (!instance) return;  // not started on this node
   if (*type == "sync" && msg.contains("s")) {
     instance->enqueue({work_item::kind::snapshot, std::move(msg["s"]), {}});
+  } else if (*type == "part") {
+    ++instance->counters.sync_parts_received;
+    if (auto whole = on_part(from, *name, msg, instance->counters))
+      instance->enqueue({work_item::kind::snapshot, std::move(*whole), {}});
   } else if (*type == "pull") {
     instance->enqueue({work_item::kind::push_to, {}, from});
   } else {
@@ -199,8 +273,44 @@ void replica_host::impl::on_message(const std::string& from, json&& msg) {
   }
 }
 
+std::optional<json> replica_host::impl::on_part(const std::string& from, const std::string& name,
+                                                const json& msg, replica_counters& counters) {
+  const auto key = std::make_pair(from, name);
+  const auto refuse = [&](const std::string& why) -> std::optional<json> {
+    assemblies.erase(key);
+    ++counters.bad_messages;
+    log("replica " + name + ": dropped a snapshot part from " + from + ": " + why);
+    return std::nullopt;
+  };
+  const auto* id = msg.contains("id") && msg["id"].is_number_unsigned() ? &msg["id"] : nullptr;
+  const auto* i = msg.contains("i") && msg["i"].is_number_unsigned() ? &msg["i"] : nullptr;
+  const auto* of = msg.contains("of") && msg["of"].is_number_unsigned() ? &msg["of"] : nullptr;
+  const auto* b = msg.contains("b") && msg["b"].is_binary() ? &msg["b"] : nullptr;
+  if (!id || !i || !of || !b) return refuse("malformed");
+  const auto index = i->get<std::uint64_t>();
+  const auto parts = of->get<std::uint64_t>();
+  const auto& slice = b->get_binary();
+  if (parts < 2 || index >= parts || slice.empty()) return refuse("bad part numbers");
+  auto& a = assemblies[key];
+  if (index == 0) a = assembly{id->get<std::uint64_t>(), parts, 0, {}};
+  // Parts arrive in order on one connection: anything else is a gap (a
+  // dropped part) or a forgery, and ends this snapshot.
+  if (a.id != id->get<std::uint64_t>() || a.parts != parts || a.next != index) return refuse("out of sequence");
+  if (a.bytes.size() + slice.size() > config.max_snapshot_bytes) return refuse("over max_snapshot_bytes");
+  a.bytes.insert(a.bytes.end(), slice.begin(), slice.end());
+  if (++a.next < a.parts) return std::nullopt;
+  auto bytes = std::move(a.bytes);
+  assemblies.erase(key);
+  cbor_error error;
+  auto whole = decode_cbor(bytes, cbor_limits{64, config.max_snapshot_items}, &error);
+  if (!whole) return refuse("reassembled snapshot does not decode: " + error.reason);
+  return whole;
+}
+
 void replica_host::impl::on_membership(const membership_event& ev) {
   if (stopped) return;
+  if (ev.what == membership_event::kind::peer_down)
+    std::erase_if(assemblies, [&](const auto& entry) { return entry.first.first == ev.peer.id; });
   for (auto& [name, weak] : instances) {
     auto instance = weak.lock();
     if (!instance) continue;
@@ -281,6 +391,8 @@ replica::~replica() {
 task<json> replica::broadcast_update(replica_update update) {
   auto i = impl_;
   if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
+  if (co_await i->host->wait_for_room()) ++i->counters.backpressure_waits;
+  if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
   ormap scratch;
   const auto ts = i->host->clock.now();
   const ormap delta = std::visit(
@@ -300,6 +412,8 @@ task<json> replica::broadcast_update(replica_update update) {
 
 task<> replica::broadcast_custom(json payload) {
   auto i = impl_;
+  if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
+  if (co_await i->host->wait_for_room()) ++i->counters.backpressure_waits;
   if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
   co_await i->callbacks.merge_custom(i->name, payload);  // throws to the caller: nothing is sent
   ++i->counters.customs_sent;

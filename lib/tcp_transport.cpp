@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <deque>
 #include <iostream>
 #include <map>
@@ -48,6 +49,13 @@ constexpr cbor_limits handshake_cbor_limits{4, 64};
 // Body reads go through read_some in pieces this large at most, so a frame
 // that trickles in still counts as "heard from the peer".
 constexpr std::size_t read_chunk = 64 * 1024;
+// Frames up to this size are decoded straight from the connection's read
+// buffer; larger ones get their own allocation once their length is checked.
+constexpr std::size_t read_buffer_size = 64 * 1024;
+// The writer hands the socket up to this many queued frames (or bytes) in
+// one gathered write: under load, one syscall carries many small messages.
+constexpr std::size_t write_batch_frames = 256;
+constexpr std::size_t write_batch_bytes = 1024 * 1024;
 
 struct queued_frame {
   frame_header_bytes header;
@@ -92,6 +100,10 @@ struct connection {
   std::shared_ptr<dial_outcome> outcome;  // outbound: the connect() waiting
   std::optional<peer_address> dialed;     // outbound: the address dialled
   std::deque<queued_frame> queue;         // not yet handed to the socket
+  // Bytes read but not yet decoded: [read_begin, read_end) of read_buffer.
+  std::vector<std::uint8_t> read_buffer;
+  std::size_t read_begin = 0;
+  std::size_t read_end = 0;
   // Set when this side ends the connection: the writer flushes the queue and
   // half-closes, the reader drains until the peer closes too (bounded by
   // heartbeat_timeout), so nothing already sent is cut off.
@@ -305,6 +317,15 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   }
 
   bool is_connected(const std::string& peer_id) const { return peers_.contains(peer_id); }
+
+  std::size_t fullest_send_queue() const {
+    std::size_t most = 0;
+    for (const auto& [id, entry] : peers_)
+      most = std::max(most, entry.active ? entry.active->queue.size() : entry.held.size());
+    return most;
+  }
+
+  std::size_t send_queue_limit() const { return config_.send_queue_limit; }
 
   std::vector<std::string> connected_peers() const {
     std::vector<std::string> out;
@@ -635,9 +656,14 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     try {
       for (;;) {
         while (!conn->queue.empty()) {
-          auto next = std::move(conn->queue.front());
-          conn->queue.pop_front();
-          if (!co_await write_frame(conn, next)) co_return disconnect_reason::io_error;
+          std::vector<queued_frame> batch;
+          std::size_t bytes = 0;
+          while (!conn->queue.empty() && batch.size() < write_batch_frames && bytes < write_batch_bytes) {
+            bytes += conn->queue.front().body->size();
+            batch.push_back(std::move(conn->queue.front()));
+            conn->queue.pop_front();
+          }
+          if (!co_await write_frames(conn, batch)) co_return disconnect_reason::io_error;
         }
         if (conn->closing) {
           if (!conn->write_shut) {
@@ -704,6 +730,27 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
 
   // ---------------------------------------------------------------- frames
 
+  // Makes at least `need` bytes (at most the buffer's size) available in
+  // the connection's read buffer. One read_some usually brings many small
+  // frames at once: the reader then decodes them without another syscall.
+  task<error_code> fill(std::shared_ptr<connection> conn, std::size_t need) {
+    auto& b = conn->read_buffer;
+    if (conn->read_end - conn->read_begin >= need) co_return error_code{};
+    if (conn->read_begin > 0) {  // compact: the unread tail to the front
+      std::memmove(b.data(), b.data() + conn->read_begin, conn->read_end - conn->read_begin);
+      conn->read_end -= conn->read_begin;
+      conn->read_begin = 0;
+    }
+    while (conn->read_end < need) {
+      auto [ec, n] = co_await conn->socket.async_read_some(
+          asio::buffer(b.data() + conn->read_end, b.size() - conn->read_end), use_tuple);
+      if (ec) co_return ec;
+      conn->read_end += n;
+      conn->last_received = clock_now();
+    }
+    co_return error_code{};
+  }
+
   task<frame_in> read_frame(std::shared_ptr<connection> conn, std::size_t max_frame_bytes,
                             cbor_limits limits) {
     frame_in in;
@@ -712,53 +759,81 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       in.detail = ec == asio::error::eof ? "closed by peer" : ec.message();
       return std::move(in);
     };
-    frame_header_bytes header{};
+    const auto bad = [&](std::string detail) {
+      ++counters_.bad_frames;
+      in.st = frame_in::status::bad_frame;
+      in.detail = std::move(detail);
+      return std::move(in);
+    };
+    if (conn->read_buffer.empty()) conn->read_buffer.resize(read_buffer_size);
     // The length is judged as soon as its 4 bytes are in (usually the whole
     // header comes in the same read).
-    auto [ec, n] = co_await asio::async_read(conn->socket, asio::buffer(header),
-                                             asio::transfer_at_least(4), use_tuple);
-    if (ec) co_return failed(ec);
-    conn->last_received = clock_now();
+    if (auto ec = co_await fill(conn, 4)) co_return failed(ec);
+    frame_header_bytes header{};
+    const auto copy_header = [&] {
+      const auto avail = std::min(conn->read_end - conn->read_begin, header.size());
+      std::memcpy(header.data(), conn->read_buffer.data() + conn->read_begin, avail);
+    };
+    copy_header();
     auto parsed = parse_frame_length(header, max_frame_bytes);
-    if (parsed && n < header.size()) {
-      auto [ec2, m] = co_await asio::async_read(
-          conn->socket, asio::buffer(header.data() + n, header.size() - n), use_tuple);
-      if (ec2) co_return failed(ec2);
-      conn->last_received = clock_now();
+    if (parsed) {
+      if (auto ec = co_await fill(conn, frame_header_size)) co_return failed(ec);
+      copy_header();
+      parsed = parse_frame_header(header, max_frame_bytes);
     }
-    if (parsed) parsed = parse_frame_header(header, max_frame_bytes);
-    if (!parsed) {
-      ++counters_.bad_frames;
-      in.st = frame_in::status::bad_frame;
-      in.detail = "bad frame: " + std::string(to_string(parsed.error)) + " (length " +
-                  std::to_string(parsed.length) + ")";
-      co_return in;
-    }
-    // The length was checked above; only now is the body allocated.
-    std::vector<std::uint8_t> body(parsed.header.body_size);
-    std::size_t got = 0;
-    while (got < body.size()) {
-      const auto want = std::min(body.size() - got, read_chunk);
-      auto [rec, m] =
-          co_await conn->socket.async_read_some(asio::buffer(body.data() + got, want), use_tuple);
-      if (rec) co_return failed(rec);
-      got += m;
-      conn->last_received = clock_now();
+    if (!parsed)
+      co_return bad("bad frame: " + std::string(to_string(parsed.error)) + " (length " +
+                    std::to_string(parsed.length) + ")");
+    conn->read_begin += frame_header_size;
+    // The length was checked above; only now is a large body allocated.
+    const std::size_t size = parsed.header.body_size;
+    std::vector<std::uint8_t> large;
+    std::span<const std::uint8_t> body;
+    if (size <= conn->read_buffer.size()) {
+      if (auto ec = co_await fill(conn, size)) co_return failed(ec);
+      body = {conn->read_buffer.data() + conn->read_begin, size};
+      conn->read_begin += size;
+    } else {
+      large.resize(size);
+      std::size_t got = conn->read_end - conn->read_begin;
+      std::memcpy(large.data(), conn->read_buffer.data() + conn->read_begin, got);
+      conn->read_begin = conn->read_end = 0;
+      while (got < size) {
+        const auto want = std::min(size - got, read_chunk);
+        auto [rec, m] = co_await conn->socket.async_read_some(asio::buffer(large.data() + got, want), use_tuple);
+        if (rec) co_return failed(rec);
+        got += m;
+        conn->last_received = clock_now();
+      }
+      body = large;
     }
     ++counters_.frames_received;
-    counters_.bytes_received += frame_header_size + body.size();
+    counters_.bytes_received += frame_header_size + size;
     cbor_error error;
     auto decoded = decode_cbor(body, limits, &error);
-    if (!decoded) {
-      ++counters_.bad_frames;
-      in.st = frame_in::status::bad_frame;
-      in.detail = "bad frame: undecodable body on channel " +
-                  std::to_string(static_cast<int>(parsed.header.ch)) + ": " + error.reason;
-      co_return in;
-    }
+    if (!decoded)
+      co_return bad("bad frame: undecodable body on channel " +
+                    std::to_string(static_cast<int>(parsed.header.ch)) + ": " + error.reason);
     in.ch = parsed.header.ch;
     in.body = std::move(*decoded);
     co_return in;
+  }
+
+  task<bool> write_frames(std::shared_ptr<connection> conn, const std::vector<queued_frame>& frames) {
+    std::vector<asio::const_buffer> buffers;
+    buffers.reserve(2 * frames.size());
+    for (const auto& f : frames) {
+      buffers.push_back(asio::buffer(f.header));
+      buffers.push_back(asio::buffer(*f.body));
+    }
+    conn->write_started = clock_now();
+    auto [ec, n] = co_await asio::async_write(conn->socket, buffers, use_tuple);
+    conn->write_started.reset();
+    if (ec) co_return false;
+    counters_.frames_sent += frames.size();
+    counters_.bytes_sent += n;
+    conn->last_sent = clock_now();
+    co_return true;
   }
 
   task<bool> write_frame(std::shared_ptr<connection> conn, const queued_frame& frame) {
@@ -834,6 +909,8 @@ class tcp_transport final : public transport {
     return impl_->is_connected(peer_id);
   }
   std::vector<std::string> connected_peers() const override { return impl_->connected_peers(); }
+  std::size_t fullest_send_queue() const override { return impl_->fullest_send_queue(); }
+  std::size_t send_queue_limit() const override { return impl_->send_queue_limit(); }
   const transport_counters& counters() const override { return impl_->counters(); }
 
  private:

@@ -21,6 +21,9 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <unistd.h>
+
+#include <barrel_p2p/crdt_wire.hpp>
 
 using namespace barrel_p2p;
 using namespace std::chrono_literals;
@@ -34,6 +37,9 @@ struct options {
   double rate = 200;
   double throughput_seconds = 10;
   std::string json_path = "bench.json";
+  std::vector<std::size_t> sync_sizes = {10'000, 100'000};
+  std::vector<std::size_t> state_sizes = {1'000, 100'000, 1'000'000};
+  std::string only;  // run one section: latency, throughput, sync, memory, state, micro
 };
 
 double us(steady::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
@@ -45,13 +51,16 @@ struct bench_cluster {
 
   explicit bench_cluster(boost::asio::io_context& i) : io(i) {}
 
+  std::function<void(node_config&)> tweak;
+
   task<> start(std::size_t n) {
     for (std::size_t k = 0; k < n; ++k) {
       node_config c;
-      c.transport.node_id = "b" + std::to_string(k);
+      c.transport.node_id = "b" + std::to_string(nodes.size());
       c.transport.cluster_secret = "bench";
       c.log = [](const std::string&) {};
-      if (k > 0) c.contacts.push_back(nodes[0]->self().address);
+      if (tweak) tweak(c);
+      if (!nodes.empty()) c.contacts.push_back(nodes[0]->self().address);
       nodes.push_back(std::make_unique<node>(io.get_executor(), c));
       co_await nodes.back()->start();
       maps.push_back(map::open(*nodes.back(), "bench"));
@@ -69,7 +78,20 @@ struct bench_cluster {
   task<> stop() {
     for (auto& nd : nodes) co_await nd->stop();
   }
+  std::uint64_t bytes_sent() const {
+    std::uint64_t b = 0;
+    for (auto& nd : nodes) b += nd->net().counters().bytes_sent;
+    return b;
+  }
 };
+
+// Resident set size of this process, from /proc/self/statm.
+double rss_mib() {
+  std::ifstream statm("/proc/self/statm");
+  std::size_t pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0);
+}
 
 // Arrival times of keys on one node, from its change events.
 task<> record_arrivals(event_stream<map_event> events, std::map<std::string, steady::time_point>& seen) {
@@ -94,6 +116,7 @@ task<json> latency(boost::asio::io_context& io, std::size_t n, const options& o)
     boost::asio::co_spawn(io, record_arrivals(c.maps[i]->subscribe(o.puts + 16), seen[i]), boost::asio::detached);
   auto sched = make_real_scheduler(io.get_executor());
   std::vector<std::pair<std::size_t, steady::time_point>> returned(o.puts);
+  const auto bytes_before = c.bytes_sent();
   const auto gap = std::chrono::microseconds(static_cast<std::int64_t>(1e6 / o.rate));
   for (std::size_t k = 0; k < o.puts; ++k) {
     const auto origin = k % n;
@@ -102,6 +125,9 @@ task<json> latency(boost::asio::io_context& io, std::size_t n, const options& o)
     co_await sched->sleep(std::chrono::duration_cast<duration>(gap));
   }
   co_await sched->sleep(1s);
+  // Heartbeats and shuffles are in this figure too; at this rate they are
+  // a few percent of it.
+  const double wire_per_put = static_cast<double>(c.bytes_sent() - bytes_before) / static_cast<double>(o.puts);
   std::vector<double> lat;
   std::size_t missing = 0;
   for (std::size_t k = 0; k < o.puts; ++k) {
@@ -120,16 +146,36 @@ task<json> latency(boost::asio::io_context& io, std::size_t n, const options& o)
   co_await c.stop();
   auto p = summarize(lat);
   co_return json{{"bench", "latency"}, {"nodes", n}, {"puts", o.puts}, {"rate", o.rate}, {"missing", missing},
-                 {"p50_us", p.p50}, {"p90_us", p.p90}, {"p99_us", p.p99}, {"max_us", p.max}};
+                 {"p50_us", p.p50}, {"p90_us", p.p90}, {"p99_us", p.p99}, {"max_us", p.max},
+                 {"wire_bytes_per_put", wire_per_put},
+                 {"wire_bytes_per_put_per_node", wire_per_put / static_cast<double>(n - 1)}};
 }
 
-task<json> throughput(boost::asio::io_context& io, std::size_t n, const options& o) {
+// One writer: puts back to back on one node until `until`.
+task<> writer(std::shared_ptr<map> m, std::string prefix, steady::time_point until, std::size_t& count,
+              std::size_t& running) {
+  while (steady::now() < until) {
+    co_await m->put(prefix + std::to_string(count), count);
+    ++count;
+  }
+  --running;
+}
+
+task<json> throughput(boost::asio::io_context& io, std::size_t n, const options& o, bool all_nodes) {
   bench_cluster c(io);
   co_await c.start(n);
   const auto start = steady::now();
   const auto until = start + std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(o.throughput_seconds));
+  const std::size_t writers = all_nodes ? n : 1;
+  std::vector<std::size_t> counts(writers, 0);
+  std::size_t running = writers;
+  for (std::size_t w = 0; w < writers; ++w)
+    boost::asio::co_spawn(io, writer(c.maps[w], "t" + std::to_string(w) + "-", until, counts[w], running),
+                          boost::asio::detached);
+  auto wait = make_real_scheduler(io.get_executor());
+  while (running > 0) co_await wait->sleep(1ms);
   std::size_t k = 0;
-  while (steady::now() < until) co_await c.maps[0]->put("t" + std::to_string(k++), k);
+  for (auto x : counts) k += x;
   const auto put_end = steady::now();
   auto sched = make_real_scheduler(io.get_executor());
   bool all = false;
@@ -139,8 +185,12 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
     if (!all) co_await sched->sleep(10ms);
   }
   const auto delivered = steady::now();
+  std::uint64_t drops = 0, waits = 0;
+  for (auto& nd : c.nodes) drops += nd->net().counters().send_queue_drops;
+  for (auto& m : c.maps) waits += m->replica_stats().backpressure_waits;
   co_await c.stop();
-  co_return json{{"bench", "throughput"}, {"nodes", n}, {"puts", k},
+  co_return json{{"bench", all_nodes ? "throughput_all" : "throughput"}, {"nodes", n}, {"puts", k},
+                 {"send_queue_drops", drops}, {"backpressure_waits", waits},
                  {"puts_per_s", static_cast<double>(k) / std::chrono::duration<double>(put_end - start).count()},
                  {"all_delivered", all},
                  {"drain_ms", std::chrono::duration<double, std::milli>(delivered - put_end).count()}};
@@ -160,6 +210,96 @@ task<json> micro(boost::asio::io_context& io) {
   co_await c.stop();
   co_return json{{"bench", "micro"}, {"ops", ops}, {"put_ns_per_op", us(t1 - t0) * 1000 / ops},
                  {"get_ns_per_op", us(t2 - t1) * 1000 / ops}, {"found", found}};
+}
+
+// Full sync: one node holds `keys` keys; a second joins. Time from its
+// start to holding every key, and the bytes it received.
+task<json> full_sync(boost::asio::io_context& io, std::size_t keys) {
+  bench_cluster c(io);
+  c.tweak = [](node_config& cfg) { cfg.replicas.anti_entropy_interval = std::chrono::hours(1); };
+  co_await c.start(1);
+  for (std::size_t k = 0; k < keys; ++k) co_await c.maps[0]->put("s" + std::to_string(k), k);
+  const auto t0 = steady::now();
+  co_await c.start(1);
+  auto sched = make_real_scheduler(io.get_executor());
+  while (c.maps[1]->size() < keys && steady::now() - t0 < 120s) co_await sched->sleep(1ms);
+  const auto t1 = steady::now();
+  const auto received = c.nodes[1]->net().counters().bytes_received;
+  const bool complete = c.maps[1]->size() == keys;
+  co_await c.stop();
+  co_return json{{"bench", "full_sync"}, {"keys", keys}, {"complete", complete},
+                 {"ms", std::chrono::duration<double, std::milli>(t1 - t0).count()},
+                 {"bytes_received", received},
+                 {"bytes_per_key", static_cast<double>(received) / static_cast<double>(keys)}};
+}
+
+// Anti-entropy on an idle, converged 3-node map of `keys` keys: bytes per
+// round (each round pulls one peer's whole snapshot).
+task<json> anti_entropy_cost(boost::asio::io_context& io, std::size_t keys) {
+  bench_cluster c(io);
+  c.tweak = [](node_config& cfg) { cfg.replicas.anti_entropy_interval = 500ms; };
+  co_await c.start(3);
+  for (std::size_t k = 0; k < keys; ++k) co_await c.maps[0]->put("a" + std::to_string(k), k);
+  auto sched = make_real_scheduler(io.get_executor());
+  while ((c.maps[1]->size() < keys || c.maps[2]->size() < keys)) co_await sched->sleep(10ms);
+  co_await sched->sleep(1s);
+  std::uint64_t rounds0 = 0;
+  for (auto& m : c.maps) rounds0 += m->replica_stats().anti_entropy_rounds;
+  const auto bytes0 = c.bytes_sent();
+  co_await sched->sleep(5s);
+  std::uint64_t rounds1 = 0;
+  for (auto& m : c.maps) rounds1 += m->replica_stats().anti_entropy_rounds;
+  const auto bytes = c.bytes_sent() - bytes0;
+  co_await c.stop();
+  const auto rounds = rounds1 - rounds0;
+  co_return json{{"bench", "anti_entropy"}, {"keys", keys}, {"rounds", rounds}, {"bytes", bytes},
+                 {"bytes_per_round", rounds ? static_cast<double>(bytes) / static_cast<double>(rounds) : 0.0}};
+}
+
+// Resident memory: the process before any node, one idle node, and the
+// growth per key of a replicated map (100,000 keys of small values).
+task<json> memory(boost::asio::io_context& io) {
+  const double before = rss_mib();
+  bench_cluster c(io);
+  co_await c.start(1);
+  auto sched = make_real_scheduler(io.get_executor());
+  co_await sched->sleep(200ms);
+  const double idle = rss_mib();
+  constexpr std::size_t keys = 100'000;
+  for (std::size_t k = 0; k < keys; ++k) co_await c.maps[0]->put("user:" + std::to_string(k), k);
+  const double full = rss_mib();
+  co_await c.stop();
+  co_return json{{"bench", "memory"}, {"process_mib", before}, {"idle_node_mib", idle - before},
+                 {"keys", keys}, {"bytes_per_key", (full - idle) * 1024 * 1024 / keys}};
+}
+
+// Cost of a local put and of merging a remote delta with the map already
+// holding `size` keys (should not grow with the size).
+task<json> state_scaling(boost::asio::io_context& io, std::size_t size) {
+  bench_cluster c(io);
+  co_await c.start(1);
+  auto& m = *c.maps[0];
+  for (std::size_t k = 0; k < size; ++k) co_await m.put("p" + std::to_string(k), k);
+  constexpr std::size_t ops = 20'000;
+  auto t0 = steady::now();
+  for (std::size_t k = 0; k < ops; ++k) co_await m.put("q" + std::to_string(k), k);
+  auto t1 = steady::now();
+  co_await c.stop();
+  // The merge path a remote delta takes: validate, absorb the clock, merge.
+  hlc_clock clock;
+  ormap state;
+  for (std::size_t k = 0; k < size; ++k) state.add("p" + std::to_string(k), k, "peer", clock.now());
+  std::vector<json> deltas;
+  deltas.reserve(ops);
+  for (std::size_t k = 0; k < ops; ++k) {
+    ormap scratch;
+    deltas.push_back(crdt_wire::encode_map(scratch.add("r" + std::to_string(k), k, "peer", clock.now())));
+  }
+  auto t2 = steady::now();
+  for (const auto& d : deltas) (void)crdt_wire::ingest(state, d, clock);
+  auto t3 = steady::now();
+  co_return json{{"bench", "state_scaling"}, {"keys", size}, {"put_ns_per_op", us(t1 - t0) * 1000 / ops},
+                 {"merge_ns_per_op", us(t3 - t2) * 1000 / ops}};
 }
 
 std::vector<std::size_t> parse_sizes(const std::string& s) {
@@ -185,38 +325,85 @@ int main(int argc, char** argv) {
     else if (a == "--rate") o.rate = std::stod(value());
     else if (a == "--throughput-seconds") o.throughput_seconds = std::stod(value());
     else if (a == "--json") o.json_path = value();
+    else if (a == "--sync-keys") o.sync_sizes = parse_sizes(value());
+    else if (a == "--state-keys") o.state_sizes = parse_sizes(value());
+    else if (a == "--only") o.only = value();
     else {
       std::cerr << "usage: barrel-p2p-bench [--nodes 3,5,10,20] [--puts N] [--rate R] "
-                   "[--throughput-seconds S] [--json FILE]\n";
+                   "[--throughput-seconds S] [--sync-keys 10000,100000] [--state-keys 1000,100000,1000000]\n"
+                   "                       [--only latency|throughput|sync|memory|state|micro] [--json FILE]\n";
       return 2;
     }
   }
   boost::asio::io_context io;
   json results = json::array();
   bool ok = true;
+  const auto want = [&](const char* section) { return o.only.empty() || o.only == section; };
   boost::asio::co_spawn(io, [&]() -> task<> {
-    std::printf("%-10s %6s %8s %10s %10s %10s %10s\n", "latency", "nodes", "puts", "p50 us", "p90 us", "p99 us", "max us");
-    for (auto n : o.sizes) {
-      auto r = co_await latency(io, n, o);
-      std::printf("%-10s %6zu %8zu %10.0f %10.0f %10.0f %10.0f%s\n", "", n, o.puts, r["p50_us"].get<double>(),
-                  r["p90_us"].get<double>(), r["p99_us"].get<double>(), r["max_us"].get<double>(),
-                  r["missing"].get<std::size_t>() ? "  (some missing!)" : "");
-      ok &= r["missing"].get<std::size_t>() == 0;
+    if (want("latency")) {
+      std::printf("%-10s %6s %8s %9s %9s %9s %9s %12s\n", "latency", "nodes", "puts", "p50 us", "p90 us", "p99 us",
+                  "max us", "wire B/put");
+      for (auto n : o.sizes) {
+        auto r = co_await latency(io, n, o);
+        std::printf("%-10s %6zu %8zu %9.0f %9.0f %9.0f %9.0f %12.0f%s\n", "", n, o.puts, r["p50_us"].get<double>(),
+                    r["p90_us"].get<double>(), r["p99_us"].get<double>(), r["max_us"].get<double>(),
+                    r["wire_bytes_per_put"].get<double>(),
+                    r["missing"].get<std::size_t>() ? "  (some missing!)" : "");
+        ok &= r["missing"].get<std::size_t>() == 0;
+        results.push_back(std::move(r));
+      }
+    }
+    if (want("throughput")) {
+      std::printf("\n%-14s %6s %10s %12s %10s %8s %10s\n", "throughput", "nodes", "puts", "puts/s", "drain ms",
+                  "drops", "bp waits");
+      for (bool all_nodes : {false, true})
+        for (auto n : o.sizes) {
+          auto r = co_await throughput(io, n, o, all_nodes);
+          std::printf("%-14s %6zu %10zu %12.0f %10.0f %8llu %10llu%s\n", all_nodes ? "  all nodes" : "  one node", n,
+                      r["puts"].get<std::size_t>(), r["puts_per_s"].get<double>(), r["drain_ms"].get<double>(),
+                      static_cast<unsigned long long>(r["send_queue_drops"].get<std::uint64_t>()),
+                      static_cast<unsigned long long>(r["backpressure_waits"].get<std::uint64_t>()),
+                      r["all_delivered"].get<bool>() ? "" : "  (not all delivered!)");
+          ok &= r["all_delivered"].get<bool>();
+          results.push_back(std::move(r));
+        }
+    }
+    if (want("sync")) {
+      std::printf("\n%-10s %10s %10s %14s %10s\n", "full sync", "keys", "ms", "bytes", "B/key");
+      for (auto k : o.sync_sizes) {
+        auto r = co_await full_sync(io, k);
+        std::printf("%-10s %10zu %10.0f %14llu %10.1f%s\n", "", k, r["ms"].get<double>(),
+                    static_cast<unsigned long long>(r["bytes_received"].get<std::uint64_t>()),
+                    r["bytes_per_key"].get<double>(), r["complete"].get<bool>() ? "" : "  (incomplete!)");
+        ok &= r["complete"].get<bool>();
+        results.push_back(std::move(r));
+      }
+      auto ae = co_await anti_entropy_cost(io, 10'000);
+      std::printf("anti-entropy, idle converged map of 10000 keys: %.0f bytes per round (%llu rounds)\n",
+                  ae["bytes_per_round"].get<double>(), static_cast<unsigned long long>(ae["rounds"].get<std::uint64_t>()));
+      results.push_back(std::move(ae));
+    }
+    if (want("memory")) {
+      auto r = co_await memory(io);
+      std::printf("\nmemory: process %.1f MiB before any node, idle node +%.1f MiB, %.0f bytes per key (100k keys)\n",
+                  r["process_mib"].get<double>(), r["idle_node_mib"].get<double>(), r["bytes_per_key"].get<double>());
       results.push_back(std::move(r));
     }
-    std::printf("\n%-10s %6s %10s %12s %10s\n", "throughput", "nodes", "puts", "puts/s", "drain ms");
-    for (auto n : o.sizes) {
-      auto r = co_await throughput(io, n, o);
-      std::printf("%-10s %6zu %10zu %12.0f %10.0f%s\n", "", n, r["puts"].get<std::size_t>(),
-                  r["puts_per_s"].get<double>(), r["drain_ms"].get<double>(),
-                  r["all_delivered"].get<bool>() ? "" : "  (not all delivered!)");
-      ok &= r["all_delivered"].get<bool>();
-      results.push_back(std::move(r));
+    if (want("state")) {
+      std::printf("\n%-10s %10s %14s %16s\n", "state", "keys", "put ns/op", "merge ns/op");
+      for (auto k : o.state_sizes) {
+        auto r = co_await state_scaling(io, k);
+        std::printf("%-10s %10zu %14.0f %16.0f\n", "", k, r["put_ns_per_op"].get<double>(),
+                    r["merge_ns_per_op"].get<double>());
+        results.push_back(std::move(r));
+      }
     }
-    auto m = co_await micro(io);
-    std::printf("\nmicro (one node): put %.0f ns/op, get %.0f ns/op\n", m["put_ns_per_op"].get<double>(),
-                m["get_ns_per_op"].get<double>());
-    results.push_back(std::move(m));
+    if (want("micro")) {
+      auto m = co_await micro(io);
+      std::printf("\nmicro (one node): put %.0f ns/op, get %.0f ns/op\n", m["put_ns_per_op"].get<double>(),
+                  m["get_ns_per_op"].get<double>());
+      results.push_back(std::move(m));
+    }
     io.stop();
   }, [&](std::exception_ptr e) {
     if (e) {

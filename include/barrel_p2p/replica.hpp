@@ -59,6 +59,22 @@ struct replica_config {
   /// full, the OLDEST is dropped and counted (inbox_drops). Anti-entropy
   /// repairs such drops for instances that opt in.
   std::size_t inbox_limit = 100'000;
+  /// Backpressure: a local write waits while a peer's send queue is more
+  /// than half full (the transport's send_queue_limit), so a burst of puts
+  /// slows to the network's pace instead of overflowing the queue and
+  /// leaving the gap to anti-entropy. After waiting this long it goes ahead
+  /// anyway (a dead-slow peer must not stall writers forever).
+  duration backpressure_max_wait{5'000};
+  /// Full sync of a large state: a snapshot whose CBOR encoding is larger
+  /// than sync_chunk_bytes travels as parts of that size (each one frame,
+  /// so keep it well below the transport's max_frame_bytes), reassembled in
+  /// order by the receiver.
+  std::size_t sync_chunk_bytes = 1024 * 1024;
+  /// Largest snapshot sent or reassembled (bytes of CBOR, and decoded
+  /// items). A receiver holds at most one partial snapshot per peer and
+  /// instance; a peer announcing more is cut off and counted.
+  std::size_t max_snapshot_bytes = 64 * 1024 * 1024;
+  std::size_t max_snapshot_items = 16 * 1024 * 1024;
   std::uint64_t seed = 0;
   std::function<void(const std::string&)> log;
 };
@@ -75,6 +91,10 @@ struct replica_counters {
   std::uint64_t callback_errors = 0;
   std::uint64_t bad_messages = 0;      ///< payloads of unknown shape, ignored
   std::uint64_t inbox_drops = 0;
+  std::uint64_t backpressure_waits = 0;  ///< local writes that waited for send-queue room
+  std::uint64_t sync_parts_sent = 0;     ///< parts of chunked snapshots
+  std::uint64_t sync_parts_received = 0;
+  std::uint64_t snapshots_too_large = 0; ///< snapshots not sent: over max_snapshot_bytes
 };
 
 /// A local write: add a value or remove a key.

@@ -141,6 +141,12 @@ class transport {
 
   [[nodiscard]] virtual bool is_connected(const std::string& peer_id) const = 0;
   [[nodiscard]] virtual std::vector<std::string> connected_peers() const = 0;
+  /// Messages waiting in the fullest per-peer send queue, and the limit at
+  /// which a queue drops (0: no limit, no backpressure). The replica layer
+  /// slows local writes down when a queue is half full instead of letting
+  /// it overflow.
+  [[nodiscard]] virtual std::size_t fullest_send_queue() const { return 0; }
+  [[nodiscard]] virtual std::size_t send_queue_limit() const { return 0; }
   [[nodiscard]] virtual const transport_counters& counters() const = 0;
 };
 
