@@ -361,23 +361,29 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
         std::string why;
         auto value = parse_value(req.body(), why);
         if (!value) co_return error_response(http::status::bad_request, "bad_json", why, version);
-        std::optional<std::string> refused;
+        std::optional<std::string> refused, failed;
         try {
           co_await m->put(r.key, std::move(*value));
         } catch (const map_error& e) {
           refused = e.what();
+        } catch (const std::exception& e) {
+          failed = e.what();  // the disk, most likely: the write did not happen
         }
         if (refused) co_return write_refused(*refused, version);
+        if (failed) co_return self->write_failed(*failed, version);
         co_return json_response(http::status::ok, key_ok(r.key), version);
       }
       case http::verb::delete_: {
-        std::optional<std::string> refused;
+        std::optional<std::string> refused, failed;
         try {
           co_await m->remove(r.key);
         } catch (const map_error& e) {
           refused = e.what();
+        } catch (const std::exception& e) {
+          failed = e.what();  // the disk, most likely: the write did not happen
         }
         if (refused) co_return write_refused(*refused, version);
+        if (failed) co_return self->write_failed(*failed, version);
         co_return json_response(http::status::ok, key_ok(r.key), version);
       }
       default:
@@ -387,6 +393,11 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
 
   static json key_value(const std::string& key, const json& value) { return json{{"key", key}, {"value", value}}; }
   static json key_ok(const std::string& key) { return json{{"key", key}, {"ok", true}}; }
+
+  response write_failed(const std::string& what, unsigned version) const {
+    log("a write failed: " + what);
+    return error_response(http::status::internal_server_error, "write_failed", what, version);
+  }
 
   // A closed map (the node is stopping) is unavailable; anything else the
   // map refuses is the validator's verdict on the value.
@@ -514,6 +525,8 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     websocket::stream_base::timeout t{std::chrono::seconds(10), self->config.idle_timeout, true};
     ws.set_option(t);
     ws.read_message_max(64 * 1024);
+    ws.set_option(websocket::stream_base::decorator(
+        [](websocket::response_type& res) { res.set(http::field::server, "barrel_p2p"); }));
     auto [ec] = co_await ws.async_accept(req, tuple_awaitable);
     if (ec) co_return;
     self->count(http::status::switching_protocols);
@@ -584,7 +597,12 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
 
   static task<> do_start(std::shared_ptr<impl> self) {
     if (self->running || self->stopped) co_return;
-    tcp::endpoint ep(asio::ip::make_address(self->config.listen_host), self->config.listen_port);
+    boost::system::error_code bad_host;
+    const auto address = asio::ip::make_address(self->config.listen_host, bad_host);
+    if (bad_host)
+      throw std::invalid_argument("http_api: listen_host must be an IP address, not '" +
+                                  self->config.listen_host + "'");
+    tcp::endpoint ep(address, self->config.listen_port);
     tcp::acceptor a(self->strand);
     a.open(ep.protocol());
     a.set_option(asio::socket_base::reuse_address(true));

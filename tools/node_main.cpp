@@ -1,8 +1,8 @@
 // barrel-p2p-node: one node as a daemon, with the HTTP admin surface.
 //
 // Configured by flags and/or a JSON file (flags win); see
-// docs/reference/daemon.md. SIGINT/SIGTERM: stop serving HTTP, leave the
-// cluster, flush persisted maps, exit 0. A second signal exits at once.
+// docs/reference/daemon.md. SIGINT/SIGTERM: stop serving HTTP, close (and
+// flush) the maps, leave the cluster, exit 0. A second signal exits at once.
 
 #include <barrel_p2p/http_api.hpp>
 #include <barrel_p2p/map.hpp>
@@ -143,7 +143,11 @@ void apply_file(daemon_config& c, const std::string& path) {
   if (j.contains("secret")) t.cluster_secret = get<std::string>(j, "secret", path);
   if (j.contains("secret_file")) t.cluster_secret = read_file_trimmed(get<std::string>(j, "secret_file", path), "secret");
   if (j.contains("data_dir")) c.node.data_dir = get<std::string>(j, "data_dir", path);
-  if (j.contains("heartbeat_interval_ms")) t.heartbeat_interval = ms_of(j, "heartbeat_interval_ms", path);
+  if (j.contains("heartbeat_interval_ms")) {
+    // As with --heartbeat-ms: the timeout follows at 5x unless given.
+    t.heartbeat_interval = ms_of(j, "heartbeat_interval_ms", path);
+    t.heartbeat_timeout = 5 * t.heartbeat_interval;
+  }
   if (j.contains("heartbeat_timeout_ms")) t.heartbeat_timeout = ms_of(j, "heartbeat_timeout_ms", path);
   if (j.contains("anti_entropy_interval_ms"))
     c.node.replicas.anti_entropy_interval = ms_of(j, "anti_entropy_interval_ms", path);
