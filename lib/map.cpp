@@ -137,6 +137,9 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       co_await rep->broadcast_update(std::move(u));
     } catch (...) {
       local_write = false;
+      // Closed while the write waited for send-queue room: the replica's
+      // "stopped" error is a closed map to our callers.
+      check_open();
       throw;
     }
     local_write = false;

@@ -107,6 +107,9 @@ const field<replica_counters> replica_fields[] = {
     {"barrel_p2p_replica_bad_messages_total", K::counter, "Replica payloads of unknown shape, ignored.", &replica_counters::bad_messages},
     {"barrel_p2p_replica_inbox_drops_total", K::counter, "Work items dropped by a full inbox.", &replica_counters::inbox_drops},
     {"barrel_p2p_replica_backpressure_waits_total", K::counter, "Local writes that waited for send-queue room.", &replica_counters::backpressure_waits},
+    {"barrel_p2p_replica_sync_parts_sent_total", K::counter, "Parts of chunked full-sync snapshots sent.", &replica_counters::sync_parts_sent},
+    {"barrel_p2p_replica_sync_parts_received_total", K::counter, "Parts of chunked full-sync snapshots received.", &replica_counters::sync_parts_received},
+    {"barrel_p2p_replica_snapshots_too_large_total", K::counter, "Snapshots not sent: over max_snapshot_bytes.", &replica_counters::snapshots_too_large},
 };
 
 template <class Counters>

@@ -65,7 +65,8 @@ struct replica_host::impl {
   // full, or backpressure_max_wait has passed. True when it had to wait.
   task<bool> wait_for_room() {
     const auto limit = net.send_queue_limit();
-    if (limit == 0 || net.fullest_send_queue() <= limit / 2) co_return false;
+    if (limit == 0 || config.backpressure_max_wait == duration{0} || net.fullest_send_queue() <= limit / 2)
+      co_return false;
     const auto deadline = sched.now() + config.backpressure_max_wait;
     while (net.fullest_send_queue() > limit / 2 && sched.now() < deadline && !stopped)
       if (!co_await sched.sleep(duration{1})) break;
@@ -352,6 +353,7 @@ task<> replica_host::stop() {
     co_await p->loops.stop();
   }
   impl_->instances.clear();
+  impl_->assemblies.clear();
   impl_->stopped = true;
 }
 

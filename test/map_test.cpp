@@ -480,6 +480,9 @@ TEST_CASE("backpressure: a burst of puts larger than the send queue loses nothin
   const auto tiny_queues = [](node_config& cfg) {
     cfg.transport.send_queue_limit = 32;
     cfg.replicas.anti_entropy_interval = std::chrono::hours(1);  // no repair: delivery must be direct
+    // Wait as long as it takes (the default gives up after 5 s and sends
+    // anyway, which a slow sanitizer build can reach).
+    cfg.replicas.backpressure_max_wait = std::chrono::minutes(10);
   };
   std::vector<std::shared_ptr<map>> maps;
   for (int i = 0; i < 3; ++i) maps.push_back(map::open(c.add("bp" + std::to_string(i), {}, tiny_queues), "kv"));
@@ -497,8 +500,8 @@ TEST_CASE("backpressure: a burst of puts larger than the send queue loses nothin
       REQUIRE_FALSE(e);
       ++done;
     });
-  REQUIRE(c.eventually([&] { return done == burst; }));
-  REQUIRE(c.eventually([&] { return maps[1]->size() == burst && maps[2]->size() == burst; }));
+  REQUIRE(c.eventually([&] { return done == burst; }, 300s));
+  REQUIRE(c.eventually([&] { return maps[1]->size() == burst && maps[2]->size() == burst; }, 300s));
   std::uint64_t drops = 0;
   for (auto& n : c.nodes) drops += n->net().counters().send_queue_drops;
   CHECK(drops == 0);

@@ -3,8 +3,8 @@
 // seed. Each scenario prints JSON lines (one per measurement) and a summary
 // table. Same seed, same output (wall-clock figures go to stderr).
 //
-//   barrel-p2p-sim --scenario form|fail|steady|partition [--nodes N] [--seed S]
-//                  [--broadcasts K] [--fail 10,20,...]
+//   barrel-p2p-sim --scenario form|fail|steady|churn|partition [--nodes N] [--seed S]
+//                  [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]
 #include <barrel_p2p/map.hpp>
 #include <barrel_p2p/sim_network.hpp>
 
@@ -31,6 +31,8 @@ struct options {
   std::uint64_t seed = 1;
   std::size_t broadcasts = 1000;
   std::vector<int> fail_percents = {10, 20, 30, 40, 50, 60, 70, 80, 90, 95};
+  double churn_per_s = 2;     // churn: crashes per second (and as many joins)
+  std::size_t churn_seconds = 60;
 };
 
 constexpr duration link_latency{5};
@@ -67,11 +69,12 @@ struct cluster {
 
   bool alive(std::size_t i) const { return net.alive(nodes[i]->id()); }
 
-  // Node i joins through a random earlier node, one every 10 ms.
-  void form(std::uint64_t seed) {
-    boost::asio::co_spawn(io, [this, seed]() -> task<> {
+  // Node i joins through a random earlier node, one every 10 ms; the first
+  // `count` nodes (all by default).
+  void form(std::uint64_t seed, std::size_t count = SIZE_MAX) {
+    boost::asio::co_spawn(io, [this, seed, count]() -> task<> {
       random_engine rng(seed);
-      for (std::size_t i = 0; i < nodes.size(); ++i) {
+      for (std::size_t i = 0; i < std::min(count, nodes.size()); ++i) {
         co_await nodes[i]->start();
         if (i == 0) continue;
         peer_address contact{"sim", static_cast<std::uint16_t>(std::uniform_int_distribution<std::size_t>(0, i - 1)(rng))};
@@ -308,6 +311,98 @@ int scenario_steady(const options& o) {
   return 0;
 }
 
+// Continuous churn while broadcasting: every 1/rate s one live node crashes
+// and one fresh node joins through a random live node; a probe goes out
+// every 100 ms from a random live node. Delivery ratio of a probe: among the
+// nodes up when it was sent and still up at the end, the share that got it.
+int scenario_churn(const options& o) {
+  const auto joins = static_cast<std::size_t>(o.churn_per_s * static_cast<double>(o.churn_seconds)) + 1;
+  cluster c(o.nodes + joins, o.seed);
+  c.form(o.seed, o.nodes);
+  c.net.run_for(duration{10} * static_cast<duration::rep>(o.nodes));
+  std::vector<bool> up(c.nodes.size(), false);
+  for (std::size_t i = 0; i < o.nodes; ++i) up[i] = true;
+  c.net.run_for(30s);  // settle before the churn starts
+  random_engine rng(o.seed * 7 + 3);
+  auto random_up = [&] {
+    std::vector<std::size_t> live;
+    for (std::size_t i = 0; i < up.size(); ++i)
+      if (up[i]) live.push_back(i);
+    return live[std::uniform_int_distribution<std::size_t>(0, live.size() - 1)(rng)];
+  };
+  auto count_membership = [&] {
+    std::uint64_t m = 0;
+    for (auto& nd : c.nodes) {
+      const auto& k = nd->membership().counters();
+      m += k.joins_received + k.forward_joins + k.neighbor_requests + k.shuffles_sent + k.disconnects_sent;
+    }
+    return m;
+  };
+  std::uint64_t grafts0 = 0, promotions0 = 0;
+  for (auto& nd : c.nodes) grafts0 += nd->broadcast().counters().graft_sent, promotions0 += nd->membership().counters().promotions;
+  const auto membership0 = count_membership();
+  std::map<std::uint64_t, std::vector<std::size_t>> up_at_send;
+  const auto churn_every = duration{static_cast<duration::rep>(1000.0 / o.churn_per_s)};
+  std::size_t next_join = o.nodes, crashes = 0;
+  duration next_churn = c.net.now() + churn_every;
+  const auto end = c.net.now() + std::chrono::seconds(o.churn_seconds);
+  std::uint64_t k = 0;
+  while (c.net.now() < end) {
+    if (c.net.now() >= next_churn && next_join < c.nodes.size()) {
+      const auto victim = random_up();
+      c.net.kill(c.nodes[victim]->id());
+      up[victim] = false;
+      ++crashes;
+      const auto joiner = next_join++;
+      const auto contact = random_up();
+      up[joiner] = true;
+      boost::asio::co_spawn(c.io, [&c, joiner, contact]() -> task<> {
+        co_await c.nodes[joiner]->start();
+        co_await c.nodes[joiner]->membership().join(peer_address{"sim", static_cast<std::uint16_t>(contact)});
+      }, boost::asio::detached);
+      next_churn += churn_every;
+    }
+    const auto origin = random_up();
+    auto& live = up_at_send[k];
+    for (std::size_t i = 0; i < up.size(); ++i)
+      if (up[i] && i != origin) live.push_back(i);
+    c.delivered[k].emplace(origin, 0);
+    c.nodes[origin]->broadcast().broadcast("probe", {{"n", k}});
+    ++k;
+    c.net.run_for(100ms);
+  }
+  c.net.run_for(5s);
+  double sum = 0, worst = 1;
+  for (auto& [id, live] : up_at_send) {
+    std::size_t eligible = 0, got = 0;
+    for (auto i : live) {
+      if (!up[i]) continue;
+      ++eligible;
+      got += c.delivered[id].contains(i);
+    }
+    const double ratio = eligible ? static_cast<double>(got) / static_cast<double>(eligible) : 1.0;
+    sum += ratio;
+    worst = std::min(worst, ratio);
+  }
+  const double avg = sum / static_cast<double>(up_at_send.size());
+  std::uint64_t grafts = 0, promotions = 0;
+  for (auto& nd : c.nodes) grafts += nd->broadcast().counters().graft_sent, promotions += nd->membership().counters().promotions;
+  const double secs = static_cast<double>(o.churn_seconds);
+  const double membership_per_s = static_cast<double>(count_membership() - membership0) / secs;
+  json line = {{"scenario", "churn"}, {"nodes", o.nodes}, {"seed", o.seed}, {"churn_per_s", o.churn_per_s},
+               {"seconds", o.churn_seconds}, {"crashes", crashes}, {"joins", crashes}, {"probes", k},
+               {"delivery_ratio_avg", avg}, {"delivery_ratio_min", worst},
+               {"grafts", grafts - grafts0}, {"promotions", promotions - promotions0},
+               {"membership_msgs_per_s", membership_per_s}};
+  std::cout << line.dump() << '\n';
+  std::cout << "\nchurn: " << o.nodes << " nodes, " << o.churn_per_s << " crashes + " << o.churn_per_s
+            << " joins per second for " << o.churn_seconds << " s (" << crashes << " of each), a probe every 100 ms\n"
+            << "  delivery ratio avg " << fmt(avg) << ", worst probe " << fmt(worst) << "\n"
+            << "  repair: " << (grafts - grafts0) << " grafts, " << (promotions - promotions0)
+            << " passive promotions, " << fmt(membership_per_s) << " membership messages/s cluster-wide\n";
+  return avg > 0.99 ? 0 : 1;
+}
+
 int scenario_partition(const options& o) {
   cluster c(o.nodes, o.seed);
   formed(c, o);
@@ -367,11 +462,17 @@ int main(int argc, char** argv) {
     else if (a == "--seed") o.seed = std::stoull(value());
     else if (a == "--broadcasts") o.broadcasts = std::stoul(value());
     else if (a == "--fail") o.fail_percents = parse_list(value());
+    else if (a == "--churn-per-s") o.churn_per_s = std::stod(value());
+    else if (a == "--churn-seconds") o.churn_seconds = std::stoul(value());
     else {
-      std::cerr << "usage: barrel-p2p-sim --scenario form|fail|steady|partition [--nodes N] [--seed S]"
-                   " [--broadcasts K] [--fail 10,20,...]\n";
+      std::cerr << "usage: barrel-p2p-sim --scenario form|fail|steady|churn|partition [--nodes N] [--seed S]"
+                   " [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]\n";
       return 2;
     }
+  }
+  if (!(o.churn_per_s > 0 && o.churn_per_s <= 1000) || o.churn_seconds == 0) {
+    std::cerr << "barrel-p2p-sim: --churn-per-s must be in (0, 1000], --churn-seconds positive\n";
+    return 2;
   }
   if (o.nodes < 2 || o.nodes > 60000) {
     std::cerr << "barrel-p2p-sim: --nodes must be 2..60000\n";
@@ -382,6 +483,7 @@ int main(int argc, char** argv) {
   if (o.scenario == "form") rc = scenario_form(o);
   else if (o.scenario == "fail") rc = scenario_fail(o);
   else if (o.scenario == "steady") rc = scenario_steady(o);
+  else if (o.scenario == "churn") rc = scenario_churn(o);
   else if (o.scenario == "partition") rc = scenario_partition(o);
   else std::cerr << "barrel-p2p-sim: unknown scenario " << o.scenario << '\n';
   const auto wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
