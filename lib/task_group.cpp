@@ -85,10 +85,22 @@ void task_group::cancel() {
   boost::asio::post(state_->ex, [st = state_] { st->cancel_all(); });
 }
 
+// Emits on the group's executor. Asio 1.81's co_spawn cancellation handler
+// forwards an emit to the coroutine's executor with dispatch(), holding a raw
+// pointer to its own signal: from another executor that becomes a post, and
+// a member that finishes before the post runs frees the signal first (a
+// use-after-free seen as a crash in the throughput benchmark when node::stop
+// ran from the io_context while the node's loops lived on its strand). On
+// the member's own executor the dispatch runs inline, while it is alive.
+task<> task_group::cancel_on_executor(std::shared_ptr<state> st) {
+  st->cancel_all();
+  co_return;
+}
+
 task<> task_group::stop() {
   auto st = state_;
   st->stopping = true;
-  st->cancel_all();
+  co_await asio::co_spawn(st->ex, cancel_on_executor(st), asio::use_awaitable);
   while (st->running > 0) {
     asio::steady_timer idle(st->ex, asio::steady_timer::time_point::max());
     st->waiters.push_back(&idle);

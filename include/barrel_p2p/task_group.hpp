@@ -53,6 +53,7 @@ class task_group {
   }
 
   struct state;
+  static task<> cancel_on_executor(std::shared_ptr<state> st);
   std::shared_ptr<state> state_;
 };
 
