@@ -65,10 +65,12 @@ struct replica_host::impl {
   // full, or backpressure_max_wait has passed. True when it had to wait.
   task<bool> wait_for_room() {
     const auto limit = net.send_queue_limit();
-    if (limit == 0 || config.backpressure_max_wait == duration{0} || net.fullest_send_queue() <= limit / 2)
+    if (stopped || limit == 0 || config.backpressure_max_wait == duration{0} ||
+        net.fullest_send_queue() <= limit / 2)
       co_return false;
     const auto deadline = sched.now() + config.backpressure_max_wait;
-    while (net.fullest_send_queue() > limit / 2 && sched.now() < deadline && !stopped)
+    // `stopped` first: after node::stop the transport may be gone.
+    while (!stopped && net.fullest_send_queue() > limit / 2 && sched.now() < deadline)
       if (!co_await sched.sleep(duration{1})) break;
     co_return true;
   }
@@ -86,6 +88,7 @@ struct replica_host::impl {
   // last part is in, nullopt otherwise (or when the part is refused).
   std::optional<json> on_part(const std::string& from, const std::string& name, const json& msg,
                               replica_counters& counters);
+  void forget_assemblies(const std::string& name);
 };
 
 struct replica::impl : std::enable_shared_from_this<replica::impl> {
@@ -176,9 +179,9 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
       const auto end = std::min<std::size_t>(bytes.size(), begin + cfg.sync_chunk_bytes);
       json::binary_t slice(std::vector<std::uint8_t>(bytes.begin() + static_cast<std::ptrdiff_t>(begin),
                                                      bytes.begin() + static_cast<std::ptrdiff_t>(end)));
-      // Wait for queue room between parts: a big snapshot must not crowd
-      // out deltas, nor overflow the queue and fail.
-      co_await host->wait_for_room();
+      // No backpressure wait here: this runs in the instance's inbox loop,
+      // and at most max_snapshot_bytes / sync_chunk_bytes parts (64) cannot
+      // fill a send queue; waiting would stall incoming deltas instead.
       if (stopped) co_return;
       ++counters.sync_parts_sent;
       if (!host->net.send(peer, channel::replica, encode_body(part_message(name, id, i, parts, std::move(slice))))) {
@@ -385,6 +388,7 @@ replica::~replica() {
     i.stopped = true;
     i.host->broadcast.unsubscribe(i.name);
     i.host->instances.erase(i.name);
+    i.host->forget_assemblies(i.name);
     i.inbox_in.close();
     i.loops.cancel();
   }
@@ -422,6 +426,10 @@ task<> replica::broadcast_custom(json payload) {
   i->host->broadcast.broadcast(i->name, {{"k", "c"}, {"p", std::move(payload)}});
 }
 
+void replica_host::impl::forget_assemblies(const std::string& name) {
+  std::erase_if(assemblies, [&](const auto& entry) { return entry.first.second == name; });
+}
+
 void replica::request_sync(const std::string& peer_id) { impl_->pull_from(peer_id); }
 
 void replica::request_sync() {
@@ -434,6 +442,7 @@ task<> replica::stop() {
   i->stopped = true;
   i->host->broadcast.unsubscribe(i->name);
   i->host->instances.erase(i->name);
+  i->host->forget_assemblies(i->name);
   i->inbox_in.close();
   co_await i->loops.stop();
 }

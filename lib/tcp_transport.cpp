@@ -765,7 +765,10 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       in.detail = std::move(detail);
       return std::move(in);
     };
-    if (conn->read_buffer.empty()) conn->read_buffer.resize(read_buffer_size);
+    // Small during the handshake (an unauthenticated peer costs ~1 KiB);
+    // grown once established. resize() keeps bytes already buffered.
+    const auto want = std::min(read_buffer_size, max_frame_bytes);
+    if (conn->read_buffer.size() < want) conn->read_buffer.resize(want);
     // The length is judged as soon as its 4 bytes are in (usually the whole
     // header comes in the same read).
     if (auto ec = co_await fill(conn, 4)) co_return failed(ec);
