@@ -6,6 +6,7 @@
 #include "barrel_p2p/task_group.hpp"
 
 #include <map>
+#include <set>
 #include <stdexcept>
 
 namespace barrel_p2p {
@@ -109,11 +110,17 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
         inbox(inbox_in.subscribe(host->config.inbox_limit)),
         loops(host->sched.get_executor()) {}
 
+  // Peers with a snapshot push already queued: repeated pulls (anti-entropy,
+  // peer_up, request_sync) from one peer cost one snapshot, not one each.
+  std::set<std::string> pushes_queued;
+
   void enqueue(work_item w) {
     if (stopped) return;
+    if (w.what == work_item::kind::push_to && !pushes_queued.insert(w.peer).second) return;
     const auto before = inbox.dropped();
     inbox_in.publish(std::move(w));
     if (inbox.dropped() != before) {
+      pushes_queued.clear();  // which item was dropped is unknown: forget, do not block future pushes
       ++counters.inbox_drops;
       host->log("replica " + name + ": inbox full, dropped the oldest work item");
     }
@@ -219,6 +226,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
           co_await guarded("apply_full_sync", [&]() { return callbacks.apply_full_sync(name, w->body); });
           break;
         case work_item::kind::push_to:
+          pushes_queued.erase(w->peer);
           co_await push_snapshot(w->peer);
           break;
         case work_item::kind::node_down:
