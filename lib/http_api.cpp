@@ -361,31 +361,10 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
         std::string why;
         auto value = parse_value(req.body(), why);
         if (!value) co_return error_response(http::status::bad_request, "bad_json", why, version);
-        std::optional<std::string> refused, failed;
-        try {
-          co_await m->put(r.key, std::move(*value));
-        } catch (const map_error& e) {
-          refused = e.what();
-        } catch (const std::exception& e) {
-          failed = e.what();  // the disk, most likely: the write did not happen
-        }
-        if (refused) co_return write_refused(*refused, version);
-        if (failed) co_return self->write_failed(*failed, version);
-        co_return json_response(http::status::ok, key_ok(r.key), version);
+        co_return co_await write(self, m, r.key, std::move(value), version);
       }
-      case http::verb::delete_: {
-        std::optional<std::string> refused, failed;
-        try {
-          co_await m->remove(r.key);
-        } catch (const map_error& e) {
-          refused = e.what();
-        } catch (const std::exception& e) {
-          failed = e.what();  // the disk, most likely: the write did not happen
-        }
-        if (refused) co_return write_refused(*refused, version);
-        if (failed) co_return self->write_failed(*failed, version);
-        co_return json_response(http::status::ok, key_ok(r.key), version);
-      }
+      case http::verb::delete_:
+        co_return co_await write(self, m, r.key, std::nullopt, version);
       default:
         co_return method_not_allowed("GET, PUT, DELETE", version);
     }
@@ -394,17 +373,25 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
   static json key_value(const std::string& key, const json& value) { return json{{"key", key}, {"value", value}}; }
   static json key_ok(const std::string& key) { return json{{"key", key}, {"ok", true}}; }
 
-  response write_failed(const std::string& what, unsigned version) const {
-    log("a write failed: " + what);
-    return error_response(http::status::internal_server_error, "write_failed", what, version);
-  }
-
-  // A closed map (the node is stopping) is unavailable; anything else the
-  // map refuses is the validator's verdict on the value.
-  static response write_refused(const std::string& what, unsigned version) {
-    if (what.find("is closed") != std::string::npos)
-      return error_response(http::status::service_unavailable, "map_closed", what, version);
-    return error_response(http::status::unprocessable_entity, "rejected", what, version);
+  // A put (with a value) or a remove, and what its failure means to the
+  // client: a closed map (the node is stopping) is unavailable, anything
+  // else the map refuses is the validator's verdict, and any other error
+  // (the disk, most likely) means the write did not happen.
+  static task<response> write(std::shared_ptr<impl> self, std::shared_ptr<map> m, std::string key,
+                              std::optional<json> value, unsigned version) {
+    std::optional<response> failure;
+    try {
+      if (value) co_await m->put(key, std::move(*value));
+      else co_await m->remove(key);
+    } catch (const map_error& e) {
+      failure = m->is_open() ? error_response(http::status::unprocessable_entity, "rejected", e.what(), version)
+                             : error_response(http::status::service_unavailable, "map_closed", e.what(), version);
+    } catch (const std::exception& e) {
+      self->log(std::string("a write failed: ") + e.what());
+      failure = error_response(http::status::internal_server_error, "write_failed", e.what(), version);
+    }
+    if (failure) co_return std::move(*failure);
+    co_return json_response(http::status::ok, key_ok(key), version);
   }
 
   // ---- connections --------------------------------------------------------------

@@ -301,6 +301,7 @@ task<> map::erase() {
 task<> map::on_node_stop() { co_await close(); }
 
 const std::string& map::name() const { return impl_->name; }
+bool map::is_open() const { return !impl_->closed; }
 
 map_counters map::counters() const {
   std::shared_lock lock(impl_->mu);

@@ -248,8 +248,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       // Announce to every peer still connected, including one that has
       // turned eager since: it was lazy when these messages passed, so it
       // did not get them from us, and with several senders at once the tree
-      // shifts under it; the announcement is its way to ask (measured: 5
-      // nodes writing at once lost ~0.1 % of deltas when these were skipped).
+      // shifts under it; the announcement is its way to ask (the "many
+      // senders at once" test in test/plumtree_sim_test.cpp loses messages
+      // when these are skipped).
       if (!is_peer(peer)) continue;
       for (std::size_t i = 0; i < ids.size(); i += config.ihave_batch_max) {
         json batch = json::array();

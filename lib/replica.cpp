@@ -162,13 +162,18 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     co_await guarded("full_sync_snapshot", [&]() -> task<> { snapshot = co_await callbacks.full_sync_snapshot(name); });
     if (!snapshot || stopped) co_return;
     // Full sync goes straight to the peer, not through the broadcast tree.
-    auto bytes = encode_cbor(*snapshot);
+    // The whole message is encoded once; only a snapshot too big for one
+    // message is encoded again, alone, to be cut into parts.
     const auto& cfg = host->config;
-    if (bytes.size() <= cfg.sync_chunk_bytes) {
+    auto message = sync_message(name, std::move(*snapshot));
+    auto whole = encode_body(message);
+    if (whole->size() <= cfg.sync_chunk_bytes) {
       ++counters.syncs_sent;
-      host->send(peer, sync_message(name, std::move(*snapshot)));
+      host->net.send(peer, channel::replica, whole);
       co_return;
     }
+    whole.reset();
+    auto bytes = encode_cbor(message["s"]);
     if (bytes.size() > cfg.max_snapshot_bytes) {
       ++counters.snapshots_too_large;
       host->log("replica " + name + ": snapshot of " + std::to_string(bytes.size()) +

@@ -840,16 +840,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   }
 
   task<bool> write_frame(std::shared_ptr<connection> conn, const queued_frame& frame) {
-    const std::array<asio::const_buffer, 2> buffers{asio::buffer(frame.header),
-                                                    asio::buffer(*frame.body)};
-    conn->write_started = clock_now();
-    auto [ec, n] = co_await asio::async_write(conn->socket, buffers, use_tuple);
-    conn->write_started.reset();
-    if (ec) co_return false;
-    ++counters_.frames_sent;
-    counters_.bytes_sent += n;
-    conn->last_sent = clock_now();
-    co_return true;
+    const std::vector<queued_frame> one{frame};
+    co_return co_await write_frames(std::move(conn), one);
   }
 
   // Handshake frames go out before the writer runs.

@@ -32,16 +32,8 @@ namespace {
 constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 
 node_config config_for(const std::string& id) {
-  node_config c;
-  c.transport.node_id = id;
-  c.transport.cluster_secret = "http-test";
-  c.transport.heartbeat_interval = 200ms;
-  c.transport.heartbeat_timeout = 1500ms;
-  c.membership.maintenance_interval = 100ms;
+  auto c = testing::fast_tcp_config(id, "http-test");
   c.replicas.anti_entropy_interval = 500ms;
-  c.log = [](const std::string& line) {
-    if (std::getenv("BARREL_TEST_LOG")) std::fprintf(stderr, "%s\n", line.c_str());
-  };
   return c;
 }
 

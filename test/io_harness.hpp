@@ -3,6 +3,7 @@
 // asserts on how fast anything happens.
 #pragma once
 
+#include <barrel_p2p/node.hpp>
 #include <barrel_p2p/scheduler.hpp>
 
 #include <boost/asio/co_spawn.hpp>
@@ -10,6 +11,8 @@
 
 #include <doctest/doctest.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <functional>
 
@@ -42,6 +45,23 @@ inline bool eventually(boost::asio::io_context& io, const std::function<bool()>&
     while (!(ok = cond()) && sched->now() < end) co_await sched->sleep(std::chrono::milliseconds(10));
   }, limit + std::chrono::seconds(5));
   return ok;
+}
+
+/// A node config for loopback TCP tests: fast heartbeats and membership
+/// maintenance so failures and repairs show within a second or two; logs
+/// only when BARREL_TEST_LOG is set.
+inline node_config fast_tcp_config(const std::string& id, const std::string& secret) {
+  using namespace std::chrono_literals;
+  node_config c;
+  c.transport.node_id = id;
+  c.transport.cluster_secret = secret;
+  c.transport.heartbeat_interval = 200ms;
+  c.transport.heartbeat_timeout = 1500ms;
+  c.membership.maintenance_interval = 100ms;
+  c.log = [](const std::string& line) {
+    if (std::getenv("BARREL_TEST_LOG")) std::fprintf(stderr, "%s\n", line.c_str());
+  };
+  return c;
 }
 
 }  // namespace barrel_p2p::testing

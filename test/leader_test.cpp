@@ -40,13 +40,7 @@ struct tcp_cluster {
     return testing::eventually(io, cond, limit);
   }
   node& add(const std::string& id) {
-    node_config c;
-    c.transport.node_id = id;
-    c.transport.cluster_secret = "leader-test";
-    c.transport.heartbeat_interval = 200ms;
-    c.transport.heartbeat_timeout = 1500ms;
-    c.membership.maintenance_interval = 100ms;
-    c.log = [](const std::string&) {};
+    auto c = testing::fast_tcp_config(id, "leader-test");
     if (!nodes.empty()) c.contacts.push_back(nodes[0]->self().address);
     nodes.push_back(std::make_unique<node>(io.get_executor(), c));
     auto& n = *nodes.back();

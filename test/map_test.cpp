@@ -30,18 +30,10 @@ std::filesystem::path temp_dir(const std::string& tag) {
 }
 
 node_config tcp_config(const std::string& id, const std::filesystem::path& data = {}) {
-  node_config c;
-  c.transport.node_id = id;
-  c.transport.cluster_secret = "map-test";
-  c.transport.heartbeat_interval = 200ms;
-  c.transport.heartbeat_timeout = 1500ms;
-  c.membership.maintenance_interval = 100ms;
+  auto c = testing::fast_tcp_config(id, "map-test");
   c.membership.shuffle_interval = 1s;
   c.replicas.anti_entropy_interval = 500ms;
   c.data_dir = data;
-  c.log = [](const std::string& line) {
-    if (std::getenv("BARREL_TEST_LOG")) std::fprintf(stderr, "%s\n", line.c_str());
-  };
   return c;
 }
 

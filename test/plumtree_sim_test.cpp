@@ -29,9 +29,10 @@ struct bcluster {
   sim_network net;
   std::vector<std::unique_ptr<bnode>> nodes;
 
-  explicit bcluster(std::size_t n, std::uint64_t seed) : net(io, [&] {
+  explicit bcluster(std::size_t n, std::uint64_t seed, duration jitter = duration{2}) : net(io, [&] {
     sim_config c;
     c.seed = seed;
+    c.jitter = jitter;
     return c;
   }()) {
     for (std::size_t i = 0; i < n; ++i) {
@@ -112,6 +113,18 @@ TEST_CASE("200 nodes: every broadcast reaches every node exactly once; the tree 
   MESSAGE("payload messages per broadcast: ", per_broadcast, ", RMR: ", rmr);
   CHECK(rmr < 0.1);
   CHECK(rmr >= 0.0);
+}
+
+TEST_CASE("many senders at once over jittery links: every broadcast reaches every node exactly once") {
+  // A broadcast every 2 ms from random origins, with link delays of 5 ms
+  // plus up to 100 ms of jitter, keeps the tree shifting under each
+  // message. IHAVE announcements queued for a peer that turned eager before
+  // the batch went out used to be discarded: with them skipped, this
+  // delivered 1963 of the 2000 broadcasts everywhere (nothing re-syncs here).
+  bcluster c(50, 11, duration{100});
+  random_engine rng(3);
+  c.broadcast_many(0, 2000, 2ms, rng);
+  CHECK(c.delivered_everywhere(0, 2000) == 2000);
 }
 
 TEST_CASE("200 nodes with 1% message loss: every broadcast is still delivered everywhere") {

@@ -25,6 +25,8 @@
 
 #include <barrel_p2p/crdt_wire.hpp>
 
+#include "cli.hpp"
+
 using namespace barrel_p2p;
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
@@ -303,38 +305,33 @@ task<json> state_scaling(boost::asio::io_context& io, std::size_t size) {
                  {"merge_ns_per_op", us(t3 - t2) * 1000 / ops}};
 }
 
-std::vector<std::size_t> parse_sizes(const std::string& s) {
-  std::vector<std::size_t> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) out.push_back(std::stoul(item));
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--nodes") o.sizes = parse_sizes(value());
-    else if (a == "--puts") o.puts = std::stoul(value());
-    else if (a == "--rate") o.rate = std::stod(value());
-    else if (a == "--throughput-seconds") o.throughput_seconds = std::stod(value());
-    else if (a == "--json") o.json_path = value();
-    else if (a == "--sync-keys") o.sync_sizes = parse_sizes(value());
-    else if (a == "--state-keys") o.state_sizes = parse_sizes(value());
-    else if (a == "--only") o.only = value();
-    else {
-      std::cerr << "usage: barrel-p2p-bench [--nodes 3,5,10,20] [--puts N] [--rate R] "
-                   "[--throughput-seconds S] [--sync-keys 10000,100000] [--state-keys 1000,100000,1000000]\n"
-                   "                       [--only latency|throughput|sync|memory|state|micro] [--json FILE]\n";
-      return 2;
+  cli::flag_reader args(argc, argv);
+  auto value = [&] { return args.value(); };
+  try {
+    while (args.next()) {
+      const auto& a = args.flag();
+      if (a == "--nodes") o.sizes = cli::parse_list<std::size_t>(value());
+      else if (a == "--puts") o.puts = std::stoul(value());
+      else if (a == "--rate") o.rate = std::stod(value());
+      else if (a == "--throughput-seconds") o.throughput_seconds = std::stod(value());
+      else if (a == "--json") o.json_path = value();
+      else if (a == "--sync-keys") o.sync_sizes = cli::parse_list<std::size_t>(value());
+      else if (a == "--state-keys") o.state_sizes = cli::parse_list<std::size_t>(value());
+      else if (a == "--only") o.only = value();
+      else {
+        std::cerr << "usage: barrel-p2p-bench [--nodes 3,5,10,20] [--puts N] [--rate R] "
+                     "[--throughput-seconds S] [--sync-keys 10000,100000] [--state-keys 1000,100000,1000000]\n"
+                     "                       [--only latency|throughput|sync|memory|state|micro] [--json FILE]\n";
+        return 2;
+      }
     }
+  } catch (const std::exception& e) {
+    std::cerr << "barrel-p2p-bench: " << e.what() << '\n';
+    return 2;
   }
   boost::asio::io_context io;
   json results = json::array();

@@ -14,6 +14,8 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "cli.hpp"
+
 #include <charconv>
 #include <chrono>
 #include <ctime>
@@ -213,12 +215,10 @@ daemon_config parse(int argc, char** argv) {
   c.node.transport.listen_port = 7946;
   c.http.listen_port = 8946;
   c.node.log = log_line;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw config_error(a + " needs a value");
-      return argv[++i];
-    };
+  cli::flag_reader args(argc, argv);
+  auto value = [&] { return args.value(); };
+  while (args.next()) {
+    const auto& a = args.flag();
     auto positive = [&](const std::string& text) {
       long long v = 0;
       auto r = std::from_chars(text.data(), text.data() + text.size(), v);

@@ -12,6 +12,8 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include "cli.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -439,36 +441,31 @@ int scenario_partition(const options& o) {
   return equal ? 0 : 1;
 }
 
-std::vector<int> parse_list(const std::string& s) {
-  std::vector<int> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) out.push_back(std::stoi(item));
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--scenario") o.scenario = value();
-    else if (a == "--nodes") o.nodes = std::stoul(value());
-    else if (a == "--seed") o.seed = std::stoull(value());
-    else if (a == "--broadcasts") o.broadcasts = std::stoul(value());
-    else if (a == "--fail") o.fail_percents = parse_list(value());
-    else if (a == "--churn-per-s") o.churn_per_s = std::stod(value());
-    else if (a == "--churn-seconds") o.churn_seconds = std::stoul(value());
-    else {
-      std::cerr << "usage: barrel-p2p-sim --scenario form|fail|steady|churn|partition [--nodes N] [--seed S]"
-                   " [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]\n";
-      return 2;
+  cli::flag_reader args(argc, argv);
+  auto value = [&] { return args.value(); };
+  try {
+    while (args.next()) {
+      const auto& a = args.flag();
+      if (a == "--scenario") o.scenario = value();
+      else if (a == "--nodes") o.nodes = std::stoul(value());
+      else if (a == "--seed") o.seed = std::stoull(value());
+      else if (a == "--broadcasts") o.broadcasts = std::stoul(value());
+      else if (a == "--fail") o.fail_percents = cli::parse_list<int>(value());
+      else if (a == "--churn-per-s") o.churn_per_s = std::stod(value());
+      else if (a == "--churn-seconds") o.churn_seconds = std::stoul(value());
+      else {
+        std::cerr << "usage: barrel-p2p-sim --scenario form|fail|steady|churn|partition [--nodes N] [--seed S]"
+                     " [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]\n";
+        return 2;
+      }
     }
+  } catch (const std::exception& e) {
+    std::cerr << "barrel-p2p-sim: " << e.what() << '\n';
+    return 2;
   }
   if (!(o.churn_per_s > 0 && o.churn_per_s <= 1000) || o.churn_seconds == 0) {
     std::cerr << "barrel-p2p-sim: --churn-per-s must be in (0, 1000], --churn-seconds positive\n";

@@ -104,6 +104,8 @@ class map : public node::attachment, public std::enable_shared_from_this<map> {
   task<> on_node_stop() override;
 
   [[nodiscard]] const std::string& name() const;
+  /// False once close(), erase() or node::stop() has closed the map here.
+  [[nodiscard]] bool is_open() const;
   [[nodiscard]] map_counters counters() const;
   /// The counters of the map's replica instance (deltas, syncs, pulls...).
   /// Call on the node's executor.

@@ -65,7 +65,7 @@ struct replica_config {
   /// leaving the gap to anti-entropy. After waiting this long it goes ahead
   /// anyway (a dead-slow peer must not stall writers forever).
   duration backpressure_max_wait{5'000};
-  /// Full sync of a large state: a snapshot whose CBOR encoding is larger
+  /// Full sync of a large state: a snapshot whose sync message (CBOR) is larger
   /// than sync_chunk_bytes travels as parts of that size (each one frame,
   /// so keep it well below the transport's max_frame_bytes), reassembled in
   /// order by the receiver.
