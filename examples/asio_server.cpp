@@ -114,7 +114,7 @@ std::unique_ptr<app> make_app(asio::io_context& io, const std::string& id,
   auto a = std::make_unique<app>();
   barrel_p2p::node_config config;
   config.transport.node_id = id;
-  config.transport.cluster_secret = "example-secret";  // in production: from a file
+  config.transport.cluster_secret = "example-cluster-secret";  // in production: from a file
   if (contact) config.contacts.push_back(*contact);
   config.log = [](const std::string&) {};  // quiet; the default logs to stderr
   a->node = std::make_unique<barrel_p2p::node>(io.get_executor(), config);

@@ -2,3 +2,5 @@
 // library and everything that depends on it), instead of in every unit that
 // includes it: the single biggest build-time saving on a two-core machine.
 #include <boost/asio/impl/src.hpp>
+// Asio's TLS stream (ssl::stream over OpenSSL), compiled once likewise.
+#include <boost/asio/ssl/impl/src.hpp>

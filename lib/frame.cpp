@@ -2,9 +2,6 @@
 
 #include "barrel_p2p/cbor.hpp"
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
@@ -94,19 +91,6 @@ std::optional<std::array<std::uint8_t, N>> from_binary(const json& j, const char
   return out;
 }
 
-void append_field(std::vector<std::uint8_t>& out, std::span<const std::uint8_t> field) {
-  const auto n = static_cast<std::uint32_t>(field.size());
-  out.push_back(static_cast<std::uint8_t>(n >> 24));
-  out.push_back(static_cast<std::uint8_t>(n >> 16));
-  out.push_back(static_cast<std::uint8_t>(n >> 8));
-  out.push_back(static_cast<std::uint8_t>(n));
-  out.insert(out.end(), field.begin(), field.end());
-}
-
-std::span<const std::uint8_t> bytes_of(std::string_view s) {
-  return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
-}
-
 }  // namespace
 
 json make_hello(const hello_message& hello) {
@@ -138,17 +122,6 @@ std::optional<hello_message> parse_hello(const json& j) noexcept {
   }
 }
 
-json make_auth(const handshake_mac& mac) { return {{"mac", to_binary(mac)}}; }
-
-std::optional<handshake_mac> parse_auth(const json& j) noexcept {
-  try {
-    if (!j.is_object()) return std::nullopt;
-    return from_binary<handshake_mac_size>(j, "mac");
-  } catch (...) {
-    return std::nullopt;
-  }
-}
-
 json make_heartbeat() { return {{"hb", 1}}; }
 
 handshake_nonce random_nonce() {
@@ -156,40 +129,6 @@ handshake_nonce random_nonce() {
   if (RAND_bytes(n.data(), static_cast<int>(n.size())) != 1)
     throw std::runtime_error("barrel_p2p: RAND_bytes failed");
   return n;
-}
-
-handshake_mac compute_mac(std::string_view secret, const handshake_nonce& peer_nonce,
-                          std::string_view own_id, std::string_view peer_id) {
-  std::vector<std::uint8_t> message;
-  message.reserve(4 * 4 + 15 + peer_nonce.size() + own_id.size() + peer_id.size());
-  append_field(message, bytes_of("barrel_p2p-auth"));
-  append_field(message, peer_nonce);
-  append_field(message, bytes_of(own_id));
-  append_field(message, bytes_of(peer_id));
-  handshake_mac mac{};
-  unsigned int mac_len = 0;
-  // HMAC accepts an empty key; the transport refuses an empty secret earlier.
-  static const std::uint8_t no_key = 0;
-  const void* key = secret.empty() ? static_cast<const void*>(&no_key) : secret.data();
-  if (HMAC(EVP_sha256(), key, static_cast<int>(secret.size()), message.data(), message.size(),
-           mac.data(), &mac_len) == nullptr ||
-      mac_len != mac.size())
-    throw std::runtime_error("barrel_p2p: HMAC-SHA256 failed");
-  return mac;
-}
-
-bool mac_equal(const handshake_mac& a, const handshake_mac& b) noexcept {
-  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
-}
-
-bool verify_mac(std::string_view secret, const handshake_nonce& own_nonce,
-                std::string_view own_id, std::string_view peer_id,
-                const handshake_mac& received) noexcept {
-  try {
-    return mac_equal(compute_mac(secret, own_nonce, peer_id, own_id), received);
-  } catch (...) {
-    return false;
-  }
 }
 
 }  // namespace barrel_p2p

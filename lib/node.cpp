@@ -2,7 +2,9 @@
 
 #include "barrel_p2p/sim_network.hpp"
 
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <iostream>
 #include <map>
@@ -14,6 +16,7 @@ struct node::impl {
   executor strand;
   std::unique_ptr<scheduler> sched;
   std::unique_ptr<transport> net;
+  tcp_transport* tcp = nullptr;  // the same object when on TCP
   std::unique_ptr<hlc_clock> clock;
   std::unique_ptr<hyparview> membership;
   std::unique_ptr<plumtree> broadcast;
@@ -41,7 +44,9 @@ node::node(executor ex, node_config config) : impl_(std::make_unique<impl>(std::
   auto& m = *impl_;
   m.strand = boost::asio::make_strand(ex);
   m.sched = make_real_scheduler(m.strand);
-  m.net = make_tcp_transport(m.config.transport, *m.sched);
+  auto tcp = make_tcp_transport(m.config.transport, *m.sched);
+  m.tcp = tcp.get();
+  m.net = std::move(tcp);
   m.assemble();
 }
 
@@ -79,6 +84,18 @@ task<> node::stop() {
   co_await m.membership->leave();
   co_await m.broadcast->stop();
   co_await m.net->stop();
+}
+
+task<> node::set_cluster_secrets(std::string primary, std::vector<std::string> accepted) {
+  co_await boost::asio::dispatch(impl_->strand, boost::asio::use_awaitable);
+  if (!impl_->tcp) throw std::logic_error("node: no cluster keys on the simulated network");
+  impl_->tcp->set_cluster_secrets(std::move(primary), std::move(accepted));
+}
+
+task<> node::reload_certificates() {
+  co_await boost::asio::dispatch(impl_->strand, boost::asio::use_awaitable);
+  if (!impl_->tcp) throw std::logic_error("node: no certificates on the simulated network");
+  impl_->tcp->reload_certificates();
 }
 
 const std::string& node::id() const { return impl_->net->self().id; }

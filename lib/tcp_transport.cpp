@@ -1,5 +1,6 @@
-// The TCP transport. One coroutine per connection runs the handshake, then
-// three loops raced with `||` so that the first to end ends the others:
+// The TCP transport. One coroutine per connection runs the handshake (TLS
+// 1.3, then a hello each way inside it), then three loops raced with `||` so
+// that the first to end ends the others:
 //
 //   read_loop   frames in -> decode (bounded) -> the channel's handler
 //   write_loop  the send queue out; a heartbeat when idle; the half-close
@@ -13,6 +14,7 @@
 #include "barrel_p2p/cbor.hpp"
 #include "barrel_p2p/frame.hpp"
 #include "barrel_p2p/task_group.hpp"
+#include "tls_context.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -20,6 +22,8 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -41,6 +45,8 @@ namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 using namespace asio::experimental::awaitable_operators;
 using error_code = boost::system::error_code;
+using tls_stream = asio::ssl::stream<tcp::socket>;
+using tiebreak_bytes = std::array<std::uint8_t, 32>;
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
@@ -84,19 +90,33 @@ enum class conn_state {
 };
 
 struct connection {
-  connection(tcp::socket s, bool is_outbound)
-      : socket(std::move(s)),
-        wake(socket.get_executor(), asio::steady_timer::time_point::max()),
+  connection(tcp::socket s, std::shared_ptr<asio::ssl::context> context, bool use_tls,
+             bool is_outbound)
+      : tls_context(std::move(context)),
+        stream(std::move(s), *tls_context),
+        wake(stream.get_executor(), asio::steady_timer::time_point::max()),
+        tls(use_tls),
         outbound(is_outbound) {}
 
-  tcp::socket socket;
+  tcp::socket& socket() { return stream.next_layer(); }
+
+  std::shared_ptr<asio::ssl::context> tls_context;  // outlives the stream made from it
+  tls_stream stream;  // in insecure_plaintext mode only its socket is used
   asio::steady_timer wake;  // the writer idles on it; send() and closes cancel it
+  const bool tls;
   const bool outbound;
-  std::string remote;  // for log lines
+  detail::tls_session tls_session;  // what the PSK callbacks read and note
+  std::string remote;          // for log lines
+  std::string source_address;  // inbound: counted against the handshake caps
+  bool counted_pending = false;
   conn_state state = conn_state::handshaking;
   peer_descriptor peer;  // from the peer's hello
   handshake_nonce own_nonce{};
   handshake_nonce peer_nonce{};
+  // Orders simultaneous connections between the same pair; both ends hold
+  // the same bytes. TLS: exported from the session, so neither side chose
+  // it. Plaintext: the dialler's hello nonce.
+  tiebreak_bytes tiebreak{};
   std::shared_ptr<dial_outcome> outcome;  // outbound: the connect() waiting
   std::optional<peer_address> dialed;     // outbound: the address dialled
   std::deque<queued_frame> queue;         // not yet handed to the socket
@@ -123,19 +143,19 @@ struct connection {
   }
   void close_socket() {
     error_code ignored;
-    socket.shutdown(tcp::socket::shutdown_both, ignored);
-    socket.close(ignored);
+    socket().shutdown(tcp::socket::shutdown_both, ignored);
+    socket().close(ignored);
     wake.cancel();
   }
 };
 
 // Simultaneous dials give two connections between the same pair; both ends
 // keep the same one: the one dialled by the smaller id (then, for two dials
-// from the same node, the smaller dialler nonce). Both ends know both.
+// from the same node, the smaller tie-break bytes). Both ends know both.
 bool dialled_before(const connection& a, const connection& b, const std::string& self_id) {
   const auto key = [&](const connection& c) {
-    return std::pair<const std::string&, const handshake_nonce&>(
-        c.outbound ? self_id : c.peer.id, c.outbound ? c.own_nonce : c.peer_nonce);
+    return std::pair<const std::string&, const tiebreak_bytes&>(c.outbound ? self_id : c.peer.id,
+                                                                c.tiebreak);
   };
   return key(a) < key(b);
 }
@@ -151,6 +171,15 @@ const message_body& heartbeat_body() {
   static const message_body body = encode_body(make_heartbeat());
   return body;
 }
+
+// Why a handshake failed: the metric's reason label and a line for the log.
+// Not an aggregate: GCC 12 destroys braced aggregate temporaries in
+// co_return/co_await expressions twice.
+struct handshake_error {
+  handshake_error(handshake_failure r, std::string d) : reason(r), detail(std::move(d)) {}
+  handshake_failure reason;
+  std::string detail;
+};
 
 struct frame_in {
   enum class status { ok, closed, failed, bad_frame } st = status::ok;
@@ -171,8 +200,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     if (config_.node_id.empty()) throw std::invalid_argument("tcp_transport: empty node_id");
     if (config_.node_id.size() > 255)
       throw std::invalid_argument("tcp_transport: node_id over 255 bytes");
-    if (config_.cluster_secret.empty())
-      throw std::invalid_argument("tcp_transport: empty cluster_secret");
+    if (config_.max_pending_handshakes == 0 || config_.max_pending_handshakes_per_address == 0)
+      throw std::invalid_argument("tcp_transport: handshake caps must be positive");
     if (config_.max_frame_bytes < handshake_max_frame_bytes)
       throw std::invalid_argument("tcp_transport: max_frame_bytes below the handshake size");
     if (config_.send_queue_limit == 0)
@@ -180,6 +209,25 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     if (config_.connect_timeout <= duration{0} || config_.handshake_timeout <= duration{0} ||
         config_.heartbeat_interval <= duration{0} || config_.heartbeat_timeout <= duration{0})
       throw std::invalid_argument("tcp_transport: timeouts and intervals must be positive");
+    switch (config_.security) {
+      case transport_security::psk:
+        try {
+          keys_ = detail::make_keyring(config_.cluster_secret, config_.accepted_secrets);
+        } catch (const std::invalid_argument& e) {
+          throw std::invalid_argument(std::string("tcp_transport: ") + e.what());
+        }
+        tls_context_ = detail::make_psk_context();
+        break;
+      case transport_security::certificates:
+        tls_context_ = detail::make_certificate_context(config_.certificates, config_.node_id);
+        break;
+      case transport_security::insecure_plaintext:
+        tls_context_ = detail::make_unused_context();
+        break;
+    }
+    // The secrets live in the keyring from now on, not in a config copy.
+    config_.cluster_secret.clear();
+    config_.accepted_secrets.clear();
     self_.id = config_.node_id;
     self_.address.host =
         config_.advertise_host.empty() ? config_.listen_host : config_.advertise_host;
@@ -230,6 +278,10 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     fail("listen");
     self_.address.port = acceptor_.local_endpoint(ec).port();
     fail("local_endpoint");
+    if (!uses_tls())
+      log("WARNING: INSECURE PLAINTEXT TRANSPORT on " + self_.address.to_string() +
+          ": no encryption, no authentication; anyone who reaches this port joins the cluster. "
+          "For tests and benchmarks only.");
     group_.spawn("accept", keep(accept_loop()));
   }
 
@@ -327,6 +379,25 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
 
   std::size_t send_queue_limit() const { return config_.send_queue_limit; }
 
+  void set_cluster_secrets(std::string primary, std::vector<std::string> accepted) {
+    if (config_.security != transport_security::psk)
+      throw std::logic_error("tcp_transport: cluster secrets are for psk mode");
+    try {
+      keys_ = detail::make_keyring(primary, accepted);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(std::string("tcp_transport: ") + e.what());
+    }
+    log("keyring replaced: " + std::to_string(keys_->accepted.size()) + " key(s) accepted, dialling with " +
+        keys_->primary.identity);
+  }
+
+  void reload_certificates() {
+    if (config_.security != transport_security::certificates)
+      throw std::logic_error("tcp_transport: certificates are for certificates mode");
+    tls_context_ = detail::make_certificate_context(config_.certificates, config_.node_id);
+    log("certificates reloaded from " + config_.certificates.certificate.string());
+  }
+
   std::vector<std::string> connected_peers() const {
     std::vector<std::string> out;
     out.reserve(peers_.size());
@@ -366,6 +437,32 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     } else {
       std::cerr << text << '\n';
     }
+  }
+
+  bool uses_tls() const { return config_.security != transport_security::insecure_plaintext; }
+
+  std::shared_ptr<connection> make_connection(tcp::socket socket, bool outbound) {
+    return std::make_shared<connection>(std::move(socket), tls_context_, uses_tls(), outbound);
+  }
+
+  // Counts a refused handshake; logs at most one line per reason a second,
+  // so a flood of bad connections cannot flood the log.
+  void note_handshake_failure(handshake_failure reason, const std::string& line) {
+    ++counters_.handshake_failures;
+    const auto i = static_cast<std::size_t>(reason);
+    ++counters_.handshake_failures_by_reason[i];
+    auto& limit = failure_log_[i];
+    const auto now = clock_now();
+    if (limit.logged && now - limit.last < std::chrono::seconds(1)) {
+      ++limit.suppressed;
+      return;
+    }
+    std::string more;
+    if (limit.suppressed > 0)
+      more = " (and " + std::to_string(limit.suppressed) + " more " + std::string(to_string(reason)) +
+             " failures since the last line)";
+    limit = {now, 0, true};
+    log("handshake refused [" + std::string(to_string(reason)) + "]: " + line + more);
   }
 
   static std::string describe(const connection& c) {
@@ -433,7 +530,25 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
         if (!co_await sleep_for(duration{100})) co_return;
         continue;
       }
-      auto conn = std::make_shared<connection>(std::move(socket), false);
+      error_code aec;
+      const auto endpoint = socket.remote_endpoint(aec);
+      auto source = aec ? std::string("?") : endpoint.address().to_string();
+      auto& from_source = pending_by_source_[source];
+      if (pending_inbound_ >= config_.max_pending_handshakes ||
+          from_source >= config_.max_pending_handshakes_per_address) {
+        if (from_source == 0) pending_by_source_.erase(source);
+        socket.close(aec);  // before any buffer is allocated for it
+        note_handshake_failure(handshake_failure::over_capacity,
+                               "too many connections in their handshake (" +
+                                   std::to_string(pending_inbound_) + " in all, " +
+                                   std::to_string(from_source) + " from " + source + ")");
+        continue;
+      }
+      ++pending_inbound_;
+      ++from_source;
+      auto conn = make_connection(std::move(socket), false);
+      conn->source_address = std::move(source);
+      conn->counted_pending = true;
       group_.spawn("inbound connection", keep(run_connection(conn)));
     }
   }
@@ -451,7 +566,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       settle_dial(addr, outcome, std::nullopt);
       co_return;
     }
-    auto conn = std::make_shared<connection>(std::move(socket), true);
+    auto conn = make_connection(std::move(socket), true);
     conn->outcome = std::move(outcome);
     conn->dialed = addr;
     co_await run_connection(conn);
@@ -487,19 +602,22 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   task<> run_connection(std::shared_ptr<connection> conn) {
     connections_.push_back(conn);
     error_code ec;
-    conn->socket.set_option(tcp::no_delay(true), ec);
-    const auto endpoint = conn->socket.remote_endpoint(ec);
+    conn->socket().set_option(tcp::no_delay(true), ec);
+    const auto endpoint = conn->socket().remote_endpoint(ec);
     conn->remote = ec ? std::string("?") : endpoint.address().to_string() + ":" +
                                                 std::to_string(endpoint.port());
     conn->last_received = conn->last_sent = clock_now();
     auto reason = disconnect_reason::closed_locally;
     try {
-      if (co_await handshake_within_timeout(conn) && !stopping_) {
+      const bool shook = co_await handshake_within_timeout(conn);
+      release_pending(*conn);
+      if (shook && !stopping_) {
         establish(conn);
         auto r = co_await (read_loop(conn) || write_loop(conn) || watch_loop(conn));
         reason = std::visit([](disconnect_reason why) { return why; }, r);
       }
     } catch (const std::exception& e) {
+      release_pending(*conn);
       // Cancellation by stop(); anything else is a bug worth a line.
       if (!stopping_) log("connection to " + describe(*conn) + " failed: " + e.what());
       reason = disconnect_reason::io_error;
@@ -507,53 +625,83 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     finish(conn, reason);
   }
 
+  void release_pending(connection& conn) {
+    if (!conn.counted_pending) return;
+    conn.counted_pending = false;
+    --pending_inbound_;
+    auto it = pending_by_source_.find(conn.source_address);
+    if (it != pending_by_source_.end() && --it->second == 0) pending_by_source_.erase(it);
+  }
+
+  // The whole handshake, TLS included, within handshake_timeout. On timeout
+  // the socket is closed, which ends whatever read or write was pending.
   task<bool> handshake_within_timeout(std::shared_ptr<connection> conn) {
-    auto r = co_await (handshake(conn) || sleep_for(config_.handshake_timeout));
-    std::optional<std::string> failure;
+    auto r = co_await (handshake(conn) || handshake_deadline(conn));
+    std::optional<handshake_error> failure;
     if (r.index() == 0) failure = std::move(std::get<0>(r));
-    else failure = std::get<1>(r) ? "timed out" : "cancelled";
+    else failure = handshake_error(handshake_failure::timeout, "timed out");
     if (!failure) co_return true;
-    if (!stopping_) {
-      ++counters_.handshake_failures;
-      log("handshake with " + describe(*conn) + " failed: " + *failure);
-    }
+    if (!stopping_) note_handshake_failure(failure->reason, "with " + describe(*conn) + ": " + failure->detail);
     co_return false;
   }
 
-  // Both sides run this at once: hello out, hello in, auth out (the answer
-  // to the peer's challenge), auth in. Returns why it failed, or nullopt.
-  task<std::optional<std::string>> handshake(std::shared_ptr<connection> conn) {
+  task<> handshake_deadline(std::shared_ptr<connection> conn) {
+    const bool expired = co_await sleep_for(config_.handshake_timeout);
+    if (expired) conn->close_socket();
+    co_return;
+  }
+
+  // TLS first (authenticates the peer as a holder of a cluster key or of a
+  // certificate from the cluster's CA, and encrypts everything after), then
+  // both sides at once: hello out, hello in. Returns why it failed, or
+  // nullopt.
+  task<std::optional<handshake_error>> handshake(std::shared_ptr<connection> conn) {
+    using F = handshake_failure;
     try {
+      if (conn->tls) {
+        conn->tls_session.keys = keys_;
+        SSL* ssl = conn->stream.native_handle();
+        detail::attach_session(ssl, &conn->tls_session);
+        const auto side = conn->outbound ? tls_stream::client : tls_stream::server;
+        auto [ec] = co_await conn->stream.async_handshake(side, use_tuple);
+        if (ec) {
+          auto f = detail::classify_tls_failure(ssl, conn->tls_session, ec.message());
+          co_return handshake_error(f.reason, std::move(f.detail));
+        }
+        auto tiebreak = detail::export_tiebreak(ssl);
+        if (!tiebreak) co_return handshake_error(F::tls, "cannot export keying material");
+        conn->tiebreak = *tiebreak;
+      }
       conn->own_nonce = random_nonce();
       const hello_message hello{protocol_version, self_, conn->own_nonce};
       auto hello_body = encode_body(make_hello(hello));
-      if (!co_await write_direct(conn, std::move(hello_body))) co_return "cannot send hello";
+      if (!co_await write_direct(conn, std::move(hello_body)))
+        co_return handshake_error(conn->tls ? F::tls : F::protocol, "cannot send hello");
 
       auto in = co_await read_frame(conn, handshake_max_frame_bytes, handshake_cbor_limits);
-      if (in.st != frame_in::status::ok) co_return "reading hello: " + in.detail;
+      if (in.st != frame_in::status::ok) {
+        // Over TLS, a peer that refused our certificate or key says so with
+        // an alert that ends this read.
+        const auto reason = in.st == frame_in::status::bad_frame || !conn->tls ? F::protocol : F::tls;
+        co_return handshake_error(reason, "reading hello: " + in.detail);
+      }
       auto peer_hello = in.ch == channel::control ? parse_hello(in.body) : std::nullopt;
-      if (!peer_hello) co_return "malformed hello";
+      if (!peer_hello) co_return handshake_error(F::protocol, "malformed hello");
       if (peer_hello->version != protocol_version)
-        co_return "protocol version " + std::to_string(peer_hello->version) + ", expected " +
-            std::to_string(protocol_version);
-      if (peer_hello->self.id == self_.id) co_return "connection to self refused";
+        co_return handshake_error(F::protocol, "protocol version " + std::to_string(peer_hello->version) +
+                                                   ", expected " + std::to_string(protocol_version));
+      if (peer_hello->self.id == self_.id) co_return handshake_error(F::self, "connection to self refused");
+      if (config_.security == transport_security::certificates &&
+          !detail::peer_certificate_names(conn->stream.native_handle(), peer_hello->self.id))
+        co_return handshake_error(F::identity, "claims id '" + peer_hello->self.id +
+                                                   "', which its certificate does not name");
       conn->peer = peer_hello->self;
       conn->peer_nonce = peer_hello->nonce;
+      if (!conn->tls) conn->tiebreak = conn->outbound ? conn->own_nonce : conn->peer_nonce;
       conn->state = conn_state::hello_received;
-
-      const auto mac = compute_mac(config_.cluster_secret, conn->peer_nonce, self_.id, conn->peer.id);
-      auto auth_body = encode_body(make_auth(mac));
-      if (!co_await write_direct(conn, std::move(auth_body))) co_return "cannot send auth";
-
-      in = co_await read_frame(conn, handshake_max_frame_bytes, handshake_cbor_limits);
-      if (in.st != frame_in::status::ok) co_return "reading auth: " + in.detail;
-      auto peer_mac = in.ch == channel::control ? parse_auth(in.body) : std::nullopt;
-      if (!peer_mac) co_return "malformed auth";
-      if (!verify_mac(config_.cluster_secret, conn->own_nonce, self_.id, conn->peer.id, *peer_mac))
-        co_return "wrong cluster secret (mac mismatch)";
       co_return std::nullopt;
     } catch (const std::exception& e) {
-      co_return std::string(e.what());
+      co_return handshake_error(F::protocol, e.what());
     }
   }
 
@@ -669,7 +817,9 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
           if (!conn->write_shut) {
             conn->write_shut = true;
             error_code ignored;
-            conn->socket.shutdown(tcp::socket::shutdown_send, ignored);
+            // A TCP half-close (no close_notify): the peer reads it as the
+            // end of the stream (SSL_OP_IGNORE_UNEXPECTED_EOF).
+            conn->socket().shutdown(tcp::socket::shutdown_send, ignored);
           }
           conn->wake.expires_at(asio::steady_timer::time_point::max());
           co_await conn->wake.async_wait(use_tuple);  // until the reader or watchdog ends it
@@ -730,6 +880,14 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
 
   // ---------------------------------------------------------------- frames
 
+  static task<std::tuple<error_code, std::size_t>> read_some(std::shared_ptr<connection> conn,
+                                                             asio::mutable_buffer b) {
+    std::tuple<error_code, std::size_t> got;
+    if (conn->tls) got = co_await conn->stream.async_read_some(b, use_tuple);
+    else got = co_await conn->socket().async_read_some(b, use_tuple);
+    co_return got;
+  }
+
   // Makes at least `need` bytes (at most the buffer's size) available in
   // the connection's read buffer. One read_some usually brings many small
   // frames at once: the reader then decodes them without another syscall.
@@ -742,8 +900,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       conn->read_begin = 0;
     }
     while (conn->read_end < need) {
-      auto [ec, n] = co_await conn->socket.async_read_some(
-          asio::buffer(b.data() + conn->read_end, b.size() - conn->read_end), use_tuple);
+      auto [ec, n] = co_await read_some(conn, asio::buffer(b.data() + conn->read_end, b.size() - conn->read_end));
       if (ec) co_return ec;
       conn->read_end += n;
       conn->last_received = clock_now();
@@ -755,8 +912,9 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
                             cbor_limits limits) {
     frame_in in;
     const auto failed = [&](const error_code& ec) {
-      in.st = ec == asio::error::eof ? frame_in::status::closed : frame_in::status::failed;
-      in.detail = ec == asio::error::eof ? "closed by peer" : ec.message();
+      const bool eof = ec == asio::error::eof || ec == asio::ssl::error::stream_truncated;
+      in.st = eof ? frame_in::status::closed : frame_in::status::failed;
+      in.detail = eof ? "closed by peer" : ec.message();
       return std::move(in);
     };
     const auto bad = [&](std::string detail) {
@@ -803,7 +961,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       conn->read_begin = conn->read_end = 0;
       while (got < size) {
         const auto want = std::min(size - got, read_chunk);
-        auto [rec, m] = co_await conn->socket.async_read_some(asio::buffer(large.data() + got, want), use_tuple);
+        auto [rec, m] = co_await read_some(conn, asio::buffer(large.data() + got, want));
         if (rec) co_return failed(rec);
         got += m;
         conn->last_received = clock_now();
@@ -830,7 +988,11 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       buffers.push_back(asio::buffer(*f.body));
     }
     conn->write_started = clock_now();
-    auto [ec, n] = co_await asio::async_write(conn->socket, buffers, use_tuple);
+    // (No co_await inside ?: — GCC 12 miscompiles it.)
+    std::tuple<error_code, std::size_t> written;
+    if (conn->tls) written = co_await asio::async_write(conn->stream, buffers, use_tuple);
+    else written = co_await asio::async_write(conn->socket(), buffers, use_tuple);
+    const auto [ec, n] = written;
     conn->write_started.reset();
     if (ec) co_return false;
     counters_.frames_sent += frames.size();
@@ -868,15 +1030,27 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   std::map<std::string, peer_entry> peers_;                      // connected, by id
   std::vector<std::shared_ptr<connection>> connections_;         // every live socket
   std::map<std::string, std::shared_ptr<dial_outcome>> dials_;  // in flight, by address
+
+  // Connections begin with the keys and context current when they start.
+  std::shared_ptr<const detail::keyring> keys_;          // psk mode
+  std::shared_ptr<asio::ssl::context> tls_context_;
+  std::size_t pending_inbound_ = 0;                      // inbound, still in the handshake
+  std::map<std::string, std::size_t> pending_by_source_;  // the same, by source address
+  struct log_limit {
+    duration last{0};
+    std::uint64_t suppressed = 0;
+    bool logged = false;
+  };
+  std::array<log_limit, handshake_failure_count> failure_log_{};
 };
 
-class tcp_transport final : public transport {
+class tcp_transport_handle final : public tcp_transport {
  public:
-  tcp_transport(tcp_transport_config config, scheduler& sched)
+  tcp_transport_handle(tcp_transport_config config, scheduler& sched)
       : impl_(std::make_shared<tcp_transport_impl>(std::move(config), sched.get_executor())) {}
-  ~tcp_transport() override { impl_->abandon(); }
-  tcp_transport(const tcp_transport&) = delete;
-  tcp_transport& operator=(const tcp_transport&) = delete;
+  ~tcp_transport_handle() override { impl_->abandon(); }
+  tcp_transport_handle(const tcp_transport_handle&) = delete;
+  tcp_transport_handle& operator=(const tcp_transport_handle&) = delete;
 
   const peer_descriptor& self() const override { return impl_->self(); }
   void on_connected(connected_handler h) override { impl_->on_connected(std::move(h)); }
@@ -907,6 +1081,10 @@ class tcp_transport final : public transport {
   std::size_t fullest_send_queue() const override { return impl_->fullest_send_queue(); }
   std::size_t send_queue_limit() const override { return impl_->send_queue_limit(); }
   const transport_counters& counters() const override { return impl_->counters(); }
+  void set_cluster_secrets(std::string primary, std::vector<std::string> accepted) override {
+    impl_->set_cluster_secrets(std::move(primary), std::move(accepted));
+  }
+  void reload_certificates() override { impl_->reload_certificates(); }
 
  private:
   std::shared_ptr<tcp_transport_impl> impl_;
@@ -914,8 +1092,17 @@ class tcp_transport final : public transport {
 
 }  // namespace
 
-std::unique_ptr<transport> make_tcp_transport(tcp_transport_config config, scheduler& sched) {
-  return std::make_unique<tcp_transport>(std::move(config), sched);
+std::string_view to_string(transport_security s) noexcept {
+  switch (s) {
+    case transport_security::psk: return "psk";
+    case transport_security::certificates: return "certificates";
+    case transport_security::insecure_plaintext: return "insecure_plaintext";
+  }
+  return "unknown";
+}
+
+std::unique_ptr<tcp_transport> make_tcp_transport(tcp_transport_config config, scheduler& sched) {
+  return std::make_unique<tcp_transport_handle>(std::move(config), sched);
 }
 
 }  // namespace barrel_p2p

@@ -46,4 +46,18 @@ std::string_view to_string(disconnect_reason r) noexcept {
   return "unknown";
 }
 
+std::string_view to_string(handshake_failure f) noexcept {
+  switch (f) {
+    case handshake_failure::timeout: return "timeout";
+    case handshake_failure::over_capacity: return "over_capacity";
+    case handshake_failure::tls: return "tls";
+    case handshake_failure::unknown_key: return "unknown_key";
+    case handshake_failure::certificate: return "certificate";
+    case handshake_failure::identity: return "identity";
+    case handshake_failure::protocol: return "protocol";
+    case handshake_failure::self: return "self";
+  }
+  return "unknown";
+}
+
 }  // namespace barrel_p2p

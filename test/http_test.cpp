@@ -32,7 +32,7 @@ namespace {
 constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 
 node_config config_for(const std::string& id) {
-  auto c = testing::fast_tcp_config(id, "http-test");
+  auto c = testing::fast_tcp_config(id, "http-test-cluster-secret");
   c.replicas.anti_entropy_interval = 500ms;
   return c;
 }

@@ -32,7 +32,7 @@ struct tcp_cluster {
     n->sched = make_real_scheduler(io.get_executor());
     tcp_transport_config tc;
     tc.node_id = id;
-    tc.cluster_secret = "test-secret";
+    tc.cluster_secret = "membership-test-secret";
     tc.heartbeat_interval = 200ms;
     tc.heartbeat_timeout = 1500ms;
     tc.log = [](const std::string&) {};

@@ -40,7 +40,7 @@ struct tcp_cluster {
     return testing::eventually(io, cond, limit);
   }
   node& add(const std::string& id) {
-    auto c = testing::fast_tcp_config(id, "leader-test");
+    auto c = testing::fast_tcp_config(id, "leader-test-cluster-secret");
     if (!nodes.empty()) c.contacts.push_back(nodes[0]->self().address);
     nodes.push_back(std::make_unique<node>(io.get_executor(), c));
     auto& n = *nodes.back();

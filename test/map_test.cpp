@@ -30,7 +30,7 @@ std::filesystem::path temp_dir(const std::string& tag) {
 }
 
 node_config tcp_config(const std::string& id, const std::filesystem::path& data = {}) {
-  auto c = testing::fast_tcp_config(id, "map-test");
+  auto c = testing::fast_tcp_config(id, "map-test-cluster-secret");
   c.membership.shuffle_interval = 1s;
   c.replicas.anti_entropy_interval = 500ms;
   c.data_dir = data;

@@ -106,7 +106,7 @@ struct cluster {
     n->sched = make_real_scheduler(io.get_executor());
     tcp_transport_config tc;
     tc.node_id = id;
-    tc.cluster_secret = "replica-test";
+    tc.cluster_secret = "replica-test-cluster-secret";
     tc.heartbeat_interval = 200ms;
     tc.heartbeat_timeout = 2s;
     tc.log = [](const std::string&) {};
@@ -326,7 +326,7 @@ TEST_CASE("malformed deltas and snapshots are ignored and counted; the node keep
   auto sched = make_real_scheduler(c.io.get_executor());
   tcp_transport_config tc;
   tc.node_id = "broken";
-  tc.cluster_secret = "replica-test";
+  tc.cluster_secret = "replica-test-cluster-secret";
   tc.log = [](const std::string&) {};
   auto broken = make_tcp_transport(tc, *sched);
   auto target = c.nodes[0]->net->self().address;

@@ -21,6 +21,7 @@ import base64
 import http.client
 import json
 import os
+import secrets
 import socket
 import struct
 import sys
@@ -101,7 +102,7 @@ def percentile(sorted_values, q):
 def measure(binary, n, puts, rate, workdir):
     secret = os.path.join(workdir, "secret")
     with open(secret, "w") as f:
-        f.write("bench-processes\n")
+        f.write(secrets.token_urlsafe(32) + "\n")
     args = types.SimpleNamespace(anti_entropy_ms=30000)
     nodes = []
     readers = []

@@ -62,7 +62,7 @@ std::vector<std::unique_ptr<demo_node>> nodes;
 demo_node& start_node(boost::asio::io_context& io, const std::string& id) {
   node_config c;
   c.transport.node_id = id;
-  c.transport.cluster_secret = "demo-secret";
+  c.transport.cluster_secret = "demo-cluster-secret";
   c.transport.heartbeat_interval = 250ms;
   c.transport.heartbeat_timeout = 1500ms;
   c.membership.active_size = 3;  // small views, so five nodes show a real overlay
@@ -202,7 +202,7 @@ task<> demo(boost::asio::io_context& io) {
   {
     tcp_transport_config tc;
     tc.node_id = "intruder";
-    tc.cluster_secret = "guess";
+    tc.cluster_secret = "a-wrong-guess-of-the-secret";
     tc.log = [](const std::string& line) { std::cout << "    [intruder] " << line << '\n'; };
     auto intruder = make_tcp_transport(tc, *sched);
     co_await intruder->start();

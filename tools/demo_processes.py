@@ -14,6 +14,7 @@ Exits non-zero if any step does not converge; leaves no process behind.
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -196,7 +197,7 @@ def run(args):
     workdir = tempfile.mkdtemp(prefix="barrel-p2p-demo-")
     secret_file = os.path.join(workdir, "cluster.secret")
     with open(secret_file, "w") as f:
-        f.write("demo-%d-%d\n" % (os.getpid(), int(time.time())))
+        f.write(secrets.token_urlsafe(32) + "\n")
     os.chmod(secret_file, 0o600)
     keys_per_batch = 20 if args.quick else 200
     nodes = []

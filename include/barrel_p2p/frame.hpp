@@ -6,8 +6,8 @@
 // peer) can feed it anything.
 //
 // Frame:  u32 big-endian length of what follows | u8 channel | CBOR body
-// Hello:  {"v": u32, "id": s, "host": s, "port": u16, "nonce": 32 bytes}
-// Auth:   {"mac": 32 bytes}, HMAC-SHA256 over the peer's nonce (compute_mac)
+// Hello:  {"v": u32, "id": s, "host": s, "port": u16, "nonce": 32 bytes},
+//         sent each way inside TLS once its handshake is done
 // See docs/reference/wire.md for the whole exchange.
 #pragma once
 
@@ -82,12 +82,11 @@ struct parsed_frame_header {
 // ---------------------------------------------------------------- handshake
 
 inline constexpr std::size_t handshake_nonce_size = 32;
-inline constexpr std::size_t handshake_mac_size = 32;
 using handshake_nonce = std::array<std::uint8_t, handshake_nonce_size>;
-using handshake_mac = std::array<std::uint8_t, handshake_mac_size>;
 
-/// The first message each side sends: who it is, which protocol it speaks,
-/// and a fresh challenge for the other side to answer.
+/// The first message each side sends inside TLS: who it is and which
+/// protocol it speaks. The nonce orders simultaneous connections only in
+/// insecure_plaintext mode (TLS connections use exported key material).
 struct hello_message {
   std::uint32_t version = 0;
   peer_descriptor self;
@@ -101,31 +100,10 @@ struct hello_message {
 /// is returned as sent; whether it is acceptable is the caller's decision.
 [[nodiscard]] std::optional<hello_message> parse_hello(const json& j) noexcept;
 
-[[nodiscard]] json make_auth(const handshake_mac& mac);
-/// Validating parse of a peer's auth: the 32-byte mac, or nullopt. Never throws.
-[[nodiscard]] std::optional<handshake_mac> parse_auth(const json& j) noexcept;
-
 /// The heartbeat sent on an idle connection (channel control).
 [[nodiscard]] json make_heartbeat();
 
 /// 32 bytes from the OpenSSL CSPRNG. Throws std::runtime_error if it fails.
 [[nodiscard]] handshake_nonce random_nonce();
-
-/// HMAC-SHA256(secret, "barrel_p2p-auth" | peer_nonce | own_id | peer_id),
-/// every field preceded by its u32 big-endian length so that no two
-/// different field lists give the same bytes. `own_id` is the id of the side
-/// that sends the mac: binding both ids and the direction means a mac cannot
-/// be reflected back or replayed to another node.
-[[nodiscard]] handshake_mac compute_mac(std::string_view secret, const handshake_nonce& peer_nonce,
-                                        std::string_view own_id, std::string_view peer_id);
-
-/// Constant-time comparison (CRYPTO_memcmp).
-[[nodiscard]] bool mac_equal(const handshake_mac& a, const handshake_mac& b) noexcept;
-
-/// True when `received` is the mac `peer_id` must send to `own_id`, whose
-/// challenge was `own_nonce`. Never throws.
-[[nodiscard]] bool verify_mac(std::string_view secret, const handshake_nonce& own_nonce,
-                              std::string_view own_id, std::string_view peer_id,
-                              const handshake_mac& received) noexcept;
 
 }  // namespace barrel_p2p

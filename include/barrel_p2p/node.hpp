@@ -64,6 +64,13 @@ class node {
   [[nodiscard]] const node_config& config() const;
   [[nodiscard]] executor get_executor() const;  ///< the node's strand
 
+  /// Replaces the cluster keys (psk mode; see tcp_transport::set_cluster_secrets)
+  /// or re-reads the certificate files (certificates mode) for connections
+  /// made from now on. Throws what the transport throws, and
+  /// std::logic_error on the simulated network. Any executor.
+  task<> set_cluster_secrets(std::string primary, std::vector<std::string> accepted);
+  task<> reload_certificates();
+
   [[nodiscard]] transport& net();
   [[nodiscard]] scheduler& sched();
   [[nodiscard]] hlc_clock& clock();

@@ -1,23 +1,51 @@
-// The TCP transport: real sockets, an authenticated handshake, heartbeats.
+// The TCP transport: real sockets, TLS 1.3 on every connection, heartbeats.
 //
-// Frame: u32 big-endian length of what follows, u8 channel, CBOR body. The
-// length is checked against max_frame_bytes before anything is allocated.
-// Handshake (channel control), both directions at once:
-//   hello {"v": protocol, "id", "host", "port", "nonce": 32 random bytes}
-//   auth  {"mac": HMAC-SHA256(secret, "barrel_p2p-auth" | peer nonce | own id | peer id)}
-// so each side proves it knows the cluster secret by answering the other's
-// challenge; the secret never crosses the wire. See docs/reference/wire.md.
+// Every connection runs a TLS 1.3 handshake first (OpenSSL through
+// Boost.Asio's ssl::stream), authenticated one of two ways:
+//   psk           an external pre-shared key derived from the cluster secret
+//                 (HKDF-SHA256), with (EC)DHE for forward secrecy; no
+//                 certificates. A keyring accepts several secrets for rotation.
+//   certificates  mutual TLS: both sides present a certificate from the
+//                 cluster's CA, and a node id must be named by its
+//                 certificate's subjectAltName.
+// Inside the TLS channel: a hello {"v", "id", "host", "port", "nonce"} each
+// way, then frames: u32 big-endian length of what follows, u8 channel, CBOR
+// body. The length is checked against max_frame_bytes before anything is
+// allocated. See docs/reference/wire.md and docs/concepts/security.md.
 #pragma once
 
 #include <barrel_p2p/scheduler.hpp>
 #include <barrel_p2p/transport.hpp>
 
 #include <chrono>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 namespace barrel_p2p {
+
+/// How a TCP transport secures its connections.
+enum class transport_security {
+  psk,           ///< TLS 1.3 with a key derived from the cluster secret (default)
+  certificates,  ///< TLS 1.3 with mutual certificates; ids bound to certificates
+  /// No encryption, no authentication: anyone who can reach the port is a
+  /// member. For tests and benchmarks only; logged loudly at start.
+  insecure_plaintext,
+};
+[[nodiscard]] std::string_view to_string(transport_security s) noexcept;
+
+/// PEM files for transport_security::certificates.
+struct tls_files {
+  std::filesystem::path ca;           ///< trusted CA certificate(s)
+  std::filesystem::path certificate;  ///< this node's certificate chain
+  std::filesystem::path private_key;  ///< its private key (not encrypted)
+};
+
+/// Shortest cluster secret accepted: a shorter one could be guessed offline.
+inline constexpr std::size_t min_secret_bytes = 16;
 
 struct tcp_transport_config {
   /// This node's id (unique in the cluster) and listen address. Port 0 picks
@@ -28,9 +56,22 @@ struct tcp_transport_config {
   /// The address peers should dial, when it differs from the listen address
   /// (a node listening on 0.0.0.0). Empty: the listen address.
   std::string advertise_host;
-  /// Shared by every node of the cluster; a peer that cannot prove it knows
-  /// it is disconnected during the handshake. Must not be empty.
+  /// How connections are authenticated and encrypted (see the top of this file).
+  transport_security security = transport_security::psk;
+  /// psk: the primary cluster secret, at least min_secret_bytes long. This
+  /// node dials with the key derived from it and accepts it.
   std::string cluster_secret;
+  /// psk: more secrets accepted from dialling peers (never dialled with), for
+  /// rotation without downtime. Same length rule.
+  std::vector<std::string> accepted_secrets;
+  /// certificates: the cluster CA, this node's certificate chain and key
+  /// (PEM files). The certificate must name node_id in its subjectAltName.
+  tls_files certificates;
+  /// Inbound connections allowed to be in their handshake at once, in total
+  /// and from one source address; more are closed at once (counted as
+  /// over_capacity). Outbound dials are not limited here.
+  std::size_t max_pending_handshakes = 256;
+  std::size_t max_pending_handshakes_per_address = 32;
   /// Largest frame accepted or sent (length field included). Protects memory:
   /// a peer announcing more is disconnected before anything is allocated.
   std::size_t max_frame_bytes = 4 * 1024 * 1024;
@@ -49,15 +90,34 @@ struct tcp_transport_config {
   std::function<void(const std::string&)> log;
 };
 
-inline constexpr std::uint32_t protocol_version = 1;
+inline constexpr std::uint32_t protocol_version = 2;
+
+/// A transport over TCP, with what only real connections have: keys and
+/// certificates that can change while it runs.
+class tcp_transport : public transport {
+ public:
+  /// psk mode: replaces the keyring. New connections dial with `primary` and
+  /// accept `primary` or any of `accepted`; established connections are not
+  /// touched. Throws std::invalid_argument (keyring unchanged) on a secret
+  /// shorter than min_secret_bytes, std::logic_error in another mode.
+  /// Call on the transport's executor (the node's strand).
+  virtual void set_cluster_secrets(std::string primary, std::vector<std::string> accepted) = 0;
+  /// certificates mode: re-reads the CA, certificate and key files for new
+  /// connections. Throws std::runtime_error (old files kept) when they do
+  /// not load or do not name this node; std::logic_error in another mode.
+  /// Call on the transport's executor.
+  virtual void reload_certificates() = 0;
+};
 
 /// Creates a TCP transport on the scheduler's executor. Throws
-/// std::invalid_argument on a bad config (empty id or secret, an id over 255
-/// bytes, max_frame_bytes below 1024, a zero send_queue_limit, a duration
-/// that is not positive). Call stop() before destroying it; a transport
+/// std::invalid_argument on a bad config (empty id, an id over 255 bytes, a
+/// secret shorter than min_secret_bytes in psk mode, max_frame_bytes below
+/// 1024, a zero send_queue_limit or handshake cap, a duration that is not
+/// positive) and std::runtime_error when certificate files do not load or
+/// do not name node_id. Call stop() before destroying it; a transport
 /// destroyed without stop() silences its handlers and winds down on the
 /// executor.
-[[nodiscard]] std::unique_ptr<transport> make_tcp_transport(tcp_transport_config config,
-                                                            scheduler& sched);
+[[nodiscard]] std::unique_ptr<tcp_transport> make_tcp_transport(tcp_transport_config config,
+                                                                scheduler& sched);
 
 }  // namespace barrel_p2p

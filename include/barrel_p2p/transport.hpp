@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -85,12 +86,27 @@ enum class disconnect_reason {
 };
 [[nodiscard]] std::string_view to_string(disconnect_reason r) noexcept;
 
+/// Why a handshake was refused (a label of the handshake failure metric).
+enum class handshake_failure : std::uint8_t {
+  timeout,        ///< not finished within handshake_timeout
+  over_capacity,  ///< too many inbound handshakes at once (in total or from one address)
+  tls,            ///< not TLS, or the TLS handshake failed (wrong key, alert, garbage)
+  unknown_key,    ///< the peer's key is not in this node's keyring
+  certificate,    ///< the peer's certificate did not verify (other CA, expired...)
+  identity,       ///< the claimed node id is not the one the certificate names
+  protocol,       ///< malformed hello, other protocol version, bad frame
+  self,           ///< a connection to this node itself
+};
+inline constexpr std::size_t handshake_failure_count = 8;
+[[nodiscard]] std::string_view to_string(handshake_failure f) noexcept;
+
 /// Counters every transport keeps (exported as metrics).
 struct transport_counters {
   std::uint64_t connections_opened = 0;
   std::uint64_t connections_closed = 0;
   std::uint64_t connect_failures = 0;
-  std::uint64_t handshake_failures = 0;  ///< bad version, wrong secret, timeout
+  std::uint64_t handshake_failures = 0;  ///< every refused handshake (sum of the below)
+  std::array<std::uint64_t, handshake_failure_count> handshake_failures_by_reason{};
   std::uint64_t frames_sent = 0;
   std::uint64_t frames_received = 0;
   std::uint64_t bytes_sent = 0;

@@ -1,0 +1,507 @@
+// Transport security, tried as an attacker on the same network would: raw
+// sockets that do not know the cluster secret, relays, reflections, garbage,
+// wrong and retired keys, floods of connections that never finish.
+#include <barrel_p2p/cbor.hpp>
+#include <barrel_p2p/frame.hpp>
+#include <barrel_p2p/http_api.hpp>
+#include <barrel_p2p/map.hpp>
+
+#include "dev_certs.hpp"
+#include "tls_context.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <doctest/doctest.h>
+
+#include "io_harness.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"  // GCC PR 109224
+#endif
+
+using namespace barrel_p2p;
+using namespace std::chrono_literals;
+using namespace boost::asio::experimental::awaitable_operators;
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using barrel_p2p::testing::eventually;
+using barrel_p2p::testing::fast_tcp_config;
+using barrel_p2p::testing::run;
+
+namespace {
+
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+const std::string cluster_key = "security-test-cluster-key-0001";
+
+task<> pause(std::chrono::milliseconds d) {
+  asio::steady_timer t(co_await asio::this_coro::executor, d);
+  co_await t.async_wait(use_tuple);
+}
+
+task<std::optional<tcp::socket>> raw_connect(const peer_address& to) {
+  tcp::socket s(co_await asio::this_coro::executor);
+  const tcp::endpoint endpoint(asio::ip::make_address(to.host), to.port);
+  auto [ec] = co_await s.async_connect(endpoint, use_tuple);
+  if (ec) co_return std::nullopt;
+  co_return std::move(s);
+}
+
+task<bool> raw_send(tcp::socket& s, channel ch, const json& message) {
+  const auto bytes = encode_frame(ch, encode_cbor(message));
+  auto [ec, n] = co_await asio::async_write(s, asio::buffer(bytes), use_tuple);
+  co_return !ec;
+}
+
+task<std::optional<json>> read_one_frame(tcp::socket& s) {
+  frame_header_bytes header{};
+  auto [ec, n] = co_await asio::async_read(s, asio::buffer(header), use_tuple);
+  if (ec) co_return std::nullopt;
+  const auto parsed = parse_frame_header(header, 1 << 20);
+  if (!parsed) co_return std::nullopt;
+  std::vector<std::uint8_t> body(parsed.header.body_size);
+  auto [ec2, m] = co_await asio::async_read(s, asio::buffer(body), use_tuple);
+  if (ec2) co_return std::nullopt;
+  co_return decode_cbor(body);
+}
+
+// A frame from the node, or nullopt if none arrives within `limit` (a
+// transport speaking TLS sends nothing a plaintext reader can parse).
+task<std::optional<json>> raw_read(tcp::socket& s, std::chrono::milliseconds limit = 2s) {
+  auto r = co_await (read_one_frame(s) || pause(limit));
+  if (r.index() == 0) co_return std::get<0>(std::move(r));
+  co_return std::nullopt;
+}
+
+std::size_t failures(const node& n, handshake_failure why) {
+  return const_cast<node&>(n).net().counters().handshake_failures_by_reason[static_cast<std::size_t>(why)];
+}
+
+// A temporary directory, removed at the end of the test.
+struct temp_dir {
+  std::filesystem::path path;
+  temp_dir() {
+    char tmpl[] = "/tmp/barrel-security-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~temp_dir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+  }
+};
+
+struct cluster {
+  asio::io_context io;
+  std::vector<std::unique_ptr<node>> nodes;
+  std::vector<std::shared_ptr<map>> maps;
+  std::vector<std::string> log;
+
+  node& add(const std::string& id, bool join = true,
+            const std::function<void(node_config&)>& tweak = {}) {
+    auto c = fast_tcp_config(id, cluster_key);
+    if (join && !nodes.empty()) c.contacts.push_back(nodes[0]->self().address);
+    c.log = [this](const std::string& line) { log.push_back(line); };
+    if (tweak) tweak(c);
+    nodes.push_back(std::make_unique<node>(io.get_executor(), c));
+    auto& n = *nodes.back();
+    run(io, [&]() -> task<> { co_await n.start(); });
+    maps.push_back(map::open(n, "kv"));
+    return n;
+  }
+  [[nodiscard]] std::size_t logged(const std::string& needle) const {
+    return static_cast<std::size_t>(std::count_if(log.begin(), log.end(), [&](const std::string& l) {
+      return l.find(needle) != std::string::npos;
+    }));
+  }
+  // True when every map holds `key` with `value`.
+  [[nodiscard]] bool everywhere(const std::string& key, const json& value) const {
+    return std::all_of(maps.begin(), maps.end(), [&](const auto& m) {
+      auto v = m->get(key);
+      return v && *v == value;
+    });
+  }
+  task<> put(std::size_t i, std::string key, json value) { co_await maps[i]->put(key, value); }
+  ~cluster() {
+    run(io, [&]() -> task<> {
+      for (auto& n : nodes) co_await n->stop();
+    });
+  }
+};
+
+}  // namespace
+
+TEST_SUITE("security") {
+
+// The relay of the original handshake (both sides sent their proof before
+// checking the other's, and the proof covered only the verifier's nonce and
+// the ids): A's challenge is answered by B for the attacker, who then poses
+// as B to A and writes into A's map. It must fail.
+TEST_CASE("an outsider relaying one node's challenge to another cannot write a key") {
+  cluster c;
+  auto& a = c.add("a", false);
+  auto& b = c.add("b", false);  // two separate nodes, as on a network the attacker can reach
+  bool written = false;
+  run(c.io, [&]() -> task<> {
+    // 1. Connect to A and read its hello (its challenge nA).
+    auto to_a = co_await raw_connect(a.self().address);
+    REQUIRE(to_a);
+    auto hello_a = co_await raw_read(*to_a);
+    std::optional<json> answer_from_b;
+    if (hello_a && hello_a->contains("nonce")) {
+      // 2. Connect to B posing as "a" with A's nonce: B answers A's challenge.
+      auto to_b = co_await raw_connect(b.self().address);
+      REQUIRE(to_b);
+      json pose_as_a = *hello_a;
+      (void)co_await raw_send(*to_b, channel::control, pose_as_a);
+      (void)co_await raw_read(*to_b);            // B's hello
+      answer_from_b = co_await raw_read(*to_b);  // B's auth: HMAC(nA, "b", "a")
+    }
+    // 3. Pose as "b" to A with an all-zero nonce and B's answer, then write.
+    json hello_as_b = {{"v", protocol_version},
+                       {"id", "b"},
+                       {"host", "127.0.0.1"},
+                       {"port", 1},
+                       {"nonce", json::binary(std::vector<std::uint8_t>(32, 0))}};
+    (void)co_await raw_send(*to_a, channel::control, hello_as_b);
+    if (answer_from_b) (void)co_await raw_send(*to_a, channel::control, *answer_from_b);
+    json evil_entry = {{"v", "pwned"},
+                       {"d", json::array({json::array({"b", json::array({1700000000000ULL, 0})})})}};
+    json snapshot = {{"evil", evil_entry}};
+    json sync = {{"t", "sync"}, {"n", "kv"}, {"s", snapshot}};
+    (void)co_await raw_send(*to_a, channel::replica, sync);
+    co_await pause(1500ms);
+    written = c.maps[0]->get("evil").has_value();
+  });
+  CHECK_FALSE(written);
+  CHECK(a.net().counters().handshake_failures >= 1);
+  CHECK(failures(a, handshake_failure::tls) >= 1);  // plaintext where TLS was expected
+  CHECK(a.net().connected_peers().empty());
+}
+
+TEST_CASE("the cluster key is derived with HKDF-SHA256 (known answer)") {
+  // Computed independently (Python hmac/hashlib, RFC 5869 with one block):
+  // salt "barrel_p2p", info "barrel_p2p tls13 psk v1" / "... psk id v1".
+  const auto k = barrel_p2p::detail::derive_psk("correct horse battery staple");
+  std::string hex;
+  char buf[3];
+  for (auto b : k.key) {
+    std::snprintf(buf, sizeof buf, "%02x", b);
+    hex += buf;
+  }
+  CHECK(hex == "40d55d8feb30d65e992fa0552058d9e6915b1ca065d9ce87d43f68fd53ac19be");
+  CHECK(k.identity == "barrel_p2p-v1-74480b83214387f7");
+  CHECK(barrel_p2p::detail::derive_psk("correct horse battery stapl3").identity != k.identity);
+}
+
+TEST_CASE("a secret shorter than 16 bytes is refused with a clear error") {
+  asio::io_context io;
+  auto c = fast_tcp_config("a", "short-secret");  // 12 bytes
+  try {
+    node n(io.get_executor(), c);
+    FAIL("a short secret was accepted");
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find("at least 16") != std::string::npos);
+  }
+  auto ok = fast_tcp_config("a", std::string(16, 'k'));
+  ok.transport.accepted_secrets = {"too-short"};
+  CHECK_THROWS_AS(node(io.get_executor(), ok), std::invalid_argument);
+}
+
+TEST_CASE("nodes with the same key form a cluster and replicate over TLS") {
+  cluster c;
+  c.add("a");
+  c.add("b");
+  c.add("c");
+  run(c.io, [&]() -> task<> { co_await c.put(1, "k", json("v")); });
+  CHECK(eventually(c.io, [&] { return c.everywhere("k", "v"); }));
+  for (auto& n : c.nodes) CHECK(n->net().counters().handshake_failures == 0);
+}
+
+TEST_CASE("a node with another key, or a key removed from the keyring, is refused") {
+  cluster c;
+  auto& a = c.add("a");
+  // b dials with a key a never had.
+  auto& b = c.add("b", true, [](node_config& cfg) { cfg.transport.cluster_secret = "some-other-cluster-key"; });
+  CHECK(eventually(c.io, [&] { return failures(a, handshake_failure::unknown_key) >= 1; }));
+  CHECK(a.net().connected_peers().empty());
+  CHECK(failures(b, handshake_failure::tls) >= 1);  // a's alert
+  // a rotates away from its first key: a node still dialling with it is refused.
+  run(c.io, [&]() -> task<> { co_await a.set_cluster_secrets("the-next-cluster-key-0002", {}); });
+  const auto before = failures(a, handshake_failure::unknown_key);
+  auto& old = c.add("old");  // the test cluster's original key
+  CHECK(eventually(c.io, [&] { return failures(a, handshake_failure::unknown_key) > before; }));
+  CHECK_FALSE(a.net().is_connected("old"));
+  CHECK(old.net().connected_peers().empty());
+  CHECK(c.logged("[unknown_key]") >= 1);
+}
+
+// A node dials an address that leads back to itself (an attacker's relay
+// reflecting its own handshake): TLS completes, and the hellos show that
+// both ends are the same node.
+TEST_CASE("a reflected connection to oneself is refused") {
+  cluster c;
+  auto& a = c.add("a");
+  run(c.io, [&]() -> task<> {
+    auto ex = co_await asio::this_coro::executor;
+    tcp::acceptor relay(ex, {asio::ip::make_address("127.0.0.1"), 0});
+    const peer_address relay_address("127.0.0.1", relay.local_endpoint().port());
+    // Relay: accept a's dial, connect to a's own port, pipe bytes both ways.
+    auto pipe = [](tcp::socket& from, tcp::socket& to) -> task<> {
+      std::array<std::uint8_t, 4096> buf{};
+      for (;;) {
+        auto [ec, n] = co_await from.async_read_some(asio::buffer(buf), use_tuple);
+        if (ec) break;
+        auto [wec, w] = co_await asio::async_write(to, asio::buffer(buf.data(), n), use_tuple);
+        if (wec) break;
+      }
+      boost::system::error_code ignored;
+      to.shutdown(tcp::socket::shutdown_send, ignored);
+    };
+    auto run_relay = [&]() -> task<> {
+      auto [ec, inbound] = co_await relay.async_accept(use_tuple);
+      if (ec) co_return;
+      auto outbound = co_await raw_connect(a.self().address);
+      if (!outbound) co_return;
+      co_await (pipe(inbound, *outbound) && pipe(*outbound, inbound));
+    };
+    auto dial = [&]() -> task<> {
+      auto r = co_await a.net().connect(relay_address);
+      CHECK_FALSE(r);
+    };
+    co_await ((run_relay() && dial()) || pause(20s));
+  });
+  CHECK(failures(a, handshake_failure::self) == 2);  // the dialling and the answering end
+  CHECK(a.net().connected_peers().empty());
+}
+
+TEST_CASE("plaintext garbage, an HTTP request and a stalled ClientHello get no further than TLS") {
+  cluster c;
+  auto& a = c.add("a", false, [](node_config& cfg) { cfg.transport.handshake_timeout = 500ms; });
+  run(c.io, [&]() -> task<> {
+    auto closed = [](tcp::socket& s) -> task<bool> {
+      std::array<std::uint8_t, 512> buf{};
+      for (;;) {
+        auto r = co_await (s.async_read_some(asio::buffer(buf), use_tuple) || pause(10s));
+        if (r.index() == 1) co_return false;  // still open after 10 s
+        if (std::get<0>(std::get<0>(r))) co_return true;
+      }
+    };
+    auto send_bytes = [](tcp::socket& s, std::string bytes) -> task<> {
+      co_await asio::async_write(s, asio::buffer(bytes), use_tuple);
+    };
+    auto garbage = co_await raw_connect(a.self().address);
+    co_await send_bytes(*garbage, std::string(300, '\x42'));
+    CHECK(co_await closed(*garbage));
+    auto http = co_await raw_connect(a.self().address);
+    co_await send_bytes(*http, "GET /status HTTP/1.1\r\nHost: a\r\n\r\n");
+    CHECK(co_await closed(*http));
+    // The first bytes of a TLS handshake record, then nothing.
+    auto stalled = co_await raw_connect(a.self().address);
+    co_await send_bytes(*stalled, std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11));
+    CHECK(co_await closed(*stalled));
+  });
+  CHECK(failures(a, handshake_failure::tls) == 2);
+  CHECK(failures(a, handshake_failure::timeout) == 1);
+  CHECK(a.net().counters().connections_opened == 0);
+}
+
+TEST_CASE("keys rotate on a running cluster under writes: no refused peer, no lost write") {
+  cluster c;
+  for (const char* id : {"a", "b", "c"}) c.add(id);
+  const std::string old_key = cluster_key;
+  const std::string new_key = "the-rotated-cluster-key-0002";
+  int written = 0;
+  auto write_some = [&](int n) {
+    run(c.io, [&]() -> task<> {
+      for (int i = 0; i < n; ++i, ++written)
+        co_await c.put(static_cast<std::size_t>(written) % c.maps.size(), "w" + std::to_string(written),
+                       json(written));
+    });
+  };
+  auto set_everywhere = [&](const std::string& primary, std::vector<std::string> accepted) {
+    for (auto& n : c.nodes) {
+      run(c.io, [&]() -> task<> { co_await n->set_cluster_secrets(primary, accepted); });
+      write_some(20);  // writes keep flowing between the nodes' steps
+    }
+  };
+  // A node joining after each step makes new connections with the keys of the moment.
+  auto join_with = [&](const std::string& id, const std::string& primary, std::vector<std::string> accepted) {
+    c.add(id, true, [&](node_config& cfg) {
+      cfg.transport.cluster_secret = primary;
+      cfg.transport.accepted_secrets = accepted;
+    });
+    write_some(20);
+  };
+  write_some(20);
+  set_everywhere(old_key, {new_key});  // 1. install the new key everywhere
+  join_with("d", old_key, {new_key});
+  set_everywhere(new_key, {old_key});  // 2. dial with it everywhere
+  join_with("e", new_key, {old_key});
+  set_everywhere(new_key, {});         // 3. retire the old key
+  join_with("f", new_key, {});
+  write_some(20);
+  const bool converged = eventually(c.io, [&] {
+    for (int i = 0; i < written; ++i)
+      if (!c.everywhere("w" + std::to_string(i), json(i))) return false;
+    return true;
+  }, 60s);
+  CHECK(converged);
+  for (auto& n : c.nodes) {
+    CAPTURE(n->id());
+    CHECK(n->net().counters().handshake_failures == 0);
+    CHECK(n->membership().counters().peers_down == 0);
+  }
+  // The retired key no longer gets in.
+  auto& late = c.add("late", true, [&](node_config& cfg) { cfg.transport.cluster_secret = old_key; });
+  CHECK(eventually(c.io, [&] { return failures(*c.nodes[0], handshake_failure::unknown_key) >= 1; }));
+  CHECK(late.net().connected_peers().empty());
+}
+
+TEST_CASE("certificate mode: members of one CA connect; another CA, an expired certificate and a borrowed id do not") {
+  temp_dir dir;
+  dev_certs::authority ca("test CA");
+  dev_certs::authority other_ca("another CA");
+  auto cert_config = [&](const tls_files& files) {
+    return [files](node_config& cfg) {
+      cfg.transport.security = transport_security::certificates;
+      cfg.transport.cluster_secret.clear();
+      cfg.transport.certificates = files;
+    };
+  };
+  cluster c;
+  auto& a = c.add("a", true, cert_config(ca.issue("a", dir.path)));
+  c.add("b", true, cert_config(ca.issue("b", dir.path)));
+  run(c.io, [&]() -> task<> { co_await c.put(1, "cert-key", json("ok")); });
+  CHECK(eventually(c.io, [&] { return c.everywhere("cert-key", "ok"); }));
+
+  auto refused = [&](const std::string& id, const tls_files& files, handshake_failure why) {
+    // Whichever end verifies first refuses: a checks the newcomer's
+    // certificate, the newcomer checks a's against its own (other) CA.
+    const auto before = failures(a, why);
+    auto& n = c.add(id, true, cert_config(files));
+    CHECK(eventually(c.io, [&] { return failures(a, why) + failures(n, why) > before; }));
+    CHECK_FALSE(a.net().is_connected(id));
+    CHECK(n.net().connected_peers().empty());
+  };
+  SUBCASE("a certificate from another CA") {
+    refused("x", other_ca.issue("x", dir.path / "other"), handshake_failure::certificate);
+  }
+  SUBCASE("an expired certificate") {
+    refused("old", ca.issue("old", dir.path / "expired", "old", -std::chrono::hours(48), std::chrono::hours(24)),
+            handshake_failure::certificate);
+  }
+  SUBCASE("a member's certificate used to claim another member's id") {
+    // m holds a valid certificate for "m" but says it is "b".
+    auto files = ca.issue("m", dir.path / "m");
+    const auto before = failures(a, handshake_failure::identity);
+    // Node ids must match: a node whose certificate does not name its id
+    // does not even start...
+    asio::io_context io;
+    auto bad = fast_tcp_config("b", cluster_key);
+    cert_config(files)(bad);
+    CHECK_THROWS_AS(node(io.get_executor(), bad), std::runtime_error);
+    // ...and a hand-made peer with m's certificate claiming "b" is refused by a.
+    auto ctx = barrel_p2p::detail::make_certificate_context(files, "m");
+    run(c.io, [&]() -> task<> {
+      auto sock = co_await raw_connect(a.self().address);
+      REQUIRE(sock);
+      asio::ssl::stream<tcp::socket> tls(std::move(*sock), *ctx);
+      auto [ec] = co_await tls.async_handshake(asio::ssl::stream_base::client, use_tuple);
+      REQUIRE_FALSE(ec);
+      const hello_message claim{protocol_version, {"b", {"127.0.0.1", 1}}, random_nonce()};
+      const auto bytes = encode_frame(channel::control, encode_cbor(make_hello(claim)));
+      co_await asio::async_write(tls, asio::buffer(bytes), use_tuple);
+      std::array<std::uint8_t, 1024> buf{};
+      for (;;) {  // a's hello, then the close
+        auto r = co_await (tls.async_read_some(asio::buffer(buf), use_tuple) || pause(10s));
+        if (r.index() == 1 || std::get<0>(std::get<0>(r))) break;
+      }
+    });
+    CHECK(failures(a, handshake_failure::identity) == before + 1);
+    CHECK(c.logged("which its certificate does not name") >= 1);
+  }
+}
+
+// An unauthenticated peer costs almost nothing: thousands of connections
+// that never speak, from another address, leave the node serving its peers
+// and its HTTP API.
+TEST_CASE("10,000 connections that never finish a handshake leave the node serving") {
+  rlimit fds{};
+  ::getrlimit(RLIMIT_NOFILE, &fds);
+  const rlim_t want = 12'000;
+  if (fds.rlim_cur < want && fds.rlim_max >= want) {
+    fds.rlim_cur = want;
+    ::setrlimit(RLIMIT_NOFILE, &fds);
+  }
+  ::getrlimit(RLIMIT_NOFILE, &fds);
+  const std::size_t total = fds.rlim_cur >= want ? 10'000 : static_cast<std::size_t>(fds.rlim_cur / 2);
+  MESSAGE("flooding with " << total << " connections (descriptor limit " << fds.rlim_cur << ")");
+  cluster c;
+  auto& a = c.add("a", false, [](node_config& cfg) { cfg.transport.handshake_timeout = 2s; });
+  c.add("b");
+  http_api_config hc;
+  http_api http(a, hc);
+  run(c.io, [&]() -> task<> { co_await http.start(); });
+  REQUIRE(eventually(c.io, [&] { return a.net().is_connected("b"); }));
+  std::vector<tcp::socket> flood;
+  flood.reserve(total);
+  std::size_t opened = 0;
+  std::string status_line;
+  run(c.io, [&]() -> task<> {
+    auto ex = co_await asio::this_coro::executor;
+    const tcp::endpoint target(asio::ip::make_address("127.0.0.1"), a.self().address.port);
+    for (std::size_t i = 0; i < total; ++i) {
+      tcp::socket s(ex);
+      boost::system::error_code ec;
+      s.open(tcp::v4(), ec);
+      s.bind({asio::ip::make_address("127.0.0.2"), 0}, ec);  // the attacker's address
+      auto [cec] = co_await s.async_connect(target, use_tuple);
+      if (!cec) {
+        ++opened;
+        flood.push_back(std::move(s));
+      }
+    }
+    // While they are all open: a write still replicates, HTTP still answers.
+    co_await c.put(1, "during-flood", json(1));
+    tcp::socket h(ex);
+    auto [hec] = co_await h.async_connect({asio::ip::make_address("127.0.0.1"), http.port()}, use_tuple);
+    REQUIRE_FALSE(hec);
+    const std::string req = "GET /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    co_await asio::async_write(h, asio::buffer(req), use_tuple);
+    std::array<char, 64> line{};
+    auto [rec, n] = co_await h.async_read_some(asio::buffer(line), use_tuple);
+    if (!rec) status_line.assign(line.data(), n);
+  });
+  CHECK(opened == total);
+  CHECK(eventually(c.io, [&] { return c.maps[0]->get("during-flood").has_value(); }));
+  CHECK(status_line.rfind("HTTP/1.1 200", 0) == 0);
+  CHECK(a.net().is_connected("b"));
+  const auto over = failures(a, handshake_failure::over_capacity);
+  CHECK(over >= total - a.config().transport.max_pending_handshakes_per_address);
+  // Log lines are rate-limited: far fewer lines than refusals.
+  CHECK(c.logged("[over_capacity]") < 100);
+  CHECK(eventually(c.io, [&] {
+    return failures(a, handshake_failure::timeout) >= a.config().transport.max_pending_handshakes_per_address;
+  }));
+  flood.clear();
+  run(c.io, [&]() -> task<> { co_await http.stop(); });
+}
+
+}  // TEST_SUITE
