@@ -47,7 +47,6 @@ const field<transport_counters> transport_fields[] = {
     {"barrel_p2p_transport_connections_opened_total", K::counter, "Connections that completed the handshake.", &transport_counters::connections_opened},
     {"barrel_p2p_transport_connections_closed_total", K::counter, "Connections closed, for any reason.", &transport_counters::connections_closed},
     {"barrel_p2p_transport_connect_failures_total", K::counter, "Dials that failed (refused, timeout).", &transport_counters::connect_failures},
-    {"barrel_p2p_transport_handshake_failures_total", K::counter, "Handshakes refused: bad version, wrong cluster secret, timeout.", &transport_counters::handshake_failures},
     {"barrel_p2p_transport_frames_sent_total", K::counter, "Frames written to peers.", &transport_counters::frames_sent},
     {"barrel_p2p_transport_frames_received_total", K::counter, "Frames read from peers.", &transport_counters::frames_received},
     {"barrel_p2p_transport_bytes_sent_total", K::counter, "Bytes written to peers.", &transport_counters::bytes_sent},
@@ -156,6 +155,13 @@ void prometheus_writer::sample(const labels& l, double value) {
 void write_node_metrics(prometheus_writer& w, node& n) {
   const prometheus_writer::labels l{{"node", n.id()}};
   write_fields(w, transport_fields, l, n.net().counters());
+  w.family("barrel_p2p_transport_handshake_failures_total", K::counter,
+           "Handshakes refused, by reason (timeout, over_capacity, tls, unknown_key, certificate, identity, protocol, self).");
+  for (std::size_t i = 0; i < handshake_failure_count; ++i) {
+    auto with_reason = l;
+    with_reason.emplace_back("reason", std::string(to_string(static_cast<handshake_failure>(i))));
+    w.sample(with_reason, static_cast<double>(n.net().counters().handshake_failures_by_reason[i]));
+  }
   w.family("barrel_p2p_transport_connected_peers", K::gauge, "Peers with an open connection.");
   w.sample(l, static_cast<double>(n.net().connected_peers().size()));
   write_fields(w, membership_fields, l, n.membership().counters());

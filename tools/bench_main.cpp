@@ -9,6 +9,9 @@
 // throughput: one node puts back to back for a fixed time; puts/s
 //             originated, and the time until every node has every key.
 // micro:      one node alone, put and get in ns/op.
+// --tls off,psk,cert runs latency and throughput once per transport mode
+// (off = insecure plaintext, psk = the default, cert = mutual TLS with a
+// throwaway CA); other sections use the first mode given.
 #include <barrel_p2p/map.hpp>
 
 #include <boost/asio/co_spawn.hpp>
@@ -26,6 +29,7 @@
 #include <barrel_p2p/crdt_wire.hpp>
 
 #include "cli.hpp"
+#include "dev_certs.hpp"
 
 #if defined(__GNUC__) && !defined(__clang__)
 // GCC 12 flags Asio's coroutine frame operator new/delete as mismatched once
@@ -48,7 +52,39 @@ struct options {
   std::vector<std::size_t> sync_sizes = {10'000, 100'000};
   std::vector<std::size_t> state_sizes = {1'000, 100'000, 1'000'000};
   std::string only;  // run one section: latency, throughput, sync, memory, state, micro
+  std::vector<std::string> tls_modes = {"psk"};
 };
+
+// The transport mode of the clusters being started, and for cert mode a
+// throwaway CA whose certificates live in a temporary directory.
+struct tls_setup {
+  transport_security mode = transport_security::psk;
+  std::string name = "psk";
+  std::unique_ptr<dev_certs::authority> ca;
+  std::filesystem::path dir;
+  ~tls_setup() {
+    std::error_code ignored;
+    if (!dir.empty()) std::filesystem::remove_all(dir, ignored);
+  }
+  void use(const std::string& m) {
+    name = m;
+    if (m == "off") mode = transport_security::insecure_plaintext;
+    else if (m == "psk") mode = transport_security::psk;
+    else if (m == "cert") mode = transport_security::certificates;
+    else throw std::invalid_argument("--tls: expected off, psk or cert, got '" + m + "'");
+    if (mode == transport_security::certificates && !ca) {
+      char tmpl[] = "/tmp/barrel-bench-certs-XXXXXX";
+      dir = ::mkdtemp(tmpl);
+      ca = std::make_unique<dev_certs::authority>("bench CA");
+    }
+  }
+  void apply(node_config& c) const {
+    c.transport.security = mode;
+    if (mode == transport_security::certificates)
+      c.transport.certificates = ca->issue(c.transport.node_id, dir);
+  }
+};
+tls_setup tls;
 
 double us(steady::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
 
@@ -67,6 +103,7 @@ struct bench_cluster {
       c.transport.node_id = "b" + std::to_string(nodes.size());
       c.transport.cluster_secret = "bench-cluster-secret";
       c.log = [](const std::string&) {};
+      tls.apply(c);
       if (tweak) tweak(c);
       if (!nodes.empty()) c.contacts.push_back(nodes[0]->self().address);
       nodes.push_back(std::make_unique<node>(io.get_executor(), c));
@@ -154,7 +191,7 @@ task<json> latency(boost::asio::io_context& io, std::size_t n, const options& o)
   co_await c.stop();
   auto p = summarize(lat);
   std::sort(lat.begin(), lat.end());  // kept whole for the latency CDF plot
-  co_return json{{"bench", "latency"}, {"nodes", n}, {"puts", o.puts}, {"rate", o.rate}, {"missing", missing},
+  co_return json{{"bench", "latency"}, {"tls", tls.name}, {"nodes", n}, {"puts", o.puts}, {"rate", o.rate}, {"missing", missing},
                  {"p50_us", p.p50}, {"p90_us", p.p90}, {"p99_us", p.p99}, {"max_us", p.max},
                  {"wire_bytes_per_put", wire_per_put}, {"samples_us", lat},
                  {"wire_bytes_per_put_per_node", wire_per_put / static_cast<double>(n - 1)}};
@@ -198,7 +235,7 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
   for (auto& nd : c.nodes) drops += nd->net().counters().send_queue_drops;
   for (auto& m : c.maps) waits += m->replica_stats().backpressure_waits;
   co_await c.stop();
-  co_return json{{"bench", all_nodes ? "throughput_all" : "throughput"}, {"nodes", n}, {"puts", k},
+  co_return json{{"bench", all_nodes ? "throughput_all" : "throughput"}, {"tls", tls.name}, {"nodes", n}, {"puts", k},
                  {"send_queue_drops", drops}, {"backpressure_waits", waits},
                  {"puts_per_s", static_cast<double>(k) / std::chrono::duration<double>(put_end - start).count()},
                  {"all_delivered", all},
@@ -328,13 +365,18 @@ int main(int argc, char** argv) {
       else if (a == "--sync-keys") o.sync_sizes = cli::parse_list<std::size_t>(value());
       else if (a == "--state-keys") o.state_sizes = cli::parse_list<std::size_t>(value());
       else if (a == "--only") o.only = value();
+      else if (a == "--tls") o.tls_modes = cli::parse_list<std::string>(value());
       else {
         std::cerr << "usage: barrel-p2p-bench [--nodes 3,5,10,20] [--puts N] [--rate R] "
                      "[--throughput-seconds S] [--sync-keys 10000,100000] [--state-keys 1000,100000,1000000]\n"
-                     "                       [--only latency|throughput|sync|memory|state|micro] [--json FILE]\n";
+                     "                       [--only latency|throughput|sync|memory|state|micro] [--json FILE]\n"
+                     "                       [--tls off,psk,cert]\n";
         return 2;
       }
     }
+    if (o.tls_modes.empty()) throw std::invalid_argument("--tls: no mode");
+    for (const auto& m : o.tls_modes) tls.use(m);  // validates every mode up front
+    tls.use(o.tls_modes.front());
   } catch (const std::exception& e) {
     std::cerr << "barrel-p2p-bench: " << e.what() << '\n';
     return 2;
@@ -347,9 +389,11 @@ int main(int argc, char** argv) {
     if (want("latency")) {
       std::printf("%-10s %6s %8s %9s %9s %9s %9s %12s\n", "latency", "nodes", "puts", "p50 us", "p90 us", "p99 us",
                   "max us", "wire B/put");
+      for (const auto& mode : o.tls_modes)
       for (auto n : o.sizes) {
+        tls.use(mode);
         auto r = co_await latency(io, n, o);
-        std::printf("%-10s %6zu %8zu %9.0f %9.0f %9.0f %9.0f %12.0f%s\n", "", n, o.puts, r["p50_us"].get<double>(),
+        std::printf("%-10s %6zu %8zu %9.0f %9.0f %9.0f %9.0f %12.0f%s\n", ("  " + mode).c_str(), n, o.puts, r["p50_us"].get<double>(),
                     r["p90_us"].get<double>(), r["p99_us"].get<double>(), r["max_us"].get<double>(),
                     r["wire_bytes_per_put"].get<double>(),
                     r["missing"].get<std::size_t>() ? "  (some missing!)" : "");
@@ -360,10 +404,13 @@ int main(int argc, char** argv) {
     if (want("throughput")) {
       std::printf("\n%-14s %6s %10s %12s %10s %8s %10s\n", "throughput", "nodes", "puts", "puts/s", "drain ms",
                   "drops", "bp waits");
+      for (const auto& mode : o.tls_modes)
       for (bool all_nodes : {false, true})
         for (auto n : o.sizes) {
+          tls.use(mode);
           auto r = co_await throughput(io, n, o, all_nodes);
-          std::printf("%-14s %6zu %10zu %12.0f %10.0f %8llu %10llu%s\n", all_nodes ? "  all nodes" : "  one node", n,
+          const auto label = mode + (all_nodes ? " all nodes" : " one node");
+          std::printf("%-14s %6zu %10zu %12.0f %10.0f %8llu %10llu%s\n", label.c_str(), n,
                       r["puts"].get<std::size_t>(), r["puts_per_s"].get<double>(), r["drain_ms"].get<double>(),
                       static_cast<unsigned long long>(r["send_queue_drops"].get<std::uint64_t>()),
                       static_cast<unsigned long long>(r["backpressure_waits"].get<std::uint64_t>()),
@@ -372,6 +419,7 @@ int main(int argc, char** argv) {
           results.push_back(std::move(r));
         }
     }
+    tls.use(o.tls_modes.front());
     if (want("sync")) {
       std::printf("\n%-10s %10s %10s %14s %10s\n", "full sync", "keys", "ms", "bytes", "B/key");
       for (auto k : o.sync_sizes) {

@@ -3,6 +3,8 @@
 // Configured by flags and/or a JSON file (flags win); see
 // docs/reference/daemon.md. SIGINT/SIGTERM: stop serving HTTP, close (and
 // flush) the maps, leave the cluster, exit 0. A second signal exits at once.
+// SIGHUP: re-read the secret file (psk) or the certificate files (cert) for
+// new connections: key rotation without a restart.
 
 #include <barrel_p2p/http_api.hpp>
 #include <barrel_p2p/map.hpp>
@@ -22,6 +24,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <sys/stat.h>
 
 using namespace barrel_p2p;
 using namespace std::chrono_literals;
@@ -38,6 +41,8 @@ struct daemon_config {
   std::vector<map_spec> maps;
   bool http_enabled = true;
   http_api_config http;
+  std::string secret_file;            // re-read on SIGHUP (psk mode)
+  std::vector<std::string> warnings;  // logged once the logger runs
 };
 
 class config_error : public std::runtime_error {
@@ -67,6 +72,58 @@ std::string read_file_trimmed(const std::string& path, const char* what) {
   while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
   if (s.empty()) throw config_error(std::string("the ") + what + " file " + path + " is empty");
   return s;
+}
+
+// A secret, token or key readable by group or others deserves a warning.
+void check_file_mode(daemon_config& c, const std::string& path, const char* what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0)
+    c.warnings.push_back(std::string("WARNING: the ") + what + " file " + path +
+                         " is readable by group or others (chmod 600 it)");
+}
+
+// The keyring file: the first non-empty line is the primary secret (dialled
+// with), the others are accepted too (rotation); '#' starts a comment line.
+struct keyring_file {
+  std::string primary;
+  std::vector<std::string> accepted;
+};
+keyring_file read_keyring(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw config_error("cannot read the secret file " + path);
+  keyring_file k;
+  std::string line;
+  while (std::getline(in, line)) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
+    if (line.empty() || line.front() == '#') continue;
+    if (k.primary.empty()) k.primary = line;
+    else k.accepted.push_back(line);
+  }
+  if (k.primary.empty()) throw config_error("the secret file " + path + " holds no secret");
+  return k;
+}
+
+void use_secret_file(daemon_config& c, const std::string& path) {
+  auto k = read_keyring(path);
+  c.node.transport.cluster_secret = std::move(k.primary);
+  c.node.transport.accepted_secrets = std::move(k.accepted);
+  c.secret_file = path;
+  check_file_mode(c, path, "secret");
+}
+
+void use_inline_secret(daemon_config& c, std::string secret, const std::string& where) {
+  c.node.transport.cluster_secret = std::move(secret);
+  c.node.transport.accepted_secrets.clear();
+  c.secret_file.clear();
+  c.warnings.push_back("WARNING: the cluster secret is given " + where +
+                       ", where other users may read it (process list, shell history); use a secret file");
+}
+
+transport_security parse_tls_mode(const std::string& v, const std::string& where) {
+  if (v == "psk") return transport_security::psk;
+  if (v == "cert") return transport_security::certificates;
+  if (v == "insecure-plaintext") return transport_security::insecure_plaintext;
+  throw config_error(where + ": expected psk, cert or insecure-plaintext, got '" + v + "'");
 }
 
 // "host:port"; "[v6]:port" for IPv6.
@@ -128,8 +185,9 @@ void apply_file(daemon_config& c, const std::string& path) {
   json j = json::parse(in, nullptr, false);
   if (j.is_discarded()) throw config_error(path + " is not valid JSON");
   check_keys(j,
-             {"id", "listen", "advertise", "contacts", "secret", "secret_file", "data_dir", "maps", "http",
-              "membership", "anti_entropy_interval_ms", "heartbeat_interval_ms", "heartbeat_timeout_ms"},
+             {"id", "listen", "advertise", "contacts", "secret", "secret_file", "tls", "tls_ca", "tls_cert",
+              "tls_key", "data_dir", "maps", "http", "membership", "anti_entropy_interval_ms",
+              "heartbeat_interval_ms", "heartbeat_timeout_ms"},
              path);
   auto& t = c.node.transport;
   if (j.contains("id")) t.node_id = get<std::string>(j, "id", path);
@@ -142,8 +200,12 @@ void apply_file(daemon_config& c, const std::string& path) {
   if (j.contains("contacts"))
     for (const auto& s : get<std::vector<std::string>>(j, "contacts", path))
       c.node.contacts.push_back(parse_address(s, "contacts"));
-  if (j.contains("secret")) t.cluster_secret = get<std::string>(j, "secret", path);
-  if (j.contains("secret_file")) t.cluster_secret = read_file_trimmed(get<std::string>(j, "secret_file", path), "secret");
+  if (j.contains("secret")) use_inline_secret(c, get<std::string>(j, "secret", path), "inline in " + path);
+  if (j.contains("secret_file")) use_secret_file(c, get<std::string>(j, "secret_file", path));
+  if (j.contains("tls")) t.security = parse_tls_mode(get<std::string>(j, "tls", path), path + ": tls");
+  if (j.contains("tls_ca")) t.certificates.ca = get<std::string>(j, "tls_ca", path);
+  if (j.contains("tls_cert")) t.certificates.certificate = get<std::string>(j, "tls_cert", path);
+  if (j.contains("tls_key")) t.certificates.private_key = get<std::string>(j, "tls_key", path);
   if (j.contains("data_dir")) c.node.data_dir = get<std::string>(j, "data_dir", path);
   if (j.contains("heartbeat_interval_ms")) {
     // As with --heartbeat-ms: the timeout follows at 5x unless given.
@@ -178,8 +240,15 @@ void apply_file(daemon_config& c, const std::string& path) {
         c.http.listen_host = a.host;
         c.http.listen_port = a.port;
       }
-      if (h.contains("token")) c.http.bearer_token = get<std::string>(h, "token", where);
-      if (h.contains("token_file")) c.http.bearer_token = read_file_trimmed(get<std::string>(h, "token_file", where), "token");
+      if (h.contains("token")) {
+        c.http.bearer_token = get<std::string>(h, "token", where);
+        c.warnings.push_back("WARNING: the HTTP token is given inline in " + path + "; use a token file");
+      }
+      if (h.contains("token_file")) {
+        const auto file = get<std::string>(h, "token_file", where);
+        c.http.bearer_token = read_file_trimmed(file, "token");
+        check_file_mode(c, file, "token");
+      }
       if (h.contains("max_body_bytes")) c.http.max_body_bytes = get<std::size_t>(h, "max_body_bytes", where);
       if (h.contains("max_connections")) c.http.max_connections = get<std::size_t>(h, "max_connections", where);
     }
@@ -202,7 +271,11 @@ constexpr const char* usage =
     "  --listen HOST:PORT     cluster address (default 127.0.0.1:7946)\n"
     "  --advertise HOST       address peers should dial, if not the listen host\n"
     "  --contact HOST:PORT    a node to join through (repeatable)\n"
-    "  --secret S | --secret-file F   the cluster secret (required)\n"
+    "  --secret-file F        the cluster keyring: first line the secret dialled with,\n"
+    "                         more lines accepted too (rotation); re-read on SIGHUP\n"
+    "  --secret S             the cluster secret inline (discouraged: visible to other users)\n"
+    "  --tls psk|cert|insecure-plaintext   how connections are secured (default psk)\n"
+    "  --tls-ca F --tls-cert F --tls-key F   PEM files for --tls cert (re-read on SIGHUP)\n"
     "  --data-dir DIR         where persisted maps live\n"
     "  --map NAME[,persist][,prune]   a map to open and serve (repeatable)\n"
     "  --http HOST:PORT|off   HTTP admin address (default 127.0.0.1:8946)\n"
@@ -242,9 +315,17 @@ daemon_config parse(int argc, char** argv) {
     } else if (a == "--contact") {
       c.node.contacts.push_back(parse_address(value(), "--contact"));
     } else if (a == "--secret") {
-      c.node.transport.cluster_secret = value();
+      use_inline_secret(c, value(), "on the command line");
     } else if (a == "--secret-file") {
-      c.node.transport.cluster_secret = read_file_trimmed(value(), "secret");
+      use_secret_file(c, value());
+    } else if (a == "--tls") {
+      c.node.transport.security = parse_tls_mode(value(), "--tls");
+    } else if (a == "--tls-ca") {
+      c.node.transport.certificates.ca = value();
+    } else if (a == "--tls-cert") {
+      c.node.transport.certificates.certificate = value();
+    } else if (a == "--tls-key") {
+      c.node.transport.certificates.private_key = value();
     } else if (a == "--data-dir") {
       c.node.data_dir = value();
     } else if (a == "--map") {
@@ -261,8 +342,11 @@ daemon_config parse(int argc, char** argv) {
       }
     } else if (a == "--http-token") {
       c.http.bearer_token = value();
+      c.warnings.push_back("WARNING: the HTTP token is given on the command line; use --http-token-file");
     } else if (a == "--http-token-file") {
-      c.http.bearer_token = read_file_trimmed(value(), "token");
+      const auto file = value();
+      c.http.bearer_token = read_file_trimmed(file, "token");
+      check_file_mode(c, file, "token");
     } else if (a == "--anti-entropy-ms") {
       c.node.replicas.anti_entropy_interval = positive(value());
     } else if (a == "--heartbeat-ms") {
@@ -273,7 +357,29 @@ daemon_config parse(int argc, char** argv) {
     }
   }
   if (c.node.transport.node_id.empty()) throw config_error("--id is required");
-  if (c.node.transport.cluster_secret.empty()) throw config_error("a cluster secret is required (--secret or --secret-file)");
+  auto& t = c.node.transport;
+  switch (t.security) {
+    case transport_security::psk:
+      if (t.cluster_secret.empty()) throw config_error("a cluster secret is required (--secret-file or --secret)");
+      if (t.cluster_secret.size() < min_secret_bytes)
+        throw config_error("the cluster secret is " + std::to_string(t.cluster_secret.size()) +
+                           " bytes; at least " + std::to_string(min_secret_bytes) +
+                           " are required (e.g. head -c 32 /dev/urandom | base64 > cluster.secret)");
+      for (const auto& s : t.accepted_secrets)
+        if (s.size() < min_secret_bytes)
+          throw config_error("an accepted secret in " + c.secret_file + " is shorter than " +
+                             std::to_string(min_secret_bytes) + " bytes");
+      break;
+    case transport_security::certificates:
+      if (t.certificates.ca.empty() || t.certificates.certificate.empty() || t.certificates.private_key.empty())
+        throw config_error("--tls cert needs --tls-ca, --tls-cert and --tls-key");
+      check_file_mode(c, t.certificates.private_key.string(), "private key");
+      break;
+    case transport_security::insecure_plaintext:
+      c.warnings.push_back("WARNING: --tls insecure-plaintext: no encryption, no authentication; "
+                           "anyone who reaches the cluster port joins. For tests only.");
+      break;
+  }
   for (const auto& m : c.maps)
     if (m.options.persist && c.node.data_dir.empty())
       throw config_error("map " + m.name + " is persisted: give --data-dir");
@@ -290,6 +396,7 @@ struct daemon_state {
 };
 
 task<> run(daemon_state& s, daemon_config c) {
+  for (const auto& w : c.warnings) log_line(w);
   s.n = std::make_unique<node>(co_await boost::asio::this_coro::executor, c.node);
   node& n = *s.n;
   for (auto& spec : c.maps) {
@@ -306,6 +413,32 @@ task<> run(daemon_state& s, daemon_config c) {
   log_line(n.id() + ": listening on " + n.self().address.to_string() + ", http " +
            (s.http ? c.http.listen_host + ":" + std::to_string(s.http->port()) : std::string("off")) +
            ", " + std::to_string(c.node.contacts.size()) + " contact(s)");
+}
+
+// SIGHUP: new keys or certificates for the connections made from now on.
+// Established connections stay; a file that does not load keeps the old.
+task<> reload_security(daemon_state& s, transport_security mode, std::string secret_file) {
+  if (!s.n || s.stopping) co_return;
+  try {
+    if (mode == transport_security::psk) {
+      if (secret_file.empty()) {
+        log_line("SIGHUP: the secret was not given in a file: nothing to reload");
+        co_return;
+      }
+      auto k = read_keyring(secret_file);
+      const auto accepted = k.accepted.size();
+      co_await s.n->set_cluster_secrets(std::move(k.primary), std::move(k.accepted));
+      log_line("SIGHUP: keyring reloaded from " + secret_file + " (1 primary, " + std::to_string(accepted) +
+               " more accepted)");
+    } else if (mode == transport_security::certificates) {
+      co_await s.n->reload_certificates();
+      log_line("SIGHUP: certificates reloaded");
+    } else {
+      log_line("SIGHUP: plaintext mode: nothing to reload");
+    }
+  } catch (const std::exception& e) {
+    log_line(std::string("SIGHUP: reload failed, keeping the current keys: ") + e.what());
+  }
 }
 
 task<> shutdown(daemon_state& s, boost::asio::io_context& io) {
@@ -342,6 +475,15 @@ int main(int argc, char** argv) {
     signals.async_wait(on_signal);
   };
   signals.async_wait(on_signal);
+  boost::asio::signal_set hangups(io, SIGHUP);
+  const auto mode = config.node.transport.security;
+  const auto secret_file = config.secret_file;
+  std::function<void(const boost::system::error_code&, int)> on_hangup = [&](const boost::system::error_code& ec, int) {
+    if (ec || state.stopping) return;
+    boost::asio::co_spawn(io, reload_security(state, mode, secret_file), boost::asio::detached);
+    hangups.async_wait(on_hangup);
+  };
+  hangups.async_wait(on_hangup);
   boost::asio::co_spawn(io, run(state, std::move(config)), [&](std::exception_ptr e) {
     if (!e) return;
     try {
