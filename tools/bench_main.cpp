@@ -14,9 +14,12 @@
 // throwaway CA); other sections use the first mode given.
 #include <barrel_p2p/map.hpp>
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -319,6 +322,53 @@ task<json> memory(boost::asio::io_context& io) {
                  {"keys", keys}, {"bytes_per_key", (full - idle) * 1024 * 1024 / keys}};
 }
 
+// What connections that never finish a handshake cost one node: first as
+// many as its handshake caps admit (256, from 8 source addresses), then
+// `extra` more that are refused on accept. Resident memory is read after
+// each wave, while the first wave is still inside its handshake timeout.
+task<json> handshake_flood(boost::asio::io_context& io, std::size_t extra) {
+  bench_cluster c(io);
+  c.tweak = [](node_config& cfg) { cfg.transport.handshake_timeout = 30s; };
+  co_await c.start(1);
+  auto& n = *c.nodes[0];
+  auto sched = make_real_scheduler(io.get_executor());
+  const auto target = boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), n.self().address.port);
+  std::vector<boost::asio::ip::tcp::socket> held;
+  auto open_from = [&](std::size_t count, std::size_t first_address) -> task<std::size_t> {
+    std::size_t ok = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+      boost::asio::ip::tcp::socket s(io);
+      boost::system::error_code ec;
+      s.open(boost::asio::ip::tcp::v4(), ec);
+      const auto source = "127.0.0." + std::to_string(first_address + i / 32);
+      s.bind({boost::asio::ip::make_address(source), 0}, ec);
+      auto [cec] = co_await s.async_connect(target, boost::asio::as_tuple(boost::asio::use_awaitable));
+      if (!cec) {
+        ++ok;
+        held.push_back(std::move(s));
+      }
+    }
+    co_return ok;
+  };
+  co_await sched->sleep(200ms);
+  const double base = rss_mib();
+  const auto admitted = n.config().transport.max_pending_handshakes;
+  co_await open_from(admitted, 2);  // 127.0.0.2 .. 127.0.0.9, 32 each
+  co_await sched->sleep(500ms);
+  const double pending = rss_mib();
+  co_await open_from(extra, 20);  // over the caps: closed on accept
+  co_await sched->sleep(500ms);
+  const double flooded = rss_mib();
+  const auto& counters = n.net().counters();
+  const auto over = counters.handshake_failures_by_reason[static_cast<std::size_t>(handshake_failure::over_capacity)];
+  held.clear();
+  co_await c.stop();
+  co_return json{{"bench", "handshake_flood"}, {"tls", tls.name}, {"pending", admitted},
+                 {"bytes_per_pending_handshake", (pending - base) * 1024 * 1024 / static_cast<double>(admitted)},
+                 {"extra_connections", extra}, {"refused_over_capacity", over},
+                 {"extra_mib", flooded - pending}};
+}
+
 // Cost of a local put and of merging a remote delta with the map already
 // holding `size` keys (should not grow with the size).
 task<json> state_scaling(boost::asio::io_context& io, std::size_t size) {
@@ -369,7 +419,7 @@ int main(int argc, char** argv) {
       else {
         std::cerr << "usage: barrel-p2p-bench [--nodes 3,5,10,20] [--puts N] [--rate R] "
                      "[--throughput-seconds S] [--sync-keys 10000,100000] [--state-keys 1000,100000,1000000]\n"
-                     "                       [--only latency|throughput|sync|memory|state|micro] [--json FILE]\n"
+                     "                       [--only latency,throughput,sync,memory,state,flood,micro] [--json FILE]\n"
                      "                       [--tls off,psk,cert]\n";
         return 2;
       }
@@ -384,7 +434,10 @@ int main(int argc, char** argv) {
   boost::asio::io_context io;
   json results = json::array();
   bool ok = true;
-  const auto want = [&](const char* section) { return o.only.empty() || o.only == section; };
+  const auto only = cli::parse_list<std::string>(o.only);
+  const auto want = [&](const char* section) {
+    return only.empty() || std::find(only.begin(), only.end(), section) != only.end();
+  };
   boost::asio::co_spawn(io, [&]() -> task<> {
     if (want("latency")) {
       std::printf("%-10s %6s %8s %9s %9s %9s %9s %12s\n", "latency", "nodes", "puts", "p50 us", "p90 us", "p99 us",
@@ -449,6 +502,16 @@ int main(int argc, char** argv) {
                     r["merge_ns_per_op"].get<double>());
         results.push_back(std::move(r));
       }
+    }
+    if (want("flood")) {
+      auto r = co_await handshake_flood(io, 5'000);
+      std::printf("\nhandshake flood (%s): %.0f bytes per pending handshake (%zu pending); %zu more connections "
+                  "refused on accept (%llu counted), memory +%.1f MiB\n",
+                  tls.name.c_str(), r["bytes_per_pending_handshake"].get<double>(), r["pending"].get<std::size_t>(),
+                  r["extra_connections"].get<std::size_t>(),
+                  static_cast<unsigned long long>(r["refused_over_capacity"].get<std::uint64_t>()),
+                  r["extra_mib"].get<double>());
+      results.push_back(std::move(r));
     }
     if (want("micro")) {
       auto m = co_await micro(io);

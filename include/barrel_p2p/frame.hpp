@@ -26,8 +26,8 @@ namespace barrel_p2p {
 /// The bytes before a body: the u32 length and the u8 channel.
 inline constexpr std::size_t frame_header_size = 5;
 
-/// Largest frame accepted before a peer has authenticated: hello and auth are
-/// well under 600 bytes, and an unauthenticated peer should not make us
+/// Largest frame accepted before the hello is in: a hello is
+/// well under 600 bytes, and a peer that has not said who it is should not make us
 /// allocate max_frame_bytes.
 inline constexpr std::size_t handshake_max_frame_bytes = 1024;
 

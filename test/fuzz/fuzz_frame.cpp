@@ -1,5 +1,5 @@
 // libFuzzer target: bytes as a peer sends them -> frame header -> CBOR body
-// -> hello / auth validators, the path every byte takes before a peer has
+// -> hello validator, the path every byte takes before a peer has
 // authenticated. Any crash, sanitizer report or escaping exception is a bug;
 // so is a broken invariant (__builtin_trap).
 #include <barrel_p2p/cbor.hpp>
