@@ -308,6 +308,12 @@ std::optional<json> replica_host::impl::on_part(const std::string& from, const s
   const auto parts = of->get<std::uint64_t>();
   const auto& slice = b->get_binary();
   if (parts < 2 || index >= parts || slice.empty()) return refuse("bad part numbers");
+  if (index != 0 && !assemblies.contains(key)) {
+    // A snapshot whose first part this instance never saw (it started
+    // after the part was sent, or an earlier part ended the assembly): not
+    // an error; the next pull or peer_up brings a whole one.
+    return std::nullopt;
+  }
   auto& a = assemblies[key];
   if (index == 0) a = assembly{id->get<std::uint64_t>(), parts, 0, {}};
   // Parts arrive in order on one connection: anything else is a gap (a

@@ -34,6 +34,7 @@
 #include <deque>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <system_error>
 #include <variant>
@@ -92,16 +93,21 @@ enum class conn_state {
 struct connection {
   connection(tcp::socket s, std::shared_ptr<asio::ssl::context> context, bool use_tls,
              bool is_outbound)
-      : tls_context(std::move(context)),
-        stream(std::move(s), *tls_context),
-        wake(stream.get_executor(), asio::steady_timer::time_point::max()),
+      : raw(std::move(s)),
+        tls_context(std::move(context)),
+        wake(raw.get_executor(), asio::steady_timer::time_point::max()),
         tls(use_tls),
         outbound(is_outbound) {}
 
-  tcp::socket& socket() { return stream.next_layer(); }
+  tcp::socket& socket() { return stream ? stream->next_layer() : raw; }
+  // The TLS state (OpenSSL's and Asio's buffers, tens of KiB) is made only
+  // when the handshake starts: a connection that never speaks costs its
+  // socket and this object.
+  void start_tls() { stream.emplace(std::move(raw), *tls_context); }
 
+  tcp::socket raw;  // until start_tls() moves it into the stream
   std::shared_ptr<asio::ssl::context> tls_context;  // outlives the stream made from it
-  tls_stream stream;  // in insecure_plaintext mode only its socket is used
+  std::optional<tls_stream> stream;  // TLS modes, once the handshake starts
   asio::steady_timer wake;  // the writer idles on it; send() and closes cancel it
   const bool tls;
   const bool outbound;
@@ -222,7 +228,6 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
         tls_context_ = detail::make_certificate_context(config_.certificates, config_.node_id);
         break;
       case transport_security::insecure_plaintext:
-        tls_context_ = detail::make_unused_context();
         break;
     }
     // The secrets live in the keyring from now on, not in a config copy.
@@ -660,10 +665,16 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     try {
       if (conn->tls) {
         conn->tls_session.keys = keys_;
-        SSL* ssl = conn->stream.native_handle();
+        if (!conn->outbound) {
+          // Nothing is allocated for an inbound peer until it sends a byte.
+          auto [wec] = co_await conn->raw.async_wait(tcp::socket::wait_read, use_tuple);
+          if (wec) co_return handshake_error(F::tls, "closed before the TLS handshake: " + wec.message());
+        }
+        conn->start_tls();
+        SSL* ssl = conn->stream->native_handle();
         detail::attach_session(ssl, &conn->tls_session);
         const auto side = conn->outbound ? tls_stream::client : tls_stream::server;
-        auto [ec] = co_await conn->stream.async_handshake(side, use_tuple);
+        auto [ec] = co_await conn->stream->async_handshake(side, use_tuple);
         if (ec) {
           auto f = detail::classify_tls_failure(ssl, conn->tls_session, ec.message());
           co_return handshake_error(f.reason, std::move(f.detail));
@@ -692,7 +703,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
                                                    ", expected " + std::to_string(protocol_version));
       if (peer_hello->self.id == self_.id) co_return handshake_error(F::self, "connection to self refused");
       if (config_.security == transport_security::certificates &&
-          !detail::peer_certificate_names(conn->stream.native_handle(), peer_hello->self.id))
+          !detail::peer_certificate_names(conn->stream->native_handle(), peer_hello->self.id))
         co_return handshake_error(F::identity, "claims id '" + peer_hello->self.id +
                                                    "', which its certificate does not name");
       conn->peer = peer_hello->self;
@@ -728,6 +739,9 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       return;
     }
     const auto now = clock_now();
+    log("two connections with " + id + " (" + (conn->outbound ? "dialled" : "accepted") + " and " +
+        (entry.active->outbound ? "dialled" : "accepted") + "): keeping the " +
+        (dialled_before(*conn, *entry.active, self_.id) ? "new" : "old") + " one");
     if (dialled_before(*conn, *entry.active, self_.id)) {
       auto loser = std::exchange(entry.active, conn);
       conn->queue = std::exchange(loser->queue, {});
@@ -883,7 +897,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   static task<std::tuple<error_code, std::size_t>> read_some(std::shared_ptr<connection> conn,
                                                              asio::mutable_buffer b) {
     std::tuple<error_code, std::size_t> got;
-    if (conn->tls) got = co_await conn->stream.async_read_some(b, use_tuple);
+    if (conn->tls) got = co_await conn->stream->async_read_some(b, use_tuple);
     else got = co_await conn->socket().async_read_some(b, use_tuple);
     co_return got;
   }
@@ -990,7 +1004,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     conn->write_started = clock_now();
     // (No co_await inside ?: — GCC 12 miscompiles it.)
     std::tuple<error_code, std::size_t> written;
-    if (conn->tls) written = co_await asio::async_write(conn->stream, buffers, use_tuple);
+    if (conn->tls) written = co_await asio::async_write(*conn->stream, buffers, use_tuple);
     else written = co_await asio::async_write(conn->socket(), buffers, use_tuple);
     const auto [ec, n] = written;
     conn->write_started.reset();

@@ -219,10 +219,6 @@ std::shared_ptr<ssl::context> make_certificate_context(const tls_files& files,
   return ctx;
 }
 
-std::shared_ptr<ssl::context> make_unused_context() {
-  return std::make_shared<ssl::context>(ssl::context::tls);
-}
-
 void attach_session(SSL* ssl, tls_session* session) {
   SSL_set_ex_data(ssl, session_index(), session);
 }

@@ -57,8 +57,6 @@ struct tls_session {
 /// the certificate, or the certificate does not name `node_id`.
 [[nodiscard]] std::shared_ptr<boost::asio::ssl::context> make_certificate_context(
     const tls_files& files, const std::string& node_id);
-/// A context for insecure_plaintext mode (never used for a handshake).
-[[nodiscard]] std::shared_ptr<boost::asio::ssl::context> make_unused_context();
 
 /// Lets the PSK callbacks of `ssl` find `session` (which must outlive it).
 void attach_session(SSL* ssl, tls_session* session);

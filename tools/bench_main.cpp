@@ -20,6 +20,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -334,7 +335,7 @@ task<json> handshake_flood(boost::asio::io_context& io, std::size_t extra) {
   auto sched = make_real_scheduler(io.get_executor());
   const auto target = boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), n.self().address.port);
   std::vector<boost::asio::ip::tcp::socket> held;
-  auto open_from = [&](std::size_t count, std::size_t first_address) -> task<std::size_t> {
+  auto open_from = [&](std::size_t count, std::size_t first_address, bool start_tls = false) -> task<std::size_t> {
     std::size_t ok = 0;
     for (std::size_t i = 0; i < count; ++i) {
       boost::asio::ip::tcp::socket s(io);
@@ -345,6 +346,11 @@ task<json> handshake_flood(boost::asio::io_context& io, std::size_t extra) {
       auto [cec] = co_await s.async_connect(target, boost::asio::as_tuple(boost::asio::use_awaitable));
       if (!cec) {
         ++ok;
+        if (start_tls) {  // the first bytes of a TLS record, then silence
+          static const std::uint8_t record_start[3] = {0x16, 0x03, 0x01};
+          (void)co_await boost::asio::async_write(s, boost::asio::buffer(record_start),
+                                                  boost::asio::as_tuple(boost::asio::use_awaitable));
+        }
         held.push_back(std::move(s));
       }
     }
@@ -361,10 +367,17 @@ task<json> handshake_flood(boost::asio::io_context& io, std::size_t extra) {
   const double flooded = rss_mib();
   const auto& counters = n.net().counters();
   const auto over = counters.handshake_failures_by_reason[static_cast<std::size_t>(handshake_failure::over_capacity)];
+  held.clear();  // the node sees them close and frees their slots
+  co_await sched->sleep(500ms);
+  const double base2 = rss_mib();
+  co_await open_from(admitted, 40, true);  // handshakes begun, never finished
+  co_await sched->sleep(500ms);
+  const double stalled = rss_mib();
   held.clear();
   co_await c.stop();
   co_return json{{"bench", "handshake_flood"}, {"tls", tls.name}, {"pending", admitted},
                  {"bytes_per_pending_handshake", (pending - base) * 1024 * 1024 / static_cast<double>(admitted)},
+                 {"bytes_per_stalled_handshake", (stalled - base2) * 1024 * 1024 / static_cast<double>(admitted)},
                  {"extra_connections", extra}, {"refused_over_capacity", over},
                  {"extra_mib", flooded - pending}};
 }
@@ -505,9 +518,10 @@ int main(int argc, char** argv) {
     }
     if (want("flood")) {
       auto r = co_await handshake_flood(io, 5'000);
-      std::printf("\nhandshake flood (%s): %.0f bytes per pending handshake (%zu pending); %zu more connections "
-                  "refused on accept (%llu counted), memory +%.1f MiB\n",
-                  tls.name.c_str(), r["bytes_per_pending_handshake"].get<double>(), r["pending"].get<std::size_t>(),
+      std::printf("\nhandshake flood (%s): %.0f bytes per silent connection, %.0f per stalled TLS handshake "
+                  "(%zu pending); %zu more connections refused on accept (%llu counted), memory +%.1f MiB\n",
+                  tls.name.c_str(), r["bytes_per_pending_handshake"].get<double>(),
+                  r["bytes_per_stalled_handshake"].get<double>(), r["pending"].get<std::size_t>(),
                   r["extra_connections"].get<std::size_t>(),
                   static_cast<unsigned long long>(r["refused_over_capacity"].get<std::uint64_t>()),
                   r["extra_mib"].get<double>());
