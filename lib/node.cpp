@@ -47,6 +47,10 @@ node::node(executor ex, node_config config) : impl_(std::make_unique<impl>(std::
   auto tcp = make_tcp_transport(m.config.transport, *m.sched);
   m.tcp = tcp.get();
   m.net = std::move(tcp);
+  // The keys live in the transport's keyring now; no second copy that a
+  // rotation would leave behind.
+  m.config.transport.cluster_secret.clear();
+  m.config.transport.accepted_secrets.clear();
   m.assemble();
 }
 

@@ -63,15 +63,19 @@ struct replica_host::impl {
   }
 
   // Waits (polling each millisecond) until every send queue is at most half
-  // full, or backpressure_max_wait has passed. True when it had to wait.
+  // full, counting the writes already let through that have not reached the
+  // queues yet (they suspend in the owner's merge first): without them, a
+  // crowd of waiters would all pass on the same drain and overflow the
+  // queue. Gives up after backpressure_max_wait. True when it had to wait.
+  // The caller holds a room_ticket until its broadcast is queued.
+  std::size_t admitted = 0;
+  bool room() const { return net.fullest_send_queue() + admitted <= net.send_queue_limit() / 2; }
   task<bool> wait_for_room() {
     const auto limit = net.send_queue_limit();
-    if (stopped || limit == 0 || config.backpressure_max_wait == duration{0} ||
-        net.fullest_send_queue() <= limit / 2)
-      co_return false;
+    if (stopped || limit == 0 || config.backpressure_max_wait == duration{0} || room()) co_return false;
     const auto deadline = sched.now() + config.backpressure_max_wait;
     // `stopped` first: after node::stop the transport may be gone.
-    while (!stopped && net.fullest_send_queue() > limit / 2 && sched.now() < deadline)
+    while (!stopped && !room() && sched.now() < deadline)
       if (!co_await sched.sleep(duration{1})) break;
     co_return true;
   }
@@ -413,10 +417,22 @@ replica::~replica() {
   }
 }
 
+namespace {
+// A write let through by wait_for_room, until its broadcast is queued.
+struct room_ticket {
+  explicit room_ticket(std::size_t& n) : admitted(n) { ++admitted; }
+  ~room_ticket() { --admitted; }
+  room_ticket(const room_ticket&) = delete;
+  room_ticket& operator=(const room_ticket&) = delete;
+  std::size_t& admitted;
+};
+}  // namespace
+
 task<json> replica::broadcast_update(replica_update update) {
   auto i = impl_;
   if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
   if (co_await i->host->wait_for_room()) ++i->counters.backpressure_waits;
+  const room_ticket ticket(i->host->admitted);
   if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
   ormap scratch;
   const auto ts = i->host->clock.now();
@@ -439,6 +455,7 @@ task<> replica::broadcast_custom(json payload) {
   auto i = impl_;
   if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
   if (co_await i->host->wait_for_room()) ++i->counters.backpressure_waits;
+  const room_ticket ticket(i->host->admitted);
   if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
   co_await i->callbacks.merge_custom(i->name, payload);  // throws to the caller: nothing is sent
   ++i->counters.customs_sent;

@@ -107,14 +107,19 @@ struct connection {
 
   tcp::socket raw;  // until start_tls() moves it into the stream
   std::shared_ptr<asio::ssl::context> tls_context;  // outlives the stream made from it
+  // What the PSK callbacks read and note: declared before the stream so the
+  // SSL object pointing at it goes first.
+  detail::tls_session tls_session;
   std::optional<tls_stream> stream;  // TLS modes, once the handshake starts
   asio::steady_timer wake;  // the writer idles on it; send() and closes cancel it
   const bool tls;
   const bool outbound;
-  detail::tls_session tls_session;  // what the PSK callbacks read and note
   std::string remote;          // for log lines
   std::string source_address;  // inbound: counted against the handshake caps
   bool counted_pending = false;
+  bool silent = false;   // inbound, waiting for its first byte: evictable
+  bool evicted = false;  // closed by admit() to make room
+  duration accepted_at{0};
   conn_state state = conn_state::handshaking;
   peer_descriptor peer;  // from the peer's hello
   handshake_nonce own_nonce{};
@@ -537,21 +542,15 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       }
       error_code aec;
       const auto endpoint = socket.remote_endpoint(aec);
-      auto source = aec ? std::string("?") : endpoint.address().to_string();
-      auto& from_source = pending_by_source_[source];
-      if (pending_inbound_ >= config_.max_pending_handshakes ||
-          from_source >= config_.max_pending_handshakes_per_address) {
-        if (from_source == 0) pending_by_source_.erase(source);
+      auto source = aec ? std::string("?") : source_of(endpoint.address());
+      if (!admit(source)) {
         socket.close(aec);  // before any buffer is allocated for it
-        note_handshake_failure(handshake_failure::over_capacity,
-                               "too many connections in their handshake (" +
-                                   std::to_string(pending_inbound_) + " in all, " +
-                                   std::to_string(from_source) + " from " + source + ")");
         continue;
       }
       ++pending_inbound_;
-      ++from_source;
+      ++pending_by_source_[source];
       auto conn = make_connection(std::move(socket), false);
+      conn->accepted_at = clock_now();
       conn->source_address = std::move(source);
       conn->counted_pending = true;
       group_.spawn("inbound connection", keep(run_connection(conn)));
@@ -630,6 +629,44 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     finish(conn, reason);
   }
 
+  // The caps count sources by IPv4 address and by IPv6 /64 (one host
+  // usually owns a whole /64).
+  static std::string source_of(const asio::ip::address& a) {
+    if (a.is_v6() && !a.to_v6().is_v4_mapped()) {
+      auto bytes = a.to_v6().to_bytes();
+      std::fill(bytes.begin() + 8, bytes.end(), 0);
+      return asio::ip::address_v6(bytes).to_string() + "/64";
+    }
+    return a.is_v6() ? asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6()).to_string() : a.to_string();
+  }
+
+  // Room for one more inbound handshake from `source`? When a cap is full,
+  // the oldest connection that has not sent a byte yet (from that source,
+  // or from any source for the total cap) makes room: silent sockets can
+  // then only push out each other, never a peer that is talking.
+  bool admit(const std::string& source) {
+    const auto it = pending_by_source_.find(source);
+    const std::size_t from_source = it == pending_by_source_.end() ? 0 : it->second;
+    const bool source_full = from_source >= config_.max_pending_handshakes_per_address;
+    const bool total_full = pending_inbound_ >= config_.max_pending_handshakes;
+    if (!source_full && !total_full) return true;
+    std::shared_ptr<connection> oldest;
+    for (const auto& c : connections_)
+      if (c->counted_pending && c->silent && (!source_full || c->source_address == source) &&
+          (!oldest || c->accepted_at < oldest->accepted_at))
+        oldest = c;
+    if (oldest) {
+      oldest->evicted = true;
+      release_pending(*oldest);
+      oldest->close_socket();  // its wait for a first byte ends: counted over_capacity
+      return true;
+    }
+    note_handshake_failure(handshake_failure::over_capacity,
+                           "too many connections in their handshake (" + std::to_string(pending_inbound_) +
+                               " in all, " + std::to_string(from_source) + " from " + source + ")");
+    return false;
+  }
+
   void release_pending(connection& conn) {
     if (!conn.counted_pending) return;
     conn.counted_pending = false;
@@ -652,7 +689,9 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
 
   task<> handshake_deadline(std::shared_ptr<connection> conn) {
     const bool expired = co_await sleep_for(config_.handshake_timeout);
-    if (expired) conn->close_socket();
+    // The timer may fire in the same turn as the handshake succeeds: only
+    // a handshake still under way is cut off.
+    if (expired && conn->state == conn_state::handshaking) conn->close_socket();
     co_return;
   }
 
@@ -663,22 +702,31 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   task<std::optional<handshake_error>> handshake(std::shared_ptr<connection> conn) {
     using F = handshake_failure;
     try {
+      if (!conn->outbound) {
+        // Nothing more is allocated for an inbound peer until it sends a
+        // byte; until then it may be evicted to make room (see admit()).
+        conn->silent = true;
+        auto [wec] = co_await conn->raw.async_wait(tcp::socket::wait_read, use_tuple);
+        conn->silent = false;
+        if (conn->evicted) co_return handshake_error(F::over_capacity, "evicted while silent, to make room");
+        if (wec) co_return handshake_error(F::tls, "closed before the handshake: " + wec.message());
+      }
       if (conn->tls) {
         conn->tls_session.keys = keys_;
-        if (!conn->outbound) {
-          // Nothing is allocated for an inbound peer until it sends a byte.
-          auto [wec] = co_await conn->raw.async_wait(tcp::socket::wait_read, use_tuple);
-          if (wec) co_return handshake_error(F::tls, "closed before the TLS handshake: " + wec.message());
-        }
         conn->start_tls();
         SSL* ssl = conn->stream->native_handle();
         detail::attach_session(ssl, &conn->tls_session);
+        if (conn->outbound && config_.security == transport_security::psk) detail::dial_with_key_only(ssl);
         const auto side = conn->outbound ? tls_stream::client : tls_stream::server;
         auto [ec] = co_await conn->stream->async_handshake(side, use_tuple);
         if (ec) {
           auto f = detail::classify_tls_failure(ssl, conn->tls_session, ec.message());
           co_return handshake_error(f.reason, std::move(f.detail));
         }
+        // A server that ignored our key and sent a certificate instead has
+        // been refused by the verify callback; this makes sure of it.
+        if (config_.security == transport_security::psk && !SSL_session_reused(ssl))
+          co_return handshake_error(F::tls, "the peer did not use the cluster key");
         auto tiebreak = detail::export_tiebreak(ssl);
         if (!tiebreak) co_return handshake_error(F::tls, "cannot export keying material");
         conn->tiebreak = *tiebreak;

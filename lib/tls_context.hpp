@@ -58,6 +58,12 @@ struct tls_session {
 [[nodiscard]] std::shared_ptr<boost::asio::ssl::context> make_certificate_context(
     const tls_files& files, const std::string& node_id);
 
+/// psk mode, dialling side: a TLS 1.3 server may ignore the offered key and
+/// authenticate with a certificate instead; this refuses every certificate,
+/// so that only a server holding the cluster key is accepted. (The server
+/// side keeps SSL_VERIFY_NONE: it never asks for certificates.)
+void dial_with_key_only(SSL* ssl);
+
 /// Lets the PSK callbacks of `ssl` find `session` (which must outlive it).
 void attach_session(SSL* ssl, tls_session* session);
 

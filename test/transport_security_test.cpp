@@ -439,6 +439,113 @@ TEST_CASE("certificate mode: members of one CA connect; another CA, an expired c
   }
 }
 
+// A TLS 1.3 server may ignore an offered PSK and authenticate with a
+// certificate instead; a dialler in psk mode must refuse such a server
+// (anyone at an address it dials would otherwise be taken for a member).
+TEST_CASE("a psk-mode dialler refuses a server that answers with a certificate instead of the key") {
+  temp_dir dir;
+  dev_certs::authority ca("impostor CA");
+  const auto files = ca.issue("impostor", dir.path);
+  cluster c;
+  auto& a = c.add("a", false);
+  bool got_hello = false;
+  run(c.io, [&]() -> task<> {
+    auto ex = co_await asio::this_coro::executor;
+    asio::ssl::context ctx(asio::ssl::context::tls_server);
+    ctx.use_certificate_chain_file(files.certificate.string());
+    ctx.use_private_key_file(files.private_key.string(), asio::ssl::context::pem);
+    tcp::acceptor impostor(ex, {asio::ip::make_address("127.0.0.1"), 0});
+    const peer_address where("127.0.0.1", impostor.local_endpoint().port());
+    auto serve = [&]() -> task<> {
+      auto [ec, sock] = co_await impostor.async_accept(use_tuple);
+      if (ec) co_return;
+      asio::ssl::stream<tcp::socket> tls(std::move(sock), ctx);
+      auto [hec] = co_await tls.async_handshake(asio::ssl::stream_base::server, use_tuple);
+      if (hec) co_return;
+      std::array<std::uint8_t, 512> buf{};
+      auto r = co_await (tls.async_read_some(asio::buffer(buf), use_tuple) || pause(5s));
+      got_hello = r.index() == 0 && !std::get<0>(std::get<0>(r));
+    };
+    auto dial = [&]() -> task<> { CHECK_FALSE(co_await a.net().connect(where)); };
+    co_await ((serve() && dial()) || pause(20s));
+  });
+  CHECK_FALSE(got_hello);  // nothing of ours reached the impostor
+  CHECK(a.net().counters().handshake_failures == 1);
+  CHECK(a.net().connected_peers().empty());
+}
+
+// After a HelloRetryRequest (the server wants a key share for another
+// group) OpenSSL asks the dialler for its PSK a second time, with the
+// server's hash: the key must still be offered.
+TEST_CASE("the cluster key survives a HelloRetryRequest") {
+  cluster c;
+  auto& a = c.add("a", false);
+  bool hello_read = false;
+  run(c.io, [&]() -> task<> {
+    auto ex = co_await asio::this_coro::executor;
+    // A server with a's keys that only takes P-256 key shares (the dialler
+    // offers X25519 first, so the server asks again).
+    auto ctx = barrel_p2p::detail::make_psk_context();
+    REQUIRE(SSL_CTX_set1_groups_list(ctx->native_handle(), "P-256") == 1);
+    barrel_p2p::detail::tls_session session;
+    session.keys = barrel_p2p::detail::make_keyring(cluster_key, {});
+    tcp::acceptor server(ex, {asio::ip::make_address("127.0.0.1"), 0});
+    const peer_address where("127.0.0.1", server.local_endpoint().port());
+    auto serve = [&]() -> task<> {
+      auto [ec, sock] = co_await server.async_accept(use_tuple);
+      if (ec) co_return;
+      asio::ssl::stream<tcp::socket> tls(std::move(sock), *ctx);
+      barrel_p2p::detail::attach_session(tls.native_handle(), &session);
+      auto [hec] = co_await tls.async_handshake(asio::ssl::stream_base::server, use_tuple);
+      REQUIRE_FALSE(hec);
+      const hello_message mine{protocol_version, {"srv", {"127.0.0.1", 1}}, random_nonce()};
+      const auto bytes = encode_frame(channel::control, encode_cbor(make_hello(mine)));
+      co_await asio::async_write(tls, asio::buffer(bytes), use_tuple);
+      std::array<std::uint8_t, 5> header{};
+      auto r = co_await (asio::async_read(tls, asio::buffer(header), use_tuple) || pause(5s));
+      hello_read = r.index() == 0 && !std::get<0>(std::get<0>(r));  // a's hello, inside TLS
+      co_await pause(500ms);  // until a has taken our hello
+    };
+    auto dial = [&]() -> task<> {
+      auto peer = co_await a.net().connect(where);
+      CHECK((peer && peer->id == "srv"));
+      a.net().disconnect("srv");
+    };
+    co_await ((serve() && dial()) || pause(20s));
+  });
+  CHECK(hello_read);
+  CHECK(failures(a, handshake_failure::tls) == 0);
+}
+
+// Silent sockets holding every handshake slot push out each other, not a
+// peer that talks: the oldest silent one makes room for a newcomer.
+TEST_CASE("when the handshake caps are full, a silent connection makes room for a talking peer") {
+  cluster c;
+  auto& a = c.add("a", false, [](node_config& cfg) {
+    cfg.transport.max_pending_handshakes = 8;
+    cfg.transport.max_pending_handshakes_per_address = 4;
+    cfg.transport.handshake_timeout = 30s;  // the silent ones would outlive the test
+  });
+  std::vector<tcp::socket> silent;
+  run(c.io, [&]() -> task<> {
+    auto ex = co_await asio::this_coro::executor;
+    const tcp::endpoint target(asio::ip::make_address("127.0.0.1"), a.self().address.port);
+    for (int i = 0; i < 8; ++i) {  // 4 from 127.0.0.2, 4 from 127.0.0.3: every slot
+      tcp::socket s(ex);
+      s.open(tcp::v4());
+      s.bind({asio::ip::make_address(i < 4 ? "127.0.0.2" : "127.0.0.3"), 0});
+      co_await s.async_connect(target, asio::use_awaitable);
+      silent.push_back(std::move(s));
+    }
+    co_await pause(200ms);
+  });
+  auto& b = c.add("b");  // dials a from 127.0.0.1 and speaks at once
+  CHECK(eventually(c.io, [&] { return a.net().is_connected("b") && b.net().is_connected("a"); }));
+  CHECK(failures(a, handshake_failure::over_capacity) >= 1);  // a silent one evicted
+  CHECK(c.logged("evicted while silent") >= 1);
+  silent.clear();
+}
+
 // An unauthenticated peer costs almost nothing: thousands of connections
 // that never speak, from another address, leave the node serving its peers
 // and its HTTP API.

@@ -19,6 +19,7 @@
 #include "cli.hpp"
 
 #include <charconv>
+#include <csignal>
 #include <chrono>
 #include <ctime>
 #include <fstream>
@@ -94,8 +95,12 @@ keyring_file read_keyring(const std::string& path) {
   keyring_file k;
   std::string line;
   while (std::getline(in, line)) {
-    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
-    if (line.empty() || line.front() == '#') continue;
+    // Surrounding blanks are not part of a key (an indented line or a
+    // trailing CR from another editor must not make a different key).
+    const auto first = line.find_first_not_of(" \t\r");
+    if (first == std::string::npos) continue;
+    line = line.substr(first, line.find_last_not_of(" \t\r") - first + 1);
+    if (line.front() == '#') continue;
     if (k.primary.empty()) k.primary = line;
     else k.accepted.push_back(line);
   }
@@ -418,13 +423,20 @@ task<> run(daemon_state& s, daemon_config c) {
 // SIGHUP: new keys or certificates for the connections made from now on.
 // Established connections stay; a file that does not load keeps the old.
 task<> reload_security(daemon_state& s, transport_security mode, std::string secret_file) {
-  if (!s.n || s.stopping) co_return;
+  if (s.stopping) co_return;
+  if (!s.n) {
+    log_line("SIGHUP: the node is not running yet: nothing reloaded");
+    co_return;
+  }
   try {
     if (mode == transport_security::psk) {
       if (secret_file.empty()) {
         log_line("SIGHUP: the secret was not given in a file: nothing to reload");
         co_return;
       }
+      daemon_config modes;  // only to collect a file-mode warning
+      check_file_mode(modes, secret_file, "secret");
+      for (const auto& w : modes.warnings) log_line(w);
       auto k = read_keyring(secret_file);
       const auto accepted = k.accepted.size();
       co_await s.n->set_cluster_secrets(std::move(k.primary), std::move(k.accepted));
@@ -452,6 +464,8 @@ task<> shutdown(daemon_state& s, boost::asio::io_context& io) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A SIGHUP before the handler below is installed must not kill the daemon.
+  std::signal(SIGHUP, SIG_IGN);
   daemon_config config;
   try {
     config = parse(argc, argv);
