@@ -33,6 +33,7 @@
 #include <cstring>
 #include <deque>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -215,6 +216,9 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       throw std::invalid_argument("tcp_transport: handshake caps must be positive");
     if (config_.max_frame_bytes < handshake_max_frame_bytes)
       throw std::invalid_argument("tcp_transport: max_frame_bytes below the handshake size");
+    // The length field is 32 bits: a larger limit would let a length wrap.
+    if (config_.max_frame_bytes > std::numeric_limits<std::uint32_t>::max())
+      throw std::invalid_argument("tcp_transport: max_frame_bytes over 2^32 - 1");
     if (config_.send_queue_limit == 0)
       throw std::invalid_argument("tcp_transport: send_queue_limit must be positive");
     if (config_.connect_timeout <= duration{0} || config_.handshake_timeout <= duration{0} ||
@@ -475,8 +479,24 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     log("handshake refused [" + std::string(to_string(reason)) + "]: " + line + more);
   }
 
+  // Ids come from peers: escaped, so that one cannot forge log lines.
   static std::string describe(const connection& c) {
-    return c.peer.id.empty() ? c.remote : c.peer.id + " (" + c.remote + ")";
+    return c.peer.id.empty() ? c.remote : printable(c.peer.id) + " (" + c.remote + ")";
+  }
+  static std::string printable(std::string_view text) {
+    std::string out;
+    for (const char ch : text) {
+      const auto b = static_cast<unsigned char>(ch);
+      if (b >= 0x20 && b < 0x7f && ch != '\\') {
+        out += ch;
+      } else {
+        static const char digits[] = "0123456789abcdef";
+        out += "\\x";
+        out += digits[b >> 4];
+        out += digits[b & 15];
+      }
+    }
+    return out;
   }
 
   std::optional<peer_descriptor> connected_at(const peer_address& addr) const {
@@ -752,7 +772,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       if (peer_hello->self.id == self_.id) co_return handshake_error(F::self, "connection to self refused");
       if (config_.security == transport_security::certificates &&
           !detail::peer_certificate_names(conn->stream->native_handle(), peer_hello->self.id))
-        co_return handshake_error(F::identity, "claims id '" + peer_hello->self.id +
+        co_return handshake_error(F::identity, "claims id '" + printable(peer_hello->self.id) +
                                                    "', which its certificate does not name");
       conn->peer = peer_hello->self;
       conn->peer_nonce = peer_hello->nonce;
@@ -787,7 +807,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       return;
     }
     const auto now = clock_now();
-    log("two connections with " + id + " (" + (conn->outbound ? "dialled" : "accepted") + " and " +
+    log("two connections with " + printable(id) + " (" + (conn->outbound ? "dialled" : "accepted") + " and " +
         (entry.active->outbound ? "dialled" : "accepted") + "): keeping the " +
         (dialled_before(*conn, *entry.active, self_.id) ? "new" : "old") + " one");
     if (dialled_before(*conn, *entry.active, self_.id)) {

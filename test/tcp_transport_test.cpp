@@ -299,7 +299,27 @@ TEST_CASE("a bad config is refused") {
   auto tiny_frames = config_for("a");
   tiny_frames.max_frame_bytes = 100;
   CHECK_THROWS_AS((void)make_tcp_transport(tiny_frames, *sched), std::invalid_argument);
+  auto huge_frames = config_for("a");
+  huge_frames.max_frame_bytes = std::size_t{1} << 32;  // the length field would wrap
+  CHECK_THROWS_AS((void)make_tcp_transport(huge_frames, *sched), std::invalid_argument);
   CHECK_NOTHROW((void)make_tcp_transport(config_for("a"), *sched));
+}
+
+TEST_CASE("ids from peers are escaped in log lines (no forged lines)") {
+  run_test([](executor ex) -> task<> {
+    auto a = make_plain(ex, "a");
+    co_await a->t->start();
+    auto raw = co_await raw_connect(a->address());
+    const std::string id = "mallory\n2026-01-01 barrel_p2p tcp a: FORGED";
+    REQUIRE(co_await raw_handshake(raw, id));
+    REQUIRE(co_await eventually([&] { return a->t->is_connected(id); }));
+    std::vector<std::uint8_t> zero_length(4, 0);  // a bad frame: a log line naming the peer
+    co_await raw_write(raw, zero_length);
+    CHECK(co_await raw_closed_within(raw, 20s));
+    CHECK(co_await eventually([&] { return a->logged("mallory\\x0a2026"); }));
+    for (const auto& line : a->log) CHECK(line.find('\n') == std::string::npos);
+    co_await a->t->stop();
+  });
 }
 
 TEST_CASE("three transports connect and exchange messages on two channels") {
