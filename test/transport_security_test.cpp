@@ -439,6 +439,40 @@ TEST_CASE("certificate mode: members of one CA connect; another CA, an expired c
   }
 }
 
+TEST_CASE("certificate mode: certificates reload on a running node; a reload that fails keeps the old ones") {
+  temp_dir dir;
+  dev_certs::authority old_ca("old CA");
+  dev_certs::authority new_ca("new CA");
+  auto cert_config = [&](const tls_files& files) {
+    return [files](node_config& cfg) {
+      cfg.transport.security = transport_security::certificates;
+      cfg.transport.cluster_secret.clear();
+      cfg.transport.certificates = files;
+    };
+  };
+  cluster c;
+  auto& a = c.add("a", false, cert_config(old_ca.issue("a", dir.path / "a")));
+  c.add("b", true, cert_config(old_ca.issue("b", dir.path / "b")));
+  REQUIRE(eventually(c.io, [&] { return a.net().is_connected("b"); }));
+  // a's files now hold a certificate and CA from the new authority.
+  (void)new_ca.issue("a", dir.path / "a");
+  run(c.io, [&]() -> task<> { co_await a.reload_certificates(); });
+  CHECK(a.net().is_connected("b"));  // established connections stay
+  // A newcomer from the old CA no longer gets in; one from the new CA does.
+  auto& old_member = c.add("old", true, cert_config(old_ca.issue("old", dir.path / "old")));
+  CHECK(eventually(c.io, [&] {
+    return failures(a, handshake_failure::certificate) + failures(old_member, handshake_failure::certificate) > 0;
+  }));
+  CHECK_FALSE(a.net().is_connected("old"));
+  c.add("new", true, cert_config(new_ca.issue("new", dir.path / "new")));
+  CHECK(eventually(c.io, [&] { return a.net().is_connected("new"); }));
+  // A reload whose files do not load throws and keeps the current certificates.
+  std::filesystem::remove(dir.path / "a" / "a.key");
+  CHECK_THROWS_AS(run(c.io, [&]() -> task<> { co_await a.reload_certificates(); }), std::runtime_error);
+  c.add("newer", true, cert_config(new_ca.issue("newer", dir.path / "newer")));
+  CHECK(eventually(c.io, [&] { return a.net().is_connected("newer"); }));
+}
+
 // A TLS 1.3 server may ignore an offered PSK and authenticate with a
 // certificate instead; a dialler in psk mode must refuse such a server
 // (anyone at an address it dials would otherwise be taken for a member).

@@ -205,6 +205,8 @@ void apply_file(daemon_config& c, const std::string& path) {
   if (j.contains("contacts"))
     for (const auto& s : get<std::vector<std::string>>(j, "contacts", path))
       c.node.contacts.push_back(parse_address(s, "contacts"));
+  if (j.contains("secret") && j.contains("secret_file"))
+    throw config_error(path + ": give one of 'secret' and 'secret_file', not both");
   if (j.contains("secret")) use_inline_secret(c, get<std::string>(j, "secret", path), "inline in " + path);
   if (j.contains("secret_file")) use_secret_file(c, get<std::string>(j, "secret_file", path));
   if (j.contains("tls")) t.security = parse_tls_mode(get<std::string>(j, "tls", path), path + ": tls");
