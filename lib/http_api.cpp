@@ -17,9 +17,12 @@
 
 #include <openssl/crypto.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <charconv>
 #include <map>
+#include <optional>
 #include <stdexcept>
 
 namespace barrel_p2p {
@@ -211,6 +214,55 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     return equal_constant_time(it->value(), "Bearer " + config.bearer_token);
   }
 
+  // ---- Host and Origin (see http_api_config::allowed_hosts) ------------------
+  // "[::1]:8946" -> "::1", "Node-1:80" -> "node-1", "::1" -> "::1".
+  static std::string host_of(std::string_view authority) {
+    std::string h;
+    if (!authority.empty() && authority.front() == '[') {
+      const auto close = authority.find(']');
+      h = std::string(authority.substr(1, close == std::string_view::npos ? std::string_view::npos : close - 1));
+    } else if (std::count(authority.begin(), authority.end(), ':') == 1) {
+      h = std::string(authority.substr(0, authority.find(':')));
+    } else {
+      h = std::string(authority);
+    }
+    for (auto& ch : h) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return h;
+  }
+  bool known_host(std::string_view authority) const {
+    const auto h = host_of(authority);
+    if (h == "localhost" || h == "127.0.0.1" || h == "::1") return true;
+    if (h == host_of(config.listen_host) && h != "0.0.0.0" && h != "::") return true;
+    return std::any_of(config.allowed_hosts.begin(), config.allowed_hosts.end(),
+                       [&](const std::string& a) { return host_of(a) == h; });
+  }
+  // Nullopt when the request may go on; else the refusal. Only without a
+  // token (see the config).
+  std::optional<response> foreign(const request& req, bool check_origin) {
+    if (!config.bearer_token.empty()) return std::nullopt;
+    const auto version = req.version();
+    const std::string_view host(req[http::field::host].data(), req[http::field::host].size());
+    if (!known_host(host)) {
+      ++counts.foreign_host_or_origin;
+      return error_response(http::status::misdirected_request, "unknown_host",
+                            "Host '" + std::string(host.substr(0, 100)) +
+                                "' is not this node's (add it to allowed_hosts, or set a bearer token)",
+                            version);
+    }
+    const auto origin = req.find(http::field::origin);
+    if (check_origin && origin != req.end()) {
+      const std::string_view value(origin->value().data(), origin->value().size());
+      const auto scheme_end = value.find("://");
+      const auto rest = scheme_end == std::string_view::npos ? std::string_view{} : value.substr(scheme_end + 3);
+      if (rest.empty() || !known_host(rest.substr(0, rest.find('/')))) {
+        ++counts.foreign_host_or_origin;
+        return error_response(http::status::forbidden, "foreign_origin",
+                              "requests from web pages of other sites are refused", version);
+      }
+    }
+    return std::nullopt;
+  }
+
   response unauthorized(unsigned version) {
     ++counts.unauthorized;
     auto res = error_response(http::status::unauthorized, "unauthorized",
@@ -270,6 +322,7 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
         {"barrel_p2p_http_responses_5xx_total", K::counter, "Responses with a 5xx status.", counts.responses_5xx},
         {"barrel_p2p_http_unauthorized_total", K::counter, "Requests without the right bearer token.", counts.unauthorized},
         {"barrel_p2p_http_malformed_requests_total", K::counter, "Unparsable requests, oversized headers or bodies.", counts.malformed_requests},
+        {"barrel_p2p_http_foreign_host_or_origin_total", K::counter, "Requests refused by the Host/Origin check (421/403).", counts.foreign_host_or_origin},
         {"barrel_p2p_http_websocket_sessions_total", K::counter, "WebSocket event streams opened.", counts.websocket_sessions},
         {"barrel_p2p_http_websocket_events_sent_total", K::counter, "Change events sent over WebSockets.", counts.websocket_events_sent},
         {"barrel_p2p_http_websocket_events_dropped_total", K::counter, "Change events lost by slow WebSocket clients.", counts.websocket_events_dropped},
@@ -319,6 +372,9 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
   static task<response> handle(std::shared_ptr<impl> self, const request& req) {
     const auto version = req.version();
     if (!self->authorized(req)) co_return self->unauthorized(version);
+    // Writes check the Origin too: a page elsewhere must not change a map.
+    const bool writes = req.method() != http::verb::get && req.method() != http::verb::head;
+    if (auto refusal = self->foreign(req, writes)) co_return std::move(*refusal);
     auto r = parse_target(req.target(), false);
     if (!r.error.empty()) co_return error_response(http::status::bad_request, "bad_target", r.error, version);
     const auto method = req.method();
@@ -488,6 +544,7 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     auto r = parse_target(req.target(), true);
     std::shared_ptr<map> m;
     if (!self->authorized(req)) refusal = self->unauthorized(version);
+    else if (auto bad = self->foreign(req, true)) refusal = std::move(bad);
     else if (r.what != route::kind::map_events)
       refusal = error_response(http::status::not_found, "not_found",
                                "WebSocket upgrades are served at /maps/{map}/events", version);

@@ -318,6 +318,57 @@ TEST_CASE("HTTP: with a bearer token, requests without it get 401") {
   CHECK(handshake_failed);
 }
 
+// A web page on this machine, without a token: DNS rebinding gives its
+// requests a foreign Host; a cross-site request or WebSocket carries a
+// foreign Origin. Neither may read or write a map.
+TEST_CASE("HTTP: without a token, foreign Host and Origin headers are refused (DNS rebinding, cross-site)") {
+  http_api_config c;
+  c.allowed_hosts = {"node1.internal"};
+  fixture f(c, 1);
+  auto raw_request = [&](std::string host, std::string origin, std::string method, std::string target) {
+    std::string req = method + " " + target + " HTTP/1.1\r\nHost: " + host + "\r\n";
+    if (!origin.empty()) req += "Origin: " + origin + "\r\n";
+    if (method == "PUT") req += "Content-Length: 1\r\n\r\n1";
+    else req += "\r\n";
+    std::string out;
+    f.run([&]() -> task<> { out = co_await send_raw(f.port(), req); });
+    return out.substr(0, out.find("\r\n"));
+  };
+  const auto port = std::to_string(f.port());
+  CHECK(raw_request("127.0.0.1:" + port, "", "GET", "/status") == "HTTP/1.1 200 OK");
+  CHECK(raw_request("localhost:" + port, "", "GET", "/status") == "HTTP/1.1 200 OK");
+  CHECK(raw_request("[::1]:" + port, "", "GET", "/status") == "HTTP/1.1 200 OK");
+  CHECK(raw_request("Node1.Internal", "", "GET", "/status") == "HTTP/1.1 200 OK");
+  CHECK(raw_request("attacker.example:" + port, "", "GET", "/maps/kv") == "HTTP/1.1 421 Misdirected Request");
+  CHECK(raw_request("attacker.example", "", "PUT", "/maps/kv/k") == "HTTP/1.1 421 Misdirected Request");
+  CHECK(raw_request("127.0.0.1:" + port, "http://attacker.example", "PUT", "/maps/kv/k") == "HTTP/1.1 403 Forbidden");
+  CHECK(raw_request("127.0.0.1:" + port, "null", "PUT", "/maps/kv/k") == "HTTP/1.1 403 Forbidden");
+  CHECK(raw_request("127.0.0.1:" + port, "http://localhost:3000", "PUT", "/maps/kv/k") == "HTTP/1.1 200 OK");
+  CHECK(f.apis[0]->counters().foreign_host_or_origin == 4);
+  CHECK(f.kv[0]->get("k") == json(1));  // only the allowed PUT wrote
+
+  // A WebSocket from a page of another site is refused; one without an
+  // Origin (not a browser) is served.
+  bool foreign_refused = false, plain_served = false;
+  f.run([&]() -> task<> {
+    websocket::stream<beast::tcp_stream> ws(co_await asio::this_coro::executor);
+    ws.set_option(websocket::stream_base::decorator(
+        [](websocket::request_type& r) { r.set(http::field::origin, "https://attacker.example"); }));
+    co_await beast::get_lowest_layer(ws).async_connect(
+        tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()), asio::use_awaitable);
+    auto [ec] = co_await ws.async_handshake("127.0.0.1", "/maps/kv/events", tuple_awaitable);
+    foreign_refused = static_cast<bool>(ec);
+    websocket::stream<beast::tcp_stream> ok(co_await asio::this_coro::executor);
+    co_await beast::get_lowest_layer(ok).async_connect(
+        tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()), asio::use_awaitable);
+    auto [ec2] = co_await ok.async_handshake("127.0.0.1", "/maps/kv/events", tuple_awaitable);
+    plain_served = !ec2;
+    if (plain_served) co_await ok.async_close(websocket::close_code::normal, tuple_awaitable);
+  });
+  CHECK(foreign_refused);
+  CHECK(plain_served);
+}
+
 TEST_CASE("HTTP: /maps/{map}/events streams local and remote changes over a WebSocket") {
   fixture f;
   std::vector<json> received;

@@ -241,7 +241,8 @@ void apply_file(daemon_config& c, const std::string& path) {
     if (h.is_string() && h == "off") {
       c.http_enabled = false;
     } else {
-      check_keys(h, {"listen", "token", "token_file", "max_body_bytes", "max_connections"}, where);
+      check_keys(h, {"listen", "token", "token_file", "max_body_bytes", "max_connections", "allowed_hosts"}, where);
+      if (h.contains("allowed_hosts")) c.http.allowed_hosts = get<std::vector<std::string>>(h, "allowed_hosts", where);
       if (h.contains("listen")) {
         auto a = parse_address(get<std::string>(h, "listen", where), "http.listen");
         c.http.listen_host = a.host;
@@ -287,6 +288,7 @@ constexpr const char* usage =
     "  --map NAME[,persist][,prune]   a map to open and serve (repeatable)\n"
     "  --http HOST:PORT|off   HTTP admin address (default 127.0.0.1:8946)\n"
     "  --http-token T | --http-token-file F   require 'Authorization: Bearer T'\n"
+    "  --http-allowed-host NAME   a Host/Origin name accepted without a token (repeatable)\n"
     "  --anti-entropy-ms N    mean anti-entropy interval (default 30000)\n"
     "  --heartbeat-ms N       heartbeat interval (timeout: 5x)\n";
 
@@ -354,6 +356,8 @@ daemon_config parse(int argc, char** argv) {
       const auto file = value();
       c.http.bearer_token = read_file_trimmed(file, "token");
       check_file_mode(c, file, "token");
+    } else if (a == "--http-allowed-host") {
+      c.http.allowed_hosts.push_back(value());
     } else if (a == "--anti-entropy-ms") {
       c.node.replicas.anti_entropy_interval = positive(value());
     } else if (a == "--heartbeat-ms") {
@@ -387,6 +391,11 @@ daemon_config parse(int argc, char** argv) {
                            "anyone who reaches the cluster port joins. For tests only.");
       break;
   }
+  const auto& hh = c.http.listen_host;
+  if (c.http_enabled && c.http.bearer_token.empty() && hh != "127.0.0.1" && hh != "localhost" && hh != "::1")
+    c.warnings.push_back("WARNING: the HTTP API listens on " + hh +
+                         " without a bearer token: anyone who reaches it can read and write every served map "
+                         "(use --http-token-file)");
   for (const auto& m : c.maps)
     if (m.options.persist && c.node.data_dir.empty())
       throw config_error("map " + m.name + " is persisted: give --data-dir");

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace barrel_p2p {
 
@@ -39,6 +40,14 @@ struct http_api_config {
   /// When not empty, every request (WebSocket upgrades too) must carry
   /// `Authorization: Bearer <token>`; others get 401.
   std::string bearer_token;
+  /// Without a bearer token, a browser on this machine must not be able to
+  /// use the API: every request's Host header, and a WebSocket upgrade's or
+  /// write's Origin header when present, must name localhost, 127.0.0.1,
+  /// ::1, the listen host, or one of these names (ports are ignored, case
+  /// is not); others get 421 (Host) or 403 (Origin). This stops DNS
+  /// rebinding and cross-site requests. With a token the check is off: a
+  /// browser cannot add the Authorization header to such requests.
+  std::vector<std::string> allowed_hosts;
   /// Largest request body (a PUT value); larger requests get 413.
   std::size_t max_body_bytes = 1024 * 1024;
   /// Largest request header block; larger requests get 431.
@@ -62,6 +71,7 @@ struct http_api_counters {
   std::uint64_t responses_4xx = 0;
   std::uint64_t responses_5xx = 0;
   std::uint64_t unauthorized = 0;          ///< missing or wrong bearer token
+  std::uint64_t foreign_host_or_origin = 0;  ///< refused by the Host/Origin check
   std::uint64_t malformed_requests = 0;    ///< unparsable HTTP, oversized header or body
   std::uint64_t websocket_sessions = 0;    ///< opened since start
   std::uint64_t websocket_events_sent = 0;
