@@ -123,8 +123,6 @@ struct connection {
   duration accepted_at{0};
   conn_state state = conn_state::handshaking;
   peer_descriptor peer;  // from the peer's hello
-  handshake_nonce own_nonce{};
-  handshake_nonce peer_nonce{};
   // Orders simultaneous connections between the same pair; both ends hold
   // the same bytes. TLS: exported from the session, so neither side chose
   // it. Plaintext: the dialler's hello nonce.
@@ -751,8 +749,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
         if (!tiebreak) co_return handshake_error(F::tls, "cannot export keying material");
         conn->tiebreak = *tiebreak;
       }
-      conn->own_nonce = random_nonce();
-      const hello_message hello{protocol_version, self_, conn->own_nonce};
+      const auto own_nonce = random_nonce();
+      const hello_message hello{protocol_version, self_, own_nonce};
       auto hello_body = encode_body(make_hello(hello));
       if (!co_await write_direct(conn, std::move(hello_body)))
         co_return handshake_error(conn->tls ? F::tls : F::protocol, "cannot send hello");
@@ -775,8 +773,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
         co_return handshake_error(F::identity, "claims id '" + printable(peer_hello->self.id) +
                                                    "', which its certificate does not name");
       conn->peer = peer_hello->self;
-      conn->peer_nonce = peer_hello->nonce;
-      if (!conn->tls) conn->tiebreak = conn->outbound ? conn->own_nonce : conn->peer_nonce;
+      if (!conn->tls) conn->tiebreak = conn->outbound ? own_nonce : peer_hello->nonce;
       conn->state = conn_state::hello_received;
       co_return std::nullopt;
     } catch (const std::exception& e) {
@@ -962,12 +959,17 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
 
   // ---------------------------------------------------------------- frames
 
-  static task<std::tuple<error_code, std::size_t>> read_some(std::shared_ptr<connection> conn,
-                                                             asio::mutable_buffer b) {
-    std::tuple<error_code, std::size_t> got;
-    if (conn->tls) got = co_await conn->stream->async_read_some(b, use_tuple);
-    else got = co_await conn->socket().async_read_some(b, use_tuple);
-    co_return got;
+  // The same awaitable type either way; not coroutines themselves, so the
+  // hot path pays no extra frame. The caller keeps `conn` and the buffers
+  // alive until the operation completes.
+  static task<std::tuple<error_code, std::size_t>> read_some(connection& conn, asio::mutable_buffer b) {
+    if (conn.tls) return conn.stream->async_read_some(b, use_tuple);
+    return conn.socket().async_read_some(b, use_tuple);
+  }
+  static task<std::tuple<error_code, std::size_t>> write_all(connection& conn,
+                                                             const std::vector<asio::const_buffer>& b) {
+    if (conn.tls) return asio::async_write(*conn.stream, b, use_tuple);
+    return asio::async_write(conn.socket(), b, use_tuple);
   }
 
   // Makes at least `need` bytes (at most the buffer's size) available in
@@ -982,7 +984,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       conn->read_begin = 0;
     }
     while (conn->read_end < need) {
-      auto [ec, n] = co_await read_some(conn, asio::buffer(b.data() + conn->read_end, b.size() - conn->read_end));
+      auto [ec, n] = co_await read_some(*conn, asio::buffer(b.data() + conn->read_end, b.size() - conn->read_end));
       if (ec) co_return ec;
       conn->read_end += n;
       conn->last_received = clock_now();
@@ -1043,7 +1045,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       conn->read_begin = conn->read_end = 0;
       while (got < size) {
         const auto want = std::min(size - got, read_chunk);
-        auto [rec, m] = co_await read_some(conn, asio::buffer(large.data() + got, want));
+        auto [rec, m] = co_await read_some(*conn, asio::buffer(large.data() + got, want));
         if (rec) co_return failed(rec);
         got += m;
         conn->last_received = clock_now();
@@ -1070,11 +1072,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       buffers.push_back(asio::buffer(*f.body));
     }
     conn->write_started = clock_now();
-    // (No co_await inside ?: — GCC 12 miscompiles it.)
-    std::tuple<error_code, std::size_t> written;
-    if (conn->tls) written = co_await asio::async_write(*conn->stream, buffers, use_tuple);
-    else written = co_await asio::async_write(conn->socket(), buffers, use_tuple);
-    const auto [ec, n] = written;
+    auto [ec, n] = co_await write_all(*conn, buffers);
     conn->write_started.reset();
     if (ec) co_return false;
     counters_.frames_sent += frames.size();

@@ -6,6 +6,8 @@
 #include <barrel_p2p/scheduler.hpp>
 #include <barrel_p2p/tcp_transport.hpp>
 
+#include "raw_frames.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -189,24 +191,9 @@ task<> raw_send(tcp::socket& s, channel ch, const json& message) {
   co_await raw_write(s, encode_frame(ch, encode_cbor(message)));
 }
 
-struct raw_frame {
-  channel ch;
-  json body;
-};
+using testing::raw_frame;
 
-task<std::optional<raw_frame>> raw_read(tcp::socket& s) {
-  frame_header_bytes header{};
-  auto [ec, n] = co_await asio::async_read(s, asio::buffer(header), use_tuple);
-  if (ec) co_return std::nullopt;
-  const auto parsed = parse_frame_header(header, 1 << 24);
-  if (!parsed) co_return std::nullopt;
-  std::vector<std::uint8_t> body(parsed.header.body_size);
-  auto [ec2, m] = co_await asio::async_read(s, asio::buffer(body), use_tuple);
-  if (ec2) co_return std::nullopt;
-  auto decoded = decode_cbor(body);
-  if (!decoded) co_return std::nullopt;
-  co_return raw_frame{parsed.header.ch, std::move(*decoded)};
-}
+task<std::optional<raw_frame>> raw_read(tcp::socket& s) { return testing::read_raw_frame(s); }
 
 // The handshake played by hand, one step at a time, as node `id`.
 task<std::optional<hello_message>> raw_hello(tcp::socket& s, const std::string& id,

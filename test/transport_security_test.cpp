@@ -22,6 +22,7 @@
 #include <doctest/doctest.h>
 
 #include "io_harness.hpp"
+#include "raw_frames.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -71,15 +72,9 @@ task<bool> raw_send(tcp::socket& s, channel ch, const json& message) {
 }
 
 task<std::optional<json>> read_one_frame(tcp::socket& s) {
-  frame_header_bytes header{};
-  auto [ec, n] = co_await asio::async_read(s, asio::buffer(header), use_tuple);
-  if (ec) co_return std::nullopt;
-  const auto parsed = parse_frame_header(header, 1 << 20);
-  if (!parsed) co_return std::nullopt;
-  std::vector<std::uint8_t> body(parsed.header.body_size);
-  auto [ec2, m] = co_await asio::async_read(s, asio::buffer(body), use_tuple);
-  if (ec2) co_return std::nullopt;
-  co_return decode_cbor(body);
+  auto frame = co_await barrel_p2p::testing::read_raw_frame(s);
+  if (!frame) co_return std::nullopt;
+  co_return std::move(frame->body);
 }
 
 // A frame from the node, or nullopt if none arrives within `limit` (a
@@ -106,6 +101,15 @@ struct temp_dir {
     std::filesystem::remove_all(path, ignored);
   }
 };
+
+// A node config tweak: certificate mode with these files.
+std::function<void(node_config&)> cert_config(const tls_files& files) {
+  return [files](node_config& cfg) {
+    cfg.transport.security = transport_security::certificates;
+    cfg.transport.cluster_secret.clear();
+    cfg.transport.certificates = files;
+  };
+}
 
 struct cluster {
   asio::io_context io;
@@ -378,13 +382,6 @@ TEST_CASE("certificate mode: members of one CA connect; another CA, an expired c
   temp_dir dir;
   dev_certs::authority ca("test CA");
   dev_certs::authority other_ca("another CA");
-  auto cert_config = [&](const tls_files& files) {
-    return [files](node_config& cfg) {
-      cfg.transport.security = transport_security::certificates;
-      cfg.transport.cluster_secret.clear();
-      cfg.transport.certificates = files;
-    };
-  };
   cluster c;
   auto& a = c.add("a", true, cert_config(ca.issue("a", dir.path)));
   c.add("b", true, cert_config(ca.issue("b", dir.path)));
@@ -443,13 +440,6 @@ TEST_CASE("certificate mode: certificates reload on a running node; a reload tha
   temp_dir dir;
   dev_certs::authority old_ca("old CA");
   dev_certs::authority new_ca("new CA");
-  auto cert_config = [&](const tls_files& files) {
-    return [files](node_config& cfg) {
-      cfg.transport.security = transport_security::certificates;
-      cfg.transport.cluster_secret.clear();
-      cfg.transport.certificates = files;
-    };
-  };
   cluster c;
   auto& a = c.add("a", false, cert_config(old_ca.issue("a", dir.path / "a")));
   c.add("b", true, cert_config(old_ca.issue("b", dir.path / "b")));

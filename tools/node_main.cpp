@@ -24,6 +24,7 @@
 #include <ctime>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <sys/stat.h>
 
@@ -76,11 +77,14 @@ std::string read_file_trimmed(const std::string& path, const char* what) {
 }
 
 // A secret, token or key readable by group or others deserves a warning.
-void check_file_mode(daemon_config& c, const std::string& path, const char* what) {
+std::optional<std::string> loose_mode_warning(const std::string& path, const char* what) {
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0)
-    c.warnings.push_back(std::string("WARNING: the ") + what + " file " + path +
-                         " is readable by group or others (chmod 600 it)");
+    return std::string("WARNING: the ") + what + " file " + path + " is readable by group or others (chmod 600 it)";
+  return std::nullopt;
+}
+void check_file_mode(daemon_config& c, const std::string& path, const char* what) {
+  if (auto w = loose_mode_warning(path, what)) c.warnings.push_back(std::move(*w));
 }
 
 // The keyring file: the first non-empty line is the primary secret (dialled
@@ -445,9 +449,7 @@ task<> reload_security(daemon_state& s, transport_security mode, std::string sec
         log_line("SIGHUP: the secret was not given in a file: nothing to reload");
         co_return;
       }
-      daemon_config modes;  // only to collect a file-mode warning
-      check_file_mode(modes, secret_file, "secret");
-      for (const auto& w : modes.warnings) log_line(w);
+      if (auto w = loose_mode_warning(secret_file, "secret")) log_line(*w);
       auto k = read_keyring(secret_file);
       const auto accepted = k.accepted.size();
       co_await s.n->set_cluster_secrets(std::move(k.primary), std::move(k.accepted));
