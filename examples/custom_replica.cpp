@@ -44,6 +44,7 @@
 #include <barrel_p2p/node.hpp>
 #include <barrel_p2p/plumtree.hpp>
 #include <barrel_p2p/replica.hpp>
+#include <barrel_p2p/replica_messages.hpp>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -353,10 +354,7 @@ task<> announce(example_node& n, std::string text) {
 void publish_forged_delta(example_node& n) {
   ormap scratch;
   json delta = crdt_wire::encode_map(scratch.add("eve@" + n.id(), -5, n.id(), n.stack->clock().now()));
-  json payload = json::object();
-  payload["k"] = "d";
-  payload["d"] = std::move(delta);
-  n.stack->broadcast().broadcast(instance_name, payload);
+  n.stack->broadcast().broadcast(instance_name, encode_delta_payload(delta));
   std::printf("  %s: publishes a forged delta {eve: -5} directly on the broadcast bus\n", n.id().c_str());
 }
 

@@ -119,3 +119,88 @@ std::vector<std::uint8_t> encode_cbor(const json& value) {
 }
 
 }  // namespace barrel_p2p
+
+namespace barrel_p2p {
+
+cbor_writer& cbor_writer::head(std::uint8_t major, std::uint64_t value) {
+  const auto m = static_cast<std::uint8_t>(major << 5);
+  if (value < 24) {
+    out_.push_back(static_cast<std::uint8_t>(m | value));
+    return *this;
+  }
+  int bytes = 8;
+  std::uint8_t info = 27;
+  if (value <= 0xff) bytes = 1, info = 24;
+  else if (value <= 0xffff) bytes = 2, info = 25;
+  else if (value <= 0xffffffffULL) bytes = 4, info = 26;
+  out_.push_back(static_cast<std::uint8_t>(m | info));
+  for (int i = bytes - 1; i >= 0; --i) out_.push_back(static_cast<std::uint8_t>(value >> (8 * i)));
+  return *this;
+}
+
+cbor_writer& cbor_writer::text(std::string_view s) {
+  head(3, s.size());
+  out_.insert(out_.end(), s.begin(), s.end());
+  return *this;
+}
+
+cbor_writer& cbor_writer::bytes(std::span<const std::uint8_t> b) {
+  head(2, b.size());
+  out_.insert(out_.end(), b.begin(), b.end());
+  return *this;
+}
+
+std::optional<std::uint64_t> cbor_reader::head(std::uint8_t major) noexcept {
+  if (pos_ >= in_.size()) return std::nullopt;
+  const auto first = in_[pos_];
+  if ((first >> 5) != major) {
+    pos_ = in_.size() + 1;  // spent: every later read fails too
+    return std::nullopt;
+  }
+  const auto info = first & 0x1f;
+  std::size_t extra = 0;
+  if (info < 24) {
+    ++pos_;
+    return info;
+  }
+  if (info == 24) extra = 1;
+  else if (info == 25) extra = 2;
+  else if (info == 26) extra = 4;
+  else if (info == 27) extra = 8;
+  else {
+    pos_ = in_.size() + 1;  // indefinite length or reserved
+    return std::nullopt;
+  }
+  if (in_.size() - pos_ - 1 < extra) {
+    pos_ = in_.size() + 1;
+    return std::nullopt;
+  }
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < extra; ++i) v = (v << 8) | in_[pos_ + 1 + i];
+  pos_ += 1 + extra;
+  return v;
+}
+
+std::optional<std::string_view> cbor_reader::text(std::size_t max_bytes) noexcept {
+  auto n = head(3);
+  if (!n || *n > max_bytes || *n > in_.size() - pos_) {
+    pos_ = in_.size() + 1;
+    return std::nullopt;
+  }
+  std::string_view s(reinterpret_cast<const char*>(in_.data() + pos_), static_cast<std::size_t>(*n));
+  pos_ += static_cast<std::size_t>(*n);
+  return s;
+}
+
+std::optional<std::span<const std::uint8_t>> cbor_reader::bytes() noexcept {
+  auto n = head(2);
+  if (!n || *n > in_.size() - pos_) {
+    pos_ = in_.size() + 1;
+    return std::nullopt;
+  }
+  auto b = in_.subspan(pos_, static_cast<std::size_t>(*n));
+  pos_ += static_cast<std::size_t>(*n);
+  return b;
+}
+
+}  // namespace barrel_p2p

@@ -1,5 +1,6 @@
 #include "barrel_p2p/hyparview.hpp"
 
+#include "barrel_p2p/cbor.hpp"
 #include "barrel_p2p/task_group.hpp"
 
 #include <algorithm>
@@ -535,8 +536,12 @@ void hyparview::start() {
   auto* m = impl_.get();
   if (m->started) return;
   m->started = true;
-  m->net.on_message(channel::membership,
-                    [m](const std::string& from, json&& msg) { m->on_message(from, std::move(msg)); });
+  m->net.on_message(channel::membership, [m](const std::string& from, const byte_slice& body) {
+    auto msg = decode_cbor(body.bytes());
+    if (!msg) return false;  // not a message: the transport cuts the peer off
+    m->on_message(from, std::move(*msg));
+    return true;
+  });
   m->net.on_connected([m](const peer_descriptor& p, bool inbound) { m->on_connected(p, inbound); });
   m->net.on_disconnected([m](const std::string& p, disconnect_reason r) { m->on_disconnected(p, r); });
   m->spawn("maintenance", m->maintenance_loop());

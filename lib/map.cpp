@@ -38,7 +38,6 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   executor strand;  // the node's, kept so a closed map never touches a gone node
   std::filesystem::path dir;  // with persist: where the files are
   std::atomic<bool> closed{false};
-  bool local_write = false;  // set while our own write is being merged
 
   // The read side: a projection of the live values, and the counters.
   mutable std::shared_mutex mu;
@@ -68,7 +67,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
 
   // Applies what a merge changed: projection first, then events, then disk.
   // Costs in proportion to the change, never to the size of the map.
-  void apply_changes(const std::vector<std::string>& changed, bool durable_now) {
+  void apply_changes(const std::vector<std::string>& changed, bool local) {
     std::vector<map_event> out;
     {
       std::unique_lock lock(mu);
@@ -82,12 +81,12 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
           out.push_back({map_event::kind::remove, key, nullptr});
         }
       }
-      if (!local_write) counts.remote_changes += out.size();
+      if (!local) counts.remote_changes += out.size();
     }
     if (store) {
       for (const auto& key : changed)
         if (const auto* e = state.get_entry(key)) store->append(key, *e, false);
-      if (durable_now) store->sync();
+      if (local) store->sync();  // acknowledged => on disk
       if (store->log_records() >= options.snapshot_every) store->snapshot(state);
     }
     for (const auto& ev : out) events.publish(ev);
@@ -99,7 +98,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       std::unique_lock lock(mu);
       counts.rejected_remote += r.rejected;
     }
-    apply_changes(r.changed, local_write);
+    apply_changes(r.changed, false);
   }
 
   // ---- replica_callbacks ----------------------------------------------------
@@ -130,19 +129,15 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   bool anti_entropy() const override { return true; }  // whole-state snapshots, tombstoned removes
 
   // ---- writes (on the strand) -------------------------------------------------
-  task<> write(replica_update u) {
+  // The forward path: the write is merged here, typed, stamped by the
+  // node's clock; then its delta is encoded once and handed down to the
+  // replica to gossip. Peer data takes the other way up (merge_delta).
+  task<> write(const std::string& key, std::optional<json> value) {
     check_open();
-    local_write = true;
-    try {
-      co_await rep->broadcast_update(std::move(u));
-    } catch (...) {
-      local_write = false;
-      // Closed while the write waited for send-queue room: the replica's
-      // "stopped" error is a closed map to our callers.
-      check_open();
-      throw;
-    }
-    local_write = false;
+    const auto ts = n.clock().now();
+    const ormap delta = value ? state.add(key, std::move(*value), n.id(), ts) : state.remove(key, ts);
+    apply_changes({key}, true);
+    co_await rep->publish_delta(crdt_wire::encode_map(delta));
   }
 
   static task<> do_put(std::shared_ptr<impl> self, std::string key, json value) {
@@ -156,8 +151,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       }
       throw map_error("map " + self->name + ": the validator refused the value for key '" + key + "'");
     }
-    replica_update u = replica_add{std::move(key), std::move(value)};
-    co_await self->write(std::move(u));
+    co_await self->write(key, std::move(value));
     std::unique_lock lock(self->mu);
     ++self->counts.puts;
   }
@@ -166,8 +160,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
     if (key.size() > crdt_wire::limits{}.max_key_bytes)
       throw map_error("map " + self->name + ": key longer than " +
                       std::to_string(crdt_wire::limits{}.max_key_bytes) + " bytes");
-    replica_update u = replica_remove{std::move(key)};
-    co_await self->write(std::move(u));
+    co_await self->write(key, std::nullopt);
     std::unique_lock lock(self->mu);
     ++self->counts.removes;
   }

@@ -82,6 +82,7 @@ const field<plumtree_counters> broadcast_fields[] = {
     {"barrel_p2p_broadcast_prune_sent_total", K::counter, "PRUNE messages sent.", &plumtree_counters::prune_sent},
     {"barrel_p2p_broadcast_bad_messages_total", K::counter, "Malformed broadcast messages dropped.", &plumtree_counters::bad_messages},
     {"barrel_p2p_broadcast_cache_messages", K::gauge, "Payloads kept to answer grafts.", &plumtree_counters::cache_size},
+    {"barrel_p2p_broadcast_cache_bytes", K::gauge, "Payload bytes kept to answer grafts (bounded by cache_max_bytes).", &plumtree_counters::cache_bytes},
     {"barrel_p2p_broadcast_missing_messages", K::gauge, "Ids announced but not yet received.", &plumtree_counters::missing},
 };
 

@@ -1,5 +1,6 @@
 #include "barrel_p2p/plumtree.hpp"
 
+#include "barrel_p2p/plumtree_messages.hpp"
 #include "barrel_p2p/task_group.hpp"
 
 #include <deque>
@@ -11,29 +12,14 @@
 namespace barrel_p2p {
 namespace {
 
-struct message_id {
-  std::string origin;
-  std::uint64_t seq = 0;
-  friend bool operator==(const message_id&, const message_id&) = default;
-};
-struct message_id_hash {
-  std::size_t operator()(const message_id& m) const noexcept {
-    return std::hash<std::string>{}(m.origin) ^ (std::hash<std::uint64_t>{}(m.seq) * 0x9e3779b97f4a7c15ULL);
-  }
-};
+using message_id = broadcast_id;
+using message_id_hash = broadcast_id_hash;
 
-json id_to_json(const message_id& id) { return json::array({id.origin, id.seq}); }
-
-std::optional<message_id> id_from_json(const json& j) {
-  if (!j.is_array() || j.size() < 2 || !j[0].is_string() || !j[1].is_number_unsigned()) return std::nullopt;
-  const auto& origin = j[0].get_ref<const std::string&>();
-  if (origin.empty() || origin.size() > 255) return std::nullopt;
-  return message_id{origin, j[1].get<std::uint64_t>()};
-}
-
+// The payload as it arrived (a slice of the received frame) or as its origin
+// encoded it: the same bytes are forwarded, cached and delivered.
 struct cached_message {
   std::string tag;
-  json payload;
+  byte_slice payload;
   std::uint64_t round = 0;
 };
 
@@ -54,7 +40,8 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   std::unordered_map<message_id, cached_message, message_id_hash> cache;
   std::deque<std::pair<duration, message_id>> cache_order;  // for expiry, oldest first
   std::unordered_map<message_id, missing_message, message_id_hash> missing;
-  std::map<std::string, std::vector<json>> pending_ihave;  // peer -> announced ids
+  std::map<std::string, std::vector<announcement>> pending_ihave;  // peer -> announced ids
+  std::size_t cache_bytes = 0;  // payload bytes held by the cache
   std::map<std::string, delivery_handler> subscribers;
   task_group loops;
   std::uint64_t next_seq;
@@ -65,7 +52,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       : net(n), membership(m), sched(s), config(std::move(c)), loops(s.get_executor()) {
     if (config.ihave_interval <= duration{0} || config.graft_timeout <= duration{0} ||
         config.graft_retry_timeout <= duration{0} || config.ihave_batch_max == 0 ||
-        config.cache_max_messages == 0)
+        config.cache_max_messages == 0 || config.cache_max_bytes == 0)
       throw std::invalid_argument("plumtree_config: intervals must be positive, batch and cache sizes > 0");
     // Sequence numbers start from the wall clock so that a restarted node
     // does not reuse ids its peers still hold in their caches.
@@ -89,34 +76,43 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     lazy.insert(p);
   }
 
-  void remember(const message_id& id, const std::string& tag, const json& payload, std::uint64_t round) {
-    cache.emplace(id, cached_message{tag, payload, round});
+  void remember(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round) {
+    if (!cache.emplace(id, cached_message{tag, payload, round}).second) return;
+    cache_bytes += payload.size();
     cache_order.emplace_back(sched.now(), id);
     missing.erase(id);
-    while (cache.size() > config.cache_max_messages && !cache_order.empty()) {
-      cache.erase(cache_order.front().second);
-      cache_order.pop_front();
-    }
+    while ((cache.size() > config.cache_max_messages || cache_bytes > config.cache_max_bytes) &&
+           !cache_order.empty())
+      forget_oldest();
     counters.cache_size = cache.size();
+    counters.cache_bytes = cache_bytes;
     counters.missing = missing.size();
   }
 
+  void forget_oldest() {
+    if (auto it = cache.find(cache_order.front().second); it != cache.end()) {
+      cache_bytes -= it->second.payload.size();
+      cache.erase(it);
+    }
+    cache_order.pop_front();
+  }
+
   // Pushes a message one hop further: whole to eager peers, announced to
-  // lazy ones. The GOSSIP is encoded once for all eager peers.
-  void push(const message_id& id, const std::string& tag, const json& payload, std::uint64_t round,
+  // lazy ones. The GOSSIP head is encoded once for all eager peers, and the
+  // payload bytes are the ones received (or encoded at the origin).
+  void push(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round,
             const std::string& except) {
     message_body body;
     for (const auto& p : eager) {
       if (p == except) continue;
-      if (!body)
-        body = encode_body({{"t", "g"}, {"id", id_to_json(id)}, {"tag", tag}, {"r", round}, {"p", payload}});
+      if (!body) body = encode_gossip(id, tag, round, payload);
       if (net.send(p, channel::broadcast, body)) ++counters.gossip_sent;
     }
     for (const auto& p : lazy)
-      if (p != except) pending_ihave[p].push_back(json::array({id.origin, id.seq, round}));
+      if (p != except) pending_ihave[p].push_back({id, round});
   }
 
-  void broadcast(const std::string& tag, const json& payload) {
+  void broadcast(const std::string& tag, byte_slice payload) {
     const message_id id{self(), next_seq++};
     ++counters.broadcasts;
     remember(id, tag, payload, 0);
@@ -128,51 +124,36 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     log("dropped broadcast message from " + from + ": " + why);
   }
 
-  void on_message(const std::string& from, json&& msg) {
-    if (stopped) return;
-    try {
-      if (!msg.is_object()) return bad(from, "not an object");
-      auto t = msg.find("t");
-      if (t == msg.end() || !t->is_string()) return bad(from, "no type");
-      const auto& type = t->get_ref<const std::string&>();
-      if (type == "g") return on_gossip(from, msg);
-      if (type == "i") return on_ihave(from, msg);
-      if (type == "gr") return on_graft(from, msg);
-      if (type == "p") return on_prune(from);
-      bad(from, "unknown type " + type);
-    } catch (const std::exception& ex) {
-      bad(from, ex.what());
+  bool on_message(const std::string& from, const byte_slice& body) {
+    if (stopped) return true;
+    auto msg = parse_broadcast_message(body);
+    if (!msg) {
+      bad(from, "malformed");
+      return true;  // dropped and counted; the connection stays
     }
+    std::visit([&](auto& m) { on(from, m); }, *msg);
+    return true;
   }
 
-  void on_gossip(const std::string& from, json& msg) {
-    auto id = id_from_json(msg.value("id", json()));
-    auto tag = msg.find("tag");
-    auto round = msg.find("r");
-    auto payload = msg.find("p");
-    if (!id || tag == msg.end() || !tag->is_string() || round == msg.end() ||
-        !round->is_number_unsigned() || payload == msg.end())
-      return bad(from, "gossip: bad fields");
+  void on(const std::string& from, gossip_message& msg) {
     ++counters.gossip_received;
-    if (cache.contains(*id) || id->origin == self()) {
+    if (cache.contains(msg.id) || msg.id.origin == self()) {
       // A redundant edge of the tree: keep the sender for announcements only.
       ++counters.duplicates;
       if (eager.contains(from)) {
         to_lazy(from);
         ++counters.prune_sent;
-        net.send(from, channel::broadcast, encode_body({{"t", "p"}}));
+        net.send(from, channel::broadcast, encode_prune());
       }
       return;
     }
-    const auto& tag_s = tag->get_ref<const std::string&>();
-    const auto r = round->get<std::uint64_t>();
-    remember(*id, tag_s, *payload, r);
+    remember(msg.id, msg.tag, msg.payload, msg.round);
     if (is_peer(from)) to_eager(from);
-    push(*id, tag_s, *payload, r + 1, from);
-    deliver(*id, tag_s, *payload, r);
+    push(msg.id, msg.tag, msg.payload, msg.round + 1, from);
+    deliver(msg.id, msg.tag, msg.payload, msg.round);
   }
 
-  void deliver(const message_id& id, const std::string& tag, const json& payload, std::uint64_t hops) {
+  void deliver(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t hops) {
     auto it = subscribers.find(tag);
     if (it == subscribers.end()) return;  // relayed for others, not for us
     ++counters.delivered;
@@ -183,37 +164,29 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     }
   }
 
-  void on_ihave(const std::string& from, const json& msg) {
-    auto ids = msg.find("ids");
-    if (ids == msg.end() || !ids->is_array()) return bad(from, "ihave: bad fields");
+  void on(const std::string& from, const ihave_message& msg) {
     const auto now = sched.now();
-    for (const auto& e : *ids) {
-      auto id = id_from_json(e);
-      if (!id || e.size() != 3 || !e[2].is_number_unsigned()) return bad(from, "ihave: bad id");
-      if (cache.contains(*id) || id->origin == self()) continue;
-      auto it = missing.find(*id);
+    for (const auto& a : msg.ids) {
+      if (cache.contains(a.id) || a.id.origin == self()) continue;
+      auto it = missing.find(a.id);
       if (it == missing.end()) {
         if (missing.size() >= config.max_missing) continue;
-        it = missing.emplace(*id, missing_message{{}, now + config.graft_timeout}).first;
+        it = missing.emplace(a.id, missing_message{{}, now + config.graft_timeout}).first;
       }
-      it->second.announcers.emplace_back(from, e[2].get<std::uint64_t>());
+      it->second.announcers.emplace_back(from, a.round);
     }
     counters.missing = missing.size();
   }
 
-  void on_graft(const std::string& from, const json& msg) {
-    auto id = id_from_json(msg.value("id", json()));
-    if (!id) return bad(from, "graft: bad id");
+  void on(const std::string& from, const graft_message& msg) {
     if (is_peer(from)) to_eager(from);
-    auto it = cache.find(*id);
+    auto it = cache.find(msg.id);
     if (it == cache.end()) return;  // expired: the grafter will ask someone else
     ++counters.gossip_sent;
-    net.send(from, channel::broadcast,
-             encode_body({{"t", "g"}, {"id", id_to_json(*id)}, {"tag", it->second.tag},
-                          {"r", it->second.round + 1}, {"p", it->second.payload}}));
+    net.send(from, channel::broadcast, encode_gossip(msg.id, it->second.tag, it->second.round + 1, it->second.payload));
   }
 
-  void on_prune(const std::string& from) {
+  void on(const std::string& from, const prune_message&) {
     if (is_peer(from)) to_lazy(from);
   }
 
@@ -253,12 +226,10 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       // when these are skipped).
       if (!is_peer(peer)) continue;
       for (std::size_t i = 0; i < ids.size(); i += config.ihave_batch_max) {
-        json batch = json::array();
-        for (std::size_t j = i; j < std::min(ids.size(), i + config.ihave_batch_max); ++j)
-          batch.push_back(std::move(ids[j]));
-        counters.ihave_ids_sent += batch.size();
+        const auto last = std::min(ids.size(), i + config.ihave_batch_max);
+        counters.ihave_ids_sent += last - i;
         ++counters.ihave_sent;
-        net.send(peer, channel::broadcast, encode_body({{"t", "i"}, {"ids", std::move(batch)}}));
+        net.send(peer, channel::broadcast, encode_ihave(ids, i, last));
       }
     }
     pending_ihave.clear();
@@ -282,8 +253,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       m.announcers.pop_front();
       to_eager(peer);
       ++counters.graft_sent;
-      net.send(peer, channel::broadcast,
-               encode_body({{"t", "gr"}, {"id", id_to_json(it->first)}, {"r", round}}));
+      net.send(peer, channel::broadcast, encode_graft(it->first, round));
       m.deadline = now + config.graft_retry_timeout;
       ++it;
     }
@@ -292,11 +262,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
 
   void expire_cache() {
     const auto now = sched.now();
-    while (!cache_order.empty() && now - cache_order.front().first > config.cache_ttl) {
-      cache.erase(cache_order.front().second);
-      cache_order.pop_front();
-    }
+    while (!cache_order.empty() && now - cache_order.front().first > config.cache_ttl) forget_oldest();
     counters.cache_size = cache.size();
+    counters.cache_bytes = cache_bytes;
   }
 
 };
@@ -315,7 +283,7 @@ void plumtree::start() {
   if (m->started) return;
   m->started = true;
   m->net.on_message(channel::broadcast,
-                    [m](const std::string& from, json&& msg) { m->on_message(from, std::move(msg)); });
+                    [m](const std::string& from, const byte_slice& body) { return m->on_message(from, body); });
   // The listener outlives nothing: membership is owned beside us and
   // destroyed after us by the node; a weak pointer guards the rest.
   std::weak_ptr<impl> weak = impl_;
@@ -331,7 +299,9 @@ task<> plumtree::stop() {
   co_await impl_->loops.stop();
 }
 
-void plumtree::broadcast(const std::string& tag, const json& payload) { impl_->broadcast(tag, payload); }
+void plumtree::broadcast(const std::string& tag, shared_bytes payload) {
+  impl_->broadcast(tag, byte_slice(std::move(payload)));
+}
 
 void plumtree::subscribe(const std::string& tag, delivery_handler handler) {
   if (!handler) throw std::invalid_argument("plumtree: empty handler for tag '" + tag + "'");

@@ -3,6 +3,7 @@
 #include "barrel_p2p/cbor.hpp"
 #include "barrel_p2p/crdt_wire.hpp"
 #include "barrel_p2p/event_stream.hpp"
+#include "barrel_p2p/replica_messages.hpp"
 #include "barrel_p2p/task_group.hpp"
 
 #include <map>
@@ -80,19 +81,17 @@ struct replica_host::impl {
     co_return true;
   }
 
-  void send(const std::string& peer, const json& msg) { net.send(peer, channel::replica, encode_body(msg)); }
 
   std::shared_ptr<replica::impl> find(const std::string& name) {
     auto it = instances.find(name);
     return it == instances.end() ? nullptr : it->second.lock();
   }
 
-  void on_message(const std::string& from, json&& msg);
+  bool on_message(const std::string& from, const byte_slice& body);
   void on_membership(const membership_event& ev);
   // One part of a chunked snapshot; returns the whole snapshot once the
   // last part is in, nullopt otherwise (or when the part is refused).
-  std::optional<json> on_part(const std::string& from, const std::string& name, const json& msg,
-                              replica_counters& counters);
+  std::optional<json> on_part(const std::string& from, replica_part& part, replica_counters& counters);
   void forget_assemblies(const std::string& name);
 };
 
@@ -130,20 +129,20 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     }
   }
 
-  // Plumtree delivery for our tag: {"k":"d","d":delta} or {"k":"c","p":payload}.
-  void on_broadcast(const json& payload) {
-    const auto* kind = payload.is_object() && payload.contains("k") && payload["k"].is_string()
-                           ? &payload["k"].get_ref<const std::string&>()
-                           : nullptr;
-    if (kind && *kind == "d" && payload.contains("d")) {
-      ++counters.deltas_received;
-      enqueue({work_item::kind::delta, payload["d"], {}});
-    } else if (kind && *kind == "c" && payload.contains("p")) {
-      ++counters.customs_received;
-      enqueue({work_item::kind::custom, payload["p"], {}});
-    } else {
+  // Plumtree delivery for our tag: the payload is decoded here, once.
+  void on_broadcast(const byte_slice& bytes) {
+    auto payload = parse_replica_payload(bytes.bytes());
+    if (!payload) {
       ++counters.bad_messages;
       host->log("replica " + name + ": ignored a broadcast of unknown shape");
+      return;
+    }
+    if (auto* d = std::get_if<replica_delta>(&*payload)) {
+      ++counters.deltas_received;
+      enqueue({work_item::kind::delta, std::move(d->delta), {}});
+    } else {
+      ++counters.customs_received;
+      enqueue({work_item::kind::custom, std::move(std::get<replica_custom>(*payload).payload), {}});
     }
   }
 
@@ -169,15 +168,15 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     // The whole message is encoded once; only a snapshot too big for one
     // message is encoded again, alone, to be cut into parts.
     const auto& cfg = host->config;
-    auto message = sync_message(name, std::move(*snapshot));
-    auto whole = encode_body(message);
-    if (whole->size() <= cfg.sync_chunk_bytes) {
+    replica_sync message{name, std::move(*snapshot)};
+    auto whole = encode(message);
+    if (whole.size() <= cfg.sync_chunk_bytes) {
       ++counters.syncs_sent;
       host->net.send(peer, channel::replica, whole);
       co_return;
     }
-    whole.reset();
-    auto bytes = encode_cbor(message["s"]);
+    whole = {};
+    auto bytes = encode_cbor(message.snapshot);
     if (bytes.size() > cfg.max_snapshot_bytes) {
       ++counters.snapshots_too_large;
       host->log("replica " + name + ": snapshot of " + std::to_string(bytes.size()) +
@@ -193,27 +192,19 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     for (std::uint64_t i = 0; i < parts; ++i) {
       const auto begin = i * cfg.sync_chunk_bytes;
       const auto end = std::min<std::size_t>(bytes.size(), begin + cfg.sync_chunk_bytes);
-      json::binary_t slice(std::vector<std::uint8_t>(bytes.begin() + static_cast<std::ptrdiff_t>(begin),
-                                                     bytes.begin() + static_cast<std::ptrdiff_t>(end)));
+      std::vector<std::uint8_t> slice(bytes.begin() + static_cast<std::ptrdiff_t>(begin),
+                                      bytes.begin() + static_cast<std::ptrdiff_t>(end));
       // No backpressure wait here: this runs in the instance's inbox loop,
       // and at most max_snapshot_bytes / sync_chunk_bytes parts (64) cannot
       // fill a send queue; waiting would stall incoming deltas instead.
       if (stopped) co_return;
       ++counters.sync_parts_sent;
-      if (!host->net.send(peer, channel::replica, encode_body(part_message(name, id, i, parts, std::move(slice))))) {
+      if (!host->net.send(peer, channel::replica, encode(replica_part{name, id, i, parts, std::move(slice)}))) {
         host->log("replica " + name + ": part " + std::to_string(i) + " of a snapshot for " + peer +
                   " was not queued; the sync is abandoned");
         co_return;
       }
     }
-  }
-
-  static json sync_message(const std::string& name, json snapshot) {
-    return json{{"t", "sync"}, {"n", name}, {"s", std::move(snapshot)}};
-  }
-  static json part_message(const std::string& name, std::uint64_t id, std::uint64_t i, std::uint64_t parts,
-                           json::binary_t slice) {
-    return json{{"t", "part"}, {"n", name}, {"id", id}, {"i", i}, {"of", parts}, {"b", json::binary(std::move(slice))}};
   }
 
   // Static, holding the state: see plumtree's timers_loop.
@@ -247,7 +238,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
 
   void pull_from(const std::string& peer) {
     ++counters.pulls_sent;
-    host->send(peer, {{"t", "pull"}, {"n", name}});
+    host->net.send(peer, channel::replica, encode(replica_pull{name}));
   }
 
   // Why anti-entropy: full sync runs on start and on peer_up only, and what
@@ -269,33 +260,32 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
 
 };
 
-void replica_host::impl::on_message(const std::string& from, json&& msg) {
-  if (stopped) return;
-  const auto* type = msg.is_object() && msg.contains("t") && msg["t"].is_string()
-                         ? &msg["t"].get_ref<const std::string&>()
-                         : nullptr;
-  const auto* name = msg.is_object() && msg.contains("n") && msg["n"].is_string()
-                         ? &msg["n"].get_ref<const std::string&>()
-                         : nullptr;
-  if (!type || !name) return log("dropped a replica message of unknown shape from " + from);
-  auto instance = find(*name);
-  if (!instance) return;  // not started on this node
-  if (*type == "sync" && msg.contains("s")) {
-    instance->enqueue({work_item::kind::snapshot, std::move(msg["s"]), {}});
-  } else if (*type == "part") {
-    ++instance->counters.sync_parts_received;
-    if (auto whole = on_part(from, *name, msg, instance->counters))
-      instance->enqueue({work_item::kind::snapshot, std::move(*whole), {}});
-  } else if (*type == "pull") {
-    instance->enqueue({work_item::kind::push_to, {}, from});
-  } else {
-    ++instance->counters.bad_messages;
-    log("replica " + *name + ": ignored a message of unknown shape from " + from);
+bool replica_host::impl::on_message(const std::string& from, const byte_slice& body) {
+  if (stopped) return true;
+  auto parsed = parse_replica_message(body.bytes());
+  if (parsed.error == replica_parse_error::not_cbor) return false;  // not a message: cut the peer off
+  auto instance = parsed.name.empty() ? nullptr : find(parsed.name);
+  if (!parsed.message) {
+    if (instance) ++instance->counters.bad_messages;
+    log("dropped a replica message of unknown shape from " + from);
+    return true;
   }
+  if (!instance) return true;  // not started on this node
+  if (auto* sync = std::get_if<replica_sync>(&*parsed.message)) {
+    instance->enqueue({work_item::kind::snapshot, std::move(sync->snapshot), {}});
+  } else if (auto* part = std::get_if<replica_part>(&*parsed.message)) {
+    ++instance->counters.sync_parts_received;
+    if (auto whole = on_part(from, *part, instance->counters))
+      instance->enqueue({work_item::kind::snapshot, std::move(*whole), {}});
+  } else {
+    instance->enqueue({work_item::kind::push_to, {}, from});
+  }
+  return true;
 }
 
-std::optional<json> replica_host::impl::on_part(const std::string& from, const std::string& name,
-                                                const json& msg, replica_counters& counters) {
+std::optional<json> replica_host::impl::on_part(const std::string& from, replica_part& part,
+                                                replica_counters& counters) {
+  const auto& name = part.name;
   const auto key = std::make_pair(from, name);
   const auto refuse = [&](const std::string& why) -> std::optional<json> {
     assemblies.erase(key);
@@ -303,14 +293,9 @@ std::optional<json> replica_host::impl::on_part(const std::string& from, const s
     log("replica " + name + ": dropped a snapshot part from " + from + ": " + why);
     return std::nullopt;
   };
-  const auto* id = msg.contains("id") && msg["id"].is_number_unsigned() ? &msg["id"] : nullptr;
-  const auto* i = msg.contains("i") && msg["i"].is_number_unsigned() ? &msg["i"] : nullptr;
-  const auto* of = msg.contains("of") && msg["of"].is_number_unsigned() ? &msg["of"] : nullptr;
-  const auto* b = msg.contains("b") && msg["b"].is_binary() ? &msg["b"] : nullptr;
-  if (!id || !i || !of || !b) return refuse("malformed");
-  const auto index = i->get<std::uint64_t>();
-  const auto parts = of->get<std::uint64_t>();
-  const auto& slice = b->get_binary();
+  const auto index = part.index;
+  const auto parts = part.parts;
+  const auto& slice = part.bytes;
   if (parts < 2 || index >= parts || slice.empty()) return refuse("bad part numbers");
   if (index != 0 && !assemblies.contains(key)) {
     // A snapshot whose first part this instance never saw (it started
@@ -319,10 +304,10 @@ std::optional<json> replica_host::impl::on_part(const std::string& from, const s
     return std::nullopt;
   }
   auto& a = assemblies[key];
-  if (index == 0) a = assembly{id->get<std::uint64_t>(), parts, 0, {}};
+  if (index == 0) a = assembly{part.id, parts, 0, {}};
   // Parts arrive in order on one connection: anything else is a gap (a
   // dropped part) or a forgery, and ends this snapshot.
-  if (a.id != id->get<std::uint64_t>() || a.parts != parts || a.next != index) return refuse("out of sequence");
+  if (a.id != part.id || a.parts != parts || a.next != index) return refuse("out of sequence");
   if (a.bytes.size() + slice.size() > config.max_snapshot_bytes) return refuse("over max_snapshot_bytes");
   a.bytes.insert(a.bytes.end(), slice.begin(), slice.end());
   if (++a.next < a.parts) return std::nullopt;
@@ -361,7 +346,7 @@ void replica_host::start() {
   auto* h = impl_.get();
   if (h->started) return;
   h->started = true;
-  h->net.on_message(channel::replica, [h](const std::string& from, json&& msg) { h->on_message(from, std::move(msg)); });
+  h->net.on_message(channel::replica, [h](const std::string& from, const byte_slice& body) { return h->on_message(from, body); });
   std::weak_ptr<impl> weak = impl_;
   h->membership.add_listener([weak](const membership_event& ev) {
     if (auto p = weak.lock()) p->on_membership(ev);
@@ -392,7 +377,7 @@ std::shared_ptr<replica> replica::start(replica_host& host, std::string name, re
   auto i = std::make_shared<impl>(h, name, callbacks);
   // The name is the broadcast tag; plumtree refuses a second subscriber.
   std::weak_ptr<impl> weak = i;
-  h->broadcast.subscribe(name, [weak](const std::string&, const json& payload, const std::string&, std::uint64_t) {
+  h->broadcast.subscribe(name, [weak](const std::string&, const byte_slice& payload, const std::string&, std::uint64_t) {
     if (auto p = weak.lock()) p->on_broadcast(payload);
   });
   h->instances[name] = i;
@@ -447,7 +432,7 @@ task<json> replica::broadcast_update(replica_update update) {
   json wire = crdt_wire::encode_map(delta);
   co_await i->callbacks.merge_delta(i->name, wire);  // throws to the caller: nothing is sent
   ++i->counters.deltas_sent;
-  i->host->broadcast.broadcast(i->name, {{"k", "d"}, {"d", wire}});
+  i->host->broadcast.broadcast(i->name, encode_delta_payload(wire));
   co_return wire;
 }
 
@@ -459,7 +444,18 @@ task<> replica::broadcast_custom(json payload) {
   if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
   co_await i->callbacks.merge_custom(i->name, payload);  // throws to the caller: nothing is sent
   ++i->counters.customs_sent;
-  i->host->broadcast.broadcast(i->name, {{"k", "c"}, {"p", std::move(payload)}});
+  i->host->broadcast.broadcast(i->name, encode_custom_payload(payload));
+}
+
+task<> replica::publish_delta(const json& delta) {
+  auto i = impl_;
+  if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
+  // Encoded before waiting: the caller's json need not outlive the wait.
+  auto payload = encode_delta_payload(delta);
+  if (co_await i->host->wait_for_room()) ++i->counters.backpressure_waits;
+  if (i->stopped) co_return;  // closed while waiting: applied locally, synced on the next start
+  ++i->counters.deltas_sent;
+  i->host->broadcast.broadcast(i->name, std::move(payload));
 }
 
 void replica_host::impl::forget_assemblies(const std::string& name) {

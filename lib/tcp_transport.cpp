@@ -194,7 +194,7 @@ struct handshake_error {
 struct frame_in {
   enum class status { ok, closed, failed, bad_frame } st = status::ok;
   channel ch = channel::control;
-  json body;
+  shared_bytes body;   // as received: layers decode it
   std::string detail;  // why, for bad_frame and failed
 };
 
@@ -355,8 +355,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       return false;
     auto it = peers_.find(peer_id);
     if (it == peers_.end()) return false;
-    if (frame_header_size + body->size() > config_.max_frame_bytes) {
-      log("not sending " + std::to_string(body->size()) + " bytes to " + peer_id +
+    if (frame_header_size + body.size() > config_.max_frame_bytes) {
+      log("not sending " + std::to_string(body.size()) + " bytes to " + peer_id +
           ": over max_frame_bytes");
       return false;
     }
@@ -366,7 +366,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       ++counters_.send_queue_drops;
       return false;
     }
-    queue.push_back({encode_frame_header(ch, body->size()), body});
+    queue.push_back({encode_frame_header(ch, body.size()), body});
     if (entry.active) entry.active->wake.cancel();
     return true;
   }
@@ -755,14 +755,20 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       if (!co_await write_direct(conn, std::move(hello_body)))
         co_return handshake_error(conn->tls ? F::tls : F::protocol, "cannot send hello");
 
-      auto in = co_await read_frame(conn, handshake_max_frame_bytes, handshake_cbor_limits);
+      auto in = co_await read_frame(conn, handshake_max_frame_bytes);
       if (in.st != frame_in::status::ok) {
         // Over TLS, a peer that refused our certificate or key says so with
         // an alert that ends this read.
         const auto reason = in.st == frame_in::status::bad_frame || !conn->tls ? F::protocol : F::tls;
         co_return handshake_error(reason, "reading hello: " + in.detail);
       }
-      auto peer_hello = in.ch == channel::control ? parse_hello(in.body) : std::nullopt;
+      std::optional<hello_message> peer_hello;
+      if (in.ch == channel::control) {
+        if (auto decoded = decode_cbor(*in.body, handshake_cbor_limits))
+          peer_hello = parse_hello(*decoded);
+        else
+          ++counters_.bad_frames;
+      }
       if (!peer_hello) co_return handshake_error(F::protocol, "malformed hello");
       if (peer_hello->version != protocol_version)
         co_return handshake_error(F::protocol, "protocol version " + std::to_string(peer_hello->version) +
@@ -853,7 +859,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   task<disconnect_reason> read_loop(std::shared_ptr<connection> conn) {
     try {
       for (;;) {
-        auto in = co_await read_frame(conn, config_.max_frame_bytes, cbor_limits{});
+        auto in = co_await read_frame(conn, config_.max_frame_bytes);
         switch (in.st) {
           case frame_in::status::ok: break;
           case frame_in::status::closed: co_return disconnect_reason::closed_by_peer;
@@ -862,21 +868,44 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
             log("closing connection to " + describe(*conn) + ": " + in.detail);
             co_return disconnect_reason::protocol_error;
         }
-        if (in.ch == channel::control) continue;  // heartbeat: hearing it was the point
-        deliver(*conn, in.ch, std::move(in.body));
+        if (in.ch == channel::control) {
+          // A heartbeat: hearing it was the point; it must still be one.
+          if (!decode_cbor(*in.body, handshake_cbor_limits)) {
+            ++counters_.bad_frames;
+            log("closing connection to " + describe(*conn) + ": bad frame: undecodable control body");
+            co_return disconnect_reason::protocol_error;
+          }
+          continue;
+        }
+        if (!deliver(*conn, in.ch, byte_slice(std::move(in.body)))) {
+          ++counters_.bad_frames;
+          log("closing connection to " + describe(*conn) + ": bad frame: undecodable body on channel " +
+              std::to_string(static_cast<int>(in.ch)));
+          co_return disconnect_reason::protocol_error;
+        }
       }
     } catch (...) {
       co_return disconnect_reason::closed_locally;  // cancelled
     }
   }
 
-  void deliver(const connection& conn, channel ch, json&& message) {
+  // False when the handler found the bytes are not a message.
+  bool deliver(const connection& conn, channel ch, const byte_slice& body) {
     // A connection we are closing ourselves delivers nothing more; a
     // replaced one still does (its peer is connected) while it drains.
-    if (conn.closing == disconnect_reason::closed_locally) return;
-    if (!peers_.contains(conn.peer.id)) return;
+    if (conn.closing == disconnect_reason::closed_locally) return true;
+    if (!peers_.contains(conn.peer.id)) return true;
     // No handler: nobody listens on this channel here.
-    call_handler("message", handlers_[static_cast<std::size_t>(ch)], conn.peer.id, std::move(message));
+    const auto& h = handlers_[static_cast<std::size_t>(ch)];
+    if (!h) return true;
+    try {
+      return h(conn.peer.id, body);
+    } catch (const std::exception& e) {
+      log(std::string("message handler threw: ") + e.what());
+    } catch (...) {
+      log("message handler threw");
+    }
+    return true;
   }
 
   task<disconnect_reason> write_loop(std::shared_ptr<connection> conn) {
@@ -886,7 +915,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
           std::vector<queued_frame> batch;
           std::size_t bytes = 0;
           while (!conn->queue.empty() && batch.size() < write_batch_frames && bytes < write_batch_bytes) {
-            bytes += conn->queue.front().body->size();
+            bytes += conn->queue.front().body.size();
             batch.push_back(std::move(conn->queue.front()));
             conn->queue.pop_front();
           }
@@ -909,7 +938,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
           // (Named, not a braced temporary: GCC 12 destroys aggregate
           // temporaries in a co_await expression twice.)
           const queued_frame heartbeat{
-              encode_frame_header(channel::control, heartbeat_body()->size()), heartbeat_body()};
+              encode_frame_header(channel::control, heartbeat_body().size()), heartbeat_body()};
           if (!co_await write_frame(conn, heartbeat)) co_return disconnect_reason::io_error;
           continue;
         }
@@ -992,8 +1021,9 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     co_return error_code{};
   }
 
-  task<frame_in> read_frame(std::shared_ptr<connection> conn, std::size_t max_frame_bytes,
-                            cbor_limits limits) {
+  // One frame, its body as received (copied out of the read buffer into a
+  // buffer of its own, which the layers above may keep a slice of).
+  task<frame_in> read_frame(std::shared_ptr<connection> conn, std::size_t max_frame_bytes) {
     frame_in in;
     const auto failed = [&](const error_code& ec) {
       const bool eof = ec == asio::error::eof || ec == asio::ssl::error::stream_truncated;
@@ -1033,10 +1063,10 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     // The length was checked above; only now is a large body allocated.
     const std::size_t size = parsed.header.body_size;
     std::vector<std::uint8_t> large;
-    std::span<const std::uint8_t> body;
     if (size <= conn->read_buffer.size()) {
       if (auto ec = co_await fill(conn, size)) co_return failed(ec);
-      body = {conn->read_buffer.data() + conn->read_begin, size};
+      const auto* first = conn->read_buffer.data() + conn->read_begin;
+      large.assign(first, first + size);
       conn->read_begin += size;
     } else {
       large.resize(size);
@@ -1050,26 +1080,21 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
         got += m;
         conn->last_received = clock_now();
       }
-      body = large;
     }
     ++counters_.frames_received;
     counters_.bytes_received += frame_header_size + size;
-    cbor_error error;
-    auto decoded = decode_cbor(body, limits, &error);
-    if (!decoded)
-      co_return bad("bad frame: undecodable body on channel " +
-                    std::to_string(static_cast<int>(parsed.header.ch)) + ": " + error.reason);
     in.ch = parsed.header.ch;
-    in.body = std::move(*decoded);
+    in.body = share_bytes(std::move(large));
     co_return in;
   }
 
   task<bool> write_frames(std::shared_ptr<connection> conn, const std::vector<queued_frame>& frames) {
     std::vector<asio::const_buffer> buffers;
-    buffers.reserve(2 * frames.size());
+    buffers.reserve(3 * frames.size());
     for (const auto& f : frames) {
       buffers.push_back(asio::buffer(f.header));
-      buffers.push_back(asio::buffer(*f.body));
+      buffers.push_back(asio::buffer(*f.body.head));
+      if (!f.body.tail.empty()) buffers.push_back(asio::buffer(f.body.tail.bytes().data(), f.body.tail.size()));
     }
     conn->write_started = clock_now();
     auto [ec, n] = co_await write_all(*conn, buffers);
@@ -1088,7 +1113,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
 
   // Handshake frames go out before the writer runs.
   task<bool> write_direct(std::shared_ptr<connection> conn, message_body body) {
-    const queued_frame frame{encode_frame_header(channel::control, body->size()), std::move(body)};
+    const queued_frame frame{encode_frame_header(channel::control, body.size()), std::move(body)};
     const bool written = co_await write_frame(std::move(conn), frame);
     co_return written;
   }

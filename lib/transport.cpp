@@ -30,9 +30,11 @@ std::optional<peer_descriptor> descriptor_from_json(const json& j) noexcept {
   }
 }
 
-message_body encode_body(const json& message) {
-  return std::make_shared<const std::vector<std::uint8_t>>(encode_cbor(message));
+shared_bytes share_bytes(std::vector<std::uint8_t> bytes) {
+  return std::make_shared<const std::vector<std::uint8_t>>(std::move(bytes));
 }
+
+message_body encode_body(const json& message) { return message_body(share_bytes(encode_cbor(message))); }
 
 std::string_view to_string(disconnect_reason r) noexcept {
   switch (r) {

@@ -1,6 +1,7 @@
 // Plumtree on the simulated network: reliability and redundancy at 200 nodes.
 #include "overlay.hpp"
 
+#include <barrel_p2p/cbor.hpp>
 #include <barrel_p2p/plumtree.hpp>
 #include <barrel_p2p/sim_network.hpp>
 
@@ -49,8 +50,8 @@ struct bcluster {
       b->membership->start();
       b->broadcast->start();
       auto* raw = b.get();
-      b->broadcast->subscribe("t", [raw](const std::string&, const json& p, const std::string&, std::uint64_t) {
-        ++raw->received[p.at("n").get<std::uint64_t>()];
+      b->broadcast->subscribe("t", [raw](const std::string&, const byte_slice& p, const std::string&, std::uint64_t) {
+        ++raw->received[*cbor_reader(p.bytes()).uint()];
       });
       nodes.push_back(std::move(b));
     }
@@ -76,7 +77,7 @@ struct bcluster {
   void broadcast_many(std::uint64_t first, std::uint64_t count, duration gap, random_engine& rng) {
     for (std::uint64_t k = first; k < first + count; ++k) {
       auto& from = *nodes[std::uniform_int_distribution<std::size_t>(0, nodes.size() - 1)(rng)];
-      from.broadcast->broadcast("t", {{"n", k}});
+      from.broadcast->broadcast("t", share_bytes(cbor_writer().uint(k).take()));
       ++from.received[k];  // the origin has its own message
       net.run_for(gap);
     }

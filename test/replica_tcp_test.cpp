@@ -1,6 +1,8 @@
 // The replica driver over real TCP: several full nodes in one process.
 #include <barrel_p2p/crdt_wire.hpp>
 #include <barrel_p2p/replica.hpp>
+#include <barrel_p2p/replica_messages.hpp>
+#include <barrel_p2p/plumtree_messages.hpp>
 #include <barrel_p2p/tcp_transport.hpp>
 
 #include <boost/asio/co_spawn.hpp>
@@ -29,8 +31,8 @@ class blocking_transport final : public transport {
   void on_disconnected(disconnected_handler h) override { inner_->on_disconnected(std::move(h)); }
   void on_message(channel ch, message_handler h) override {
     if (!h) return inner_->on_message(ch, nullptr);
-    inner_->on_message(ch, [this, h = std::move(h)](const std::string& from, json&& m) {
-      if (!blocked.contains(from)) h(from, std::move(m));
+    inner_->on_message(ch, [this, h = std::move(h)](const std::string& from, const byte_slice& body) {
+      return blocked.contains(from) || h(from, body);
     });
   }
   task<> start() override { return inner_->start(); }
@@ -235,7 +237,7 @@ TEST_CASE("a remove is never undone by a delayed add with an older HLC") {
   const hlc_timestamp stale_hlc{tomb.wall_ms - 1, 0};
   ormap scratch;
   auto stale = crdt_wire::encode_map(scratch.add("k", "stale", "n2", stale_hlc));
-  c.nodes[2]->broadcast->broadcast("t", {{"k", "d"}, {"d", stale}});
+  c.nodes[2]->broadcast->broadcast("t", encode_delta_payload(stale));
   c.run([&]() -> task<> { co_await c.nodes[2]->sched->sleep(1s); });
   for (auto& n : c.nodes) {
     CAPTURE(n->id());
@@ -338,18 +340,21 @@ TEST_CASE("malformed deltas and snapshots are ignored and counted; the node keep
       json::array({1, 2, 3}),
       {{"t", "sync"}, {"n", 7}},
   };
-  const std::vector<json> broadcast_junk = {
-      {{"t", "g"}, {"id", json::array({"broken", 1})}, {"tag", "t"}, {"r", 0}, {"p", {{"k", "d"}, {"d", json::array({1, 2})}}}},
-      {{"t", "g"}, {"id", json::array({"broken", 2})}, {"tag", "t"}, {"r", 0}, {"p", {{"k", "zzz"}}}},
-      {{"t", "g"}, {"id", "not-an-id"}, {"tag", "t"}},
-      {{"t", "i"}, {"ids", 5}},
+  // Two well-formed GOSSIPs with payloads the replica refuses, then a
+  // GOSSIP without its payload and an IHAVE with half an id.
+  const auto payload = [](const json& j) { return byte_slice(share_bytes(encode_cbor(j))); };
+  const std::vector<message_body> broadcast_junk = {
+      encode_gossip({"broken", 1}, "t", 0, payload({{"k", "d"}, {"d", json::array({1, 2})}})),
+      encode_gossip({"broken", 2}, "t", 0, payload({{"k", "zzz"}})),
+      message_body(share_bytes(cbor_writer().array(5).uint(0).text("broken").uint(3).text("t").uint(0).take())),
+      message_body(share_bytes(cbor_writer().array(3).uint(1).text("broken").uint(4).take())),
   };
   c.run([&]() -> task<> {
     co_await broken->start();
     auto peer = co_await broken->connect(target);
     REQUIRE(peer.has_value());
     for (const auto& j : replica_junk) broken->send(peer->id, channel::replica, encode_body(j));
-    for (const auto& j : broadcast_junk) broken->send(peer->id, channel::broadcast, encode_body(j));
+    for (const auto& b : broadcast_junk) broken->send(peer->id, channel::broadcast, b);
     co_await sched->sleep(500ms);
   });
   auto& victim = *c.nodes[0];

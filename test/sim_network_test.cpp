@@ -1,3 +1,4 @@
+#include <barrel_p2p/cbor.hpp>
 #include <barrel_p2p/sim_network.hpp>
 
 #include <boost/asio/co_spawn.hpp>
@@ -15,8 +16,10 @@ struct recorder {
   std::vector<std::string> log;
   void attach(transport& t) {
     auto id = t.self().id;
-    t.on_message(channel::membership, [this, id](const std::string& from, json&& m) {
-      log.push_back(id + "<-" + from + ":" + m.dump());
+    t.on_message(channel::membership, [this, id](const std::string& from, const byte_slice& body) {
+      auto m = decode_cbor(body.bytes());
+      log.push_back(id + "<-" + from + ":" + (m ? m->dump() : "?"));
+      return m.has_value();
     });
     t.on_connected([this, id](const peer_descriptor& p, bool inbound) {
       log.push_back(id + " up " + p.id + (inbound ? " in" : " out"));
@@ -75,10 +78,11 @@ TEST_CASE("messages arrive after the configured latency on virtual time") {
   auto a = net.add_node("a");
   auto b = net.add_node("b");
   duration arrived{-1};
-  b->on_message(channel::replica, [&](const std::string& from, json&& m) {
+  b->on_message(channel::replica, [&](const std::string& from, const byte_slice& body) {
     CHECK(from == "a");
-    CHECK(m == json{{"hello", 1}});
+    CHECK(decode_cbor(body.bytes()) == json{{"hello", 1}});
     arrived = net.now();
+    return true;
   });
   duration sent{};
   boost::asio::co_spawn(io, [&]() -> task<> {
@@ -137,8 +141,8 @@ TEST_CASE("a partition drops traffic and fails crossing links; one-way too") {
   auto a = net.add_node("a");
   auto b = net.add_node("b");
   int received_by_b = 0, received_by_a = 0;
-  b->on_message(channel::replica, [&](const std::string&, json&&) { ++received_by_b; });
-  a->on_message(channel::replica, [&](const std::string&, json&&) { ++received_by_a; });
+  b->on_message(channel::replica, [&](const std::string&, const byte_slice&) { return ++received_by_b > 0; });
+  a->on_message(channel::replica, [&](const std::string&, const byte_slice&) { return ++received_by_a > 0; });
   boost::asio::co_spawn(io, [&]() -> task<> { co_await a->connect({"sim", 1}); }, boost::asio::detached);
   net.run_for(100ms);
   net.partition({"a"}, {"b"}, /*one_way=*/true);

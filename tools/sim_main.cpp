@@ -5,6 +5,7 @@
 //
 //   barrel-p2p-sim --scenario form|fail|steady|churn|partition [--nodes N] [--seed S]
 //                  [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]
+#include <barrel_p2p/cbor.hpp>
 #include <barrel_p2p/map.hpp>
 #include <barrel_p2p/sim_network.hpp>
 
@@ -26,6 +27,9 @@ using namespace barrel_p2p;
 using namespace std::chrono_literals;
 
 namespace {
+
+// A probe broadcast: its number, as one CBOR unsigned integer.
+shared_bytes probe_payload(std::uint64_t k) { return share_bytes(cbor_writer().uint(k).take()); }
 
 struct options {
   std::string scenario = "form";
@@ -63,8 +67,8 @@ struct cluster {
       nodes.push_back(std::make_unique<node>(net, c));
       auto* me = this;
       nodes.back()->broadcast().subscribe(
-          "probe", [me, i](const std::string&, const json& p, const std::string&, std::uint64_t hops) {
-            me->delivered[p.at("n").get<std::uint64_t>()].emplace(i, hops);
+          "probe", [me, i](const std::string&, const byte_slice& p, const std::string&, std::uint64_t hops) {
+            if (auto k = cbor_reader(p.bytes()).uint()) me->delivered[*k].emplace(i, hops);
           });
     }
   }
@@ -185,7 +189,7 @@ struct cluster {
     for (std::uint64_t k = first; k < first + count; ++k) {
       const auto origin = live[std::uniform_int_distribution<std::size_t>(0, live.size() - 1)(rng)];
       delivered[k].emplace(origin, 0);
-      nodes[origin]->broadcast().broadcast("probe", {{"n", k}});
+      nodes[origin]->broadcast().broadcast("probe", probe_payload(k));
       net.run_for(gap);
     }
     net.run_for(3s);
@@ -369,7 +373,7 @@ int scenario_churn(const options& o) {
     for (std::size_t i = 0; i < up.size(); ++i)
       if (up[i] && i != origin) live.push_back(i);
     c.delivered[k].emplace(origin, 0);
-    c.nodes[origin]->broadcast().broadcast("probe", {{"n", k}});
+    c.nodes[origin]->broadcast().broadcast("probe", probe_payload(k));
     ++k;
     c.net.run_for(100ms);
   }

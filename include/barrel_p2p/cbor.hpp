@@ -14,6 +14,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace barrel_p2p {
@@ -41,5 +42,49 @@ struct cbor_error {
 
 /// Encodes a json value as CBOR.
 [[nodiscard]] std::vector<std::uint8_t> encode_cbor(const nlohmann::json& value);
+
+/// Writes the few CBOR items fixed-shape protocol messages are made of
+/// (arrays, unsigned integers, text and byte strings), in their shortest
+/// form, without building a json tree first.
+class cbor_writer {
+ public:
+  cbor_writer& array(std::size_t n) { return head(4, n); }
+  cbor_writer& uint(std::uint64_t v) { return head(0, v); }
+  cbor_writer& text(std::string_view s);
+  cbor_writer& bytes(std::span<const std::uint8_t> b);
+  /// Only the head of a byte string of `n` bytes: the caller sends the `n`
+  /// bytes after what this writer built (they need not be copied into it).
+  cbor_writer& bytes_head(std::size_t n) { return head(2, n); }
+  [[nodiscard]] std::vector<std::uint8_t> take() { return std::move(out_); }
+
+ private:
+  cbor_writer& head(std::uint8_t major, std::uint64_t value);
+  std::vector<std::uint8_t> out_;
+};
+
+/// Reads the items cbor_writer writes, one after the other, from bytes a
+/// peer sent. Every read returns nullopt on anything else (another type, an
+/// indefinite length, a length past the end); the reader is then spent.
+/// Never throws, never allocates.
+class cbor_reader {
+ public:
+  explicit cbor_reader(std::span<const std::uint8_t> bytes) noexcept : in_(bytes) {}
+
+  /// A definite-length array: its element count.
+  [[nodiscard]] std::optional<std::uint64_t> array() noexcept { return head(4); }
+  [[nodiscard]] std::optional<std::uint64_t> uint() noexcept { return head(0); }
+  /// A text string of at most `max_bytes` bytes (not checked for UTF-8).
+  [[nodiscard]] std::optional<std::string_view> text(std::size_t max_bytes) noexcept;
+  /// A byte string: a view into the input.
+  [[nodiscard]] std::optional<std::span<const std::uint8_t>> bytes() noexcept;
+  [[nodiscard]] bool at_end() const noexcept { return pos_ == in_.size(); }
+  /// Bytes consumed so far.
+  [[nodiscard]] std::size_t offset() const noexcept { return pos_; }
+
+ private:
+  std::optional<std::uint64_t> head(std::uint8_t major) noexcept;
+  std::span<const std::uint8_t> in_;
+  std::size_t pos_ = 0;
+};
 
 }  // namespace barrel_p2p

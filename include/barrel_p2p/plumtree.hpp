@@ -9,11 +9,10 @@
 // and fetch the message: the tree repairs itself, and the lazy links make
 // delivery reliable under loss and failures.
 //
-// Messages (channel broadcast):
-//   GOSSIP {"t":"g","id":[origin,seq],"tag":s,"r":round,"p":payload}
-//   IHAVE  {"t":"i","ids":[[origin,seq,round],...]}
-//   GRAFT  {"t":"gr","id":[origin,seq],"r":round}
-//   PRUNE  {"t":"p"}
+// Messages (channel broadcast): GOSSIP, IHAVE, GRAFT, PRUNE, in
+// plumtree_messages.hpp. A payload is bytes, encoded once at its origin and
+// never decoded or re-encoded here: relays forward the bytes they received,
+// the cache holds them, subscribers decode them.
 #pragma once
 
 #include <barrel_p2p/hyparview.hpp>
@@ -38,9 +37,11 @@ struct plumtree_config {
   duration graft_timeout{500};
   duration graft_retry_timeout{250};
   /// Received messages are kept this long (to answer GRAFTs and to
-  /// recognise duplicates), and at most this many.
+  /// recognise duplicates), and at most this many, holding at most this
+  /// many payload bytes (the oldest go first).
   duration cache_ttl{300'000};
   std::size_t cache_max_messages = 100'000;
+  std::size_t cache_max_bytes = 64 * 1024 * 1024;
   /// Most message ids tracked as missing at once (bounded memory under an
   /// IHAVE flood).
   std::size_t max_missing = 100'000;
@@ -61,7 +62,8 @@ struct plumtree_counters {
   std::uint64_t graft_sent = 0;
   std::uint64_t prune_sent = 0;
   std::uint64_t bad_messages = 0;     ///< malformed broadcast messages dropped
-  std::uint64_t cache_size = 0;       ///< gauge
+  std::uint64_t cache_size = 0;       ///< gauge: messages cached
+  std::uint64_t cache_bytes = 0;      ///< gauge: payload bytes cached
   std::uint64_t missing = 0;          ///< gauge: ids announced, not yet received
 };
 
@@ -70,7 +72,9 @@ class plumtree {
   /// Called once per message, on every node but its origin, in the order
   /// received. `origin` is the node that broadcast it; `hops` the number of
   /// links the payload crossed to get here (1 for the origin's neighbours).
-  using delivery_handler = std::function<void(const std::string& tag, const json& payload,
+  /// `payload` is the bytes the origin broadcast (the handler decodes them;
+  /// they may be kept, they are immutable and shared).
+  using delivery_handler = std::function<void(const std::string& tag, const byte_slice& payload,
                                               const std::string& origin, std::uint64_t hops)>;
 
   plumtree(transport& net, hyparview& membership, scheduler& sched, plumtree_config config = {});
@@ -85,8 +89,9 @@ class plumtree {
   task<> stop();
 
   /// Broadcasts `payload` under `tag` to every node. Not delivered locally:
-  /// the caller has the payload already.
-  void broadcast(const std::string& tag, const json& payload);
+  /// the caller has the payload already. The bytes are sent as they are
+  /// (typically one CBOR item, see encode_cbor) and shared, not copied.
+  void broadcast(const std::string& tag, shared_bytes payload);
 
   /// Deliveries for `tag` go to `handler`. Throws std::invalid_argument if
   /// the tag already has a subscriber: tags scope one consumer per node.

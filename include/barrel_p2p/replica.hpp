@@ -149,6 +149,12 @@ class replica {
   /// Applies `payload` locally (merge_custom) and gossips it; as above, a
   /// throwing local merge_custom propagates and nothing is gossiped.
   task<> broadcast_custom(json payload);
+  /// The forward path for a local write: gossips `delta` (wire form, see
+  /// crdt_wire), which the owner has ALREADY merged into its own state,
+  /// typed, with dots stamped by the node's clock (hlc_clock::now). Nothing
+  /// calls back into the owner. Encodes the delta once; waits for send-queue
+  /// room first, like broadcast_update. Call on the node's executor.
+  task<> publish_delta(const json& delta);
   /// Asks `peer_id` (or, without argument, every active peer) to push its
   /// snapshot to this node.
   void request_sync(const std::string& peer_id);

@@ -2,9 +2,11 @@
 //
 // Two implementations: TCP (tcp_transport.hpp) and the in-process simulated
 // network (sim_network.hpp). Membership, broadcast and replicas run unchanged
-// on either. A message is a json value sent on a channel; the transport
-// encodes it as CBOR once (see encode_body) and delivers it decoded, already
-// bounded by cbor_limits, to the handler registered for its channel.
+// on either. A message is bytes on a channel: each layer encodes its own
+// typed messages (CBOR, see the *_messages.hpp headers) once, the transport
+// writes the same shared bytes to every peer, and delivers received bytes,
+// undecoded and shared, to the handler registered for the channel. The layer
+// decodes them (bounded by cbor_limits) or keeps a slice of them.
 //
 // Threading: a transport, its handlers and its callers all run on the node's
 // executor (strand). Handlers are called from the transport's reader
@@ -20,6 +22,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -71,9 +74,48 @@ enum class channel : std::uint8_t {
 };
 inline constexpr std::size_t channel_count = 4;
 
-/// A CBOR-encoded message body, encoded once and shared by every send (a
-/// broadcast to five peers encodes once, not five times).
-using message_body = std::shared_ptr<const std::vector<std::uint8_t>>;
+/// Immutable bytes shared by everyone who holds them (send queues, caches).
+using shared_bytes = std::shared_ptr<const std::vector<std::uint8_t>>;
+[[nodiscard]] shared_bytes share_bytes(std::vector<std::uint8_t> bytes);
+
+/// A range of shared bytes that keeps its buffer alive: a layer keeps the
+/// part of a received frame it needs (a broadcast payload) without a copy.
+class byte_slice {
+ public:
+  byte_slice() = default;
+  /// All of `owner`.
+  explicit byte_slice(shared_bytes owner) noexcept
+      : owner_(std::move(owner)), bytes_(owner_ ? std::span<const std::uint8_t>(*owner_) : std::span<const std::uint8_t>{}) {}
+  /// `part` must lie inside `*owner`.
+  byte_slice(shared_bytes owner, std::span<const std::uint8_t> part) noexcept
+      : owner_(std::move(owner)), bytes_(part) {}
+
+  [[nodiscard]] std::span<const std::uint8_t> bytes() const noexcept { return bytes_; }
+  [[nodiscard]] std::size_t size() const noexcept { return bytes_.size(); }
+  [[nodiscard]] bool empty() const noexcept { return bytes_.empty(); }
+  /// The first `n` bytes dropped (n <= size()).
+  [[nodiscard]] byte_slice drop_front(std::size_t n) const noexcept { return {owner_, bytes_.subspan(n)}; }
+
+ private:
+  shared_bytes owner_;
+  std::span<const std::uint8_t> bytes_;
+};
+
+/// What one send writes: `head`, then `tail` unchanged. Built once and
+/// shared by every peer's queue (a broadcast to five peers encodes once).
+/// The tail carries bytes encoded elsewhere, e.g. a broadcast payload that a
+/// relay forwards as it received it, behind a new head.
+struct message_body {
+  shared_bytes head;
+  byte_slice tail;
+
+  message_body() = default;
+  explicit message_body(shared_bytes h, byte_slice t = {}) : head(std::move(h)), tail(std::move(t)) {}
+  [[nodiscard]] std::size_t size() const noexcept { return (head ? head->size() : 0) + tail.size(); }
+  explicit operator bool() const noexcept { return head != nullptr; }
+};
+/// A json message as one CBOR item (for messages that are json by nature:
+/// membership, replica control, tests).
 [[nodiscard]] message_body encode_body(const json& message);
 
 enum class disconnect_reason {
@@ -124,8 +166,12 @@ class transport {
   /// A connection is gone, for `reason`. Called once per connection that
   /// reached connected_handler.
   using disconnected_handler = std::function<void(const std::string& peer_id, disconnect_reason)>;
-  /// A message arrived on a channel from a connected peer.
-  using message_handler = std::function<void(const std::string& peer_id, json&& message)>;
+  /// A frame arrived on a channel from a connected peer: its body, as
+  /// received (the handler may keep the slice). Return false when the
+  /// bytes are not a message at all (not CBOR): the transport counts a bad
+  /// frame and closes the connection (protocol_error). A message that
+  /// decodes but makes no sense is the layer's to drop and count.
+  using message_handler = std::function<bool(const std::string& peer_id, const byte_slice& body)>;
 
   virtual ~transport() = default;
 

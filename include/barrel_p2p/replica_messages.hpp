@@ -1,0 +1,83 @@
+// The messages of the replica layer, typed, with their encoders and parsers
+// for bytes from a peer (docs/reference/wire.md).
+//
+// Broadcast payloads (inside a GOSSIP, tag = instance name), CBOR maps:
+//   DELTA   {"k": "d", "d": delta}      delta: an OR-Map in wire form (crdt_wire)
+//   CUSTOM  {"k": "c", "p": payload}
+// Point to point (channel replica), CBOR maps:
+//   SYNC    {"t": "sync", "n": name, "s": snapshot}
+//   PART    {"t": "part", "n": name, "id": u64, "i": u64, "of": u64, "b": bytes}
+//   PULL    {"t": "pull", "n": name}
+// Deltas and snapshots stay json: they are the owner's data and reach it as
+// json (replica_callbacks). Each is decoded once per node.
+#pragma once
+
+#include <barrel_p2p/cbor.hpp>
+#include <barrel_p2p/transport.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace barrel_p2p {
+
+/// Longest instance name accepted from a peer.
+inline constexpr std::size_t replica_max_name_bytes = 255;
+
+// ---- broadcast payloads ------------------------------------------------------
+
+struct replica_delta {
+  json delta;
+};
+struct replica_custom {
+  json payload;
+};
+using replica_payload = std::variant<replica_delta, replica_custom>;
+
+/// The payload bytes of a DELTA / CUSTOM broadcast, encoded once.
+[[nodiscard]] shared_bytes encode_delta_payload(const json& delta);
+[[nodiscard]] shared_bytes encode_custom_payload(const json& payload);
+/// nullopt unless `bytes` are one CBOR map of either shape. Never throws.
+[[nodiscard]] std::optional<replica_payload> parse_replica_payload(std::span<const std::uint8_t> bytes,
+                                                                   const cbor_limits& limits = {}) noexcept;
+
+// ---- point to point ----------------------------------------------------------
+
+struct replica_sync {
+  std::string name;
+  json snapshot;
+};
+struct replica_part {
+  std::string name;
+  std::uint64_t id = 0;
+  std::uint64_t index = 0;
+  std::uint64_t parts = 0;
+  std::vector<std::uint8_t> bytes;
+};
+struct replica_pull {
+  std::string name;
+};
+using replica_message = std::variant<replica_sync, replica_part, replica_pull>;
+
+[[nodiscard]] message_body encode(const replica_sync& m);
+[[nodiscard]] message_body encode(const replica_part& m);
+[[nodiscard]] message_body encode(const replica_pull& m);
+
+/// Why a replica frame was not a message: it is not CBOR at all (the
+/// connection is cut), or it decodes but has the wrong shape (dropped).
+enum class replica_parse_error { none, not_cbor, bad_shape };
+
+struct parsed_replica_message {
+  std::optional<replica_message> message;
+  replica_parse_error error = replica_parse_error::none;
+  /// The instance name, when the shape got that far (for the counter).
+  std::string name;
+};
+
+/// Validating parse of a replica frame body. Never throws.
+[[nodiscard]] parsed_replica_message parse_replica_message(std::span<const std::uint8_t> body,
+                                                           const cbor_limits& limits = {}) noexcept;
+
+}  // namespace barrel_p2p

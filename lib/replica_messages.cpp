@@ -1,0 +1,88 @@
+#include "barrel_p2p/replica_messages.hpp"
+
+namespace barrel_p2p {
+namespace {
+
+// The value of a string field, or nullptr.
+const std::string* text_field(const json& j, const char* key, std::size_t max_bytes) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_string()) return nullptr;
+  const auto& s = it->get_ref<const std::string&>();
+  return s.size() <= max_bytes ? &s : nullptr;
+}
+
+std::optional<std::uint64_t> uint_field(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_number_unsigned()) return std::nullopt;
+  return it->get<std::uint64_t>();
+}
+
+}  // namespace
+
+shared_bytes encode_delta_payload(const json& delta) { return share_bytes(encode_cbor({{"k", "d"}, {"d", delta}})); }
+
+shared_bytes encode_custom_payload(const json& payload) {
+  return share_bytes(encode_cbor({{"k", "c"}, {"p", payload}}));
+}
+
+std::optional<replica_payload> parse_replica_payload(std::span<const std::uint8_t> bytes,
+                                                     const cbor_limits& limits) noexcept {
+  try {
+    auto j = decode_cbor(bytes, limits);
+    if (!j || !j->is_object() || j->size() != 2) return std::nullopt;
+    const auto* kind = text_field(*j, "k", 1);
+    if (!kind) return std::nullopt;
+    if (*kind == "d" && j->contains("d")) return replica_delta{std::move((*j)["d"])};
+    if (*kind == "c" && j->contains("p")) return replica_custom{std::move((*j)["p"])};
+    return std::nullopt;
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+message_body encode(const replica_sync& m) { return encode_body({{"t", "sync"}, {"n", m.name}, {"s", m.snapshot}}); }
+
+message_body encode(const replica_part& m) {
+  return encode_body({{"t", "part"}, {"n", m.name}, {"id", m.id}, {"i", m.index}, {"of", m.parts},
+                      {"b", json::binary(m.bytes)}});
+}
+
+message_body encode(const replica_pull& m) { return encode_body({{"t", "pull"}, {"n", m.name}}); }
+
+parsed_replica_message parse_replica_message(std::span<const std::uint8_t> body, const cbor_limits& limits) noexcept {
+  parsed_replica_message out;
+  try {
+    auto j = decode_cbor(body, limits);
+    if (!j) {
+      out.error = replica_parse_error::not_cbor;
+      return out;
+    }
+    out.error = replica_parse_error::bad_shape;
+    if (!j->is_object()) return out;
+    const auto* type = text_field(*j, "t", 8);
+    const auto* name = text_field(*j, "n", replica_max_name_bytes);
+    if (!type || !name || name->empty()) return out;
+    out.name = *name;
+    if (*type == "sync" && j->size() == 3 && j->contains("s")) {
+      out.message = replica_sync{*name, std::move((*j)["s"])};
+    } else if (*type == "pull" && j->size() == 2) {
+      out.message = replica_pull{*name};
+    } else if (*type == "part" && j->size() == 6) {
+      auto id = uint_field(*j, "id");
+      auto index = uint_field(*j, "i");
+      auto parts = uint_field(*j, "of");
+      auto b = j->find("b");
+      if (!id || !index || !parts || b == j->end() || !b->is_binary()) return out;
+      out.message = replica_part{*name, *id, *index, *parts, std::move(b->get_binary())};
+    } else {
+      return out;
+    }
+    out.error = replica_parse_error::none;
+  } catch (...) {
+    out.message.reset();
+    out.error = replica_parse_error::bad_shape;
+  }
+  return out;
+}
+
+}  // namespace barrel_p2p
