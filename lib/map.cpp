@@ -65,9 +65,11 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
     if (n.config().log) n.config().log(n.id() + ": map " + name + ": " + line);
   }
 
-  // Applies what a merge changed: projection first, then events, then disk.
-  // Costs in proportion to the change, never to the size of the map.
-  void apply_changes(const std::vector<std::string>& changed, bool local) {
+  // Applies what a merge changed: projection first, then disk (queued to
+  // the store's writer thread), then events. Costs in proportion to the
+  // change, never to the size of the map. Returns the store sequence number
+  // to await for durability (0 without a store).
+  std::uint64_t apply_changes(const std::vector<std::string>& changed, bool local) {
     std::vector<map_event> out;
     {
       std::unique_lock lock(mu);
@@ -83,13 +85,18 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       }
       if (!local) counts.remote_changes += out.size();
     }
+    std::uint64_t seq = 0;
     if (store) {
       for (const auto& key : changed)
-        if (const auto* e = state.get_entry(key)) store->append(key, *e, false);
-      if (local) store->sync();  // acknowledged => on disk
-      if (store->log_records() >= options.snapshot_every) store->snapshot(state);
+        if (const auto* e = state.get_entry(key)) seq = store->append(key, *e);
+      // Compact once the log holds as many records as the map has entries
+      // (and at least snapshot_every): each compaction rewrites the whole
+      // map, so its cost stays constant per write.
+      if (store->log_records() >= std::max<std::uint64_t>(options.snapshot_every, state.entry_count()))
+        seq = store->compact();
     }
     for (const auto& ev : out) events.publish(ev);
+    return seq;
   }
 
   void ingest(const json& incoming) {
@@ -136,8 +143,13 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
     check_open();
     const auto ts = n.clock().now();
     const ormap delta = value ? state.add(key, std::move(*value), n.id(), ts) : state.remove(key, ts);
-    apply_changes({key}, true);
+    const auto seq = apply_changes({key}, true);
     co_await rep->publish_delta(crdt_wire::encode_map(delta));
+    // Acknowledged => on disk. The store's writer thread fsyncs; this
+    // coroutine waits without holding the executor, and concurrent puts
+    // share one fsync. (Gossiped before it is durable here: a crash in
+    // between loses nothing the peers do not hand back on the next sync.)
+    if (store) co_await store->durable(seq);
   }
 
   static task<> do_put(std::shared_ptr<impl> self, std::string key, json value) {
@@ -184,8 +196,13 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
     co_await self->rep->stop();
     co_await self->loops.stop();
     if (self->store) {
-      self->store->sync();
-      self->store.reset();
+      try {
+        co_await self->store->flush();
+      } catch (const std::exception&) {
+        // A failed disk: already logged by the store, and every write since
+        // was refused to its caller. Closing still closes.
+      }
+      self->store.reset();  // joins the idle writer thread
     }
     self->events.close();
     self->n.clear_attachment("map:" + self->name);
@@ -206,7 +223,7 @@ std::shared_ptr<map> map::open(node& n, const std::string& name, map_options opt
   auto i = std::make_shared<impl>(n, name, std::move(options));
   if (i->options.persist) {
     i->dir = n.config().data_dir / "maps" / name;
-    i->store = std::make_unique<map_store>(i->dir,
+    i->store = std::make_unique<map_store>(i->dir, n.get_executor(),
                                            [i = i.get()](const std::string& line) { i->log(line); });
     // Recovered entries go through the same validation and clock as peer data.
     auto r = crdt_wire::ingest(i->state, i->store->recovered(), n.clock(), i->leaf());
@@ -229,7 +246,7 @@ map::~map() {
     impl_->loops.cancel();
     impl_->events.close();
     impl_->rep.reset();
-    if (impl_->store) impl_->store->sync();
+    impl_->store.reset();  // writes and fsyncs what is queued
   }
 }
 

@@ -40,9 +40,13 @@ struct map_options {
   /// (presence-style maps). Local only: nothing is broadcast.
   bool prune_on_peer_down = false;
   /// Keep the map on disk under <node data_dir>/maps/<name>: every put and
-  /// remove is fsynced before it returns; recovered at open.
+  /// remove is fsynced before it returns (by the store's writer thread,
+  /// never on the executor; concurrent puts share an fsync); recovered at
+  /// open.
   bool persist = false;
-  /// Log records between snapshots (each snapshot compacts the log).
+  /// Log records between compactions (each folds the log into a new
+  /// snapshot, on a background thread); at least as many records as the
+  /// map has entries, so that compaction costs a constant per write.
   std::size_t snapshot_every = 10'000;
 };
 

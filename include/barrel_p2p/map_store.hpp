@@ -3,12 +3,20 @@
 //
 // Every record is framed as  u32 length (big-endian) | u32 CRC-32 | CBOR body
 // so that a torn or corrupted tail is recognised and cut off at open instead
-// of being loaded. Snapshots are written to a temporary file, fsynced and
-// renamed over the old one (then the directory is fsynced), and the log is
-// emptied: that is the log's compaction.
+// of being loaded. The log is a sequence of segments; compaction starts a new
+// segment and folds the older ones, with the previous snapshot, into a new
+// snapshot (written to a temporary file, fsynced, renamed, directory fsynced)
+// that names the first segment it does not cover; then deletes them.
+//
+// Nothing here blocks the caller's executor. Records go to a writer thread
+// owned by the store, which writes everything queued since its last round in
+// one write() and one fsync (group commit: concurrent puts share an fsync),
+// then resumes the awaiting coroutines on their executor. Compaction runs on
+// a second thread, from the files, so puts are acknowledged meanwhile.
 #pragma once
 
 #include <barrel_p2p/ormap.hpp>
+#include <barrel_p2p/task.hpp>
 
 #include <cstdint>
 #include <filesystem>
@@ -16,6 +24,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <thread>
 
 namespace barrel_p2p {
 
@@ -25,7 +34,7 @@ namespace barrel_p2p {
 struct map_store_stats {
   std::uint64_t records_appended = 0;
   std::uint64_t fsyncs = 0;
-  std::uint64_t snapshots_written = 0;
+  std::uint64_t snapshots_written = 0;   ///< compactions completed
   std::uint64_t records_recovered = 0;
   std::uint64_t torn_tails_dropped = 0;  ///< opens that cut off a bad tail
 };
@@ -36,9 +45,13 @@ class map_store {
 
   /// Opens (creating if needed) the store in `dir` and recovers its state:
   /// the snapshot, then every intact log record after it. A bad record ends
-  /// the log: it and everything after it are dropped (and logged).
-  /// Throws std::system_error when the directory cannot be used.
-  map_store(std::filesystem::path dir, log_sink log);
+  /// the log: it and everything after it are dropped (and logged). Starts
+  /// the writer thread; durable() resumes its callers on `completions` (the
+  /// node's executor). Throws std::system_error when the directory cannot
+  /// be used. Reads the files on the calling thread (once, at open).
+  map_store(std::filesystem::path dir, executor completions, log_sink log);
+  /// Writes and fsyncs whatever is still queued, then ends the writer
+  /// thread (blocks for that long: call flush() first to not block).
   ~map_store();
   map_store(const map_store&) = delete;
   map_store& operator=(const map_store&) = delete;
@@ -47,27 +60,40 @@ class map_store {
   /// ingests them so that validation and the clock apply as for peer data).
   [[nodiscard]] const json& recovered() const noexcept { return recovered_; }
 
-  /// Appends one changed entry. With `sync`, the record is on disk (fsync)
-  /// when this returns.
-  void append(const std::string& key, const entry& e, bool sync);
-  /// Forces appended records to disk.
-  void sync();
-  /// Writes `state` as the new snapshot and empties the log.
-  void snapshot(const ormap& state);
+  /// Queues one changed entry for the log and returns its sequence number
+  /// (for durable). Never blocks. Call from one thread at a time (the node's
+  /// executor), like snapshot, durable and flush.
+  std::uint64_t append(const std::string& key, const entry& e);
+  /// Starts a new log segment (in order with the appends) and has the
+  /// compactor fold everything before it into the snapshot. Never blocks.
+  std::uint64_t compact();
+  /// Completes once everything up to `seq` is on disk (written and
+  /// fsynced). Throws std::system_error when the writer failed: after a
+  /// failed write or fsync the store takes nothing more (the page cache can
+  /// no longer be trusted), and every later durable() throws too.
+  task<> durable(std::uint64_t seq);
+  /// durable() of everything queued so far.
+  task<> flush();
   /// Log records appended since the last snapshot.
   [[nodiscard]] std::uint64_t log_records() const noexcept { return log_records_; }
-  [[nodiscard]] const map_store_stats& stats() const noexcept { return stats_; }
+  /// A copy (the writer thread updates them).
+  [[nodiscard]] map_store_stats stats() const;
   [[nodiscard]] const std::filesystem::path& dir() const noexcept { return dir_; }
+
+  struct shared;  // the writer's queue and the waiters, shared with the thread
 
  private:
   void recover();
   std::filesystem::path dir_;
   log_sink log_;
-  int log_fd_ = -1;
   json recovered_ = json::object();
   std::uint64_t log_records_ = 0;
-  bool dirty_ = false;
-  map_store_stats stats_;
+  std::uint64_t last_seq_ = 0;
+  std::uint64_t segment_ = 0;  // the newest segment at open
+  map_store_stats recovery_stats_;
+  std::shared_ptr<shared> shared_;
+  std::thread writer_;
+  std::thread compactor_;
 };
 
 }  // namespace barrel_p2p
