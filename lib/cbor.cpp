@@ -138,6 +138,11 @@ cbor_writer& cbor_writer::head(std::uint8_t major, std::uint64_t value) {
   return *this;
 }
 
+cbor_writer& cbor_writer::value(const nlohmann::json& v) {
+  nlohmann::json::to_cbor(v, out_);
+  return *this;
+}
+
 cbor_writer& cbor_writer::text(std::string_view s) {
   head(3, s.size());
   out_.insert(out_.end(), s.begin(), s.end());

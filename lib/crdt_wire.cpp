@@ -10,6 +10,17 @@ json encode_entry(const entry& e) {
   return {{"t", encode_hlc(std::get<tombstone>(e).hlc)}};
 }
 
+void write_entry(cbor_writer& w, const entry& e) {
+  const auto hlc = [&](const hlc_timestamp& ts) { w.array(2).uint(ts.wall_ms).uint(ts.logical); };
+  if (const auto* v = std::get_if<value_entry>(&e)) {
+    w.map(2).text("v").value(v->payload).text("d").array(1).array(2).text(v->dot.node);
+    hlc(v->dot.hlc);
+  } else {
+    w.map(1).text("t");
+    hlc(std::get<tombstone>(e).hlc);
+  }
+}
+
 json encode_map(const ormap& m) {
   json out = json::object();
   for (const auto& [k, e] : m.entries()) out[k] = encode_entry(e);

@@ -1,6 +1,7 @@
 #include "barrel_p2p/map.hpp"
 
 #include "barrel_p2p/crdt_wire.hpp"
+#include "barrel_p2p/replica_messages.hpp"
 #include "barrel_p2p/task_group.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -71,6 +72,8 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   // to await for durability (0 without a store).
   std::uint64_t apply_changes(const std::vector<std::string>& changed, bool local) {
     std::vector<map_event> out;
+    const bool announce = events.has_subscribers();
+    std::size_t applied = 0;
     {
       std::unique_lock lock(mu);
       for (const auto& key : changed) {
@@ -78,12 +81,14 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
         if (!e) continue;
         if (const auto* v = std::get_if<value_entry>(e)) {
           projection[key] = v->payload;
-          out.push_back({map_event::kind::put, key, v->payload});
+          ++applied;
+          if (announce) out.push_back({map_event::kind::put, key, v->payload});
         } else if (projection.erase(key) > 0) {
-          out.push_back({map_event::kind::remove, key, nullptr});
+          ++applied;
+          if (announce) out.push_back({map_event::kind::remove, key, nullptr});
         }
       }
-      if (!local) counts.remote_changes += out.size();
+      if (!local) counts.remote_changes += applied;
     }
     std::uint64_t seq = 0;
     if (store) {
@@ -142,9 +147,11 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   task<> write(const std::string& key, std::optional<json> value) {
     check_open();
     const auto ts = n.clock().now();
-    const ormap delta = value ? state.add(key, std::move(*value), n.id(), ts) : state.remove(key, ts);
+    entry e = value ? entry(value_entry{std::move(*value), {n.id(), ts}}) : entry(tombstone{ts});
+    auto payload = encode_delta_payload(key, e);  // the one encoding of this write
+    state.merge_entry(key, std::move(e));          // a fresh HLC: the local write wins here
     const auto seq = apply_changes({key}, true);
-    co_await rep->publish_delta(crdt_wire::encode_map(delta));
+    co_await rep->publish_delta(std::move(payload));
     // Acknowledged => on disk. The store's writer thread fsyncs; this
     // coroutine waits without holding the executor, and concurrent puts
     // share one fsync. (Gossiped before it is durable here: a crash in

@@ -80,6 +80,14 @@ std::size_t ormap::live_size() const {
       [](const auto& kv) { return std::holds_alternative<value_entry>(kv.second); }));
 }
 
+bool ormap::merge_entry(const std::string& key, entry&& incoming) {
+  auto [it, inserted] = entries_.try_emplace(key, std::move(incoming));
+  if (inserted) return true;
+  if (!entry_wins(incoming, it->second)) return false;
+  it->second = std::move(incoming);
+  return true;
+}
+
 bool ormap::merge_entry(const std::string& key, const entry& incoming) {
   auto [it, inserted] = entries_.try_emplace(key, incoming);
   if (inserted) return true;

@@ -448,10 +448,13 @@ task<> replica::broadcast_custom(json payload) {
 }
 
 task<> replica::publish_delta(const json& delta) {
+  // Encoded before waiting: the caller's json need not outlive the wait.
+  co_await publish_delta(encode_delta_payload(delta));
+}
+
+task<> replica::publish_delta(shared_bytes payload) {
   auto i = impl_;
   if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
-  // Encoded before waiting: the caller's json need not outlive the wait.
-  auto payload = encode_delta_payload(delta);
   if (co_await i->host->wait_for_room()) ++i->counters.backpressure_waits;
   if (i->stopped) co_return;  // closed while waiting: applied locally, synced on the next start
   ++i->counters.deltas_sent;

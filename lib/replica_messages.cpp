@@ -1,5 +1,7 @@
 #include "barrel_p2p/replica_messages.hpp"
 
+#include "barrel_p2p/crdt_wire.hpp"
+
 namespace barrel_p2p {
 namespace {
 
@@ -20,6 +22,13 @@ std::optional<std::uint64_t> uint_field(const json& j, const char* key) {
 }  // namespace
 
 shared_bytes encode_delta_payload(const json& delta) { return share_bytes(encode_cbor({{"k", "d"}, {"d", delta}})); }
+
+shared_bytes encode_delta_payload(const std::string& key, const entry& e) {
+  cbor_writer w;
+  w.map(2).text("k").text("d").text("d").map(1).text(key);
+  crdt_wire::write_entry(w, e);
+  return share_bytes(w.take());
+}
 
 shared_bytes encode_custom_payload(const json& payload) {
   return share_bytes(encode_cbor({{"k", "c"}, {"p", payload}}));

@@ -1,6 +1,7 @@
 #include <barrel_p2p/event_stream.hpp>
 #include <barrel_p2p/scheduler.hpp>
 #include <barrel_p2p/task_group.hpp>
+#include <barrel_p2p/wake_signal.hpp>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -83,4 +84,46 @@ TEST_CASE("event_stream delivers in order, bounds its buffer and ends on close")
   }, boost::asio::detached);
   io.run_for(10s);
   CHECK(slow_got == std::vector<int>{7, 8, 9});
+}
+
+TEST_CASE("wake_signal: a notify before the wait is kept, the waiter resumes later, close and cancel wake with false") {
+  boost::asio::io_context io;
+  auto sched = make_real_scheduler(io.get_executor());
+  wake_signal sig(io.get_executor());
+  std::vector<std::string> seen;
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    sig.notify();
+    sig.notify();  // two before a wait count as one
+    CHECK(co_await sig.wait());
+    seen.push_back("first");
+    CHECK(co_await sig.wait());  // woken by the notify below
+    seen.push_back("second");
+    CHECK_FALSE(co_await sig.wait());  // closed
+    seen.push_back("closed");
+  }, boost::asio::detached);
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await sched->sleep(5ms);
+    sig.notify();
+    seen.push_back("notified");  // before the waiter runs: it resumes by a post
+    co_await sched->sleep(5ms);
+    sig.close();
+  }, boost::asio::detached);
+  io.run_for(30s);
+  CHECK(seen == std::vector<std::string>{"first", "notified", "second", "closed"});
+
+  // A waiter in a task_group ends when the group stops (terminal cancellation).
+  io.restart();
+  wake_signal idle(io.get_executor());
+  task_group group(io.get_executor());
+  bool woke = true;
+  group.spawn("waiter", [&]() -> task<> { woke = co_await idle.wait(); });
+  bool stopped = false;
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await sched->sleep(5ms);
+    co_await group.stop();
+    stopped = true;
+  }, boost::asio::detached);
+  io.run_for(30s);
+  CHECK(stopped);
+  CHECK_FALSE(woke);
 }

@@ -49,6 +49,10 @@ struct cbor_error {
 class cbor_writer {
  public:
   cbor_writer& array(std::size_t n) { return head(4, n); }
+  /// A map of `n` pairs: write key, value, key, value... after it.
+  cbor_writer& map(std::size_t n) { return head(5, n); }
+  /// Any json value, as encode_cbor writes it.
+  cbor_writer& value(const nlohmann::json& v);
   cbor_writer& uint(std::uint64_t v) { return head(0, v); }
   cbor_writer& text(std::string_view s);
   cbor_writer& bytes(std::span<const std::uint8_t> b);

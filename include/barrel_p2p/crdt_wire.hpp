@@ -12,6 +12,7 @@
 // entries are dropped one by one, the rest are kept.
 #pragma once
 
+#include <barrel_p2p/cbor.hpp>
 #include <barrel_p2p/hlc.hpp>
 #include <barrel_p2p/ormap.hpp>
 
@@ -37,6 +38,9 @@ struct limits {
 [[nodiscard]] json encode_hlc(const hlc_timestamp& ts);
 [[nodiscard]] json encode_entry(const entry& e);
 [[nodiscard]] json encode_map(const ormap& m);
+/// The same wire form as encode_entry, written as CBOR straight into `w`
+/// (no json tree in between: the local write path).
+void write_entry(cbor_writer& w, const entry& e);
 
 /// Parses an HLC; nullopt unless it is a valid timestamp the clock admits
 /// (within the maximum forward offset).

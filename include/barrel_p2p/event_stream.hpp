@@ -8,10 +8,7 @@
 #pragma once
 
 #include <barrel_p2p/task.hpp>
-
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
+#include <barrel_p2p/wake_signal.hpp>
 
 #include <cstdint>
 #include <deque>
@@ -34,14 +31,8 @@ class event_stream {
   task<std::optional<T>> next() {
     auto st = state_;
     if (!st) co_return std::nullopt;
-    while (st->queue.empty() && !st->closed) {
-      boost::asio::steady_timer wake(st->ex, boost::asio::steady_timer::time_point::max());
-      st->waiter = &wake;
-      co_await wake.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
-      st->waiter = nullptr;
-      if (!st->woken) co_return std::nullopt;  // cancelled
-      st->woken = false;
-    }
+    while (st->queue.empty() && !st->closed)
+      if (!co_await st->signal.wait() && !st->closed) co_return std::nullopt;  // cancelled
     if (st->queue.empty()) co_return std::nullopt;
     T ev = std::move(st->queue.front());
     st->queue.pop_front();
@@ -57,20 +48,12 @@ class event_stream {
  private:
   friend class event_publisher<T>;
   struct state {
-    executor ex;
+    explicit state(executor e, std::size_t c) : signal(std::move(e)), capacity(c) {}
+    wake_signal signal;
     std::size_t capacity;
     std::deque<T> queue;
     std::uint64_t dropped = 0;
     bool closed = false;
-    bool woken = false;
-    boost::asio::steady_timer* waiter = nullptr;
-
-    void wake() {
-      if (waiter) {
-        woken = true;
-        waiter->cancel();
-      }
-    }
   };
   explicit event_stream(std::shared_ptr<state> s) : state_(std::move(s)) {}
   std::shared_ptr<state> state_;
@@ -84,9 +67,7 @@ class event_publisher {
 
   /// A new subscriber, seeing events published from now on.
   [[nodiscard]] event_stream<T> subscribe(std::size_t capacity = 1024) {
-    auto st = std::make_shared<typename event_stream<T>::state>();
-    st->ex = ex_;
-    st->capacity = capacity == 0 ? 1 : capacity;
+    auto st = std::make_shared<typename event_stream<T>::state>(ex_, capacity == 0 ? 1 : capacity);
     subscribers_.push_back(st);
     return event_stream<T>(st);
   }
@@ -100,8 +81,14 @@ class event_publisher {
         ++st->dropped;
       }
       st->queue.push_back(ev);
-      st->wake();
+      st->signal.notify();
     }
+  }
+
+  /// False when nobody would receive an event (publishers skip building it).
+  [[nodiscard]] bool has_subscribers() {
+    std::erase_if(subscribers_, [](const auto& w) { return w.expired(); });
+    return !subscribers_.empty();
   }
 
   /// Ends every stream: readers get nullopt after draining.
@@ -109,7 +96,7 @@ class event_publisher {
     for (const auto& w : subscribers_)
       if (auto st = w.lock()) {
         st->closed = true;
-        st->wake();
+        st->signal.close();
       }
     subscribers_.clear();
   }

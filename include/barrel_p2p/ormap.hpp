@@ -100,6 +100,7 @@ class ormap {
 
   /// Merges one entry; true when the local entry changed.
   bool merge_entry(const std::string& key, const entry& incoming);
+  bool merge_entry(const std::string& key, entry&& incoming);
   /// Merges another map. Returns the keys whose entry changed, in the order
   /// met, so a caller can emit events for exactly those.
   std::vector<std::string> merge(const ormap& other);

@@ -155,6 +155,8 @@ class replica {
   /// calls back into the owner. Encodes the delta once; waits for send-queue
   /// room first, like broadcast_update. Call on the node's executor.
   task<> publish_delta(const json& delta);
+  /// The same with the payload already encoded (encode_delta_payload).
+  task<> publish_delta(shared_bytes payload);
   /// Asks `peer_id` (or, without argument, every active peer) to push its
   /// snapshot to this node.
   void request_sync(const std::string& peer_id);

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <barrel_p2p/cbor.hpp>
+#include <barrel_p2p/ormap.hpp>
 #include <barrel_p2p/transport.hpp>
 
 #include <cstdint>
@@ -38,6 +39,8 @@ using replica_payload = std::variant<replica_delta, replica_custom>;
 
 /// The payload bytes of a DELTA / CUSTOM broadcast, encoded once.
 [[nodiscard]] shared_bytes encode_delta_payload(const json& delta);
+/// The DELTA of one entry, written straight to CBOR (a local write).
+[[nodiscard]] shared_bytes encode_delta_payload(const std::string& key, const entry& e);
 [[nodiscard]] shared_bytes encode_custom_payload(const json& payload);
 /// nullopt unless `bytes` are one CBOR map of either shape. Never throws.
 [[nodiscard]] std::optional<replica_payload> parse_replica_payload(std::span<const std::uint8_t> bytes,
