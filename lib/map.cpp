@@ -146,6 +146,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   // replica to gossip. Peer data takes the other way up (merge_delta).
   task<> write(const std::string& key, std::optional<json> value) {
     check_open();
+    if (store) store->check();  // a failed disk: refuse before changing anything
     const auto ts = n.clock().now();
     entry e = value ? entry(value_entry{std::move(*value), {n.id(), ts}}) : entry(tombstone{ts});
     auto payload = encode_delta_payload(key, e);  // the one encoding of this write
@@ -209,7 +210,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
         // A failed disk: already logged by the store, and every write since
         // was refused to its caller. Closing still closes.
       }
-      self->store.reset();  // joins the idle writer thread
+      self->store.reset();  // joins the store's threads (the writer is idle now)
     }
     self->events.close();
     self->n.clear_attachment("map:" + self->name);

@@ -73,9 +73,27 @@ void write_all(int fd, const std::vector<std::uint8_t>& bytes, const char* what)
   }
 }
 
+// The whole file; throws std::system_error when it cannot be read (an I/O
+// error is not an empty file).
 std::vector<std::uint8_t> read_file(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("open " + p.string());
+  std::vector<std::uint8_t> out;
+  std::uint8_t chunk[64 * 1024];
+  for (;;) {
+    const auto n = ::read(fd, chunk, sizeof chunk);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int saved = errno;
+      ::close(fd);
+      errno = saved;
+      fail("read " + p.string());
+    }
+    if (n == 0) break;
+    out.insert(out.end(), chunk, chunk + n);
+  }
+  ::close(fd);
+  return out;
 }
 
 // Walks the records of `bytes`; returns the offset just past the last good one.
@@ -139,6 +157,8 @@ bool read_snapshot(const std::filesystem::path& dir, json& state, std::uint64_t&
     state = std::move(records[1]);
   } else if (records[0].is_object()) {
     state = std::move(records[0]);
+  } else {
+    return false;
   }
   return true;
 }
@@ -282,7 +302,12 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
   // earlier ones into the snapshot.
   void rotate() {
     const int fd = open_segment(dir, segment + 1);
-    fsync_dir(dir);
+    try {
+      fsync_dir(dir);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
     ::close(log_fd);
     log_fd = fd;
     ++segment;
@@ -315,6 +340,7 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
         std::lock_guard lock(mu);
         ++stats.snapshots_written;
       } catch (const std::exception& ex) {
+        if (std::lock_guard lock(mu); stopping) return;
         post_log(std::string("map_store ") + dir.string() + ": compaction failed: " + ex.what() +
                  "; the log is kept and compaction retried later");
         std::unique_lock lock(mu);
@@ -324,14 +350,26 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
     }
   }
 
+  // Folds only what it can read whole: a damaged snapshot or segment stops
+  // the compaction (the files stay as they are, for an operator to look
+  // at), it is never folded as if it were empty.
   void compact(std::uint64_t below) {
     json state = json::object();
     std::uint64_t covered = 0;
-    read_snapshot(dir, state, covered);
+    if (!read_snapshot(dir, state, covered))
+      throw std::runtime_error("the snapshot is damaged; not compacting over it");
     for (const auto n : list_segments(dir)) {
       if (n < covered || n >= below) continue;
-      const auto bytes = read_file(segment_path(dir, n));
-      for_each_record(bytes, [&](const json& j) { apply_log_record(state, j); });
+      {
+        std::lock_guard lock(mu);
+        if (stopping) throw std::runtime_error("closing");  // the next open compacts again
+      }
+      const auto path = segment_path(dir, n);
+      const auto bytes = read_file(path);
+      // Only the newest segment can have a torn tail, and it is never
+      // compacted: a bad record here is damage.
+      if (for_each_record(bytes, [&](const json& j) { apply_log_record(state, j); }) != bytes.size())
+        throw std::runtime_error(path.filename().string() + " is damaged; not compacting over it");
     }
     std::vector<std::uint8_t> framed = frame_record({{"upto", below}});
     const auto body = frame_record(state);
@@ -436,6 +474,12 @@ void map_store::recover() {
     }
   }
   segment_ = std::max(covered, segments.empty() ? 0 : segments.back());
+}
+
+bool map_store::failed() const noexcept { return shared_->failure != nullptr; }
+
+void map_store::check() const {
+  if (shared_->failure) std::rethrow_exception(shared_->failure);
 }
 
 std::uint64_t map_store::append(const std::string& key, const entry& e) {

@@ -57,8 +57,9 @@ constexpr cbor_limits handshake_cbor_limits{4, 64};
 // Body reads go through read_some in pieces this large at most, so a frame
 // that trickles in still counts as "heard from the peer".
 constexpr std::size_t read_chunk = 64 * 1024;
-// Frames up to this size are decoded straight from the connection's read
-// buffer; larger ones get their own allocation once their length is checked.
+// Frames up to this size are read through the connection's read buffer
+// (then copied into a buffer of their own for the layers above); larger ones
+// get their own allocation once their length is checked.
 constexpr std::size_t read_buffer_size = 64 * 1024;
 // The writer hands the socket up to this many queued frames (or bytes) in
 // one gathered write: under load, one syscall carries many small messages.

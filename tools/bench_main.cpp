@@ -279,7 +279,7 @@ task<> overwriter(std::shared_ptr<map> m, std::string prefix, steady::time_point
 }
 
 // A persisted map on one node: 64 writers put back to back for `seconds`
-// (64,000 keys, compactions every 10,000 records as by default). Puts per
+// (64,000 keys, so a compaction about every 64,000 records). Puts per
 // second, and the worst lateness of a 1 ms timer on the same executor
 // meanwhile: does disk I/O block it?
 task<json> persisted(boost::asio::io_context& io, double seconds) {

@@ -44,14 +44,17 @@ class map_store {
   using log_sink = std::function<void(const std::string&)>;
 
   /// Opens (creating if needed) the store in `dir` and recovers its state:
-  /// the snapshot, then every intact log record after it. A bad record ends
-  /// the log: it and everything after it are dropped (and logged). Starts
+  /// the snapshot, then every intact record of the segments it does not
+  /// cover. A bad record ends its segment: it and the rest of that segment
+  /// are cut off (and logged); recovery goes on with the next. Starts
   /// the writer thread; durable() resumes its callers on `completions` (the
   /// node's executor). Throws std::system_error when the directory cannot
   /// be used. Reads the files on the calling thread (once, at open).
   map_store(std::filesystem::path dir, executor completions, log_sink log);
   /// Writes and fsyncs whatever is still queued, then ends the writer
-  /// thread (blocks for that long: call flush() first to not block).
+  /// thread and the compactor (a compaction under way stops at its next
+  /// segment and is redone at the next open). Blocks for that long: call
+  /// flush() first to keep it short.
   ~map_store();
   map_store(const map_store&) = delete;
   map_store& operator=(const map_store&) = delete;
@@ -62,7 +65,7 @@ class map_store {
 
   /// Queues one changed entry for the log and returns its sequence number
   /// (for durable). Never blocks. Call from one thread at a time (the node's
-  /// executor), like snapshot, durable and flush.
+  /// executor), like compact, durable, flush, failed and check.
   std::uint64_t append(const std::string& key, const entry& e);
   /// Starts a new log segment (in order with the appends) and has the
   /// compactor fold everything before it into the snapshot. Never blocks.
@@ -74,6 +77,11 @@ class map_store {
   task<> durable(std::uint64_t seq);
   /// durable() of everything queued so far.
   task<> flush();
+  /// True once a write or fsync has failed (the store takes no more).
+  [[nodiscard]] bool failed() const noexcept;
+  /// Throws that failure (std::system_error), if any: a writer checks before
+  /// it changes anything, so a write the disk cannot take is not applied.
+  void check() const;
   /// Log records appended since the last snapshot.
   [[nodiscard]] std::uint64_t log_records() const noexcept { return log_records_; }
   /// A copy (the writer thread updates them).
