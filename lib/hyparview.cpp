@@ -1,7 +1,9 @@
 #include "barrel_p2p/hyparview.hpp"
 
 #include "barrel_p2p/cbor.hpp"
+#include "barrel_p2p/hyparview_messages.hpp"
 #include "barrel_p2p/task_group.hpp"
+#include "barrel_p2p/wake_signal.hpp"
 
 #include <algorithm>
 #include <map>
@@ -45,7 +47,13 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   std::vector<passive_entry> passive;
   std::vector<peer_address> contacts;
   std::map<std::string, duration> stray_since;  // open connections outside the active view
-  std::map<std::string, std::optional<bool>> neighbor_answers;
+  // NEIGHBOR requests awaiting their reply, by peer: the answer, and the
+  // signal that wakes the asking coroutine (reply, disconnect or timeout).
+  struct pending_neighbor {
+    std::optional<bool> answer;
+    std::shared_ptr<wake_signal> wake;
+  };
+  std::map<std::string, pending_neighbor> neighbor_answers;
   std::vector<peer_descriptor> last_shuffle_sent;
   std::vector<peer_address> probe_contacts;
   std::vector<listener> listeners;
@@ -103,8 +111,9 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     events.publish(ev);
   }
 
-  void send(const std::string& peer, const json& msg) {
-    net.send(peer, channel::membership, encode_body(msg));
+  template <class Message>
+  void send(const std::string& peer, const Message& msg) {
+    net.send(peer, channel::membership, encode(msg));
   }
 
   void add_active(const peer_descriptor& d) {
@@ -113,7 +122,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     if (active.size() >= config.active_size) {
       auto victim = pick(active, rng);
       ++counters.disconnects_sent;
-      send(victim.id, {{"t", "disconnect"}, {"leave", false}});
+      send(victim.id, disconnect_message{false});
       remove_active(victim.id, "evicted", true);
       // The victim closes the connection when it reads DISCONNECT; if it
       // does not, the stray-connection sweep does.
@@ -183,38 +192,14 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
 
   // ---- messages ------------------------------------------------------------
 
-  static json descriptors_to_json(const std::vector<peer_descriptor>& v) {
-    json out = json::array();
-    for (const auto& d : v) out.push_back(to_json(d));
-    return out;
-  }
-  std::optional<std::vector<peer_descriptor>> descriptors_from_json(const json& j) {
-    if (!j.is_array() || j.size() > 4 * config.shuffle_length + 8) return std::nullopt;
-    std::vector<peer_descriptor> out;
-    for (const auto& e : j) {
-      auto d = descriptor_from_json(e);
-      if (!d) return std::nullopt;
-      out.push_back(std::move(*d));
-    }
-    return out;
-  }
-
-  void on_message(const std::string& from, json&& msg) {
+  void on_message(const std::string& from, const json& j) {
     if (leaving) return;
-    try {
-      if (!msg.is_object() || !msg.contains("t") || !msg["t"].is_string()) return bad(from, "no type");
-      const auto& type = msg["t"].get_ref<const std::string&>();
-      if (type == "join") return on_join(from, msg);
-      if (type == "fwd_join") return on_forward_join(from, msg);
-      if (type == "neighbor") return on_neighbor(from, msg);
-      if (type == "neighbor_reply") return on_neighbor_reply(from, msg);
-      if (type == "disconnect") return on_disconnect(from, msg);
-      if (type == "shuffle") return on_shuffle(from, msg);
-      if (type == "shuffle_reply") return on_shuffle_reply(msg);
-      bad(from, "unknown type " + type);
-    } catch (const std::exception& ex) {  // a json access on an unexpected shape
-      bad(from, ex.what());
-    }
+    std::string why;
+    // A shuffle list is at most shuffle_length long; some slack for peers
+    // configured differently.
+    auto msg = parse_membership_message(j, 4 * config.shuffle_length + 8, &why);
+    if (!msg) return bad(from, why);
+    std::visit([&](auto& m) { on(from, m); }, *msg);
   }
 
   void bad(const std::string& from, const std::string& why) {
@@ -222,37 +207,26 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     log("dropped membership message from " + from + ": " + why);
   }
 
-  std::optional<peer_descriptor> field_descriptor(const json& msg, const char* key) {
-    auto it = msg.find(key);
-    if (it == msg.end()) return std::nullopt;
-    return descriptor_from_json(*it);
-  }
-
-  void on_join(const std::string& from, const json& msg) {
-    auto joiner = field_descriptor(msg, "n");
-    if (!joiner || joiner->id != from) return bad(from, "join: bad descriptor");
+  void on(const std::string& from, const join_message& m) {
+    if (m.node.id != from) return bad(from, "join: bad descriptor");
     ++counters.joins_received;
-    add_active(*joiner);
+    add_active(m.node);
     for (const auto& p : active)
-      if (p.id != joiner->id)
-        send(p.id, {{"t", "fwd_join"}, {"n", to_json(*joiner)}, {"ttl", config.arwl}});
+      if (p.id != m.node.id) send(p.id, forward_join_message{m.node, config.arwl});
   }
 
-  void on_forward_join(const std::string& from, const json& msg) {
-    auto joiner = field_descriptor(msg, "n");
-    auto ttl_it = msg.find("ttl");
-    if (!joiner || ttl_it == msg.end() || !ttl_it->is_number_unsigned())
-      return bad(from, "fwd_join: bad fields");
+  void on(const std::string& from, const forward_join_message& m) {
+    const auto& joiner = m.node;
     ++counters.forward_joins;
-    if (joiner->id == self().id || is_active(joiner->id)) return;
-    const auto ttl = std::min<std::uint64_t>(ttl_it->get<std::uint64_t>(), config.arwl);
-    if (ttl == 0 || active.size() <= 1) return accept_joiner(*joiner);
-    if (ttl == config.prwl) add_passive(*joiner);
+    if (joiner.id == self().id || is_active(joiner.id)) return;
+    const auto ttl = std::min<std::uint64_t>(m.ttl, config.arwl);
+    if (ttl == 0 || active.size() <= 1) return accept_joiner(joiner);
+    if (ttl == config.prwl) add_passive(joiner);
     std::vector<peer_descriptor> next;
     for (const auto& p : active)
-      if (p.id != from && p.id != joiner->id) next.push_back(p);
-    if (next.empty()) return accept_joiner(*joiner);
-    send(pick(next, rng).id, {{"t", "fwd_join"}, {"n", to_json(*joiner)}, {"ttl", ttl - 1}});
+      if (p.id != from && p.id != joiner.id) next.push_back(p);
+    if (next.empty()) return accept_joiner(joiner);
+    send(pick(next, rng).id, forward_join_message{joiner, ttl - 1});
   }
 
   // The end of a FORWARD_JOIN walk: this node becomes a neighbour of the
@@ -264,79 +238,63 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     auto c = co_await net.connect(joiner.address);
     if (!c || c->id != joiner.id || leaving) co_return;
     add_active(*c);
-    send(c->id, {{"t", "neighbor"}, {"n", to_json(self())}, {"prio", "high"}});
+    send(c->id, neighbor_message{self(), true});
   }
 
-  void on_neighbor(const std::string& from, const json& msg) {
-    auto asker = field_descriptor(msg, "n");
-    auto prio = msg.find("prio");
-    if (!asker || asker->id != from || prio == msg.end() || !prio->is_string())
-      return bad(from, "neighbor: bad fields");
+  void on(const std::string& from, const neighbor_message& m) {
+    if (m.node.id != from) return bad(from, "neighbor: bad fields");
     ++counters.neighbor_requests;
-    const bool high = prio->get_ref<const std::string&>() == "high";
-    const bool ok = high || is_active(from) || active.size() < config.active_size;
-    if (ok) add_active(*asker);
+    const bool ok = m.high_priority || is_active(from) || active.size() < config.active_size;
+    if (ok) add_active(m.node);
     else ++counters.neighbor_rejected;
-    send(from, {{"t", "neighbor_reply"}, {"ok", ok}});
-    if (!ok) add_passive(*asker);
+    send(from, neighbor_reply_message{ok});
+    if (!ok) add_passive(m.node);
   }
 
-  void on_neighbor_reply(const std::string& from, const json& msg) {
-    auto ok = msg.find("ok");
-    if (ok == msg.end() || !ok->is_boolean()) return bad(from, "neighbor_reply: bad fields");
+  void on(const std::string& from, const neighbor_reply_message& m) {
     auto it = neighbor_answers.find(from);
-    if (it != neighbor_answers.end()) it->second = ok->get<bool>();
+    if (it != neighbor_answers.end()) {
+      it->second.answer = m.accepted;
+      it->second.wake->notify();
+    }
   }
 
-  void on_disconnect(const std::string& from, const json& msg) {
-    auto leave = msg.find("leave");
-    const bool leaving_peer = leave != msg.end() && leave->is_boolean() && leave->get<bool>();
-    if (is_active(from)) remove_active(from, leaving_peer ? "left" : "disconnect", !leaving_peer);
-    if (leaving_peer) erase_passive(from);
+  void on(const std::string& from, const disconnect_message& m) {
+    if (is_active(from)) remove_active(from, m.leaving ? "left" : "disconnect", !m.leaving);
+    if (m.leaving) erase_passive(from);
     net.disconnect(from);
   }
 
-  void on_shuffle(const std::string& from, const json& msg) {
-    auto origin = field_descriptor(msg, "o");
-    auto ttl_it = msg.find("ttl");
-    auto list_it = msg.find("l");
-    if (!origin || ttl_it == msg.end() || !ttl_it->is_number_unsigned() || list_it == msg.end())
-      return bad(from, "shuffle: bad fields");
-    auto list = descriptors_from_json(*list_it);
-    if (!list) return bad(from, "shuffle: bad list");
+  void on(const std::string& from, const shuffle_message& m) {
     ++counters.shuffles_received;
-    if (origin->id == self().id) return;
-    const auto ttl = std::min<std::uint64_t>(ttl_it->get<std::uint64_t>(), config.arwl);
+    if (m.origin.id == self().id) return;
+    const auto ttl = std::min<std::uint64_t>(m.ttl, config.arwl);
     if (ttl > 1 && active.size() > 1) {
       std::vector<peer_descriptor> next;
       for (const auto& p : active)
-        if (p.id != from && p.id != origin->id) next.push_back(p);
+        if (p.id != from && p.id != m.origin.id) next.push_back(p);
       if (!next.empty()) {
-        auto fwd = msg;
-        fwd["ttl"] = ttl - 1;
+        auto fwd = m;
+        fwd.ttl = ttl - 1;
         send(pick(next, rng).id, fwd);
         return;
       }
     }
     // The walk ends here: answer the origin with as many passive entries,
     // then take in its list, evicting first what we sent.
-    auto reply = sample(passive_descriptors(), list->size(), origin->id);
-    spawn("shuffle_reply", send_shuffle_reply(*origin, reply));
-    for (const auto& d : *list) add_passive(d, &reply);
+    auto reply = sample(passive_descriptors(), m.nodes.size(), m.origin.id);
+    spawn("shuffle_reply", send_shuffle_reply(m.origin, reply));
+    for (const auto& d : m.nodes) add_passive(d, &reply);
   }
 
   task<> send_shuffle_reply(peer_descriptor origin, std::vector<peer_descriptor> reply) {
     auto c = co_await net.connect(origin.address);
     if (!c || c->id != origin.id) co_return;
-    send(c->id, {{"t", "shuffle_reply"}, {"l", descriptors_to_json(reply)}});
+    send(c->id, shuffle_reply_message{std::move(reply)});
   }
 
-  void on_shuffle_reply(const json& msg) {
-    auto list_it = msg.find("l");
-    if (list_it == msg.end()) return;
-    auto list = descriptors_from_json(*list_it);
-    if (!list) return;
-    for (const auto& d : *list) add_passive(d, &last_shuffle_sent);
+  void on(const std::string&, const shuffle_reply_message& m) {
+    for (const auto& d : m.nodes) add_passive(d, &last_shuffle_sent);
   }
 
   // ---- transport events ----------------------------------------------------
@@ -347,7 +305,10 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
 
   void on_disconnected(const std::string& peer, disconnect_reason why) {
     stray_since.erase(peer);
-    neighbor_answers.erase(peer);
+    if (auto it = neighbor_answers.find(peer); it != neighbor_answers.end()) {
+      it->second.wake->notify();  // the asker finds no answer: refused
+      neighbor_answers.erase(it);
+    }
     if (is_active(peer)) {
       // Keep it in reserve only if it went away in an orderly way; a failed
       // peer goes to the back of the passive view with a backoff, so that a
@@ -422,6 +383,11 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     repairing = false;
   }
 
+  static task<> notify_after(scheduler& sched, std::shared_ptr<wake_signal> wake, duration after) {
+    const bool elapsed = co_await sched.sleep(after);
+    if (elapsed) wake->notify();
+  }
+
   task<bool> promote(const peer_descriptor& target, bool force = false) {
     auto c = co_await net.connect(target.address);
     if (!c || c->id != target.id) {
@@ -439,17 +405,17 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     }
     if (is_active(c->id)) co_return true;
     const bool high = force || active.empty();
-    neighbor_answers[c->id] = std::nullopt;
-    send(c->id, {{"t", "neighbor"}, {"n", to_json(self())}, {"prio", high ? "high" : "low"}});
-    const auto deadline = sched.now() + config.neighbor_timeout;
-    while (sched.now() < deadline) {
-      auto it = neighbor_answers.find(c->id);
-      if (it == neighbor_answers.end() || it->second.has_value()) break;
-      if (!co_await sched.sleep(duration{20})) co_return false;
-    }
+    auto wake = std::make_shared<wake_signal>(sched.get_executor());
+    neighbor_answers[c->id] = pending_neighbor{std::nullopt, wake};
+    send(c->id, neighbor_message{self(), high});
+    // The reply, a disconnect or the timeout wakes us, whichever is first.
+    spawn("neighbor_timeout", notify_after(sched, wake, config.neighbor_timeout));
+    const bool woken = co_await wake->wait();
+    wake->close();  // the timeout's notify, if still to come, goes nowhere
     auto it = neighbor_answers.find(c->id);
-    const bool ok = it != neighbor_answers.end() && it->second.value_or(false);
-    neighbor_answers.erase(c->id);
+    const bool ok = woken && it != neighbor_answers.end() && it->second.wake == wake &&
+                    it->second.answer.value_or(false);
+    if (it != neighbor_answers.end() && it->second.wake == wake) neighbor_answers.erase(it);
     if (ok) {
       add_active(*c);
     } else if (auto* e = find_passive(target.id)) {
@@ -501,8 +467,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
       last_shuffle_sent = list;
       maybe_promote_randomly();
       ++counters.shuffles_sent;
-      send(pick(active, rng).id,
-           {{"t", "shuffle"}, {"o", to_json(self())}, {"ttl", config.arwl}, {"l", descriptors_to_json(list)}});
+      send(pick(active, rng).id, shuffle_message{self(), config.arwl, list});
     }
   }
 
@@ -512,7 +477,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     if (c->id == self().id) co_return false;
     if (is_active(c->id)) co_return true;
     add_active(*c);
-    send(c->id, {{"t", "join"}, {"n", to_json(self())}});
+    send(c->id, join_message{self()});
     co_return true;
   }
 };
@@ -560,7 +525,7 @@ task<> hyparview::leave() {
   if (m->leaving) co_return;
   // From here on no peer is added and no message handled.
   m->leaving = true;
-  for (const auto& p : m->active) m->send(p.id, {{"t", "disconnect"}, {"leave", true}});
+  for (const auto& p : m->active) m->send(p.id, disconnect_message{true});
   // Give the DISCONNECTs a moment to leave before the connections close.
   co_await m->sched.sleep(duration{100});
   auto peers = m->active;

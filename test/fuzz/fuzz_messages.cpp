@@ -1,9 +1,10 @@
 // libFuzzer target: a frame body as a peer sends it, fed to every layer's
-// message parser (broadcast, replica, replica broadcast payloads). Any
+// message parser (membership, broadcast, replica, replica broadcast payloads). Any
 // crash, sanitizer report or escaping exception is a bug; so is a message
 // that is accepted but does not survive encode -> parse unchanged
 // (__builtin_trap).
 #include <barrel_p2p/cbor.hpp>
+#include <barrel_p2p/hyparview_messages.hpp>
 #include <barrel_p2p/plumtree_messages.hpp>
 #include <barrel_p2p/replica_messages.hpp>
 
@@ -70,11 +71,24 @@ void check_replica(std::span<const std::uint8_t> bytes) {
   }
 }
 
+void check_membership(std::span<const std::uint8_t> bytes) {
+  auto j = decode_cbor(bytes);
+  if (!j) return;
+  auto m = parse_membership_message(*j, 64);
+  if (!m) return;
+  const auto body = flatten(std::visit([](const auto& x) { return encode(x); }, *m));
+  auto again = decode_cbor(body);
+  if (!again) __builtin_trap();
+  auto back = parse_membership_message(*again, 64);
+  if (!back || back->index() != m->index()) __builtin_trap();
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const auto bytes = share_bytes(std::vector<std::uint8_t>(data, data + size));
   check_broadcast(byte_slice(bytes));
   check_replica(*bytes);
+  check_membership(*bytes);
   return 0;
 }
