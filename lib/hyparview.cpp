@@ -494,6 +494,10 @@ hyparview::~hyparview() {
     impl_->net.on_connected(nullptr);
     impl_->net.on_disconnected(nullptr);
   }
+  // A promote() waiting for a NEIGHBOR reply is parked in its signal, which
+  // the state owns: closing hands it back to the executor, so the state is
+  // not kept alive by its own waiter if the executor never runs again.
+  for (auto& [id, pending] : impl_->neighbor_answers) pending.wake->close();
   impl_->loops.cancel();
 }
 

@@ -100,7 +100,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       if (store->log_records() >= std::max<std::uint64_t>(options.snapshot_every, state.entry_count()))
         seq = store->compact();
     }
-    for (const auto& ev : out) events.publish(ev);
+    for (auto& ev : out) events.publish(std::move(ev));
     return seq;
   }
 
@@ -136,7 +136,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
         if (projection.erase(key) > 0) out.push_back({map_event::kind::remove, key, nullptr});
       counts.pruned += dropped.size();
     }
-    for (const auto& ev : out) events.publish(ev);
+    for (auto& ev : out) events.publish(std::move(ev));
   }
   bool anti_entropy() const override { return true; }  // whole-state snapshots, tombstoned removes
 

@@ -71,6 +71,27 @@ struct queued_frame {
   message_body body;
 };
 
+// A peer's frames waiting for the socket, and the bytes they hold: both
+// are bounded (send_queue_limit, send_queue_bytes_limit).
+struct frame_queue {
+  std::deque<queued_frame> frames;
+  std::size_t bytes = 0;
+
+  static std::size_t cost(const queued_frame& f) { return frame_header_size + f.body.size(); }
+  void push(queued_frame f) {
+    bytes += cost(f);
+    frames.push_back(std::move(f));
+  }
+  queued_frame pop() {
+    auto f = std::move(frames.front());
+    frames.pop_front();
+    bytes -= cost(f);
+    return f;
+  }
+  [[nodiscard]] bool empty() const { return frames.empty(); }
+  [[nodiscard]] std::size_t size() const { return frames.size(); }
+};
+
 // A connect() in flight, shared by every caller dialling the same address.
 struct dial_outcome {
   explicit dial_outcome(const executor& ex) : wake(ex, asio::steady_timer::time_point::max()) {}
@@ -130,7 +151,7 @@ struct connection {
   tiebreak_bytes tiebreak{};
   std::shared_ptr<dial_outcome> outcome;  // outbound: the connect() waiting
   std::optional<peer_address> dialed;     // outbound: the address dialled
-  std::deque<queued_frame> queue;         // not yet handed to the socket
+  frame_queue queue;                      // not yet handed to the socket
   // Bytes read but not yet decoded: [read_begin, read_end) of read_buffer.
   std::vector<std::uint8_t> read_buffer;
   std::size_t read_begin = 0;
@@ -174,7 +195,7 @@ bool dialled_before(const connection& a, const connection& b, const std::string&
 struct peer_entry {
   peer_descriptor descriptor;
   std::shared_ptr<connection> active;  // null while a replacement handshake finishes
-  std::deque<queued_frame> held;       // sends made while active is null
+  frame_queue held;                    // sends made while active is null
   disconnect_reason deferred = disconnect_reason::closed_by_peer;
 };
 
@@ -220,6 +241,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       throw std::invalid_argument("tcp_transport: max_frame_bytes over 2^32 - 1");
     if (config_.send_queue_limit == 0)
       throw std::invalid_argument("tcp_transport: send_queue_limit must be positive");
+    if (config_.send_queue_bytes_limit < config_.max_frame_bytes)
+      throw std::invalid_argument("tcp_transport: send_queue_bytes_limit below max_frame_bytes");
     if (config_.connect_timeout <= duration{0} || config_.handshake_timeout <= duration{0} ||
         config_.heartbeat_interval <= duration{0} || config_.heartbeat_timeout <= duration{0})
       throw std::invalid_argument("tcp_transport: timeouts and intervals must be positive");
@@ -363,11 +386,12 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     }
     auto& entry = it->second;
     auto& queue = entry.active ? entry.active->queue : entry.held;
-    if (queue.size() >= config_.send_queue_limit) {
+    if (queue.size() >= config_.send_queue_limit ||
+        queue.bytes + frame_header_size + body.size() > config_.send_queue_bytes_limit) {
       ++counters_.send_queue_drops;
       return false;
     }
-    queue.push_back({encode_frame_header(ch, body.size()), body});
+    queue.push({encode_frame_header(ch, body.size()), body});
     if (entry.active) entry.active->wake.cancel();
     return true;
   }
@@ -916,9 +940,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
           std::vector<queued_frame> batch;
           std::size_t bytes = 0;
           while (!conn->queue.empty() && batch.size() < write_batch_frames && bytes < write_batch_bytes) {
-            bytes += conn->queue.front().body.size();
-            batch.push_back(std::move(conn->queue.front()));
-            conn->queue.pop_front();
+            batch.push_back(conn->queue.pop());
+            bytes += batch.back().body.size();
           }
           if (!co_await write_frames(conn, batch)) co_return disconnect_reason::io_error;
         }

@@ -747,6 +747,34 @@ TEST_CASE("a full send queue drops new messages and counts them") {
   });
 }
 
+TEST_CASE("a send queue is bounded in bytes: large messages are dropped once the budget is used") {
+  run_test([](executor ex) -> task<> {
+    auto cfg = plain_config_for("a");
+    cfg.max_frame_bytes = 64 * 1024;
+    cfg.send_queue_bytes_limit = 64 * 1024;  // room for two 30 KB messages, not three
+    auto a = make_node(ex, cfg);
+    co_await a->t->start();
+    auto raw = co_await raw_connect(a->address());
+    REQUIRE(co_await raw_handshake(raw, "sink"));
+    REQUIRE(co_await eventually([&] { return a->t->is_connected("sink"); }));
+    // The writer runs only when this coroutine yields: the queue fills.
+    const auto large = encode_body(std::string(30'000, 'x'));
+    int accepted = 0;
+    for (int i = 0; i < 5; ++i) accepted += a->t->send("sink", channel::broadcast, large) ? 1 : 0;
+    CHECK(accepted == 2);
+    CHECK(a->counters().send_queue_drops == 3);
+    // A small message still fits in what is left.
+    CHECK(a->t->send("sink", channel::broadcast, encode_body(std::string(100, 'x'))));
+    int got = 0;
+    while (got < 3) {
+      auto f = co_await raw_read(raw);
+      REQUIRE(f);
+      if (f->ch == channel::broadcast) ++got;
+    }
+    co_await a->t->stop();
+  });
+}
+
 TEST_CASE("a message over max_frame_bytes is not sent") {
   run_test([](executor ex) -> task<> {
     auto cfg = config_for("a");

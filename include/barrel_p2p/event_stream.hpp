@@ -72,17 +72,17 @@ class event_publisher {
     return event_stream<T>(st);
   }
 
+  /// Copies `ev` into each subscriber's buffer.
   void publish(const T& ev) {
     std::erase_if(subscribers_, [](const auto& w) { return w.expired(); });
-    for (const auto& w : subscribers_) {
-      auto st = w.lock();
-      if (st->queue.size() >= st->capacity) {
-        st->queue.pop_front();
-        ++st->dropped;
-      }
-      st->queue.push_back(ev);
-      st->signal.notify();
-    }
+    for (const auto& w : subscribers_) push(*w.lock(), T(ev));
+  }
+  /// The same, moving `ev` into the last subscriber's buffer (one
+  /// subscriber, as a replica's inbox: no copy at all).
+  void publish(T&& ev) {
+    std::erase_if(subscribers_, [](const auto& w) { return w.expired(); });
+    for (std::size_t i = 0; i < subscribers_.size(); ++i)
+      push(*subscribers_[i].lock(), i + 1 == subscribers_.size() ? std::move(ev) : T(ev));
   }
 
   /// False when nobody would receive an event (publishers skip building it).
@@ -102,6 +102,15 @@ class event_publisher {
   }
 
  private:
+  static void push(typename event_stream<T>::state& st, T&& ev) {
+    if (st.queue.size() >= st.capacity) {
+      st.queue.pop_front();
+      ++st.dropped;
+    }
+    st.queue.push_back(std::move(ev));
+    st.signal.notify();
+  }
+
   executor ex_;
   std::vector<std::weak_ptr<typename event_stream<T>::state>> subscribers_;
 };

@@ -79,6 +79,12 @@ struct tcp_transport_config {
   /// a slow peer cannot make this node buffer without bound. Gossip repairs
   /// drops (lazy push, anti-entropy).
   std::size_t send_queue_limit = 4096;
+  /// Bytes queued per connection (frames, headers included) before new
+  /// messages are dropped and counted, whatever their number: a queue of
+  /// large payloads is bounded in memory, not only in count. At least
+  /// max_frame_bytes. A payload shared by several peers' queues counts in
+  /// each.
+  std::size_t send_queue_bytes_limit = 64 * 1024 * 1024;
   /// Dial timeout, and time allowed for the whole handshake.
   std::chrono::milliseconds connect_timeout{3000};
   std::chrono::milliseconds handshake_timeout{3000};
