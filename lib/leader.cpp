@@ -1,5 +1,7 @@
 #include "barrel_p2p/leader.hpp"
 
+#include "barrel_p2p/replica_messages.hpp"
+
 #include "barrel_p2p/crdt_wire.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -186,8 +188,7 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
     c.events = std::make_unique<event_publisher<leadership_event>>(self->strand);
     lead_start start;
     start.events = c.events->subscribe();
-    replica_update u = replica_add{candidacy_key(name, self->self()), json{{"p", priority}}};
-    co_await self->rep->broadcast_update(std::move(u));
+    co_await write_local(self, candidacy_key(name, self->self()), candidacy_value(priority));
     auto& after = self->mine.at(name);
     after.announcing = true;
     start.leader = after.leader;
@@ -199,8 +200,23 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
     auto it = self->mine.find(name);
     if (it == self->mine.end() || self->stopped) co_return;
     self->mine.erase(it);  // closes its stream
-    replica_update u = replica_remove{candidacy_key(name, self->self())};
-    co_await self->rep->broadcast_update(std::move(u));
+    co_await write_local(self, candidacy_key(name, self->self()), std::nullopt);
+  }
+
+  // Built outside the coroutine: GCC 12 cannot keep a json literal's
+  // initializer list in a coroutine frame (docs/how-to/contributing.md).
+  static json candidacy_value(std::int64_t priority) { return json{{"p", priority}}; }
+
+  // The forward path of our own candidacy (or its withdrawal): merged here,
+  // stamped by the node's clock, then handed down encoded once. Peer
+  // candidacies come up through merge_delta.
+  static task<> write_local(std::shared_ptr<impl> self, std::string key, std::optional<json> value) {
+    const auto ts = self->n.clock().now();
+    entry e = value ? entry(value_entry{std::move(*value), {self->n.id(), ts}}) : entry(tombstone{ts});
+    auto payload = encode_delta_payload(key, e);
+    self->candidates.merge_entry(key, std::move(e));
+    self->recompute();
+    co_await self->rep->publish_delta(std::move(payload));
   }
 };
 
