@@ -51,8 +51,8 @@ std::uint32_t get_u32(const std::uint8_t* p) {
   return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
 }
 
-std::vector<std::uint8_t> frame_record(const json& body) {
-  const auto cbor = encode_cbor(body);
+// One record around an encoded CBOR body.
+std::vector<std::uint8_t> frame_record(const std::vector<std::uint8_t>& cbor) {
   std::vector<std::uint8_t> out;
   out.reserve(cbor.size() + 8);
   put_u32(out, static_cast<std::uint32_t>(cbor.size()));
@@ -60,6 +60,8 @@ std::vector<std::uint8_t> frame_record(const json& body) {
   out.insert(out.end(), cbor.begin(), cbor.end());
   return out;
 }
+
+std::vector<std::uint8_t> frame_record(const json& body) { return frame_record(encode_cbor(body)); }
 
 void write_all(int fd, const std::vector<std::uint8_t>& bytes, const char* what) {
   std::size_t done = 0;
@@ -476,15 +478,18 @@ void map_store::recover() {
   segment_ = std::max(covered, segments.empty() ? 0 : segments.back());
 }
 
-bool map_store::failed() const noexcept { return shared_->failure != nullptr; }
-
 void map_store::check() const {
   if (shared_->failure) std::rethrow_exception(shared_->failure);
 }
 
 std::uint64_t map_store::append(const std::string& key, const entry& e) {
   ++log_records_;
-  shared_->push({store_job::kind::record, frame_record({{"k", key}, {"e", crdt_wire::encode_entry(e)}}), ++last_seq_});
+  // {"k": key, "e": entry}, written straight to CBOR: no json copy of the
+  // value on the executor for every change.
+  cbor_writer w;
+  w.map(2).text("k").text(key).text("e");
+  crdt_wire::write_entry(w, e);
+  shared_->push({store_job::kind::record, frame_record(w.take()), ++last_seq_});
   return last_seq_;
 }
 

@@ -78,6 +78,4 @@ void wake_signal::close() {
   state_->complete(false);
 }
 
-bool wake_signal::closed() const noexcept { return state_->closed; }
-
 }  // namespace barrel_p2p

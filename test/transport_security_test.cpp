@@ -71,6 +71,13 @@ task<bool> raw_send(tcp::socket& s, channel ch, const json& message) {
   co_return !ec;
 }
 
+// A hand-played TLS peer's hello: it claims to be `id`.
+task<> tls_send_hello(asio::ssl::stream<tcp::socket>& tls, const std::string& id) {
+  const hello_message hello{protocol_version, {id, {"127.0.0.1", 1}}, random_nonce()};
+  const auto bytes = encode_frame(channel::control, encode_cbor(make_hello(hello)));
+  co_await asio::async_write(tls, asio::buffer(bytes), use_tuple);
+}
+
 task<std::optional<json>> read_one_frame(tcp::socket& s) {
   auto frame = co_await barrel_p2p::testing::read_raw_frame(s);
   if (!frame) co_return std::nullopt;
@@ -422,9 +429,7 @@ TEST_CASE("certificate mode: members of one CA connect; another CA, an expired c
       asio::ssl::stream<tcp::socket> tls(std::move(*sock), *ctx);
       auto [ec] = co_await tls.async_handshake(asio::ssl::stream_base::client, use_tuple);
       REQUIRE_FALSE(ec);
-      const hello_message claim{protocol_version, {"b", {"127.0.0.1", 1}}, random_nonce()};
-      const auto bytes = encode_frame(channel::control, encode_cbor(make_hello(claim)));
-      co_await asio::async_write(tls, asio::buffer(bytes), use_tuple);
+      co_await tls_send_hello(tls, "b");
       std::array<std::uint8_t, 1024> buf{};
       for (;;) {  // a's hello, then the close
         auto r = co_await (tls.async_read_some(asio::buffer(buf), use_tuple) || pause(10s));
@@ -522,9 +527,7 @@ TEST_CASE("the cluster key survives a HelloRetryRequest") {
       barrel_p2p::detail::attach_session(tls.native_handle(), &session);
       auto [hec] = co_await tls.async_handshake(asio::ssl::stream_base::server, use_tuple);
       REQUIRE_FALSE(hec);
-      const hello_message mine{protocol_version, {"srv", {"127.0.0.1", 1}}, random_nonce()};
-      const auto bytes = encode_frame(channel::control, encode_cbor(make_hello(mine)));
-      co_await asio::async_write(tls, asio::buffer(bytes), use_tuple);
+      co_await tls_send_hello(tls, "srv");
       std::array<std::uint8_t, 5> header{};
       auto r = co_await (asio::async_read(tls, asio::buffer(header), use_tuple) || pause(5s));
       hello_read = r.index() == 0 && !std::get<0>(std::get<0>(r));  // a's hello, inside TLS

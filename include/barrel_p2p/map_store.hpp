@@ -65,7 +65,7 @@ class map_store {
 
   /// Queues one changed entry for the log and returns its sequence number
   /// (for durable). Never blocks. Call from one thread at a time (the node's
-  /// executor), like compact, durable, flush, failed and check.
+  /// executor), like compact, durable, flush and check.
   std::uint64_t append(const std::string& key, const entry& e);
   /// Starts a new log segment (in order with the appends) and has the
   /// compactor fold everything before it into the snapshot. Never blocks.
@@ -77,10 +77,9 @@ class map_store {
   task<> durable(std::uint64_t seq);
   /// durable() of everything queued so far.
   task<> flush();
-  /// True once a write or fsync has failed (the store takes no more).
-  [[nodiscard]] bool failed() const noexcept;
-  /// Throws that failure (std::system_error), if any: a writer checks before
-  /// it changes anything, so a write the disk cannot take is not applied.
+  /// Throws the failure of an earlier write or fsync (std::system_error),
+  /// if any: a writer checks before it changes anything, so a write the
+  /// disk can no longer take is not applied.
   void check() const;
   /// Log records appended since the last snapshot.
   [[nodiscard]] std::uint64_t log_records() const noexcept { return log_records_; }

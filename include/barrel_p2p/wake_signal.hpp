@@ -32,7 +32,6 @@ class wake_signal {
   void notify();
   /// Wakes the waiter with false; every later wait() returns false at once.
   void close();
-  [[nodiscard]] bool closed() const noexcept;
 
   struct state;
 
