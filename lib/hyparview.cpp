@@ -57,6 +57,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   std::vector<peer_descriptor> last_shuffle_sent;
   std::vector<peer_address> probe_contacts;
   std::vector<listener> listeners;
+  std::function<bool(const std::string&)> keep_on_eviction;
   event_publisher<membership_event> events;
   task_group loops;
   duration rejoin_backoff;
@@ -116,11 +117,23 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     net.send(peer, channel::membership, encode(msg));
   }
 
+  // A random active peer, among those the layer above does not prefer to
+  // keep if there are any.
+  peer_descriptor pick_victim() {
+    if (keep_on_eviction) {
+      std::vector<peer_descriptor> expendable;
+      for (const auto& d : active)
+        if (!keep_on_eviction(d.id)) expendable.push_back(d);
+      if (!expendable.empty()) return pick(expendable, rng);
+    }
+    return pick(active, rng);
+  }
+
   void add_active(const peer_descriptor& d) {
     if (d.id == self().id || is_active(d.id) || leaving) return;
     erase_passive(d.id);
     if (active.size() >= config.active_size) {
-      auto victim = pick(active, rng);
+      auto victim = pick_victim();
       ++counters.disconnects_sent;
       send(victim.id, disconnect_message{false});
       remove_active(victim.id, "evicted", true);
@@ -444,6 +457,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     // One draw over passive candidates and unknown contacts alike.
     const auto total = candidates.size() + probe_contacts.size();
     if (total > 0) {
+      ++counters.swaps;
       const auto i = std::uniform_int_distribution<std::size_t>(0, total - 1)(rng);
       if (i < candidates.size()) spawn("swap", swap_in(candidates[i]));
       else spawn("swap_contact", swap_in_contact(probe_contacts[i - candidates.size()]));
@@ -552,5 +566,9 @@ event_stream<membership_event> hyparview::subscribe(std::size_t capacity) {
   return impl_->events.subscribe(capacity);
 }
 void hyparview::add_listener(listener l) { impl_->listeners.push_back(std::move(l)); }
+
+void hyparview::set_eviction_preference(std::function<bool(const std::string&)> keep) {
+  impl_->keep_on_eviction = std::move(keep);
+}
 
 }  // namespace barrel_p2p

@@ -67,6 +67,7 @@ const field<hyparview_counters> membership_fields[] = {
     {"barrel_p2p_membership_peers_up_total", K::counter, "Peers added to the active view.", &hyparview_counters::peers_up},
     {"barrel_p2p_membership_peers_down_total", K::counter, "Peers removed from the active view.", &hyparview_counters::peers_down},
     {"barrel_p2p_membership_promotions_total", K::counter, "Passive peers promoted to repair the active view.", &hyparview_counters::promotions},
+    {"barrel_p2p_membership_swaps_total", K::counter, "Random promotions started (an active peer swapped for a passive one or a contact).", &hyparview_counters::swaps},
     {"barrel_p2p_membership_bad_messages_total", K::counter, "Malformed membership messages dropped.", &hyparview_counters::bad_messages},
 };
 
@@ -80,6 +81,11 @@ const field<plumtree_counters> broadcast_fields[] = {
     {"barrel_p2p_broadcast_ihave_ids_sent_total", K::counter, "Message ids announced in IHAVE batches.", &plumtree_counters::ihave_ids_sent},
     {"barrel_p2p_broadcast_graft_sent_total", K::counter, "GRAFT messages sent (a missing payload requested).", &plumtree_counters::graft_sent},
     {"barrel_p2p_broadcast_prune_sent_total", K::counter, "PRUNE messages sent.", &plumtree_counters::prune_sent},
+    {"barrel_p2p_broadcast_graft_received_total", K::counter, "GRAFT messages received.", &plumtree_counters::graft_received},
+    {"barrel_p2p_broadcast_prune_received_total", K::counter, "PRUNE messages received.", &plumtree_counters::prune_received},
+    {"barrel_p2p_broadcast_duplicates_after_graft_total", K::counter, "Duplicates of messages this node had grafted (a graft timer fired before the eager copy came).", &plumtree_counters::duplicates_after_graft},
+    {"barrel_p2p_broadcast_tree_links_lost_total", K::counter, "Eager (tree) peers that left the active view.", &plumtree_counters::tree_links_lost},
+    {"barrel_p2p_broadcast_optimizations_total", K::counter, "Tree links swapped for a shorter path (the Plumtree paper's optimisation).", &plumtree_counters::optimizations},
     {"barrel_p2p_broadcast_bad_messages_total", K::counter, "Malformed broadcast messages dropped.", &plumtree_counters::bad_messages},
     {"barrel_p2p_broadcast_cache_messages", K::gauge, "Payloads kept to answer grafts.", &plumtree_counters::cache_size},
     {"barrel_p2p_broadcast_cache_bytes", K::gauge, "Payload bytes kept to answer grafts (bounded by cache_max_bytes).", &plumtree_counters::cache_bytes},

@@ -3,6 +3,7 @@
 #include "barrel_p2p/plumtree_messages.hpp"
 #include "barrel_p2p/task_group.hpp"
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <stdexcept>
@@ -21,11 +22,13 @@ struct cached_message {
   std::string tag;
   byte_slice payload;
   std::uint64_t round = 0;
+  bool grafted = false;  // this node asked for it by GRAFT before it arrived
 };
 
 struct missing_message {
   std::deque<std::pair<std::string, std::uint64_t>> announcers;  // (peer, round), in arrival order
   duration deadline{0};
+  bool grafted = false;
 };
 
 }  // namespace
@@ -41,10 +44,17 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   std::deque<std::pair<duration, message_id>> cache_order;  // for expiry, oldest first
   std::unordered_map<message_id, missing_message, message_id_hash> missing;
   std::map<std::string, std::vector<announcement>> pending_ihave;  // peer -> announced ids
+  std::unordered_map<std::string, std::uint32_t> duplicate_streak;  // eager peer -> duplicates in a row
   std::size_t cache_bytes = 0;  // payload bytes held by the cache
+  // Until then this node sits at a fresh cut of the tree (it lost an eager
+  // link) and grafts announced messages at once instead of after
+  // graft_timeout: it is the one node that knows the tree is cut, and its
+  // graft repairs the cut before the timers of the nodes behind it fire.
+  duration repair_until{0};
   std::map<std::string, delivery_handler> subscribers;
   task_group loops;
   std::uint64_t next_seq;
+  random_engine rng;
   bool started = false;
   bool stopped = false;
 
@@ -54,9 +64,13 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         config.graft_retry_timeout <= duration{0} || config.ihave_batch_max == 0 ||
         config.cache_max_messages == 0 || config.cache_max_bytes == 0)
       throw std::invalid_argument("plumtree_config: intervals must be positive, batch and cache sizes > 0");
+    if (config.prune_after_duplicates == 0 || !(config.graft_jitter >= 0 && config.graft_jitter <= 100) ||
+        config.repair_graft_timeout < duration{0} || config.repair_window < duration{0})
+      throw std::invalid_argument(
+          "plumtree_config: prune_after_duplicates must be > 0, graft_jitter in [0, 100], repair times >= 0");
     // Sequence numbers start from the wall clock so that a restarted node
     // does not reuse ids its peers still hold in their caches.
-    random_engine rng(config.seed ? config.seed : std::random_device{}());
+    rng.seed(config.seed ? config.seed : std::random_device{}());
     next_seq = (sched.wall_ms() << 16) | (rng() & 0xffff);
   }
 
@@ -76,17 +90,23 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     lazy.insert(p);
   }
 
-  void remember(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round) {
-    if (!cache.emplace(id, cached_message{tag, payload, round}).second) return;
+  // Caches a message; returns whether this node had grafted it.
+  bool remember(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round) {
+    bool grafted = false;
+    if (auto was_missing = missing.find(id); was_missing != missing.end()) {
+      grafted = was_missing->second.grafted;
+      missing.erase(was_missing);
+    }
+    if (!cache.emplace(id, cached_message{tag, payload, round, grafted}).second) return grafted;
     cache_bytes += payload.size();
     cache_order.emplace_back(sched.now(), id);
-    missing.erase(id);
     while ((cache.size() > config.cache_max_messages || cache_bytes > config.cache_max_bytes) &&
            !cache_order.empty())
       forget_oldest();
     counters.cache_size = cache.size();
     counters.cache_bytes = cache_bytes;
     counters.missing = missing.size();
+    return grafted;
   }
 
   void forget_oldest() {
@@ -100,16 +120,23 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   // Pushes a message one hop further: whole to eager peers, announced to
   // lazy ones. The GOSSIP head is encoded once for all eager peers, and the
   // payload bytes are the ones received (or encoded at the origin).
+  // `everyone`: to lazy peers too (a message that came by GRAFT: the tree
+  // is broken around here, and announcing would cost each further node a
+  // graft timeout).
   void push(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round,
-            const std::string& except) {
+            const std::string& except, bool everyone = false) {
     message_body body;
-    for (const auto& p : eager) {
-      if (p == except) continue;
+    auto send_to = [&](const std::string& p) {
       if (!body) body = encode_gossip(id, tag, round, payload);
       if (net.send(p, channel::broadcast, body)) ++counters.gossip_sent;
+    };
+    for (const auto& p : eager)
+      if (p != except) send_to(p);
+    for (const auto& p : lazy) {
+      if (p == except) continue;
+      if (everyone) send_to(p);
+      else pending_ihave[p].push_back({id, round});
     }
-    for (const auto& p : lazy)
-      if (p != except) pending_ihave[p].push_back({id, round});
   }
 
   void broadcast(const std::string& tag, byte_slice payload) {
@@ -137,19 +164,31 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
 
   void on(const std::string& from, gossip_message& msg) {
     ++counters.gossip_received;
-    if (cache.contains(msg.id) || msg.id.origin == self()) {
+    if (auto seen = cache.find(msg.id); seen != cache.end() || msg.id.origin == self()) {
       // A redundant edge of the tree: keep the sender for announcements only.
       ++counters.duplicates;
-      if (eager.contains(from)) {
+      if (seen != cache.end() && seen->second.grafted) {
+        ++counters.duplicates_after_graft;
+        seen->second.grafted = false;
+      }
+      // One duplicate proves little while messages from several origins
+      // are in flight: a link just grafted carries copies of messages that
+      // crossed elsewhere, and two messages meeting on one cycle at two
+      // places would prune two of its links and cut the tree. A link that
+      // delivers nothing new for several messages in a row is redundant.
+      if (eager.contains(from) && ++duplicate_streak[from] >= config.prune_after_duplicates) {
+        duplicate_streak.erase(from);
         to_lazy(from);
         ++counters.prune_sent;
         net.send(from, channel::broadcast, encode_prune());
       }
       return;
     }
-    remember(msg.id, msg.tag, msg.payload, msg.round);
+    duplicate_streak.erase(from);
+    optimize(msg.id, msg.round, from);
+    const bool grafted = remember(msg.id, msg.tag, msg.payload, msg.round);
     if (is_peer(from)) to_eager(from);
-    push(msg.id, msg.tag, msg.payload, msg.round + 1, from);
+    push(msg.id, msg.tag, msg.payload, msg.round + 1, from, grafted && config.flood_after_graft);
     deliver(msg.id, msg.tag, msg.payload, msg.round);
   }
 
@@ -171,32 +210,91 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       auto it = missing.find(a.id);
       if (it == missing.end()) {
         if (missing.size() >= config.max_missing) continue;
-        it = missing.emplace(a.id, missing_message{{}, now + config.graft_timeout}).first;
+        const auto wait =
+            now < repair_until || eager.empty() ? config.repair_graft_timeout : graft_wait();
+        it = missing.emplace(a.id, missing_message{{}, now + wait, false}).first;
       }
-      it->second.announcers.emplace_back(from, a.round);
+      // One entry per announcer, however often it repeats the id: the list
+      // is bounded by the active view.
+      auto& announcers = it->second.announcers;
+      if (std::none_of(announcers.begin(), announcers.end(), [&](const auto& x) { return x.first == from; }))
+        announcers.emplace_back(from, a.round);
     }
     counters.missing = missing.size();
   }
 
+  // The graft timeout, spread at random by graft_jitter (0 by default):
+  // tried so that the nodes behind a cut would not all graft at once; no
+  // measured effect once the other rules are in, so it is off.
+  duration graft_wait() {
+    const auto spread = static_cast<duration::rep>(static_cast<double>(config.graft_timeout.count()) * config.graft_jitter);
+    if (spread <= 0) return config.graft_timeout;
+    return config.graft_timeout + duration{std::uniform_int_distribution<duration::rep>(0, spread)(rng)};
+  }
+
+  // The paper's optimisation: a message that arrives by the tree `round`
+  // hops from its origin, announced earlier by a lazy peer that had it at
+  // fewer hops, shows a shorter path. When the saving reaches the threshold
+  // the announcer's link joins the tree and the sender's leaves it, so the
+  // tree stays a tree (the announcer is not behind this node: it had the
+  // message first) and gets shallower.
+  void optimize(const message_id& id, std::uint64_t round, const std::string& from) {
+    if (config.optimization_threshold == 0 || !eager.contains(from)) return;
+    auto it = missing.find(id);
+    if (it == missing.end()) return;
+    const std::pair<std::string, std::uint64_t>* best = nullptr;
+    for (const auto& a : it->second.announcers)
+      if (a.first != from && lazy.contains(a.first) && (!best || a.second < best->second)) best = &a;
+    if (!best || best->second + 1 + config.optimization_threshold > round) return;
+    ++counters.optimizations;
+    to_eager(best->first);
+    net.send(best->first, channel::broadcast, encode_graft_link());
+    to_lazy(from);
+    ++counters.prune_sent;
+    net.send(from, channel::broadcast, encode_prune());
+  }
+
   void on(const std::string& from, const graft_message& msg) {
+    ++counters.graft_received;
     if (is_peer(from)) to_eager(from);
-    auto it = cache.find(msg.id);
+    if (!msg.id) return;  // the link only
+    auto it = cache.find(*msg.id);
     if (it == cache.end()) return;  // expired: the grafter will ask someone else
     ++counters.gossip_sent;
-    net.send(from, channel::broadcast, encode_gossip(msg.id, it->second.tag, it->second.round + 1, it->second.payload));
+    net.send(from, channel::broadcast,
+             encode_gossip(*msg.id, it->second.tag, it->second.round + 1, it->second.payload));
   }
 
   void on(const std::string& from, const prune_message&) {
+    ++counters.prune_received;
     if (is_peer(from)) to_lazy(from);
   }
 
   void on_membership(const membership_event& ev) {
     if (ev.what == membership_event::kind::peer_up) {
-      to_eager(ev.peer.id);  // new links start in the tree
+      // A new link joins the tree only where the tree does not reach: an
+      // extra eager link closes a cycle, and pruning cycles while messages
+      // from several origins are in flight can cut the tree in two places.
+      // A node that is in the tree grafts the link if it ever needs it.
+      if (!config.lazy_new_links) {
+        to_eager(ev.peer.id);
+      } else if (eager.empty()) {
+        // Outside the tree (a joiner, or a leaf that lost its link): join
+        // it through this link, on both ends.
+        to_eager(ev.peer.id);
+        net.send(ev.peer.id, channel::broadcast, encode_graft_link());
+      } else {
+        lazy.insert(ev.peer.id);
+      }
     } else if (ev.what == membership_event::kind::peer_down) {
+      if (eager.contains(ev.peer.id)) {
+        ++counters.tree_links_lost;
+        repair_until = sched.now() + config.repair_window;
+      }
       eager.erase(ev.peer.id);
       lazy.erase(ev.peer.id);
       pending_ihave.erase(ev.peer.id);
+      duplicate_streak.erase(ev.peer.id);
       for (auto& [id, m] : missing)
         std::erase_if(m.announcers, [&](const auto& a) { return a.first == ev.peer.id; });
     }
@@ -235,27 +333,55 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     pending_ihave.clear();
   }
 
+  // Fetches what is overdue. At most one link joins the tree per pass: the
+  // lazy peer that announced most of the overdue messages is grafted; what
+  // only other lazy peers announced is fetched from them without keeping
+  // their links in the tree (GRAFT then PRUNE). Grafting every announcer
+  // at once would close cycles, and pruning cycles while messages from
+  // several origins are in flight cuts the tree in two places, which sets
+  // off more grafts: the tree stays shattered.
   void graft_missing() {
     const auto now = sched.now();
+    std::vector<std::pair<const message_id*, missing_message*>> due;
+    std::map<std::string, std::size_t> lazy_announcers;  // peer -> overdue messages it announced
     for (auto it = missing.begin(); it != missing.end();) {
       auto& m = it->second;
-      if (m.deadline > now) {
-        ++it;
-        continue;
-      }
-      // Ask the next announcer still connected; give up when none is left.
-      while (!m.announcers.empty() && !is_peer(m.announcers.front().first)) m.announcers.pop_front();
+      std::erase_if(m.announcers, [&](const auto& a) { return !is_peer(a.first); });
       if (m.announcers.empty()) {
-        it = missing.erase(it);
+        it = missing.erase(it);  // nobody left to ask
         continue;
       }
-      auto [peer, round] = m.announcers.front();
-      m.announcers.pop_front();
-      to_eager(peer);
-      ++counters.graft_sent;
-      net.send(peer, channel::broadcast, encode_graft(it->first, round));
-      m.deadline = now + config.graft_retry_timeout;
+      if (m.deadline <= now) {
+        due.emplace_back(&it->first, &m);
+        for (const auto& a : m.announcers)
+          if (lazy.contains(a.first)) ++lazy_announcers[a.first];
+      }
       ++it;
+    }
+    std::string joining;  // the one lazy peer grafted into the tree this pass
+    std::size_t best = 0;
+    for (const auto& [peer, n] : lazy_announcers)
+      if (n > best) best = n, joining = peer;
+    for (auto [id, m] : due) {
+      // Prefer a tree link, then the joining peer, then the first announcer.
+      auto pick = std::find_if(m->announcers.begin(), m->announcers.end(),
+                               [&](const auto& a) { return eager.contains(a.first); });
+      if (pick == m->announcers.end())
+        pick = std::find_if(m->announcers.begin(), m->announcers.end(),
+                            [&](const auto& a) { return a.first == joining; });
+      if (pick == m->announcers.end()) pick = m->announcers.begin();
+      const auto [peer, round] = *pick;
+      m->announcers.erase(pick);
+      ++counters.graft_sent;
+      net.send(peer, channel::broadcast, encode_graft(*id, round));
+      if (eager.contains(peer) || peer == joining) {
+        to_eager(peer);
+      } else {
+        ++counters.prune_sent;  // fetch only: the link stays out of the tree
+        net.send(peer, channel::broadcast, encode_prune());
+      }
+      m->deadline = now + config.graft_retry_timeout;
+      m->grafted = true;
     }
     counters.missing = missing.size();
   }
@@ -289,6 +415,10 @@ void plumtree::start() {
   std::weak_ptr<impl> weak = impl_;
   m->membership.add_listener([weak](const membership_event& ev) {
     if (auto p = weak.lock(); p && !p->stopped) p->on_membership(ev);
+  });
+  m->membership.set_eviction_preference([weak](const std::string& peer) {
+    auto p = weak.lock();
+    return p && !p->stopped && p->eager.contains(peer);
   });
   for (const auto& d : m->membership.active_view()) m->eager.insert(d.id);
   m->loops.spawn("plumtree_timers", impl::timers_loop(impl_));

@@ -42,6 +42,7 @@ std::optional<broadcast_message> parse(const byte_slice& body) {
       return m;
     }
     case graft: {
+      if (*items == 1) return r.at_end() ? std::optional<broadcast_message>(graft_message{}) : std::nullopt;
       if (*items != 4) return std::nullopt;
       auto id = read_id(r);
       auto round = r.uint();
@@ -80,6 +81,15 @@ message_body encode_graft(const broadcast_id& id, std::uint64_t round) {
   cbor_writer w;
   w.array(4).uint(graft).text(id.origin).uint(id.seq).uint(round);
   return message_body(share_bytes(w.take()));
+}
+
+message_body encode_graft_link() {
+  static const message_body body = [] {
+    cbor_writer w;
+    w.array(1).uint(graft);
+    return message_body(share_bytes(w.take()));
+  }();
+  return body;
 }
 
 message_body encode_prune() {

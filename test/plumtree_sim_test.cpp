@@ -3,6 +3,7 @@
 
 #include <barrel_p2p/cbor.hpp>
 #include <barrel_p2p/plumtree.hpp>
+#include <barrel_p2p/plumtree_messages.hpp>
 #include <barrel_p2p/sim_network.hpp>
 
 #include <boost/asio/co_spawn.hpp>
@@ -140,6 +141,56 @@ TEST_CASE("200 nodes with 1% message loss: every broadcast is still delivered ev
   CHECK(grafts > 0);  // the lazy links did the repairing
 }
 
+TEST_CASE("PRUNE takes a link out of the tree, GRAFT without an id puts it back and fetches nothing") {
+  bcluster c(2, 5);
+  auto& a = *c.nodes[0];
+  auto& b = *c.nodes[1];
+  REQUIRE(a.broadcast->eager_peers() == std::vector<std::string>{"n1"});
+  b.net->send("n0", channel::broadcast, encode_prune());
+  c.net.run_for(1s);
+  CHECK(a.broadcast->eager_peers().empty());
+  CHECK(a.broadcast->lazy_peers() == std::vector<std::string>{"n1"});
+  const auto sent = a.broadcast->counters().gossip_sent;
+  b.net->send("n0", channel::broadcast, encode_graft_link());
+  c.net.run_for(1s);
+  CHECK(a.broadcast->eager_peers() == std::vector<std::string>{"n1"});
+  CHECK(a.broadcast->counters().graft_received == 1);
+  CHECK(a.broadcast->counters().gossip_sent == sent);
+  CHECK(a.broadcast->counters().bad_messages == 0);
+}
+
+TEST_CASE("an IHAVE repeating one id many times is one announcement: one GRAFT, no retries to the same peer") {
+  bcluster c(2, 7);
+  auto& a = *c.nodes[0];
+  auto& b = *c.nodes[1];
+  std::vector<announcement> ids(1000, announcement{broadcast_id("nobody", 7), 1});
+  b.net->send("n0", channel::broadcast, encode_ihave(ids, 0, ids.size()));
+  c.net.run_for(5s);
+  CHECK(a.broadcast->counters().graft_sent == 1);  // was one per copy, every graft_retry_timeout
+  CHECK(a.broadcast->counters().missing == 0);     // b never answered; nobody is left to ask
+}
+
+TEST_CASE("a link that delivers a duplicate is pruned only after prune_after_duplicates in a row") {
+  bcluster c(2, 6);
+  auto& a = *c.nodes[0];
+  auto& b = *c.nodes[1];
+  random_engine rng(1);
+  c.broadcast_many(0, 1, 100ms, rng);  // one message both nodes have
+  REQUIRE(a.broadcast->eager_peers() == std::vector<std::string>{"n1"});
+  // b pushes a copy of a message a already has, as a redundant tree link would.
+  const auto k = share_bytes(cbor_writer().uint(0).take());
+  auto dup = [&] {
+    b.net->send("n0", channel::broadcast, encode_gossip(broadcast_id(a.net->self().id, 1), "t", 2, byte_slice(k)));
+    c.net.run_for(100ms);
+  };
+  dup();
+  dup();
+  CHECK(a.broadcast->eager_peers() == std::vector<std::string>{"n1"});  // two in a row: kept
+  dup();
+  CHECK(a.broadcast->eager_peers().empty());  // the third prunes it
+  CHECK(a.broadcast->counters().prune_sent == 1);
+}
+
 TEST_CASE("configurations that would spin or never fire are refused") {
   boost::asio::io_context io;
   sim_network net(io, {});
@@ -152,4 +203,10 @@ TEST_CASE("configurations that would spin or never fire are refused") {
   plumtree_config bad_pt;
   bad_pt.ihave_batch_max = 0;
   CHECK_THROWS_AS(plumtree(*t, hv, *sched, bad_pt), std::invalid_argument);
+  plumtree_config no_prune;
+  no_prune.prune_after_duplicates = 0;
+  CHECK_THROWS_AS(plumtree(*t, hv, *sched, no_prune), std::invalid_argument);
+  plumtree_config bad_jitter;
+  bad_jitter.graft_jitter = -1;
+  CHECK_THROWS_AS(plumtree(*t, hv, *sched, bad_jitter), std::invalid_argument);
 }

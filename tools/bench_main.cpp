@@ -239,12 +239,18 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
     if (!all) co_await sched->sleep(10ms);
   }
   const auto delivered = steady::now();
-  std::uint64_t drops = 0, waits = 0;
-  for (auto& nd : c.nodes) drops += nd->net().counters().send_queue_drops;
+  std::uint64_t drops = 0, waits = 0, duplicates = 0, first_receipts = 0;
+  for (auto& nd : c.nodes) {
+    drops += nd->net().counters().send_queue_drops;
+    duplicates += nd->broadcast().counters().duplicates;
+    first_receipts += nd->broadcast().counters().gossip_received - nd->broadcast().counters().duplicates;
+  }
   for (auto& m : c.maps) waits += m->replica_stats().backpressure_waits;
   co_await c.stop();
   co_return json{{"bench", all_nodes ? "throughput_all" : "throughput"}, {"tls", tls.name}, {"nodes", n}, {"puts", k},
                  {"send_queue_drops", drops}, {"backpressure_waits", waits},
+                 {"duplicates_per_delivery",
+                  first_receipts ? static_cast<double>(duplicates) / static_cast<double>(first_receipts) : 0.0},
                  {"puts_per_s", static_cast<double>(k) / std::chrono::duration<double>(put_end - start).count()},
                  {"all_delivered", all},
                  {"drain_ms", std::chrono::duration<double, std::milli>(delivered - put_end).count()}};
@@ -538,18 +544,19 @@ int main(int argc, char** argv) {
       }
     }
     if (want("throughput")) {
-      std::printf("\n%-14s %6s %10s %12s %10s %8s %10s\n", "throughput", "nodes", "puts", "puts/s", "drain ms",
-                  "drops", "bp waits");
+      std::printf("\n%-14s %6s %10s %12s %10s %8s %10s %10s\n", "throughput", "nodes", "puts", "puts/s", "drain ms",
+                  "drops", "bp waits", "dup/recv");
       for (const auto& mode : o.tls_modes)
       for (bool all_nodes : {false, true})
         for (auto n : o.sizes) {
           tls.use(mode);
           auto r = co_await throughput(io, n, o, all_nodes);
           const auto label = mode + (all_nodes ? " all nodes" : " one node");
-          std::printf("%-14s %6zu %10zu %12.0f %10.0f %8llu %10llu%s\n", label.c_str(), n,
+          std::printf("%-14s %6zu %10zu %12.0f %10.0f %8llu %10llu %10.3f%s\n", label.c_str(), n,
                       r["puts"].get<std::size_t>(), r["puts_per_s"].get<double>(), r["drain_ms"].get<double>(),
                       static_cast<unsigned long long>(r["send_queue_drops"].get<std::uint64_t>()),
                       static_cast<unsigned long long>(r["backpressure_waits"].get<std::uint64_t>()),
+                      r["duplicates_per_delivery"].get<double>(),
                       r["all_delivered"].get<bool>() ? "" : "  (not all delivered!)");
           ok &= r["all_delivered"].get<bool>();
           results.push_back(std::move(r));

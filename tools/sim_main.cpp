@@ -5,6 +5,7 @@
 //
 //   barrel-p2p-sim --scenario form|fail|steady|churn|partition [--nodes N] [--seed S]
 //                  [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]
+//                  [tuning and bounds of the steady scenario: see docs/reference/simulator.md]
 #include <barrel_p2p/cbor.hpp>
 #include <barrel_p2p/map.hpp>
 #include <barrel_p2p/sim_network.hpp>
@@ -19,6 +20,7 @@
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <queue>
 #include <set>
 #include <sstream>
@@ -39,6 +41,22 @@ struct options {
   std::vector<int> fail_percents = {10, 20, 30, 40, 50, 60, 70, 80, 90, 95};
   double churn_per_s = 2;     // churn: crashes per second (and as many joins)
   std::size_t churn_seconds = 60;
+  // Tuning, to reproduce what was tried (defaults: the library's).
+  std::optional<double> random_promotion;
+  std::optional<std::uint64_t> graft_timeout_ms;
+  std::optional<double> graft_jitter;
+  std::optional<bool> lazy_new_links;
+  std::optional<std::uint64_t> repair_graft_ms;
+  std::optional<std::uint64_t> optimization_threshold;
+  std::uint64_t gap_ms = 50;  // steady: between broadcasts
+  std::optional<std::uint32_t> prune_after;
+  std::optional<bool> flood_after_graft;
+  // steady: exit 1 when a figure is above its bound (the suite's regression guard)
+  std::optional<double> max_rmr, max_graft_prune, min_complete;
+  std::optional<std::uint64_t> max_ldh;
+  bool trace_tree = false;
+  double loss = 0;  // steady: message loss on every link once formed
+  std::size_t origins = 0;  // steady: broadcasts come from this many fixed nodes (0: any node)
 };
 
 constexpr duration link_latency{5};
@@ -50,16 +68,25 @@ struct cluster {
   // Deliveries of the probe tag: message number -> (node index -> hops)
   std::map<std::uint64_t, std::map<std::size_t, std::uint64_t>> delivered;
 
-  cluster(std::size_t n, std::uint64_t seed) : net(io, [&] {
+  cluster(std::size_t n, const options& o) : net(io, [&] {
     sim_config c;
-    c.seed = seed;
+    c.seed = o.seed;
     c.latency = link_latency;
     c.jitter = duration{0};  // exact hop counts from delivery times
     return c;
   }()) {
     for (std::size_t i = 0; i < n; ++i) {
       node_config c;
+      const auto seed = o.seed;
       c.transport.node_id = "n" + std::to_string(i);
+      if (o.random_promotion) c.membership.random_promotion = *o.random_promotion;
+      if (o.graft_timeout_ms) c.broadcast.graft_timeout = duration{*o.graft_timeout_ms};
+      if (o.graft_jitter) c.broadcast.graft_jitter = *o.graft_jitter;
+      if (o.prune_after) c.broadcast.prune_after_duplicates = *o.prune_after;
+      if (o.flood_after_graft) c.broadcast.flood_after_graft = *o.flood_after_graft;
+      if (o.optimization_threshold) c.broadcast.optimization_threshold = *o.optimization_threshold;
+      if (o.lazy_new_links) c.broadcast.lazy_new_links = *o.lazy_new_links;
+      if (o.repair_graft_ms) c.broadcast.repair_graft_timeout = duration{*o.repair_graft_ms};
       c.membership.seed = seed * 1'000'003 + i + 1;
       c.broadcast.seed = seed * 2'000'003 + i + 1;
       c.replicas.seed = seed * 3'000'017 + i + 1;
@@ -162,6 +189,57 @@ struct cluster {
     return s;
   }
 
+  std::uint64_t total(std::uint64_t plumtree_counters::*field) const {
+    std::uint64_t n = 0;
+    for (auto& nd : nodes) n += nd->broadcast().counters().*field;
+    return n;
+  }
+  std::uint64_t total(std::uint64_t hyparview_counters::*field) const {
+    std::uint64_t n = 0;
+    for (auto& nd : nodes) n += nd->membership().counters().*field;
+    return n;
+  }
+
+  // The broadcast tree as the nodes see it: directed eager links, how many
+  // are mutual, and the cycles (links - nodes + components) of the graph of
+  // links eager in at least one direction.
+  struct tree_stats {
+    std::size_t directed = 0, mutual = 0, one_way = 0, components = 0, cycles = 0;
+  };
+  tree_stats tree() const {
+    std::map<std::string, std::size_t> index;
+    for (std::size_t i = 0; i < nodes.size(); ++i) index[nodes[i]->id()] = i;
+    std::vector<std::set<std::size_t>> eager(nodes.size());
+    for (std::size_t i = 0; i < nodes.size(); ++i)
+      if (alive(i))
+        for (const auto& p : nodes[i]->broadcast().eager_peers()) eager[i].insert(index.at(p));
+    tree_stats t;
+    std::vector<std::size_t> parent(nodes.size());
+    for (std::size_t i = 0; i < parent.size(); ++i) parent[i] = i;
+    auto find = [&](std::size_t x) {
+      while (parent[x] != x) x = parent[x] = parent[parent[x]];
+      return x;
+    };
+    std::size_t undirected = 0, live = 0;
+    for (std::size_t i = 0; i < nodes.size(); ++i) {
+      if (!alive(i)) continue;
+      ++live;
+      for (auto j : eager[i]) {
+        ++t.directed;
+        const bool back = eager[j].contains(i);
+        if (back) t.mutual += i < j;
+        else ++t.one_way;
+        if (i < j || !back) {
+          ++undirected;
+          parent[find(i)] = find(j);
+        }
+      }
+    }
+    for (std::size_t i = 0; i < nodes.size(); ++i) t.components += alive(i) && find(i) == i;
+    t.cycles = undirected + t.components - live;
+    return t;
+  }
+
   std::uint64_t payload_sent() const {
     std::uint64_t n = 0;
     for (auto& nd : nodes) n += nd->broadcast().counters().gossip_sent;
@@ -175,19 +253,32 @@ struct cluster {
 
   struct broadcast_result {
     double reliability = 0;  ///< live nodes reached / live nodes, averaged over the messages
+    double complete = 0;     ///< share of the messages that reached every live node
     double rmr = 0;          ///< payload messages / (deliveries - 1) - 1, over the batch
     std::uint64_t ldh = 0;   ///< greatest hop count of any delivery
   };
 
-  // Broadcasts `count` probes from random live nodes, one every `gap`, then
-  // lets them settle (delivery, and grafts for what was lost).
-  broadcast_result probe(std::uint64_t first, std::size_t count, duration gap, random_engine& rng) {
+  // One broadcast from a random live node, not measured (traffic).
+  void send_unmeasured(std::uint64_t k, random_engine& rng) {
     std::vector<std::size_t> live;
     for (std::size_t i = 0; i < nodes.size(); ++i)
       if (alive(i)) live.push_back(i);
+    nodes[live[std::uniform_int_distribution<std::size_t>(0, live.size() - 1)(rng)]]->broadcast().broadcast(
+        "probe", probe_payload(k));
+  }
+
+  // Broadcasts `count` probes from random live nodes, one every `gap`, then
+  // lets them settle (delivery, and grafts for what was lost).
+  broadcast_result probe(std::uint64_t first, std::size_t count, duration gap, random_engine& rng,
+                         std::size_t origins = 0) {
+    std::vector<std::size_t> live;
+    for (std::size_t i = 0; i < nodes.size(); ++i)
+      if (alive(i)) live.push_back(i);
+    std::vector<std::size_t> senders = live;
+    if (origins > 0 && origins < senders.size()) senders.resize(origins);
     const auto before = payload_sent();
     for (std::uint64_t k = first; k < first + count; ++k) {
-      const auto origin = live[std::uniform_int_distribution<std::size_t>(0, live.size() - 1)(rng)];
+      const auto origin = senders[std::uniform_int_distribution<std::size_t>(0, senders.size() - 1)(rng)];
       delivered[k].emplace(origin, 0);
       nodes[origin]->broadcast().broadcast("probe", probe_payload(k));
       net.run_for(gap);
@@ -203,9 +294,11 @@ struct cluster {
         r.ldh = std::max(r.ldh, hops);
       }
       r.reliability += static_cast<double>(got) / static_cast<double>(live.size());
+      r.complete += got == live.size() ? 1.0 : 0.0;
       deliveries_minus_one += got > 0 ? static_cast<double>(got - 1) : 0.0;
     }
     r.reliability /= static_cast<double>(count);
+    r.complete /= static_cast<double>(count);
     const double msgs = static_cast<double>(payload_sent() - before);
     r.rmr = deliveries_minus_one > 0 ? msgs / deliveries_minus_one - 1.0 : 0.0;
     return r;
@@ -235,7 +328,7 @@ duration formed(cluster& c, const options& o) {
 }
 
 int scenario_form(const options& o) {
-  cluster c(o.nodes, o.seed);
+  cluster c(o.nodes, o);
   const auto joined_by = duration{10} * static_cast<duration::rep>(o.nodes);
   const auto extra = formed(c, o);
   auto s = c.stats(true);
@@ -262,10 +355,15 @@ int scenario_fail(const options& o) {
   std::printf("  %5s  %-26s %-26s %-26s %-26s\n", "fail%", "immediately", "after 1 round", "after 2 rounds",
               "after 5 rounds");
   for (int f : o.fail_percents) {
-    cluster c(o.nodes, o.seed);
+    cluster c(o.nodes, o);
     formed(c, o);
     c.net.run_for(30s);
     random_engine rng(o.seed * 31 + static_cast<std::uint64_t>(f));
+    // A working cluster: the tree has settled under traffic before the
+    // failure, and traffic goes on between the measured broadcasts.
+    std::uint64_t background = 10'000'000;
+    c.probe(background, 20, 100ms, rng);
+    background += 20;
     std::vector<std::size_t> order(o.nodes);
     for (std::size_t i = 0; i < o.nodes; ++i) order[i] = i;
     std::shuffle(order.begin(), order.end(), rng);
@@ -275,7 +373,8 @@ int scenario_fail(const options& o) {
     std::uint64_t k = static_cast<std::uint64_t>(f) * 100;
     int rounds_done = 0;
     for (int rounds : {0, 1, 2, 5}) {
-      c.net.run_for(c.nodes[0]->config().membership.shuffle_interval * (rounds - rounds_done));
+      const auto until = c.net.now() + c.nodes[0]->config().membership.shuffle_interval * (rounds - rounds_done);
+      while (c.net.now() < until) c.send_unmeasured(background++, rng), c.net.run_for(500ms);
       rounds_done = rounds;
       auto r = c.probe(k++, 1, duration{0}, rng);
       json line = {{"scenario", "fail"}, {"nodes", o.nodes}, {"seed", o.seed}, {"fail_percent", f},
@@ -289,15 +388,46 @@ int scenario_fail(const options& o) {
 }
 
 int scenario_steady(const options& o) {
-  cluster c(o.nodes, o.seed);
+  cluster c(o.nodes, o);
   formed(c, o);
   random_engine rng(o.seed);
   c.probe(0, 20, 100ms, rng);  // warm-up: the tree settles
+  if (o.loss > 0) c.net.set_loss(o.loss);
   const auto payload0 = c.payload_sent();
   const auto ihave0 = c.ihave_sent();
   const auto broadcast0 = c.net.stats().per_channel_sent[static_cast<std::size_t>(channel::broadcast)];
   const auto other0 = c.net.stats().messages_sent - broadcast0;
-  auto r = c.probe(1000, o.broadcasts, 50ms, rng);
+  // Why links change after warm-up (issue: a settled tree should not).
+  using P = plumtree_counters;
+  using H = hyparview_counters;
+  const auto grafts0 = c.total(&P::graft_sent), prunes0 = c.total(&P::prune_sent);
+  const auto late0 = c.total(&P::duplicates_after_graft), ups0 = c.total(&H::peers_up);
+  const auto t0 = c.tree();
+  if (o.trace_tree) {  // 10 chunks of 30 broadcasts before the measured run, tree shape after each
+    for (int k = 0; k < 10; ++k) {
+      auto g0 = c.total(&P::graft_sent), p0 = c.total(&P::prune_sent), u0 = c.total(&H::peers_up), d0 = c.total(&H::peers_down);
+      auto pr0 = c.total(&H::promotions), rj0 = c.total(&H::neighbor_rejected), nr0 = c.total(&H::neighbor_requests), dc0 = c.total(&H::disconnects_sent), j0 = c.total(&H::joins_received), sw0 = c.total(&H::swaps), sh0 = c.total(&H::shuffles_sent), tl0 = c.total(&P::tree_links_lost);
+      c.probe(5000 + k * 30, 30, duration{o.gap_ms}, rng, o.origins);
+      auto t = c.tree();
+      std::cerr << "chunk " << k << ": components " << t.components << " cycles " << t.cycles << " one-way " << t.one_way
+                << " grafts " << c.total(&P::graft_sent) - g0 << " prunes " << c.total(&P::prune_sent) - p0
+                << " ups " << c.total(&H::peers_up) - u0 << " downs " << c.total(&H::peers_down) - d0
+                << " promotions " << c.total(&H::promotions) - pr0 << " neighbor req " << c.total(&H::neighbor_requests) - nr0
+                << " opt " << c.total(&P::optimizations) << " tree-lost " << c.total(&P::tree_links_lost) - tl0
+                << " rejected " << c.total(&H::neighbor_rejected) - rj0 << " disconnects " << c.total(&H::disconnects_sent) - dc0
+                << " joins " << c.total(&H::joins_received) - j0 << " swaps " << c.total(&H::swaps) - sw0 << " shuffles " << c.total(&H::shuffles_sent) - sh0 << "\n";
+    }
+  }
+  auto r = c.probe(1000, o.broadcasts, duration{o.gap_ms}, rng, o.origins);
+  const auto t1 = c.tree();
+  std::cerr << "tree before: directed " << t0.directed << " mutual " << t0.mutual << " one-way " << t0.one_way
+            << " components " << t0.components << " cycles " << t0.cycles << "\n";
+  std::cerr << "tree after:  directed " << t1.directed << " mutual " << t1.mutual << " one-way " << t1.one_way
+            << " components " << t1.components << " cycles " << t1.cycles << "\n";
+  const double grafts = static_cast<double>(c.total(&P::graft_sent) - grafts0);
+  const double prunes = static_cast<double>(c.total(&P::prune_sent) - prunes0);
+  const double late = static_cast<double>(c.total(&P::duplicates_after_graft) - late0);
+  const double ups = static_cast<double>(c.total(&H::peers_up) - ups0);
   const auto n = static_cast<double>(o.broadcasts);
   const double payload = static_cast<double>(c.payload_sent() - payload0) / n;
   const double ihave = static_cast<double>(c.ihave_sent() - ihave0) / n;
@@ -305,16 +435,31 @@ int scenario_steady(const options& o) {
   const double graft_prune = static_cast<double>(broadcast_msgs) / n - payload - ihave;
   const double other = static_cast<double>(c.net.stats().messages_sent - broadcast_msgs - broadcast0 - other0) / n;
   json line = {{"scenario", "steady"}, {"nodes", o.nodes}, {"seed", o.seed}, {"broadcasts", o.broadcasts},
-               {"reliability_avg", r.reliability}, {"rmr", r.rmr}, {"ldh_max", r.ldh},
+               {"reliability_avg", r.reliability}, {"complete", r.complete}, {"rmr", r.rmr}, {"ldh_max", r.ldh},
+               {"loss", o.loss},
                {"payload_msgs_per_broadcast", payload}, {"ihave_msgs_per_broadcast", ihave},
-               {"graft_prune_msgs_per_broadcast", graft_prune}, {"membership_replica_msgs_per_broadcast", other}};
+               {"graft_prune_msgs_per_broadcast", graft_prune}, {"membership_replica_msgs_per_broadcast", other},
+               {"grafts_per_broadcast", grafts / n}, {"prunes_per_broadcast", prunes / n},
+               {"prunes_after_graft_per_broadcast", late / n}, {"links_up", ups}, {"origins", o.origins}};
   std::cout << line.dump() << '\n';
   std::cout << "\nsteady: " << o.nodes << " nodes, " << o.broadcasts << " broadcasts (one every 50 ms), seed "
             << o.seed << "\n"
-            << "  reliability " << fmt(r.reliability) << ", RMR " << fmt(r.rmr) << ", LDH " << r.ldh << "\n"
+            << "  reliability " << fmt(r.reliability) << " (" << fmt(r.complete * 100) << " % of broadcasts reached every node), RMR " << fmt(r.rmr) << ", LDH " << r.ldh << "\n"
             << "  per broadcast: payload " << fmt(payload) << ", IHAVE " << fmt(ihave) << ", GRAFT+PRUNE "
-            << fmt(graft_prune) << ", membership/replica traffic meanwhile " << fmt(other) << "\n";
-  return 0;
+            << fmt(graft_prune) << ", membership/replica traffic meanwhile " << fmt(other) << "\n"
+            << "  per broadcast: " << fmt(grafts / n) << " grafts, " << fmt(prunes / n) << " prunes (of which "
+            << fmt(late / n) << " duplicates of a grafted message); " << ups << " links up meanwhile\n";
+  int rc = 0;
+  auto over = [&](const char* what, double value, std::optional<double> bound, bool below = false) {
+    if (!bound || (below ? value >= *bound : value <= *bound)) return;
+    std::cerr << "steady: " << what << " " << fmt(value) << (below ? " below " : " above ") << fmt(*bound) << "\n";
+    rc = 1;
+  };
+  over("RMR", r.rmr, o.max_rmr);
+  over("GRAFT+PRUNE per broadcast", graft_prune, o.max_graft_prune);
+  over("LDH", static_cast<double>(r.ldh), o.max_ldh ? std::optional<double>(static_cast<double>(*o.max_ldh)) : std::nullopt);
+  over("share of complete broadcasts", r.complete, o.min_complete, true);
+  return rc;
 }
 
 // Continuous churn while broadcasting: every 1/rate s one live node crashes
@@ -323,7 +468,7 @@ int scenario_steady(const options& o) {
 // nodes up when it was sent and still up at the end, the share that got it.
 int scenario_churn(const options& o) {
   const auto joins = static_cast<std::size_t>(o.churn_per_s * static_cast<double>(o.churn_seconds)) + 1;
-  cluster c(o.nodes + joins, o.seed);
+  cluster c(o.nodes + joins, o);
   c.form(o.seed, o.nodes);
   c.net.run_for(duration{10} * static_cast<duration::rep>(o.nodes));
   std::vector<bool> up(c.nodes.size(), false);
@@ -410,7 +555,7 @@ int scenario_churn(const options& o) {
 }
 
 int scenario_partition(const options& o) {
-  cluster c(o.nodes, o.seed);
+  cluster c(o.nodes, o);
   formed(c, o);
   std::vector<std::shared_ptr<map>> maps;
   for (auto& n : c.nodes) maps.push_back(map::open(*n, "state"));
@@ -461,9 +606,29 @@ int main(int argc, char** argv) {
       else if (a == "--fail") o.fail_percents = cli::parse_list<int>(value());
       else if (a == "--churn-per-s") o.churn_per_s = std::stod(value());
       else if (a == "--churn-seconds") o.churn_seconds = std::stoul(value());
+      else if (a == "--random-promotion") o.random_promotion = std::stod(value());
+      else if (a == "--graft-timeout-ms") o.graft_timeout_ms = std::stoull(value());
+      else if (a == "--origins") o.origins = std::stoul(value());
+      else if (a == "--loss") o.loss = std::stod(value());
+      else if (a == "--trace-tree") o.trace_tree = true;
+      else if (a == "--max-rmr") o.max_rmr = std::stod(value());
+      else if (a == "--max-graft-prune") o.max_graft_prune = std::stod(value());
+      else if (a == "--max-ldh") o.max_ldh = std::stoull(value());
+      else if (a == "--min-complete") o.min_complete = std::stod(value());
+      else if (a == "--gap-ms") o.gap_ms = std::stoull(value());
+      else if (a == "--graft-jitter") o.graft_jitter = std::stod(value());
+      else if (a == "--prune-after") o.prune_after = static_cast<std::uint32_t>(std::stoul(value()));
+      else if (a == "--optimization-threshold") o.optimization_threshold = std::stoull(value());
+      else if (a == "--lazy-new-links") o.lazy_new_links = value() == "1";
+      else if (a == "--flood-after-graft") o.flood_after_graft = value() == "1";
+      else if (a == "--repair-graft-ms") o.repair_graft_ms = std::stoull(value());
       else {
         std::cerr << "usage: barrel-p2p-sim --scenario form|fail|steady|churn|partition [--nodes N] [--seed S]"
-                     " [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]\n";
+                      " [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]\n"
+                     "                      [--random-promotion P] [--graft-timeout-ms T] [--graft-jitter F]\n"
+                     "                      [--prune-after N] [--lazy-new-links 0|1] [--repair-graft-ms T] [--flood-after-graft 0|1]\n"
+                     "                      [--optimization-threshold H] [--origins K] [--gap-ms T] [--loss P] [--trace-tree]\n"
+                     "                      [--max-rmr R] [--max-ldh L] [--max-graft-prune G] [--min-complete C]\n";
         return 2;
       }
     }

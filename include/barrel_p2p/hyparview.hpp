@@ -93,6 +93,7 @@ struct hyparview_counters {
   std::uint64_t peers_up = 0;
   std::uint64_t peers_down = 0;
   std::uint64_t promotions = 0;         ///< passive -> active repairs
+  std::uint64_t swaps = 0;              ///< random promotions started (an active peer swapped for another)
   std::uint64_t bad_messages = 0;       ///< malformed membership messages dropped
 };
 
@@ -129,6 +130,13 @@ class hyparview {
   /// An awaitable stream of membership events (bounded; see event_stream).
   [[nodiscard]] event_stream<membership_event> subscribe(std::size_t capacity = 1024);
   void add_listener(listener l);
+
+  /// When the active view is full and a peer must make room (a swap, a
+  /// joiner, a high-priority NEIGHBOR), the peers for which `keep` returns
+  /// true go last. The broadcast layer passes "is a link of the tree", so
+  /// that view changes cut the broadcast tree as rarely as they can.
+  /// Call on the node's executor, before start().
+  void set_eviction_preference(std::function<bool(const std::string& peer_id)> keep);
 
  private:
   struct impl;

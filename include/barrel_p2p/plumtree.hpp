@@ -36,6 +36,30 @@ struct plumtree_config {
   /// graft_retry_timeout, from the next one, and so on.
   duration graft_timeout{500};
   duration graft_retry_timeout{250};
+  /// Each graft timeout is drawn from [graft_timeout, graft_timeout * (1 +
+  /// graft_jitter)].
+  double graft_jitter = 0.0;
+  /// For repair_window after losing an eager link, a node grafts announced
+  /// messages after repair_graft_timeout instead: it sits at the cut, and
+  /// its early graft reconnects the tree before the nodes behind the cut
+  /// (whose timers run the full graft_timeout) graft in parallel.
+  duration repair_graft_timeout{50};
+  duration repair_window{2000};
+  /// A new active link starts lazy when this node already has eager links
+  /// (it is in the tree); eager otherwise. false: every new link starts
+  /// eager, as in the paper.
+  bool lazy_new_links = false;
+  /// An eager link is pruned after this many duplicates in a row from it
+  /// (the paper prunes on the first; see docs/concepts/broadcast.md).
+  std::uint32_t prune_after_duplicates = 3;
+  /// A message that came as the answer to this node's GRAFT is pushed to
+  /// every peer, lazy ones too: the tree is broken around here, and an
+  /// announcement would cost each node further on another graft timeout.
+  bool flood_after_graft = true;
+  /// The paper's optimisation: when a lazy peer announced a message at
+  /// least this many hops closer to its origin than the eager copy that
+  /// came, the announcer's link replaces the sender's in the tree. 0: off.
+  std::uint64_t optimization_threshold = 0;
   /// Received messages are kept this long (to answer GRAFTs and to
   /// recognise duplicates), and at most this many, holding at most this
   /// many payload bytes (the oldest go first).
@@ -61,6 +85,16 @@ struct plumtree_counters {
   std::uint64_t ihave_ids_sent = 0;   ///< ids announced in them
   std::uint64_t graft_sent = 0;
   std::uint64_t prune_sent = 0;
+  std::uint64_t graft_received = 0;
+  std::uint64_t prune_received = 0;
+  /// Duplicates of a message this node had grafted: the eager copy came
+  /// after all (the graft timer fired too early for that path).
+  std::uint64_t duplicates_after_graft = 0;
+  /// Eager peers that left the active view (each cuts the tree until a
+  /// graft repairs it).
+  std::uint64_t tree_links_lost = 0;
+  /// Tree links swapped for shorter paths (the paper's optimisation).
+  std::uint64_t optimizations = 0;
   std::uint64_t bad_messages = 0;     ///< malformed broadcast messages dropped
   std::uint64_t cache_size = 0;       ///< gauge: messages cached
   std::uint64_t cache_bytes = 0;      ///< gauge: payload bytes cached

@@ -4,7 +4,7 @@
 // Each is a CBOR array whose first item is its kind (docs/reference/wire.md):
 //   GOSSIP  [0, origin, seq, tag, round, payload]  payload: a byte string
 //   IHAVE   [1, origin, seq, round, origin, seq, round, ...]
-//   GRAFT   [2, origin, seq, round]
+//   GRAFT   [2, origin, seq, round]  or  [2]: make the link eager, send nothing
 //   PRUNE   [3]
 // The payload of a GOSSIP is opaque here: encoded once at its origin, it
 // travels as a byte string whose bytes every relay forwards unchanged behind
@@ -55,8 +55,11 @@ struct ihave_message {
   std::vector<announcement> ids;
 };
 
+/// Asks the peer to push to this node eagerly from now on and, when `id` is
+/// set, to send that message. Without an id it only moves the link into the
+/// tree (the optimisation that swaps a long tree path for a shorter one).
 struct graft_message {
-  broadcast_id id;
+  std::optional<broadcast_id> id;
   std::uint64_t round = 0;
 };
 
@@ -72,6 +75,8 @@ using broadcast_message = std::variant<gossip_message, ihave_message, graft_mess
 [[nodiscard]] message_body encode_ihave(const std::vector<announcement>& ids, std::size_t first,
                                         std::size_t last);
 [[nodiscard]] message_body encode_graft(const broadcast_id& id, std::uint64_t round);
+/// A GRAFT that carries no message id: [2].
+[[nodiscard]] message_body encode_graft_link();
 [[nodiscard]] message_body encode_prune();
 
 /// Validating parse of a broadcast frame body; nullopt on any bad shape

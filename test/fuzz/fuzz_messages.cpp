@@ -38,7 +38,7 @@ void check_broadcast(const byte_slice& body) {
   } else if (auto* i = std::get_if<ihave_message>(&*m)) {
     again = encode_ihave(i->ids, 0, i->ids.size());
   } else if (auto* gr = std::get_if<graft_message>(&*m)) {
-    again = encode_graft(gr->id, gr->round);
+    again = gr->id ? encode_graft(*gr->id, gr->round) : encode_graft_link();
   } else {
     again = encode_prune();
   }
