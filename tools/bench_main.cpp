@@ -104,6 +104,7 @@ struct bench_cluster {
   explicit bench_cluster(boost::asio::io_context& i) : io(i) {}
 
   std::function<void(node_config&)> tweak;
+  static inline std::function<void(node_config&)> tuning;  // from the command line, for every cluster
 
   task<> start(std::size_t n) {
     for (std::size_t k = 0; k < n; ++k) {
@@ -112,6 +113,7 @@ struct bench_cluster {
       c.transport.cluster_secret = "bench-cluster-secret";
       c.log = [](const std::string&) {};
       tls.apply(c);
+      if (tuning) tuning(c);
       if (tweak) tweak(c);
       if (!nodes.empty()) c.contacts.push_back(nodes[0]->self().address);
       nodes.push_back(std::make_unique<node>(io.get_executor(), c));
@@ -239,8 +241,10 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
     if (!all) co_await sched->sleep(10ms);
   }
   const auto delivered = steady::now();
-  std::uint64_t drops = 0, waits = 0, duplicates = 0, first_receipts = 0;
+  std::uint64_t drops = 0, waits = 0, duplicates = 0, first_receipts = 0, grafts = 0, prunes = 0;
   for (auto& nd : c.nodes) {
+    grafts += nd->broadcast().counters().graft_sent;
+    prunes += nd->broadcast().counters().prune_sent;
     drops += nd->net().counters().send_queue_drops;
     duplicates += nd->broadcast().counters().duplicates;
     first_receipts += nd->broadcast().counters().gossip_received - nd->broadcast().counters().duplicates;
@@ -249,6 +253,7 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
   co_await c.stop();
   co_return json{{"bench", all_nodes ? "throughput_all" : "throughput"}, {"tls", tls.name}, {"nodes", n}, {"puts", k},
                  {"send_queue_drops", drops}, {"backpressure_waits", waits},
+                 {"grafts", grafts}, {"prunes", prunes},
                  {"duplicates_per_delivery",
                   first_receipts ? static_cast<double>(duplicates) / static_cast<double>(first_receipts) : 0.0},
                  {"puts_per_s", static_cast<double>(k) / std::chrono::duration<double>(put_end - start).count()},
@@ -489,6 +494,14 @@ task<json> state_scaling(boost::asio::io_context& io, std::size_t size) {
 
 }  // namespace
 
+// Broadcast knobs from the command line, applied to every node of every cluster.
+void add_tuning(std::function<void(node_config&)> f) {
+  bench_cluster::tuning = [before = bench_cluster::tuning, f](node_config& c) {
+    if (before) before(c);
+    f(c);
+  };
+}
+
 int main(int argc, char** argv) {
   options o;
   cli::flag_reader args(argc, argv);
@@ -504,6 +517,13 @@ int main(int argc, char** argv) {
       else if (a == "--sync-keys") o.sync_sizes = cli::parse_list<std::size_t>(value());
       else if (a == "--state-keys") o.state_sizes = cli::parse_list<std::size_t>(value());
       else if (a == "--only") o.only = value();
+      else if (a == "--prune-after") {
+        const auto n = static_cast<std::uint32_t>(std::stoul(value()));
+        add_tuning([n](node_config& c) { c.broadcast.prune_after_duplicates = n; });
+      } else if (a == "--flood-after-graft") {
+        const bool on = value() == "1";
+        add_tuning([on](node_config& c) { c.broadcast.flood_after_graft = on; });
+      }
       else if (a == "--tls") o.tls_modes = cli::parse_list<std::string>(value());
       else {
         std::cerr << "usage: barrel-p2p-bench [--nodes 3,5,10,20] [--puts N] [--rate R] "

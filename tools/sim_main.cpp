@@ -48,6 +48,7 @@ struct options {
   std::optional<bool> lazy_new_links;
   std::optional<std::uint64_t> repair_graft_ms;
   std::optional<std::uint64_t> optimization_threshold;
+  std::uint64_t jitter_ms = 0;  // per-message link jitter
   std::uint64_t gap_ms = 50;  // steady: between broadcasts
   std::optional<std::uint32_t> prune_after;
   std::optional<bool> flood_after_graft;
@@ -72,7 +73,7 @@ struct cluster {
     sim_config c;
     c.seed = o.seed;
     c.latency = link_latency;
-    c.jitter = duration{0};  // exact hop counts from delivery times
+    c.jitter = duration{o.jitter_ms};  // 0 by default: exact hop counts from delivery times
     return c;
   }()) {
     for (std::size_t i = 0; i < n; ++i) {
@@ -616,6 +617,7 @@ int main(int argc, char** argv) {
       else if (a == "--max-ldh") o.max_ldh = std::stoull(value());
       else if (a == "--min-complete") o.min_complete = std::stod(value());
       else if (a == "--gap-ms") o.gap_ms = std::stoull(value());
+      else if (a == "--jitter-ms") o.jitter_ms = std::stoull(value());
       else if (a == "--graft-jitter") o.graft_jitter = std::stod(value());
       else if (a == "--prune-after") o.prune_after = static_cast<std::uint32_t>(std::stoul(value()));
       else if (a == "--optimization-threshold") o.optimization_threshold = std::stoull(value());
@@ -627,7 +629,7 @@ int main(int argc, char** argv) {
                       " [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]\n"
                      "                      [--random-promotion P] [--graft-timeout-ms T] [--graft-jitter F]\n"
                      "                      [--prune-after N] [--lazy-new-links 0|1] [--repair-graft-ms T] [--flood-after-graft 0|1]\n"
-                     "                      [--optimization-threshold H] [--origins K] [--gap-ms T] [--loss P] [--trace-tree]\n"
+                     "                      [--optimization-threshold H] [--origins K] [--gap-ms T] [--jitter-ms J] [--loss P] [--trace-tree]\n"
                      "                      [--max-rmr R] [--max-ldh L] [--max-graft-prune G] [--min-complete C]\n";
         return 2;
       }
