@@ -135,7 +135,7 @@ class hyparview {
   /// joiner, a high-priority NEIGHBOR), the peers for which `keep` returns
   /// true go last. The broadcast layer passes "is a link of the tree", so
   /// that view changes cut the broadcast tree as rarely as they can.
-  /// Call on the node's executor, before start().
+  /// Call on the node's executor; it applies from the next eviction.
   void set_eviction_preference(std::function<bool(const std::string& peer_id)> keep);
 
  private:
