@@ -51,6 +51,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   // graft_timeout: it is the one node that knows the tree is cut, and its
   // graft repairs the cut before the timers of the nodes behind it fire.
   duration repair_until{0};
+  duration next_optimization{0};  // optimisations are at least optimization_interval apart
   std::map<std::string, delivery_handler> subscribers;
   task_group loops;
   std::uint64_t next_seq;
@@ -246,6 +247,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     for (const auto& a : it->second.announcers)
       if (a.first != from && lazy.contains(a.first) && (!best || a.second < best->second)) best = &a;
     if (!best || best->second + 1 + config.optimization_threshold > round) return;
+    const auto now = sched.now();
+    if (now < next_optimization) return;
+    next_optimization = now + config.optimization_interval;
     ++counters.optimizations;
     to_eager(best->first);
     net.send(best->first, channel::broadcast, encode_graft_link());

@@ -48,6 +48,7 @@ struct options {
   std::optional<bool> lazy_new_links;
   std::optional<std::uint64_t> repair_graft_ms;
   std::optional<std::uint64_t> optimization_threshold;
+  std::optional<std::uint64_t> optimization_interval_ms;
   std::uint64_t jitter_ms = 0;  // per-message link jitter
   std::uint64_t gap_ms = 50;  // steady: between broadcasts
   std::optional<std::uint32_t> prune_after;
@@ -86,6 +87,7 @@ struct cluster {
       if (o.prune_after) c.broadcast.prune_after_duplicates = *o.prune_after;
       if (o.flood_after_graft) c.broadcast.flood_after_graft = *o.flood_after_graft;
       if (o.optimization_threshold) c.broadcast.optimization_threshold = *o.optimization_threshold;
+      if (o.optimization_interval_ms) c.broadcast.optimization_interval = duration{*o.optimization_interval_ms};
       if (o.lazy_new_links) c.broadcast.lazy_new_links = *o.lazy_new_links;
       if (o.repair_graft_ms) c.broadcast.repair_graft_timeout = duration{*o.repair_graft_ms};
       c.membership.seed = seed * 1'000'003 + i + 1;
@@ -621,15 +623,18 @@ int main(int argc, char** argv) {
       else if (a == "--graft-jitter") o.graft_jitter = std::stod(value());
       else if (a == "--prune-after") o.prune_after = static_cast<std::uint32_t>(std::stoul(value()));
       else if (a == "--optimization-threshold") o.optimization_threshold = std::stoull(value());
+      else if (a == "--optimization-interval-ms") o.optimization_interval_ms = std::stoull(value());
       else if (a == "--lazy-new-links") o.lazy_new_links = value() == "1";
       else if (a == "--flood-after-graft") o.flood_after_graft = value() == "1";
       else if (a == "--repair-graft-ms") o.repair_graft_ms = std::stoull(value());
       else {
         std::cerr << "usage: barrel-p2p-sim --scenario form|fail|steady|churn|partition [--nodes N] [--seed S]"
-                      " [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]\n"
+                     " [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]\n"
                      "                      [--random-promotion P] [--graft-timeout-ms T] [--graft-jitter F]\n"
-                     "                      [--prune-after N] [--lazy-new-links 0|1] [--repair-graft-ms T] [--flood-after-graft 0|1]\n"
-                     "                      [--optimization-threshold H] [--origins K] [--gap-ms T] [--jitter-ms J] [--loss P] [--trace-tree]\n"
+                     "                      [--prune-after N] [--lazy-new-links 0|1] [--repair-graft-ms T]\n"
+                     "                      [--flood-after-graft 0|1] [--optimization-threshold H]\n"
+                     "                      [--optimization-interval-ms T] [--origins K] [--gap-ms T]\n"
+                     "                      [--jitter-ms J] [--loss P] [--trace-tree]\n"
                      "                      [--max-rmr R] [--max-ldh L] [--max-graft-prune G] [--min-complete C]\n";
         return 2;
       }

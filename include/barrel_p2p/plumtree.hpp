@@ -60,6 +60,8 @@ struct plumtree_config {
   /// least this many hops closer to its origin than the eager copy that
   /// came, the announcer's link replaces the sender's in the tree. 0: off.
   std::uint64_t optimization_threshold = 0;
+  /// At most one optimisation per node this often (0: no limit).
+  duration optimization_interval{0};
   /// Received messages are kept this long (to answer GRAFTs and to
   /// recognise duplicates), and at most this many, holding at most this
   /// many payload bytes (the oldest go first).
