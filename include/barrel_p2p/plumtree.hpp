@@ -3,11 +3,13 @@
 //
 // Each node splits its active peers into EAGER peers (it pushes whole
 // messages to them: the edges of a spanning tree) and LAZY peers (it only
-// announces message ids to them, batched). A duplicate GOSSIP reveals a
-// redundant edge: its sender is PRUNEd to lazy. An IHAVE for a message that
-// does not arrive in time makes the node GRAFT the announcer back to eager
-// and fetch the message: the tree repairs itself, and the lazy links make
-// delivery reliable under loss and failures.
+// announces message ids to them, batched). Duplicate GOSSIPs reveal a
+// redundant edge: after prune_after_duplicates in a row its sender is
+// PRUNEd to lazy (the paper prunes on the first; with many senders that
+// shatters the tree, docs/concepts/broadcast.md). An IHAVE for a message
+// that does not arrive in time makes the node GRAFT an announcer back to
+// eager and fetch the message: the tree repairs itself, and the lazy links
+// make delivery reliable under loss and failures.
 //
 // Messages (channel broadcast): GOSSIP, IHAVE, GRAFT, PRUNE, in
 // plumtree_messages.hpp. A payload is bytes, encoded once at its origin and
