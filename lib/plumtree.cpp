@@ -350,16 +350,20 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     std::map<std::string, std::size_t> lazy_announcers;  // peer -> overdue messages it announced
     for (auto it = missing.begin(); it != missing.end();) {
       auto& m = it->second;
+      if (m.deadline > now) {
+        ++it;
+        continue;
+      }
+      // Announcers that left the view were dropped on peer_down; an IHAVE
+      // from a node outside the view leaves one that is not a peer.
       std::erase_if(m.announcers, [&](const auto& a) { return !is_peer(a.first); });
       if (m.announcers.empty()) {
         it = missing.erase(it);  // nobody left to ask
         continue;
       }
-      if (m.deadline <= now) {
-        due.emplace_back(&it->first, &m);
-        for (const auto& a : m.announcers)
-          if (lazy.contains(a.first)) ++lazy_announcers[a.first];
-      }
+      due.emplace_back(&it->first, &m);
+      for (const auto& a : m.announcers)
+        if (lazy.contains(a.first)) ++lazy_announcers[a.first];
       ++it;
     }
     std::string joining;  // the one lazy peer grafted into the tree this pass

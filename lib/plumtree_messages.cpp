@@ -83,21 +83,20 @@ message_body encode_graft(const broadcast_id& id, std::uint64_t round) {
   return message_body(share_bytes(w.take()));
 }
 
+// GRAFT [2] and PRUNE [3]: one item, the kind; encoded once.
+static message_body kind_only(kind k) {
+  cbor_writer w;
+  w.array(1).uint(k);
+  return message_body(share_bytes(w.take()));
+}
+
 message_body encode_graft_link() {
-  static const message_body body = [] {
-    cbor_writer w;
-    w.array(1).uint(graft);
-    return message_body(share_bytes(w.take()));
-  }();
+  static const message_body body = kind_only(graft);
   return body;
 }
 
 message_body encode_prune() {
-  static const message_body body = [] {
-    cbor_writer w;
-    w.array(1).uint(prune);
-    return message_body(share_bytes(w.take()));
-  }();
+  static const message_body body = kind_only(prune);
   return body;
 }
 

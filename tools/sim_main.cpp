@@ -243,17 +243,6 @@ struct cluster {
     return t;
   }
 
-  std::uint64_t payload_sent() const {
-    std::uint64_t n = 0;
-    for (auto& nd : nodes) n += nd->broadcast().counters().gossip_sent;
-    return n;
-  }
-  std::uint64_t ihave_sent() const {
-    std::uint64_t n = 0;
-    for (auto& nd : nodes) n += nd->broadcast().counters().ihave_sent;
-    return n;
-  }
-
   struct broadcast_result {
     double reliability = 0;  ///< live nodes reached / live nodes, averaged over the messages
     double complete = 0;     ///< share of the messages that reached every live node
@@ -279,7 +268,7 @@ struct cluster {
       if (alive(i)) live.push_back(i);
     std::vector<std::size_t> senders = live;
     if (origins > 0 && origins < senders.size()) senders.resize(origins);
-    const auto before = payload_sent();
+    const auto before = total(&plumtree_counters::gossip_sent);
     for (std::uint64_t k = first; k < first + count; ++k) {
       const auto origin = senders[std::uniform_int_distribution<std::size_t>(0, senders.size() - 1)(rng)];
       delivered[k].emplace(origin, 0);
@@ -302,7 +291,7 @@ struct cluster {
     }
     r.reliability /= static_cast<double>(count);
     r.complete /= static_cast<double>(count);
-    const double msgs = static_cast<double>(payload_sent() - before);
+    const double msgs = static_cast<double>(total(&plumtree_counters::gossip_sent) - before);
     r.rmr = deliveries_minus_one > 0 ? msgs / deliveries_minus_one - 1.0 : 0.0;
     return r;
   }
@@ -396,8 +385,8 @@ int scenario_steady(const options& o) {
   random_engine rng(o.seed);
   c.probe(0, 20, 100ms, rng);  // warm-up: the tree settles
   if (o.loss > 0) c.net.set_loss(o.loss);
-  const auto payload0 = c.payload_sent();
-  const auto ihave0 = c.ihave_sent();
+  const auto payload0 = c.total(&plumtree_counters::gossip_sent);
+  const auto ihave0 = c.total(&plumtree_counters::ihave_sent);
   const auto broadcast0 = c.net.stats().per_channel_sent[static_cast<std::size_t>(channel::broadcast)];
   const auto other0 = c.net.stats().messages_sent - broadcast0;
   // Why links change after warm-up (issue: a settled tree should not).
@@ -432,8 +421,8 @@ int scenario_steady(const options& o) {
   const double late = static_cast<double>(c.total(&P::duplicates_after_graft) - late0);
   const double ups = static_cast<double>(c.total(&H::peers_up) - ups0);
   const auto n = static_cast<double>(o.broadcasts);
-  const double payload = static_cast<double>(c.payload_sent() - payload0) / n;
-  const double ihave = static_cast<double>(c.ihave_sent() - ihave0) / n;
+  const double payload = static_cast<double>(c.total(&plumtree_counters::gossip_sent) - payload0) / n;
+  const double ihave = static_cast<double>(c.total(&plumtree_counters::ihave_sent) - ihave0) / n;
   const auto broadcast_msgs = c.net.stats().per_channel_sent[static_cast<std::size_t>(channel::broadcast)] - broadcast0;
   const double graft_prune = static_cast<double>(broadcast_msgs) / n - payload - ihave;
   const double other = static_cast<double>(c.net.stats().messages_sent - broadcast_msgs - broadcast0 - other0) / n;
