@@ -285,8 +285,30 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
               {"eager_peers", n.broadcast().eager_peers()},
               {"lazy_peers", n.broadcast().lazy_peers()},
               {"connected_peers", n.net().connected_peers()},
+              {"clock", clock_json()},
               {"maps", std::move(maps_json)}};
     return json_response(http::status::ok, body, version);
+  }
+
+  // This node's standing against its peers' clocks (docs/concepts/clocks.md).
+  json clock_json() const {
+    auto& clocks = n.clocks();
+    json peers = json::array();
+    for (const auto& p : clocks.peers())
+      peers.push_back(json{{"id", p.peer_id},
+                           {"offset_seconds", static_cast<double>(p.offset.count()) / 1000.0},
+                           {"round_trip_seconds", static_cast<double>(p.round_trip.count()) / 1000.0},
+                           {"samples", p.samples}});
+    const auto v = clocks.verdict();
+    return json{{"wall_ms", n.sched().wall_ms()},
+                {"max_offset_seconds", static_cast<double>(clocks.max_offset().count()) / 1000.0},
+                {"policy", to_string(clocks.config().policy)},
+                {"median_offset_seconds", static_cast<double>(v.median_offset.count()) / 1000.0},
+                {"hlc_lead_seconds", static_cast<double>(v.stamp_lead.count()) / 1000.0},
+                {"ahead_of_cluster", clocks.ahead_of_cluster()},
+                {"behind_cluster", v.behind_cluster()},
+                {"refusing_writes", clocks.refusing_writes()},
+                {"peers", std::move(peers)}};
   }
 
   response metrics(unsigned version) const {
@@ -442,6 +464,13 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     } catch (const map_error& e) {
       failure = m->is_open() ? error_response(http::status::unprocessable_entity, "rejected", e.what(), version)
                              : error_response(http::status::service_unavailable, "map_closed", e.what(), version);
+    } catch (const clock_skew_error& e) {
+      // Not written: retry on another node, or here once the clock is fixed.
+      failure = json_response(http::status::service_unavailable,
+                              json{{"error", "clock_skew"},
+                                   {"detail", e.what()},
+                                   {"ahead_seconds", static_cast<double>(e.ahead_by().count()) / 1000.0}},
+                              version);
     } catch (const std::exception& e) {
       self->log(std::string("a write failed: ") + e.what());
       failure = error_response(http::status::internal_server_error, "write_failed", e.what(), version);

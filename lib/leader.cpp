@@ -183,6 +183,9 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
   static task<lead_start> do_lead(std::shared_ptr<impl> self, std::string name, std::int64_t priority) {
     if (self->stopped) throw std::logic_error("elections: the node is stopping");
     if (self->mine.contains(name)) throw std::invalid_argument("already campaigning for '" + name + "'");
+    // A candidacy stamped by a clock far ahead would be dropped by the peers
+    // (and its fencing token would outrun theirs): refuse it like a put.
+    self->n.clocks().check_writable();
     auto& c = self->mine[name];
     c.priority = priority;
     c.events = std::make_unique<event_publisher<leadership_event>>(self->strand);

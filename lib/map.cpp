@@ -109,8 +109,35 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
     if (r.rejected > 0) {
       std::unique_lock lock(mu);
       counts.rejected_remote += r.rejected;
+      counts.rejected_clock_ahead += r.why.clock_ahead;
     }
+    if (r.why.clock_ahead > 0) report_clock_ahead(r.why);
     apply_changes(r.changed, false);
+  }
+
+  // Entries refused for a timestamp too far ahead are data a peer holds and
+  // this node does not: say so, at most once a minute, with the numbers.
+  duration last_ahead_report{-1};
+  std::uint64_t ahead_since_report = 0;
+  std::uint64_t max_ahead_since_report = 0;
+  std::string ahead_writer;
+  void report_clock_ahead(const crdt_wire::rejections& why) {
+    ahead_since_report += why.clock_ahead;
+    if (why.max_ahead_ms >= max_ahead_since_report) {
+      max_ahead_since_report = why.max_ahead_ms;
+      if (!why.ahead_writer.empty()) ahead_writer = why.ahead_writer;
+    }
+    const auto now = n.sched().now();
+    if (last_ahead_report >= duration{0} && now - last_ahead_report < std::chrono::minutes(1)) return;
+    last_ahead_report = now;
+    log("refused " + std::to_string(ahead_since_report) + " peer entries stamped up to " +
+        std::to_string(max_ahead_since_report) + " ms ahead of this node's clock (maximum offset " +
+        std::to_string(n.clock().max_offset().count()) + " ms)" +
+        (ahead_writer.empty() ? std::string() : "; written by " + ahead_writer) +
+        ": that writer's clock runs ahead, or this one behind (see /status \"clock\")");
+    ahead_since_report = 0;
+    max_ahead_since_report = 0;
+    ahead_writer.clear();
   }
 
   // ---- replica_callbacks ----------------------------------------------------
@@ -147,6 +174,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   task<> write(const std::string& key, std::optional<json> value) {
     check_open();
     if (store) store->check();  // a failed disk: refuse before changing anything
+    n.clocks().check_writable();  // a clock far ahead: peers would drop this write
     const auto ts = n.clock().now();
     entry e = value ? entry(value_entry{std::move(*value), {n.id(), ts}}) : entry(tombstone{ts});
     auto payload = encode_delta_payload(key, e);  // the one encoding of this write

@@ -1,5 +1,6 @@
 #include "barrel_p2p/metrics.hpp"
 
+#include "barrel_p2p/clock_monitor.hpp"
 #include "barrel_p2p/map.hpp"
 #include "barrel_p2p/node.hpp"
 
@@ -97,7 +98,6 @@ const field<map_counters> map_fields[] = {
     {"barrel_p2p_map_removes_total", K::counter, "Local removes.", &map_counters::removes},
     {"barrel_p2p_map_remote_changes_total", K::counter, "Keys changed by peer data.", &map_counters::remote_changes},
     {"barrel_p2p_map_rejected_local_total", K::counter, "Local puts refused by the validator.", &map_counters::rejected_local},
-    {"barrel_p2p_map_rejected_remote_total", K::counter, "Peer entries dropped (validator or malformed).", &map_counters::rejected_remote},
     {"barrel_p2p_map_tombstones_swept_total", K::counter, "Tombstones expired by the sweep.", &map_counters::tombstones_swept},
     {"barrel_p2p_map_pruned_total", K::counter, "Keys dropped when their writer went down (prune_on_peer_down).", &map_counters::pruned},
 };
@@ -118,6 +118,15 @@ const field<replica_counters> replica_fields[] = {
     {"barrel_p2p_replica_snapshots_too_large_total", K::counter, "Snapshots not sent: over max_snapshot_bytes.", &replica_counters::snapshots_too_large},
 };
 
+const field<clock_monitor_counters> clock_fields[] = {
+    {"barrel_p2p_clock_probes_sent_total", K::counter, "Clock offset probes sent to active peers.", &clock_monitor_counters::probes_sent},
+    {"barrel_p2p_clock_answers_received_total", K::counter, "Answers to clock probes (each one a sample).", &clock_monitor_counters::answers_received},
+    {"barrel_p2p_clock_unexpected_answers_total", K::counter, "Clock answers to no outstanding probe (late, repeated or forged), ignored.", &clock_monitor_counters::unexpected_answers},
+    {"barrel_p2p_clock_bad_messages_total", K::counter, "Malformed clock messages dropped.", &clock_monitor_counters::bad_messages},
+    {"barrel_p2p_clock_writes_refused_total", K::counter, "Local writes refused because this node's clock is ahead of the cluster.", &clock_monitor_counters::writes_refused},
+    {"barrel_p2p_clock_warnings_total", K::counter, "Warnings logged about a peer past half the maximum clock offset.", &clock_monitor_counters::warnings},
+};
+
 template <class Counters>
 void write_fields(prometheus_writer& w, const auto& fields, const prometheus_writer::labels& l,
                   const Counters& c) {
@@ -125,6 +134,27 @@ void write_fields(prometheus_writer& w, const auto& fields, const prometheus_wri
     w.family(f.name, f.kind, f.help);
     w.sample(l, static_cast<double>(c.*f.member));
   }
+}
+
+void write_clock_metrics(prometheus_writer& w, const clock_monitor& clocks, const prometheus_writer::labels& l) {
+  write_fields(w, clock_fields, l, clocks.counters());
+  const auto peers = clocks.peers();
+  const auto per_peer = [&](const peer_clock& p) {
+    auto out = l;
+    out.emplace_back("peer", p.peer_id);
+    return out;
+  };
+  w.family("barrel_p2p_peer_clock_offset_seconds", K::gauge,
+           "Each active peer's wall clock minus this node's (positive: the peer is ahead).");
+  for (const auto& p : peers) w.sample(per_peer(p), static_cast<double>(p.offset.count()) / 1000.0);
+  w.family("barrel_p2p_peer_clock_round_trip_seconds", K::gauge,
+           "Round trip of the probe each peer's offset estimate comes from (the estimate's uncertainty is half of it).");
+  for (const auto& p : peers) w.sample(per_peer(p), static_cast<double>(p.round_trip.count()) / 1000.0);
+  w.family("barrel_p2p_clock_ahead_of_cluster", K::gauge,
+           "1 while this node's clock is ahead of most measured peers by more than max_clock_offset.");
+  w.sample(l, clocks.ahead_of_cluster() ? 1.0 : 0.0);
+  w.family("barrel_p2p_clock_refusing_writes", K::gauge, "1 while local writes are refused for clock skew (policy refuse).");
+  w.sample(l, clocks.refusing_writes() ? 1.0 : 0.0);
 }
 
 }  // namespace
@@ -181,6 +211,7 @@ void write_node_metrics(prometheus_writer& w, node& n) {
   w.sample(l, static_cast<double>(n.broadcast().eager_peers().size()));
   w.family("barrel_p2p_broadcast_lazy_peers", K::gauge, "Peers in the lazy-push set.");
   w.sample(l, static_cast<double>(n.broadcast().lazy_peers().size()));
+  write_clock_metrics(w, n.clocks(), l);
 }
 
 void write_map_metrics(prometheus_writer& w, const node& n, const std::vector<std::shared_ptr<map>>& maps) {
@@ -193,6 +224,18 @@ void write_map_metrics(prometheus_writer& w, const node& n, const std::vector<st
   for (const auto& f : map_fields) {
     w.family(f.name, f.kind, f.help);
     for (const auto& m : maps) w.sample(labels_of(*m), static_cast<double>(m->counters().*f.member));
+  }
+  w.family("barrel_p2p_map_rejected_remote_total", K::counter,
+           "Peer entries dropped, by reason: clock_ahead (a timestamp beyond max_clock_offset), invalid (validator or malformed).");
+  for (const auto& m : maps) {
+    const auto c = m->counters();
+    auto with_reason = [&](const char* reason) {
+      auto l = labels_of(*m);
+      l.emplace_back("reason", reason);
+      return l;
+    };
+    w.sample(with_reason("clock_ahead"), static_cast<double>(c.rejected_clock_ahead));
+    w.sample(with_reason("invalid"), static_cast<double>(c.rejected_remote - c.rejected_clock_ahead));
   }
   for (const auto& f : replica_fields) {
     w.family(f.name, f.kind, f.help);

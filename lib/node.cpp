@@ -19,6 +19,7 @@ struct node::impl {
   tcp_transport* tcp = nullptr;  // the same object when on TCP
   std::unique_ptr<hlc_clock> clock;
   std::unique_ptr<hyparview> membership;
+  std::unique_ptr<clock_monitor> clocks;
   std::unique_ptr<plumtree> broadcast;
   std::unique_ptr<replica_host> replicas;
   std::map<std::string, std::weak_ptr<attachment>> attachments;
@@ -27,16 +28,21 @@ struct node::impl {
 
   explicit impl(node_config c) : config(std::move(c)) {
     if (!config.log) config.log = [](const std::string& line) { std::cerr << line << '\n'; };
-    for (auto* l : {&config.membership.log, &config.broadcast.log, &config.replicas.log, &config.transport.log})
+    for (auto* l : {&config.membership.log, &config.broadcast.log, &config.replicas.log, &config.transport.log,
+                    &config.clocks.log})
       if (!*l) *l = config.log;
+    // A seeded membership makes the whole node deterministic (the simulator).
+    if (!config.clocks.seed && config.membership.seed) config.clocks.seed = config.membership.seed ^ 0x9e3779b97f4a7c15ULL;
   }
 
   // The layers above the transport are the same on TCP and on the simulator.
   void assemble() {
     clock = std::make_unique<hlc_clock>([s = sched.get()] { return s->wall_ms(); }, config.max_clock_offset);
     membership = std::make_unique<hyparview>(*net, *sched, config.membership);
+    clocks = std::make_unique<clock_monitor>(*net, *membership, *sched, *clock, config.clocks);
     broadcast = std::make_unique<plumtree>(*net, *membership, *sched, config.broadcast);
     replicas = std::make_unique<replica_host>(*net, *membership, *broadcast, *sched, *clock, config.replicas);
+    replicas->set_write_guard([c = clocks.get()] { c->check_writable(); });
   }
 };
 
@@ -56,9 +62,9 @@ node::node(executor ex, node_config config) : impl_(std::make_unique<impl>(std::
 
 node::node(sim_network& net, node_config config) : impl_(std::make_unique<impl>(std::move(config))) {
   auto& m = *impl_;
-  m.sched = net.make_scheduler();
-  m.strand = m.sched->get_executor();  // the simulator is single-threaded
   m.net = net.add_node(m.config.transport.node_id);
+  m.sched = net.make_scheduler(m.config.transport.node_id);
+  m.strand = m.sched->get_executor();  // the simulator is single-threaded
   m.assemble();
 }
 
@@ -70,6 +76,7 @@ task<> node::start() {
   m.started = true;
   co_await m.net->start();
   m.membership->start();
+  m.clocks->start();
   m.broadcast->start();
   m.replicas->start();
   for (const auto& contact : m.config.contacts)
@@ -87,6 +94,7 @@ task<> node::stop() {
   co_await m.replicas->stop();
   co_await m.membership->leave();
   co_await m.broadcast->stop();
+  co_await m.clocks->stop();
   co_await m.net->stop();
 }
 
@@ -109,6 +117,7 @@ executor node::get_executor() const { return impl_->strand; }
 transport& node::net() { return *impl_->net; }
 scheduler& node::sched() { return *impl_->sched; }
 hlc_clock& node::clock() { return *impl_->clock; }
+clock_monitor& node::clocks() { return *impl_->clocks; }
 hyparview& node::membership() { return *impl_->membership; }
 plumtree& node::broadcast() { return *impl_->broadcast; }
 replica_host& node::replicas() { return *impl_->replicas; }

@@ -32,6 +32,7 @@ struct replica_host::impl {
   scheduler& sched;
   hlc_clock& clock;
   replica_config config;
+  std::function<void()> write_guard;  // the clock-skew guard, set by the node
   random_engine rng;
   std::map<std::string, std::weak_ptr<replica::impl>> instances;
   // Chunked snapshots being received, per (peer, instance): bounded by
@@ -369,6 +370,7 @@ task<> replica_host::stop() {
 }
 
 const replica_config& replica_host::config() const { return impl_->config; }
+void replica_host::set_write_guard(std::function<void()> guard) { impl_->write_guard = std::move(guard); }
 
 std::shared_ptr<replica> replica::start(replica_host& host, std::string name, replica_callbacks& callbacks) {
   auto h = host.impl_;
@@ -419,6 +421,7 @@ task<json> replica::broadcast_update(replica_update update) {
   if (co_await i->host->wait_for_room()) ++i->counters.backpressure_waits;
   const room_ticket ticket(i->host->admitted);
   if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
+  if (i->host->write_guard) i->host->write_guard();
   ormap scratch;
   const auto ts = i->host->clock.now();
   const ormap delta = std::visit(

@@ -25,6 +25,7 @@ struct sim_node {
   transport::message_handler on_message[channel_count];
   transport_counters counters;
   std::map<std::string, std::uint64_t> links;  // peer id -> link epoch
+  duration wall_skew{0};                        // this node's wall clock minus true time
 };
 
 struct event {
@@ -140,11 +141,14 @@ namespace {
 
 class sim_scheduler final : public scheduler {
  public:
-  sim_scheduler(sim_network::impl& net, duration skew) : net_(net), skew_(skew) {}
+  // `node`: the node whose (changeable) wall skew applies, or nullptr for a fixed `skew`.
+  sim_scheduler(sim_network::impl& net, duration skew, const sim_node* node = nullptr)
+      : net_(net), skew_(skew), node_(node) {}
   executor get_executor() const override { return net_.io.get_executor(); }
   duration now() const override { return net_.now; }
   std::uint64_t wall_ms() const override {
-    return net_.config.epoch_ms + static_cast<std::uint64_t>((net_.now + skew_).count());
+    const auto skew = node_ ? node_->wall_skew : skew_;
+    return net_.config.epoch_ms + static_cast<std::uint64_t>((net_.now + skew).count());
   }
   task<bool> sleep(duration d) override {
     auto timer = std::make_shared<asio::steady_timer>(net_.io, asio::steady_timer::time_point::max());
@@ -160,6 +164,7 @@ class sim_scheduler final : public scheduler {
  private:
   sim_network::impl& net_;
   duration skew_;
+  const sim_node* node_;
 };
 
 class sim_transport final : public transport {
@@ -323,6 +328,12 @@ std::unique_ptr<transport> sim_network::add_node(const std::string& id) {
 std::unique_ptr<scheduler> sim_network::make_scheduler(duration wall_skew) {
   return std::make_unique<sim_scheduler>(*impl_, wall_skew);
 }
+
+std::unique_ptr<scheduler> sim_network::make_scheduler(const std::string& id) {
+  return std::make_unique<sim_scheduler>(*impl_, duration{0}, &impl_->node(id));
+}
+
+void sim_network::set_wall_skew(const std::string& id, duration skew) { impl_->node(id).wall_skew = skew; }
 
 void sim_network::run_for(duration d) {
   const auto end = impl_->now + d;

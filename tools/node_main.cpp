@@ -188,6 +188,11 @@ duration ms_of(const json& obj, const char* key, const std::string& where) {
   return duration{v};
 }
 
+clock_skew_policy parse_skew_policy(const std::string& v, const std::string& where) {
+  if (auto p = clock_skew_policy_from_string(v)) return *p;
+  throw config_error(where + ": expected refuse or warn, got '" + v + "'");
+}
+
 void apply_file(daemon_config& c, const std::string& path) {
   std::ifstream in(path);
   if (!in) throw config_error("cannot read the config file " + path);
@@ -196,7 +201,8 @@ void apply_file(daemon_config& c, const std::string& path) {
   check_keys(j,
              {"id", "listen", "advertise", "contacts", "secret", "secret_file", "tls", "tls_ca", "tls_cert",
               "tls_key", "data_dir", "maps", "http", "membership", "anti_entropy_interval_ms",
-              "heartbeat_interval_ms", "heartbeat_timeout_ms"},
+              "heartbeat_interval_ms", "heartbeat_timeout_ms", "max_clock_offset_ms", "clock_skew_policy",
+              "clock_probe_interval_ms"},
              path);
   auto& t = c.node.transport;
   if (j.contains("id")) t.node_id = get<std::string>(j, "id", path);
@@ -226,6 +232,11 @@ void apply_file(daemon_config& c, const std::string& path) {
   if (j.contains("heartbeat_timeout_ms")) t.heartbeat_timeout = ms_of(j, "heartbeat_timeout_ms", path);
   if (j.contains("anti_entropy_interval_ms"))
     c.node.replicas.anti_entropy_interval = ms_of(j, "anti_entropy_interval_ms", path);
+  if (j.contains("max_clock_offset_ms")) c.node.max_clock_offset = ms_of(j, "max_clock_offset_ms", path);
+  if (j.contains("clock_probe_interval_ms"))
+    c.node.clocks.probe_interval = ms_of(j, "clock_probe_interval_ms", path);
+  if (j.contains("clock_skew_policy"))
+    c.node.clocks.policy = parse_skew_policy(get<std::string>(j, "clock_skew_policy", path), path + ": clock_skew_policy");
   if (j.contains("maps")) {
     if (!j["maps"].is_array()) throw config_error(path + ": 'maps' must be an array");
     for (const auto& m : j["maps"]) {
@@ -294,7 +305,11 @@ constexpr const char* usage =
     "  --http-token T | --http-token-file F   require 'Authorization: Bearer T'\n"
     "  --http-allowed-host NAME   a Host/Origin name accepted without a token (repeatable)\n"
     "  --anti-entropy-ms N    mean anti-entropy interval (default 30000)\n"
-    "  --heartbeat-ms N       heartbeat interval (timeout: 5x)\n";
+    "  --heartbeat-ms N       heartbeat interval (timeout: 5x)\n"
+    "  --max-clock-offset-ms N   peer timestamps further ahead are refused (default 60000)\n"
+    "  --clock-skew-policy refuse|warn   when this clock is that far ahead of the cluster:\n"
+    "                         refuse local writes (default) or only warn\n"
+    "  --clock-probe-ms N     how often each peer's clock offset is measured (default 2000)\n";
 
 daemon_config parse(int argc, char** argv) {
   daemon_config c;
@@ -364,6 +379,12 @@ daemon_config parse(int argc, char** argv) {
       c.http.allowed_hosts.push_back(value());
     } else if (a == "--anti-entropy-ms") {
       c.node.replicas.anti_entropy_interval = positive(value());
+    } else if (a == "--max-clock-offset-ms") {
+      c.node.max_clock_offset = positive(value());
+    } else if (a == "--clock-skew-policy") {
+      c.node.clocks.policy = parse_skew_policy(value(), "--clock-skew-policy");
+    } else if (a == "--clock-probe-ms") {
+      c.node.clocks.probe_interval = positive(value());
     } else if (a == "--heartbeat-ms") {
       c.node.transport.heartbeat_interval = positive(value());
       c.node.transport.heartbeat_timeout = 5 * c.node.transport.heartbeat_interval;

@@ -93,6 +93,7 @@ struct cluster {
       c.membership.seed = seed * 1'000'003 + i + 1;
       c.broadcast.seed = seed * 2'000'003 + i + 1;
       c.replicas.seed = seed * 3'000'017 + i + 1;
+      c.clocks.seed = seed * 4'000'037 + i + 1;
       c.log = [](const std::string&) {};
       nodes.push_back(std::make_unique<node>(net, c));
       auto* me = this;

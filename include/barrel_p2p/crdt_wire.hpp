@@ -65,14 +65,31 @@ void write_entry(cbor_writer& w, const entry& e);
                            const leaf_validator& leaf = {}, std::size_t* rejected = nullptr,
                            const limits& lim = {}) noexcept;
 
+/// Why entries were dropped, for counters and log lines.
+struct rejections {
+  std::size_t total = 0;
+  /// Of total: entries that were well formed but carried a timestamp beyond
+  /// the clock's maximum forward offset (a clock ahead, ours or the writer's).
+  std::size_t clock_ahead = 0;
+  /// The farthest such timestamp's lead over this node's wall clock, ms.
+  std::uint64_t max_ahead_ms = 0;
+  /// The node of one such entry's dot (empty for a tombstone): who wrote it.
+  std::string ahead_writer;
+};
+
+/// accept, with the reasons for what was dropped.
+[[nodiscard]] ormap accept(const json& payload, const hlc_clock& clock, const leaf_validator& leaf,
+                           rejections& why, const limits& lim = {}) noexcept;
+
 struct ingest_result {
   /// The validated, filtered sub-map of the input (a whole snapshot on full
   /// sync). Only these entries advanced the clock.
   ormap accepted;
   /// Keys whose local entry changed: emit events for exactly these.
   std::vector<std::string> changed;
-  /// Entries dropped as invalid.
+  /// Entries dropped as invalid (why.total), and why.
   std::size_t rejected = 0;
+  rejections why;
 };
 
 /// accept + absorb_clock + merge in one step. `local` is left unchanged by

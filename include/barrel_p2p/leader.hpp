@@ -81,7 +81,9 @@ class elections : public node::attachment, public std::enable_shared_from_this<e
 
   /// Campaigns for `name` (1-200 bytes, no newline). Returns the initial
   /// role and the stream of later transitions. Throws std::invalid_argument
-  /// on a bad name or when this node already campaigns for it.
+  /// on a bad name or when this node already campaigns for it, and
+  /// clock_skew_error while this node's clock is ahead of the cluster
+  /// (clock_monitor.hpp).
   task<std::unique_ptr<campaign>> lead(std::string name, campaign_options options = {});
   /// Withdraws this node's candidacy for `name`, if any.
   task<> resign(std::string name);

@@ -69,7 +69,10 @@ struct map_counters {
   std::uint64_t removes = 0;       ///< local removes
   std::uint64_t remote_changes = 0;
   std::uint64_t rejected_local = 0;   ///< puts refused by the validator
-  std::uint64_t rejected_remote = 0;  ///< peer entries dropped (validator or malformed)
+  std::uint64_t rejected_remote = 0;  ///< peer entries dropped, for any reason (rejected_clock_ahead included)
+  /// Of rejected_remote: entries whose timestamp is beyond max_clock_offset
+  /// ahead of this node's clock (the writer's clock, or ours, is off).
+  std::uint64_t rejected_clock_ahead = 0;
   std::uint64_t tombstones_swept = 0;
   std::uint64_t pruned = 0;        ///< keys dropped by prune_on_peer_down
 };
@@ -85,9 +88,12 @@ class map : public node::attachment, public std::enable_shared_from_this<map> {
 
   /// Writes `value` under `key` and gossips it. Returns once applied
   /// locally (and, with persist, on disk). Throws map_error when the
-  /// validator refuses the value or the map is closed.
+  /// validator refuses the value or the map is closed, and
+  /// clock_skew_error (nothing written) while this node's wall clock is
+  /// ahead of the cluster by more than max_clock_offset under the refuse
+  /// policy (clock_monitor.hpp): the peers would drop the write. Any executor.
   task<> put(std::string key, json value);
-  /// Removes `key` (a tombstone that beats every older write).
+  /// Removes `key` (a tombstone that beats every older write). Throws as put.
   task<> remove(std::string key);
 
   [[nodiscard]] std::optional<json> get(const std::string& key) const;

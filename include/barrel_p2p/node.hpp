@@ -7,6 +7,7 @@
 // the layers above hop onto it, so they may be called from any thread.
 #pragma once
 
+#include <barrel_p2p/clock_monitor.hpp>
 #include <barrel_p2p/hlc.hpp>
 #include <barrel_p2p/hyparview.hpp>
 #include <barrel_p2p/plumtree.hpp>
@@ -37,6 +38,9 @@ struct node_config {
   replica_config replicas;
   /// HLC maximum forward offset for timestamps from peers.
   std::chrono::milliseconds max_clock_offset = hlc_clock::default_max_offset;
+  /// Peer clock offsets: how often they are measured, and what this node
+  /// does when its own clock is ahead of the cluster (refuse local writes).
+  clock_monitor_config clocks;
   /// One-line log sink shared by every layer that has none of its own.
   std::function<void(const std::string&)> log;
 };
@@ -47,7 +51,8 @@ class node {
   /// io_context too): the node makes a strand over it.
   node(executor ex, node_config config);
   /// A node on the simulated network (transport and virtual-time scheduler
-  /// from `net`); `config.transport.node_id` names it.
+  /// from `net`); `config.transport.node_id` names it, and
+  /// sim_network::set_wall_skew shifts its wall clock.
   node(sim_network& net, node_config config);
   ~node();
   node(const node&) = delete;
@@ -74,6 +79,8 @@ class node {
   [[nodiscard]] transport& net();
   [[nodiscard]] scheduler& sched();
   [[nodiscard]] hlc_clock& clock();
+  /// Peer clock offsets and the skew guard on local writes.
+  [[nodiscard]] clock_monitor& clocks();
   [[nodiscard]] hyparview& membership();
   [[nodiscard]] plumtree& broadcast();
   [[nodiscard]] replica_host& replicas();

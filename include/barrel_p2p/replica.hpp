@@ -17,6 +17,7 @@
 #include <barrel_p2p/transport.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -124,6 +125,11 @@ class replica_host {
 
   [[nodiscard]] const replica_config& config() const;
 
+  /// Called by broadcast_update before it stamps a local write; what it
+  /// throws reaches the writer and nothing is written. The node installs the
+  /// clock-skew guard (clock_monitor::check_writable). Node's executor.
+  void set_write_guard(std::function<void()> guard);
+
   struct impl;
 
  private:
@@ -142,7 +148,8 @@ class replica {
 
   /// Applies the update locally (merge_delta) and gossips it. An add
   /// carries a fresh dot, a remove a tombstone, both stamped by the node's
-  /// HLC. Returns the delta (wire form). If the local merge_delta throws
+  /// HLC. Returns the delta (wire form). Throws what the host's write guard
+  /// throws (clock_skew_error) before anything is stamped. If the local merge_delta throws
   /// (the owner rejects its own write), the exception reaches the caller and
   /// nothing is gossiped.
   task<json> broadcast_update(replica_update update);

@@ -69,6 +69,12 @@ class sim_network {
   /// A scheduler on the virtual timeline; `wall_skew` shifts its wall clock
   /// (to test HLCs under clock skew).
   [[nodiscard]] std::unique_ptr<scheduler> make_scheduler(duration wall_skew = duration{0});
+  /// The scheduler of node `id` (added already): its wall clock is shifted
+  /// by the node's skew, which set_wall_skew changes at any time.
+  [[nodiscard]] std::unique_ptr<scheduler> make_scheduler(const std::string& id);
+  /// Shifts node `id`'s wall clock (a broken NTP, a clock step); monotonic
+  /// time is not affected.
+  void set_wall_skew(const std::string& id, duration skew);
 
   /// Executes the timeline for `d` of virtual time.
   void run_for(duration d);

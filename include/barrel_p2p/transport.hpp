@@ -71,8 +71,9 @@ enum class channel : std::uint8_t {
   membership = 1,
   broadcast = 2,
   replica = 3,
+  clock = 4,  ///< clock offset probes (clock_messages.hpp)
 };
-inline constexpr std::size_t channel_count = 4;
+inline constexpr std::size_t channel_count = 5;
 
 /// Immutable bytes shared by everyone who holds them (send queues, caches).
 using shared_bytes = std::shared_ptr<const std::vector<std::uint8_t>>;
