@@ -15,6 +15,7 @@
 
 #include "io_harness.hpp"
 
+#include <cmath>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -194,6 +195,19 @@ TEST_CASE("HTTP: /status shows the node, its views and its maps; /maps lists the
   CHECK(s["maps"] == json::array({{{"entries", 1}, {"name", "kv"}, {"size", 1}},
                                   {{"entries", 0}, {"name", "strict"}, {"size", 0}}}));
   CHECK(maps.body_json()["maps"].size() == 2);
+  // The clock section: both nodes read this host's clock, so n1 is ~0 s off.
+  const auto& clock = s["clock"];
+  CHECK(clock["policy"] == "refuse");
+  CHECK(clock["max_offset_seconds"] == 60.0);
+  CHECK(clock["refusing_writes"] == false);
+  CHECK(clock["ahead_of_cluster"] == false);
+  REQUIRE(f.eventually([&] { return !f.nodes[0]->clocks().peers().empty(); }));
+  f.run([&]() -> task<> { status = co_await send_request(f.port(), http::verb::get, "/status"); });
+  const auto peers = status.body_json()["clock"]["peers"];
+  REQUIRE(peers.size() == 1);
+  CHECK(peers[0]["id"] == "n1");
+  CHECK(std::abs(peers[0]["offset_seconds"].get<double>()) < 1.0);
+  CHECK(peers[0]["samples"].get<int>() >= 1);
 }
 
 TEST_CASE("HTTP: /metrics is valid Prometheus text covering every layer") {
@@ -230,6 +244,11 @@ TEST_CASE("HTTP: /metrics is valid Prometheus text covering every layer") {
     CHECK_MESSAGE(sampled.contains(name), name);
   CHECK(m.body.find("barrel_p2p_map_puts_total{node=\"n0\",map=\"kv\"} 1\n") != std::string::npos);
   CHECK(m.body.find("barrel_p2p_membership_active_view_size{node=\"n0\"} 1\n") != std::string::npos);
+  CHECK(m.body.find("barrel_p2p_map_rejected_remote_total{node=\"n0\",map=\"kv\",reason=\"clock_ahead\"} 0\n") !=
+        std::string::npos);
+  CHECK(m.body.find("barrel_p2p_clock_refusing_writes{node=\"n0\"} 0\n") != std::string::npos);
+  CHECK(typed.contains("barrel_p2p_peer_clock_offset_seconds"));
+  CHECK(sampled.contains("barrel_p2p_clock_probes_sent_total"));
 }
 
 TEST_CASE("HTTP: bad input gets a clear 4xx with a JSON body, and the node keeps serving") {

@@ -42,8 +42,12 @@ def free_port():
 
 
 class Node:
-    def __init__(self, name, binary, workdir, secret_file, contact, args):
+    def __init__(self, name, binary, workdir, secret_file, contact, args, extra_flags=(), prefix=()):
+        """extra_flags: more daemon flags; prefix: a command that runs the
+        daemon (e.g. faketime with its options)."""
         self.name = name
+        self.extra_flags = list(extra_flags)
+        self.prefix = list(prefix)
         self.binary = binary
         self.cluster_port = free_port()
         self.http_port = free_port()
@@ -69,6 +73,7 @@ class Node:
                "--anti-entropy-ms", str(self.args.anti_entropy_ms)]
         if self.contact:
             cmd += ["--contact", self.contact.cluster_address]
+        cmd = self.prefix + cmd + self.extra_flags
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         log.close()

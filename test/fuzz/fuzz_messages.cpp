@@ -1,9 +1,11 @@
 // libFuzzer target: a frame body as a peer sends it, fed to every layer's
-// message parser (membership, broadcast, replica, replica broadcast payloads). Any
+// message parser (membership, broadcast, replica, replica broadcast payloads,
+// clock probes). Any
 // crash, sanitizer report or escaping exception is a bug; so is a message
 // that is accepted but does not survive encode -> parse unchanged
 // (__builtin_trap).
 #include <barrel_p2p/cbor.hpp>
+#include <barrel_p2p/clock_messages.hpp>
 #include <barrel_p2p/hyparview_messages.hpp>
 #include <barrel_p2p/plumtree_messages.hpp>
 #include <barrel_p2p/replica_messages.hpp>
@@ -83,6 +85,20 @@ void check_membership(std::span<const std::uint8_t> bytes) {
   if (!back || back->index() != m->index()) __builtin_trap();
 }
 
+void check_clock(std::span<const std::uint8_t> bytes) {
+  auto m = parse_clock_message(bytes);
+  if (!m) return;
+  const auto body = flatten(std::visit([](const auto& x) { return encode(x); }, *m));
+  auto back = parse_clock_message(body);
+  if (!back || back->index() != m->index()) __builtin_trap();
+  if (auto* a = std::get_if<clock_answer>(&*back)) {
+    const auto& first = std::get<clock_answer>(*m);
+    if (a->sent_ms != first.sent_ms || a->wall_ms != first.wall_ms) __builtin_trap();
+  } else if (std::get<clock_probe>(*back).sent_ms != std::get<clock_probe>(*m).sent_ms) {
+    __builtin_trap();
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -90,5 +106,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   check_broadcast(byte_slice(bytes));
   check_replica(*bytes);
   check_membership(*bytes);
+  check_clock(*bytes);
   return 0;
 }
