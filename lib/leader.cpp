@@ -3,6 +3,7 @@
 #include "barrel_p2p/replica_messages.hpp"
 
 #include "barrel_p2p/crdt_wire.hpp"
+#include "printable.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -87,7 +88,10 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
     const auto floor_ts = hlc_timestamp::unpack(floor);
     auto ts = n.clock().admissible(floor_ts) ? n.clock().update(floor_ts) : n.clock().now();
     auto fence = ts.pack();
-    if (fence <= floor) fence = floor + 1;  // a peer's clock far ahead: still strictly greater
+    // This clock far behind the mark (it stepped back since the mark was
+    // admitted): still strictly greater. Marks are admissible timestamps,
+    // far below UINT64_MAX, so this never wraps.
+    if (fence <= floor) fence = floor + 1;
     hwm[name] = fence;
     return fence;
   }
@@ -159,18 +163,37 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
   // No anti-entropy: candidacies follow liveness (peer_up / peer_down), as
   // in the specification.
 
-  // Merges marks by max; returns the names whose mark went up.
+  // Merges marks by max; returns the names whose mark went up. A mark is a
+  // packed HLC timestamp, so one that no honest clock could have issued
+  // (beyond this node's maximum forward offset, or not a valid timestamp)
+  // is refused: accepted, it would push every later token towards
+  // UINT64_MAX, where the next term would have no greater token left.
   std::vector<std::string> merge_fences(const json& f) {
     std::vector<std::string> raised;
     if (!f.is_object()) return raised;
     for (const auto& [name, mark] : f.items()) {
-      // UINT64_MAX would leave no greater token to issue.
-      if (!valid_name(name) || !mark.is_number_unsigned() || mark.get<std::uint64_t>() == UINT64_MAX) continue;
+      if (!valid_name(name) || !mark.is_number_unsigned()) continue;
+      const auto value = mark.get<std::uint64_t>();
+      if (!n.clock().admissible(hlc_timestamp::unpack(value))) {
+        refuse_mark(name, value);
+        continue;
+      }
       const auto before = hwm[name];
-      merge_fence(name, mark.get<std::uint64_t>());
+      merge_fence(name, value);
       if (hwm[name] > before) raised.push_back(name);
     }
     return raised;
+  }
+
+  std::uint64_t marks_refused = 0;
+  void refuse_mark(const std::string& name, std::uint64_t mark) {
+    // The first, then one in a thousand: a flood must not flood the log.
+    if (marks_refused++ % 1000 != 0) return;
+    if (n.config().log)
+      n.config().log(n.id() + ": elections: refused the fencing mark " + std::to_string(mark) + " for '" +
+                     detail::printable(name) + "': its timestamp " + hlc_timestamp::unpack(mark).to_string() +
+                     " is beyond this node's maximum clock offset (" + std::to_string(marks_refused) +
+                     " refused so far)");
   }
 
   // ---- operations (on the strand) ---------------------------------------------

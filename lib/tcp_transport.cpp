@@ -14,6 +14,7 @@
 #include "barrel_p2p/cbor.hpp"
 #include "barrel_p2p/frame.hpp"
 #include "barrel_p2p/task_group.hpp"
+#include "printable.hpp"
 #include "tls_context.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -506,21 +507,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   static std::string describe(const connection& c) {
     return c.peer.id.empty() ? c.remote : printable(c.peer.id) + " (" + c.remote + ")";
   }
-  static std::string printable(std::string_view text) {
-    std::string out;
-    for (const char ch : text) {
-      const auto b = static_cast<unsigned char>(ch);
-      if (b >= 0x20 && b < 0x7f && ch != '\\') {
-        out += ch;
-      } else {
-        static const char digits[] = "0123456789abcdef";
-        out += "\\x";
-        out += digits[b >> 4];
-        out += digits[b & 15];
-      }
-    }
-    return out;
-  }
+  static std::string printable(std::string_view text) { return detail::printable(text); }
 
   std::optional<peer_descriptor> connected_at(const peer_address& addr) const {
     for (const auto& [id, entry] : peers_) {

@@ -220,3 +220,72 @@ TEST_CASE("partition: each side may elect; after the heal one leader, and new to
   }, boost::asio::detached);
   net.run_for(10s);
 }
+
+namespace {
+
+// A member that speaks the election instance's protocol with lies.
+struct hostile_owner final : replica_callbacks {
+  task<> merge_delta(const std::string&, const json&) override { co_return; }
+  task<> apply_full_sync(const std::string&, const json&) override { co_return; }
+  task<std::optional<json>> full_sync_snapshot(const std::string&) override { co_return std::nullopt; }
+  task<> remove_node(const std::string&, const std::string&) override { co_return; }
+};
+
+json fence_marks(const std::string& name, std::uint64_t mark) {
+  json f = json::object();
+  f[name] = mark;
+  return json{{"f", std::move(f)}};
+}
+
+}  // namespace
+
+TEST_CASE("a member cannot wrap fencing tokens: marks no honest clock could issue are refused") {
+  tcp_cluster c;
+  std::vector<std::string> log;
+  for (int i = 0; i < 2; ++i) c.add("n" + std::to_string(i));
+  // The hostile member: a node without elections, running the elections'
+  // replica instance by hand to gossip fencing marks of its choosing.
+  auto cfg = testing::fast_tcp_config("evil", "leader-test-cluster-secret");
+  cfg.contacts.push_back(c.nodes[0]->self().address);
+  c.nodes.push_back(std::make_unique<node>(c.io.get_executor(), cfg));
+  auto& evil = *c.nodes.back();
+  c.run([&]() -> task<> { co_await evil.start(); });
+  hostile_owner owner;
+  auto rep = replica::start(evil.replicas(), "barrel_p2p.leader", owner);
+
+  std::vector<std::unique_ptr<campaign>> camp(2);
+  c.run([&]() -> task<> {
+    for (int i = 0; i < 2; ++i) co_await lead_into(*c.el[i], "job", 1 - i, camp[i]);
+  });
+  REQUIRE(c.eventually([&] { return c.agree("job", "n0") && c.el[0]->is_leader("job"); }));
+  const auto first = *c.el[0]->fence("job");
+
+  // UINT64_MAX - 1 made the next term UINT64_MAX and the one after 0; an
+  // hour ahead is a valid timestamp no honest clock issues either.
+  const auto hour_ahead = hlc_timestamp{evil.clock().wall_ms() + 3'600'000, 0}.pack();
+  c.run([&]() -> task<> {
+    co_await rep->broadcast_custom(fence_marks("job", UINT64_MAX - 1));
+    co_await rep->broadcast_custom(fence_marks("job", UINT64_MAX));
+    co_await rep->broadcast_custom(fence_marks("job", hour_ahead));
+  });
+  // A mark within the window is a legitimate one: it is merged, and the next
+  // term goes past it (the witness that the custom broadcasts arrive).
+  const auto near = hlc_timestamp{evil.clock().wall_ms() + 30'000, 0}.pack();
+  c.run([&]() -> task<> { co_await rep->broadcast_custom(fence_marks("job", near)); });
+  REQUIRE(c.eventually([&] { return c.el[0]->high_water_mark("job") == near && c.el[1]->high_water_mark("job") == near; }));
+
+  // Three terms: each token strictly greater, none anywhere near the top.
+  std::vector<std::uint64_t> tokens{first};
+  c.run([&]() -> task<> { co_await camp[0]->resign(); });
+  REQUIRE(c.eventually([&] { return c.agree("job", "n1") && c.el[1]->is_leader("job"); }));
+  tokens.push_back(*c.el[1]->fence("job"));
+  c.run([&]() -> task<> { co_await lead_into(*c.el[0], "job", 5, camp[0]); });
+  REQUIRE(c.eventually([&] { return c.agree("job", "n0") && c.el[0]->is_leader("job"); }));
+  tokens.push_back(*c.el[0]->fence("job"));
+  CHECK(tokens[1] > tokens[0]);
+  CHECK(tokens[1] > near);
+  CHECK(tokens[2] > tokens[1]);
+  for (auto t : tokens) CHECK(t < hour_ahead);
+  for (auto& e : c.el) CHECK(e->high_water_mark("job") < hour_ahead);
+  c.run([&]() -> task<> { co_await rep->stop(); });
+}
