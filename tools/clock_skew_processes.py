@@ -47,7 +47,12 @@ def faketime_prefix():
     # faketime wrapper: the wrapper forks, and a SIGTERM meant for the
     # daemon would stop only the wrapper. The monotonic clock keeps real
     # time, as with a broken NTP.
-    return ["env", "LD_PRELOAD=" + lib, "FAKETIME=+%ds" % SKEW_S, "FAKETIME_DONT_FAKE_MONOTONIC=1"]
+    # Under AddressSanitizer the preloaded library comes before ASan's
+    # runtime, which ASan refuses unless told not to check.
+    asan = os.environ.get("ASAN_OPTIONS", "")
+    asan = (asan + ":" if asan else "") + "verify_asan_link_order=0"
+    return ["env", "LD_PRELOAD=" + lib, "FAKETIME=+%ds" % SKEW_S, "FAKETIME_DONT_FAKE_MONOTONIC=1",
+            "ASAN_OPTIONS=" + asan]
 
 
 def metric(node, name, labels):
@@ -154,6 +159,15 @@ def run(args):
         dp.say("    acknowledged on the skewed node, refused by h1 and h2, counted as clock_ahead and logged")
         dp.say("clock skew: ok")
         return 0
+    except dp.StepFailed:
+        for n in nodes:  # what each daemon said last, to see why
+            if os.path.exists(n.log_path):
+                with open(n.log_path) as f:
+                    tail = f.read().splitlines()[-5:]
+                print("--- %s (%s):" % (n.name, "running" if n.running() else "exited %s" % n.proc.returncode))
+                for line in tail:
+                    print("    " + line)
+        raise
     finally:
         for n in nodes:
             n.kill()
