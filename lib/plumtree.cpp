@@ -54,7 +54,6 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   duration next_optimization{0};  // optimisations are at least optimization_interval apart
   std::map<std::string, delivery_handler> subscribers;
   task_group loops;
-  std::uint64_t next_seq;
   random_engine rng;
   bool started = false;
   bool stopped = false;
@@ -69,11 +68,21 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         config.repair_graft_timeout < duration{0} || config.repair_window < duration{0})
       throw std::invalid_argument(
           "plumtree_config: prune_after_duplicates must be > 0, graft_jitter in [0, 100], repair times >= 0");
-    // Sequence numbers start from the wall clock so that a restarted node
-    // does not reuse ids its peers still hold in their caches.
     rng.seed(config.seed ? config.seed : std::random_device{}());
-    next_seq = (sched.wall_ms() << 16) | (rng() & 0xffff);
   }
+
+  // A broadcast's sequence number is random, not a counter: a member that
+  // saw one of this node's ids could otherwise send messages under the next
+  // ones first, and every node would drop the real ones as duplicates. 64
+  // random bits also keep a restarted node from reusing ids its peers still
+  // cache. Unseeded, they come from the OS (std::random_device), so that no
+  // number of observed ids predicts the next; a seeded node (the
+  // simulator) draws them from its generator, to stay reproducible.
+  std::uint64_t fresh_seq() {
+    if (config.seed) return rng();
+    return (std::uint64_t{entropy()} << 32) | entropy();
+  }
+  std::random_device entropy;
 
   const std::string& self() const { return net.self().id; }
   bool is_peer(const std::string& p) const { return eager.contains(p) || lazy.contains(p); }
@@ -141,7 +150,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   }
 
   void broadcast(const std::string& tag, byte_slice payload) {
-    const message_id id{self(), next_seq++};
+    const message_id id{self(), fresh_seq()};
     ++counters.broadcasts;
     remember(id, tag, payload, 0);
     push(id, tag, payload, 1, {});

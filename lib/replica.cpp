@@ -44,12 +44,13 @@ struct replica_host::impl {
     std::vector<std::uint8_t> bytes;
   };
   std::map<std::pair<std::string, std::string>, assembly> assemblies;
+  task_group loops;  // the host's own: the sweep of partial snapshots
   bool started = false;
   bool stopped = false;
 
   impl(transport& n, hyparview& m, plumtree& b, scheduler& s, hlc_clock& c, replica_config cfg)
       : net(n), membership(m), broadcast(b), sched(s), clock(c), config(std::move(cfg)),
-        rng(config.seed ? config.seed : std::random_device{}()) {
+        rng(config.seed ? config.seed : std::random_device{}()), loops(s.get_executor()) {
     if (config.anti_entropy_interval <= duration{0} || config.anti_entropy_jitter < 0 ||
         config.anti_entropy_jitter >= 1 || config.inbox_limit == 0 ||
         config.backpressure_max_wait < duration{0} || config.sync_chunk_bytes < 1024 ||
@@ -90,6 +91,14 @@ struct replica_host::impl {
 
   bool on_message(const std::string& from, const byte_slice& body);
   void on_membership(const membership_event& ev);
+
+  // A partial snapshot lives only as long as the connection it comes over:
+  // a sender outside the active view gets no peer_down, and would
+  // otherwise leave up to max_snapshot_bytes behind per instance.
+  void drop_disconnected_assemblies() {
+    std::erase_if(assemblies, [&](const auto& entry) { return !net.is_connected(entry.first.first); });
+  }
+  duration sweep_period{1000};
   // One part of a chunked snapshot; returns the whole snapshot once the
   // last part is in, nullopt otherwise (or when the part is refused).
   std::optional<json> on_part(const std::string& from, replica_part& part, replica_counters& counters);
@@ -304,6 +313,7 @@ std::optional<json> replica_host::impl::on_part(const std::string& from, replica
     // an error; the next pull or peer_up brings a whole one.
     return std::nullopt;
   }
+  if (index == 0) drop_disconnected_assemblies();  // before this one may add up to max_snapshot_bytes
   auto& a = assemblies[key];
   if (index == 0) a = assembly{part.id, parts, 0, {}};
   // Parts arrive in order on one connection: anything else is a gap (a
@@ -341,6 +351,7 @@ replica_host::replica_host(transport& net, hyparview& membership, plumtree& broa
 replica_host::~replica_host() {
   impl_->stopped = true;
   if (impl_->started) impl_->net.on_message(channel::replica, nullptr);
+  impl_->loops.cancel();
 }
 
 void replica_host::start() {
@@ -351,6 +362,13 @@ void replica_host::start() {
   std::weak_ptr<impl> weak = impl_;
   h->membership.add_listener([weak](const membership_event& ev) {
     if (auto p = weak.lock()) p->on_membership(ev);
+  });
+  h->loops.spawn("replica_partial_snapshot_sweep", [self = impl_]() -> task<> {
+    while (!self->stopped) {
+      const bool elapsed = co_await self->sched.sleep(self->sweep_period);
+      if (!elapsed) break;
+      self->drop_disconnected_assemblies();
+    }
   });
 }
 
@@ -367,9 +385,16 @@ task<> replica_host::stop() {
   impl_->instances.clear();
   impl_->assemblies.clear();
   impl_->stopped = true;
+  co_await impl_->loops.stop();
 }
 
 const replica_config& replica_host::config() const { return impl_->config; }
+std::size_t replica_host::partial_snapshot_bytes() const {
+  std::size_t n = 0;
+  for (const auto& [key, a] : impl_->assemblies) n += a.bytes.size();
+  return n;
+}
+
 void replica_host::set_write_guard(std::function<void()> guard) { impl_->write_guard = std::move(guard); }
 
 std::shared_ptr<replica> replica::start(replica_host& host, std::string name, replica_callbacks& callbacks) {

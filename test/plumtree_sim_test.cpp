@@ -12,6 +12,8 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+
 using namespace barrel_p2p;
 using namespace barrel_p2p::testing;
 using namespace std::chrono_literals;
@@ -209,4 +211,93 @@ TEST_CASE("configurations that would spin or never fire are refused") {
   plumtree_config bad_jitter;
   bad_jitter.graft_jitter = -1;
   CHECK_THROWS_AS(plumtree(*t, hv, *sched, bad_jitter), std::invalid_argument);
+}
+
+namespace {
+
+// A transport that records the broadcast ids it receives, then passes them
+// on: the eyes of a member that wants to pre-empt another member's ids.
+class sniffing_transport final : public transport {
+ public:
+  explicit sniffing_transport(std::unique_ptr<transport> inner) : inner_(std::move(inner)) {}
+  std::vector<broadcast_id> seen;
+
+  const peer_descriptor& self() const override { return inner_->self(); }
+  void on_connected(connected_handler h) override { inner_->on_connected(std::move(h)); }
+  void on_disconnected(disconnected_handler h) override { inner_->on_disconnected(std::move(h)); }
+  void on_message(channel ch, message_handler h) override {
+    if (!h || ch != channel::broadcast) return inner_->on_message(ch, std::move(h));
+    inner_->on_message(ch, [this, h = std::move(h)](const std::string& from, const byte_slice& body) {
+      if (auto m = parse_broadcast_message(body))
+        if (auto* g = std::get_if<gossip_message>(&*m)) seen.push_back(g->id);
+      return h(from, body);
+    });
+  }
+  task<> start() override { return inner_->start(); }
+  task<> stop() override { return inner_->stop(); }
+  task<std::optional<peer_descriptor>> connect(peer_address addr) override { return inner_->connect(std::move(addr)); }
+  bool send(const std::string& peer, channel ch, const message_body& body) override { return inner_->send(peer, ch, body); }
+  void disconnect(const std::string& peer) override { inner_->disconnect(peer); }
+  bool is_connected(const std::string& peer) const override { return inner_->is_connected(peer); }
+  std::vector<std::string> connected_peers() const override { return inner_->connected_peers(); }
+  const transport_counters& counters() const override { return inner_->counters(); }
+
+ private:
+  std::unique_ptr<transport> inner_;
+};
+
+}  // namespace
+
+TEST_CASE("a member that saw one of n0's broadcast ids cannot pre-empt n0's next ones") {
+  for (const std::uint64_t origin_seed : {std::uint64_t{0}, std::uint64_t{77}}) {  // from the OS; from a seeded generator
+    CAPTURE(origin_seed);
+    bcluster c(10, 3);
+    if (origin_seed == 0) {
+      // n0 again, unseeded: its ids come from the OS.
+      auto& n0 = *c.nodes[0];
+      n0.broadcast.reset();
+      n0.broadcast = std::make_unique<plumtree>(*n0.net, *n0.membership, *n0.sched, plumtree_config{});
+      n0.broadcast->start();
+    }
+    // The attacker: a full member (membership and broadcast) whose transport shows it every id.
+    auto sched = c.net.make_scheduler();
+    auto sniffer = std::make_unique<sniffing_transport>(c.net.add_node("evil"));
+    auto* eyes = sniffer.get();
+    hyparview_config hc;
+    hc.seed = 99;
+    hyparview membership(*sniffer, *sched, hc);
+    plumtree_config pc;
+    pc.seed = 98;
+    plumtree broadcast(*sniffer, membership, *sched, pc);
+    membership.start();
+    broadcast.start();
+    boost::asio::co_spawn(c.io, membership.join(peer_address("sim", 1)), boost::asio::detached);
+    c.net.run_for(10s);
+    REQUIRE(!membership.active_view().empty());
+
+    c.nodes[0]->broadcast->broadcast("t", share_bytes(cbor_writer().uint(1000).take()));
+    ++c.nodes[0]->received[1000];
+    c.net.run_for(5s);
+    auto seen = std::find_if(eyes->seen.begin(), eyes->seen.end(), [](const broadcast_id& id) { return id.origin == "n0"; });
+    REQUIRE(seen != eyes->seen.end());
+    // Forged messages under the ids that would follow, to every neighbour.
+    for (std::uint64_t k = 1; k <= 30; ++k) {
+      const auto forged = share_bytes(cbor_writer().uint(9999).take());
+      for (const auto& peer : membership.active_view())
+        eyes->send(peer.id, channel::broadcast, encode_gossip(broadcast_id("n0", seen->seq + k), "t", 1, byte_slice(forged)));
+    }
+    c.net.run_for(5s);
+    for (std::uint64_t k = 1001; k <= 1010; ++k) {
+      c.nodes[0]->broadcast->broadcast("t", share_bytes(cbor_writer().uint(k).take()));
+      ++c.nodes[0]->received[k];
+      c.net.run_for(200ms);
+    }
+    c.net.run_for(10s);
+    CHECK(c.delivered_everywhere(1000, 11) == 11);
+    boost::asio::co_spawn(c.io, [&]() -> task<> {
+      co_await membership.leave();
+      co_await broadcast.stop();
+    }, boost::asio::detached);
+    c.net.run_for(5s);
+  }
 }

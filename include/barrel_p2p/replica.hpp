@@ -125,6 +125,12 @@ class replica_host {
 
   [[nodiscard]] const replica_config& config() const;
 
+  /// Bytes of chunked snapshots being reassembled, over every peer and
+  /// instance. A partial snapshot is freed when its sender leaves the
+  /// active view or its connection closes (checked every second, and
+  /// before a new one starts). Node's executor.
+  [[nodiscard]] std::size_t partial_snapshot_bytes() const;
+
   /// Called by broadcast_update before it stamps a local write; what it
   /// throws reaches the writer and nothing is written. The node installs the
   /// clock-skew guard (clock_monitor::check_writable). Node's executor.
