@@ -42,7 +42,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
 
   // The read side: a projection of the live values, and the counters.
   mutable std::shared_mutex mu;
-  std::unordered_map<std::string, json> projection;
+  std::unordered_map<std::string, json, keyed_string_hash> projection;  // keys from peers: keyed hash
   map_counters counts;
 
   impl(node& nd, std::string nm, map_options o)

@@ -1,6 +1,7 @@
 #include "barrel_p2p/plumtree_messages.hpp"
 
 #include "barrel_p2p/cbor.hpp"
+#include "barrel_p2p/keyed_hash.hpp"
 
 namespace barrel_p2p {
 namespace {
@@ -59,8 +60,15 @@ std::optional<broadcast_message> parse(const byte_slice& body) {
 
 }  // namespace
 
+// Origin and seq both come from peers: both go through the keyed hash (the
+// origin's hash keys the hash of the seq's 8 bytes), so no peer can choose
+// ids that pile up in one bucket of the cache or the missing table.
 std::size_t broadcast_id_hash::operator()(const broadcast_id& id) const noexcept {
-  return std::hash<std::string>{}(id.origin) ^ (std::hash<std::uint64_t>{}(id.seq) * 0x9e3779b97f4a7c15ULL);
+  const auto& key = process_hash_key();
+  const auto h = siphash24(key, id.origin);
+  char seq[8];
+  for (int i = 0; i < 8; ++i) seq[i] = static_cast<char>(id.seq >> (8 * i));
+  return static_cast<std::size_t>(siphash24({key[0] ^ h, key[1]}, std::string_view(seq, 8)));
 }
 
 message_body encode_gossip(const broadcast_id& id, const std::string& tag, std::uint64_t round,

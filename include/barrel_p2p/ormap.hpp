@@ -20,6 +20,7 @@
 #pragma once
 
 #include <barrel_p2p/hlc.hpp>
+#include <barrel_p2p/keyed_hash.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -71,7 +72,9 @@ using entry = std::variant<value_entry, tombstone>;
 
 class ormap {
  public:
-  using container = std::unordered_map<std::string, entry>;
+  /// Keys come from peers: hashed with a secret per-process key, so no
+  /// peer can choose keys that pile up in one bucket (keyed_hash.hpp).
+  using container = std::unordered_map<std::string, entry, keyed_string_hash>;
 
   /// Local write: records `payload` under `key` with the dot {node, hlc} and
   /// returns the delta to broadcast (a one-key map). The caller passes a

@@ -1,0 +1,37 @@
+// Hashing of strings a peer chooses (map keys, node ids, broadcast origins)
+// for the library's hash tables, keyed with a secret random per process.
+//
+// With a fixed hash function (std::hash), a member can compute thousands of
+// keys that land in one bucket, and every insert and lookup in that bucket
+// then costs time in proportion to their number: quadratic work for the
+// node, from a few megabytes of writes. SipHash-2-4 (J.-P. Aumasson and
+// D. J. Bernstein, "SipHash: a fast short-input PRF", INDOCRYPT 2012) under a
+// key the peer does not know makes such collisions as hard to find as
+// guessing the key. The key is drawn once per process from the OS.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace barrel_p2p {
+
+using siphash_key = std::array<std::uint64_t, 2>;
+
+/// SipHash-2-4 of `data` under `key` (k0, k1: the key's 16 bytes read as two
+/// little-endian words).
+[[nodiscard]] std::uint64_t siphash24(const siphash_key& key, std::string_view data) noexcept;
+
+/// This process's random key (drawn on first use).
+[[nodiscard]] const siphash_key& process_hash_key() noexcept;
+
+/// std::hash's replacement for tables keyed by peer-chosen strings.
+struct keyed_string_hash {
+  [[nodiscard]] std::size_t operator()(std::string_view s) const noexcept {
+    return static_cast<std::size_t>(siphash24(process_hash_key(), s));
+  }
+};
+
+}  // namespace barrel_p2p
