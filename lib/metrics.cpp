@@ -88,6 +88,7 @@ const field<plumtree_counters> broadcast_fields[] = {
     {"barrel_p2p_broadcast_tree_links_lost_total", K::counter, "Eager (tree) peers that left the active view.", &plumtree_counters::tree_links_lost},
     {"barrel_p2p_broadcast_optimizations_total", K::counter, "Tree links swapped for a shorter path (the Plumtree paper's optimisation).", &plumtree_counters::optimizations},
     {"barrel_p2p_broadcast_bad_messages_total", K::counter, "Malformed broadcast messages dropped.", &plumtree_counters::bad_messages},
+    {"barrel_p2p_broadcast_graft_answers_throttled_total", K::counter, "GRAFTs not answered: the asking peer's byte budget (graft_answer_bytes_per_second) was spent.", &plumtree_counters::graft_answers_throttled},
     {"barrel_p2p_broadcast_cache_messages", K::gauge, "Payloads kept to answer grafts.", &plumtree_counters::cache_size},
     {"barrel_p2p_broadcast_cache_bytes", K::gauge, "Payload bytes kept to answer grafts (bounded by cache_max_bytes).", &plumtree_counters::cache_bytes},
     {"barrel_p2p_broadcast_missing_messages", K::gauge, "Ids announced but not yet received.", &plumtree_counters::missing},

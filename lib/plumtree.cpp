@@ -62,8 +62,10 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       : net(n), membership(m), sched(s), config(std::move(c)), loops(s.get_executor()) {
     if (config.ihave_interval <= duration{0} || config.graft_timeout <= duration{0} ||
         config.graft_retry_timeout <= duration{0} || config.ihave_batch_max == 0 ||
-        config.cache_max_messages == 0 || config.cache_max_bytes == 0)
-      throw std::invalid_argument("plumtree_config: intervals must be positive, batch and cache sizes > 0");
+        config.cache_max_messages == 0 || config.cache_max_bytes == 0 ||
+        config.graft_answer_bytes_per_second == 0 || config.graft_answer_burst_bytes == 0)
+      throw std::invalid_argument(
+          "plumtree_config: intervals must be positive, batch, cache and graft answer budgets > 0");
     if (config.prune_after_duplicates == 0 || !(config.graft_jitter >= 0 && config.graft_jitter <= 100) ||
         config.repair_graft_timeout < duration{0} || config.repair_window < duration{0})
       throw std::invalid_argument(
@@ -273,9 +275,39 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     if (!msg.id) return;  // the link only
     auto it = cache.find(*msg.id);
     if (it == cache.end()) return;  // expired: the grafter will ask someone else
+    if (!spend_graft_budget(from, it->second.payload.size())) {
+      ++counters.graft_answers_throttled;
+      return;
+    }
     ++counters.gossip_sent;
     net.send(from, channel::broadcast,
              encode_gossip(*msg.id, it->second.tag, it->second.round + 1, it->second.payload));
+  }
+
+  // A token bucket of payload bytes per peer for GRAFT answers.
+  struct graft_budget {
+    double tokens = 0;
+    duration refilled{0};
+  };
+  // Erased on peer_down; a peer outside the active view (views are briefly
+  // asymmetric while they change) is answered too, and when such entries
+  // pile up they are dropped: a fresh bucket is full, so dropping one
+  // never lowers a peer's budget below what a newcomer gets.
+  std::map<std::string, graft_budget> graft_budgets;
+  static constexpr std::size_t max_graft_budgets = 1024;
+  bool spend_graft_budget(const std::string& peer, std::size_t bytes) {
+    const auto burst = static_cast<double>(config.graft_answer_burst_bytes);
+    const auto now = sched.now();
+    if (graft_budgets.size() >= max_graft_budgets && !graft_budgets.contains(peer))
+      std::erase_if(graft_budgets, [&](const auto& e) { return !is_peer(e.first); });
+    auto [it, fresh] = graft_budgets.try_emplace(peer, graft_budget{burst, now});
+    auto& b = it->second;
+    const auto elapsed_s = std::chrono::duration<double>(now - b.refilled).count();
+    b.tokens = std::min(burst, b.tokens + elapsed_s * static_cast<double>(config.graft_answer_bytes_per_second));
+    b.refilled = now;
+    if (b.tokens < static_cast<double>(bytes)) return false;
+    b.tokens -= static_cast<double>(bytes);
+    return true;
   }
 
   void on(const std::string& from, const prune_message&) {
@@ -307,6 +339,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       eager.erase(ev.peer.id);
       lazy.erase(ev.peer.id);
       pending_ihave.erase(ev.peer.id);
+      graft_budgets.erase(ev.peer.id);
       duplicate_streak.erase(ev.peer.id);
       for (auto& [id, m] : missing)
         std::erase_if(m.announcers, [&](const auto& a) { return a.first == ev.peer.id; });

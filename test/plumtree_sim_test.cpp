@@ -228,8 +228,11 @@ class sniffing_transport final : public transport {
   void on_message(channel ch, message_handler h) override {
     if (!h || ch != channel::broadcast) return inner_->on_message(ch, std::move(h));
     inner_->on_message(ch, [this, h = std::move(h)](const std::string& from, const byte_slice& body) {
-      if (auto m = parse_broadcast_message(body))
+      if (auto m = parse_broadcast_message(body)) {
         if (auto* g = std::get_if<gossip_message>(&*m)) seen.push_back(g->id);
+        if (auto* i = std::get_if<ihave_message>(&*m))
+          for (const auto& a : i->ids) seen.push_back(a.id);
+      }
       return h(from, body);
     });
   }
@@ -300,4 +303,59 @@ TEST_CASE("a member that saw one of n0's broadcast ids cannot pre-empt n0's next
     }, boost::asio::detached);
     c.net.run_for(5s);
   }
+}
+
+TEST_CASE("a member's GRAFTs for one large payload are answered within its byte budget") {
+  bcluster c(10, 4);
+  auto sched = c.net.make_scheduler();
+  auto sniffer = std::make_unique<sniffing_transport>(c.net.add_node("evil"));
+  auto* eyes = sniffer.get();
+  hyparview_config hc;
+  hc.seed = 97;
+  hyparview membership(*sniffer, *sched, hc);
+  plumtree_config pc;
+  pc.seed = 96;
+  plumtree broadcast(*sniffer, membership, *sched, pc);
+  membership.start();
+  broadcast.start();
+  boost::asio::co_spawn(c.io, membership.join(peer_address("sim", 2)), boost::asio::detached);
+  c.net.run_for(10s);
+  REQUIRE(!membership.active_view().empty());
+
+  // One 1 MiB broadcast; every node caches it.
+  cbor_writer w;
+  w.uint(5000);
+  auto bytes = w.take();
+  bytes.resize(1024 * 1024, 0x55);
+  c.nodes[0]->broadcast->broadcast("t", share_bytes(std::move(bytes)));
+  c.net.run_for(5s);
+  auto found = std::find_if(eyes->seen.begin(), eyes->seen.end(), [](const broadcast_id& i) { return i.origin == "n0"; });
+  REQUIRE(found != eyes->seen.end());
+  const broadcast_id id = *found;  // a copy: `seen` grows as messages arrive
+
+  // 100 GRAFTs of 30-odd bytes each, asking for the same 1 MiB, at once.
+  const auto victim_id = membership.active_view().front().id;
+  auto& victim = *std::find_if(c.nodes.begin(), c.nodes.end(), [&](const auto& b) { return b->net->self().id == victim_id; })->get();
+  const auto before = victim.broadcast->counters();
+  const auto sent_before = victim.net->counters().bytes_sent;
+  for (int k = 0; k < 100; ++k) eyes->send(victim_id, channel::broadcast, encode_graft(id, 1));
+  c.net.run_for(1s);
+  const auto after = victim.broadcast->counters();
+  CHECK(after.graft_received - before.graft_received == 100);
+  // The budget: a 16 MiB burst, refilled at 16 MiB/s; the GRAFTs came together.
+  const auto answered = after.gossip_sent - before.gossip_sent;
+  CHECK(answered <= 17);
+  CHECK(after.graft_answers_throttled - before.graft_answers_throttled >= 83);
+  CHECK(victim.net->counters().bytes_sent - sent_before < 18u * 1024 * 1024);
+  // Two seconds later the budget has refilled: an honest graft is answered.
+  c.net.run_for(2s);
+  eyes->send(victim_id, channel::broadcast, encode_graft(id, 1));
+  c.net.run_for(1s);
+  CHECK(victim.broadcast->counters().gossip_sent == after.gossip_sent + 1);
+
+  boost::asio::co_spawn(c.io, [&]() -> task<> {
+    co_await membership.leave();
+    co_await broadcast.stop();
+  }, boost::asio::detached);
+  c.net.run_for(5s);
 }

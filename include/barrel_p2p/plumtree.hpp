@@ -73,6 +73,15 @@ struct plumtree_config {
   /// Most message ids tracked as missing at once (bounded memory under an
   /// IHAVE flood).
   std::size_t max_missing = 100'000;
+  /// GRAFT answers: payload bytes re-sent to one peer, at most this many per
+  /// second on average, in bursts of at most graft_answer_burst_bytes (a
+  /// token bucket per peer). A 30-byte GRAFT can ask for a 4 MiB payload;
+  /// without a bound, one member could make a node send gigabytes. A GRAFT
+  /// over the budget goes unanswered (counted in graft_answers_throttled):
+  /// the grafter asks its next announcer. The burst must hold the largest
+  /// payload (the transport's max_frame_bytes), or that one is never sent.
+  std::size_t graft_answer_bytes_per_second = 16 * 1024 * 1024;
+  std::size_t graft_answer_burst_bytes = 16 * 1024 * 1024;
   /// Seed of this node's generator (0: from std::random_device).
   std::uint64_t seed = 0;
   /// One-line log sink. Empty: silent.
@@ -100,6 +109,8 @@ struct plumtree_counters {
   /// Tree links swapped for shorter paths (the paper's optimisation).
   std::uint64_t optimizations = 0;
   std::uint64_t bad_messages = 0;     ///< malformed broadcast messages dropped
+  /// GRAFTs not answered: the asking peer's answer budget was spent.
+  std::uint64_t graft_answers_throttled = 0;
   std::uint64_t cache_size = 0;       ///< gauge: messages cached
   std::uint64_t cache_bytes = 0;      ///< gauge: payload bytes cached
   std::uint64_t missing = 0;          ///< gauge: ids announced, not yet received
