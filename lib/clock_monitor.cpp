@@ -32,13 +32,10 @@ clock_sample measure_offset(std::uint64_t peer_wall_ms, std::uint64_t local_wall
 void clock_filter::add(clock_sample s) {
   samples_.push_back(s);
   if (samples_.size() > capacity_) samples_.pop_front();
-}
-
-std::optional<clock_sample> clock_filter::best() const {
-  std::optional<clock_sample> out;
-  for (const auto& s : samples_)
-    if (!out || s.round_trip <= out->round_trip) out = s;
-  return out;
+  // Kept, not searched on every read: every local write reads it.
+  best_.reset();
+  for (const auto& x : samples_)
+    if (!best_ || x.round_trip <= best_->round_trip) best_ = x;
 }
 
 clock_verdict judge_offsets(std::span<const duration> offsets, duration max_offset, duration stamp_lead) {
@@ -180,9 +177,19 @@ struct clock_monitor::impl : std::enable_shared_from_this<impl> {
     return judge_offsets(offsets, max_offset, stamp_lead());
   }
 
+  // verdict().ahead_of_cluster() without building the verdict: every local
+  // write asks.
   bool ahead_now() const {
-    const auto v = verdict();
-    return v.measured ? v.ahead_of_cluster() : ahead;
+    const auto lead = stamp_lead();
+    std::size_t measured = 0;
+    std::size_t behind_us = 0;
+    for (const auto& [id, p] : peers) {
+      const auto& b = p.filter.best();
+      if (!b) continue;
+      ++measured;
+      if (b->offset - lead < -max_offset) ++behind_us;
+    }
+    return measured ? 2 * behind_us > measured : ahead;
   }
 
   // Logs the verdict's transitions. With no measured peer left (all gone),

@@ -76,12 +76,13 @@ class clock_filter {
  public:
   explicit clock_filter(std::size_t capacity) : capacity_(capacity ? capacity : 1) {}
   void add(clock_sample s);
-  [[nodiscard]] std::optional<clock_sample> best() const;
+  [[nodiscard]] const std::optional<clock_sample>& best() const noexcept { return best_; }
   [[nodiscard]] std::size_t size() const noexcept { return samples_.size(); }
 
  private:
   std::size_t capacity_;
   std::deque<clock_sample> samples_;
+  std::optional<clock_sample> best_;
 };
 
 /// Where this node's clock stands against its measured peers.
