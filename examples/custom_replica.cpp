@@ -231,7 +231,7 @@ class high_score_table final : public replica_callbacks {
   void ingest_scores(const json& incoming) {
     // Validates the wrapper and the leaf, advances the clock, merges. Never
     // throws on peer content; invalid entries are dropped one by one.
-    rejected_ += crdt_wire::ingest(scores_, incoming, clock_, leaf_).rejected;
+    rejected_ += crdt_wire::ingest(scores_, incoming, clock_, leaf_).why.total;
   }
 
   void apply_snapshot(const json& snapshot) {

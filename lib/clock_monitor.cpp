@@ -2,6 +2,7 @@
 
 #include "barrel_p2p/clock_messages.hpp"
 #include "barrel_p2p/task_group.hpp"
+#include "log_limiter.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -40,13 +41,9 @@ void clock_filter::add(clock_sample s) {
 
 clock_verdict judge_offsets(std::span<const duration> offsets, duration max_offset, duration stamp_lead) {
   clock_verdict v;
-  v.measured = offsets.size();
   v.stamp_lead = stamp_lead;
   if (offsets.empty()) return v;
-  for (const auto o : offsets) {
-    if (o - stamp_lead < -max_offset) ++v.behind;  // would refuse our next timestamp
-    if (o > max_offset) ++v.ahead;                 // we refuse theirs
-  }
+  for (const auto o : offsets) v.count(o, max_offset);
   std::vector<duration> sorted(offsets.begin(), offsets.end());
   std::sort(sorted.begin(), sorted.end());
   const auto n = sorted.size();
@@ -56,9 +53,9 @@ clock_verdict judge_offsets(std::span<const duration> offsets, duration max_offs
 
 namespace {
 
-std::string seconds(duration d) {
+std::string format_seconds(duration d) {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%+.3f s", static_cast<double>(d.count()) / 1000.0);
+  std::snprintf(buf, sizeof buf, "%+.3f s", to_seconds(d));
   return buf;
 }
 
@@ -68,7 +65,7 @@ constexpr std::size_t max_outstanding_probes = 4;
 
 }  // namespace
 
-struct clock_monitor::impl : std::enable_shared_from_this<impl> {
+struct clock_monitor::impl {
   transport& net;
   hyparview& membership;
   scheduler& sched;
@@ -84,7 +81,7 @@ struct clock_monitor::impl : std::enable_shared_from_this<impl> {
   struct peer_state {
     clock_filter filter;
     std::deque<std::uint64_t> outstanding;  // sent_ms of probes not answered yet
-    std::optional<duration> last_warned;    // scheduler time of the last warning
+    detail::log_limiter warn_log;           // one warning per warn_interval
   };
   std::map<std::string, peer_state> peers;  // the active view's peers
   // The last verdict with a measured peer: it stands while none is left.
@@ -151,12 +148,10 @@ struct clock_monitor::impl : std::enable_shared_from_this<impl> {
   void warn_if_far(const std::string& peer_id, peer_state& p) {
     const auto best = p.filter.best();
     if (!best || std::abs(best->offset.count()) * 2 <= max_offset.count()) return;
-    const auto now = sched.now();
-    if (p.last_warned && now - *p.last_warned < config.warn_interval) return;
-    p.last_warned = now;
+    if (!p.warn_log.allow(sched.now(), config.warn_interval)) return;
     ++counters.warnings;
-    log("peer " + peer_id + "'s wall clock is " + seconds(best->offset) + " from ours (round trip " +
-        std::to_string(best->round_trip.count()) + " ms); timestamps more than " + seconds(max_offset) +
+    log("peer " + peer_id + "'s wall clock is " + format_seconds(best->offset) + " from ours (round trip " +
+        std::to_string(best->round_trip.count()) + " ms); timestamps more than " + format_seconds(max_offset) +
         " ahead of a node's clock are refused by it");
   }
 
@@ -177,31 +172,27 @@ struct clock_monitor::impl : std::enable_shared_from_this<impl> {
     return judge_offsets(offsets, max_offset, stamp_lead());
   }
 
-  // verdict().ahead_of_cluster() without building the verdict: every local
-  // write asks.
+  // verdict().ahead_of_cluster() without the median (no sorting, no
+  // allocation): every local write asks.
   bool ahead_now() const {
-    const auto lead = stamp_lead();
-    std::size_t measured = 0;
-    std::size_t behind_us = 0;
-    for (const auto& [id, p] : peers) {
-      const auto& b = p.filter.best();
-      if (!b) continue;
-      ++measured;
-      if (b->offset - lead < -max_offset) ++behind_us;
-    }
-    return measured ? 2 * behind_us > measured : ahead;
+    clock_verdict v;
+    v.stamp_lead = stamp_lead();
+    for (const auto& [id, p] : peers)
+      if (const auto& b = p.filter.best()) v.count(b->offset, max_offset);
+    return v.measured ? v.ahead_of_cluster() : ahead;
   }
 
-  // Logs the verdict's transitions. With no measured peer left (all gone),
-  // the last verdict stands: there is no evidence the clock came back.
-  void reconsider() {
+  // Logs the verdict's transitions, and returns the verdict. With no
+  // measured peer left (all gone), the last verdict stands: there is no
+  // evidence the clock came back.
+  clock_verdict reconsider() {
     const auto v = verdict();
-    if (v.measured == 0) return;
+    if (v.measured == 0) return v;
     lead_over_median = v.lead_over_median();
     auto summary = std::to_string(v.measured) + " measured active peers (median offset " +
-                   seconds(v.median_offset) + ", maximum offset " + seconds(max_offset);
+                   format_seconds(v.median_offset) + ", maximum offset " + format_seconds(max_offset);
     if (v.stamp_lead > duration{0})
-      summary += ", this node's HLC " + seconds(v.stamp_lead) + " ahead of its wall clock";
+      summary += ", this node's HLC " + format_seconds(v.stamp_lead) + " ahead of its wall clock";
     summary += ")";
     if (v.ahead_of_cluster() != ahead) {
       ahead = v.ahead_of_cluster();
@@ -222,6 +213,7 @@ struct clock_monitor::impl : std::enable_shared_from_this<impl> {
       else
         log("this node's wall clock no longer lags the cluster (" + summary + ")");
     }
+    return v;
   }
 
   void on_membership(const membership_event& ev) {
@@ -293,12 +285,11 @@ void clock_monitor::check_writable() {
   ++impl_->counters.writes_refused;
   // Said here too: the verdict may have changed with time alone (the wall
   // clock catching up with the HLC) since the last answer.
-  impl_->reconsider();
-  const auto v = impl_->verdict();
+  const auto v = impl_->reconsider();
   const auto ahead_by = v.measured ? v.lead_over_median() : impl_->lead_over_median;
-  throw clock_skew_error("this node's next timestamp would be " + seconds(ahead_by) +
+  throw clock_skew_error("this node's next timestamp would be " + format_seconds(ahead_by) +
                              " ahead of the median of its peers' clocks (maximum offset " +
-                             seconds(impl_->max_offset) + "): they would refuse the write; writes resume when "
+                             format_seconds(impl_->max_offset) + "): they would refuse the write; writes resume when "
                              "it is back in range",
                          ahead_by);
 }

@@ -193,7 +193,6 @@ ingest_result ingest(ormap& local, const json& incoming, hlc_clock& clock,
                      const leaf_validator& leaf, const limits& lim) {
   ingest_result r;
   r.accepted = accept(incoming, clock, leaf, r.why, lim);
-  r.rejected = r.why.total;
   try {
     r.accepted.absorb_clock(clock);
   } catch (const hlc_offset_error&) {

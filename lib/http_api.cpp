@@ -296,15 +296,15 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     json peers = json::array();
     for (const auto& p : clocks.peers())
       peers.push_back(json{{"id", p.peer_id},
-                           {"offset_seconds", static_cast<double>(p.offset.count()) / 1000.0},
-                           {"round_trip_seconds", static_cast<double>(p.round_trip.count()) / 1000.0},
+                           {"offset_seconds", to_seconds(p.offset)},
+                           {"round_trip_seconds", to_seconds(p.round_trip)},
                            {"samples", p.samples}});
     const auto v = clocks.verdict();
     return json{{"wall_ms", n.sched().wall_ms()},
-                {"max_offset_seconds", static_cast<double>(clocks.max_offset().count()) / 1000.0},
+                {"max_offset_seconds", to_seconds(clocks.max_offset())},
                 {"policy", to_string(clocks.config().policy)},
-                {"median_offset_seconds", static_cast<double>(v.median_offset.count()) / 1000.0},
-                {"hlc_lead_seconds", static_cast<double>(v.stamp_lead.count()) / 1000.0},
+                {"median_offset_seconds", to_seconds(v.median_offset)},
+                {"hlc_lead_seconds", to_seconds(v.stamp_lead)},
                 {"ahead_of_cluster", clocks.ahead_of_cluster()},
                 {"behind_cluster", v.behind_cluster()},
                 {"refusing_writes", clocks.refusing_writes()},
@@ -469,7 +469,7 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
       failure = json_response(http::status::service_unavailable,
                               json{{"error", "clock_skew"},
                                    {"detail", e.what()},
-                                   {"ahead_seconds", static_cast<double>(e.ahead_by().count()) / 1000.0}},
+                                   {"ahead_seconds", to_seconds(e.ahead_by())}},
                               version);
     } catch (const std::exception& e) {
       self->log(std::string("a write failed: ") + e.what());

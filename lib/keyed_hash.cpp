@@ -56,12 +56,20 @@ std::uint64_t siphash24(const siphash_key& key, std::string_view data) noexcept 
   return s.v0 ^ s.v1 ^ s.v2 ^ s.v3;
 }
 
+std::uint64_t siphash24(const siphash_key& key, std::uint64_t word) noexcept {
+  char bytes[8];
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(word >> (8 * i));
+  return siphash24(key, std::string_view(bytes, 8));
+}
+
+siphash_key random_siphash_key() {
+  std::random_device os;
+  auto word = [&] { return (std::uint64_t{os()} << 32) | os(); };
+  return siphash_key{word(), word()};
+}
+
 const siphash_key& process_hash_key() noexcept {
-  static const siphash_key key = [] {
-    std::random_device rd;
-    auto word = [&] { return (std::uint64_t{rd()} << 32) | rd(); };
-    return siphash_key{word(), word()};
-  }();
+  static const siphash_key key = random_siphash_key();
   return key;
 }
 

@@ -3,6 +3,7 @@
 #include "barrel_p2p/replica_messages.hpp"
 
 #include "barrel_p2p/crdt_wire.hpp"
+#include "log_limiter.hpp"
 #include "printable.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -185,15 +186,15 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
     return raised;
   }
 
-  std::uint64_t marks_refused = 0;
+  detail::log_limiter mark_log;
   void refuse_mark(const std::string& name, std::uint64_t mark) {
-    // The first, then one in a thousand: a flood must not flood the log.
-    if (marks_refused++ % 1000 != 0) return;
-    if (n.config().log)
-      n.config().log(n.id() + ": elections: refused the fencing mark " + std::to_string(mark) + " for '" +
-                     detail::printable(name) + "': its timestamp " + hlc_timestamp::unpack(mark).to_string() +
-                     " is beyond this node's maximum clock offset (" + std::to_string(marks_refused) +
-                     " refused so far)");
+    if (!mark_log.allow(n.sched().now(), std::chrono::minutes(1)) || !n.config().log) return;
+    std::string more;
+    if (const auto held_back = mark_log.take_held_back(); held_back > 0)
+      more = " (and " + std::to_string(held_back) + " more since the last line)";
+    n.config().log(n.id() + ": elections: refused the fencing mark " + std::to_string(mark) + " for '" +
+                   detail::printable(name) + "': its timestamp " + hlc_timestamp::unpack(mark).to_string() +
+                   " is beyond this node's maximum clock offset" + more);
   }
 
   // ---- operations (on the strand) ---------------------------------------------

@@ -3,6 +3,7 @@
 #include "barrel_p2p/crdt_wire.hpp"
 #include "barrel_p2p/replica_messages.hpp"
 #include "barrel_p2p/task_group.hpp"
+#include "log_limiter.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -106,9 +107,9 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
 
   void ingest(const json& incoming) {
     auto r = crdt_wire::ingest(state, incoming, n.clock(), leaf());
-    if (r.rejected > 0) {
+    if (r.why.total > 0) {
       std::unique_lock lock(mu);
-      counts.rejected_remote += r.rejected;
+      counts.rejected_remote += r.why.total;
       counts.rejected_clock_ahead += r.why.clock_ahead;
     }
     if (r.why.clock_ahead > 0) report_clock_ahead(r.why);
@@ -117,7 +118,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
 
   // Entries refused for a timestamp too far ahead are data a peer holds and
   // this node does not: say so, at most once a minute, with the numbers.
-  duration last_ahead_report{-1};
+  detail::log_limiter ahead_log;
   std::uint64_t ahead_since_report = 0;
   std::uint64_t max_ahead_since_report = 0;
   std::string ahead_writer;
@@ -127,9 +128,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       max_ahead_since_report = why.max_ahead_ms;
       if (!why.ahead_writer.empty()) ahead_writer = why.ahead_writer;
     }
-    const auto now = n.sched().now();
-    if (last_ahead_report >= duration{0} && now - last_ahead_report < std::chrono::minutes(1)) return;
-    last_ahead_report = now;
+    if (!ahead_log.allow(n.sched().now(), std::chrono::minutes(1))) return;
     log("refused " + std::to_string(ahead_since_report) + " peer entries stamped up to " +
         std::to_string(max_ahead_since_report) + " ms ahead of this node's clock (maximum offset " +
         std::to_string(n.clock().max_offset().count()) + " ms)" +
@@ -265,7 +264,7 @@ std::shared_ptr<map> map::open(node& n, const std::string& name, map_options opt
     auto r = crdt_wire::ingest(i->state, i->store->recovered(), n.clock(), i->leaf());
     std::unique_lock lock(i->mu);
     for (const auto& [k, v] : i->state.to_list()) i->projection.emplace(k, v);
-    if (r.rejected) i->log("dropped " + std::to_string(r.rejected) + " invalid recovered entries");
+    if (r.why.total) i->log("dropped " + std::to_string(r.why.total) + " invalid recovered entries");
   }
   i->rep = replica::start(n.replicas(), name, *i);
   i->loops.spawn("tombstone_sweep", impl::sweep_loop(i));

@@ -34,6 +34,13 @@ void append_number(std::string& out, double v) {
   out.append(buf, r.ptr);
 }
 
+// `l` and one more label.
+prometheus_writer::labels with(const prometheus_writer::labels& l, std::string key, std::string value) {
+  auto out = l;
+  out.emplace_back(std::move(key), std::move(value));
+  return out;
+}
+
 template <class Counters>
 struct field {
   const char* name;
@@ -140,17 +147,12 @@ void write_fields(prometheus_writer& w, const auto& fields, const prometheus_wri
 void write_clock_metrics(prometheus_writer& w, const clock_monitor& clocks, const prometheus_writer::labels& l) {
   write_fields(w, clock_fields, l, clocks.counters());
   const auto peers = clocks.peers();
-  const auto per_peer = [&](const peer_clock& p) {
-    auto out = l;
-    out.emplace_back("peer", p.peer_id);
-    return out;
-  };
   w.family("barrel_p2p_peer_clock_offset_seconds", K::gauge,
            "Each active peer's wall clock minus this node's (positive: the peer is ahead).");
-  for (const auto& p : peers) w.sample(per_peer(p), static_cast<double>(p.offset.count()) / 1000.0);
+  for (const auto& p : peers) w.sample(with(l, "peer", p.peer_id), to_seconds(p.offset));
   w.family("barrel_p2p_peer_clock_round_trip_seconds", K::gauge,
            "Round trip of the probe each peer's offset estimate comes from (the estimate's uncertainty is half of it).");
-  for (const auto& p : peers) w.sample(per_peer(p), static_cast<double>(p.round_trip.count()) / 1000.0);
+  for (const auto& p : peers) w.sample(with(l, "peer", p.peer_id), to_seconds(p.round_trip));
   w.family("barrel_p2p_clock_ahead_of_cluster", K::gauge,
            "1 while this node's clock is ahead of most measured peers by more than max_clock_offset.");
   w.sample(l, clocks.ahead_of_cluster() ? 1.0 : 0.0);
@@ -195,11 +197,9 @@ void write_node_metrics(prometheus_writer& w, node& n) {
   write_fields(w, transport_fields, l, n.net().counters());
   w.family("barrel_p2p_transport_handshake_failures_total", K::counter,
            "Handshakes refused, by reason (timeout, over_capacity, tls, unknown_key, certificate, identity, protocol, self).");
-  for (std::size_t i = 0; i < handshake_failure_count; ++i) {
-    auto with_reason = l;
-    with_reason.emplace_back("reason", std::string(to_string(static_cast<handshake_failure>(i))));
-    w.sample(with_reason, static_cast<double>(n.net().counters().handshake_failures_by_reason[i]));
-  }
+  for (std::size_t i = 0; i < handshake_failure_count; ++i)
+    w.sample(with(l, "reason", std::string(to_string(static_cast<handshake_failure>(i)))),
+             static_cast<double>(n.net().counters().handshake_failures_by_reason[i]));
   w.family("barrel_p2p_transport_connected_peers", K::gauge, "Peers with an open connection.");
   w.sample(l, static_cast<double>(n.net().connected_peers().size()));
   write_fields(w, membership_fields, l, n.membership().counters());
@@ -230,13 +230,8 @@ void write_map_metrics(prometheus_writer& w, const node& n, const std::vector<st
            "Peer entries dropped, by reason: clock_ahead (a timestamp beyond max_clock_offset), invalid (validator or malformed).");
   for (const auto& m : maps) {
     const auto c = m->counters();
-    auto with_reason = [&](const char* reason) {
-      auto l = labels_of(*m);
-      l.emplace_back("reason", reason);
-      return l;
-    };
-    w.sample(with_reason("clock_ahead"), static_cast<double>(c.rejected_clock_ahead));
-    w.sample(with_reason("invalid"), static_cast<double>(c.rejected_remote - c.rejected_clock_ahead));
+    w.sample(with(labels_of(*m), "reason", "clock_ahead"), static_cast<double>(c.rejected_clock_ahead));
+    w.sample(with(labels_of(*m), "reason", "invalid"), static_cast<double>(c.rejected_remote - c.rejected_clock_ahead));
   }
   for (const auto& f : replica_fields) {
     w.family(f.name, f.kind, f.help);

@@ -74,29 +74,18 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     rng.seed(config.seed ? config.seed : std::random_device{}());
   }
 
-  // A broadcast's sequence number is random, not a counter: a member that
-  // saw one of this node's ids could otherwise send messages under the next
-  // ones first, and every node would drop the real ones as duplicates. 64
-  // random bits also keep a restarted node from reusing ids its peers still
-  // cache. Unseeded, they come from the OS (std::random_device), so that no
-  // number of observed ids predicts the next; a seeded node (the
-  // simulator) draws them from its generator, to stay reproducible.
-  // Reading the OS for every broadcast cost ~1.5 us per put (measured), so
-  // the OS gives a key once and each id is SipHash (a pseudorandom
-  // function) of a counter under it: unpredictable without the key, however
-  // many ids one has seen.
-  std::uint64_t fresh_seq() {
-    if (config.seed) return rng();
-    char counter[8];
-    for (int i = 0; i < 8; ++i) counter[i] = static_cast<char>(id_counter >> (8 * i));
-    ++id_counter;
-    return siphash24(id_key, std::string_view(counter, 8));
-  }
-  siphash_key id_key = [] {
-    std::random_device os;
-    auto word = [&] { return (std::uint64_t{os()} << 32) | os(); };
-    return siphash_key{word(), word()};
-  }();
+  // A broadcast's sequence number is unpredictable, not a counter: a member
+  // that saw one of this node's ids could otherwise send messages under the
+  // next ones first, and every node would drop the real ones as duplicates.
+  // 64 pseudorandom bits also keep a restarted node from reusing ids its
+  // peers still cache. Unseeded, each id is SipHash (a pseudorandom
+  // function) of a counter under a key read from the OS once: unpredictable
+  // without the key, however many ids one has seen (reading the OS for
+  // every id instead cost ~1.5 us per put in the micro bench). A seeded
+  // node (the simulator) draws them from its generator, to stay
+  // reproducible.
+  std::uint64_t fresh_seq() { return config.seed ? rng() : siphash24(id_key, id_counter++); }
+  siphash_key id_key = random_siphash_key();
   std::uint64_t id_counter = 0;
 
   const std::string& self() const { return net.self().id; }

@@ -65,10 +65,7 @@ std::optional<broadcast_message> parse(const byte_slice& body) {
 // ids that pile up in one bucket of the cache or the missing table.
 std::size_t broadcast_id_hash::operator()(const broadcast_id& id) const noexcept {
   const auto& key = process_hash_key();
-  const auto h = siphash24(key, id.origin);
-  char seq[8];
-  for (int i = 0; i < 8; ++i) seq[i] = static_cast<char>(id.seq >> (8 * i));
-  return static_cast<std::size_t>(siphash24({key[0] ^ h, key[1]}, std::string_view(seq, 8)));
+  return static_cast<std::size_t>(siphash24({key[0] ^ siphash24(key, id.origin), key[1]}, id.seq));
 }
 
 message_body encode_gossip(const broadcast_id& id, const std::string& tag, std::uint64_t round,

@@ -14,6 +14,7 @@
 #include "barrel_p2p/cbor.hpp"
 #include "barrel_p2p/frame.hpp"
 #include "barrel_p2p/task_group.hpp"
+#include "log_limiter.hpp"
 #include "printable.hpp"
 #include "tls_context.hpp"
 
@@ -490,25 +491,18 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     const auto i = static_cast<std::size_t>(reason);
     ++counters_.handshake_failures_by_reason[i];
     auto& limit = failure_log_[i];
-    const auto now = clock_now();
-    if (limit.logged && now - limit.last < std::chrono::seconds(1)) {
-      ++limit.suppressed;
-      return;
-    }
+    if (!limit.allow(clock_now(), std::chrono::seconds(1))) return;
     std::string more;
-    if (limit.suppressed > 0)
-      more = " (and " + std::to_string(limit.suppressed) + " more " + std::string(to_string(reason)) +
+    if (const auto held_back = limit.take_held_back(); held_back > 0)
+      more = " (and " + std::to_string(held_back) + " more " + std::string(to_string(reason)) +
              " failures since the last line)";
-    limit = {now, 0, true};
     log("handshake refused [" + std::string(to_string(reason)) + "]: " + line + more);
   }
 
   // Ids come from peers: escaped, so that one cannot forge log lines.
   static std::string describe(const connection& c) {
-    return c.peer.id.empty() ? c.remote : printable(c.peer.id) + " (" + c.remote + ")";
+    return c.peer.id.empty() ? c.remote : detail::printable(c.peer.id) + " (" + c.remote + ")";
   }
-  static std::string printable(std::string_view text) { return detail::printable(text); }
-
   std::optional<peer_descriptor> connected_at(const peer_address& addr) const {
     for (const auto& [id, entry] : peers_) {
       if (entry.descriptor.address == addr) return entry.descriptor;
@@ -788,7 +782,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       if (peer_hello->self.id == self_.id) co_return handshake_error(F::self, "connection to self refused");
       if (config_.security == transport_security::certificates &&
           !detail::peer_certificate_names(conn->stream->native_handle(), peer_hello->self.id))
-        co_return handshake_error(F::identity, "claims id '" + printable(peer_hello->self.id) +
+        co_return handshake_error(F::identity, "claims id '" + detail::printable(peer_hello->self.id) +
                                                    "', which its certificate does not name");
       conn->peer = peer_hello->self;
       if (!conn->tls) conn->tiebreak = conn->outbound ? own_nonce : peer_hello->nonce;
@@ -822,7 +816,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       return;
     }
     const auto now = clock_now();
-    log("two connections with " + printable(id) + " (" + (conn->outbound ? "dialled" : "accepted") + " and " +
+    log("two connections with " + detail::printable(id) + " (" + (conn->outbound ? "dialled" : "accepted") + " and " +
         (entry.active->outbound ? "dialled" : "accepted") + "): keeping the " +
         (dialled_before(*conn, *entry.active, self_.id) ? "new" : "old") + " one");
     if (dialled_before(*conn, *entry.active, self_.id)) {
@@ -1152,12 +1146,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   std::shared_ptr<asio::ssl::context> tls_context_;
   std::size_t pending_inbound_ = 0;                      // inbound, still in the handshake
   std::map<std::string, std::size_t> pending_by_source_;  // the same, by source address
-  struct log_limit {
-    duration last{0};
-    std::uint64_t suppressed = 0;
-    bool logged = false;
-  };
-  std::array<log_limit, handshake_failure_count> failure_log_{};
+  std::array<detail::log_limiter, handshake_failure_count> failure_log_{};  // one line a second per reason
 };
 
 class tcp_transport_handle final : public tcp_transport {

@@ -133,7 +133,7 @@ TEST_CASE("ingest merges, reports changed keys, and only accepted entries advanc
       {"far", value_json("nope", "n3", now_ms + 120'000)},     // beyond offset
   };
   auto r = wire::ingest(local, incoming, clock);
-  CHECK(r.rejected == 1);
+  CHECK(r.why.total == 1);
   CHECK(r.changed == std::vector<std::string>{"new"});
   CHECK(r.accepted.entry_count() == 2);
   CHECK(local.get("new") == json("fresh"));

@@ -1,4 +1,5 @@
 // Plumtree on the simulated network: reliability and redundancy at 200 nodes.
+#include "forwarding_transport.hpp"
 #include "overlay.hpp"
 
 #include <barrel_p2p/cbor.hpp>
@@ -217,17 +218,14 @@ namespace {
 
 // A transport that records the broadcast ids it receives, then passes them
 // on: the eyes of a member that wants to pre-empt another member's ids.
-class sniffing_transport final : public transport {
+class sniffing_transport final : public forwarding_transport {
  public:
-  explicit sniffing_transport(std::unique_ptr<transport> inner) : inner_(std::move(inner)) {}
+  using forwarding_transport::forwarding_transport;
   std::vector<broadcast_id> seen;
 
-  const peer_descriptor& self() const override { return inner_->self(); }
-  void on_connected(connected_handler h) override { inner_->on_connected(std::move(h)); }
-  void on_disconnected(disconnected_handler h) override { inner_->on_disconnected(std::move(h)); }
   void on_message(channel ch, message_handler h) override {
-    if (!h || ch != channel::broadcast) return inner_->on_message(ch, std::move(h));
-    inner_->on_message(ch, [this, h = std::move(h)](const std::string& from, const byte_slice& body) {
+    if (!h || ch != channel::broadcast) return forwarding_transport::on_message(ch, std::move(h));
+    forwarding_transport::on_message(ch, [this, h = std::move(h)](const std::string& from, const byte_slice& body) {
       if (auto m = parse_broadcast_message(body)) {
         if (auto* g = std::get_if<gossip_message>(&*m)) seen.push_back(g->id);
         if (auto* i = std::get_if<ihave_message>(&*m))
@@ -236,58 +234,76 @@ class sniffing_transport final : public transport {
       return h(from, body);
     });
   }
-  task<> start() override { return inner_->start(); }
-  task<> stop() override { return inner_->stop(); }
-  task<std::optional<peer_descriptor>> connect(peer_address addr) override { return inner_->connect(std::move(addr)); }
-  bool send(const std::string& peer, channel ch, const message_body& body) override { return inner_->send(peer, ch, body); }
-  void disconnect(const std::string& peer) override { inner_->disconnect(peer); }
-  bool is_connected(const std::string& peer) const override { return inner_->is_connected(peer); }
-  std::vector<std::string> connected_peers() const override { return inner_->connected_peers(); }
-  const transport_counters& counters() const override { return inner_->counters(); }
+};
 
- private:
-  std::unique_ptr<transport> inner_;
+// A hostile member built by hand: membership and broadcast over a sniffing
+// transport, joined to the cluster through node `contact`; the tests send
+// what they like through `eyes`.
+struct attacker {
+  std::unique_ptr<scheduler> sched;
+  sniffing_transport eyes;
+  hyparview membership;
+  plumtree broadcast;
+
+  attacker(bcluster& c, std::uint16_t contact, std::uint64_t seed)
+      : sched(c.net.make_scheduler()),
+        eyes(c.net.add_node("evil")),
+        membership(eyes, *sched, [&] {
+          hyparview_config hc;
+          hc.seed = seed;
+          return hc;
+        }()),
+        broadcast(eyes, membership, *sched, [&] {
+          plumtree_config pc;
+          pc.seed = seed + 1;
+          return pc;
+        }()) {
+    membership.start();
+    broadcast.start();
+    boost::asio::co_spawn(c.io, membership.join(peer_address("sim", contact)), boost::asio::detached);
+    c.net.run_for(10s);
+    REQUIRE(!membership.active_view().empty());
+  }
+
+  // The first id of `origin` seen so far (a copy: `seen` grows as messages arrive).
+  broadcast_id first_seen_from(const std::string& origin) const {
+    auto it = std::find_if(eyes.seen.begin(), eyes.seen.end(), [&](const broadcast_id& i) { return i.origin == origin; });
+    REQUIRE(it != eyes.seen.end());
+    return *it;
+  }
+
+  void leave(bcluster& c) {
+    boost::asio::co_spawn(c.io, [this]() -> task<> {
+      co_await membership.leave();
+      co_await broadcast.stop();
+    }, boost::asio::detached);
+    c.net.run_for(5s);
+  }
 };
 
 }  // namespace
 
 TEST_CASE("a member that saw one of n0's broadcast ids cannot pre-empt n0's next ones") {
-  for (const std::uint64_t origin_seed : {std::uint64_t{0}, std::uint64_t{77}}) {  // from the OS; from a seeded generator
+  for (const std::uint64_t origin_seed : {std::uint64_t{0}, std::uint64_t{77}}) {  // keyed by the OS; a seeded generator
     CAPTURE(origin_seed);
     bcluster c(10, 3);
     if (origin_seed == 0) {
-      // n0 again, unseeded: its ids come from the OS.
+      // n0 again, unseeded: its ids are SipHash of a counter under a key from the OS.
       auto& n0 = *c.nodes[0];
       n0.broadcast.reset();
       n0.broadcast = std::make_unique<plumtree>(*n0.net, *n0.membership, *n0.sched, plumtree_config{});
       n0.broadcast->start();
     }
-    // The attacker: a full member (membership and broadcast) whose transport shows it every id.
-    auto sched = c.net.make_scheduler();
-    auto sniffer = std::make_unique<sniffing_transport>(c.net.add_node("evil"));
-    auto* eyes = sniffer.get();
-    hyparview_config hc;
-    hc.seed = 99;
-    hyparview membership(*sniffer, *sched, hc);
-    plumtree_config pc;
-    pc.seed = 98;
-    plumtree broadcast(*sniffer, membership, *sched, pc);
-    membership.start();
-    broadcast.start();
-    boost::asio::co_spawn(c.io, membership.join(peer_address("sim", 1)), boost::asio::detached);
-    c.net.run_for(10s);
-    REQUIRE(!membership.active_view().empty());
-
+    attacker evil(c, 1, 98);
     c.nodes[0]->broadcast->broadcast("t", share_bytes(cbor_writer().uint(1000).take()));
     ++c.nodes[0]->received[1000];
     c.net.run_for(5s);
-    auto seen = std::find_if(eyes->seen.begin(), eyes->seen.end(), [](const broadcast_id& id) { return id.origin == "n0"; });
-    REQUIRE(seen != eyes->seen.end());
+    const auto seen = evil.first_seen_from("n0");
     // Forged messages under the ids that would follow, to every neighbour.
     for (std::uint64_t k = 1; k <= 30; ++k) {
       const auto forged = share_bytes(cbor_writer().uint(9999).take());
-      for (const auto& peer : membership.active_view())
-        eyes->send(peer.id, channel::broadcast, encode_gossip(broadcast_id("n0", seen->seq + k), "t", 1, byte_slice(forged)));
+      for (const auto& peer : evil.membership.active_view())
+        evil.eyes.send(peer.id, channel::broadcast, encode_gossip(broadcast_id("n0", seen.seq + k), "t", 1, byte_slice(forged)));
     }
     c.net.run_for(5s);
     for (std::uint64_t k = 1001; k <= 1010; ++k) {
@@ -297,30 +313,13 @@ TEST_CASE("a member that saw one of n0's broadcast ids cannot pre-empt n0's next
     }
     c.net.run_for(10s);
     CHECK(c.delivered_everywhere(1000, 11) == 11);
-    boost::asio::co_spawn(c.io, [&]() -> task<> {
-      co_await membership.leave();
-      co_await broadcast.stop();
-    }, boost::asio::detached);
-    c.net.run_for(5s);
+    evil.leave(c);
   }
 }
 
 TEST_CASE("a member's GRAFTs for one large payload are answered within its byte budget") {
   bcluster c(10, 4);
-  auto sched = c.net.make_scheduler();
-  auto sniffer = std::make_unique<sniffing_transport>(c.net.add_node("evil"));
-  auto* eyes = sniffer.get();
-  hyparview_config hc;
-  hc.seed = 97;
-  hyparview membership(*sniffer, *sched, hc);
-  plumtree_config pc;
-  pc.seed = 96;
-  plumtree broadcast(*sniffer, membership, *sched, pc);
-  membership.start();
-  broadcast.start();
-  boost::asio::co_spawn(c.io, membership.join(peer_address("sim", 2)), boost::asio::detached);
-  c.net.run_for(10s);
-  REQUIRE(!membership.active_view().empty());
+  attacker evil(c, 2, 96);
 
   // One 1 MiB broadcast; every node caches it.
   cbor_writer w;
@@ -329,16 +328,14 @@ TEST_CASE("a member's GRAFTs for one large payload are answered within its byte 
   bytes.resize(1024 * 1024, 0x55);
   c.nodes[0]->broadcast->broadcast("t", share_bytes(std::move(bytes)));
   c.net.run_for(5s);
-  auto found = std::find_if(eyes->seen.begin(), eyes->seen.end(), [](const broadcast_id& i) { return i.origin == "n0"; });
-  REQUIRE(found != eyes->seen.end());
-  const broadcast_id id = *found;  // a copy: `seen` grows as messages arrive
+  const auto id = evil.first_seen_from("n0");
 
   // 100 GRAFTs of 30-odd bytes each, asking for the same 1 MiB, at once.
-  const auto victim_id = membership.active_view().front().id;
+  const auto victim_id = evil.membership.active_view().front().id;
   auto& victim = *std::find_if(c.nodes.begin(), c.nodes.end(), [&](const auto& b) { return b->net->self().id == victim_id; })->get();
   const auto before = victim.broadcast->counters();
   const auto sent_before = victim.net->counters().bytes_sent;
-  for (int k = 0; k < 100; ++k) eyes->send(victim_id, channel::broadcast, encode_graft(id, 1));
+  for (int k = 0; k < 100; ++k) evil.eyes.send(victim_id, channel::broadcast, encode_graft(id, 1));
   c.net.run_for(1s);
   const auto after = victim.broadcast->counters();
   CHECK(after.graft_received - before.graft_received == 100);
@@ -349,13 +346,8 @@ TEST_CASE("a member's GRAFTs for one large payload are answered within its byte 
   CHECK(victim.net->counters().bytes_sent - sent_before < 18u * 1024 * 1024);
   // Two seconds later the budget has refilled: an honest graft is answered.
   c.net.run_for(2s);
-  eyes->send(victim_id, channel::broadcast, encode_graft(id, 1));
+  evil.eyes.send(victim_id, channel::broadcast, encode_graft(id, 1));
   c.net.run_for(1s);
   CHECK(victim.broadcast->counters().gossip_sent == after.gossip_sent + 1);
-
-  boost::asio::co_spawn(c.io, [&]() -> task<> {
-    co_await membership.leave();
-    co_await broadcast.stop();
-  }, boost::asio::detached);
-  c.net.run_for(5s);
+  evil.leave(c);
 }

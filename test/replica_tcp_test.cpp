@@ -11,6 +11,8 @@
 
 #include <doctest/doctest.h>
 
+#include "forwarding_transport.hpp"
+
 #include <set>
 
 using namespace barrel_p2p;
@@ -21,34 +23,21 @@ namespace {
 // Drops data traffic to and from blocked peers while leaving the TCP
 // connections (and their heartbeats) up: a partition in which every link
 // survives, so healing cannot rely on peer_up.
-class blocking_transport final : public transport {
+class blocking_transport final : public testing::forwarding_transport {
  public:
-  explicit blocking_transport(std::unique_ptr<transport> inner) : inner_(std::move(inner)) {}
+  using forwarding_transport::forwarding_transport;
   std::set<std::string> blocked;
 
-  const peer_descriptor& self() const override { return inner_->self(); }
-  void on_connected(connected_handler h) override { inner_->on_connected(std::move(h)); }
-  void on_disconnected(disconnected_handler h) override { inner_->on_disconnected(std::move(h)); }
   void on_message(channel ch, message_handler h) override {
-    if (!h) return inner_->on_message(ch, nullptr);
-    inner_->on_message(ch, [this, h = std::move(h)](const std::string& from, const byte_slice& body) {
+    if (!h) return forwarding_transport::on_message(ch, nullptr);
+    forwarding_transport::on_message(ch, [this, h = std::move(h)](const std::string& from, const byte_slice& body) {
       return blocked.contains(from) || h(from, body);
     });
   }
-  task<> start() override { return inner_->start(); }
-  task<> stop() override { return inner_->stop(); }
-  task<std::optional<peer_descriptor>> connect(peer_address addr) override { return inner_->connect(std::move(addr)); }
   bool send(const std::string& peer, channel ch, const message_body& body) override {
     if (blocked.contains(peer)) return true;  // lost in the partition
-    return inner_->send(peer, ch, body);
+    return forwarding_transport::send(peer, ch, body);
   }
-  void disconnect(const std::string& peer) override { inner_->disconnect(peer); }
-  bool is_connected(const std::string& peer) const override { return inner_->is_connected(peer); }
-  std::vector<std::string> connected_peers() const override { return inner_->connected_peers(); }
-  const transport_counters& counters() const override { return inner_->counters(); }
-
- private:
-  std::unique_ptr<transport> inner_;
 };
 
 // The owner: one OR-Map per instance name, fed through crdt_wire::ingest.
@@ -62,12 +51,12 @@ struct map_owner final : replica_callbacks {
   std::size_t snapshots_applied = 0;
 
   task<> merge_delta(const std::string& name, const json& delta) override {
-    rejected += crdt_wire::ingest(maps[name], delta, clock).rejected;
+    rejected += crdt_wire::ingest(maps[name], delta, clock).why.total;
     co_return;
   }
   task<> apply_full_sync(const std::string& name, const json& snapshot) override {
     ++snapshots_applied;
-    rejected += crdt_wire::ingest(maps[name], snapshot, clock).rejected;
+    rejected += crdt_wire::ingest(maps[name], snapshot, clock).why.total;
     co_return;
   }
   task<std::optional<json>> full_sync_snapshot(const std::string& name) override {

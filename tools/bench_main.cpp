@@ -16,6 +16,7 @@
 // --tls off,psk,cert runs latency and throughput once per transport mode
 // (off = insecure plaintext, psk = the default, cert = mutual TLS with a
 // throwaway CA); other sections use the first mode given.
+#include <barrel_p2p/keyed_hash.hpp>
 #include <barrel_p2p/map.hpp>
 
 #include <boost/asio/as_tuple.hpp>
@@ -273,8 +274,23 @@ task<json> micro(boost::asio::io_context& io) {
   for (std::size_t k = 0; k < ops; ++k) found += m.get("m" + std::to_string(k % 10'000)).has_value();
   auto t2 = steady::now();
   co_await c.stop();
+  // What the keyed hash of peer-chosen strings costs against std::hash
+  // (keys like the map's, 5-6 bytes; docs/concepts/security.md).
+  std::vector<std::string> keys;
+  for (std::size_t k = 0; k < 1'000; ++k) keys.push_back("m" + std::to_string(k));
+  std::size_t sink = 0;
+  auto h0 = steady::now();
+  for (int round = 0; round < 1'000; ++round)
+    for (const auto& k : keys) sink += keyed_string_hash{}(k);
+  auto h1 = steady::now();
+  for (int round = 0; round < 1'000; ++round)
+    for (const auto& k : keys) sink += std::hash<std::string>{}(k);
+  auto h2 = steady::now();
+  const double hashes = 1'000.0 * keys.size();
   co_return json{{"bench", "micro"}, {"ops", ops}, {"put_ns_per_op", us(t1 - t0) * 1000 / ops},
-                 {"get_ns_per_op", us(t2 - t1) * 1000 / ops}, {"found", found}};
+                 {"get_ns_per_op", us(t2 - t1) * 1000 / ops}, {"found", found},
+                 {"siphash_ns", us(h1 - h0) * 1000 / hashes}, {"std_hash_ns", us(h2 - h1) * 1000 / hashes},
+                 {"hash_sink", sink & 1}};
 }
 
 // One writer of the persisted bench: overwrites its own 1,000 keys in turn,
@@ -635,8 +651,9 @@ int main(int argc, char** argv) {
     }
     if (want("micro")) {
       auto m = co_await micro(io);
-      std::printf("\nmicro (one node): put %.0f ns/op, get %.0f ns/op\n", m["put_ns_per_op"].get<double>(),
-                  m["get_ns_per_op"].get<double>());
+      std::printf("\nmicro (one node): put %.0f ns/op, get %.0f ns/op; keyed hash %.1f ns, std::hash %.1f ns\n",
+                  m["put_ns_per_op"].get<double>(), m["get_ns_per_op"].get<double>(), m["siphash_ns"].get<double>(),
+                  m["std_hash_ns"].get<double>());
       results.push_back(std::move(m));
     }
     io.stop();

@@ -106,6 +106,12 @@ struct clock_verdict {
   [[nodiscard]] bool behind_cluster() const noexcept { return measured > 0 && 2 * ahead > measured; }
   /// How far the next timestamp is ahead of the median peer clock.
   [[nodiscard]] duration lead_over_median() const noexcept { return stamp_lead - median_offset; }
+  /// Counts one peer's offset into measured, behind and ahead (not the median).
+  void count(duration offset, duration max_offset) noexcept {
+    ++measured;
+    if (offset - stamp_lead < -max_offset) ++behind;  // would refuse our next timestamp
+    if (offset > max_offset) ++ahead;                 // we refuse theirs
+  }
 };
 /// The verdict over peer offsets (peer clock minus this node's wall clock),
 /// for a node whose HLC runs `stamp_lead` ahead of its wall clock.

@@ -88,7 +88,6 @@ struct ingest_result {
   /// Keys whose local entry changed: emit events for exactly these.
   std::vector<std::string> changed;
   /// Entries dropped as invalid (why.total), and why.
-  std::size_t rejected = 0;
   rejections why;
 };
 

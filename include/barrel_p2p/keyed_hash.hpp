@@ -24,6 +24,12 @@ using siphash_key = std::array<std::uint64_t, 2>;
 /// little-endian words).
 [[nodiscard]] std::uint64_t siphash24(const siphash_key& key, std::string_view data) noexcept;
 
+/// SipHash-2-4 of the 8 little-endian bytes of `word`.
+[[nodiscard]] std::uint64_t siphash24(const siphash_key& key, std::uint64_t word) noexcept;
+
+/// A fresh key from the OS (std::random_device).
+[[nodiscard]] siphash_key random_siphash_key();
+
 /// This process's random key (drawn on first use).
 [[nodiscard]] const siphash_key& process_hash_key() noexcept;
 

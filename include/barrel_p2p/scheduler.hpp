@@ -18,6 +18,9 @@ namespace barrel_p2p {
 
 using duration = std::chrono::milliseconds;
 
+/// `d` in seconds, for metrics and JSON.
+[[nodiscard]] inline double to_seconds(duration d) noexcept { return std::chrono::duration<double>(d).count(); }
+
 class scheduler {
  public:
   virtual ~scheduler() = default;
