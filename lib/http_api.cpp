@@ -369,18 +369,25 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
         return error_response(http::status::bad_request, "bad_limit", "limit must be a non-negative integer",
                               version);
     }
-    json entries = json::object();
-    std::size_t n_out = 0;
-    const auto list = m.to_list();
-    for (const auto& [k, v] : list) {
-      if (n_out == limit) break;
-      entries[k] = v;
-      ++n_out;
+    // At most max_list_limit per page: a listing must not build a response
+    // as large as the map. Page on with ?after=<last key>.
+    limit = std::min(limit, config.max_list_limit);
+    std::optional<std::string> after;
+    if (auto a = query_param(query, "after")) {
+      after = percent_decode(*a);
+      if (!after)
+        return error_response(http::status::bad_request, "bad_after", "bad percent-encoding in after", version);
     }
-    return json_response(http::status::ok,
-                         json{{"map", m.name()}, {"size", list.size()}, {"truncated", n_out < list.size()},
-                              {"entries", std::move(entries)}},
-                         version);
+    auto page = m.page(limit, after);
+    json entries = json::object();
+    std::optional<std::string> last;
+    for (auto& [k, v] : page.entries) {
+      last = k;
+      entries[k] = std::move(v);
+    }
+    json body{{"map", m.name()}, {"size", page.size}, {"truncated", page.more}, {"entries", std::move(entries)}};
+    if (page.more && last) body["next_after"] = *last;
+    return json_response(http::status::ok, std::move(body), version);
   }
 
   static response method_not_allowed(std::string_view allow, unsigned version) {
@@ -471,6 +478,12 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
                                    {"detail", e.what()},
                                    {"ahead_seconds", to_seconds(e.ahead_by())}},
                               version);
+    } catch (const std::system_error& e) {
+      // The disk refused it: nothing was applied or gossiped.
+      self->log(std::string("a write failed: ") + e.what());
+      failure = e.code() == std::errc::no_space_on_device
+                    ? error_response(http::status::insufficient_storage, "disk_full", e.what(), version)
+                    : error_response(http::status::internal_server_error, "write_failed", e.what(), version);
     } catch (const std::exception& e) {
       self->log(std::string("a write failed: ") + e.what());
       failure = error_response(http::status::internal_server_error, "write_failed", e.what(), version);

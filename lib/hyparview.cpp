@@ -4,6 +4,7 @@
 #include "barrel_p2p/hyparview_messages.hpp"
 #include "barrel_p2p/task_group.hpp"
 #include "barrel_p2p/wake_signal.hpp"
+#include "token_bucket.hpp"
 
 #include <algorithm>
 #include <map>
@@ -62,6 +63,13 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   task_group loops;
   duration rejoin_backoff;
   duration next_rejoin{0};
+  // Abuse bounds (hyparview_config): evictions and JOIN forwards over all
+  // peers; dials per peer that caused them, and dials in flight.
+  detail::token_bucket eviction_budget;
+  detail::token_bucket join_forward_budget;
+  std::map<std::string, detail::token_bucket> dial_budgets;
+  static constexpr std::size_t max_dial_budgets = 1024;
+  std::size_t dials_in_flight = 0;
   bool repairing = false;
   bool rejoining = false;
   bool ever_joined = false;
@@ -75,12 +83,17 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
         rng(config.seed ? config.seed : std::random_device{}()),
         events(s.get_executor()),
         loops(s.get_executor()),
-        rejoin_backoff(config.backoff_initial) {
+        rejoin_backoff(config.backoff_initial),
+        eviction_budget(config.evictions_per_second, 4 * config.evictions_per_second, s.now()),
+        join_forward_budget(config.join_forwards_per_second, 4 * config.join_forwards_per_second, s.now()) {
     if (config.active_size == 0 || config.shuffle_interval <= duration{0} ||
         config.maintenance_interval <= duration{0} || config.backoff_initial <= duration{0} ||
-        config.backoff_max < config.backoff_initial || config.jitter < 0 || config.jitter >= 1)
+        config.backoff_max < config.backoff_initial || config.jitter < 0 || config.jitter >= 1 ||
+        !(config.evictions_per_second > 0) || !(config.join_forwards_per_second > 0) ||
+        !(config.dials_per_peer_per_second > 0) || config.max_dials_in_flight == 0)
       throw std::invalid_argument(
-          "hyparview_config: active_size > 0, positive intervals, backoff_max >= backoff_initial, jitter in [0, 1)");
+          "hyparview_config: active_size > 0, positive intervals, backoff_max >= backoff_initial, jitter in [0, 1), "
+          "positive abuse bounds");
   }
 
   const peer_descriptor& self() const { return net.self(); }
@@ -223,31 +236,80 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   void on(const std::string& from, const join_message& m) {
     if (m.node.id != from) return bad(from, "join: bad descriptor");
     ++counters.joins_received;
-    add_active(m.node);
+    // Already a neighbour: its walks went out when it first joined.
+    if (is_active(from)) {
+      ++counters.joins_not_forwarded;
+      return;
+    }
+    if (!may_evict()) {
+      add_passive(m.node);
+    } else {
+      add_active(m.node);
+    }
+    if (!join_forward_budget.take(sched.now())) {
+      ++counters.joins_not_forwarded;
+      return;
+    }
     for (const auto& p : active)
       if (p.id != m.node.id) send(p.id, forward_join_message{m.node, config.arwl});
   }
+
+  // True when taking one more peer into the active view is allowed: there
+  // is room, or the eviction it forces is within the budget.
+  bool may_evict() {
+    if (active.size() < config.active_size) return true;
+    if (eviction_budget.take(sched.now())) return true;
+    ++counters.evictions_refused;
+    return false;
+  }
+
+  // Whether a message from `from` may make this node dial: its per-peer
+  // budget and the dials in flight. The caller holds a dial_slot meanwhile.
+  bool may_dial_for(const std::string& from) {
+    const auto now = sched.now();
+    if (dial_budgets.size() >= max_dial_budgets && !dial_budgets.contains(from))
+      std::erase_if(dial_budgets, [&](const auto& e) { return !is_active(e.first); });
+    auto it = dial_budgets
+                  .try_emplace(from, config.dials_per_peer_per_second, 4 * config.dials_per_peer_per_second, now)
+                  .first;
+    if (dials_in_flight >= config.max_dials_in_flight || !it->second.take(now)) {
+      ++counters.dials_refused;
+      return false;
+    }
+    return true;
+  }
+  struct dial_slot {
+    std::size_t& in_flight;
+    explicit dial_slot(std::size_t& n) : in_flight(n) { ++in_flight; }
+    ~dial_slot() { --in_flight; }
+    dial_slot(const dial_slot&) = delete;
+    dial_slot& operator=(const dial_slot&) = delete;
+  };
 
   void on(const std::string& from, const forward_join_message& m) {
     const auto& joiner = m.node;
     ++counters.forward_joins;
     if (joiner.id == self().id || is_active(joiner.id)) return;
     const auto ttl = std::min<std::uint64_t>(m.ttl, config.arwl);
-    if (ttl == 0 || active.size() <= 1) return accept_joiner(joiner);
+    if (ttl == 0 || active.size() <= 1) return accept_joiner(from, joiner);
     if (ttl == config.prwl) add_passive(joiner);
     std::vector<peer_descriptor> next;
     for (const auto& p : active)
       if (p.id != from && p.id != joiner.id) next.push_back(p);
-    if (next.empty()) return accept_joiner(joiner);
+    if (next.empty()) return accept_joiner(from, joiner);
     send(pick(next, rng).id, forward_join_message{joiner, ttl - 1});
   }
 
   // The end of a FORWARD_JOIN walk: this node becomes a neighbour of the
   // joiner. HIGH priority: the joiner must accept, its view is still small.
-  void accept_joiner(const peer_descriptor& joiner) {
+  // The joiner's address comes from `from`: a dial within its budget, or
+  // nothing (not even a passive entry: that would be dialled later).
+  void accept_joiner(const std::string& from, const peer_descriptor& joiner) {
+    if (!may_dial_for(from)) return;
     spawn("accept_joiner", connect_joiner(joiner));
   }
   task<> connect_joiner(peer_descriptor joiner) {
+    dial_slot slot(dials_in_flight);
     auto c = co_await net.connect(joiner.address);
     if (!c || c->id != joiner.id || leaving) co_return;
     add_active(*c);
@@ -257,7 +319,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   void on(const std::string& from, const neighbor_message& m) {
     if (m.node.id != from) return bad(from, "neighbor: bad fields");
     ++counters.neighbor_requests;
-    const bool ok = m.high_priority || is_active(from) || active.size() < config.active_size;
+    const bool ok = is_active(from) || active.size() < config.active_size || (m.high_priority && may_evict());
     if (ok) add_active(m.node);
     else ++counters.neighbor_rejected;
     send(from, neighbor_reply_message{ok});
@@ -296,11 +358,13 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     // The walk ends here: answer the origin with as many passive entries,
     // then take in its list, evicting first what we sent.
     auto reply = sample(passive_descriptors(), m.nodes.size(), m.origin.id);
-    spawn("shuffle_reply", send_shuffle_reply(m.origin, reply));
+    // The origin's address comes from `from` (it forwarded the walk).
+    if (may_dial_for(from)) spawn("shuffle_reply", send_shuffle_reply(m.origin, reply));
     for (const auto& d : m.nodes) add_passive(d, &reply);
   }
 
   task<> send_shuffle_reply(peer_descriptor origin, std::vector<peer_descriptor> reply) {
+    dial_slot slot(dials_in_flight);
     auto c = co_await net.connect(origin.address);
     if (!c || c->id != origin.id) co_return;
     send(c->id, shuffle_reply_message{std::move(reply)});

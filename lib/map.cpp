@@ -68,10 +68,9 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   }
 
   // Applies what a merge changed: projection first, then disk (queued to
-  // the store's writer thread), then events. Costs in proportion to the
-  // change, never to the size of the map. Returns the store sequence number
-  // to await for durability (0 without a store).
-  std::uint64_t apply_changes(const std::vector<std::string>& changed, bool local) {
+  // the store's writer thread; a local write is already there), then
+  // events. Costs in proportion to the change, never to the size of the map.
+  void apply_changes(const std::vector<std::string>& changed, bool local) {
     std::vector<map_event> out;
     const bool announce = events.has_subscribers();
     std::size_t applied = 0;
@@ -91,18 +90,21 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       }
       if (!local) counts.remote_changes += applied;
     }
-    std::uint64_t seq = 0;
     if (store) {
-      for (const auto& key : changed)
-        if (const auto* e = state.get_entry(key)) seq = store->append(key, *e);
-      // Compact once the log holds as many records as the map has entries
-      // (and at least snapshot_every): each compaction rewrites the whole
-      // map, so its cost stays constant per write.
-      if (store->log_records() >= std::max<std::uint64_t>(options.snapshot_every, state.entry_count()))
-        seq = store->compact();
+      if (!local)
+        for (const auto& key : changed)
+          if (const auto* e = state.get_entry(key)) store->append(key, *e);
+      maybe_compact();
     }
     for (auto& ev : out) events.publish(std::move(ev));
-    return seq;
+  }
+
+  // Compact once the log holds as many records as the map has entries (and
+  // at least snapshot_every): each compaction rewrites the whole map, so
+  // its cost stays constant per write.
+  void maybe_compact() {
+    if (store->log_records() >= std::max<std::uint64_t>(options.snapshot_every, state.entry_count()))
+      store->compact();
   }
 
   void ingest(const json& incoming) {
@@ -158,9 +160,15 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
     std::vector<map_event> out;
     {
       std::unique_lock lock(mu);
-      for (const auto& key : dropped)
+      for (const auto& [key, d] : dropped)
         if (projection.erase(key) > 0) out.push_back({map_event::kind::remove, key, nullptr});
       counts.pruned += dropped.size();
+    }
+    // Logged, so a restart does not bring them back (nobody awaits it: a
+    // prune is not acknowledged to anyone).
+    if (store && !dropped.empty()) {
+      for (const auto& [key, d] : dropped) store->append_drop(key, d);
+      maybe_compact();
     }
     for (auto& ev : out) events.publish(std::move(ev));
   }
@@ -172,19 +180,47 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   // replica to gossip. Peer data takes the other way up (merge_delta).
   task<> write(const std::string& key, std::optional<json> value) {
     check_open();
-    if (store) store->check();  // a failed disk: refuse before changing anything
+    if (store) check_store();       // a failed disk: refuse before changing anything
     n.clocks().check_writable();  // a clock far ahead: peers would drop this write
     const auto ts = n.clock().now();
     entry e = value ? entry(value_entry{std::move(*value), {n.id(), ts}}) : entry(tombstone{ts});
     auto payload = encode_delta_payload(key, e);  // the one encoding of this write
-    state.merge_entry(key, std::move(e));          // a fresh HLC: the local write wins here
-    const auto seq = apply_changes({key}, true);
+    if (store) {
+      // Durable first: a write the disk refuses is never applied, read or
+      // gossiped. The writer thread fsyncs; this coroutine waits without
+      // holding the executor, and concurrent puts share one fsync.
+      const auto seq = store->append(key, e);
+      try {
+        co_await store->durable(seq);
+      } catch (const std::system_error&) {
+        note_write_failure();
+        throw;
+      }
+      if (closed) co_return;  // on disk: the next open loads and syncs it
+    }
+    // Merged after the wait: a newer peer write that came meanwhile still wins.
+    if (state.merge_entry(key, std::move(e))) apply_changes({key}, true);
     co_await rep->publish_delta(std::move(payload));
-    // Acknowledged => on disk. The store's writer thread fsyncs; this
-    // coroutine waits without holding the executor, and concurrent puts
-    // share one fsync. (Gossiped before it is durable here: a crash in
-    // between loses nothing the peers do not hand back on the next sync.)
-    if (store) co_await store->durable(seq);
+  }
+
+  void check_store() {
+    try {
+      store->check();
+    } catch (const std::system_error&) {
+      note_write_failure();
+      throw;
+    }
+  }
+
+  void note_write_failure() {
+    std::unique_lock lock(mu);
+    ++counts.write_failures;
+  }
+
+  // Under the unique lock: counters() reads the store from any thread.
+  void close_store() {
+    std::unique_lock lock(mu);
+    store.reset();  // joins the store's threads
   }
 
   static task<> do_put(std::shared_ptr<impl> self, std::string key, json value) {
@@ -237,7 +273,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
         // A failed disk: already logged by the store, and every write since
         // was refused to its caller. Closing still closes.
       }
-      self->store.reset();  // joins the store's threads (the writer is idle now)
+      self->close_store();  // the writer is idle now
     }
     self->events.close();
     self->n.clear_attachment("map:" + self->name);
@@ -258,8 +294,8 @@ std::shared_ptr<map> map::open(node& n, const std::string& name, map_options opt
   auto i = std::make_shared<impl>(n, name, std::move(options));
   if (i->options.persist) {
     i->dir = n.config().data_dir / "maps" / name;
-    i->store = std::make_unique<map_store>(i->dir, n.get_executor(),
-                                           [i = i.get()](const std::string& line) { i->log(line); });
+    i->store = std::make_unique<map_store>(
+        i->dir, n.get_executor(), [i = i.get()](const std::string& line) { i->log(line); }, i->options.disk_faults);
     // Recovered entries go through the same validation and clock as peer data.
     auto r = crdt_wire::ingest(i->state, i->store->recovered(), n.clock(), i->leaf());
     std::unique_lock lock(i->mu);
@@ -281,7 +317,7 @@ map::~map() {
     impl_->loops.cancel();
     impl_->events.close();
     impl_->rep.reset();
-    impl_->store.reset();  // writes and fsyncs what is queued
+    impl_->close_store();  // writes and fsyncs what is queued
   }
 }
 
@@ -325,6 +361,36 @@ std::vector<std::pair<std::string, json>> map::to_list() const {
   return out;
 }
 
+map_page map::page(std::size_t limit, const std::optional<std::string>& after) const {
+  map_page out;
+  // The `limit` smallest keys past `after`, in a max-heap of pointers into
+  // the projection: no key or value is copied until the page is known.
+  const auto greater_key = [](const auto* a, const auto* b) { return a->first < b->first; };
+  std::vector<const std::pair<const std::string, json>*> heap;
+  std::shared_lock lock(impl_->mu);
+  out.size = impl_->projection.size();
+  std::size_t candidates = 0;
+  if (limit > 0) heap.reserve(std::min(limit, out.size));
+  for (const auto& kv : impl_->projection) {
+    if (after && kv.first <= *after) continue;
+    ++candidates;
+    if (limit == 0) continue;
+    if (heap.size() < limit) {
+      heap.push_back(&kv);
+      std::push_heap(heap.begin(), heap.end(), greater_key);
+    } else if (kv.first < heap.front()->first) {
+      std::pop_heap(heap.begin(), heap.end(), greater_key);
+      heap.back() = &kv;
+      std::push_heap(heap.begin(), heap.end(), greater_key);
+    }
+  }
+  std::sort_heap(heap.begin(), heap.end(), greater_key);
+  out.more = candidates > heap.size();
+  out.entries.reserve(heap.size());
+  for (const auto* kv : heap) out.entries.emplace_back(kv->first, kv->second);
+  return out;
+}
+
 std::size_t map::size() const {
   std::shared_lock lock(impl_->mu);
   return impl_->projection.size();
@@ -350,7 +416,9 @@ bool map::is_open() const { return !impl_->closed; }
 
 map_counters map::counters() const {
   std::shared_lock lock(impl_->mu);
-  return impl_->counts;
+  auto c = impl_->counts;
+  c.store_failed = impl_->store && impl_->store->stats().failed ? 1 : 0;
+  return c;
 }
 
 replica_counters map::replica_stats() const { return impl_->rep ? impl_->rep->counters() : replica_counters{}; }

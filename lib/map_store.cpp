@@ -1,7 +1,7 @@
 #include "barrel_p2p/map_store.hpp"
 
-#include "barrel_p2p/cbor.hpp"
 #include "barrel_p2p/crdt_wire.hpp"
+#include "store_records.hpp"
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/async_result.hpp>
@@ -11,6 +11,7 @@
 #include <array>
 #include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -26,47 +27,14 @@ namespace barrel_p2p {
 
 namespace {
 
-constexpr std::array<std::uint32_t, 256> make_crc_table() {
-  std::array<std::uint32_t, 256> table{};
-  for (std::uint32_t n = 0; n < 256; ++n) {
-    std::uint32_t c = n;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
-    table[n] = c;
-  }
-  return table;
-}
-constexpr auto crc_table = make_crc_table();
-
-// A record body may be as large as a whole map's snapshot.
-constexpr std::uint32_t max_record_bytes = 1u << 30;
-
 [[noreturn]] void fail(const std::string& what) {
   throw std::system_error(errno, std::generic_category(), "map_store: " + what);
 }
 
-void put_u32(std::vector<std::uint8_t>& out, std::uint32_t v) {
-  for (int i = 3; i >= 0; --i) out.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
-}
-std::uint32_t get_u32(const std::uint8_t* p) {
-  return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
-}
-
-// One record around an encoded CBOR body.
-std::vector<std::uint8_t> frame_record(const std::vector<std::uint8_t>& cbor) {
-  std::vector<std::uint8_t> out;
-  out.reserve(cbor.size() + 8);
-  put_u32(out, static_cast<std::uint32_t>(cbor.size()));
-  put_u32(out, crc32(cbor));
-  out.insert(out.end(), cbor.begin(), cbor.end());
-  return out;
-}
-
-std::vector<std::uint8_t> frame_record(const json& body) { return frame_record(encode_cbor(body)); }
-
-void write_all(int fd, const std::vector<std::uint8_t>& bytes, const char* what) {
+void write_all(int fd, const std::uint8_t* bytes, std::size_t size, const char* what) {
   std::size_t done = 0;
-  while (done < bytes.size()) {
-    const auto n = ::write(fd, bytes.data() + done, bytes.size() - done);
+  while (done < size) {
+    const auto n = ::write(fd, bytes + done, size - done);
     if (n < 0) {
       if (errno == EINTR) continue;
       fail(what);
@@ -98,80 +66,33 @@ std::vector<std::uint8_t> read_file(const std::filesystem::path& p) {
   return out;
 }
 
-// Walks the records of `bytes`; returns the offset just past the last good one.
-template <class F>
-std::size_t for_each_record(const std::vector<std::uint8_t>& bytes, F&& on_record) {
-  std::size_t at = 0;
-  while (at + 8 <= bytes.size()) {
-    const auto len = get_u32(&bytes[at]);
-    const auto sum = get_u32(&bytes[at + 4]);
-    if (len > max_record_bytes || at + 8 + len > bytes.size()) break;  // torn
-    std::span<const std::uint8_t> body(&bytes[at + 8], len);
-    if (crc32(body) != sum) break;  // corrupted
-    cbor_limits limits;
-    limits.max_items = SIZE_MAX;
-    auto j = decode_cbor(body, limits);
-    if (!j) break;
-    on_record(*j);
-    at += 8 + len;
-  }
-  return at;
-}
-
-void fsync_dir(const std::filesystem::path& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) fail("open directory " + dir.string());
+// 0, or -1 with errno set.
+int fsync_dir_noexcept(const std::filesystem::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return -1;
   const int rc = ::fsync(fd);
   const int saved = errno;
   ::close(fd);
   errno = saved;
-  // The rename is not durable until the directory is: report it.
-  if (rc != 0) fail("fsync directory " + dir.string());
+  return rc;
 }
 
-// A log record: {"k": key, "e": entry}. Later records for a key replace
-// earlier ones (a key's records are appended in the order the merge
-// accepted them). False when the record has another shape.
-bool apply_log_record(json& state, const json& j) {
-  auto k = j.find("k");
-  auto e = j.find("e");
-  if (k == j.end() || e == j.end() || !k->is_string()) return false;
-  state[k->get<std::string>()] = *e;
-  return true;
+void fsync_dir(const std::filesystem::path& dir) {
+  // A new or renamed file is not durable until its directory is: report it.
+  if (fsync_dir_noexcept(dir) != 0) fail("fsync directory " + dir.string());
 }
 
 // The snapshot file: a header record {"upto": n} (the first log segment it
 // does not cover), then the map. A file of one record is the older form:
 // the map alone, covering nothing but itself (segment 0 still counts).
 // False when a snapshot exists but is damaged (then `state` stays empty).
-bool read_snapshot(const std::filesystem::path& dir, json& state, std::uint64_t& covered) {
+bool read_snapshot(const std::filesystem::path& dir, ormap& state, std::uint64_t& covered) {
   const auto path = dir / "snapshot";
   if (!std::filesystem::exists(path)) return true;
-  const auto bytes = read_file(path);
-  std::vector<json> records;
-  const auto good = for_each_record(bytes, [&](const json& j) { records.push_back(j); });
-  // A snapshot is renamed into place whole: a bad one is damage, not a tear.
-  if (good != bytes.size() || records.empty() || records.size() > 2) return false;
-  if (records.size() == 2) {
-    const auto upto = records[0].find("upto");
-    if (upto == records[0].end() || !upto->is_number_unsigned() || !records[1].is_object()) return false;
-    covered = upto->get<std::uint64_t>();
-    state = std::move(records[1]);
-  } else if (records[0].is_object()) {
-    state = std::move(records[0]);
-  } else {
-    return false;
-  }
-  return true;
+  return detail::parse_snapshot(read_file(path), state, covered);
 }
 
 }  // namespace
-
-std::uint32_t crc32(std::span<const std::uint8_t> bytes) noexcept {
-  std::uint32_t c = 0xffffffffu;
-  for (auto b : bytes) c = crc_table[(c ^ b) & 0xff] ^ (c >> 8);
-  return c ^ 0xffffffffu;
-}
 
 // Log segments: "log" is segment 0, then "log.1", "log.2"... Records go to
 // the newest; a compaction starts a new one and folds the older ones into
@@ -210,12 +131,20 @@ struct store_job {
   std::uint64_t seq = 0;
 };
 
+// A write() that failed and was cut back: that round's records are not on
+// disk, and the store goes on (a later round may find room again).
+struct write_cut_back : std::system_error {
+  using std::system_error::system_error;
+};
+
 struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
   std::filesystem::path dir;
   executor completions;
   log_sink log;  // called on the executor only (posted there)
+  disk_fault_hook faults;  // called on the writer thread
   int log_fd = -1;              // the writer thread's segment
   std::uint64_t segment = 0;    // its number
+  std::uint64_t synced_size = 0;  // its bytes known to be on disk (writer thread)
 
   std::mutex mu;  // guards the fields below it, up to `waiters`
   std::condition_variable wake;          // the writer's
@@ -228,8 +157,25 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
   // On the completions executor only.
   using waiter = boost::asio::any_completion_handler<void(std::exception_ptr)>;
   std::multimap<std::uint64_t, waiter> waiters;
-  std::uint64_t durable_seq = 0;
-  std::exception_ptr failure;  // set once: every later durable() throws it
+  std::uint64_t reported_seq = 0;  // every seq up to here is durable or failed
+  std::exception_ptr failure;      // set once: every later durable() throws it
+  // The rounds refused by a failed write (cut back): last seq -> (first
+  // seq, error), the most recent max_failed_rounds, for a durable() that
+  // asks after its round was reported.
+  static constexpr std::size_t max_failed_rounds = 1024;
+  std::map<std::uint64_t, std::pair<std::uint64_t, std::exception_ptr>> failed_rounds;
+
+  // The outcome of a reported seq: null when durable.
+  std::uint64_t forgotten_upto = 0;  // failed rounds up to here were dropped from failed_rounds
+  std::exception_ptr outcome(std::uint64_t seq) const {
+    if (failure) return failure;
+    const auto it = failed_rounds.lower_bound(seq);
+    if (it != failed_rounds.end() && it->second.first <= seq) return it->second.second;
+    if (seq <= forgotten_upto)
+      return std::make_exception_ptr(std::system_error(
+          EIO, std::generic_category(), "map_store: the outcome of this write is no longer known"));
+    return nullptr;
+  }
 
   void push(store_job job) {
     {
@@ -245,6 +191,11 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
     });
   }
 
+  void post_completed(std::uint64_t seq, std::exception_ptr error, bool final) {
+    boost::asio::post(completions,
+                      [self = shared_from_this(), seq, error, final] { self->completed(seq, error, final); });
+  }
+
   // The writer thread: takes everything queued, writes it with one write()
   // per run of records and one fsync, and reports back on the executor.
   void run_writer() {
@@ -258,29 +209,76 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
         batch.swap(queue);
       }
       const auto last = batch.back().seq;
-      std::exception_ptr error;
       if (failed) {
-        error = std::make_exception_ptr(std::system_error(EIO, std::generic_category(),
-                                                          "map_store: an earlier write failed; the store is closed"));
-      } else {
-        try {
-          write(batch);
-        } catch (...) {
-          failed = true;
-          error = std::current_exception();
-        }
+        post_completed(last,
+                       std::make_exception_ptr(std::system_error(
+                           EIO, std::generic_category(), "map_store: an earlier fsync failed; the store is closed")),
+                       true);
+        continue;
       }
-      boost::asio::post(completions, [self = shared_from_this(), last, error] { self->completed(last, error); });
+      try {
+        write(batch);
+        post_completed(last, nullptr, false);
+      } catch (const write_cut_back&) {
+        std::lock_guard lock(mu);
+        ++stats.write_errors;
+        post_completed(last, std::current_exception(), false);
+      } catch (...) {
+        failed = true;
+        std::lock_guard lock(mu);
+        stats.failed = true;
+        post_completed(last, std::current_exception(), true);
+      }
     }
   }
+
+  // Writes and fsyncs one run of records. A failed write() is cut back to
+  // the last fsynced byte (write_cut_back); a failed fsync, or a cut-back
+  // that fails, is final (std::system_error).
+  void write_records(const std::vector<std::uint8_t>& records) {
+    std::size_t allowed = records.size();
+    const int injected = faults ? faults(disk_op::write, allowed) : 0;
+    try {
+      write_all(log_fd, records.data(), injected ? std::min(allowed, records.size()) : records.size(),
+                "append to log");
+      if (injected != 0) {
+        errno = injected;
+        fail("append to log");
+      }
+    } catch (const std::system_error& e) {
+      // Whatever part of the round reached the file is unacknowledged:
+      // remove it, so that later records follow the last good one.
+      if (!cut_back())
+        throw std::system_error(e.code(), std::string("map_store: append to log, and the cut-back after it failed (") +
+                                              std::strerror(errno) + ")");
+      throw write_cut_back(e.code(), "map_store: append to log (cut back)");
+    }
+    std::size_t none = 0;
+    int fsync_errno = faults ? faults(disk_op::fsync, none) : 0;
+    if (fsync_errno == 0 && ::fsync(log_fd) != 0) fsync_errno = errno;
+    if (fsync_errno != 0) {
+      // Final either way (the page cache can no longer be trusted), but the
+      // round was refused: try to take it out of the file, so a restart does
+      // not bring back writes the callers were told had failed.
+      const bool removed = cut_back() && ::fsync(log_fd) == 0;
+      throw std::system_error(fsync_errno, std::generic_category(),
+                              removed ? "map_store: fsync log"
+                                      : "map_store: fsync log (the refused records may remain in the log)");
+    }
+    synced_size += records.size();
+  }
+
+  bool cut_back() { return ::ftruncate(log_fd, static_cast<off_t>(synced_size)) == 0; }
 
   void write(const std::deque<store_job>& batch) {
     std::vector<std::uint8_t> records;
     std::uint64_t appended = 0;
+    std::uint64_t run_last = 0;
     const auto flush_records = [&] {
       if (records.empty()) return;
-      write_all(log_fd, records, "append to log");
-      if (::fsync(log_fd) != 0) fail("fsync log");
+      write_records(records);
+      // Records of this run are durable even if a later run fails.
+      post_completed(run_last, nullptr, false);
       std::lock_guard lock(mu);
       stats.records_appended += appended;
       ++stats.fsyncs;
@@ -290,6 +288,7 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
     for (const auto& job : batch) {
       if (job.what == store_job::kind::record) {
         records.insert(records.end(), job.bytes.begin(), job.bytes.end());
+        run_last = job.seq;
         ++appended;
       } else {
         flush_records();
@@ -301,18 +300,21 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
 
   // Starts the next segment (its directory entry made durable before any
   // record in it is acknowledged) and asks the compactor to fold the
-  // earlier ones into the snapshot.
+  // earlier ones into the snapshot. A failure is logged and costs only the
+  // compaction: records keep going to the current segment.
   void rotate() {
-    const int fd = open_segment(dir, segment + 1);
-    try {
-      fsync_dir(dir);
-    } catch (...) {
-      ::close(fd);
-      throw;
+    const int fd = ::open(segment_path(dir, segment + 1).c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0 || fsync_dir_noexcept(dir) != 0) {
+      const int saved = errno;
+      if (fd >= 0) ::close(fd);
+      post_log("map_store " + dir.string() + ": could not start a new log segment (" +
+               std::generic_category().message(saved) + "); compaction waits for the next request");
+      return;
     }
     ::close(log_fd);
     log_fd = fd;
     ++segment;
+    synced_size = 0;
     {
       std::lock_guard lock(mu);
       compact_below = segment;
@@ -356,7 +358,7 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
   // the compaction (the files stay as they are, for an operator to look
   // at), it is never folded as if it were empty.
   void compact(std::uint64_t below) {
-    json state = json::object();
+    ormap state;
     std::uint64_t covered = 0;
     if (!read_snapshot(dir, state, covered))
       throw std::runtime_error("the snapshot is damaged; not compacting over it");
@@ -370,17 +372,15 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
       const auto bytes = read_file(path);
       // Only the newest segment can have a torn tail, and it is never
       // compacted: a bad record here is damage.
-      if (for_each_record(bytes, [&](const json& j) { apply_log_record(state, j); }) != bytes.size())
+      if (detail::fold_log(bytes, state) != bytes.size())
         throw std::runtime_error(path.filename().string() + " is damaged; not compacting over it");
     }
-    std::vector<std::uint8_t> framed = frame_record({{"upto", below}});
-    const auto body = frame_record(state);
-    framed.insert(framed.end(), body.begin(), body.end());
+    const auto framed = detail::snapshot_records(state, below);
     const auto tmp = dir / "snapshot.tmp";
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) fail("open " + tmp.string());
     try {
-      write_all(fd, framed, "write snapshot");
+      write_all(fd, framed.data(), framed.size(), "write snapshot");
     } catch (...) {
       ::close(fd);
       throw;
@@ -398,26 +398,43 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
       if (n < below) std::filesystem::remove(segment_path(dir, n));
   }
 
-  // On the executor: everything up to `seq` is durable, or failed.
-  void completed(std::uint64_t seq, std::exception_ptr error) {
-    if (error && !failure) {
-      failure = error;
+  // On the executor: every seq up to `seq` not reported yet is durable,
+  // or failed (then `final` says whether the store is closed for good).
+  void completed(std::uint64_t seq, std::exception_ptr error, bool final) {
+    if (seq <= reported_seq && !error) return;
+    if (error) {
+      std::string what = "unknown error";
       try {
         std::rethrow_exception(error);
       } catch (const std::exception& ex) {
-        if (log) log("map_store " + dir.string() + ": " + ex.what() + "; the store takes no more writes");
+        what = ex.what();
       } catch (...) {
       }
+      if (final && !failure) {
+        // This round's writers get the error itself; every later write an
+        // EIO that names it (a full disk is not why it is refused then).
+        failure = std::make_exception_ptr(std::system_error(
+            EIO, std::generic_category(), "map_store: the store takes no more writes since: " + what));
+        if (log) log("map_store " + dir.string() + ": " + what + "; the store takes no more writes");
+      } else if (!final) {
+        failed_rounds.emplace(seq, std::make_pair(reported_seq + 1, error));
+        if (failed_rounds.size() > max_failed_rounds) {
+          forgotten_upto = failed_rounds.begin()->first;
+          failed_rounds.erase(failed_rounds.begin());
+        }
+        if (log) log("map_store " + dir.string() + ": " + what + "; the log was cut back and those writes refused");
+      }
     }
-    if (!error) durable_seq = std::max(durable_seq, seq);
-    std::vector<waiter> ready;
-    for (auto it = waiters.begin(); it != waiters.end() && (failure || it->first <= durable_seq);)
-      ready.push_back(std::move(it->second)), it = waiters.erase(it);
-    for (auto& h : ready) std::move(h)(failure);
+    reported_seq = std::max(reported_seq, seq);
+    std::vector<std::pair<waiter, std::exception_ptr>> ready;
+    for (auto it = waiters.begin(); it != waiters.end() && (failure || it->first <= reported_seq);
+         it = waiters.erase(it))
+      ready.emplace_back(std::move(it->second), error && it->first <= seq ? error : outcome(it->first));
+    for (auto& [h, e] : ready) std::move(h)(e);
   }
 };
 
-map_store::map_store(std::filesystem::path dir, executor completions, log_sink log)
+map_store::map_store(std::filesystem::path dir, executor completions, log_sink log, disk_fault_hook faults)
     : dir_(std::move(dir)), log_(std::move(log)), shared_(std::make_shared<shared>()) {
   std::error_code ec;
   std::filesystem::create_directories(dir_, ec);
@@ -426,10 +443,14 @@ map_store::map_store(std::filesystem::path dir, executor completions, log_sink l
   shared_->dir = dir_;
   shared_->completions = std::move(completions);
   shared_->log = log_;
+  shared_->faults = std::move(faults);
   shared_->stats = recovery_stats_;
   // Appends continue in the newest segment (recover cut any torn tail).
   shared_->segment = segment_;
   shared_->log_fd = open_segment(dir_, segment_);
+  const auto size = ::lseek(shared_->log_fd, 0, SEEK_END);
+  if (size < 0) fail("seek " + segment_path(dir_, segment_).string());
+  shared_->synced_size = static_cast<std::uint64_t>(size);
   fsync_dir(dir_);
   writer_ = std::thread([s = shared_.get()] { s->run_writer(); });
   compactor_ = std::thread([s = shared_.get()] { s->run_compactor(); });
@@ -449,8 +470,11 @@ map_store::~map_store() {
 
 void map_store::recover() {
   std::uint64_t covered = 0;
-  if (!read_snapshot(dir_, recovered_, covered) && log_)
-    log_("map_store " + dir_.string() + ": snapshot is damaged; ignoring it");
+  ormap state;
+  if (!read_snapshot(dir_, state, covered)) {
+    state = ormap{};
+    if (log_) log_("map_store " + dir_.string() + ": snapshot is damaged; ignoring it");
+  }
   const auto segments = list_segments(dir_);
   for (const auto n : segments) {
     if (n < covered) {
@@ -461,12 +485,10 @@ void map_store::recover() {
     }
     const auto path = segment_path(dir_, n);
     auto bytes = read_file(path);
-    const auto good = for_each_record(bytes, [&](const json& j) {
-      if (apply_log_record(recovered_, j)) {
-        ++recovery_stats_.records_recovered;
-        ++log_records_;
-      }
-    });
+    std::uint64_t records = 0;
+    const auto good = detail::fold_log(bytes, state, &records);
+    recovery_stats_.records_recovered += records;
+    log_records_ += records;
     if (good != bytes.size()) {
       ++recovery_stats_.torn_tails_dropped;
       if (log_)
@@ -476,6 +498,7 @@ void map_store::recover() {
     }
   }
   segment_ = std::max(covered, segments.empty() ? 0 : segments.back());
+  recovered_ = crdt_wire::encode_map(state);
 }
 
 void map_store::check() const {
@@ -484,12 +507,13 @@ void map_store::check() const {
 
 std::uint64_t map_store::append(const std::string& key, const entry& e) {
   ++log_records_;
-  // {"k": key, "e": entry}, written straight to CBOR: no json copy of the
-  // value on the executor for every change.
-  cbor_writer w;
-  w.map(2).text("k").text(key).text("e");
-  crdt_wire::write_entry(w, e);
-  shared_->push({store_job::kind::record, frame_record(w.take()), ++last_seq_});
+  shared_->push({store_job::kind::record, detail::entry_record(key, e), ++last_seq_});
+  return last_seq_;
+}
+
+std::uint64_t map_store::append_drop(const std::string& key, const dot& d) {
+  ++log_records_;
+  shared_->push({store_job::kind::record, detail::drop_record(key, d), ++last_seq_});
   return last_seq_;
 }
 
@@ -502,7 +526,10 @@ std::uint64_t map_store::compact() {
 task<> map_store::durable(std::uint64_t seq) {
   auto s = shared_;
   if (s->failure) std::rethrow_exception(s->failure);
-  if (seq <= s->durable_seq) co_return;
+  if (seq <= s->reported_seq) {
+    if (auto e = s->outcome(seq)) std::rethrow_exception(e);
+    co_return;
+  }
   // Named, and holding a plain pointer (`s` keeps the state alive): GCC 12
   // destroys a temporary in a co_await expression twice, which would
   // release a captured shared_ptr once too often.

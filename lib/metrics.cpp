@@ -77,6 +77,9 @@ const field<hyparview_counters> membership_fields[] = {
     {"barrel_p2p_membership_promotions_total", K::counter, "Passive peers promoted to repair the active view.", &hyparview_counters::promotions},
     {"barrel_p2p_membership_swaps_total", K::counter, "Random promotions started (an active peer swapped for a passive one or a contact).", &hyparview_counters::swaps},
     {"barrel_p2p_membership_bad_messages_total", K::counter, "Malformed membership messages dropped.", &hyparview_counters::bad_messages},
+    {"barrel_p2p_membership_evictions_refused_total", K::counter, "High-priority NEIGHBORs or JOINs on a full active view refused: over evictions_per_second.", &hyparview_counters::evictions_refused},
+    {"barrel_p2p_membership_joins_not_forwarded_total", K::counter, "JOINs not turned into FORWARD_JOIN walks: repeated by an active peer, or over join_forwards_per_second.", &hyparview_counters::joins_not_forwarded},
+    {"barrel_p2p_membership_dials_refused_total", K::counter, "Dials a peer's message asked for (a walk end, a shuffle reply) refused: over its budget or max_dials_in_flight.", &hyparview_counters::dials_refused},
 };
 
 const field<plumtree_counters> broadcast_fields[] = {
@@ -108,6 +111,8 @@ const field<map_counters> map_fields[] = {
     {"barrel_p2p_map_rejected_local_total", K::counter, "Local puts refused by the validator.", &map_counters::rejected_local},
     {"barrel_p2p_map_tombstones_swept_total", K::counter, "Tombstones expired by the sweep.", &map_counters::tombstones_swept},
     {"barrel_p2p_map_pruned_total", K::counter, "Keys dropped when their writer went down (prune_on_peer_down).", &map_counters::pruned},
+    {"barrel_p2p_map_write_failures_total", K::counter, "Local writes refused because the disk failed them (nothing applied).", &map_counters::write_failures},
+    {"barrel_p2p_map_store_failed", K::gauge, "1 once the map's store stopped taking writes (a failed fsync, or a failed write it could not cut back); restart after fixing the disk.", &map_counters::store_failed},
 };
 
 const field<replica_counters> replica_fields[] = {
@@ -119,7 +124,8 @@ const field<replica_counters> replica_fields[] = {
     {"barrel_p2p_replica_anti_entropy_rounds_total", K::counter, "Anti-entropy rounds run.", &replica_counters::anti_entropy_rounds},
     {"barrel_p2p_replica_callback_errors_total", K::counter, "Replica callbacks that threw.", &replica_counters::callback_errors},
     {"barrel_p2p_replica_bad_messages_total", K::counter, "Replica payloads of unknown shape, ignored.", &replica_counters::bad_messages},
-    {"barrel_p2p_replica_inbox_drops_total", K::counter, "Work items dropped by a full inbox.", &replica_counters::inbox_drops},
+    {"barrel_p2p_replica_inbox_drops_total", K::counter, "Work items dropped by a full inbox (inbox_limit items or inbox_limit_bytes).", &replica_counters::inbox_drops},
+    {"barrel_p2p_replica_inbox_bytes", K::gauge, "Wire bytes of the deltas and snapshots waiting in the inbox.", &replica_counters::inbox_bytes},
     {"barrel_p2p_replica_backpressure_waits_total", K::counter, "Local writes that waited for send-queue room.", &replica_counters::backpressure_waits},
     {"barrel_p2p_replica_sync_parts_sent_total", K::counter, "Parts of chunked full-sync snapshots sent.", &replica_counters::sync_parts_sent},
     {"barrel_p2p_replica_sync_parts_received_total", K::counter, "Parts of chunked full-sync snapshots received.", &replica_counters::sync_parts_received},

@@ -118,18 +118,27 @@ std::size_t ormap::gc_tombstones(std::uint64_t cutoff_wall_ms) {
   });
 }
 
-std::vector<std::string> ormap::remove_values_by(const std::string& node) {
-  std::vector<std::string> removed;
+std::vector<std::pair<std::string, dot>> ormap::remove_values_by(const std::string& node) {
+  std::vector<std::pair<std::string, dot>> removed;
   for (auto it = entries_.begin(); it != entries_.end();) {
-    const auto* v = std::get_if<value_entry>(&it->second);
+    auto* v = std::get_if<value_entry>(&it->second);
     if (v && v->dot.node == node) {
-      removed.push_back(it->first);
+      removed.emplace_back(it->first, std::move(v->dot));
       it = entries_.erase(it);
     } else {
       ++it;
     }
   }
   return removed;
+}
+
+bool ormap::remove_value_if(const std::string& key, const dot& d) {
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return false;
+  const auto* v = std::get_if<value_entry>(&it->second);
+  if (!v || v->dot != d) return false;
+  entries_.erase(it);
+  return true;
 }
 
 }  // namespace barrel_p2p

@@ -3,6 +3,7 @@
 #include "barrel_p2p/keyed_hash.hpp"
 #include "barrel_p2p/plumtree_messages.hpp"
 #include "barrel_p2p/task_group.hpp"
+#include "token_bucket.hpp"
 
 #include <algorithm>
 #include <deque>
@@ -286,30 +287,21 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
              encode_gossip(*msg.id, it->second.tag, it->second.round + 1, it->second.payload));
   }
 
-  // A token bucket of payload bytes per peer for GRAFT answers.
-  struct graft_budget {
-    double tokens = 0;
-    duration refilled{0};
-  };
   // Erased on peer_down; a peer outside the active view (views are briefly
   // asymmetric while they change) is answered too, and when such entries
   // pile up they are dropped: a fresh bucket is full, so dropping one
   // never lowers a peer's budget below what a newcomer gets.
-  std::map<std::string, graft_budget> graft_budgets;
+  std::map<std::string, detail::token_bucket> graft_budgets;  // payload bytes per peer
   static constexpr std::size_t max_graft_budgets = 1024;
   bool spend_graft_budget(const std::string& peer, std::size_t bytes) {
-    const auto burst = static_cast<double>(config.graft_answer_burst_bytes);
     const auto now = sched.now();
     if (graft_budgets.size() >= max_graft_budgets && !graft_budgets.contains(peer))
       std::erase_if(graft_budgets, [&](const auto& e) { return !is_peer(e.first); });
-    auto [it, fresh] = graft_budgets.try_emplace(peer, graft_budget{burst, now});
-    auto& b = it->second;
-    const auto elapsed_s = std::chrono::duration<double>(now - b.refilled).count();
-    b.tokens = std::min(burst, b.tokens + elapsed_s * static_cast<double>(config.graft_answer_bytes_per_second));
-    b.refilled = now;
-    if (b.tokens < static_cast<double>(bytes)) return false;
-    b.tokens -= static_cast<double>(bytes);
-    return true;
+    auto it = graft_budgets
+                  .try_emplace(peer, static_cast<double>(config.graft_answer_bytes_per_second),
+                               static_cast<double>(config.graft_answer_burst_bytes), now)
+                  .first;
+    return it->second.take(now, static_cast<double>(bytes));
   }
 
   void on(const std::string& from, const prune_message&) {

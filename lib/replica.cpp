@@ -5,6 +5,7 @@
 #include "barrel_p2p/event_stream.hpp"
 #include "barrel_p2p/replica_messages.hpp"
 #include "barrel_p2p/task_group.hpp"
+#include "log_limiter.hpp"
 
 #include <map>
 #include <set>
@@ -21,6 +22,7 @@ struct work_item {
   enum class kind { delta, custom, snapshot, push_to, node_down } what;
   json body;         // delta, custom payload or snapshot
   std::string peer;  // push_to, node_down
+  std::size_t bytes = 0;  // the body's wire size, for inbox_limit_bytes
 };
 
 }  // namespace
@@ -52,11 +54,11 @@ struct replica_host::impl {
       : net(n), membership(m), broadcast(b), sched(s), clock(c), config(std::move(cfg)),
         rng(config.seed ? config.seed : std::random_device{}()), loops(s.get_executor()) {
     if (config.anti_entropy_interval <= duration{0} || config.anti_entropy_jitter < 0 ||
-        config.anti_entropy_jitter >= 1 || config.inbox_limit == 0 ||
+        config.anti_entropy_jitter >= 1 || config.inbox_limit == 0 || config.inbox_limit_bytes == 0 ||
         config.backpressure_max_wait < duration{0} || config.sync_chunk_bytes < 1024 ||
         config.max_snapshot_bytes < config.sync_chunk_bytes || config.max_snapshot_items == 0)
       throw std::invalid_argument(
-          "replica_config: anti_entropy_interval must be positive, jitter in [0, 1), inbox_limit > 0, "
+          "replica_config: anti_entropy_interval must be positive, jitter in [0, 1), inbox_limit and inbox_limit_bytes > 0, "
           "backpressure_max_wait >= 0, sync_chunk_bytes >= 1024, max_snapshot_bytes >= sync_chunk_bytes, "
           "max_snapshot_items > 0");
   }
@@ -120,23 +122,34 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
         name(std::move(n)),
         callbacks(cb),
         inbox_in(host->sched.get_executor()),
-        inbox(inbox_in.subscribe(host->config.inbox_limit)),
+        inbox(inbox_in.subscribe(host->config.inbox_limit + 1)),  // enqueue bounds it first
         loops(host->sched.get_executor()) {}
 
   // Peers with a snapshot push already queued: repeated pulls (anti-entropy,
   // peer_up, request_sync) from one peer cost one snapshot, not one each.
   std::set<std::string> pushes_queued;
 
+  // Items and wire bytes queued: the newest item is the one dropped, so
+  // what is queued stays exactly known.
+  std::size_t queued_items = 0;
+  detail::log_limiter drop_log;
   void enqueue(work_item w) {
     if (stopped) return;
-    if (w.what == work_item::kind::push_to && !pushes_queued.insert(w.peer).second) return;
-    const auto before = inbox.dropped();
-    inbox_in.publish(std::move(w));
-    if (inbox.dropped() != before) {
-      pushes_queued.clear();  // which item was dropped is unknown: forget, do not block future pushes
+    const auto& cfg = host->config;
+    // One item is always let in, however large (a full sync of a big map).
+    const bool over_bytes = counters.inbox_bytes > 0 && counters.inbox_bytes + w.bytes > cfg.inbox_limit_bytes;
+    if (queued_items >= cfg.inbox_limit || over_bytes) {
       ++counters.inbox_drops;
-      host->log("replica " + name + ": inbox full, dropped the oldest work item");
+      if (drop_log.allow(host->sched.now(), std::chrono::seconds(10)))
+        host->log("replica " + name + ": inbox full (" + std::to_string(queued_items) + " items, " +
+                  std::to_string(counters.inbox_bytes) + " bytes); dropped " +
+                  std::to_string(drop_log.take_held_back() + 1) + " work items since the last report");
+      return;
     }
+    if (w.what == work_item::kind::push_to && !pushes_queued.insert(w.peer).second) return;
+    ++queued_items;
+    counters.inbox_bytes += w.bytes;
+    inbox_in.publish(std::move(w));
   }
 
   // Plumtree delivery for our tag: the payload is decoded here, once.
@@ -149,10 +162,10 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     }
     if (auto* d = std::get_if<replica_delta>(&*payload)) {
       ++counters.deltas_received;
-      enqueue({work_item::kind::delta, std::move(d->delta), {}});
+      enqueue({work_item::kind::delta, std::move(d->delta), {}, bytes.size()});
     } else {
       ++counters.customs_received;
-      enqueue({work_item::kind::custom, std::move(std::get<replica_custom>(*payload).payload), {}});
+      enqueue({work_item::kind::custom, std::move(std::get<replica_custom>(*payload).payload), {}, bytes.size()});
     }
   }
 
@@ -223,6 +236,8 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
 
   task<> process_inbox() {
     while (auto w = co_await inbox.next()) {
+      --queued_items;
+      counters.inbox_bytes -= w->bytes;
       if (stopped) co_return;
       switch (w->what) {
         case work_item::kind::delta:
@@ -282,11 +297,12 @@ bool replica_host::impl::on_message(const std::string& from, const byte_slice& b
   }
   if (!instance) return true;  // not started on this node
   if (auto* sync = std::get_if<replica_sync>(&*parsed.message)) {
-    instance->enqueue({work_item::kind::snapshot, std::move(sync->snapshot), {}});
+    instance->enqueue({work_item::kind::snapshot, std::move(sync->snapshot), {}, body.size()});
   } else if (auto* part = std::get_if<replica_part>(&*parsed.message)) {
     ++instance->counters.sync_parts_received;
+    const auto assembled = part->parts * config.sync_chunk_bytes;  // at most
     if (auto whole = on_part(from, *part, instance->counters))
-      instance->enqueue({work_item::kind::snapshot, std::move(*whole), {}});
+      instance->enqueue({work_item::kind::snapshot, std::move(*whole), {}, assembled});
   } else {
     instance->enqueue({work_item::kind::push_to, {}, from});
   }

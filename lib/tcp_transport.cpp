@@ -600,23 +600,67 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     co_await run_connection(conn);
   }
 
+  // A name lookup runs getaddrinfo on Asio's resolver thread and cannot be
+  // cancelled once it runs: the dial waits for it at most `limit` (inside
+  // the connect timeout) and leaves a slow one to finish on its own. Lookups
+  // in flight are bounded, so names that never answer cannot pile up.
+  struct name_lookup {
+    explicit name_lookup(const executor& ex) : done(ex, asio::steady_timer::time_point::max()) {}
+    asio::steady_timer done;  // cancelled when the lookup completes
+    bool completed = false;
+    error_code ec;
+    std::vector<tcp::endpoint> endpoints;
+  };
+  static constexpr std::size_t max_lookups_in_flight = 8;
+  std::shared_ptr<std::size_t> lookups_in_flight_ = std::make_shared<std::size_t>(0);
+
+  task<std::optional<std::vector<tcp::endpoint>>> resolve(const peer_address& addr, duration limit) {
+    if (*lookups_in_flight_ >= max_lookups_in_flight) {
+      log("cannot resolve " + detail::printable(addr.host) + ": " + std::to_string(max_lookups_in_flight) +
+          " lookups already in flight");
+      co_return std::nullopt;
+    }
+    auto lookup = std::make_shared<name_lookup>(ex_);
+    lookup->done.expires_after(limit);
+    ++*lookups_in_flight_;
+    asio::co_spawn(
+        ex_,
+        [lookup, in_flight = lookups_in_flight_, host = addr.host, service = std::to_string(addr.port),
+         ex = ex_]() -> task<> {
+          tcp::resolver resolver(ex);
+          auto [rec, results] = co_await resolver.async_resolve(host, service, use_tuple);
+          --*in_flight;
+          lookup->completed = true;
+          lookup->ec = rec;
+          for (const auto& r : results) lookup->endpoints.push_back(r.endpoint());
+          lookup->done.cancel();
+        },
+        asio::detached);
+    co_await lookup->done.async_wait(use_tuple);
+    if (!lookup->completed) {
+      log("cannot resolve " + detail::printable(addr.host) + " within the connect timeout");
+      co_return std::nullopt;
+    }
+    if (lookup->ec || lookup->endpoints.empty()) {
+      log("cannot resolve " + detail::printable(addr.host) + ": " + lookup->ec.message());
+      co_return std::nullopt;
+    }
+    co_return std::move(lookup->endpoints);
+  }
+
   task<bool> dial_socket(tcp::socket& socket, const peer_address& addr) {
     error_code ec;
     std::vector<tcp::endpoint> endpoints;
+    const auto started = clock_now();
     auto address = asio::ip::make_address(addr.host, ec);
     if (!ec) {
       endpoints.emplace_back(address, addr.port);
     } else {
-      tcp::resolver resolver(ex_);
-      const auto service = std::to_string(addr.port);
-      auto [rec, results] = co_await resolver.async_resolve(addr.host, service, use_tuple);
-      if (rec) {
-        log("cannot resolve " + addr.host + ": " + rec.message());
-        co_return false;
-      }
-      for (const auto& r : results) endpoints.push_back(r.endpoint());
+      auto found = co_await resolve(addr, config_.connect_timeout);
+      if (!found) co_return false;
+      endpoints = std::move(*found);
     }
-    const auto deadline = clock_now() + config_.connect_timeout;
+    const auto deadline = started + config_.connect_timeout;
     for (const auto& endpoint : endpoints) {
       const auto left = deadline - clock_now();
       if (left <= duration{0}) break;

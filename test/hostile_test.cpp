@@ -1,6 +1,9 @@
 // A member that misbehaves on purpose: each case is an attack an
 // authenticated peer could mount, and what bounds it.
+#include <barrel_p2p/hyparview.hpp>
+#include <barrel_p2p/hyparview_messages.hpp>
 #include <barrel_p2p/map.hpp>
+#include <barrel_p2p/plumtree_messages.hpp>
 #include <barrel_p2p/replica_messages.hpp>
 #include <barrel_p2p/sim_network.hpp>
 
@@ -27,7 +30,138 @@ message_body first_part(std::uint64_t id, std::uint64_t parts, std::size_t bytes
   return encode(p);
 }
 
+// A HyParView node `a` with `honest` neighbours, on the simulated network,
+// and raw members that send whatever membership messages a test wants.
+struct membership_range {
+  boost::asio::io_context io;
+  sim_network net{io, {}};
+  std::vector<std::unique_ptr<scheduler>> scheds;
+  std::vector<std::unique_ptr<transport>> transports;
+  std::vector<std::unique_ptr<hyparview>> views;  // views[0] is a
+  std::vector<std::unique_ptr<transport>> raws;
+  std::vector<membership_event> a_events;
+
+  membership_range(std::size_t honest, hyparview_config a_config) {
+    for (std::size_t i = 0; i <= honest; ++i) {
+      scheds.push_back(net.make_scheduler());
+      transports.push_back(net.add_node("n" + std::to_string(i)));
+      auto c = i == 0 ? a_config : hyparview_config{};
+      c.seed = 100 + i;
+      views.push_back(std::make_unique<hyparview>(*transports.back(), *scheds.back(), c));
+      views.back()->start();
+    }
+    views[0]->add_listener([this](const membership_event& e) { a_events.push_back(e); });
+    boost::asio::co_spawn(io, [this]() -> task<> {
+      for (std::size_t i = 1; i < views.size(); ++i) co_await views[i]->join(peer_address("sim", 0));
+    }, boost::asio::detached);
+    net.run_for(5s);
+  }
+
+  hyparview& a() { return *views[0]; }
+
+  // Raw members connected to a (authenticated: they are on the network),
+  // all at once: a closes connections outside its views after a grace.
+  std::vector<transport*> connect_raws(const std::string& prefix, std::size_t count) {
+    std::vector<transport*> out;
+    auto connected = std::make_shared<std::size_t>(0);
+    for (std::size_t i = 0; i < count; ++i) {
+      raws.push_back(net.add_node(prefix + std::to_string(i)));
+      auto* t = raws.back().get();
+      out.push_back(t);
+      boost::asio::co_spawn(io, [this, t, connected]() -> task<> {
+        co_await t->start();
+        if (co_await t->connect(a().self().address)) ++*connected;
+      }, boost::asio::detached);
+    }
+    net.run_for(100ms);
+    REQUIRE(*connected == count);
+    return out;
+  }
+  transport& raw(const std::string& id) { return *connect_raws(id, 1).front(); }
+
+  std::size_t evictions() const {
+    return static_cast<std::size_t>(std::count_if(a_events.begin(), a_events.end(), [](const membership_event& e) {
+      return e.what == membership_event::kind::peer_down && e.reason == "evicted";
+    }));
+  }
+
+  ~membership_range() {
+    boost::asio::co_spawn(io, [this]() -> task<> {
+      for (auto& r : raws) co_await r->stop();
+      for (auto& v : views) co_await v->leave();
+    }, boost::asio::detached);
+    net.run_for(5s);
+  }
+};
+
 }  // namespace
+
+TEST_CASE("membership abuse: high-priority NEIGHBORs cannot churn a full active view") {
+  hyparview_config cfg;
+  cfg.active_size = 3;
+  membership_range r(5, cfg);
+  REQUIRE(r.a().active_view().size() == 3);
+  const auto raws = r.connect_raws("raw", 20);
+  const auto before = r.evictions();
+  // 20 members, each insisting (high priority), within 200 ms.
+  for (auto* t : raws) {
+    peer_descriptor self = t->self();
+    t->send(r.a().self().id, channel::membership, encode(neighbor_message{self, true}));
+    r.net.run_for(10ms);
+  }
+  r.net.run_for(100ms);
+  // The budget: 4 at once, then 1 per second (0.3 s went by).
+  CHECK(r.evictions() - before <= 5);
+  CHECK(r.a().counters().evictions_refused >= 15);
+  CHECK(r.a().active_view().size() == 3);
+}
+
+TEST_CASE("membership abuse: a JOIN repeated by an active peer is not forwarded again; JOIN walks are rate-limited") {
+  hyparview_config cfg;
+  cfg.join_forwards_per_second = 1;
+  membership_range r(3, cfg);
+  auto& t = r.raw("rejoiner");
+  peer_descriptor self = t.self();
+  std::uint64_t walks_before = 0;
+  for (std::size_t i = 1; i < r.views.size(); ++i) walks_before += r.views[i]->counters().forward_joins;
+  const auto joins_before = r.a().counters().joins_received;
+  for (int i = 0; i < 100; ++i) {
+    t.send(r.a().self().id, channel::membership, encode(join_message{self}));
+    r.net.run_for(10ms);
+  }
+  r.net.run_for(1s);
+  CHECK(r.a().counters().joins_received - joins_before == 100);
+  CHECK(r.a().counters().joins_not_forwarded >= 99);
+  std::uint64_t walks = 0;
+  for (std::size_t i = 1; i < r.views.size(); ++i) walks += r.views[i]->counters().forward_joins;
+  // One JOIN's walks: one per active peer, each at most arwl hops.
+  CHECK(walks - walks_before <= 3 * (hyparview_config{}.arwl + 1));
+  // Many different joiners within a second: at most the burst is forwarded.
+  const auto not_forwarded = r.a().counters().joins_not_forwarded;
+  for (auto* j : r.connect_raws("joiner", 12)) {
+    peer_descriptor d = j->self();
+    j->send(r.a().self().id, channel::membership, encode(join_message{d}));
+  }
+  r.net.run_for(200ms);
+  CHECK(r.a().counters().joins_not_forwarded - not_forwarded >= 12 - 5);
+}
+
+TEST_CASE("membership abuse: FORWARD_JOINs naming made-up joiners make at most the sender's budget of dials") {
+  membership_range r(5, {});  // a's active view is full: no repairs dial
+  auto& t = r.raw("dialer");
+  const auto& failures_before = r.transports[0]->counters().connect_failures;
+  const auto before = failures_before;
+  for (int i = 0; i < 100; ++i) {
+    // Nobody listens at these addresses: each accepted walk end is a dial.
+    peer_descriptor joiner{"ghost" + std::to_string(i), peer_address("sim", static_cast<std::uint16_t>(5000 + i))};
+    t.send(r.a().self().id, channel::membership, encode(forward_join_message{joiner, 0}));
+  }
+  r.net.run_for(3s);
+  const auto dials = r.transports[0]->counters().connect_failures - before;
+  MESSAGE("dials made for 100 forged walk ends: ", dials);
+  CHECK(dials <= 8 + 2 * 3);  // burst 8, then 2 per second
+  CHECK(r.a().counters().dials_refused >= 100 - 14);
+}
 
 TEST_CASE("a peer outside the active view that starts a large snapshot and hangs up leaves nothing behind") {
   boost::asio::io_context io;
@@ -76,6 +210,72 @@ TEST_CASE("a peer outside the active view that starts a large snapshot and hangs
   boost::asio::co_spawn(io, [&]() -> task<> {
     co_await raw->stop();
     co_await kv->close();
+    co_await a.stop();
+  }, boost::asio::detached);
+  net.run_for(5s);
+}
+
+// An owner that takes 20 ms (virtual) to merge each delta, as a slow disk
+// or a heavy validator would: deltas that arrive faster queue up.
+struct slow_owner : replica_callbacks {
+  scheduler& sched;
+  std::shared_ptr<replica> rep;
+  std::size_t merged = 0;
+  std::uint64_t most_queued = 0;
+  explicit slow_owner(scheduler& s) : sched(s) {}
+  task<> merge_delta(const std::string&, const json&) override {
+    most_queued = std::max(most_queued, rep->counters().inbox_bytes);
+    co_await sched.sleep(20ms);
+    ++merged;
+  }
+  task<> apply_full_sync(const std::string&, const json&) override { co_return; }
+  task<std::optional<json>> full_sync_snapshot(const std::string&) override { co_return std::nullopt; }
+  task<> remove_node(const std::string&, const std::string&) override { co_return; }
+};
+
+TEST_CASE("a peer that sends deltas faster than they merge fills the inbox only up to inbox_limit_bytes") {
+  boost::asio::io_context io;
+  sim_network net(io, {});
+  node_config cfg;
+  cfg.transport.node_id = "a";
+  cfg.log = [](const std::string&) {};
+  cfg.replicas.inbox_limit_bytes = 4 << 20;
+  node a(net, cfg);
+  slow_owner owner(a.sched());
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await a.start();
+    owner.rep = replica::start(a.replicas(), "kv", owner);
+  }, boost::asio::detached);
+  net.run_for(1s);
+  REQUIRE(owner.rep);
+  auto raw = net.add_node("raw");
+  bool connected = false;
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await raw->start();
+    connected = (co_await raw->connect(a.self().address)).has_value();
+  }, boost::asio::detached);
+  net.run_for(100ms);
+  REQUIRE(connected);
+  // 64 deltas of 512 KiB, one per millisecond: 32 MiB against a 4 MiB inbox.
+  const std::string big(512 * 1024, 'x');
+  const auto wall = a.sched().wall_ms();
+  for (std::uint32_t i = 0; i < 64; ++i) {
+    const entry e = value_entry{big, {"raw", {wall, i}}};
+    const auto payload = encode_delta_payload("k" + std::to_string(i), e);
+    raw->send("a", channel::broadcast, encode_gossip(broadcast_id("raw", i + 1), "kv", 0, byte_slice(payload)));
+    net.run_for(1ms);
+  }
+  net.run_for(5s);
+  const auto& stats = owner.rep->counters();
+  MESSAGE("deltas merged: ", owner.merged, ", dropped: ", stats.inbox_drops, ", most bytes queued: ", owner.most_queued);
+  CHECK(stats.inbox_drops > 0);
+  CHECK(owner.merged + stats.inbox_drops == 64);
+  CHECK(owner.most_queued <= (4u << 20));
+  CHECK(owner.most_queued > (2u << 20));  // the test did fill it
+  CHECK(stats.inbox_bytes == 0);
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await raw->stop();
+    co_await owner.rep->stop();
     co_await a.stop();
   }, boost::asio::detached);
   net.run_for(5s);

@@ -15,10 +15,13 @@
 
 #include "io_harness.hpp"
 
+#include <atomic>
 #include <cmath>
+#include <filesystem>
 #include <regex>
 #include <set>
 #include <sstream>
+#include <unistd.h>
 
 using namespace barrel_p2p;
 using namespace std::chrono_literals;
@@ -175,6 +178,68 @@ TEST_CASE("HTTP: keys are percent-decoded and may hold slashes; ?limit= truncate
   CHECK(list.body_json()["entries"].size() == 1);
   CHECK(list.body_json()["size"] == 2);
   CHECK(bad.status == 400);
+}
+
+TEST_CASE("HTTP: a listing is capped at max_list_limit and pages on with ?after=") {
+  http_api_config cfg;
+  cfg.max_list_limit = 2;
+  fixture f(cfg, 1);
+  std::vector<reply> pages;
+  f.run([&]() -> task<> {
+    for (const char* k : {"d", "b", "e", "a", "c"}) co_await f.kv[0]->put(k, 1);
+    std::string target = "/maps/kv?limit=100";
+    for (int i = 0; i < 10; ++i) {
+      pages.push_back(co_await send_request(f.port(), http::verb::get, target));
+      const auto body = pages.back().body_json();
+      if (!body.contains("next_after")) break;
+      target = "/maps/kv?limit=100&after=" + body["next_after"].get<std::string>();
+    }
+  });
+  std::vector<std::string> keys;
+  for (const auto& p : pages) {
+    CHECK(p.status == 200);
+    CHECK(p.body_json()["size"] == 5);
+    CHECK(p.body_json()["entries"].size() <= 2);
+    const auto body = p.body_json();  // kept: items() of a temporary would dangle
+    for (const auto& [k, v] : body["entries"].items()) keys.push_back(k);
+  }
+  CHECK(keys == std::vector<std::string>{"a", "b", "c", "d", "e"});
+  REQUIRE(pages.size() == 3);
+  CHECK(pages[0].body_json()["truncated"] == true);
+  CHECK(pages[2].body_json()["truncated"] == false);
+}
+
+TEST_CASE("HTTP: a full disk answers 507 disk_full and changes nothing; the next PUT with room is 200") {
+  const auto dir = std::filesystem::temp_directory_path() / ("barrel_p2p_http_disk_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  asio::io_context io;
+  auto c = config_for("disk");
+  c.data_dir = dir;
+  node n(io.get_executor(), c);
+  std::atomic<int> write_errno{0};
+  map_options o;
+  o.persist = true;
+  o.disk_faults = [&](disk_op op, std::size_t&) { return op == disk_op::write ? write_errno.load() : 0; };
+  auto m = map::open(n, "kv", o);
+  http_api api(n, {});
+  reply full, ok;
+  testing::run(io, [&]() -> task<> {
+    co_await n.start();
+    co_await api.expose(m);
+    co_await api.start();
+    write_errno = ENOSPC;
+    full = co_await send_request(api.port(), http::verb::put, "/maps/kv/k", "1");
+    write_errno = 0;
+    ok = co_await send_request(api.port(), http::verb::put, "/maps/kv/j", "2");
+    co_await api.stop();
+    co_await n.stop();
+  });
+  CHECK(full.status == 507);
+  CHECK(full.body_json()["error"] == "disk_full");
+  CHECK_FALSE(m->get("k").has_value());
+  CHECK(ok.status == 200);
+  CHECK(m->counters().write_failures == 1);
+  std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("HTTP: /status shows the node, its views and its maps; /maps lists them") {

@@ -213,6 +213,14 @@ TEST_CASE("remove_values_by drops exactly the keys whose winning write is that n
   m.merge_entry("overwritten", value_entry{json(4), {"alive", {11, 0}}});
   m.merge_entry("removed", tombstone{{12, 0}});
   auto dropped = m.remove_values_by("gone");
-  CHECK(dropped == std::vector<std::string>{"mine"});
+  REQUIRE(dropped.size() == 1);
+  CHECK(dropped[0].first == "mine");
+  CHECK(dropped[0].second == dot{"gone", {10, 0}});
   CHECK(m.keys() == std::vector<std::string>{"overwritten", "theirs"});
+  // Replaying the removal from a log: only while that same write still wins.
+  m.merge_entry("again", value_entry{json(5), {"gone", {20, 0}}});
+  CHECK_FALSE(m.remove_value_if("again", dot{"gone", {19, 0}}));
+  CHECK_FALSE(m.remove_value_if("removed", dot{"gone", {12, 0}}));
+  CHECK(m.remove_value_if("again", dot{"gone", {20, 0}}));
+  CHECK_FALSE(m.get("again").has_value());
 }

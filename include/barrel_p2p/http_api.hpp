@@ -61,6 +61,9 @@ struct http_api_config {
   std::size_t websocket_queue = 1024;
   /// Entries returned by GET /maps/{map} when the request sets no ?limit=.
   std::size_t default_list_limit = 10'000;
+  /// The most entries one GET /maps/{map} returns, whatever ?limit= asks
+  /// (page on with ?after=).
+  std::size_t max_list_limit = 10'000;
 };
 
 struct http_api_counters {

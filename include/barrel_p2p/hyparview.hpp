@@ -66,6 +66,20 @@ struct hyparview_config {
   /// Not in the paper: it is what rejoins the halves of a healed partition
   /// (each half's views are full, so the paper's repair never looks across).
   double random_promotion = 0.05;
+  /// Bounds on what other members' messages can make this node do (a
+  /// misbehaving member, or a bug), each a token bucket that starts full:
+  ///  * evictions of an active peer forced by a high-priority NEIGHBOR or a
+  ///    JOIN on a full view, per second (burst 4x); beyond it a NEIGHBOR is
+  ///    answered as a low-priority one and a joiner goes to the passive view;
+  double evictions_per_second = 1.0;
+  ///  * JOINs turned into FORWARD_JOIN walks, per second (burst 4x); a JOIN
+  ///    from a peer already in the active view is never forwarded again;
+  double join_forwards_per_second = 5.0;
+  ///  * dials one peer's messages can start (the end of its FORWARD_JOIN
+  ///    walk, the reply to its SHUFFLE), per second and peer (burst 4x),
+  ///    and such dials in flight at once, over all peers.
+  double dials_per_peer_per_second = 2.0;
+  std::size_t max_dials_in_flight = 16;
   /// Timers are jittered by ± this fraction so nodes do not act in step.
   double jitter = 0.25;
   /// Seed of this node's generator (0: from std::random_device).
@@ -95,6 +109,9 @@ struct hyparview_counters {
   std::uint64_t promotions = 0;         ///< passive -> active repairs
   std::uint64_t swaps = 0;              ///< random promotions started (an active peer swapped for another)
   std::uint64_t bad_messages = 0;       ///< malformed membership messages dropped
+  std::uint64_t evictions_refused = 0;  ///< high-priority NEIGHBORs or JOINs over evictions_per_second
+  std::uint64_t joins_not_forwarded = 0;  ///< JOINs repeated by an active peer or over join_forwards_per_second
+  std::uint64_t dials_refused = 0;      ///< dials a peer's message asked for, over its budget
 };
 
 class hyparview {

@@ -40,14 +40,25 @@ struct map_options {
   /// (presence-style maps). Local only: nothing is broadcast.
   bool prune_on_peer_down = false;
   /// Keep the map on disk under <node data_dir>/maps/<name>: every put and
-  /// remove is fsynced before it returns (by the store's writer thread,
-  /// never on the executor; concurrent puts share an fsync); recovered at
-  /// open.
+  /// remove is fsynced before it is applied, gossiped or returns (by the
+  /// store's writer thread, never on the executor; concurrent puts share an
+  /// fsync); recovered at open. A write the disk refuses throws
+  /// std::system_error and changes nothing, here or on any peer.
   bool persist = false;
   /// Log records between compactions (each folds the log into a new
   /// snapshot, on a background thread); at least as many records as the
   /// map has entries, so that compaction costs a constant per write.
   std::size_t snapshot_every = 10'000;
+  /// Tests and the simulator: faults injected into the store's writes
+  /// (map_store.hpp). Empty in production.
+  disk_fault_hook disk_faults;
+};
+
+/// A page of a sorted listing (map::page).
+struct map_page {
+  std::vector<std::pair<std::string, json>> entries;  ///< sorted by key
+  std::size_t size = 0;  ///< live keys in the whole map
+  bool more = false;     ///< live keys sort after the last entry
 };
 
 /// A change, local or remote.
@@ -75,6 +86,11 @@ struct map_counters {
   std::uint64_t rejected_clock_ahead = 0;
   std::uint64_t tombstones_swept = 0;
   std::uint64_t pruned = 0;        ///< keys dropped by prune_on_peer_down
+  /// Local writes refused because the disk failed them (persist only).
+  std::uint64_t write_failures = 0;
+  /// 1 once the store has stopped taking writes (a failed fsync, or a failed write it could not cut back); read
+  /// live from the store.
+  std::uint64_t store_failed = 0;
 };
 
 class map : public node::attachment, public std::enable_shared_from_this<map> {
@@ -87,8 +103,10 @@ class map : public node::attachment, public std::enable_shared_from_this<map> {
   ~map() override;
 
   /// Writes `value` under `key` and gossips it. Returns once applied
-  /// locally (and, with persist, on disk). Throws map_error when the
-  /// validator refuses the value or the map is closed, and
+  /// locally (and, with persist, on disk first). Throws map_error when the
+  /// validator refuses the value or the map is closed, std::system_error
+  /// when the disk refused it (nothing applied; errno in code(): ENOSPC for
+  /// a full disk, EIO once the store has failed for good), and
   /// clock_skew_error (nothing written) while this node's wall clock is
   /// ahead of the cluster by more than max_clock_offset under the refuse
   /// policy (clock_monitor.hpp): the peers would drop the write. Any executor.
@@ -100,6 +118,11 @@ class map : public node::attachment, public std::enable_shared_from_this<map> {
   [[nodiscard]] std::vector<std::string> keys() const;  ///< sorted
   [[nodiscard]] std::vector<std::pair<std::string, json>> to_list() const;  ///< sorted by key
   [[nodiscard]] std::size_t size() const;
+  /// One page of the live entries in key (byte) order: at most `limit`,
+  /// starting after the key `after` when it is given. Copies only the
+  /// values it returns: one pass over the keys, O(n log limit), under the
+  /// read lock (writers wait that long). Any thread.
+  [[nodiscard]] map_page page(std::size_t limit, const std::optional<std::string>& after = std::nullopt) const;
 
   /// Change events from now on, local and remote. Bounded (drop-oldest, see
   /// event_stream); the map never waits for a subscriber.

@@ -1,9 +1,11 @@
 // Durable storage of one replicated map on one node: a write-ahead log plus
 // a snapshot, in the map's own directory (docs/reference/storage.md).
 //
-// Every record is framed as  u32 length (big-endian) | u32 CRC-32 | CBOR body
-// so that a torn or corrupted tail is recognised and cut off at open instead
-// of being loaded. The log is a sequence of segments; compaction starts a new
+// Every record is framed as  u32 length (big-endian) | u32 CRC-32 | CBOR body,
+// the CRC covering the length and the body, so that a torn or corrupted tail
+// is recognised and cut off at open instead of being loaded. Recovery folds
+// the records under the OR-Map's merge rules, so the order they were
+// appended in never decides which write wins. The log is a sequence of segments; compaction starts a new
 // segment and folds the older ones, with the previous snapshot, into a new
 // snapshot (written to a temporary file, fsynced, renamed, directory fsynced)
 // that names the first segment it does not cover; then deletes them.
@@ -13,6 +15,12 @@
 // one write() and one fsync (group commit: concurrent puts share an fsync),
 // then resumes the awaiting coroutines on their executor. Compaction runs on
 // a second thread, from the files, so puts are acknowledged meanwhile.
+//
+// A failed write() is cut back: the segment is truncated to its last
+// fsynced byte and only that round's writers get the error (a full disk
+// refuses writes until space is freed, then takes them again). A failed
+// fsync is final: Linux may drop the unwritten pages and report success on
+// a later fsync, so the store refuses every later write (fail-stop).
 #pragma once
 
 #include <barrel_p2p/ormap.hpp>
@@ -37,7 +45,18 @@ struct map_store_stats {
   std::uint64_t snapshots_written = 0;   ///< compactions completed
   std::uint64_t records_recovered = 0;
   std::uint64_t torn_tails_dropped = 0;  ///< opens that cut off a bad tail
+  std::uint64_t write_errors = 0;        ///< rounds whose write() failed and was cut back
+  bool failed = false;                   ///< an fsync (or a cut-back) failed: no more writes
 };
+
+/// What a disk_fault_hook is asked about.
+enum class disk_op { write, fsync };
+
+/// Fault injection, for tests and the simulator: called on the store's
+/// writer thread before each write() and fsync() of the log; returns 0 to
+/// let it run, or an errno to fail it with. A write that is failed first
+/// writes `bytes` of its data when the hook lowers it (a torn write).
+using disk_fault_hook = std::function<int(disk_op op, std::size_t& bytes)>;
 
 class map_store {
  public:
@@ -50,7 +69,7 @@ class map_store {
   /// the writer thread; durable() resumes its callers on `completions` (the
   /// node's executor). Throws std::system_error when the directory cannot
   /// be used. Reads the files on the calling thread (once, at open).
-  map_store(std::filesystem::path dir, executor completions, log_sink log);
+  map_store(std::filesystem::path dir, executor completions, log_sink log, disk_fault_hook faults = {});
   /// Writes and fsyncs whatever is still queued, then ends the writer
   /// thread and the compactor (a compaction under way stops at its next
   /// segment and is redone at the next open). Blocks for that long: call
@@ -67,19 +86,24 @@ class map_store {
   /// (for durable). Never blocks. Call from one thread at a time (the node's
   /// executor), like compact, durable, flush and check.
   std::uint64_t append(const std::string& key, const entry& e);
+  /// Queues the removal of `key`'s value written as `d` (prune-on-peer-down
+  /// drops values without a tombstone; this keeps them dropped across a
+  /// restart). Never blocks.
+  std::uint64_t append_drop(const std::string& key, const dot& d);
   /// Starts a new log segment (in order with the appends) and has the
   /// compactor fold everything before it into the snapshot. Never blocks.
   std::uint64_t compact();
   /// Completes once everything up to `seq` is on disk (written and
-  /// fsynced). Throws std::system_error when the writer failed: after a
-  /// failed write or fsync the store takes nothing more (the page cache can
-  /// no longer be trusted), and every later durable() throws too.
+  /// fsynced). Throws std::system_error when the round holding `seq`
+  /// failed: then the record is not on disk (a failed write() is cut back)
+  /// or the store has failed (a failed fsync or cut-back: every later
+  /// durable() throws too). Asked after its round completed, it answers
+  /// from memory (the 1,024 most recent failed rounds are kept).
   task<> durable(std::uint64_t seq);
   /// durable() of everything queued so far.
   task<> flush();
-  /// Throws the failure of an earlier write or fsync (std::system_error),
-  /// if any: a writer checks before it changes anything, so a write the
-  /// disk can no longer take is not applied.
+  /// Throws the failure that stopped the store (std::system_error), if any:
+  /// a writer checks before it changes anything.
   void check() const;
   /// Log records appended since the last snapshot.
   [[nodiscard]] std::uint64_t log_records() const noexcept { return log_records_; }

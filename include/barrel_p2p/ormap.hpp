@@ -121,8 +121,11 @@ class ormap {
   [[nodiscard]] const container& entries() const noexcept { return entries_; }
 
   /// Removes every entry whose winning write was made by `node` (values
-  /// only), returning their keys. Backs prune-on-peer-down.
-  std::vector<std::string> remove_values_by(const std::string& node);
+  /// only), returning their keys and dots. Backs prune-on-peer-down.
+  std::vector<std::pair<std::string, barrel_p2p::dot>> remove_values_by(const std::string& node);
+  /// Removes `key`'s value if its winning write is `d` (and nothing newer
+  /// replaced it): replays one prune-on-peer-down removal from a log.
+  bool remove_value_if(const std::string& key, const barrel_p2p::dot& d);
 
   friend bool operator==(const ormap&, const ormap&) = default;
 

@@ -56,10 +56,13 @@ struct replica_config {
   /// Mean interval between anti-entropy pulls (each jittered by ±25 %).
   duration anti_entropy_interval{30'000};
   double anti_entropy_jitter = 0.25;
-  /// Work items (deltas, snapshots, peer events) queued per instance; when
-  /// full, the OLDEST is dropped and counted (inbox_drops). Anti-entropy
-  /// repairs such drops for instances that opt in.
+  /// Work items (deltas, snapshots, peer events) queued per instance, and
+  /// the wire bytes of the deltas and snapshots among them: an item that
+  /// would go over either is dropped and counted (inbox_drops), so a peer
+  /// that sends faster than the owner merges costs bounded memory.
+  /// Anti-entropy repairs such drops for instances that opt in.
   std::size_t inbox_limit = 100'000;
+  std::size_t inbox_limit_bytes = std::size_t{64} << 20;
   /// Backpressure: a local write waits while a peer's send queue is more
   /// than half full (the transport's send_queue_limit), so a burst of puts
   /// slows to the network's pace instead of overflowing the queue and
@@ -92,6 +95,7 @@ struct replica_counters {
   std::uint64_t callback_errors = 0;
   std::uint64_t bad_messages = 0;      ///< payloads of unknown shape, ignored
   std::uint64_t inbox_drops = 0;
+  std::uint64_t inbox_bytes = 0;       ///< gauge: wire bytes of the work queued now
   std::uint64_t backpressure_waits = 0;  ///< local writes that waited for send-queue room
   std::uint64_t sync_parts_sent = 0;     ///< parts of chunked snapshots
   std::uint64_t sync_parts_received = 0;
