@@ -726,7 +726,7 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
 
 http_api::http_api(node& n, http_api_config config) {
   if (config.max_body_bytes == 0 || config.max_header_bytes == 0 || config.max_connections == 0 ||
-      config.websocket_queue == 0 || config.idle_timeout <= std::chrono::milliseconds{0})
+      config.websocket_queue == 0 || config.max_list_limit == 0 || config.idle_timeout <= std::chrono::milliseconds{0})
     throw std::invalid_argument("http_api: limits and idle_timeout must be positive");
   impl_ = std::make_shared<impl>(n, std::move(config));
 }

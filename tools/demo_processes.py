@@ -129,8 +129,17 @@ class Node:
             raise StepFailed("DELETE %s on %s: %s %s" % (key, self.name, status, body))
 
     def entries(self):
-        status, body = self.json("GET", "/maps/kv?limit=1000000")
-        return body["entries"] if status == 200 else None
+        # A listing comes in pages (at most max_list_limit entries each):
+        # follow next_after to the end.
+        out, target = {}, "/maps/kv?limit=10000"
+        while True:
+            status, body = self.json("GET", target)
+            if status != 200:
+                return None
+            out.update(body["entries"])
+            if not body.get("truncated"):
+                return out
+            target = "/maps/kv?limit=10000&after=" + urllib.parse.quote(body["next_after"], safe="")
 
     def status(self):
         try:

@@ -1,0 +1,274 @@
+// An authenticated member floods a node with every kind of message at full
+// speed over real TCP. What must hold meanwhile: the process's memory stays
+// within the budgets configured below, the honest nodes keep converging,
+// and the victim's HTTP API keeps answering.
+#include <barrel_p2p/clock_messages.hpp>
+#include <barrel_p2p/http_api.hpp>
+#include <barrel_p2p/hyparview_messages.hpp>
+#include <barrel_p2p/map.hpp>
+#include <barrel_p2p/plumtree_messages.hpp>
+#include <barrel_p2p/replica_messages.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/streambuf.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <doctest/doctest.h>
+
+#include "io_harness.hpp"
+
+#include <csignal>
+#include <fstream>
+#include <malloc.h>
+#include <sys/wait.h>
+#include <functional>
+#include <random>
+#include <unistd.h>
+
+using namespace barrel_p2p;
+using namespace barrel_p2p::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto use_tuple = boost::asio::as_tuple(boost::asio::use_awaitable);
+
+// Resident set of this process, bytes.
+std::size_t rss_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::size_t pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+// The victim's budgets, small enough that the bound below is meaningful.
+node_config bounded(const std::string& id) {
+  auto c = fast_tcp_config(id, "flood-test-secret");
+  c.broadcast.cache_max_bytes = 8 << 20;
+  c.broadcast.cache_max_messages = 20'000;
+  c.broadcast.max_missing = 20'000;
+  c.broadcast.graft_answer_bytes_per_second = 2 << 20;
+  c.broadcast.graft_answer_burst_bytes = 2 << 20;
+  c.replicas.inbox_limit_bytes = 8 << 20;
+  c.replicas.max_snapshot_bytes = 8 << 20;
+  c.replicas.anti_entropy_interval = 1s;
+  c.transport.send_queue_bytes_limit = 8 << 20;
+  return c;
+}
+
+// GET /status over a plain socket: the status code, or 0 when no answer came.
+task<int> http_status(std::uint16_t port) {
+  auto ex = co_await boost::asio::this_coro::executor;
+  boost::asio::ip::tcp::socket s(ex);
+  auto [ec] = co_await s.async_connect({boost::asio::ip::make_address("127.0.0.1"), port}, use_tuple);
+  if (ec) co_return 0;
+  const std::string request = "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  auto [wec, w] = co_await boost::asio::async_write(s, boost::asio::buffer(request), use_tuple);
+  if (wec) co_return 0;
+  boost::asio::streambuf buf;
+  auto [rec, r] = co_await boost::asio::async_read_until(s, buf, "\r\n", use_tuple);
+  if (rec) co_return 0;
+  std::istream line(&buf);
+  std::string version;
+  int status = 0;
+  line >> version >> status;
+  co_return status;
+}
+
+peer_descriptor ghost(std::mt19937_64& rng) {
+  const auto n = rng();
+  return peer_descriptor{"ghost" + std::to_string(n % 100000),
+                         peer_address("127.0.0.1", static_cast<std::uint16_t>(40000 + n % 20000))};
+}
+
+// One message of each kind the flood sends, by name.
+struct flood_kind {
+  const char* name;
+  channel ch;
+  std::function<message_body(std::mt19937_64&)> make;
+};
+
+std::vector<flood_kind> flood_kinds(const peer_descriptor& evil) {
+  const auto payload = share_bytes(std::vector<std::uint8_t>(16 * 1024, 0x41));
+  return {
+      {"JOIN", channel::membership, [evil](std::mt19937_64&) { return encode(join_message{evil}); }},
+      {"FORWARD_JOIN", channel::membership,
+       [](std::mt19937_64& rng) { return encode(forward_join_message{ghost(rng), rng() % 7}); }},
+      {"NEIGHBOR", channel::membership, [evil](std::mt19937_64&) { return encode(neighbor_message{evil, true}); }},
+      {"SHUFFLE", channel::membership,
+       [](std::mt19937_64& rng) {
+         shuffle_message m;
+         m.origin = ghost(rng);
+         m.ttl = rng() % 7;
+         for (int i = 0; i < 8; ++i) m.nodes.push_back(ghost(rng));
+         return encode(m);
+       }},
+      {"GOSSIP (16 KiB, unknown tag)", channel::broadcast,
+       [payload](std::mt19937_64& rng) {
+         return encode_gossip(broadcast_id("evil", rng()), "no-such-tag", 0, byte_slice(payload));
+       }},
+      {"IHAVE (512 ids)", channel::broadcast,
+       [](std::mt19937_64& rng) {
+         std::vector<announcement> ids;
+         for (int i = 0; i < 512; ++i) ids.push_back({broadcast_id("evil", rng()), 0});
+         return encode_ihave(ids, 0, ids.size());
+       }},
+      {"GRAFT", channel::broadcast,
+       [](std::mt19937_64& rng) { return encode_graft(broadcast_id("evil", rng()), 0); }},
+      {"PULL", channel::replica, [](std::mt19937_64&) { return encode(replica_pull{"kv"}); }},
+      {"PART (first of 64, 128 KiB)", channel::replica,
+       [](std::mt19937_64& rng) {
+         replica_part p;
+         p.name = "kv";
+         p.id = rng();
+         p.index = 0;
+         p.parts = 64;
+         p.bytes.assign(128 * 1024, 0xa0);
+         return encode(p);
+       }},
+      {"CLOCK PROBE", channel::clock, [](std::mt19937_64& rng) { return encode(clock_probe{rng()}); }},
+  };
+}
+
+// The attacker, in a child process so that its own send queues do not
+// count in the victim's memory: joins through `port`, says so on `ready`,
+// then floods each kind for 1.5 s in turn and exits.
+[[noreturn]] void run_attacker(std::uint16_t port, int ready) {
+  boost::asio::io_context io;
+  auto cfg = fast_tcp_config("evil", "flood-test-secret");
+  cfg.log = [](const std::string&) {};
+  cfg.contacts.push_back(peer_address("127.0.0.1", port));
+  node evil(io.get_executor(), cfg);
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await evil.start();
+    auto sched = make_real_scheduler(io.get_executor());
+    for (int i = 0; i < 5000 && !evil.net().is_connected("victim"); ++i) co_await sched->sleep(1ms);
+    const char byte = 1;
+    if (::write(ready, &byte, 1) != 1) ::_exit(3);
+    std::mt19937_64 rng(7);
+    for (const auto& kind : flood_kinds(evil.self())) {
+      const auto until = sched->now() + 1500ms;
+      while (sched->now() < until) {
+        // As fast as the attacker's own send queue takes them.
+        for (int i = 0; i < 64; ++i) evil.net().send("victim", kind.ch, kind.make(rng));
+        co_await sched->sleep(1ms);
+      }
+    }
+    ::_exit(0);
+  }, boost::asio::detached);
+  io.run();
+  ::_exit(2);
+}
+
+}  // namespace
+
+TEST_SUITE("hostile") {
+
+TEST_CASE("a member flooding every message type: bounded memory, the others converge, HTTP answers") {
+  boost::asio::io_context io;
+  std::vector<std::unique_ptr<node>> nodes;
+  std::vector<std::shared_ptr<map>> maps;
+  for (const char* id : {"victim", "b", "c"}) {
+    auto cfg = bounded(id);
+    if (!nodes.empty()) cfg.contacts.push_back(nodes[0]->self().address);
+    nodes.push_back(std::make_unique<node>(io.get_executor(), cfg));
+    auto& n = *nodes.back();
+    run(io, [&]() -> task<> { co_await n.start(); });
+    maps.push_back(map::open(n, "kv"));
+  }
+  http_api api(*nodes[0], {});
+  run(io, [&]() -> task<> {
+    co_await api.expose(maps[0]);
+    co_await api.start();
+  });
+  // Warm up: data on every node, then the baseline.
+  run(io, [&]() -> task<> {
+    for (int i = 0; i < 200; ++i) co_await maps[1]->put("warm" + std::to_string(i), i);
+  });
+  REQUIRE(eventually(io, [&] { return maps[0]->size() == 200 && maps[2]->size() == 200; }));
+  const auto rss_before = rss_bytes();
+
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::close(ready[0]);
+    run_attacker(nodes[0]->self().address.port, ready[1]);
+  }
+  ::close(ready[1]);
+  // Wait (serving the cluster meanwhile) until the attacker is connected.
+  bool attacker_ready = false;
+  run(io, [&]() -> task<> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    boost::asio::posix::stream_descriptor pipe(ex, ready[0]);
+    char byte = 0;
+    auto [ec, n] = co_await boost::asio::async_read(pipe, boost::asio::buffer(&byte, 1), use_tuple);
+    attacker_ready = !ec && n == 1;
+    pipe.release();
+  });
+  ::close(ready[0]);
+  REQUIRE(attacker_ready);
+
+  std::size_t peak = rss_before;
+  int http_asked = 0, http_ok = 0, honest_puts = 0;
+  const auto kinds = flood_kinds(peer_descriptor{});
+  run(io, [&]() -> task<> {
+    auto sched = make_real_scheduler(io.get_executor());
+    const auto start = sched->now();
+    std::size_t reported = 0;
+    // The flood runs 1.5 s per kind; sample a little past its end.
+    while (sched->now() < start + 1500ms * static_cast<int>(kinds.size()) + 1s) {
+      ++http_asked;
+      if (co_await http_status(api.port()) == 200) ++http_ok;
+      const int k = honest_puts++;
+      co_await maps[1]->put("during" + std::to_string(k), k);
+      peak = std::max(peak, rss_bytes());
+      const auto phase = static_cast<std::size_t>((sched->now() - start) / 1500ms);
+      if (phase > reported && reported < kinds.size()) {
+        auto& v = *nodes[0];
+        MESSAGE(std::string(kinds[reported].name), ": RSS ", rss_bytes() >> 20, " MiB, heap in use ",
+                ::mallinfo2().uordblks >> 20, " MiB; victim: ",
+                v.broadcast().counters().missing, " missing ids, ", v.broadcast().counters().cache_bytes >> 10,
+                " KiB cached, ", maps[0]->replica_stats().inbox_bytes >> 10, " KiB in the inbox, ",
+                v.replicas().partial_snapshot_bytes() >> 10, " KiB of partial snapshots, ",
+                v.membership().counters().dials_refused, " dials refused, fullest send queue ",
+                v.net().fullest_send_queue(), "; b: ", nodes[1]->broadcast().counters().missing, " missing, ",
+                nodes[1]->broadcast().counters().cache_bytes >> 10, " KiB cached, queue ",
+                nodes[1]->net().fullest_send_queue(), "; c: ", nodes[2]->broadcast().counters().missing, " missing");
+        reported = phase;
+      }
+      co_await sched->sleep(250ms);
+    }
+  }, 120s);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  MESSAGE("RSS before ", rss_before >> 20, " MiB, peak ", peak >> 20, " MiB, after ", rss_bytes() >> 20, " MiB");
+  // The budgets above: the victim holds at most 8 MiB of cache, 8 in the
+  // inbox, 8 of partial snapshots and 8 per send queue (b, c, the
+  // attacker): 48 MiB; b and c relay what it relays, 8 of cache and 2 send
+  // queues each: 48 more. Missing ids (20,000) and allocator slack on top.
+  CHECK(peak - rss_before < (128u << 20));
+  CHECK(http_asked > 0);
+  CHECK(http_ok == http_asked);
+  // The honest writes made during the flood reach every node.
+  const auto expected = 200u + static_cast<std::size_t>(honest_puts);
+  CHECK(eventually(io, [&] { return maps[0]->size() == expected && maps[2]->size() == expected; }, 60s));
+
+  run(io, [&]() -> task<> {
+    co_await api.stop();
+    for (auto& n : nodes) co_await n->stop();
+  });
+}
+
+}  // TEST_SUITE
