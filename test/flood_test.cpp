@@ -41,6 +41,20 @@ namespace {
 
 constexpr auto use_tuple = boost::asio::as_tuple(boost::asio::use_awaitable);
 
+// AddressSanitizer keeps freed memory in quarantine and adds shadow memory:
+// resident sizes say nothing about the code's bounds there.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool rss_is_meaningful = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool rss_is_meaningful = false;
+#else
+constexpr bool rss_is_meaningful = true;
+#endif
+#else
+constexpr bool rss_is_meaningful = true;
+#endif
+
 // Resident set of this process, bytes.
 std::size_t rss_bytes() {
   std::ifstream statm("/proc/self/statm");
@@ -258,7 +272,8 @@ TEST_CASE("a member flooding every message type: bounded memory, the others conv
   // inbox, 8 of partial snapshots and 8 per send queue (b, c, the
   // attacker): 48 MiB; b and c relay what it relays, 8 of cache and 2 send
   // queues each: 48 more. Missing ids (20,000) and allocator slack on top.
-  CHECK(peak - rss_before < (128u << 20));
+  if (rss_is_meaningful) CHECK(peak - rss_before < (128u << 20));
+  else MESSAGE("memory bound not checked under AddressSanitizer");
   CHECK(http_asked > 0);
   CHECK(http_ok == http_asked);
   // The honest writes made during the flood reach every node.
