@@ -212,7 +212,7 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
       if (failed) {
         post_completed(last,
                        std::make_exception_ptr(std::system_error(
-                           EIO, std::generic_category(), "map_store: an earlier fsync failed; the store is closed")),
+                           EIO, std::generic_category(), "map_store: the store takes no more writes since an earlier failure")),
                        true);
         continue;
       }
