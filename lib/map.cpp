@@ -219,8 +219,12 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
 
   // Under the unique lock: counters() reads the store from any thread.
   void close_store() {
-    std::unique_lock lock(mu);
-    store.reset();  // joins the store's threads
+    std::unique_ptr<map_store> closing;
+    {
+      std::unique_lock lock(mu);
+      closing = std::move(store);
+    }
+    closing.reset();  // joins the store's threads, readers not held up
   }
 
   static task<> do_put(std::shared_ptr<impl> self, std::string key, json value) {
@@ -294,8 +298,15 @@ std::shared_ptr<map> map::open(node& n, const std::string& name, map_options opt
   auto i = std::make_shared<impl>(n, name, std::move(options));
   if (i->options.persist) {
     i->dir = n.config().data_dir / "maps" / name;
+    // Weak: the store's lines are posted to the executor and may run after
+    // the map is gone (a map destroyed without close()).
+    std::weak_ptr<impl> weak = i;
     i->store = std::make_unique<map_store>(
-        i->dir, n.get_executor(), [i = i.get()](const std::string& line) { i->log(line); }, i->options.disk_faults);
+        i->dir, n.get_executor(),
+        [weak](const std::string& line) {
+          if (auto self = weak.lock()) self->log(line);
+        },
+        i->options.disk_faults);
     // Recovered entries go through the same validation and clock as peer data.
     auto r = crdt_wire::ingest(i->state, i->store->recovered(), n.clock(), i->leaf());
     std::unique_lock lock(i->mu);

@@ -260,7 +260,7 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
       // Final either way (the page cache can no longer be trusted), but the
       // round was refused: try to take it out of the file, so a restart does
       // not bring back writes the callers were told had failed.
-      const bool removed = cut_back() && ::fsync(log_fd) == 0;
+      const bool removed = cut_back();
       throw std::system_error(fsync_errno, std::generic_category(),
                               removed ? "map_store: fsync log"
                                       : "map_store: fsync log (the refused records may remain in the log)");
@@ -268,7 +268,9 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
     synced_size += records.size();
   }
 
-  bool cut_back() { return ::ftruncate(log_fd, static_cast<off_t>(synced_size)) == 0; }
+  // Made durable, so a crash before the next round cannot bring back
+  // records of the refused one.
+  bool cut_back() { return ::ftruncate(log_fd, static_cast<off_t>(synced_size)) == 0 && ::fsync(log_fd) == 0; }
 
   void write(const std::deque<store_job>& batch) {
     std::vector<std::uint8_t> records;
@@ -381,16 +383,17 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
     if (fd < 0) fail("open " + tmp.string());
     try {
       write_all(fd, framed.data(), framed.size(), "write snapshot");
-    } catch (...) {
+      if (::fsync(fd) != 0) fail("fsync snapshot");
       ::close(fd);
+      std::filesystem::rename(tmp, dir / "snapshot");
+    } catch (...) {
+      // A half-written snapshot can be as large as the map: on a full disk
+      // it must not stay and keep the space the log needs.
+      ::close(fd);
+      std::error_code ec;
+      std::filesystem::remove(tmp, ec);
       throw;
     }
-    if (::fsync(fd) != 0) {
-      ::close(fd);
-      fail("fsync snapshot");
-    }
-    ::close(fd);
-    std::filesystem::rename(tmp, dir / "snapshot");
     fsync_dir(dir);
     // The snapshot says it covers them: deleting them is now only tidying
     // (recovery skips what the snapshot covers).

@@ -7,6 +7,7 @@
 #include "barrel_p2p/task_group.hpp"
 #include "log_limiter.hpp"
 
+#include <limits>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -122,7 +123,8 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
         name(std::move(n)),
         callbacks(cb),
         inbox_in(host->sched.get_executor()),
-        inbox(inbox_in.subscribe(host->config.inbox_limit + 1)),  // enqueue bounds it first
+        // enqueue bounds data items first; peer events may go past the limit
+        inbox(inbox_in.subscribe(std::numeric_limits<std::size_t>::max())),
         loops(host->sched.get_executor()) {}
 
   // Peers with a snapshot push already queued: repeated pulls (anti-entropy,
@@ -137,8 +139,12 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     if (stopped) return;
     const auto& cfg = host->config;
     // One item is always let in, however large (a full sync of a big map).
+    // Peer events (a peer to push to, a node down) carry no data and are
+    // bounded by membership changes: never dropped, or a flood of tiny
+    // deltas could make a node skip a prune.
+    const bool control = w.what == work_item::kind::push_to || w.what == work_item::kind::node_down;
     const bool over_bytes = counters.inbox_bytes > 0 && counters.inbox_bytes + w.bytes > cfg.inbox_limit_bytes;
-    if (queued_items >= cfg.inbox_limit || over_bytes) {
+    if (!control && (queued_items >= cfg.inbox_limit || over_bytes)) {
       ++counters.inbox_drops;
       if (drop_log.allow(host->sched.now(), std::chrono::seconds(10)))
         host->log("replica " + name + ": inbox full (" + std::to_string(queued_items) + " items, " +
@@ -238,7 +244,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     while (auto w = co_await inbox.next()) {
       --queued_items;
       counters.inbox_bytes -= w->bytes;
-      if (stopped) co_return;
+      if (stopped) continue;  // drain: what is queued is dropped and uncounted
       switch (w->what) {
         case work_item::kind::delta:
           co_await guarded("merge_delta", [&]() { return callbacks.merge_delta(name, w->body); });

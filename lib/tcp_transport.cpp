@@ -638,7 +638,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
         asio::detached);
     co_await lookup->done.async_wait(use_tuple);
     if (!lookup->completed) {
-      log("cannot resolve " + detail::printable(addr.host) + " within the connect timeout");
+      if (!stopping_) log("cannot resolve " + detail::printable(addr.host) + " within the connect timeout");
       co_return std::nullopt;
     }
     if (lookup->ec || lookup->endpoints.empty()) {

@@ -56,6 +56,8 @@ def run(args):
     binary = os.path.abspath(args.node_binary)
     if not os.access(binary, os.X_OK):
         raise StepFailed("no node binary at %s (build first: tools/setup)" % binary)
+    if args.minutes < args.warmup_minutes + 2:
+        raise StepFailed("--minutes must be at least --warmup-minutes + 2 (two separate minutes to compare)")
     workdir = tempfile.mkdtemp(prefix="barrel-p2p-soak-")
     secret_file = os.path.join(workdir, "cluster.secret")
     with open(secret_file, "w") as f:
@@ -143,6 +145,7 @@ def run(args):
         say("node      RSS first min after warm-up   RSS last min   peak    growth")
         for name, a, b, peak, g in rows:
             say("%-8s  %8.1f MiB                  %8.1f MiB  %6.1f MiB  %+5.1f %%" % (name, a, b, peak, g * 100))
+        flat = flat and bool(rows)  # nothing judged is not flat
         say("soak: memory %s (limit +%.0f %%), nodes %s"
             % ("flat" if flat else "NOT flat", args.flat * 100, "converged" if converged else "did NOT converge"))
         if args.json:
