@@ -279,11 +279,15 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
     const auto flush_records = [&] {
       if (records.empty()) return;
       write_records(records);
+      {
+        // Counted before the waiters hear of it: a caller that resumes
+        // from durable() sees its fsync in stats().
+        std::lock_guard lock(mu);
+        stats.records_appended += appended;
+        ++stats.fsyncs;
+      }
       // Records of this run are durable even if a later run fails.
       post_completed(run_last, nullptr, false);
-      std::lock_guard lock(mu);
-      stats.records_appended += appended;
-      ++stats.fsyncs;
       records.clear();
       appended = 0;
     };
