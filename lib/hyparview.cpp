@@ -67,8 +67,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   // peers; dials per peer that caused them, and dials in flight.
   detail::token_bucket eviction_budget;
   detail::token_bucket join_forward_budget;
-  std::map<std::string, detail::token_bucket> dial_budgets;
-  static constexpr std::size_t max_dial_budgets = 1024;
+  detail::per_peer_buckets dial_budgets{config.dials_per_peer_per_second, 4 * config.dials_per_peer_per_second};
   std::size_t dials_in_flight = 0;
   bool repairing = false;
   bool rejoining = false;
@@ -266,13 +265,8 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   // Whether a message from `from` may make this node dial: its per-peer
   // budget and the dials in flight. The caller holds a dial_slot meanwhile.
   bool may_dial_for(const std::string& from) {
-    const auto now = sched.now();
-    if (dial_budgets.size() >= max_dial_budgets && !dial_budgets.contains(from))
-      std::erase_if(dial_budgets, [&](const auto& e) { return !is_active(e.first); });
-    auto it = dial_budgets
-                  .try_emplace(from, config.dials_per_peer_per_second, 4 * config.dials_per_peer_per_second, now)
-                  .first;
-    if (dials_in_flight >= config.max_dials_in_flight || !it->second.take(now)) {
+    if (dials_in_flight >= config.max_dials_in_flight ||
+        !dial_budgets.take(from, sched.now(), 1, [&](const std::string& p) { return is_active(p); })) {
       ++counters.dials_refused;
       return false;
     }

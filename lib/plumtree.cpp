@@ -287,21 +287,14 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
              encode_gossip(*msg.id, it->second.tag, it->second.round + 1, it->second.payload));
   }
 
-  // Erased on peer_down; a peer outside the active view (views are briefly
-  // asymmetric while they change) is answered too, and when such entries
-  // pile up they are dropped: a fresh bucket is full, so dropping one
-  // never lowers a peer's budget below what a newcomer gets.
-  std::map<std::string, detail::token_bucket> graft_budgets;  // payload bytes per peer
-  static constexpr std::size_t max_graft_budgets = 1024;
+  // Payload bytes per peer. Forgotten on peer_down; a peer outside the
+  // active view (views are briefly asymmetric while they change) is
+  // answered too, its bucket dropped first when they pile up.
+  detail::per_peer_buckets graft_budgets{static_cast<double>(config.graft_answer_bytes_per_second),
+                                         static_cast<double>(config.graft_answer_burst_bytes)};
   bool spend_graft_budget(const std::string& peer, std::size_t bytes) {
-    const auto now = sched.now();
-    if (graft_budgets.size() >= max_graft_budgets && !graft_budgets.contains(peer))
-      std::erase_if(graft_budgets, [&](const auto& e) { return !is_peer(e.first); });
-    auto it = graft_budgets
-                  .try_emplace(peer, static_cast<double>(config.graft_answer_bytes_per_second),
-                               static_cast<double>(config.graft_answer_burst_bytes), now)
-                  .first;
-    return it->second.take(now, static_cast<double>(bytes));
+    return graft_budgets.take(peer, sched.now(), static_cast<double>(bytes),
+                              [&](const std::string& p) { return is_peer(p); });
   }
 
   void on(const std::string& from, const prune_message&) {
@@ -333,7 +326,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       eager.erase(ev.peer.id);
       lazy.erase(ev.peer.id);
       pending_ihave.erase(ev.peer.id);
-      graft_budgets.erase(ev.peer.id);
+      graft_budgets.forget(ev.peer.id);
       duplicate_streak.erase(ev.peer.id);
       for (auto& [id, m] : missing)
         std::erase_if(m.announcers, [&](const auto& a) { return a.first == ev.peer.id; });

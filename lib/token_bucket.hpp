@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
+#include <string>
 
 namespace barrel_p2p::detail {
 
@@ -31,6 +33,30 @@ class token_bucket {
   double burst_;
   double tokens_;
   duration refilled_;
+};
+
+/// One bucket per peer, made full on first use. At most `max_peers` are
+/// kept: past that, the buckets of peers `keep` rejects are dropped (a
+/// fresh bucket is full, so dropping one never lowers a peer's budget
+/// below what a newcomer gets).
+class per_peer_buckets {
+ public:
+  per_peer_buckets(double rate_per_second, double burst, std::size_t max_peers = 1024)
+      : rate_(rate_per_second), burst_(burst), max_peers_(max_peers) {}
+
+  template <class Keep>
+  bool take(const std::string& peer, duration now, double n, Keep&& keep) {
+    if (buckets_.size() >= max_peers_ && !buckets_.contains(peer))
+      std::erase_if(buckets_, [&](const auto& e) { return !keep(e.first); });
+    return buckets_.try_emplace(peer, rate_, burst_, now).first->second.take(now, n);
+  }
+  void forget(const std::string& peer) { buckets_.erase(peer); }
+
+ private:
+  double rate_;
+  double burst_;
+  std::size_t max_peers_;
+  std::map<std::string, token_bucket> buckets_;
 };
 
 }  // namespace barrel_p2p::detail

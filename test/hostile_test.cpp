@@ -94,6 +94,21 @@ struct membership_range {
   }
 };
 
+// A raw member `id`, connected to `target` (authenticated: it is on the
+// network), that sends whatever a test wants.
+std::unique_ptr<transport> connected_raw(boost::asio::io_context& io, sim_network& net, const std::string& id,
+                                         const peer_address& target) {
+  auto raw = net.add_node(id);
+  bool connected = false;
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await raw->start();
+    connected = (co_await raw->connect(target)).has_value();
+  }, boost::asio::detached);
+  net.run_for(100ms);
+  REQUIRE(connected);
+  return raw;
+}
+
 }  // namespace
 
 TEST_CASE("membership abuse: high-priority NEIGHBORs cannot churn a full active view") {
@@ -183,14 +198,7 @@ TEST_CASE("a peer outside the active view that starts a large snapshot and hangs
 
   // A raw member: connected (authenticated, on TCP), never in a's active
   // view, so a never sees a peer_down for it.
-  auto raw = net.add_node("raw");
-  bool connected = false;
-  boost::asio::co_spawn(io, [&]() -> task<> {
-    co_await raw->start();
-    connected = (co_await raw->connect(a.self().address)).has_value();
-  }, boost::asio::detached);
-  net.run_for(100ms);
-  REQUIRE(connected);
+  auto raw = connected_raw(io, net, "raw", a.self().address);
   CHECK_FALSE(a.membership().is_active("raw"));
 
   // The first of 64 parts of a snapshot, 512 KiB; then silence, and a hang-up.
@@ -202,6 +210,7 @@ TEST_CASE("a peer outside the active view that starts a large snapshot and hangs
   CHECK(a.replicas().partial_snapshot_bytes() == 0);
 
   // While it stays connected, a partial snapshot is kept (the rest may come).
+  bool connected = false;
   boost::asio::co_spawn(io, [&]() -> task<> { connected = (co_await raw->connect(a.self().address)).has_value(); },
                         boost::asio::detached);
   net.run_for(100ms);
@@ -251,14 +260,7 @@ TEST_CASE("a peer that sends deltas faster than they merge fills the inbox only 
   }, boost::asio::detached);
   net.run_for(1s);
   REQUIRE(owner.rep);
-  auto raw = net.add_node("raw");
-  bool connected = false;
-  boost::asio::co_spawn(io, [&]() -> task<> {
-    co_await raw->start();
-    connected = (co_await raw->connect(a.self().address)).has_value();
-  }, boost::asio::detached);
-  net.run_for(100ms);
-  REQUIRE(connected);
+  auto raw = connected_raw(io, net, "raw", a.self().address);
   // 64 deltas of 512 KiB, one per millisecond: 32 MiB against a 4 MiB inbox.
   const std::string big(512 * 1024, 'x');
   const auto wall = a.sched().wall_ms();
