@@ -111,7 +111,7 @@ def measure(binary, n, puts, rate, workdir):
             node = demo_processes.Node("p%d" % i, binary, workdir, secret, nodes[0] if nodes else None, args)
             node.start()
             nodes.append(node)
-        demo_processes.wait_until("every node answers", lambda: all(x.status() for x in nodes), 30)
+        demo_processes.wait_until("every node answers", lambda: all(x.answers() for x in nodes), 30)
         demo_processes.wait_until("a connected overlay", lambda: demo_processes.overlay_ok(nodes), 30)
         arrivals = [dict() for _ in nodes]
         for node, arr in zip(nodes, arrivals):

@@ -14,6 +14,7 @@ Exits non-zero if any step does not converge; leaves no process behind.
 import argparse
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -35,10 +36,33 @@ def say(text=""):
     print(text, flush=True)
 
 
+_ports_given = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port no other process listens on, chosen below the kernel's
+    ephemeral range: a port from inside it (what bind to port 0 returns) can
+    be taken by some process's outgoing connection between this check and the
+    daemon's bind, and the daemon would then fail to start."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(10000, max(low, 10001))
+        if port in _ports_given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    raise StepFailed("no free port below %d" % low)
 
 
 class Node:
@@ -141,6 +165,13 @@ class Node:
                 return out
             target = "/maps/kv?limit=10000&after=" + urllib.parse.quote(body["next_after"], safe="")
 
+    def answers(self):
+        """Whether it serves /status yet; a daemon that exited fails the
+        step at once, with its log's last lines, instead of at the timeout."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise StepFailed("%s exited with status %s before answering" % (self.name, self.proc.returncode))
+        return self.status() is not None
+
     def status(self):
         try:
             status, body = self.json("GET", "/status")
@@ -223,7 +254,7 @@ def run(args):
             n = Node("node%d" % (i + 1), binary, workdir, secret_file, nodes[0] if nodes else None, args)
             n.start()
             nodes.append(n)
-        t = wait_until("every node answers /status", lambda: all(n.status() for n in nodes), 30)
+        t = wait_until("every node answers /status", lambda: all(n.answers() for n in nodes), 30)
         say("   all %d answer on HTTP after %.2f s" % (len(nodes), t))
 
         say("\n== 2. Form the cluster")

@@ -73,7 +73,7 @@ def run(args):
             n = Node("node%d" % (i + 1), binary, workdir, secret_file, nodes[0] if nodes else None, node_args)
             n.start()
             nodes.append(n)
-        wait_until("every node answers /status", lambda: all(n.status() for n in nodes), 30)
+        wait_until("every node answers /status", lambda: all(n.answers() for n in nodes), 30)
         wait_until("a connected overlay", lambda: demo_processes.overlay_ok(nodes), 60)
         say("soak: %d nodes, %.0f writes/s over %d keys, one restart every %d s, %d minutes"
             % (len(nodes), args.rate, args.keys, args.churn_s, args.minutes))
