@@ -124,6 +124,17 @@ std::optional<hello_message> parse_hello(const json& j) noexcept {
 
 json make_heartbeat() { return {{"hb", 1}}; }
 
+json make_hold_notice(bool held) { return {{"hold", held ? 1 : 0}}; }
+
+std::optional<bool> parse_hold_notice(const json& control) noexcept {
+  if (!control.is_object()) return std::nullopt;
+  const auto it = control.find("hold");
+  if (it == control.end() || !it->is_number_unsigned()) return std::nullopt;
+  const auto v = it->get<std::uint64_t>();
+  if (v > 1) return std::nullopt;
+  return v == 1;
+}
+
 handshake_nonce random_nonce() {
   handshake_nonce n{};
   if (RAND_bytes(n.data(), static_cast<int>(n.size())) != 1)

@@ -62,6 +62,7 @@ const field<transport_counters> transport_fields[] = {
     {"barrel_p2p_transport_bad_frames_total", K::counter, "Frames rejected: oversized, unknown channel, undecodable body.", &transport_counters::bad_frames},
     {"barrel_p2p_transport_send_queue_drops_total", K::counter, "Messages dropped because a peer's send queue was full.", &transport_counters::send_queue_drops},
     {"barrel_p2p_transport_heartbeat_timeouts_total", K::counter, "Connections closed because the peer fell silent.", &transport_counters::heartbeat_timeouts},
+    {"barrel_p2p_transport_read_holds_total", K::counter, "Times reading from a peer stopped because a layer's queued work from it was over budget (hold_reading).", &transport_counters::read_holds},
 };
 
 const field<hyparview_counters> membership_fields[] = {
@@ -125,6 +126,7 @@ const field<replica_counters> replica_fields[] = {
     {"barrel_p2p_replica_callback_errors_total", K::counter, "Replica callbacks that threw.", &replica_counters::callback_errors},
     {"barrel_p2p_replica_bad_messages_total", K::counter, "Replica payloads of unknown shape, ignored.", &replica_counters::bad_messages},
     {"barrel_p2p_replica_inbox_drops_total", K::counter, "Work items dropped by a full inbox (inbox_limit items or inbox_limit_bytes).", &replica_counters::inbox_drops},
+    {"barrel_p2p_replica_inbox_peer_holds_total", K::counter, "Times a neighbour's reading was held: its deltas and snapshots queued here were over inbox_peer_limit_bytes.", &replica_counters::inbox_peer_holds},
     {"barrel_p2p_replica_inbox_bytes", K::gauge, "Wire bytes of the deltas and snapshots waiting in the inbox.", &replica_counters::inbox_bytes},
     {"barrel_p2p_replica_backpressure_waits_total", K::counter, "Local writes that waited for send-queue room.", &replica_counters::backpressure_waits},
     {"barrel_p2p_replica_sync_parts_sent_total", K::counter, "Parts of chunked full-sync snapshots sent.", &replica_counters::sync_parts_sent},

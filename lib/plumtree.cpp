@@ -204,15 +204,16 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     const bool grafted = remember(msg.id, msg.tag, msg.payload, msg.round);
     if (is_peer(from)) to_eager(from);
     push(msg.id, msg.tag, msg.payload, msg.round + 1, from, grafted && config.flood_after_graft);
-    deliver(msg.id, msg.tag, msg.payload, msg.round);
+    deliver(msg.id, msg.tag, msg.payload, msg.round, from);
   }
 
-  void deliver(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t hops) {
+  void deliver(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t hops,
+               const std::string& from) {
     auto it = subscribers.find(tag);
     if (it == subscribers.end()) return;  // relayed for others, not for us
     ++counters.delivered;
     try {
-      it->second(tag, payload, id.origin, hops);
+      it->second(delivery{tag, payload, id.origin, hops, from});
     } catch (const std::exception& ex) {
       log("subscriber for tag '" + tag + "' threw: " + ex.what());
     }

@@ -22,7 +22,7 @@ namespace {
 struct work_item {
   enum class kind { delta, custom, snapshot, push_to, node_down } what;
   json body;         // delta, custom payload or snapshot
-  std::string peer;  // push_to, node_down
+  std::string peer;  // push_to, node_down; for the others the neighbour it came from
   std::size_t bytes = 0;  // the body's wire size, for inbox_limit_bytes
 };
 
@@ -56,10 +56,10 @@ struct replica_host::impl {
         rng(config.seed ? config.seed : std::random_device{}()), loops(s.get_executor()) {
     if (config.anti_entropy_interval <= duration{0} || config.anti_entropy_jitter < 0 ||
         config.anti_entropy_jitter >= 1 || config.inbox_limit == 0 || config.inbox_limit_bytes == 0 ||
-        config.backpressure_max_wait < duration{0} || config.sync_chunk_bytes < 1024 ||
+        config.inbox_peer_limit_bytes == 0 || config.backpressure_max_wait < duration{0} || config.sync_chunk_bytes < 1024 ||
         config.max_snapshot_bytes < config.sync_chunk_bytes || config.max_snapshot_items == 0)
       throw std::invalid_argument(
-          "replica_config: anti_entropy_interval must be positive, jitter in [0, 1), inbox_limit and inbox_limit_bytes > 0, "
+          "replica_config: anti_entropy_interval must be positive, jitter in [0, 1), inbox_limit, inbox_limit_bytes and inbox_peer_limit_bytes > 0, "
           "backpressure_max_wait >= 0, sync_chunk_bytes >= 1024, max_snapshot_bytes >= sync_chunk_bytes, "
           "max_snapshot_items > 0");
   }
@@ -155,11 +155,38 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     if (w.what == work_item::kind::push_to && !pushes_queued.insert(w.peer).second) return;
     ++queued_items;
     counters.inbox_bytes += w.bytes;
+    if (!control) charge(w.peer, w.bytes);
     inbox_in.publish(std::move(w));
   }
 
+  // The receive budget (inbox_peer_limit_bytes): bytes queued per neighbour,
+  // and the hold on reading it while they are over budget. Entries exist
+  // only for neighbours with work queued.
+  struct peer_load {
+    std::size_t bytes = 0;
+    read_hold hold;
+  };
+  std::map<std::string, peer_load> loads;
+  void charge(const std::string& peer, std::size_t bytes) {
+    if (peer.empty() || bytes == 0) return;
+    auto& load = loads[peer];
+    load.bytes += bytes;
+    if (!load.hold && load.bytes > host->config.inbox_peer_limit_bytes) {
+      ++counters.inbox_peer_holds;
+      load.hold = host->net.hold_reading(peer);
+    }
+  }
+  void discharge(const std::string& peer, std::size_t bytes) {
+    auto it = loads.find(peer);
+    if (it == loads.end()) return;
+    auto& load = it->second;
+    load.bytes -= std::min(load.bytes, bytes);
+    if (load.hold && load.bytes <= host->config.inbox_peer_limit_bytes / 2) load.hold.reset();
+    if (load.bytes == 0 && !load.hold) loads.erase(it);
+  }
+
   // Plumtree delivery for our tag: the payload is decoded here, once.
-  void on_broadcast(const byte_slice& bytes) {
+  void on_broadcast(const byte_slice& bytes, const std::string& from) {
     auto payload = parse_replica_payload(bytes.bytes());
     if (!payload) {
       ++counters.bad_messages;
@@ -168,10 +195,10 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     }
     if (auto* d = std::get_if<replica_delta>(&*payload)) {
       ++counters.deltas_received;
-      enqueue({work_item::kind::delta, std::move(d->delta), {}, bytes.size()});
+      enqueue({work_item::kind::delta, std::move(d->delta), from, bytes.size()});
     } else {
       ++counters.customs_received;
-      enqueue({work_item::kind::custom, std::move(std::get<replica_custom>(*payload).payload), {}, bytes.size()});
+      enqueue({work_item::kind::custom, std::move(std::get<replica_custom>(*payload).payload), from, bytes.size()});
     }
   }
 
@@ -244,6 +271,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     while (auto w = co_await inbox.next()) {
       --queued_items;
       counters.inbox_bytes -= w->bytes;
+      if (w->what != work_item::kind::push_to && w->what != work_item::kind::node_down) discharge(w->peer, w->bytes);
       if (stopped) continue;  // drain: what is queued is dropped and uncounted
       switch (w->what) {
         case work_item::kind::delta:
@@ -303,12 +331,12 @@ bool replica_host::impl::on_message(const std::string& from, const byte_slice& b
   }
   if (!instance) return true;  // not started on this node
   if (auto* sync = std::get_if<replica_sync>(&*parsed.message)) {
-    instance->enqueue({work_item::kind::snapshot, std::move(sync->snapshot), {}, body.size()});
+    instance->enqueue({work_item::kind::snapshot, std::move(sync->snapshot), from, body.size()});
   } else if (auto* part = std::get_if<replica_part>(&*parsed.message)) {
     ++instance->counters.sync_parts_received;
     const auto assembled = part->parts * config.sync_chunk_bytes;  // at most
     if (auto whole = on_part(from, *part, instance->counters))
-      instance->enqueue({work_item::kind::snapshot, std::move(*whole), {}, assembled});
+      instance->enqueue({work_item::kind::snapshot, std::move(*whole), from, assembled});
   } else {
     instance->enqueue({work_item::kind::push_to, {}, from});
   }
@@ -426,8 +454,8 @@ std::shared_ptr<replica> replica::start(replica_host& host, std::string name, re
   auto i = std::make_shared<impl>(h, name, callbacks);
   // The name is the broadcast tag; plumtree refuses a second subscriber.
   std::weak_ptr<impl> weak = i;
-  h->broadcast.subscribe(name, [weak](const std::string&, const byte_slice& payload, const std::string&, std::uint64_t) {
-    if (auto p = weak.lock()) p->on_broadcast(payload);
+  h->broadcast.subscribe(name, [weak](const plumtree::delivery& d) {
+    if (auto p = weak.lock()) p->on_broadcast(d.payload, std::string(d.from));
   });
   h->instances[name] = i;
   i->loops.spawn("replica_inbox", impl::inbox_loop(i));

@@ -1,12 +1,14 @@
 #include "barrel_p2p/sim_network.hpp"
 
 #include "barrel_p2p/cbor.hpp"
+#include "read_hold_table.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <deque>
 #include <map>
 #include <stdexcept>
 
@@ -26,6 +28,15 @@ struct sim_node {
   transport_counters counters;
   std::map<std::string, std::uint64_t> links;  // peer id -> link epoch
   duration wall_skew{0};                        // this node's wall clock minus true time
+  // hold_reading: messages from a held peer wait here, in order, as they
+  // would in TCP's buffers (unbounded: the sender's side is not modelled).
+  struct parked_message {
+    std::uint64_t epoch;
+    channel ch;
+    shared_bytes body;
+  };
+  std::unique_ptr<detail::read_hold_table> holds;
+  std::map<std::string, std::deque<parked_message>> parked;
 };
 
 struct event {
@@ -123,6 +134,28 @@ struct sim_network::impl {
   void deliver(const std::string& from, const std::string& to, std::uint64_t epoch, channel ch,
                const shared_bytes& body) {
     auto& dst = node(to);
+    if (dst.holds->held(from) || dst.parked.contains(from)) {
+      dst.parked[from].push_back({epoch, ch, body});
+      return;
+    }
+    handle(dst, from, epoch, ch, body);
+  }
+
+  // A peer's last hold is gone: what waited is read, in order, until the
+  // peer is held again.
+  void resume(const std::string& to, const std::string& from) {
+    auto& dst = node(to);
+    auto it = dst.parked.find(from);
+    while (it != dst.parked.end() && !dst.holds->held(from)) {
+      auto m = std::move(it->second.front());
+      it->second.pop_front();
+      if (it->second.empty()) dst.parked.erase(it);
+      handle(dst, from, m.epoch, m.ch, m.body);
+      it = dst.parked.find(from);  // the handler may have parked more
+    }
+  }
+
+  void handle(sim_node& dst, const std::string& from, std::uint64_t epoch, channel ch, const shared_bytes& body) {
     auto it = dst.links.find(from);
     if (it == dst.links.end() || it->second != epoch || !dst.alive || !dst.attached) {
       ++stats.messages_lost;
@@ -274,6 +307,12 @@ class sim_transport final : public transport {
     return out;
   }
   const transport_counters& counters() const override { return me().counters; }
+  read_hold hold_reading(const std::string& peer_id) override {
+    bool first = false;
+    auto hold = me().holds->take(peer_id, &first);
+    if (first) ++me().counters.read_holds;
+    return hold;
+  }
 
  private:
   sim_node& me() const { return *net_.nodes[index_]; }
@@ -320,6 +359,11 @@ std::unique_ptr<transport> sim_network::add_node(const std::string& id) {
   if (index > 65535) throw std::length_error("sim_network: at most 65536 nodes");
   auto n = std::make_unique<sim_node>();
   n->desc = {id, {"sim", static_cast<std::uint16_t>(index)}};
+  // Resumed from the timeline, not inside the releasing code (often a
+  // handler itself).
+  n->holds = std::make_unique<detail::read_hold_table>([net = impl_.get(), id](const std::string& peer) {
+    net->schedule(duration{0}, [net, id, peer] { net->resume(id, peer); });
+  });
   impl_->nodes.push_back(std::move(n));
   impl_->index_of[id] = index;
   return std::make_unique<sim_transport>(*impl_, index);

@@ -16,6 +16,7 @@
 #include "barrel_p2p/task_group.hpp"
 #include "log_limiter.hpp"
 #include "printable.hpp"
+#include "read_hold_table.hpp"
 #include "tls_context.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -56,6 +57,9 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
 // Handshake messages are a few hundred bytes of flat maps.
 constexpr cbor_limits handshake_cbor_limits{4, 64};
+// While the peer holds its reading of us (a hold notice), a write may stall
+// this many heartbeat timeouts before the peer counts as not reading.
+constexpr int held_write_timeout_factor = 6;
 // Body reads go through read_some in pieces this large at most, so a frame
 // that trickles in still counts as "heard from the peer".
 constexpr std::size_t read_chunk = 64 * 1024;
@@ -83,6 +87,11 @@ struct frame_queue {
   void push(queued_frame f) {
     bytes += cost(f);
     frames.push_back(std::move(f));
+  }
+  // Ahead of everything queued: a control frame independent of the order.
+  void push_front(queued_frame f) {
+    bytes += cost(f);
+    frames.push_front(std::move(f));
   }
   queued_frame pop() {
     auto f = std::move(frames.front());
@@ -121,6 +130,7 @@ struct connection {
       : raw(std::move(s)),
         tls_context(std::move(context)),
         wake(raw.get_executor(), asio::steady_timer::time_point::max()),
+        read_wake(raw.get_executor(), asio::steady_timer::time_point::max()),
         tls(use_tls),
         outbound(is_outbound) {}
 
@@ -137,6 +147,9 @@ struct connection {
   detail::tls_session tls_session;
   std::optional<tls_stream> stream;  // TLS modes, once the handshake starts
   asio::steady_timer wake;  // the writer idles on it; send() and closes cancel it
+  asio::steady_timer read_wake;  // the reader waits on it while its peer is held
+  bool read_held = false;        // the reader is waiting for a read_hold to end
+  bool held_by_peer = false;     // the peer said it holds its reading of us
   const bool tls;
   const bool outbound;
   std::string remote;          // for log lines
@@ -174,12 +187,14 @@ struct connection {
     closing = why;
     closing_since = now;
     wake.cancel();
+    read_wake.cancel();  // a held reader drains too, until the peer closes
   }
   void close_socket() {
     error_code ignored;
     socket().shutdown(tcp::socket::shutdown_both, ignored);
     socket().close(ignored);
     wake.cancel();
+    read_wake.cancel();
   }
 };
 
@@ -408,6 +423,36 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   }
 
   bool is_connected(const std::string& peer_id) const { return peers_.contains(peer_id); }
+
+  // The reader stops before its next frame (one already being read is
+  // still delivered); from now on the peer's silence is not counted, and
+  // the peer is told (see watch_loop).
+  read_hold hold_reading(const std::string& peer_id) {
+    bool first = false;
+    auto hold = read_holds_.take(peer_id, &first);
+    if (first) {
+      ++counters_.read_holds;
+      for (const auto& c : connections_)
+        if (c->state == conn_state::established && c->peer.id == peer_id) start_hold(*c);
+    }
+    return hold;
+  }
+  void start_hold(connection& c) {
+    if (c.read_held) return;
+    c.read_held = true;
+    send_hold_notice(c, true);
+  }
+
+  // The last hold on a peer is gone: its readers go on.
+  void resume_reading(const std::string& peer_id) {
+    for (const auto& c : connections_) {
+      if (c->peer.id != peer_id || !c->read_held) continue;
+      c->read_held = false;
+      c->last_received = clock_now();  // its silence was ours
+      send_hold_notice(*c, false);
+      c->read_wake.cancel();
+    }
+  }
 
   std::size_t fullest_send_queue() const {
     std::size_t most = 0;
@@ -909,6 +954,13 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   task<disconnect_reason> read_loop(std::shared_ptr<connection> conn) {
     try {
       for (;;) {
+        // A receive budget (hold_reading): the peer's frames wait in TCP.
+        // Its silence meanwhile is ours: the watchdog does not count it.
+        while (read_holds_.held(conn->peer.id) && !conn->closing) {
+          start_hold(*conn);  // (already, unless it connected while held)
+          conn->read_wake.expires_at(asio::steady_timer::time_point::max());
+          co_await conn->read_wake.async_wait(use_tuple);
+        }
         auto in = co_await read_frame(conn, config_.max_frame_bytes);
         switch (in.st) {
           case frame_in::status::ok: break;
@@ -919,11 +971,18 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
             co_return disconnect_reason::protocol_error;
         }
         if (in.ch == channel::control) {
-          // A heartbeat: hearing it was the point; it must still be one.
-          if (!decode_cbor(*in.body, handshake_cbor_limits)) {
+          // A heartbeat (hearing it was the point) or a hold notice; it
+          // must still be CBOR.
+          auto control = decode_cbor(*in.body, handshake_cbor_limits);
+          if (!control) {
             ++counters_.bad_frames;
             log("closing connection to " + describe(*conn) + ": bad frame: undecodable control body");
             co_return disconnect_reason::protocol_error;
+          }
+          if (auto held = parse_hold_notice(*control)) {
+            conn->held_by_peer = *held;
+            // A write stalled by the hold is judged from its end.
+            if (!*held && conn->write_started) conn->write_started = clock_now();
           }
           continue;
         }
@@ -937,6 +996,14 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     } catch (...) {
       co_return disconnect_reason::closed_locally;  // cancelled
     }
+  }
+
+  // Ahead of the queue and outside its limits: two tiny frames per hold.
+  void send_hold_notice(connection& conn, bool held) {
+    if (conn.closing) return;
+    const auto body = encode_body(make_hold_notice(held));
+    conn.queue.push_front({encode_frame_header(channel::control, body.size()), body});
+    conn.wake.cancel();
   }
 
   // False when the handler found the bytes are not a message.
@@ -1010,20 +1077,24 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
           if (now - conn->closing_since >= limit) co_return *conn->closing;
           next = conn->closing_since + limit;
         } else {
-          if (now - conn->last_received >= limit) {
+          if (!conn->read_held && now - conn->last_received >= limit) {
             ++counters_.heartbeat_timeouts;
             log("nothing heard from " + describe(*conn) + " for " +
                 std::to_string(limit.count()) + " ms: closing");
             co_return disconnect_reason::heartbeat_timeout;
           }
-          if (conn->write_started && now - *conn->write_started >= limit) {
+          // A peer that holds its reading of us (its queued work from us is
+          // over its budget) gets longer before a stalled write counts as
+          // "not reading"; its heartbeats still must come.
+          const auto write_limit = conn->held_by_peer ? held_write_timeout_factor * limit : limit;
+          if (conn->write_started && now - *conn->write_started >= write_limit) {
             ++counters_.heartbeat_timeouts;
-            log(describe(*conn) + " has not read for " + std::to_string(limit.count()) +
+            log(describe(*conn) + " has not read for " + std::to_string(write_limit.count()) +
                 " ms: closing");
             co_return disconnect_reason::heartbeat_timeout;
           }
-          next = conn->last_received + limit;
-          if (conn->write_started) next = std::min(next, *conn->write_started + limit);
+          next = conn->read_held ? now + limit : conn->last_received + limit;
+          if (conn->write_started) next = std::min(next, *conn->write_started + write_limit);
           // A close may begin while we sleep; look again then.
           next = std::min(next, now + std::max(config_.heartbeat_interval, duration{1}));
         }
@@ -1180,6 +1251,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   transport::disconnected_handler on_disconnected_;
   std::array<transport::message_handler, channel_count> handlers_;
   transport_counters counters_;
+  detail::read_hold_table read_holds_{[this](const std::string& peer_id) { resume_reading(peer_id); }};
 
   std::map<std::string, peer_entry> peers_;                      // connected, by id
   std::vector<std::shared_ptr<connection>> connections_;         // every live socket
@@ -1229,6 +1301,7 @@ class tcp_transport_handle final : public tcp_transport {
   std::vector<std::string> connected_peers() const override { return impl_->connected_peers(); }
   std::size_t fullest_send_queue() const override { return impl_->fullest_send_queue(); }
   std::size_t send_queue_limit() const override { return impl_->send_queue_limit(); }
+  read_hold hold_reading(const std::string& peer_id) override { return impl_->hold_reading(peer_id); }
   const transport_counters& counters() const override { return impl_->counters(); }
   void set_cluster_secrets(std::string primary, std::vector<std::string> accepted) override {
     impl_->set_cluster_secrets(std::move(primary), std::move(accepted));

@@ -26,6 +26,7 @@ class forwarding_transport : public transport {
   void disconnect(const std::string& peer) override { inner_->disconnect(peer); }
   bool is_connected(const std::string& peer) const override { return inner_->is_connected(peer); }
   std::vector<std::string> connected_peers() const override { return inner_->connected_peers(); }
+  read_hold hold_reading(const std::string& peer) override { return inner_->hold_reading(peer); }
   const transport_counters& counters() const override { return inner_->counters(); }
 
  private:

@@ -285,3 +285,59 @@ TEST_CASE("a peer that sends deltas faster than they merge fills the inbox only 
   }, boost::asio::detached);
   net.run_for(5s);
 }
+
+TEST_CASE("a neighbour whose deltas queue past inbox_peer_limit_bytes is held, not dropped; another's still get in") {
+  boost::asio::io_context io;
+  sim_network net(io, {});
+  node_config cfg;
+  cfg.transport.node_id = "a";
+  cfg.log = [](const std::string&) {};
+  cfg.replicas.inbox_limit_bytes = 8 << 20;
+  cfg.replicas.inbox_peer_limit_bytes = 2 << 20;
+  node a(net, cfg);
+  slow_owner owner(a.sched());
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await a.start();
+    owner.rep = replica::start(a.replicas(), "kv", owner);
+  }, boost::asio::detached);
+  net.run_for(1s);
+  REQUIRE(owner.rep);
+  auto flooder = connected_raw(io, net, "flooder", a.self().address);
+  auto honest = connected_raw(io, net, "honest", a.self().address);
+  // The flooder: 64 deltas of 512 KiB, one per millisecond (32 MiB, four
+  // times the whole inbox). The honest peer: one small delta every 10 ms.
+  const std::string big(512 * 1024, 'x');
+  const auto wall = a.sched().wall_ms();
+  std::uint32_t honest_seq = 0;
+  for (std::uint32_t i = 0; i < 64; ++i) {
+    const entry e = value_entry{big, {"flooder", {wall, i}}};
+    const auto payload = encode_delta_payload("f" + std::to_string(i), e);
+    flooder->send("a", channel::broadcast,
+                  encode_gossip(broadcast_id("flooder", i + 1), "kv", 0, byte_slice(payload)));
+    if (i % 10 == 0) {
+      ++honest_seq;
+      const entry h = value_entry{"small", {"honest", {wall, honest_seq}}};
+      const auto p = encode_delta_payload("h" + std::to_string(honest_seq), h);
+      honest->send("a", channel::broadcast, encode_gossip(broadcast_id("honest", honest_seq), "kv", 0, byte_slice(p)));
+    }
+    net.run_for(1ms);
+  }
+  net.run_for(10s);
+  const auto& stats = owner.rep->counters();
+  MESSAGE("merged ", owner.merged, ", dropped ", stats.inbox_drops, ", most bytes queued ", owner.most_queued,
+          ", holds ", stats.inbox_peer_holds);
+  CHECK(stats.inbox_drops == 0);                       // nothing lost: the flooder waited instead
+  CHECK(owner.merged == 64 + honest_seq);              // every delta of both peers merged
+  CHECK(stats.inbox_peer_holds > 0);
+  CHECK(a.net().counters().read_holds > 0);
+  // At most the budget, plus the frame that crossed it, plus the honest deltas.
+  CHECK(owner.most_queued <= (2u << 20) + 512 * 1024 + 64 * 1024);
+  CHECK(stats.inbox_bytes == 0);
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await flooder->stop();
+    co_await honest->stop();
+    co_await owner.rep->stop();
+    co_await a.stop();
+  }, boost::asio::detached);
+  net.run_for(5s);
+}

@@ -54,8 +54,8 @@ struct bcluster {
       b->membership->start();
       b->broadcast->start();
       auto* raw = b.get();
-      b->broadcast->subscribe("t", [raw](const std::string&, const byte_slice& p, const std::string&, std::uint64_t) {
-        ++raw->received[*cbor_reader(p.bytes()).uint()];
+      b->broadcast->subscribe("t", [raw](const plumtree::delivery& d) {
+        ++raw->received[*cbor_reader(d.payload.bytes()).uint()];
       });
       nodes.push_back(std::move(b));
     }

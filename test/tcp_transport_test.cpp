@@ -720,6 +720,83 @@ TEST_CASE("heartbeats keep idle connections up") {
   });
 }
 
+TEST_CASE("a read hold stops reading a peer (TCP pushes back) without a heartbeat timeout; releasing it reads on in order") {
+  run_test([](executor ex) -> task<> {
+    auto cfg_a = config_for("a");
+    cfg_a.heartbeat_interval = 30ms;
+    cfg_a.heartbeat_timeout = 300ms;
+    auto cfg_b = cfg_a;
+    cfg_b.node_id = "b";
+    auto a = make_node(ex, cfg_a);
+    auto b = make_node(ex, cfg_b);
+    co_await a->t->start();
+    co_await b->t->start();
+    // Held before it connects: the hold applies from its first frame.
+    auto hold = a->t->hold_reading("b");
+    auto second = a->t->hold_reading("b");  // holds count: both must go
+    CHECK(a->counters().read_holds == 1);
+    REQUIRE(co_await a->t->connect(b->address()));
+    REQUIRE(co_await eventually([&] { return b->t->is_connected("a"); }));
+
+    // 64 MiB from b: far more than the kernel's socket buffers hold.
+    int sent = 0;
+    for (int i = 0; i < 256; ++i) {
+      if (b->t->send("a", channel::broadcast, encode_body(json{{"i", i}, {"pad", std::string(256 * 1024, 'x')}})))
+        ++sent;
+      if (i % 16 == 0) co_await pause(1ms);
+    }
+    CHECK(sent > 0);
+    // Four heartbeat timeouts later: nothing read, nothing delivered, the
+    // connection up on both sides (b was told: its write timeout waits six),
+    // and b's data waiting in its own queue.
+    co_await pause(1200ms);
+    CHECK(a->messages.empty());
+    CHECK(a->t->is_connected("b"));
+    CHECK(b->t->is_connected("a"));
+    CHECK(a->downs.empty());
+    CHECK(b->downs.empty());
+    CHECK(a->counters().heartbeat_timeouts == 0);
+    CHECK(b->counters().heartbeat_timeouts == 0);
+    CHECK(b->t->fullest_send_queue() > 0);  // TCP pushed back on b
+    MESSAGE("sent ", sent, " messages of 256 KiB; b's send queue still holds ", b->t->fullest_send_queue());
+
+    hold.reset();
+    co_await pause(200ms);
+    CHECK(a->messages.empty());  // one hold still there
+    second.reset();
+    const bool all = co_await eventually([&] { return a->messages.size() == static_cast<std::size_t>(sent); });
+    INFO("delivered ", a->messages.size(), ", downs ", a->downs.size(), " ", b->downs.size(), ", b queue ",
+         b->t->fullest_send_queue());
+    REQUIRE(all);
+    for (int i = 0; i < sent; ++i) CHECK(a->messages[static_cast<std::size_t>(i)].body["i"] == i);
+    CHECK(a->downs.empty());
+    CHECK(a->counters().read_holds == 1);
+    co_await stop_all(*a, *b);
+  });
+}
+
+TEST_CASE("a read hold does not keep a peer that stops reading too: the write timeout closes it") {
+  run_test([](executor ex) -> task<> {
+    auto cfg = plain_config_for("a");
+    cfg.heartbeat_interval = 30ms;
+    cfg.heartbeat_timeout = 300ms;
+    auto a = make_node(ex, cfg);
+    co_await a->t->start();
+    auto raw = co_await raw_connect(a->address());
+    REQUIRE(co_await raw_handshake(raw, "sink"));
+    REQUIRE(co_await eventually([&] { return a->t->is_connected("sink"); }));
+    auto hold = a->t->hold_reading("sink");
+    // The raw peer reads nothing (and takes no notice of the hold): a's
+    // writes stall once the buffers fill.
+    const auto large = encode_body(std::string(1 << 20, 'x'));
+    for (int i = 0; i < 48; ++i) (void)a->t->send("sink", channel::broadcast, large);
+    REQUIRE(co_await eventually([&] { return a->downs.size() == 1; }));
+    CHECK(a->downs[0].second == disconnect_reason::heartbeat_timeout);
+    CHECK(a->logged("has not read"));
+    co_await a->t->stop();
+  });
+}
+
 TEST_CASE("a full send queue drops new messages and counts them") {
   run_test([](executor ex) -> task<> {
     auto cfg = plain_config_for("a");

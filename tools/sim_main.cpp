@@ -98,8 +98,8 @@ struct cluster {
       nodes.push_back(std::make_unique<node>(net, c));
       auto* me = this;
       nodes.back()->broadcast().subscribe(
-          "probe", [me, i](const std::string&, const byte_slice& p, const std::string&, std::uint64_t hops) {
-            if (auto k = cbor_reader(p.bytes()).uint()) me->delivered[*k].emplace(i, hops);
+          "probe", [me, i](const plumtree::delivery& d) {
+            if (auto k = cbor_reader(d.payload.bytes()).uint()) me->delivered[*k].emplace(i, d.hops);
           });
     }
   }

@@ -102,6 +102,13 @@ struct hello_message {
 
 /// The heartbeat sent on an idle connection (channel control).
 [[nodiscard]] json make_heartbeat();
+/// A hold notice (channel control): {"hold": 1} when this node stops
+/// reading the connection for a receive budget (transport::hold_reading),
+/// {"hold": 0} when it reads again. A node that does not know it takes it
+/// for a heartbeat.
+[[nodiscard]] json make_hold_notice(bool held);
+/// Whether a control body is a hold notice, and which; nullopt otherwise.
+[[nodiscard]] std::optional<bool> parse_hold_notice(const json& control) noexcept;
 
 /// 32 bytes from the OpenSSL CSPRNG. Throws std::runtime_error if it fails.
 [[nodiscard]] handshake_nonce random_nonce();

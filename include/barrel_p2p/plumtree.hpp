@@ -25,6 +25,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace barrel_p2p {
 
@@ -118,13 +119,19 @@ struct plumtree_counters {
 
 class plumtree {
  public:
+  /// One message handed to a subscriber. The views are valid during the
+  /// call only; the payload may be kept.
+  struct delivery {
+    std::string_view tag;
+    byte_slice payload;       ///< the bytes the origin broadcast, immutable and shared
+    std::string_view origin;  ///< the node that broadcast it
+    std::uint64_t hops = 0;   ///< links crossed to get here (1 for the origin's neighbours)
+    std::string_view from;    ///< the neighbour it came from: whose reading to hold when
+                              ///< the subscriber's queued work is over its budget
+  };
   /// Called once per message, on every node but its origin, in the order
-  /// received. `origin` is the node that broadcast it; `hops` the number of
-  /// links the payload crossed to get here (1 for the origin's neighbours).
-  /// `payload` is the bytes the origin broadcast (the handler decodes them;
-  /// they may be kept, they are immutable and shared).
-  using delivery_handler = std::function<void(const std::string& tag, const byte_slice& payload,
-                                              const std::string& origin, std::uint64_t hops)>;
+  /// received.
+  using delivery_handler = std::function<void(const delivery&)>;
 
   plumtree(transport& net, hyparview& membership, scheduler& sched, plumtree_config config = {});
   ~plumtree();

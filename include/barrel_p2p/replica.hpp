@@ -63,6 +63,12 @@ struct replica_config {
   /// Anti-entropy repairs such drops for instances that opt in.
   std::size_t inbox_limit = 100'000;
   std::size_t inbox_limit_bytes = std::size_t{64} << 20;
+  /// A receive budget per peer: when the deltas and snapshots queued here
+  /// that came from one neighbour pass this many wire bytes, the transport
+  /// stops reading that neighbour (transport::hold_reading) until they are
+  /// back under half of it. One fast or hostile peer then waits in TCP
+  /// instead of filling the inbox and making it drop what others send.
+  std::size_t inbox_peer_limit_bytes = std::size_t{16} << 20;
   /// Backpressure: a local write waits while a peer's send queue is more
   /// than half full (the transport's send_queue_limit), so a burst of puts
   /// slows to the network's pace instead of overflowing the queue and
@@ -96,6 +102,7 @@ struct replica_counters {
   std::uint64_t bad_messages = 0;      ///< payloads of unknown shape, ignored
   std::uint64_t inbox_drops = 0;
   std::uint64_t inbox_bytes = 0;       ///< gauge: wire bytes of the work queued now
+  std::uint64_t inbox_peer_holds = 0;  ///< times a peer's reading was held: over inbox_peer_limit_bytes
   std::uint64_t backpressure_waits = 0;  ///< local writes that waited for send-queue room
   std::uint64_t sync_parts_sent = 0;     ///< parts of chunked snapshots
   std::uint64_t sync_parts_received = 0;

@@ -157,6 +157,25 @@ struct transport_counters {
   std::uint64_t bad_frames = 0;          ///< oversized, unknown channel, bad CBOR
   std::uint64_t send_queue_drops = 0;    ///< messages dropped by a full send queue
   std::uint64_t heartbeat_timeouts = 0;
+  std::uint64_t read_holds = 0;          ///< times reading from a peer stopped for a read_hold
+};
+
+/// While alive, the transport reads nothing more from one peer (see
+/// transport::hold_reading). Move-only; releasing the last hold on a peer
+/// resumes reading it. Empty when default-constructed or moved from.
+class read_hold {
+ public:
+  read_hold() = default;
+  explicit read_hold(std::shared_ptr<void> release) : release_(std::move(release)) {}
+  read_hold(read_hold&&) noexcept = default;
+  read_hold& operator=(read_hold&&) noexcept = default;
+  read_hold(const read_hold&) = delete;
+  read_hold& operator=(const read_hold&) = delete;
+  explicit operator bool() const noexcept { return release_ != nullptr; }
+  void reset() noexcept { release_.reset(); }
+
+ private:
+  std::shared_ptr<void> release_;  // its deleter releases the hold
 };
 
 class transport {
@@ -210,6 +229,17 @@ class transport {
   /// it overflow.
   [[nodiscard]] virtual std::size_t fullest_send_queue() const { return 0; }
   [[nodiscard]] virtual std::size_t send_queue_limit() const { return 0; }
+
+  /// A receive budget: while the returned hold (or another on the same peer)
+  /// is alive, nothing more is read from `peer_id`, so the peer's own sends
+  /// back up and TCP pushes back on it. For a layer whose queued work from
+  /// one peer is over its budget. The frame being handled is not affected.
+  /// Meanwhile the peer's silence is not held against it (its heartbeats are
+  /// not read); a peer that also stops reading is still closed by the write
+  /// timeout. Holds may be taken on a peer not connected (they apply if it
+  /// connects) and must be released: a hold kept forever is a peer never
+  /// read again. On the node's executor; the hold may outlive the transport.
+  [[nodiscard]] virtual read_hold hold_reading(const std::string& peer_id) = 0;
   [[nodiscard]] virtual const transport_counters& counters() const = 0;
 };
 
