@@ -1,5 +1,5 @@
 // libFuzzer target: bytes as a peer sends them -> frame header -> CBOR body
-// -> hello validator, the path every byte takes before a peer has
+// -> hello validator (and the control hold notice), the path every byte takes before a peer has
 // authenticated. Any crash, sanitizer report or escaping exception is a bug;
 // so is a broken invariant (__builtin_trap).
 #include <barrel_p2p/cbor.hpp>
@@ -23,6 +23,11 @@ void check_message(const json& j) {
     if (!back || back->version != hello->version || back->self != hello->self ||
         back->nonce != hello->nonce)
       __builtin_trap();
+  }
+  // A control body after the handshake: a hold notice round-trips too.
+  if (auto held = parse_hold_notice(j)) {
+    auto again = parse_hold_notice(make_hold_notice(*held));
+    if (!again || *again != *held) __builtin_trap();
   }
 }
 
