@@ -150,6 +150,15 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
     ingest(snapshot);
     co_return;
   }
+  // Range reconciliation: the state's items, tracked since open().
+  const sync_index* sync_items(const std::string&) override { return state.sync_items(); }
+  task<std::optional<json>> snapshot_of(const std::string&, const std::vector<sync_item>& items) override {
+    json out = json::object();
+    for (const auto& item : items)
+      if (const auto* key = state.key_of(item)) out[*key] = crdt_wire::encode_entry(*state.get_entry(*key));
+    if (out.empty()) co_return std::nullopt;
+    co_return out;
+  }
   task<std::optional<json>> full_sync_snapshot(const std::string&) override {
     if (state.entry_count() == 0) co_return std::nullopt;
     co_return crdt_wire::encode_map(state);
@@ -296,6 +305,7 @@ std::shared_ptr<map> map::open(node& n, const std::string& name, map_options opt
     throw map_error("map " + name + ": persist needs the node's data_dir");
 
   auto i = std::make_shared<impl>(n, name, std::move(options));
+  i->state.track_sync_items();
   if (i->options.persist) {
     i->dir = n.config().data_dir / "maps" / name;
     // Weak: the store's lines are posted to the executor and may run after

@@ -132,6 +132,10 @@ const field<replica_counters> replica_fields[] = {
     {"barrel_p2p_replica_sync_parts_sent_total", K::counter, "Parts of chunked full-sync snapshots sent.", &replica_counters::sync_parts_sent},
     {"barrel_p2p_replica_sync_parts_received_total", K::counter, "Parts of chunked full-sync snapshots received.", &replica_counters::sync_parts_received},
     {"barrel_p2p_replica_snapshots_too_large_total", K::counter, "Snapshots not sent: over max_snapshot_bytes.", &replica_counters::snapshots_too_large},
+    {"barrel_p2p_replica_reconcile_rounds_total", K::counter, "Range reconciliations this node opened (anti-entropy, connect, late start, request_sync).", &replica_counters::reconcile_rounds},
+    {"barrel_p2p_replica_reconcile_messages_sent_total", K::counter, "Range reconciliation messages sent.", &replica_counters::reconcile_sent},
+    {"barrel_p2p_replica_reconcile_messages_received_total", K::counter, "Range reconciliation messages received.", &replica_counters::reconcile_received},
+    {"barrel_p2p_replica_reconcile_entries_sent_total", K::counter, "Entries pushed to peers because reconciliation showed they lacked them.", &replica_counters::reconcile_items_sent},
 };
 
 const field<clock_monitor_counters> clock_fields[] = {

@@ -82,18 +82,59 @@ std::size_t ormap::live_size() const {
 
 bool ormap::merge_entry(const std::string& key, entry&& incoming) {
   auto [it, inserted] = entries_.try_emplace(key, std::move(incoming));
-  if (inserted) return true;
-  if (!entry_wins(incoming, it->second)) return false;
-  it->second = std::move(incoming);
+  if (!inserted) {
+    if (!entry_wins(incoming, it->second)) return false;
+    untrack(it->first, it->second);
+    it->second = std::move(incoming);
+  }
+  track(it->first, it->second);
   return true;
 }
 
 bool ormap::merge_entry(const std::string& key, const entry& incoming) {
   auto [it, inserted] = entries_.try_emplace(key, incoming);
-  if (inserted) return true;
-  if (!entry_wins(incoming, it->second)) return false;
-  it->second = incoming;
+  if (!inserted) {
+    if (!entry_wins(incoming, it->second)) return false;
+    untrack(it->first, it->second);
+    it->second = incoming;
+  }
+  track(it->first, it->second);
   return true;
+}
+
+sync_item sync_item_of(const std::string& key, const entry& e) {
+  if (const auto* v = std::get_if<value_entry>(&e)) return {v->dot.hlc.pack(), sync_key_id(key, v->dot.node)};
+  return {std::get<tombstone>(e).hlc.pack(), sync_key_id(key, {})};
+}
+
+void ormap::track_sync_items() {
+  if (tracking_.t) return;
+  tracking_.t = std::make_unique<tracking>();
+  for (const auto& [k, e] : entries_) track(k, e);
+}
+
+void ormap::track(const std::string& key, const entry& e) {
+  if (!tracking_.t) return;
+  const auto item = sync_item_of(key, e);
+  tracking_.t->index.insert(item);
+  tracking_.t->keys[item.id] = &key;
+}
+
+void ormap::untrack(const std::string& key, const entry& e) {
+  if (!tracking_.t) return;
+  const auto item = sync_item_of(key, e);
+  tracking_.t->index.erase(item);
+  auto it = tracking_.t->keys.find(item.id);
+  if (it != tracking_.t->keys.end() && it->second == &key) tracking_.t->keys.erase(it);
+}
+
+const std::string* ormap::key_of(const sync_item& item) const {
+  if (!tracking_.t) return nullptr;
+  const auto it = tracking_.t->keys.find(item.id);
+  if (it == tracking_.t->keys.end()) return nullptr;
+  const auto e = entries_.find(*it->second);
+  if (e == entries_.end() || sync_item_of(e->first, e->second) != item) return nullptr;
+  return it->second;
 }
 
 std::vector<std::string> ormap::merge(const ormap& other) {
@@ -112,9 +153,11 @@ void ormap::absorb_clock(hlc_clock& clock) const {
 }
 
 std::size_t ormap::gc_tombstones(std::uint64_t cutoff_wall_ms) {
-  return std::erase_if(entries_, [cutoff_wall_ms](const auto& kv) {
+  return std::erase_if(entries_, [this, cutoff_wall_ms](const auto& kv) {
     const auto* t = std::get_if<tombstone>(&kv.second);
-    return t && t->hlc.wall_ms < cutoff_wall_ms;
+    if (!t || t->hlc.wall_ms >= cutoff_wall_ms) return false;
+    untrack(kv.first, kv.second);
+    return true;
   });
 }
 
@@ -123,6 +166,7 @@ std::vector<std::pair<std::string, dot>> ormap::remove_values_by(const std::stri
   for (auto it = entries_.begin(); it != entries_.end();) {
     auto* v = std::get_if<value_entry>(&it->second);
     if (v && v->dot.node == node) {
+      untrack(it->first, it->second);
       removed.emplace_back(it->first, std::move(v->dot));
       it = entries_.erase(it);
     } else {
@@ -137,6 +181,7 @@ bool ormap::remove_value_if(const std::string& key, const dot& d) {
   if (it == entries_.end()) return false;
   const auto* v = std::get_if<value_entry>(&it->second);
   if (!v || v->dot != d) return false;
+  untrack(it->first, it->second);
   entries_.erase(it);
   return true;
 }

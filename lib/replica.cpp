@@ -15,15 +15,20 @@
 namespace barrel_p2p {
 
 task<> replica_callbacks::merge_custom(const std::string&, const json&) { co_return; }
+const sync_index* replica_callbacks::sync_items(const std::string&) { return nullptr; }
+task<std::optional<json>> replica_callbacks::snapshot_of(const std::string&, const std::vector<sync_item>&) {
+  co_return std::nullopt;
+}
 
 namespace {
 
 // Work for an instance's loop, processed in arrival order.
 struct work_item {
-  enum class kind { delta, custom, snapshot, push_to, node_down } what;
+  enum class kind { delta, custom, snapshot, push_to, node_down, reconcile } what;
   json body;         // delta, custom payload or snapshot
   std::string peer;  // push_to, node_down; for the others the neighbour it came from
   std::size_t bytes = 0;  // the body's wire size, for inbox_limit_bytes
+  std::optional<range_sync_message> ranges;  // reconcile
 };
 
 }  // namespace
@@ -220,16 +225,56 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     std::optional<json> snapshot;
     co_await guarded("full_sync_snapshot", [&]() -> task<> { snapshot = co_await callbacks.full_sync_snapshot(name); });
     if (!snapshot || stopped) co_return;
+    send_snapshot(peer, std::move(*snapshot));
+  }
+
+  // ---- range reconciliation (owners with sync_items) ---------------------
+  const sync_index* reconciling() { return stopped ? nullptr : callbacks.sync_items(name); }
+
+  void send_ranges(const std::string& peer, range_sync_message m) {
+    ++counters.reconcile_sent;
+    host->net.send(peer, channel::replica, encode(replica_reconcile{name, std::move(m)}));
+  }
+
+  // Opens an exchange: our whole state as one fingerprint (or a short list).
+  void start_reconcile(const std::string& peer) {
+    const auto* index = reconciling();
+    if (!index) return;
+    ++counters.reconcile_rounds;
+    send_ranges(peer, range_sync_start(*index, host->config.range_sync));
+  }
+
+  // One message of an exchange: the entries the peer lacks go first (in
+  // snapshots of a bounded size), then our answer.
+  task<> answer_ranges(std::string peer, range_sync_message message) {
+    const auto* index = reconciling();
+    if (!index) co_return;
+    const auto& cfg = host->config;
+    auto step = range_sync_answer(*index, message, cfg.range_sync);
+    for (std::size_t from = 0; from < step.send.size() && !stopped; from += cfg.reconcile_batch_items) {
+      const auto to = std::min(step.send.size(), from + cfg.reconcile_batch_items);
+      const std::vector<sync_item> batch(step.send.begin() + static_cast<std::ptrdiff_t>(from),
+                                         step.send.begin() + static_cast<std::ptrdiff_t>(to));
+      std::optional<json> snapshot;
+      co_await guarded("snapshot_of", [&]() -> task<> { snapshot = co_await callbacks.snapshot_of(name, batch); });
+      if (!snapshot || stopped) continue;
+      counters.reconcile_items_sent += batch.size();
+      send_snapshot(peer, std::move(*snapshot));
+    }
+    if (step.reply && !stopped) send_ranges(peer, std::move(*step.reply));
+  }
+
+  void send_snapshot(const std::string& peer, json snapshot_json) {
     // Full sync goes straight to the peer, not through the broadcast tree.
     // The whole message is encoded once; only a snapshot too big for one
     // message is encoded again, alone, to be cut into parts.
     const auto& cfg = host->config;
-    replica_sync message{name, std::move(*snapshot)};
+    replica_sync message{name, std::move(snapshot_json)};
     auto whole = encode(message);
     if (whole.size() <= cfg.sync_chunk_bytes) {
       ++counters.syncs_sent;
       host->net.send(peer, channel::replica, whole);
-      co_return;
+      return;
     }
     whole = {};
     auto bytes = encode_cbor(message.snapshot);
@@ -237,7 +282,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
       ++counters.snapshots_too_large;
       host->log("replica " + name + ": snapshot of " + std::to_string(bytes.size()) +
                 " bytes is over max_snapshot_bytes; not sent to " + peer);
-      co_return;
+      return;
     }
     // Parts go out in order on one connection; the receiver reassembles
     // them in order. A part the send queue drops ends this sync (the next
@@ -253,12 +298,12 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
       // No backpressure wait here: this runs in the instance's inbox loop,
       // and at most max_snapshot_bytes / sync_chunk_bytes parts (64) cannot
       // fill a send queue; waiting would stall incoming deltas instead.
-      if (stopped) co_return;
+      if (stopped) return;
       ++counters.sync_parts_sent;
       if (!host->net.send(peer, channel::replica, encode(replica_part{name, id, i, parts, std::move(slice)}))) {
         host->log("replica " + name + ": part " + std::to_string(i) + " of a snapshot for " + peer +
                   " was not queued; the sync is abandoned");
-        co_return;
+        return;
       }
     }
   }
@@ -291,8 +336,17 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
         case work_item::kind::node_down:
           co_await guarded("remove_node", [&]() { return callbacks.remove_node(name, w->peer); });
           break;
+        case work_item::kind::reconcile:
+          co_await answer_ranges(w->peer, std::move(*w->ranges));
+          break;
       }
     }
+  }
+
+  // A sync request: by ranges when the owner reconciles, else a pull.
+  void sync_with(const std::string& peer) {
+    if (reconciling()) return start_reconcile(peer);
+    pull_from(peer);
   }
 
   void pull_from(const std::string& peer) {
@@ -313,7 +367,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
       auto peers = host->membership.active_view();
       if (peers.empty()) continue;
       ++counters.anti_entropy_rounds;
-      pull_from(peers[std::uniform_int_distribution<std::size_t>(0, peers.size() - 1)(host->rng)].id);
+      sync_with(peers[std::uniform_int_distribution<std::size_t>(0, peers.size() - 1)(host->rng)].id);
     }
   }
 
@@ -337,6 +391,11 @@ bool replica_host::impl::on_message(const std::string& from, const byte_slice& b
     const auto assembled = part->parts * config.sync_chunk_bytes;  // at most
     if (auto whole = on_part(from, *part, instance->counters))
       instance->enqueue({work_item::kind::snapshot, std::move(*whole), from, assembled});
+  } else if (auto* rc = std::get_if<replica_reconcile>(&*parsed.message)) {
+    ++instance->counters.reconcile_received;
+    work_item w{work_item::kind::reconcile, {}, from, body.size()};
+    w.ranges = std::move(rc->message);
+    instance->enqueue(std::move(w));
   } else {
     instance->enqueue({work_item::kind::push_to, {}, from});
   }
@@ -387,8 +446,14 @@ void replica_host::impl::on_membership(const membership_event& ev) {
   for (auto& [name, weak] : instances) {
     auto instance = weak.lock();
     if (!instance) continue;
-    if (ev.what == membership_event::kind::peer_up)
+    // One sync per connection: with range reconciliation, the side with
+    // the smaller id opens it (the exchange moves data both ways); else
+    // each side pushes its snapshot.
+    if (ev.what == membership_event::kind::peer_up && instance->reconciling()) {
+      if (membership.self().id < ev.peer.id) instance->start_reconcile(ev.peer.id);
+    } else if (ev.what == membership_event::kind::peer_up) {
       instance->enqueue({work_item::kind::push_to, {}, ev.peer.id});
+    }
     else if (ev.what == membership_event::kind::peer_down)
       instance->enqueue({work_item::kind::node_down, {}, ev.peer.id});
   }
@@ -460,8 +525,8 @@ std::shared_ptr<replica> replica::start(replica_host& host, std::string name, re
   h->instances[name] = i;
   i->loops.spawn("replica_inbox", impl::inbox_loop(i));
   if (callbacks.anti_entropy()) i->loops.spawn("anti_entropy", impl::anti_entropy_loop(i));
-  // Late start: peers already connected send no peer_up, so pull from them.
-  for (const auto& d : h->membership.active_view()) i->pull_from(d.id);
+  // Late start: peers already connected send no peer_up, so sync with them.
+  for (const auto& d : h->membership.active_view()) i->sync_with(d.id);
   return std::shared_ptr<replica>(new replica(i));
 }
 
@@ -543,10 +608,10 @@ void replica_host::impl::forget_assemblies(const std::string& name) {
   std::erase_if(assemblies, [&](const auto& entry) { return entry.first.second == name; });
 }
 
-void replica::request_sync(const std::string& peer_id) { impl_->pull_from(peer_id); }
+void replica::request_sync(const std::string& peer_id) { impl_->sync_with(peer_id); }
 
 void replica::request_sync() {
-  for (const auto& d : impl_->host->membership.active_view()) impl_->pull_from(d.id);
+  for (const auto& d : impl_->host->membership.active_view()) impl_->sync_with(d.id);
 }
 
 task<> replica::stop() {

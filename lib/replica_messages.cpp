@@ -58,6 +58,10 @@ message_body encode(const replica_part& m) {
 
 message_body encode(const replica_pull& m) { return encode_body({{"t", "pull"}, {"n", m.name}}); }
 
+message_body encode(const replica_reconcile& m) {
+  return encode_body({{"t", "rc"}, {"n", m.name}, {"m", encode_range_sync(m.message)}});
+}
+
 parsed_replica_message parse_replica_message(std::span<const std::uint8_t> body, const cbor_limits& limits) noexcept {
   parsed_replica_message out;
   try {
@@ -76,6 +80,10 @@ parsed_replica_message parse_replica_message(std::span<const std::uint8_t> body,
       out.message = replica_sync{*name, std::move((*j)["s"])};
     } else if (*type == "pull" && j->size() == 2) {
       out.message = replica_pull{*name};
+    } else if (*type == "rc" && j->size() == 3 && j->contains("m")) {
+      auto parsed = parse_range_sync((*j)["m"]);
+      if (!parsed.message) return out;
+      out.message = replica_reconcile{*name, std::move(*parsed.message)};
     } else if (*type == "part" && j->size() == 6) {
       auto id = uint_field(*j, "id");
       auto index = uint_field(*j, "i");

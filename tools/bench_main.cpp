@@ -18,6 +18,7 @@
 // throwaway CA); other sections use the first mode given.
 #include <barrel_p2p/keyed_hash.hpp>
 #include <barrel_p2p/map.hpp>
+#include <barrel_p2p/range_sync.hpp>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -29,6 +30,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
+#include <random>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -403,6 +406,52 @@ task<json> anti_entropy_cost(boost::asio::io_context& io, std::size_t keys) {
                  {"bytes_per_round", rounds ? static_cast<double>(bytes) / static_cast<double>(rounds) : 0.0}};
 }
 
+// Range reconciliation alone (no network): two indexes of `items` items
+// each, equal, then one differing item. Bytes are the CBOR of each message;
+// CPU is this process's, for building and answering them.
+json reconcile_cost(std::size_t items) {
+  std::mt19937_64 rng(42);
+  sync_index a(1), b(2);
+  const auto built0 = steady::now();
+  for (std::size_t i = 0; i < items; ++i) {
+    const sync_item it{(std::uint64_t{1} << 40) + rng() % (std::uint64_t{1} << 36), rng()};
+    a.insert(it);
+    b.insert(it);
+  }
+  const double build_s = std::chrono::duration<double>(steady::now() - built0).count() / 2;
+  struct exchange {
+    std::size_t messages = 0, bytes = 0, sent = 0;
+    double cpu_ms = 0;
+  };
+  const auto run = [](sync_index& x, sync_index& y) {
+    exchange e;
+    const auto c0 = std::clock();
+    std::optional<range_sync_message> next = range_sync_start(x);
+    sync_index* sides[2] = {&x, &y};
+    std::size_t turn = 1;
+    while (next && e.messages < 64) {
+      const auto wire = encode_cbor(encode_range_sync(*next));
+      ++e.messages;
+      e.bytes += wire.size();
+      auto parsed = parse_range_sync(*decode_cbor(wire));
+      auto step = range_sync_answer(*sides[turn], *parsed.message);
+      for (const auto& item : step.send) sides[1 - turn]->insert(item);
+      e.sent += step.send.size();
+      next = std::move(step.reply);
+      turn = 1 - turn;
+    }
+    e.cpu_ms = 1000.0 * static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC;
+    return e;
+  };
+  const auto equal = run(a, b);
+  b.insert({(std::uint64_t{1} << 41), 7});  // one newer write on one side
+  const auto one = run(a, b);
+  return json{{"bench", "reconcile"}, {"items", items}, {"index_build_s", build_s},
+              {"equal_messages", equal.messages}, {"equal_bytes", equal.bytes}, {"equal_cpu_ms", equal.cpu_ms},
+              {"one_diff_messages", one.messages}, {"one_diff_round_trips", (one.messages + 1) / 2},
+              {"one_diff_bytes", one.bytes}, {"one_diff_cpu_ms", one.cpu_ms}, {"one_diff_items_sent", one.sent}};
+}
+
 // Resident memory: the process before any node, one idle node, and the
 // growth per key of a replicated map (100,000 keys of small values).
 task<json> memory(boost::asio::io_context& io) {
@@ -544,7 +593,7 @@ int main(int argc, char** argv) {
       else {
         std::cerr << "usage: barrel-p2p-bench [--nodes 3,5,10,20] [--puts N] [--rate R] "
                      "[--throughput-seconds S] [--sync-keys 10000,100000] [--state-keys 1000,100000,1000000]\n"
-                     "                       [--only latency,throughput,sync,memory,state,flood,persist,micro] [--json FILE]\n"
+                     "                       [--only latency,throughput,sync,reconcile,memory,state,flood,persist,micro] [--json FILE]\n"
                      "                       [--tls off,psk,cert]\n";
         return 2;
       }
@@ -613,6 +662,19 @@ int main(int argc, char** argv) {
       std::printf("anti-entropy, idle converged map of 10000 keys: %.0f bytes per round (%llu rounds)\n",
                   ae["bytes_per_round"].get<double>(), static_cast<unsigned long long>(ae["rounds"].get<std::uint64_t>()));
       results.push_back(std::move(ae));
+    }
+    if (want("reconcile")) {
+      for (std::size_t n : {std::size_t{10'000}, std::size_t{1'000'000}}) {
+        auto r = reconcile_cost(n);
+        std::printf("\nreconcile, %zu items per side (index built in %.2f s): equal sets %zu message(s), %zu bytes, "
+                    "%.2f ms CPU; one difference %zu messages (%zu round trips), %zu bytes, %.2f ms CPU, %zu item sent\n",
+                    n, r["index_build_s"].get<double>(), r["equal_messages"].get<std::size_t>(),
+                    r["equal_bytes"].get<std::size_t>(), r["equal_cpu_ms"].get<double>(),
+                    r["one_diff_messages"].get<std::size_t>(), r["one_diff_round_trips"].get<std::size_t>(),
+                    r["one_diff_bytes"].get<std::size_t>(), r["one_diff_cpu_ms"].get<double>(),
+                    r["one_diff_items_sent"].get<std::size_t>());
+        results.push_back(std::move(r));
+      }
     }
     if (want("memory")) {
       auto r = co_await memory(io);

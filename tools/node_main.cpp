@@ -304,7 +304,7 @@ constexpr const char* usage =
     "  --http HOST:PORT|off   HTTP admin address (default 127.0.0.1:8946)\n"
     "  --http-token T | --http-token-file F   require 'Authorization: Bearer T'\n"
     "  --http-allowed-host NAME   a Host/Origin name accepted without a token (repeatable)\n"
-    "  --anti-entropy-ms N    mean anti-entropy interval (default 30000)\n"
+    "  --anti-entropy-ms N    mean anti-entropy interval (default 5000)\n"
     "  --heartbeat-ms N       heartbeat interval (timeout: 5x)\n"
     "  --max-clock-offset-ms N   peer timestamps further ahead are refused (default 60000)\n"
     "  --clock-skew-policy refuse|warn   when this clock is that far ahead of the cluster:\n"

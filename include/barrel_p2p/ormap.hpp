@@ -21,10 +21,12 @@
 
 #include <barrel_p2p/hlc.hpp>
 #include <barrel_p2p/keyed_hash.hpp>
+#include <barrel_p2p/sync_index.hpp>
 
 #include <nlohmann/json.hpp>
 
 #include <cstddef>
+#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -127,10 +129,43 @@ class ormap {
   /// replaced it): replays one prune-on-peer-down removal from a log.
   bool remove_value_if(const std::string& key, const barrel_p2p::dot& d);
 
-  friend bool operator==(const ormap&, const ormap&) = default;
+  /// Range reconciliation (range_sync.hpp): from now on keep every entry's
+  /// item (sync_item_of) in an index, built from the current entries now.
+  /// A copy of the map does not track (deltas and snapshots need not).
+  void track_sync_items();
+  /// The index, or nullptr when not tracking.
+  [[nodiscard]] const sync_index* sync_items() const noexcept { return tracking_.t ? &tracking_.t->index : nullptr; }
+  /// The key whose current entry is `item`, or nullptr (not tracking, or
+  /// the entry changed since).
+  [[nodiscard]] const std::string* key_of(const sync_item& item) const;
+
+  /// Equal entries (tracking is not compared).
+  friend bool operator==(const ormap& a, const ormap& b) { return a.entries_ == b.entries_; }
 
  private:
+  struct tracking {
+    sync_index index;
+    std::unordered_map<std::uint64_t, const std::string*> keys;  // item id -> the key in entries_
+  };
+  // Not copied with the map: a copy is a delta or a snapshot.
+  struct tracking_slot {
+    std::unique_ptr<tracking> t;
+    tracking_slot() = default;
+    tracking_slot(const tracking_slot&) {}
+    tracking_slot(tracking_slot&&) noexcept = default;
+    tracking_slot& operator=(const tracking_slot&) { return *this; }
+    tracking_slot& operator=(tracking_slot&&) noexcept = default;
+  };
+  // `key` is the container's own string (its address is kept).
+  void untrack(const std::string& key, const entry& e);
+  void track(const std::string& key, const entry& e);
+
   container entries_;
+  tracking_slot tracking_;
 };
+
+/// An entry's item for range reconciliation: its write's or tombstone's
+/// packed HLC, and the key hashed with the writer (none for a tombstone).
+[[nodiscard]] sync_item sync_item_of(const std::string& key, const entry& e);
 
 }  // namespace barrel_p2p

@@ -13,6 +13,7 @@
 #include <barrel_p2p/hlc.hpp>
 #include <barrel_p2p/hyparview.hpp>
 #include <barrel_p2p/plumtree.hpp>
+#include <barrel_p2p/range_sync.hpp>
 #include <barrel_p2p/scheduler.hpp>
 #include <barrel_p2p/transport.hpp>
 
@@ -22,6 +23,7 @@
 #include <optional>
 #include <string>
 #include <variant>
+#include <vector>
 
 namespace barrel_p2p {
 
@@ -50,11 +52,25 @@ class replica_callbacks {
   /// the WHOLE state and whose removals are tombstones, so that a re-pull
   /// cannot resurrect a removed entry. Optional (default false).
   virtual bool anti_entropy() const { return false; }
+
+  /// Optional, range reconciliation (range_sync.hpp): the owner's items,
+  /// kept current as its entries change. An owner that returns an index
+  /// syncs with a peer by their differences (anti-entropy every
+  /// reconcile_interval, on connect, on a late start, request_sync) instead
+  /// of whole snapshots; nullptr (the default) keeps whole snapshots. The
+  /// same conditions as anti_entropy(): removals must be tombstones.
+  virtual const sync_index* sync_items(const std::string& name);
+  /// With sync_items: a snapshot (apply_full_sync's shape) of the entries
+  /// behind `items` that are still current, or nullopt when none is.
+  virtual task<std::optional<json>> snapshot_of(const std::string& name, const std::vector<sync_item>& items);
 };
 
 struct replica_config {
   /// Mean interval between anti-entropy pulls (each jittered by ±25 %).
-  duration anti_entropy_interval{30'000};
+  /// A round with equal states costs one fingerprint message for an owner
+  /// that reconciles by ranges (sync_items), the map; an owner without it
+  /// pulls a whole snapshot each round and may want a longer interval.
+  duration anti_entropy_interval{5'000};
   double anti_entropy_jitter = 0.25;
   /// Work items (deltas, snapshots, peer events) queued per instance, and
   /// the wire bytes of the deltas and snapshots among them: an item that
@@ -85,6 +101,10 @@ struct replica_config {
   /// instance; a peer announcing more is cut off and counted.
   std::size_t max_snapshot_bytes = 64 * 1024 * 1024;
   std::size_t max_snapshot_items = 16 * 1024 * 1024;
+  /// The reconciliation's shape (range_sync.hpp); entries a round finds
+  /// missing are pushed in snapshots of at most reconcile_batch_items.
+  range_sync_config range_sync;
+  std::size_t reconcile_batch_items = 4096;
   std::uint64_t seed = 0;
   std::function<void(const std::string&)> log;
 };
@@ -107,6 +127,10 @@ struct replica_counters {
   std::uint64_t sync_parts_sent = 0;     ///< parts of chunked snapshots
   std::uint64_t sync_parts_received = 0;
   std::uint64_t snapshots_too_large = 0; ///< snapshots not sent: over max_snapshot_bytes
+  std::uint64_t reconcile_rounds = 0;    ///< reconciliations this node started
+  std::uint64_t reconcile_sent = 0;      ///< reconciliation messages sent
+  std::uint64_t reconcile_received = 0;  ///< reconciliation messages received
+  std::uint64_t reconcile_items_sent = 0;  ///< entries pushed because a peer lacked them
 };
 
 /// A local write: add a value or remove a key.

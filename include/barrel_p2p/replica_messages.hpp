@@ -14,6 +14,7 @@
 
 #include <barrel_p2p/cbor.hpp>
 #include <barrel_p2p/ormap.hpp>
+#include <barrel_p2p/range_sync.hpp>
 #include <barrel_p2p/transport.hpp>
 
 #include <cstdint>
@@ -62,11 +63,17 @@ struct replica_part {
 struct replica_pull {
   std::string name;
 };
-using replica_message = std::variant<replica_sync, replica_part, replica_pull>;
+/// One message of a range reconciliation (range_sync.hpp) of instance `name`.
+struct replica_reconcile {
+  std::string name;
+  range_sync_message message;
+};
+using replica_message = std::variant<replica_sync, replica_part, replica_pull, replica_reconcile>;
 
 [[nodiscard]] message_body encode(const replica_sync& m);
 [[nodiscard]] message_body encode(const replica_part& m);
 [[nodiscard]] message_body encode(const replica_pull& m);
+[[nodiscard]] message_body encode(const replica_reconcile& m);
 
 /// Why a replica frame was not a message: it is not CBOR at all (the
 /// connection is cut), or it decodes but has the wrong shape (dropped).

@@ -1,0 +1,108 @@
+// The items of a replicated state in the order range-based reconciliation
+// compares them (range_sync.hpp), with the fingerprint of any range in
+// O(log n).
+//
+// An item stands for one key's current entry: the packed HLC of its winning
+// write or tombstone, and an id hashing the key with the entry's writer. Two
+// nodes hold the same item exactly when they hold the same version of the
+// key. Items are ordered by (timestamp, id), so recent writes sit together
+// at the end, where differences usually are.
+//
+// The index is a treap (a binary search tree balanced by random
+// priorities, Seidel and Aragon 1996) whose nodes carry the count and the
+// hash sums of their subtree: a range's fingerprint is two prefix sums,
+// each one walk from the root. Pure: no I/O, no clock. Not thread-safe: one
+// owner (the map's strand) updates and reads it.
+#pragma once
+
+#include <array>
+#include <compare>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <vector>
+
+namespace barrel_p2p {
+
+struct sync_item {
+  std::uint64_t ts = 0;  ///< hlc_timestamp::pack() of the entry's write or tombstone
+  std::uint64_t id = 0;  ///< sync_key_id(key, writer)
+  friend constexpr auto operator<=>(const sync_item&, const sync_item&) = default;
+
+  /// 16 bytes big-endian (ts, then id): byte order is item order.
+  static constexpr std::size_t binary_size = 16;
+  [[nodiscard]] std::array<std::uint8_t, binary_size> to_bytes() const noexcept;
+  /// nullopt unless exactly 16 bytes.
+  [[nodiscard]] static std::optional<sync_item> from_bytes(std::span<const std::uint8_t> bytes) noexcept;
+};
+
+/// The id of a key's entry: SipHash-2-4 of the key and the writer's node id
+/// (empty for a tombstone) under a fixed, public key, so every node computes
+/// the same. Not a secret: a member that wants two keys to collide can find
+/// such keys, and would only hide its own writes from reconciliation.
+[[nodiscard]] std::uint64_t sync_key_id(std::string_view key, std::string_view writer) noexcept;
+
+/// What two sides compare for a range: the number of items and two sums
+/// (mod 2^64) of independent 64-bit hashes of them. Equal sets give equal
+/// fingerprints; unequal ones collide with probability about 2^-128 for
+/// honest data.
+struct fingerprint {
+  std::uint64_t count = 0;
+  std::uint64_t sum_a = 0;
+  std::uint64_t sum_b = 0;
+  friend constexpr bool operator==(const fingerprint&, const fingerprint&) = default;
+
+  void add(const sync_item& item) noexcept;
+  [[nodiscard]] fingerprint minus(const fingerprint& other) const noexcept;
+};
+
+class sync_index {
+ public:
+  sync_index();
+  explicit sync_index(std::uint64_t seed);  // the treap's priorities (tests)
+
+  /// False when the item was there already.
+  bool insert(const sync_item& item);
+  /// False when the item was not there.
+  bool erase(const sync_item& item);
+  [[nodiscard]] bool contains(const sync_item& item) const;
+  [[nodiscard]] std::size_t size() const noexcept { return size_of(root_); }
+  void clear();
+
+  /// The number of items less than `bound` (its position if inserted).
+  [[nodiscard]] std::size_t rank(const sync_item& bound) const;
+  /// The item at position `k` (0-based); precondition k < size().
+  [[nodiscard]] sync_item at(std::size_t k) const;
+  /// The fingerprint of the items at positions [from, to).
+  [[nodiscard]] fingerprint fingerprint_of(std::size_t from, std::size_t to) const;
+  /// Appends the items at positions [from, to) to `out`, in order.
+  void items(std::size_t from, std::size_t to, std::vector<sync_item>& out) const;
+
+ private:
+  static constexpr std::uint32_t none = 0xffffffffu;
+  struct node {
+    sync_item item;
+    std::uint64_t priority;
+    std::uint32_t left, right;
+    fingerprint sub;  // of the subtree rooted here
+  };
+  std::vector<node> nodes_;
+  std::vector<std::uint32_t> free_;
+  std::uint32_t root_ = none;
+  std::uint64_t rng_;
+
+  [[nodiscard]] std::size_t size_of(std::uint32_t n) const noexcept {
+    return n == none ? 0 : static_cast<std::size_t>(nodes_[n].sub.count);
+  }
+  void update(std::uint32_t n) noexcept;
+  // Splits `t` into items < key and items >= key.
+  void split(std::uint32_t t, const sync_item& key, std::uint32_t& lo, std::uint32_t& hi);
+  std::uint32_t merge(std::uint32_t a, std::uint32_t b);
+  [[nodiscard]] fingerprint prefix(std::size_t k) const;  // of the first k items
+  void collect(std::uint32_t n, std::size_t from, std::size_t to, std::size_t offset,
+               std::vector<sync_item>& out) const;
+};
+
+}  // namespace barrel_p2p

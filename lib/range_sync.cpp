@@ -1,0 +1,264 @@
+#include "barrel_p2p/range_sync.hpp"
+
+#include <algorithm>
+
+namespace barrel_p2p {
+
+namespace {
+
+constexpr std::size_t fingerprint_bytes = 24;
+
+void put_be(std::vector<std::uint8_t>& out, std::uint64_t v) {
+  for (int i = 7; i >= 0; --i) out.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
+}
+std::uint64_t get_be(const std::uint8_t* p) noexcept {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
+  return v;
+}
+
+json pack_items(const std::vector<sync_item>& items) {
+  std::vector<std::uint8_t> bytes;
+  bytes.reserve(items.size() * sync_item::binary_size);
+  for (const auto& i : items) {
+    put_be(bytes, i.ts);
+    put_be(bytes, i.id);
+  }
+  return json::binary(std::move(bytes));
+}
+
+// Items of a packed string, in order, each below `upper` and at or above
+// `lower`; nullopt when not.
+std::optional<std::vector<sync_item>> unpack_items(const json::binary_t& bytes, const sync_item& lower,
+                                                   const std::optional<sync_item>& upper, bool ordered) {
+  if (bytes.size() % sync_item::binary_size != 0) return std::nullopt;
+  std::vector<sync_item> out;
+  out.reserve(bytes.size() / sync_item::binary_size);
+  for (std::size_t off = 0; off < bytes.size(); off += sync_item::binary_size) {
+    const sync_item item{get_be(bytes.data() + off), get_be(bytes.data() + off + 8)};
+    if (ordered) {
+      if (item < lower || (upper && !(item < *upper))) return std::nullopt;
+      if (!out.empty() && !(out.back() < item)) return std::nullopt;
+    }
+    out.push_back(item);
+  }
+  return out;
+}
+
+// Appends a range, folding a skip into a skip just before it.
+void push_range(std::vector<sync_range>& out, sync_range r) {
+  if (r.what == sync_range::mode::skip && !out.empty() && out.back().what == sync_range::mode::skip) {
+    out.back().upper = r.upper;
+    return;
+  }
+  out.push_back(std::move(r));
+}
+
+sync_range skip_to(const std::optional<sync_item>& upper) {
+  sync_range r;
+  r.upper = upper;
+  return r;
+}
+
+}  // namespace
+
+range_sync_message range_sync_start(const sync_index& index, const range_sync_config& config) {
+  sync_range whole;
+  if (index.size() <= config.list_threshold) {
+    whole.what = sync_range::mode::list;
+    index.items(0, index.size(), whole.items);
+  } else {
+    whole.what = sync_range::mode::fingerprint;
+    whole.fp = index.fingerprint_of(0, index.size());
+  }
+  range_sync_message m;
+  m.ranges.push_back(std::move(whole));
+  return m;
+}
+
+range_sync_step range_sync_answer(const sync_index& index, const range_sync_message& message,
+                                  const range_sync_config& config) {
+  range_sync_step out;
+  for (const auto& item : message.need)
+    if (index.contains(item)) out.send.push_back(item);
+
+  range_sync_message reply;
+  bool more = false;  // a range the peer must look at again
+  std::size_t lower = 0;
+  std::vector<sync_item> mine;
+  for (std::size_t i = 0; i < message.ranges.size(); ++i) {
+    const auto& r = message.ranges[i];
+    const std::size_t upper = r.upper ? index.rank(*r.upper) : index.size();
+    const std::size_t count = upper > lower ? upper - lower : 0;
+    switch (r.what) {
+      case sync_range::mode::skip:
+        push_range(reply.ranges, skip_to(r.upper));
+        break;
+      case sync_range::mode::fingerprint: {
+        const auto fp = index.fingerprint_of(lower, upper);
+        if (fp == r.fp) {
+          push_range(reply.ranges, skip_to(r.upper));
+          break;
+        }
+        more = true;
+        const std::size_t left_after = message.ranges.size() - i - 1;
+        const std::size_t parts = std::min(config.branching, count);
+        if (count <= config.list_threshold || parts < 2) {
+          sync_range l;
+          l.upper = r.upper;
+          l.what = sync_range::mode::list;
+          index.items(lower, upper, l.items);
+          push_range(reply.ranges, std::move(l));
+        } else if (reply.ranges.size() + parts + left_after > config.max_ranges) {
+          // No room to split now: our fingerprint, for the peer to split.
+          sync_range f;
+          f.upper = r.upper;
+          f.what = sync_range::mode::fingerprint;
+          f.fp = fp;
+          push_range(reply.ranges, std::move(f));
+        } else {
+          for (std::size_t p = 0; p < parts; ++p) {
+            const auto from = lower + count * p / parts;
+            const auto to = lower + count * (p + 1) / parts;
+            sync_range f;
+            // Each part ends where the next one's first item is.
+            f.upper = p + 1 == parts ? r.upper : std::optional<sync_item>(index.at(to));
+            f.what = sync_range::mode::fingerprint;
+            f.fp = index.fingerprint_of(from, to);
+            push_range(reply.ranges, std::move(f));
+          }
+        }
+        break;
+      }
+      case sync_range::mode::list: {
+        // Both sides of this range are known now: what differs is settled.
+        mine.clear();
+        index.items(lower, upper, mine);
+        std::size_t a = 0, b = 0;
+        while (a < mine.size() || b < r.items.size()) {
+          if (b == r.items.size() || (a < mine.size() && mine[a] < r.items[b])) {
+            out.send.push_back(mine[a++]);
+          } else if (a == mine.size() || r.items[b] < mine[a]) {
+            if (reply.need.size() < config.max_need) reply.need.push_back(r.items[b]);
+            ++b;
+          } else {
+            ++a;
+            ++b;
+          }
+        }
+        push_range(reply.ranges, skip_to(r.upper));
+        break;
+      }
+    }
+    lower = std::max(lower, upper);
+  }
+  if (!more) reply.ranges.clear();
+  if (more || !reply.need.empty()) out.reply = std::move(reply);
+  return out;
+}
+
+json encode_range_sync(const range_sync_message& message) {
+  json ranges = json::array();
+  for (const auto& r : message.ranges) {
+    json upper = nullptr;
+    if (r.upper) {
+      const auto b = r.upper->to_bytes();
+      upper = json::binary(std::vector<std::uint8_t>(b.begin(), b.end()));
+    }
+    switch (r.what) {
+      case sync_range::mode::skip:
+        ranges.push_back(json::array({upper, 0}));
+        break;
+      case sync_range::mode::fingerprint: {
+        std::vector<std::uint8_t> fp;
+        fp.reserve(fingerprint_bytes);
+        put_be(fp, r.fp.count);
+        put_be(fp, r.fp.sum_a);
+        put_be(fp, r.fp.sum_b);
+        ranges.push_back(json::array({upper, 1, json::binary(std::move(fp))}));
+        break;
+      }
+      case sync_range::mode::list:
+        ranges.push_back(json::array({upper, 2, pack_items(r.items)}));
+        break;
+    }
+  }
+  json out = {{"r", std::move(ranges)}};
+  if (!message.need.empty()) out["w"] = pack_items(message.need);
+  return out;
+}
+
+range_sync_parse_result parse_range_sync(const json& wire, const range_sync_config& config,
+                                         std::size_t max_list_items) noexcept {
+  range_sync_parse_result res;
+  const auto fail = [&](range_sync_error e) {
+    res.message.reset();
+    res.error = e;
+    return res;
+  };
+  try {
+    if (!wire.is_object()) return fail(range_sync_error::shape);
+    const auto r = wire.find("r");
+    if (r == wire.end() || !r->is_array()) return fail(range_sync_error::shape);
+    if (r->size() > config.max_ranges) return fail(range_sync_error::too_large);
+    range_sync_message m;
+    m.ranges.reserve(r->size());
+    sync_item lower{};
+    std::size_t listed = 0;
+    for (std::size_t i = 0; i < r->size(); ++i) {
+      const auto& e = (*r)[i];
+      if (!e.is_array() || e.size() < 2 || e.size() > 3) return fail(range_sync_error::shape);
+      sync_range range;
+      const bool last = i + 1 == r->size();
+      if (e[0].is_null()) {
+        if (!last) return fail(range_sync_error::order);  // only the last range ends at the end
+      } else if (e[0].is_binary()) {
+        range.upper = sync_item::from_bytes(e[0].get_binary());
+        if (!range.upper) return fail(range_sync_error::shape);
+        if (last) return fail(range_sync_error::order);  // the last range ends at the end
+        if (!(lower < *range.upper) && !(i == 0 && lower == *range.upper)) return fail(range_sync_error::order);
+      } else {
+        return fail(range_sync_error::shape);
+      }
+      if (!e[1].is_number_unsigned() || e[1].get<std::uint64_t>() > 2) return fail(range_sync_error::shape);
+      range.what = static_cast<sync_range::mode>(e[1].get<std::uint64_t>());
+      switch (range.what) {
+        case sync_range::mode::skip:
+          if (e.size() != 2) return fail(range_sync_error::shape);
+          break;
+        case sync_range::mode::fingerprint: {
+          if (e.size() != 3 || !e[2].is_binary() || e[2].get_binary().size() != fingerprint_bytes)
+            return fail(range_sync_error::shape);
+          const auto* p = e[2].get_binary().data();
+          range.fp = {get_be(p), get_be(p + 8), get_be(p + 16)};
+          break;
+        }
+        case sync_range::mode::list: {
+          if (e.size() != 3 || !e[2].is_binary()) return fail(range_sync_error::shape);
+          const auto& bytes = e[2].get_binary();
+          listed += bytes.size() / sync_item::binary_size;
+          if (listed > max_list_items) return fail(range_sync_error::too_large);
+          auto items = unpack_items(bytes, lower, range.upper, true);
+          if (!items) return fail(range_sync_error::order);
+          range.items = std::move(*items);
+          break;
+        }
+      }
+      if (range.upper) lower = *range.upper;
+      m.ranges.push_back(std::move(range));
+    }
+    if (const auto w = wire.find("w"); w != wire.end()) {
+      if (!w->is_binary()) return fail(range_sync_error::shape);
+      if (w->get_binary().size() / sync_item::binary_size > config.max_need) return fail(range_sync_error::too_large);
+      auto need = unpack_items(w->get_binary(), {}, std::nullopt, false);
+      if (!need) return fail(range_sync_error::shape);
+      m.need = std::move(*need);
+    }
+    res.message = std::move(m);
+    return res;
+  } catch (...) {
+    return fail(range_sync_error::shape);
+  }
+}
+
+}  // namespace barrel_p2p

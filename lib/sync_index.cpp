@@ -1,0 +1,255 @@
+#include "barrel_p2p/sync_index.hpp"
+
+#include "barrel_p2p/keyed_hash.hpp"
+
+#include <random>
+#include <stdexcept>
+#include <string>
+
+namespace barrel_p2p {
+
+namespace {
+
+// Fixed and public: every node must hash alike (see sync_key_id).
+constexpr siphash_key id_key{0x62617272656c5f70ull, 0x32705f6b65795f69ull};    // "barrel_p2p_key_i"
+constexpr siphash_key hash_a_key{0x62617272656c5f66ull, 0x696e6765725f6100ull}; // "barrel_finger_a"
+constexpr siphash_key hash_b_key{0x62617272656c5f66ull, 0x696e6765725f6200ull}; // "barrel_finger_b"
+
+std::uint64_t splitmix(std::uint64_t& state) noexcept {
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+void put_be(std::uint8_t* p, std::uint64_t v) noexcept {
+  for (int i = 7; i >= 0; --i) {
+    p[i] = static_cast<std::uint8_t>(v);
+    v >>= 8;
+  }
+}
+std::uint64_t get_be(const std::uint8_t* p) noexcept {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
+  return v;
+}
+
+}  // namespace
+
+std::array<std::uint8_t, sync_item::binary_size> sync_item::to_bytes() const noexcept {
+  std::array<std::uint8_t, binary_size> out{};
+  put_be(out.data(), ts);
+  put_be(out.data() + 8, id);
+  return out;
+}
+
+std::optional<sync_item> sync_item::from_bytes(std::span<const std::uint8_t> bytes) noexcept {
+  if (bytes.size() != binary_size) return std::nullopt;
+  return sync_item{get_be(bytes.data()), get_be(bytes.data() + 8)};
+}
+
+std::uint64_t sync_key_id(std::string_view key, std::string_view writer) noexcept {
+  // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+  std::string buf;
+  buf.reserve(key.size() + writer.size() + 8);
+  const auto n = static_cast<std::uint64_t>(key.size());
+  for (int i = 0; i < 8; ++i) buf.push_back(static_cast<char>(n >> (8 * i)));
+  buf.append(key);
+  buf.append(writer);
+  return siphash24(id_key, buf);
+}
+
+void fingerprint::add(const sync_item& item) noexcept {
+  ++count;
+  const auto mixed = item.ts ^ siphash24(hash_a_key, item.id);
+  sum_a += siphash24(hash_a_key, mixed);
+  sum_b += siphash24(hash_b_key, mixed ^ item.id);
+}
+
+fingerprint fingerprint::minus(const fingerprint& other) const noexcept {
+  return {count - other.count, sum_a - other.sum_a, sum_b - other.sum_b};
+}
+
+sync_index::sync_index() : sync_index(std::random_device{}()) {}
+sync_index::sync_index(std::uint64_t seed) : rng_(seed) {}
+
+void sync_index::clear() {
+  nodes_.clear();
+  free_.clear();
+  root_ = none;
+}
+
+void sync_index::update(std::uint32_t n) noexcept {
+  auto& x = nodes_[n];
+  fingerprint f;
+  f.add(x.item);
+  for (const auto child : {x.left, x.right}) {
+    if (child == none) continue;
+    const auto& c = nodes_[child].sub;
+    f.count += c.count;
+    f.sum_a += c.sum_a;
+    f.sum_b += c.sum_b;
+  }
+  x.sub = f;
+}
+
+void sync_index::split(std::uint32_t t, const sync_item& key, std::uint32_t& lo, std::uint32_t& hi) {
+  if (t == none) {
+    lo = hi = none;
+    return;
+  }
+  if (nodes_[t].item < key) {
+    std::uint32_t l = none, h = none;
+    split(nodes_[t].right, key, l, h);
+    nodes_[t].right = l;
+    update(t);
+    lo = t;
+    hi = h;
+  } else {
+    std::uint32_t l = none, h = none;
+    split(nodes_[t].left, key, l, h);
+    nodes_[t].left = h;
+    update(t);
+    lo = l;
+    hi = t;
+  }
+}
+
+std::uint32_t sync_index::merge(std::uint32_t a, std::uint32_t b) {
+  if (a == none) return b;
+  if (b == none) return a;
+  if (nodes_[a].priority > nodes_[b].priority) {
+    nodes_[a].right = merge(nodes_[a].right, b);
+    update(a);
+    return a;
+  }
+  nodes_[b].left = merge(a, nodes_[b].left);
+  update(b);
+  return b;
+}
+
+bool sync_index::contains(const sync_item& item) const {
+  auto n = root_;
+  while (n != none) {
+    const auto& x = nodes_[n];
+    if (item == x.item) return true;
+    n = item < x.item ? x.left : x.right;
+  }
+  return false;
+}
+
+bool sync_index::insert(const sync_item& item) {
+  if (contains(item)) return false;
+  if (nodes_.size() >= none - 1 && free_.empty()) throw std::length_error("sync_index: too many items");
+  std::uint32_t n;
+  if (!free_.empty()) {
+    n = free_.back();
+    free_.pop_back();
+  } else {
+    n = static_cast<std::uint32_t>(nodes_.size());
+    nodes_.emplace_back();
+  }
+  nodes_[n] = node{item, splitmix(rng_), none, none, {}};
+  update(n);
+  std::uint32_t lo = none, hi = none;
+  split(root_, item, lo, hi);
+  root_ = merge(merge(lo, n), hi);
+  return true;
+}
+
+bool sync_index::erase(const sync_item& item) {
+  if (!contains(item)) return false;
+  std::uint32_t lo = none, rest = none, mid = none, hi = none;
+  split(root_, item, lo, rest);
+  // The smallest item of `rest` is `item`: split it off as the items < its
+  // successor. Items are distinct, so "< successor" is "<= item".
+  constexpr auto max = ~std::uint64_t{0};
+  if (item.ts == max && item.id == max) {
+    mid = rest;  // the largest possible item: nothing can follow it
+  } else {
+    sync_item next = item;
+    if (++next.id == 0) ++next.ts;  // the next value in item order
+    split(rest, next, mid, hi);
+  }
+  free_.push_back(mid);  // mid is the one node holding `item`
+  root_ = merge(lo, hi);
+  return true;
+}
+
+std::size_t sync_index::rank(const sync_item& bound) const {
+  std::size_t r = 0;
+  auto n = root_;
+  while (n != none) {
+    const auto& x = nodes_[n];
+    if (x.item < bound) {
+      r += size_of(x.left) + 1;
+      n = x.right;
+    } else {
+      n = x.left;
+    }
+  }
+  return r;
+}
+
+sync_item sync_index::at(std::size_t k) const {
+  auto n = root_;
+  while (n != none) {
+    const auto& x = nodes_[n];
+    const auto left = size_of(x.left);
+    if (k < left) {
+      n = x.left;
+    } else if (k == left) {
+      return x.item;
+    } else {
+      k -= left + 1;
+      n = x.right;
+    }
+  }
+  throw std::out_of_range("sync_index::at: position " + std::to_string(k) + " past the end");
+}
+
+fingerprint sync_index::prefix(std::size_t k) const {
+  fingerprint f;
+  auto n = root_;
+  while (n != none && k > 0) {
+    const auto& x = nodes_[n];
+    const auto left = size_of(x.left);
+    if (k <= left) {
+      n = x.left;
+      continue;
+    }
+    if (x.left != none) {
+      const auto& c = nodes_[x.left].sub;
+      f.count += c.count;
+      f.sum_a += c.sum_a;
+      f.sum_b += c.sum_b;
+    }
+    f.add(x.item);
+    k -= left + 1;
+    n = x.right;
+  }
+  return f;
+}
+
+fingerprint sync_index::fingerprint_of(std::size_t from, std::size_t to) const {
+  if (to <= from) return {};
+  return prefix(to).minus(prefix(from));
+}
+
+void sync_index::collect(std::uint32_t n, std::size_t from, std::size_t to, std::size_t offset,
+                         std::vector<sync_item>& out) const {
+  // `offset`: the position of the subtree's first item.
+  if (n == none || from >= to) return;
+  const auto& x = nodes_[n];
+  const auto left = size_of(x.left);
+  const auto here = offset + left;
+  if (from < here) collect(x.left, from, to, offset, out);
+  if (from <= here && here < to) out.push_back(x.item);
+  if (to > here + 1) collect(x.right, from, to, here + 1, out);
+}
+
+void sync_index::items(std::size_t from, std::size_t to, std::vector<sync_item>& out) const {
+  collect(root_, from, std::min(to, size()), 0, out);
+}
+
+}  // namespace barrel_p2p
