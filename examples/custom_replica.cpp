@@ -294,7 +294,7 @@ std::unique_ptr<example_node> make_node(boost::asio::io_context& io, const std::
   c.transport.cluster_secret = "custom-replica-example";  // use a long random secret in production
   c.transport.log = [id](const std::string& line) { std::fprintf(stderr, "    [tcp %s] %s\n", id.c_str(), line.c_str()); };
   c.membership.maintenance_interval = 200ms;
-  c.replicas.anti_entropy_interval = 5s;  // default 30 s; shorter here so the counters show rounds
+  c.replicas.anti_entropy_interval = 5s;  // default 5 s; shorter here so the counters show rounds
   c.replicas.log = [](const std::string& line) { std::printf("    [replica] %s\n", line.c_str()); };
   c.log = [](const std::string&) {};  // membership and broadcast stay quiet
   auto n = std::make_unique<example_node>();

@@ -116,25 +116,31 @@ void ormap::track_sync_items() {
 void ormap::track(const std::string& key, const entry& e) {
   if (!tracking_.t) return;
   const auto item = sync_item_of(key, e);
-  tracking_.t->index.insert(item);
-  tracking_.t->keys[item.id] = &key;
+  tracking_.t->index.insert(item);  // (already there when another key collides)
+  tracking_.t->keys.emplace(item.id, &key);
 }
 
 void ormap::untrack(const std::string& key, const entry& e) {
   if (!tracking_.t) return;
   const auto item = sync_item_of(key, e);
-  tracking_.t->index.erase(item);
-  auto it = tracking_.t->keys.find(item.id);
-  if (it != tracking_.t->keys.end() && it->second == &key) tracking_.t->keys.erase(it);
+  auto [first, last] = tracking_.t->keys.equal_range(item.id);
+  for (auto it = first; it != last; ++it)
+    if (it->second == &key) {
+      tracking_.t->keys.erase(it);
+      break;
+    }
+  // The item stays while another key's current entry is the same item.
+  if (!key_of(item)) tracking_.t->index.erase(item);
 }
 
 const std::string* ormap::key_of(const sync_item& item) const {
   if (!tracking_.t) return nullptr;
-  const auto it = tracking_.t->keys.find(item.id);
-  if (it == tracking_.t->keys.end()) return nullptr;
-  const auto e = entries_.find(*it->second);
-  if (e == entries_.end() || sync_item_of(e->first, e->second) != item) return nullptr;
-  return it->second;
+  auto [first, last] = tracking_.t->keys.equal_range(item.id);
+  for (auto it = first; it != last; ++it) {
+    const auto e = entries_.find(*it->second);
+    if (e != entries_.end() && sync_item_of(e->first, e->second) == item) return it->second;
+  }
+  return nullptr;
 }
 
 std::vector<std::string> ormap::merge(const ormap& other) {

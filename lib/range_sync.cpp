@@ -1,6 +1,7 @@
 #include "barrel_p2p/range_sync.hpp"
 
 #include <algorithm>
+#include <limits>
 
 namespace barrel_p2p {
 
@@ -86,69 +87,72 @@ range_sync_step range_sync_answer(const sync_index& index, const range_sync_mess
   bool more = false;  // a range the peer must look at again
   std::size_t lower = 0;
   std::vector<sync_item> mine;
+  // An answer has at most max_ranges ranges. A range is answered only if
+  // what it needs, plus one range for everything after it, still fits;
+  // otherwise everything from it to the end goes back as one fingerprint
+  // (the rest), for the peer to split. The first range always fits (max
+  // ranges exceeds the parts of a split), so each message settles or
+  // splits at least its first differing range: exchanges end, however many
+  // ranges differ.
+  const auto max_ranges = std::max<std::size_t>(config.max_ranges, 3);
+  const auto parts_limit = std::max<std::size_t>(2, std::min(config.branching, max_ranges - 1));
   for (std::size_t i = 0; i < message.ranges.size(); ++i) {
     const auto& r = message.ranges[i];
     const std::size_t upper = r.upper ? index.rank(*r.upper) : index.size();
     const std::size_t count = upper > lower ? upper - lower : 0;
-    switch (r.what) {
-      case sync_range::mode::skip:
-        push_range(reply.ranges, skip_to(r.upper));
-        break;
-      case sync_range::mode::fingerprint: {
-        const auto fp = index.fingerprint_of(lower, upper);
-        if (fp == r.fp) {
-          push_range(reply.ranges, skip_to(r.upper));
-          break;
-        }
-        more = true;
-        const std::size_t left_after = message.ranges.size() - i - 1;
-        const std::size_t parts = std::min(config.branching, count);
-        if (count <= config.list_threshold || parts < 2) {
-          sync_range l;
-          l.upper = r.upper;
-          l.what = sync_range::mode::list;
-          index.items(lower, upper, l.items);
-          push_range(reply.ranges, std::move(l));
-        } else if (reply.ranges.size() + parts + left_after > config.max_ranges) {
-          // No room to split now: our fingerprint, for the peer to split.
-          sync_range f;
-          f.upper = r.upper;
-          f.what = sync_range::mode::fingerprint;
-          f.fp = fp;
-          push_range(reply.ranges, std::move(f));
+    const std::size_t tail = i + 1 < message.ranges.size() ? 1 : 0;
+    const std::size_t room = max_ranges - std::min(max_ranges, reply.ranges.size());
+    const auto fp = r.what == sync_range::mode::fingerprint ? index.fingerprint_of(lower, upper) : fingerprint{};
+    const bool differs = r.what == sync_range::mode::fingerprint && fp != r.fp;
+    const std::size_t parts = std::min(parts_limit, count);
+    const bool split = differs && count > config.list_threshold && parts >= 2;
+    if ((split ? parts : 1) + tail > room) {
+      sync_range rest;
+      rest.what = sync_range::mode::fingerprint;
+      rest.fp = index.fingerprint_of(lower, index.size());
+      push_range(reply.ranges, std::move(rest));
+      more = true;
+      break;
+    }
+    if (r.what == sync_range::mode::skip || (r.what == sync_range::mode::fingerprint && !differs)) {
+      push_range(reply.ranges, skip_to(r.upper));
+    } else if (r.what == sync_range::mode::fingerprint && !split) {
+      more = true;
+      sync_range l;
+      l.upper = r.upper;
+      l.what = sync_range::mode::list;
+      index.items(lower, upper, l.items);
+      push_range(reply.ranges, std::move(l));
+    } else if (r.what == sync_range::mode::fingerprint) {
+      more = true;
+      for (std::size_t p = 0; p < parts; ++p) {
+        const auto from = lower + count * p / parts;
+        const auto to = lower + count * (p + 1) / parts;
+        sync_range f;
+        // Each part ends where the next one's first item is.
+        f.upper = p + 1 == parts ? r.upper : std::optional<sync_item>(index.at(to));
+        f.what = sync_range::mode::fingerprint;
+        f.fp = index.fingerprint_of(from, to);
+        push_range(reply.ranges, std::move(f));
+      }
+    } else {
+      // A list: both sides of this range are known now, what differs is
+      // settled here.
+      mine.clear();
+      index.items(lower, upper, mine);
+      std::size_t a = 0, b = 0;
+      while (a < mine.size() || b < r.items.size()) {
+        if (b == r.items.size() || (a < mine.size() && mine[a] < r.items[b])) {
+          out.send.push_back(mine[a++]);
+        } else if (a == mine.size() || r.items[b] < mine[a]) {
+          if (reply.need.size() < config.max_need) reply.need.push_back(r.items[b]);
+          ++b;
         } else {
-          for (std::size_t p = 0; p < parts; ++p) {
-            const auto from = lower + count * p / parts;
-            const auto to = lower + count * (p + 1) / parts;
-            sync_range f;
-            // Each part ends where the next one's first item is.
-            f.upper = p + 1 == parts ? r.upper : std::optional<sync_item>(index.at(to));
-            f.what = sync_range::mode::fingerprint;
-            f.fp = index.fingerprint_of(from, to);
-            push_range(reply.ranges, std::move(f));
-          }
+          ++a;
+          ++b;
         }
-        break;
       }
-      case sync_range::mode::list: {
-        // Both sides of this range are known now: what differs is settled.
-        mine.clear();
-        index.items(lower, upper, mine);
-        std::size_t a = 0, b = 0;
-        while (a < mine.size() || b < r.items.size()) {
-          if (b == r.items.size() || (a < mine.size() && mine[a] < r.items[b])) {
-            out.send.push_back(mine[a++]);
-          } else if (a == mine.size() || r.items[b] < mine[a]) {
-            if (reply.need.size() < config.max_need) reply.need.push_back(r.items[b]);
-            ++b;
-          } else {
-            ++a;
-            ++b;
-          }
-        }
-        push_range(reply.ranges, skip_to(r.upper));
-        break;
-      }
+      push_range(reply.ranges, skip_to(r.upper));
     }
     lower = std::max(lower, upper);
   }
@@ -188,8 +192,10 @@ json encode_range_sync(const range_sync_message& message) {
   return out;
 }
 
-range_sync_parse_result parse_range_sync(const json& wire, const range_sync_config& config,
-                                         std::size_t max_list_items) noexcept {
+range_sync_parse_result parse_range_sync(const json& wire, const range_sync_config& config) noexcept {
+  // Lists come from answers (at most list_threshold items per range) or
+  // from an opening message (one range).
+  const std::size_t max_list_items = std::max<std::size_t>(config.max_ranges, 1) * std::max<std::size_t>(config.list_threshold, 1);
   range_sync_parse_result res;
   const auto fail = [&](range_sync_error e) {
     res.message.reset();
@@ -220,8 +226,10 @@ range_sync_parse_result parse_range_sync(const json& wire, const range_sync_conf
       } else {
         return fail(range_sync_error::shape);
       }
-      if (!e[1].is_number_unsigned() || e[1].get<std::uint64_t>() > 2) return fail(range_sync_error::shape);
-      range.what = static_cast<sync_range::mode>(e[1].get<std::uint64_t>());
+      // (Unsigned from CBOR; a json built in memory holds a small int as signed.)
+      if (!e[1].is_number_integer() || e[1].get<std::int64_t>() < 0 || e[1].get<std::int64_t>() > 2)
+        return fail(range_sync_error::shape);
+      range.what = static_cast<sync_range::mode>(e[1].get<std::int64_t>());
       switch (range.what) {
         case sync_range::mode::skip:
           if (e.size() != 2) return fail(range_sync_error::shape);
@@ -234,7 +242,8 @@ range_sync_parse_result parse_range_sync(const json& wire, const range_sync_conf
           break;
         }
         case sync_range::mode::list: {
-          if (e.size() != 3 || !e[2].is_binary()) return fail(range_sync_error::shape);
+          if (e.size() != 3 || !e[2].is_binary() || e[2].get_binary().size() % sync_item::binary_size != 0)
+            return fail(range_sync_error::shape);
           const auto& bytes = e[2].get_binary();
           listed += bytes.size() / sync_item::binary_size;
           if (listed > max_list_items) return fail(range_sync_error::too_large);

@@ -28,7 +28,7 @@ struct work_item {
   json body;         // delta, custom payload or snapshot
   std::string peer;  // push_to, node_down; for the others the neighbour it came from
   std::size_t bytes = 0;  // the body's wire size, for inbox_limit_bytes
-  std::optional<range_sync_message> ranges;  // reconcile
+  std::optional<range_sync_message> ranges{};  // reconcile
 };
 
 }  // namespace
@@ -61,10 +61,14 @@ struct replica_host::impl {
         rng(config.seed ? config.seed : std::random_device{}()), loops(s.get_executor()) {
     if (config.anti_entropy_interval <= duration{0} || config.anti_entropy_jitter < 0 ||
         config.anti_entropy_jitter >= 1 || config.inbox_limit == 0 || config.inbox_limit_bytes == 0 ||
-        config.inbox_peer_limit_bytes == 0 || config.backpressure_max_wait < duration{0} || config.sync_chunk_bytes < 1024 ||
+        config.inbox_peer_limit_bytes == 0 || config.reconcile_batch_items == 0 ||
+        config.range_sync.branching < 2 || config.range_sync.list_threshold == 0 ||
+        config.range_sync.max_ranges <= config.range_sync.branching || config.range_sync.max_need == 0 ||
+        config.backpressure_max_wait < duration{0} || config.sync_chunk_bytes < 1024 ||
         config.max_snapshot_bytes < config.sync_chunk_bytes || config.max_snapshot_items == 0)
       throw std::invalid_argument(
-          "replica_config: anti_entropy_interval must be positive, jitter in [0, 1), inbox_limit, inbox_limit_bytes and inbox_peer_limit_bytes > 0, "
+          "replica_config: anti_entropy_interval must be positive, jitter in [0, 1), inbox_limit, inbox_limit_bytes, inbox_peer_limit_bytes and reconcile_batch_items > 0, "
+          "range_sync.branching >= 2, list_threshold and max_need > 0, max_ranges > branching, "
           "backpressure_max_wait >= 0, sync_chunk_bytes >= 1024, max_snapshot_bytes >= sync_chunk_bytes, "
           "max_snapshot_items > 0");
   }
@@ -258,7 +262,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
       std::optional<json> snapshot;
       co_await guarded("snapshot_of", [&]() -> task<> { snapshot = co_await callbacks.snapshot_of(name, batch); });
       if (!snapshot || stopped) continue;
-      counters.reconcile_items_sent += batch.size();
+      counters.reconcile_items_sent += snapshot->size();  // what is still current of the batch
       send_snapshot(peer, std::move(*snapshot));
     }
     if (step.reply && !stopped) send_ranges(peer, std::move(*step.reply));
@@ -357,8 +361,9 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
   // Why anti-entropy: full sync runs on start and on peer_up only, and what
   // a node learns by full sync is not re-broadcast. After a partition heals,
   // a node whose links survived the split gets no peer_up and would stay
-  // behind; pulling from a random peer now and then closes that gap, and
-  // since merge is idempotent and snapshots are whole, repeats are harmless.
+  // behind; syncing with a random peer now and then closes that gap, and
+  // since merge is idempotent, repeats are harmless. With range
+  // reconciliation a round between equal states is one fingerprint.
   task<> run_anti_entropy() {
     const auto& cfg = host->config;
     while (!stopped) {
@@ -375,7 +380,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
 
 bool replica_host::impl::on_message(const std::string& from, const byte_slice& body) {
   if (stopped) return true;
-  auto parsed = parse_replica_message(body.bytes());
+  auto parsed = parse_replica_message(body.bytes(), {}, config.range_sync);
   if (parsed.error == replica_parse_error::not_cbor) return false;  // not a message: cut the peer off
   auto instance = parsed.name.empty() ? nullptr : find(parsed.name);
   if (!parsed.message) {

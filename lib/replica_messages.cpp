@@ -62,7 +62,8 @@ message_body encode(const replica_reconcile& m) {
   return encode_body({{"t", "rc"}, {"n", m.name}, {"m", encode_range_sync(m.message)}});
 }
 
-parsed_replica_message parse_replica_message(std::span<const std::uint8_t> body, const cbor_limits& limits) noexcept {
+parsed_replica_message parse_replica_message(std::span<const std::uint8_t> body, const cbor_limits& limits,
+                                             const range_sync_config& ranges) noexcept {
   parsed_replica_message out;
   try {
     auto j = decode_cbor(body, limits);
@@ -81,7 +82,7 @@ parsed_replica_message parse_replica_message(std::span<const std::uint8_t> body,
     } else if (*type == "pull" && j->size() == 2) {
       out.message = replica_pull{*name};
     } else if (*type == "rc" && j->size() == 3 && j->contains("m")) {
-      auto parsed = parse_range_sync((*j)["m"]);
+      auto parsed = parse_range_sync((*j)["m"], ranges);
       if (!parsed.message) return out;
       out.message = replica_reconcile{*name, std::move(*parsed.message)};
     } else if (*type == "part" && j->size() == 6) {

@@ -2,6 +2,7 @@
 
 #include "barrel_p2p/keyed_hash.hpp"
 
+#include <algorithm>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -59,11 +60,15 @@ std::uint64_t sync_key_id(std::string_view key, std::string_view writer) noexcep
   return siphash24(id_key, buf);
 }
 
-void fingerprint::add(const sync_item& item) noexcept {
-  ++count;
+fingerprint fingerprint::of(const sync_item& item) noexcept {
   const auto mixed = item.ts ^ siphash24(hash_a_key, item.id);
-  sum_a += siphash24(hash_a_key, mixed);
-  sum_b += siphash24(hash_b_key, mixed ^ item.id);
+  return {1, siphash24(hash_a_key, mixed), siphash24(hash_b_key, mixed ^ item.id)};
+}
+
+void fingerprint::add(const sync_item& item) noexcept { *this = plus(of(item)); }
+
+fingerprint fingerprint::plus(const fingerprint& other) const noexcept {
+  return {count + other.count, sum_a + other.sum_a, sum_b + other.sum_b};
 }
 
 fingerprint fingerprint::minus(const fingerprint& other) const noexcept {
@@ -81,15 +86,9 @@ void sync_index::clear() {
 
 void sync_index::update(std::uint32_t n) noexcept {
   auto& x = nodes_[n];
-  fingerprint f;
-  f.add(x.item);
-  for (const auto child : {x.left, x.right}) {
-    if (child == none) continue;
-    const auto& c = nodes_[child].sub;
-    f.count += c.count;
-    f.sum_a += c.sum_a;
-    f.sum_b += c.sum_b;
-  }
+  auto f = x.own;
+  if (x.left != none) f = f.plus(nodes_[x.left].sub);
+  if (x.right != none) f = f.plus(nodes_[x.right].sub);
   x.sub = f;
 }
 
@@ -149,7 +148,7 @@ bool sync_index::insert(const sync_item& item) {
     n = static_cast<std::uint32_t>(nodes_.size());
     nodes_.emplace_back();
   }
-  nodes_[n] = node{item, splitmix(rng_), none, none, {}};
+  nodes_[n] = node{item, splitmix(rng_), none, none, fingerprint::of(item), {}};
   update(n);
   std::uint32_t lo = none, hi = none;
   split(root_, item, lo, hi);
@@ -218,13 +217,8 @@ fingerprint sync_index::prefix(std::size_t k) const {
       n = x.left;
       continue;
     }
-    if (x.left != none) {
-      const auto& c = nodes_[x.left].sub;
-      f.count += c.count;
-      f.sum_a += c.sum_a;
-      f.sum_b += c.sum_b;
-    }
-    f.add(x.item);
+    if (x.left != none) f = f.plus(nodes_[x.left].sub);
+    f = f.plus(x.own);
     k -= left + 1;
     n = x.right;
   }

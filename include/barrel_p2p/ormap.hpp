@@ -131,7 +131,8 @@ class ormap {
 
   /// Range reconciliation (range_sync.hpp): from now on keep every entry's
   /// item (sync_item_of) in an index, built from the current entries now.
-  /// A copy of the map does not track (deltas and snapshots need not).
+  /// A copy of the map does not track (deltas and snapshots need not), and
+  /// a map assigned a copy of another stops tracking.
   void track_sync_items();
   /// The index, or nullptr when not tracking.
   [[nodiscard]] const sync_index* sync_items() const noexcept { return tracking_.t ? &tracking_.t->index : nullptr; }
@@ -145,7 +146,9 @@ class ormap {
  private:
   struct tracking {
     sync_index index;
-    std::unordered_map<std::uint64_t, const std::string*> keys;  // item id -> the key in entries_
+    // item id -> the keys in entries_ (two keys may share an id: a hash
+    // collision, which a member can make for its own writes).
+    std::unordered_multimap<std::uint64_t, const std::string*> keys;
   };
   // Not copied with the map: a copy is a delta or a snapshot.
   struct tracking_slot {
@@ -153,7 +156,10 @@ class ormap {
     tracking_slot() = default;
     tracking_slot(const tracking_slot&) {}
     tracking_slot(tracking_slot&&) noexcept = default;
-    tracking_slot& operator=(const tracking_slot&) { return *this; }
+    tracking_slot& operator=(const tracking_slot&) {
+      t.reset();  // its key pointers would be into the old entries
+      return *this;
+    }
     tracking_slot& operator=(tracking_slot&&) noexcept = default;
   };
   // `key` is the container's own string (its address is kept).

@@ -38,10 +38,10 @@ namespace barrel_p2p {
 using json = nlohmann::json;
 
 struct range_sync_config {
-  std::size_t branching = 16;       ///< ranges a differing range is split into
-  std::size_t list_threshold = 16;  ///< at most this many items: list them instead of splitting
-  std::size_t max_ranges = 2048;    ///< ranges in one message (bounds its size, ~100 KiB)
-  std::size_t max_need = 65'536;    ///< items asked for in one message
+  std::size_t branching = 16;       ///< ranges a differing range is split into (>= 2)
+  std::size_t list_threshold = 16;  ///< at most this many items: list them instead of splitting (>= 1)
+  std::size_t max_ranges = 2048;    ///< ranges in one message (bounds its size, ~100 KiB; > branching)
+  std::size_t max_need = 65'536;    ///< items asked for in one message (>= 1)
 };
 
 struct sync_range {
@@ -92,8 +92,8 @@ struct range_sync_parse_result {
 
 /// Validates and decodes a peer's message; never throws. Limits: at most
 /// `config.max_ranges` ranges, `config.max_need` needed items, and
-/// `max_list_items` items in all lists together.
-[[nodiscard]] range_sync_parse_result parse_range_sync(const json& wire, const range_sync_config& config = {},
-                                                       std::size_t max_list_items = 65'536) noexcept;
+/// max_ranges × list_threshold items in all lists together (what an answer
+/// under the same config can hold). Both sides must use the same config.
+[[nodiscard]] range_sync_parse_result parse_range_sync(const json& wire, const range_sync_config& config = {}) noexcept;
 
 }  // namespace barrel_p2p

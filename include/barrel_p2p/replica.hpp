@@ -4,10 +4,11 @@
 //
 // A named instance gossips OR-Map deltas over Plumtree under a tag equal to
 // its name, routes incoming deltas to its callbacks (the OWNER, which holds
-// the actual map), full-syncs state with peers when they connect and pulls
-// state when it starts late, and drops a node's entries on peer_down. It can
-// run periodic, jittered anti-entropy pulls for owners whose snapshot is the
-// whole state.
+// the actual map), syncs state with peers when they connect and when it
+// starts late, and drops a node's entries on peer_down. It can run periodic,
+// jittered anti-entropy rounds for owners whose snapshot is the whole state.
+// Owners that keep a sync_index (the map) sync by range reconciliation,
+// moving only what differs; others push and pull whole snapshots.
 #pragma once
 
 #include <barrel_p2p/hlc.hpp>
@@ -55,10 +56,10 @@ class replica_callbacks {
 
   /// Optional, range reconciliation (range_sync.hpp): the owner's items,
   /// kept current as its entries change. An owner that returns an index
-  /// syncs with a peer by their differences (anti-entropy every
-  /// reconcile_interval, on connect, on a late start, request_sync) instead
-  /// of whole snapshots; nullptr (the default) keeps whole snapshots. The
-  /// same conditions as anti_entropy(): removals must be tombstones.
+  /// syncs with a peer by their differences (on connect, on a late start,
+  /// request_sync, and anti-entropy rounds when anti_entropy() is true)
+  /// instead of whole snapshots; nullptr (the default) keeps whole
+  /// snapshots. Removals must be tombstones, as for anti_entropy().
   virtual const sync_index* sync_items(const std::string& name);
   /// With sync_items: a snapshot (apply_full_sync's shape) of the entries
   /// behind `items` that are still current, or nullopt when none is.
@@ -116,7 +117,7 @@ struct replica_counters {
   std::uint64_t customs_received = 0;
   std::uint64_t syncs_sent = 0;        ///< snapshots pushed to peers
   std::uint64_t syncs_received = 0;
-  std::uint64_t pulls_sent = 0;        ///< sync requests (late start, anti-entropy, request_sync)
+  std::uint64_t pulls_sent = 0;        ///< snapshot requests (late start, anti-entropy, request_sync; owners without sync_items)
   std::uint64_t anti_entropy_rounds = 0;
   std::uint64_t callback_errors = 0;
   std::uint64_t bad_messages = 0;      ///< payloads of unknown shape, ignored
@@ -205,8 +206,9 @@ class replica {
   task<> publish_delta(const json& delta);
   /// The same with the payload already encoded (encode_delta_payload).
   task<> publish_delta(shared_bytes payload);
-  /// Asks `peer_id` (or, without argument, every active peer) to push its
-  /// snapshot to this node.
+  /// Syncs with `peer_id` (or, without argument, every active peer): a
+  /// range reconciliation when the owner keeps a sync_index, else a request
+  /// for the peer's snapshot.
   void request_sync(const std::string& peer_id);
   void request_sync();
   /// Stops the instance (unsubscribes, ends its loops).

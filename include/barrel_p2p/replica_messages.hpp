@@ -86,8 +86,10 @@ struct parsed_replica_message {
   std::string name;
 };
 
-/// Validating parse of a replica frame body. Never throws.
+/// Validating parse of a replica frame body. Never throws. A reconcile
+/// message is held to `ranges` (the receiver's replica_config::range_sync).
 [[nodiscard]] parsed_replica_message parse_replica_message(std::span<const std::uint8_t> body,
-                                                           const cbor_limits& limits = {}) noexcept;
+                                                           const cbor_limits& limits = {},
+                                                           const range_sync_config& ranges = {}) noexcept;
 
 }  // namespace barrel_p2p

@@ -55,7 +55,10 @@ struct fingerprint {
   friend constexpr bool operator==(const fingerprint&, const fingerprint&) = default;
 
   void add(const sync_item& item) noexcept;
+  [[nodiscard]] fingerprint plus(const fingerprint& other) const noexcept;
   [[nodiscard]] fingerprint minus(const fingerprint& other) const noexcept;
+  /// One item alone.
+  [[nodiscard]] static fingerprint of(const sync_item& item) noexcept;
 };
 
 class sync_index {
@@ -86,6 +89,7 @@ class sync_index {
     sync_item item;
     std::uint64_t priority;
     std::uint32_t left, right;
+    fingerprint own;  // of the item alone (hashed once, at insert)
     fingerprint sub;  // of the subtree rooted here
   };
   std::vector<node> nodes_;

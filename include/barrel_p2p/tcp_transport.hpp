@@ -96,7 +96,7 @@ struct tcp_transport_config {
   std::function<void(const std::string&)> log;
 };
 
-inline constexpr std::uint32_t protocol_version = 4;
+inline constexpr std::uint32_t protocol_version = 5;
 
 /// A transport over TCP, with what only real connections have: keys and
 /// certificates that can change while it runs.
