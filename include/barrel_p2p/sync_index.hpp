@@ -40,8 +40,11 @@ struct sync_item {
 
 /// The id of a key's entry: SipHash-2-4 of the key and the writer's node id
 /// (empty for a tombstone) under a fixed, public key, so every node computes
-/// the same. Not a secret: a member that wants two keys to collide can find
-/// such keys, and would only hide its own writes from reconciliation.
+/// the same. Not a secret, and 64 bits: a member can find two (key, writer)
+/// pairs with one id (about 2^32 tries), or pick entries whose range sums
+/// match. Entries that collide are not told apart by reconciliation; they
+/// still travel by broadcast. An honest cluster meets a collision with
+/// probability about n^2 / 2^65 for n entries.
 [[nodiscard]] std::uint64_t sync_key_id(std::string_view key, std::string_view writer) noexcept;
 
 /// What two sides compare for a range: the number of items and two sums
