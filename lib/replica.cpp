@@ -401,6 +401,10 @@ bool replica_host::impl::on_message(const std::string& from, const byte_slice& b
     work_item w{work_item::kind::reconcile, {}, from, body.size()};
     w.ranges = std::move(rc->message);
     instance->enqueue(std::move(w));
+  } else if (instance->reconciling()) {
+    // A pull, to an owner that reconciles: answered with one fingerprint,
+    // not the whole state (a 20-byte pull must not cost a snapshot).
+    instance->start_reconcile(from);
   } else {
     instance->enqueue({work_item::kind::push_to, {}, from});
   }

@@ -26,10 +26,14 @@
 #include "io_harness.hpp"
 
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fcntl.h>
 #include <fstream>
 #include <malloc.h>
 #include <sys/wait.h>
 #include <functional>
+#include <optional>
 #include <random>
 #include <unistd.h>
 
@@ -75,6 +79,8 @@ node_config bounded(const std::string& id) {
   c.replicas.max_snapshot_bytes = 8 << 20;
   c.replicas.anti_entropy_interval = 1s;
   c.transport.send_queue_bytes_limit = 8 << 20;
+  if (std::getenv("BARREL_TEST_LOG"))
+    c.log = [id](const std::string& line) { std::fprintf(stderr, "%s: %s\n", id.c_str(), line.c_str()); };
   return c;
 }
 
@@ -173,13 +179,27 @@ std::vector<flood_kind> flood_kinds(const peer_descriptor& evil) {
       // Cut off (a bad frame, a heartbeat missed under load): come back.
       if (!evil.net().is_connected("victim")) co_await evil.net().connect(peer_address("127.0.0.1", port));
       const auto until = sched->now() + 1500ms;
+      std::size_t sent = 0, refused = 0;
       while (sched->now() < until) {
         // As fast as the attacker's own send queue takes them.
-        for (int i = 0; i < 64; ++i) evil.net().send("victim", kind.ch, kind.make(rng));
+        for (int i = 0; i < 64; ++i) (evil.net().send("victim", kind.ch, kind.make(rng)) ? sent : refused)++;
         co_await sched->sleep(1ms);
       }
+      // What is still queued here goes before the next kind (at most 2 s):
+      // else a slow victim would see only the backlog of the first kinds.
+      const auto drained_by = sched->now() + 2000ms;
+      while (evil.net().fullest_send_queue() > 0 && sched->now() < drained_by) co_await sched->sleep(5ms);
+      if (std::getenv("BARREL_TEST_LOG"))
+        std::fprintf(stderr, "attacker: %s: %zu sent, %zu refused, left queued %zu\n", kind.name, sent, refused,
+                     evil.net().fullest_send_queue());
+      if (::write(ready, &byte, 1) != 1) ::_exit(3);  // this kind is done
     }
-    ::_exit(0);
+    // Stay connected, reading, until the parent has seen the flood arrive
+    // and kills this process: exiting with replies unread would make the
+    // kernel reset the connection, and the victim would lose what it had
+    // not read yet (a slow victim is far behind: small frames pile up by
+    // the hundred thousand in the socket buffers).
+    for (;;) co_await sched->sleep(100ms);
   }, boost::asio::detached);
   io.run();
   ::_exit(2);
@@ -234,8 +254,9 @@ TEST_CASE("a member flooding every message type: bounded memory, the others conv
     attacker_ready = !ec && n == 1;
     pipe.release();
   });
-  ::close(ready[0]);
   REQUIRE(attacker_ready);
+  // From now on one byte per kind the attacker has finished.
+  ::fcntl(ready[0], F_SETFL, ::fcntl(ready[0], F_GETFL) | O_NONBLOCK);
 
   const auto frames_before = nodes[0]->net().counters().frames_received;
   const auto walks_before = nodes[0]->membership().counters().forward_joins;
@@ -248,15 +269,22 @@ TEST_CASE("a member flooding every message type: bounded memory, the others conv
     auto sched = make_real_scheduler(io.get_executor());
     const auto start = sched->now();
     std::size_t reported = 0;
-    // The flood runs 1.5 s per kind; sample a little past its end.
-    while (sched->now() < start + 1500ms * static_cast<int>(kinds.size()) + 1s) {
+    // The flood runs 1.5 s per kind, then at most 2 s while the attacker's
+    // queue drains; sample until it is done, and a little past.
+    std::size_t phases_done = 0;
+    std::optional<duration> done_at;
+    while (!done_at || sched->now() < *done_at + 1s) {
+      if (sched->now() > start + 90s) break;
+      char bytes[16];
+      const auto got = ::read(ready[0], bytes, sizeof bytes);
+      if (got > 0) phases_done += static_cast<std::size_t>(got);
+      if (phases_done >= kinds.size() && !done_at) done_at = sched->now();
       ++http_asked;
       if (co_await http_status(api.port()) == 200) ++http_ok;
       const int k = honest_puts++;
       co_await maps[1]->put("during" + std::to_string(k), k);
       peak = std::max(peak, rss_bytes());
-      const auto phase = static_cast<std::size_t>((sched->now() - start) / 1500ms);
-      if (phase > reported && reported < kinds.size()) {
+      while (phases_done > reported && reported < kinds.size()) {
         auto& v = *nodes[0];
         MESSAGE(std::string(kinds[reported].name), ": RSS ", rss_bytes() >> 20, " MiB, heap in use ",
                 ::mallinfo2().uordblks >> 20, " MiB; victim: ",
@@ -266,16 +294,26 @@ TEST_CASE("a member flooding every message type: bounded memory, the others conv
                 v.membership().counters().dials_refused, " dials refused, fullest send queue ",
                 v.net().fullest_send_queue(), "; b: ", nodes[1]->broadcast().counters().missing, " missing, ",
                 nodes[1]->broadcast().counters().cache_bytes >> 10, " KiB cached, queue ",
-                nodes[1]->net().fullest_send_queue(), "; c: ", nodes[2]->broadcast().counters().missing, " missing");
-        reported = phase;
+                nodes[1]->net().fullest_send_queue(), "; c: ", nodes[2]->broadcast().counters().missing, " missing",
+                "; victim frames in ", v.net().counters().frames_received, ", read holds ", v.net().counters().read_holds,
+                ", bad frames ", v.net().counters().bad_frames, ", replica bad ", maps[0]->replica_stats().bad_messages);
+        ++reported;
       }
       co_await sched->sleep(250ms);
     }
   }, 120s);
+  ::close(ready[0]);
+  // Everything the attacker sent reaches the victim, the last kinds
+  // included (up to a minute: it is far behind). A sanitizer build is too
+  // slow to read the backlog in that time: not checked there.
+  const auto parts_arrived =
+      !rss_is_meaningful ||
+      eventually(io, [&] { return maps[0]->replica_stats().sync_parts_received > parts_before; }, 60s);
   int status = 0;
+  CHECK(::waitpid(child, &status, WNOHANG) == 0);  // still there: it did not fail
+  ::kill(child, SIGKILL);
   ::waitpid(child, &status, 0);
-  CHECK(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(WIFSIGNALED(status));
   MESSAGE("RSS before ", rss_before >> 20, " MiB, peak ", peak >> 20, " MiB, after ", rss_bytes() >> 20, " MiB");
   // The budgets above: the victim holds at most 8 MiB of cache, 8 in the
   // inbox, 8 of partial snapshots and 8 per send queue (b, c, the
@@ -288,9 +326,8 @@ TEST_CASE("a member flooding every message type: bounded memory, the others conv
   CHECK(nodes[0]->net().counters().frames_received - frames_before > 1'000);
   CHECK(nodes[0]->membership().counters().forward_joins - walks_before > 100);
   CHECK(nodes[0]->broadcast().counters().gossip_received - gossip_before > 0);
-  // Not checked: the PART phase (the victim has shown 0 parts received in
-  // every run so far; whether they reach it is an open question).
   MESSAGE("snapshot parts received by the victim: ", maps[0]->replica_stats().sync_parts_received - parts_before);
+  CHECK(parts_arrived);
   CHECK(http_asked > 0);
   CHECK(http_ok == http_asked);
   // The honest writes made during the flood reach every node.
