@@ -369,6 +369,11 @@ task<json> full_sync(boost::asio::io_context& io, std::size_t keys) {
   c.tweak = [](node_config& cfg) { cfg.replicas.anti_entropy_interval = std::chrono::hours(1); };
   co_await c.start(1);
   for (std::size_t k = 0; k < keys; ++k) co_await c.maps[0]->put("s" + std::to_string(k), k);
+  if (std::getenv("BENCH_PAUSE")) {  // attach a profiler to the sync alone
+    std::fprintf(stderr, "full sync of %zu keys starts in 3 s (pid %d)\n", keys, static_cast<int>(::getpid()));
+    auto s = make_real_scheduler(io.get_executor());
+    co_await s->sleep(3s);
+  }
   const auto t0 = steady::now();
   co_await c.start(1);
   auto sched = make_real_scheduler(io.get_executor());
