@@ -258,9 +258,12 @@ range_sync_parse_result parse_range_sync(const json& wire, const range_sync_conf
     }
     if (const auto w = wire.find("w"); w != wire.end()) {
       if (!w->is_binary()) return fail(range_sync_error::shape);
+      if (w->get_binary().size() % sync_item::binary_size != 0) return fail(range_sync_error::shape);
       if (w->get_binary().size() / sync_item::binary_size > config.max_need) return fail(range_sync_error::too_large);
-      auto need = unpack_items(w->get_binary(), {}, std::nullopt, false);
-      if (!need) return fail(range_sync_error::shape);
+      // Increasing, so each item is asked for once (an answer builds them
+      // in order): a repeated item cannot multiply the work it causes.
+      auto need = unpack_items(w->get_binary(), {}, std::nullopt, true);
+      if (!need) return fail(range_sync_error::order);
       m.need = std::move(*need);
     }
     res.message = std::move(m);

@@ -173,14 +173,19 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
   // only for neighbours with work queued.
   struct peer_load {
     std::size_t bytes = 0;
+    std::size_t items = 0;
     read_hold hold;
   };
+  // Items count too: a flood of tiny deltas fills inbox_limit long before
+  // it weighs inbox_peer_limit_bytes. A quarter of the inbox per peer.
+  std::size_t peer_item_limit() const { return std::max<std::size_t>(host->config.inbox_limit / 4, 1); }
   std::map<std::string, peer_load> loads;
   void charge(const std::string& peer, std::size_t bytes) {
-    if (peer.empty() || bytes == 0) return;
+    if (peer.empty()) return;
     auto& load = loads[peer];
     load.bytes += bytes;
-    if (!load.hold && load.bytes > host->config.inbox_peer_limit_bytes) {
+    ++load.items;
+    if (!load.hold && (load.bytes > host->config.inbox_peer_limit_bytes || load.items > peer_item_limit())) {
       ++counters.inbox_peer_holds;
       load.hold = host->net.hold_reading(peer);
     }
@@ -190,8 +195,10 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     if (it == loads.end()) return;
     auto& load = it->second;
     load.bytes -= std::min(load.bytes, bytes);
-    if (load.hold && load.bytes <= host->config.inbox_peer_limit_bytes / 2) load.hold.reset();
-    if (load.bytes == 0 && !load.hold) loads.erase(it);
+    if (load.items > 0) --load.items;
+    if (load.hold && load.bytes <= host->config.inbox_peer_limit_bytes / 2 && load.items <= peer_item_limit() / 2)
+      load.hold.reset();
+    if (load.items == 0 && !load.hold) loads.erase(it);
   }
 
   // Plumtree delivery for our tag: the payload is decoded here, once.
@@ -229,7 +236,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     std::optional<json> snapshot;
     co_await guarded("full_sync_snapshot", [&]() -> task<> { snapshot = co_await callbacks.full_sync_snapshot(name); });
     if (!snapshot || stopped) co_return;
-    send_snapshot(peer, std::move(*snapshot));
+    send_snapshot(peer, std::move(*snapshot), false);
   }
 
   // ---- range reconciliation (owners with sync_items) ---------------------
@@ -255,20 +262,34 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     if (!index) co_return;
     const auto& cfg = host->config;
     auto step = range_sync_answer(*index, message, cfg.range_sync);
-    for (std::size_t from = 0; from < step.send.size() && !stopped; from += cfg.reconcile_batch_items) {
-      const auto to = std::min(step.send.size(), from + cfg.reconcile_batch_items);
+    // Batches of reconcile_batch_items entries, halved while one encodes
+    // over max_snapshot_bytes (large values): every entry goes, or is
+    // logged as too large alone.
+    std::size_t batch_items = cfg.reconcile_batch_items;
+    for (std::size_t from = 0; from < step.send.size() && !stopped;) {
+      const auto to = std::min(step.send.size(), from + batch_items);
       const std::vector<sync_item> batch(step.send.begin() + static_cast<std::ptrdiff_t>(from),
                                          step.send.begin() + static_cast<std::ptrdiff_t>(to));
       std::optional<json> snapshot;
       co_await guarded("snapshot_of", [&]() -> task<> { snapshot = co_await callbacks.snapshot_of(name, batch); });
-      if (!snapshot || stopped) continue;
-      counters.reconcile_items_sent += snapshot->size();  // what is still current of the batch
-      send_snapshot(peer, std::move(*snapshot));
+      if (stopped) break;
+      if (snapshot) {
+        const auto entries = snapshot->size();  // what is still current of the batch
+        if (!send_snapshot(peer, std::move(*snapshot), batch_items > 1)) {
+          batch_items = std::max<std::size_t>(1, batch_items / 2);
+          continue;  // the same entries again, fewer at a time
+        }
+        counters.reconcile_items_sent += entries;
+      }
+      from = to;
     }
     if (step.reply && !stopped) send_ranges(peer, std::move(*step.reply));
   }
 
-  void send_snapshot(const std::string& peer, json snapshot_json) {
+  // False only when the snapshot is over max_snapshot_bytes and
+  // `may_retry` (the caller sends it again in smaller pieces); otherwise
+  // that is counted and logged here.
+  bool send_snapshot(const std::string& peer, json snapshot_json, bool may_retry) {
     // Full sync goes straight to the peer, not through the broadcast tree.
     // The whole message is encoded once; only a snapshot too big for one
     // message is encoded again, alone, to be cut into parts.
@@ -278,15 +299,16 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     if (whole.size() <= cfg.sync_chunk_bytes) {
       ++counters.syncs_sent;
       host->net.send(peer, channel::replica, whole);
-      return;
+      return true;
     }
     whole = {};
     auto bytes = encode_cbor(message.snapshot);
     if (bytes.size() > cfg.max_snapshot_bytes) {
+      if (may_retry) return false;
       ++counters.snapshots_too_large;
       host->log("replica " + name + ": snapshot of " + std::to_string(bytes.size()) +
                 " bytes is over max_snapshot_bytes; not sent to " + peer);
-      return;
+      return true;
     }
     // Parts go out in order on one connection; the receiver reassembles
     // them in order. A part the send queue drops ends this sync (the next
@@ -302,14 +324,15 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
       // No backpressure wait here: this runs in the instance's inbox loop,
       // and at most max_snapshot_bytes / sync_chunk_bytes parts (64) cannot
       // fill a send queue; waiting would stall incoming deltas instead.
-      if (stopped) return;
+      if (stopped) return true;
       ++counters.sync_parts_sent;
       if (!host->net.send(peer, channel::replica, encode(replica_part{name, id, i, parts, std::move(slice)}))) {
         host->log("replica " + name + ": part " + std::to_string(i) + " of a snapshot for " + peer +
                   " was not queued; the sync is abandoned");
-        return;
+        return true;
       }
     }
+    return true;
   }
 
   // Static, holding the state: see plumtree's timers_loop.
@@ -550,6 +573,7 @@ replica::~replica() {
     i.host->forget_assemblies(i.name);
     i.inbox_in.close();
     i.loops.cancel();
+    i.loads.clear();
   }
 }
 
@@ -632,6 +656,7 @@ task<> replica::stop() {
   i->host->forget_assemblies(i->name);
   i->inbox_in.close();
   co_await i->loops.stop();
+  i->loads.clear();  // whatever was left queued: its holds go too
 }
 
 const std::string& replica::name() const { return impl_->name; }

@@ -88,11 +88,6 @@ struct frame_queue {
     bytes += cost(f);
     frames.push_back(std::move(f));
   }
-  // Ahead of everything queued: a control frame independent of the order.
-  void push_front(queued_frame f) {
-    bytes += cost(f);
-    frames.push_front(std::move(f));
-  }
   queued_frame pop() {
     auto f = std::move(frames.front());
     frames.pop_front();
@@ -150,6 +145,8 @@ struct connection {
   asio::steady_timer read_wake;  // the reader waits on it while its peer is held
   bool read_held = false;        // the reader is waiting for a read_hold to end
   bool held_by_peer = false;     // the peer said it holds its reading of us
+  std::optional<duration> hold_ended_at;  // when it last said it reads again
+  std::optional<bool> notice_due;  // our hold state, to send before the next frames
   const bool tls;
   const bool outbound;
   std::string remote;          // for log lines
@@ -980,9 +977,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
             co_return disconnect_reason::protocol_error;
           }
           if (auto held = parse_hold_notice(*control)) {
+            if (conn->held_by_peer && !*held) conn->hold_ended_at = clock_now();
             conn->held_by_peer = *held;
-            // A write stalled by the hold is judged from its end.
-            if (!*held && conn->write_started) conn->write_started = clock_now();
           }
           continue;
         }
@@ -998,11 +994,12 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     }
   }
 
-  // Ahead of the queue and outside its limits: two tiny frames per hold.
+  // Outside the queue and its limits: one slot holding the latest state,
+  // written before the next frames (so a hold and its release made while
+  // the writer is busy go out as the release alone, never out of order).
   void send_hold_notice(connection& conn, bool held) {
     if (conn.closing) return;
-    const auto body = encode_body(make_hold_notice(held));
-    conn.queue.push_front({encode_frame_header(channel::control, body.size()), body});
+    conn.notice_due = held;
     conn.wake.cancel();
   }
 
@@ -1028,9 +1025,14 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   task<disconnect_reason> write_loop(std::shared_ptr<connection> conn) {
     try {
       for (;;) {
-        while (!conn->queue.empty()) {
+        while (!conn->queue.empty() || conn->notice_due) {
           std::vector<queued_frame> batch;
           std::size_t bytes = 0;
+          if (conn->notice_due) {  // our hold state first (send_hold_notice)
+            const auto body = encode_body(make_hold_notice(*conn->notice_due));
+            conn->notice_due.reset();
+            batch.push_back({encode_frame_header(channel::control, body.size()), body});
+          }
           while (!conn->queue.empty() && batch.size() < write_batch_frames && bytes < write_batch_bytes) {
             batch.push_back(conn->queue.pop());
             bytes += batch.back().body.size();
@@ -1086,7 +1088,11 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
           // A peer that holds its reading of us (its queued work from us is
           // over its budget) gets longer before a stalled write counts as
           // "not reading"; its heartbeats still must come.
-          const auto write_limit = conn->held_by_peer ? held_write_timeout_factor * limit : limit;
+          // Timed from the write's start, never reset by a notice: a peer
+          // that sends notices and never reads is closed all the same, at
+          // most six timeouts after the write began.
+          const bool grace = conn->held_by_peer || (conn->hold_ended_at && now - *conn->hold_ended_at < limit);
+          const auto write_limit = grace ? held_write_timeout_factor * limit : limit;
           if (conn->write_started && now - *conn->write_started >= write_limit) {
             ++counters_.heartbeat_timeouts;
             log(describe(*conn) + " has not read for " + std::to_string(write_limit.count()) +

@@ -31,6 +31,7 @@
 #include <fcntl.h>
 #include <fstream>
 #include <malloc.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <functional>
 #include <optional>
@@ -238,6 +239,7 @@ TEST_CASE("a member flooding every message type: bounded memory, the others conv
   const pid_t child = ::fork();
   REQUIRE(child >= 0);
   if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives a parent that failed before killing it
     // Nothing of the parent's: its sockets and its event loop's descriptors.
     ::close_range(3, static_cast<unsigned>(ready[1]) - 1, 0);
     ::close_range(static_cast<unsigned>(ready[1]) + 1, ~0U, 0);

@@ -13,6 +13,8 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+
 using namespace barrel_p2p;
 using namespace std::chrono_literals;
 
@@ -234,9 +236,11 @@ struct slow_owner : replica_callbacks {
   std::shared_ptr<replica> rep;
   std::size_t merged = 0;
   std::uint64_t most_queued = 0;
+  std::vector<std::string> keys;  // in merge order
   explicit slow_owner(scheduler& s) : sched(s) {}
-  task<> merge_delta(const std::string&, const json&) override {
+  task<> merge_delta(const std::string&, const json& delta) override {
     most_queued = std::max(most_queued, rep->counters().inbox_bytes);
+    for (const auto& [k, v] : delta.items()) keys.push_back(k);
     co_await sched.sleep(20ms);
     ++merged;
   }
@@ -327,6 +331,13 @@ TEST_CASE("a neighbour whose deltas queue past inbox_peer_limit_bytes is held, n
   MESSAGE("merged ", owner.merged, ", dropped ", stats.inbox_drops, ", most bytes queued ", owner.most_queued,
           ", holds ", stats.inbox_peer_holds);
   CHECK(stats.inbox_drops == 0);                       // nothing lost: the flooder waited instead
+  // The honest deltas got in while the flooder was held: each merged
+  // before the flooder's last (it would come after all of them if the
+  // honest peer waited behind the flood).
+  const auto position = [&](const std::string& k) {
+    return static_cast<std::size_t>(std::find(owner.keys.begin(), owner.keys.end(), k) - owner.keys.begin());
+  };
+  for (std::uint32_t h = 1; h <= honest_seq; ++h) CHECK(position("h" + std::to_string(h)) < position("f63"));
   CHECK(owner.merged == 64 + honest_seq);              // every delta of both peers merged
   CHECK(stats.inbox_peer_holds > 0);
   CHECK(a.net().counters().read_holds > 0);

@@ -280,4 +280,11 @@ TEST_CASE("parse_range_sync refuses what is not a well-formed message") {
   CHECK(parse_range_sync(json{{"r", json::array({json::array({nullptr, 2, json::binary(pair)})})}}, one_item).error ==
         range_sync_error::too_large);
   CHECK(bad(json{{"r", json::array()}, {"w", 5}}) == range_sync_error::shape);
+  // A need list asks for each item once, in order.
+  std::vector<std::uint8_t> twice;
+  for (auto ts : {4ull, 4ull}) {
+    const auto b = sync_item{ts, 0}.to_bytes();
+    twice.insert(twice.end(), b.begin(), b.end());
+  }
+  CHECK(bad(json{{"r", json::array()}, {"w", json::binary(twice)}}) == range_sync_error::order);
 }

@@ -723,8 +723,8 @@ TEST_CASE("heartbeats keep idle connections up") {
 TEST_CASE("a read hold stops reading a peer (TCP pushes back) without a heartbeat timeout; releasing it reads on in order") {
   run_test([](executor ex) -> task<> {
     auto cfg_a = config_for("a");
-    cfg_a.heartbeat_interval = 30ms;
-    cfg_a.heartbeat_timeout = 300ms;
+    cfg_a.heartbeat_interval = 50ms;
+    cfg_a.heartbeat_timeout = 500ms;
     auto cfg_b = cfg_a;
     cfg_b.node_id = "b";
     auto a = make_node(ex, cfg_a);
@@ -746,10 +746,10 @@ TEST_CASE("a read hold stops reading a peer (TCP pushes back) without a heartbea
       if (i % 16 == 0) co_await pause(1ms);
     }
     CHECK(sent > 0);
-    // Four heartbeat timeouts later: nothing read, nothing delivered, the
+    // Three heartbeat timeouts later: nothing read, nothing delivered, the
     // connection up on both sides (b was told: its write timeout waits six),
     // and b's data waiting in its own queue.
-    co_await pause(1200ms);
+    co_await pause(1500ms);
     CHECK(a->messages.empty());
     CHECK(a->t->is_connected("b"));
     CHECK(b->t->is_connected("a"));
@@ -772,6 +772,35 @@ TEST_CASE("a read hold stops reading a peer (TCP pushes back) without a heartbea
     CHECK(a->downs.empty());
     CHECK(a->counters().read_holds == 1);
     co_await stop_all(*a, *b);
+  });
+}
+
+TEST_CASE("hold notices cannot keep a peer that never reads connected: the write timeout still closes it") {
+  run_test([](executor ex) -> task<> {
+    auto cfg = plain_config_for("a");
+    cfg.heartbeat_interval = 30ms;
+    cfg.heartbeat_timeout = 300ms;
+    auto a = make_node(ex, cfg);
+    co_await a->t->start();
+    auto raw = co_await raw_connect(a->address());
+    REQUIRE(co_await raw_handshake(raw, "liar"));
+    REQUIRE(co_await eventually([&] { return a->t->is_connected("liar"); }));
+    // a writes far more than the buffers hold; the raw peer reads nothing
+    // and says "held", then "reading again", every 100 ms.
+    const auto large = encode_body(std::string(1 << 20, 'x'));
+    for (int i = 0; i < 48; ++i) (void)a->t->send("liar", channel::broadcast, large);
+    const auto started = std::chrono::steady_clock::now();
+    bool held = true;
+    while (a->downs.empty() && std::chrono::steady_clock::now() - started < 20s) {
+      co_await raw_send(raw, channel::control, make_hold_notice(held));
+      held = !held;
+      co_await pause(100ms);
+    }
+    REQUIRE(a->downs.size() == 1);
+    CHECK(a->downs[0].second == disconnect_reason::heartbeat_timeout);
+    // At most six timeouts after the stalled write began, plus slack.
+    CHECK(std::chrono::steady_clock::now() - started < 10s);
+    co_await a->t->stop();
   });
 }
 

@@ -33,6 +33,14 @@ using siphash_key = std::array<std::uint64_t, 2>;
 /// This process's random key (drawn on first use).
 [[nodiscard]] const siphash_key& process_hash_key() noexcept;
 
+/// The same for tables keyed by peer-chosen 64-bit values (hashes a peer
+/// can aim, such as sync_key_id).
+struct keyed_word_hash {
+  [[nodiscard]] std::size_t operator()(std::uint64_t v) const noexcept {
+    return static_cast<std::size_t>(siphash24(process_hash_key(), v));
+  }
+};
+
 /// std::hash's replacement for tables keyed by peer-chosen strings.
 struct keyed_string_hash {
   [[nodiscard]] std::size_t operator()(std::string_view s) const noexcept {

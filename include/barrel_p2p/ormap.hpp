@@ -148,7 +148,7 @@ class ormap {
     sync_index index;
     // item id -> the keys in entries_ (two keys may share an id: a hash
     // collision, which a member can make for its own writes).
-    std::unordered_multimap<std::uint64_t, const std::string*> keys;
+    std::unordered_multimap<std::uint64_t, const std::string*, keyed_word_hash> keys;
   };
   // Not copied with the map: a copy is a delta or a snapshot.
   struct tracking_slot {
