@@ -119,7 +119,19 @@ struct flood_kind {
 
 std::vector<flood_kind> flood_kinds(const peer_descriptor& evil) {
   const auto payload = share_bytes(std::vector<std::uint8_t>(16 * 1024, 0x41));
+  // PART first: the victim reads more slowly than small frames arrive, so a
+  // kind sent late waits behind a long backlog; the parts are checked.
   return {
+      {"PART (first of 64, 128 KiB)", channel::replica,
+       [](std::mt19937_64& rng) {
+         replica_part p;
+         p.name = "kv";
+         p.id = rng();
+         p.index = 0;
+         p.parts = 64;
+         p.bytes.assign(128 * 1024, 0xa0);
+         return encode(p);
+       }},
       {"JOIN", channel::membership, [evil](std::mt19937_64&) { return encode(join_message{evil}); }},
       {"FORWARD_JOIN", channel::membership,
        [](std::mt19937_64& rng) { return encode(forward_join_message{ghost(rng), rng() % 7}); }},
@@ -145,16 +157,6 @@ std::vector<flood_kind> flood_kinds(const peer_descriptor& evil) {
       {"GRAFT", channel::broadcast,
        [](std::mt19937_64& rng) { return encode_graft(broadcast_id("evil", rng()), 0); }},
       {"PULL", channel::replica, [](std::mt19937_64&) { return encode(replica_pull{"kv"}); }},
-      {"PART (first of 64, 128 KiB)", channel::replica,
-       [](std::mt19937_64& rng) {
-         replica_part p;
-         p.name = "kv";
-         p.id = rng();
-         p.index = 0;
-         p.parts = 64;
-         p.bytes.assign(128 * 1024, 0xa0);
-         return encode(p);
-       }},
       {"CLOCK PROBE", channel::clock, [](std::mt19937_64& rng) { return encode(clock_probe{rng()}); }},
   };
 }

@@ -123,8 +123,10 @@ TEST_CASE("sync_key_id tells keys and writers apart, the same on every node") {
   CHECK(sync_key_id("k", "") != sync_key_id("k", "n1"));
   CHECK(sync_key_id("k", "n1") == sync_key_id("k", "n1"));
   // Fixed: a value computed here must match every other node's (and
-  // every build's), so it is pinned.
-  CHECK(sync_key_id("", "") == sync_key_id("", ""));
+  // every build's), so ids and item hashes are pinned.
+  CHECK(sync_key_id("", "") == 12737803176652581091ull);
+  CHECK(sync_key_id("user:7", "n1") == 17745434276778149023ull);
+  CHECK(fingerprint::of({1, 2}) == fingerprint{1, 14179618294641549977ull, 14819987592256420047ull});
   const sync_item i{0x0102030405060708ull, 0x1112131415161718ull};
   const auto bytes = i.to_bytes();
   CHECK(bytes[0] == 0x01);
