@@ -29,6 +29,9 @@ struct work_item {
   std::string peer;  // push_to, node_down; for the others the neighbour it came from
   std::size_t bytes = 0;  // the body's wire size, for inbox_limit_bytes
   std::optional<range_sync_message> ranges{};  // reconcile
+
+  // Data from a peer (bounded, charged to it) rather than a peer event.
+  [[nodiscard]] bool carries_data() const noexcept { return what != kind::push_to && what != kind::node_down; }
 };
 
 }  // namespace
@@ -151,7 +154,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     // Peer events (a peer to push to, a node down) carry no data and are
     // bounded by membership changes: never dropped, or a flood of tiny
     // deltas could make a node skip a prune.
-    const bool control = w.what == work_item::kind::push_to || w.what == work_item::kind::node_down;
+    const bool control = !w.carries_data();
     const bool over_bytes = counters.inbox_bytes > 0 && counters.inbox_bytes + w.bytes > cfg.inbox_limit_bytes;
     if (!control && (queued_items >= cfg.inbox_limit || over_bytes)) {
       ++counters.inbox_drops;
@@ -343,7 +346,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     while (auto w = co_await inbox.next()) {
       --queued_items;
       counters.inbox_bytes -= w->bytes;
-      if (w->what != work_item::kind::push_to && w->what != work_item::kind::node_down) discharge(w->peer, w->bytes);
+      if (w->carries_data()) discharge(w->peer, w->bytes);
       if (stopped) continue;  // drain: what is queued is dropped and uncounted
       switch (w->what) {
         case work_item::kind::delta:

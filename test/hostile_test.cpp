@@ -249,32 +249,66 @@ struct slow_owner : replica_callbacks {
   task<> remove_node(const std::string&, const std::string&) override { co_return; }
 };
 
-TEST_CASE("a peer that sends deltas faster than they merge fills the inbox only up to inbox_limit_bytes") {
+// Node "a" on the simulated network running replica "kv" for a
+// slow_owner, with raw members that gossip deltas straight at it.
+struct slow_replica_node {
   boost::asio::io_context io;
-  sim_network net(io, {});
-  node_config cfg;
-  cfg.transport.node_id = "a";
-  cfg.log = [](const std::string&) {};
-  cfg.replicas.inbox_limit_bytes = 4 << 20;
-  node a(net, cfg);
-  slow_owner owner(a.sched());
-  boost::asio::co_spawn(io, [&]() -> task<> {
-    co_await a.start();
-    owner.rep = replica::start(a.replicas(), "kv", owner);
-  }, boost::asio::detached);
-  net.run_for(1s);
-  REQUIRE(owner.rep);
-  auto raw = connected_raw(io, net, "raw", a.self().address);
+  sim_network net{io, {}};
+  node a;
+  slow_owner owner;
+  std::vector<std::unique_ptr<transport>> raws;
+  std::uint64_t wall = 0;
+
+  static node_config config(const replica_config& replicas) {
+    node_config c;
+    c.transport.node_id = "a";
+    c.log = [](const std::string&) {};
+    c.replicas = replicas;
+    return c;
+  }
+  explicit slow_replica_node(const replica_config& replicas) : a(net, config(replicas)), owner(a.sched()) {
+    boost::asio::co_spawn(io, [this]() -> task<> {
+      co_await a.start();
+      owner.rep = replica::start(a.replicas(), "kv", owner);
+    }, boost::asio::detached);
+    net.run_for(1s);
+    REQUIRE(owner.rep);
+    wall = a.sched().wall_ms();
+  }
+  transport& raw(const std::string& id) {
+    raws.push_back(connected_raw(io, net, id, a.self().address));
+    return *raws.back();
+  }
+  // `from` gossips its broadcast number `seq`: `key` = `value`, written by it.
+  void gossip(transport& from, std::uint32_t seq, const std::string& key, const std::string& value) {
+    const auto& origin = from.self().id;
+    const entry e = value_entry{value, {origin, {wall, seq}}};
+    const auto payload = encode_delta_payload(key, e);
+    from.send("a", channel::broadcast, encode_gossip(broadcast_id(origin, seq), "kv", 0, byte_slice(payload)));
+  }
+  ~slow_replica_node() {
+    boost::asio::co_spawn(io, [this]() -> task<> {
+      for (auto& r : raws) co_await r->stop();
+      co_await owner.rep->stop();
+      co_await a.stop();
+    }, boost::asio::detached);
+    net.run_for(5s);
+  }
+};
+
+TEST_CASE("a peer that sends deltas faster than they merge fills the inbox only up to inbox_limit_bytes") {
+  replica_config rc;
+  rc.inbox_limit_bytes = 4 << 20;
+  slow_replica_node n(rc);
+  auto& raw = n.raw("raw");
   // 64 deltas of 512 KiB, one per millisecond: 32 MiB against a 4 MiB inbox.
   const std::string big(512 * 1024, 'x');
-  const auto wall = a.sched().wall_ms();
   for (std::uint32_t i = 0; i < 64; ++i) {
-    const entry e = value_entry{big, {"raw", {wall, i}}};
-    const auto payload = encode_delta_payload("k" + std::to_string(i), e);
-    raw->send("a", channel::broadcast, encode_gossip(broadcast_id("raw", i + 1), "kv", 0, byte_slice(payload)));
-    net.run_for(1ms);
+    n.gossip(raw, i + 1, "k" + std::to_string(i), big);
+    n.net.run_for(1ms);
   }
-  net.run_for(5s);
+  n.net.run_for(5s);
+  const auto& owner = n.owner;
   const auto& stats = owner.rep->counters();
   MESSAGE("deltas merged: ", owner.merged, ", dropped: ", stats.inbox_drops, ", most bytes queued: ", owner.most_queued);
   CHECK(stats.inbox_drops > 0);
@@ -282,51 +316,29 @@ TEST_CASE("a peer that sends deltas faster than they merge fills the inbox only 
   CHECK(owner.most_queued <= (4u << 20));
   CHECK(owner.most_queued > (2u << 20));  // the test did fill it
   CHECK(stats.inbox_bytes == 0);
-  boost::asio::co_spawn(io, [&]() -> task<> {
-    co_await raw->stop();
-    co_await owner.rep->stop();
-    co_await a.stop();
-  }, boost::asio::detached);
-  net.run_for(5s);
 }
 
 TEST_CASE("a neighbour whose deltas queue past inbox_peer_limit_bytes is held, not dropped; another's still get in") {
-  boost::asio::io_context io;
-  sim_network net(io, {});
-  node_config cfg;
-  cfg.transport.node_id = "a";
-  cfg.log = [](const std::string&) {};
-  cfg.replicas.inbox_limit_bytes = 8 << 20;
-  cfg.replicas.inbox_peer_limit_bytes = 2 << 20;
-  node a(net, cfg);
-  slow_owner owner(a.sched());
-  boost::asio::co_spawn(io, [&]() -> task<> {
-    co_await a.start();
-    owner.rep = replica::start(a.replicas(), "kv", owner);
-  }, boost::asio::detached);
-  net.run_for(1s);
-  REQUIRE(owner.rep);
-  auto flooder = connected_raw(io, net, "flooder", a.self().address);
-  auto honest = connected_raw(io, net, "honest", a.self().address);
+  replica_config rc;
+  rc.inbox_limit_bytes = 8 << 20;
+  rc.inbox_peer_limit_bytes = 2 << 20;
+  slow_replica_node n(rc);
+  auto& flooder = n.raw("flooder");
+  auto& honest = n.raw("honest");
   // The flooder: 64 deltas of 512 KiB, one per millisecond (32 MiB, four
   // times the whole inbox). The honest peer: one small delta every 10 ms.
   const std::string big(512 * 1024, 'x');
-  const auto wall = a.sched().wall_ms();
   std::uint32_t honest_seq = 0;
   for (std::uint32_t i = 0; i < 64; ++i) {
-    const entry e = value_entry{big, {"flooder", {wall, i}}};
-    const auto payload = encode_delta_payload("f" + std::to_string(i), e);
-    flooder->send("a", channel::broadcast,
-                  encode_gossip(broadcast_id("flooder", i + 1), "kv", 0, byte_slice(payload)));
+    n.gossip(flooder, i + 1, "f" + std::to_string(i), big);
     if (i % 10 == 0) {
       ++honest_seq;
-      const entry h = value_entry{"small", {"honest", {wall, honest_seq}}};
-      const auto p = encode_delta_payload("h" + std::to_string(honest_seq), h);
-      honest->send("a", channel::broadcast, encode_gossip(broadcast_id("honest", honest_seq), "kv", 0, byte_slice(p)));
+      n.gossip(honest, honest_seq, "h" + std::to_string(honest_seq), "small");
     }
-    net.run_for(1ms);
+    n.net.run_for(1ms);
   }
-  net.run_for(10s);
+  n.net.run_for(10s);
+  const auto& owner = n.owner;
   const auto& stats = owner.rep->counters();
   MESSAGE("merged ", owner.merged, ", dropped ", stats.inbox_drops, ", most bytes queued ", owner.most_queued,
           ", holds ", stats.inbox_peer_holds);
@@ -340,15 +352,8 @@ TEST_CASE("a neighbour whose deltas queue past inbox_peer_limit_bytes is held, n
   for (std::uint32_t h = 1; h <= honest_seq; ++h) CHECK(position("h" + std::to_string(h)) < position("f63"));
   CHECK(owner.merged == 64 + honest_seq);              // every delta of both peers merged
   CHECK(stats.inbox_peer_holds > 0);
-  CHECK(a.net().counters().read_holds > 0);
+  CHECK(n.a.net().counters().read_holds > 0);
   // At most the budget, plus the frame that crossed it, plus the honest deltas.
   CHECK(owner.most_queued <= (2u << 20) + 512 * 1024 + 64 * 1024);
   CHECK(stats.inbox_bytes == 0);
-  boost::asio::co_spawn(io, [&]() -> task<> {
-    co_await flooder->stop();
-    co_await honest->stop();
-    co_await owner.rep->stop();
-    co_await a.stop();
-  }, boost::asio::detached);
-  net.run_for(5s);
 }

@@ -65,6 +65,26 @@ exchange_cost reconcile(sync_index& a, sync_index& b, const range_sync_config& c
   return cost;
 }
 
+// Items (ts, id 0) packed as a list or need string is on the wire.
+json packed(std::initializer_list<std::uint64_t> timestamps) {
+  std::vector<std::uint8_t> bytes;
+  for (auto ts : timestamps) {
+    const auto b = sync_item{ts, 0}.to_bytes();
+    bytes.insert(bytes.end(), b.begin(), b.end());
+  }
+  return json::binary(std::move(bytes));
+}
+
+// Two indexes holding the same `n` random items.
+void fill_equal(sync_index& a, sync_index& b, std::size_t n, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto item = random_item(rng, 1ull << 40);
+    a.insert(item);
+    b.insert(item);
+  }
+}
+
 std::vector<sync_item> all_items(const sync_index& index) {
   std::vector<sync_item> out;
   index.items(0, index.size(), out);
@@ -137,12 +157,7 @@ TEST_CASE("sync_key_id tells keys and writers apart, the same on every node") {
 
 TEST_CASE("two equal sets settle in one message each way: a fingerprint and silence") {
   sync_index a(1), b(2);
-  std::mt19937_64 rng(3);
-  for (int i = 0; i < 50'000; ++i) {
-    const auto item = random_item(rng, 1ull << 40);
-    a.insert(item);
-    b.insert(item);
-  }
+  fill_equal(a, b, 50'000, 3);
   const auto cost = reconcile(a, b);
   CHECK(cost.messages == 1);
   CHECK(cost.items_sent == 0);
@@ -201,12 +216,7 @@ TEST_CASE("property: random sets with random differences always reconcile to the
 
 TEST_CASE("one difference among 100,000 items costs a few kB and a few messages") {
   sync_index a(5), b(6);
-  std::mt19937_64 rng(9);
-  for (int i = 0; i < 100'000; ++i) {
-    const auto item = random_item(rng, 1ull << 40);
-    a.insert(item);
-    b.insert(item);
-  }
+  fill_equal(a, b, 100'000, 9);
   const sync_item extra{(1ull << 40) + 5, 42};
   b.insert(extra);  // the newest write, on one side
   const auto cost = reconcile(a, b);
@@ -234,10 +244,7 @@ TEST_CASE("an empty side gets everything in three messages") {
 }
 
 TEST_CASE("parse_range_sync refuses what is not a well-formed message") {
-  const auto item = [](std::uint64_t ts) {
-    const auto b = sync_item{ts, 0}.to_bytes();
-    return json::binary(std::vector<std::uint8_t>(b.begin(), b.end()));
-  };
+  const auto item = [](std::uint64_t ts) { return packed({ts}); };
   const auto fp = json::binary(std::vector<std::uint8_t>(24, 0));
   CHECK(parse_range_sync(json{{"r", json::array()}}).message);
   CHECK(parse_range_sync(json{{"r", json::array({json::array({nullptr, 1, fp})})}}).message);
@@ -255,12 +262,7 @@ TEST_CASE("parse_range_sync refuses what is not a well-formed message") {
   CHECK(bad(json{{"r", json::array({json::array({item(5), 0}), json::array({item(5), 0}), json::array({nullptr, 0})})}}) ==
         range_sync_error::order);
   // A list item outside its range, or out of order.
-  std::vector<std::uint8_t> two;
-  for (auto ts : {9ull, 3ull}) {
-    const auto b = sync_item{ts, 0}.to_bytes();
-    two.insert(two.end(), b.begin(), b.end());
-  }
-  CHECK(bad(json{{"r", json::array({json::array({nullptr, 2, json::binary(two)})})}}) == range_sync_error::order);
+  CHECK(bad(json{{"r", json::array({json::array({nullptr, 2, packed({9, 3})})})}}) == range_sync_error::order);
   CHECK(bad(json{{"r", json::array({json::array({item(5), 2, item(7)}), json::array({nullptr, 0})})}}) ==
         range_sync_error::order);
   CHECK(bad(json{{"r", json::array({json::array({nullptr, 2, json::binary({1, 2, 3})})})}}) == range_sync_error::shape);
@@ -274,19 +276,9 @@ TEST_CASE("parse_range_sync refuses what is not a well-formed message") {
   range_sync_config one_item;
   one_item.max_ranges = 1;
   one_item.list_threshold = 1;
-  std::vector<std::uint8_t> pair;
-  for (auto ts : {1ull, 2ull}) {
-    const auto b = sync_item{ts, 0}.to_bytes();
-    pair.insert(pair.end(), b.begin(), b.end());
-  }
-  CHECK(parse_range_sync(json{{"r", json::array({json::array({nullptr, 2, json::binary(pair)})})}}, one_item).error ==
+  CHECK(parse_range_sync(json{{"r", json::array({json::array({nullptr, 2, packed({1, 2})})})}}, one_item).error ==
         range_sync_error::too_large);
   CHECK(bad(json{{"r", json::array()}, {"w", 5}}) == range_sync_error::shape);
   // A need list asks for each item once, in order.
-  std::vector<std::uint8_t> twice;
-  for (auto ts : {4ull, 4ull}) {
-    const auto b = sync_item{ts, 0}.to_bytes();
-    twice.insert(twice.end(), b.begin(), b.end());
-  }
-  CHECK(bad(json{{"r", json::array()}, {"w", json::binary(twice)}}) == range_sync_error::order);
+  CHECK(bad(json{{"r", json::array()}, {"w", packed({4, 4})}}) == range_sync_error::order);
 }

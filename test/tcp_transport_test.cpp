@@ -249,6 +249,16 @@ task<bool> raw_closed_within(tcp::socket& s, std::chrono::milliseconds limit) {
   co_return r.index() == 0;
 }
 
+// A raw socket that has passed the handshake as `id` and that `a` counts
+// as connected. (`id` by value: this coroutine outlives its caller's
+// temporaries.)
+task<tcp::socket> raw_member(node& a, std::string id) {
+  auto raw = co_await raw_connect(a.address());
+  REQUIRE(co_await raw_handshake(raw, id));
+  REQUIRE(co_await eventually([&] { return a.t->is_connected(id); }));
+  co_return raw;
+}
+
 task<> expect_link_works(node& a, node& b) {
   const auto before = b.messages_from(a.t->self().id);
   CHECK(a.t->send(b.t->self().id, channel::membership, encode_body({{"ping", true}})));
@@ -303,10 +313,8 @@ TEST_CASE("ids from peers are escaped in log lines (no forged lines)") {
   run_test([](executor ex) -> task<> {
     auto a = make_plain(ex, "a");
     co_await a->t->start();
-    auto raw = co_await raw_connect(a->address());
     const std::string id = "mallory\n2026-01-01 barrel_p2p tcp a: FORGED";
-    REQUIRE(co_await raw_handshake(raw, id));
-    REQUIRE(co_await eventually([&] { return a->t->is_connected(id); }));
+    auto raw = co_await raw_member(*a, id);
     std::vector<std::uint8_t> zero_length(4, 0);  // a bad frame: a log line naming the peer
     co_await raw_write(raw, zero_length);
     CHECK(co_await raw_closed_within(raw, 20s));
@@ -609,9 +617,7 @@ TEST_CASE("bad frames after the handshake are protocol errors for that connectio
       const std::string name = c.name;
       CAPTURE(name);
       const std::string id = std::string("mallory-") + std::to_string(expected_bad);
-      auto raw = co_await raw_connect(a->address());
-      REQUIRE(co_await raw_handshake(raw, id));
-      REQUIRE(co_await eventually([&] { return a->t->is_connected(id); }));
+      auto raw = co_await raw_member(*a, id);
       co_await raw_write(raw, c.bytes);
       CHECK(co_await raw_closed_within(raw, 20s));
       ++expected_bad;
@@ -782,9 +788,7 @@ TEST_CASE("hold notices cannot keep a peer that never reads connected: the write
     cfg.heartbeat_timeout = 300ms;
     auto a = make_node(ex, cfg);
     co_await a->t->start();
-    auto raw = co_await raw_connect(a->address());
-    REQUIRE(co_await raw_handshake(raw, "liar"));
-    REQUIRE(co_await eventually([&] { return a->t->is_connected("liar"); }));
+    auto raw = co_await raw_member(*a, "liar");
     // a writes far more than the buffers hold; the raw peer reads nothing
     // and says "held", then "reading again", every 100 ms.
     const auto large = encode_body(std::string(1 << 20, 'x'));
@@ -811,9 +815,7 @@ TEST_CASE("a read hold does not keep a peer that stops reading too: the write ti
     cfg.heartbeat_timeout = 300ms;
     auto a = make_node(ex, cfg);
     co_await a->t->start();
-    auto raw = co_await raw_connect(a->address());
-    REQUIRE(co_await raw_handshake(raw, "sink"));
-    REQUIRE(co_await eventually([&] { return a->t->is_connected("sink"); }));
+    auto raw = co_await raw_member(*a, "sink");
     auto hold = a->t->hold_reading("sink");
     // The raw peer reads nothing (and takes no notice of the hold): a's
     // writes stall once the buffers fill.
@@ -832,9 +834,7 @@ TEST_CASE("a full send queue drops new messages and counts them") {
     cfg.send_queue_limit = 4;
     auto a = make_node(ex, cfg);
     co_await a->t->start();
-    auto raw = co_await raw_connect(a->address());
-    REQUIRE(co_await raw_handshake(raw, "sink"));
-    REQUIRE(co_await eventually([&] { return a->t->is_connected("sink"); }));
+    auto raw = co_await raw_member(*a, "sink");
     // The writer runs only when this coroutine yields: the queue fills.
     const auto body = encode_body(std::string(100, 'x'));
     int accepted = 0;
@@ -860,9 +860,7 @@ TEST_CASE("a send queue is bounded in bytes: large messages are dropped once the
     cfg.send_queue_bytes_limit = 64 * 1024;  // room for two 30 KB messages, not three
     auto a = make_node(ex, cfg);
     co_await a->t->start();
-    auto raw = co_await raw_connect(a->address());
-    REQUIRE(co_await raw_handshake(raw, "sink"));
-    REQUIRE(co_await eventually([&] { return a->t->is_connected("sink"); }));
+    auto raw = co_await raw_member(*a, "sink");
     // The writer runs only when this coroutine yields: the queue fills.
     const auto large = encode_body(std::string(30'000, 'x'));
     int accepted = 0;
