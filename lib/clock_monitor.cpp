@@ -1,4 +1,5 @@
 #include "barrel_p2p/clock_monitor.hpp"
+#include "barrel_p2p/log.hpp"
 
 #include "barrel_p2p/clock_messages.hpp"
 #include "barrel_p2p/task_group.hpp"
@@ -97,7 +98,7 @@ struct clock_monitor::impl {
   }
 
   void log(const std::string& line) const {
-    if (config.log) config.log(net.self().id + ": clock: " + line);
+    if (config.log) config.log(log_line(net.self().id, "clock", line));
   }
 
   void probe(const std::string& peer_id, peer_state& p) {

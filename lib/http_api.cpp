@@ -1,4 +1,5 @@
 #include "barrel_p2p/http_api.hpp"
+#include "barrel_p2p/log.hpp"
 
 #include "barrel_p2p/crdt_wire.hpp"
 #include "barrel_p2p/map.hpp"
@@ -192,7 +193,7 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
   impl(node& nd, http_api_config c) : n(nd), config(std::move(c)), strand(nd.get_executor()), loops(nd.get_executor()) {}
 
   void log(const std::string& line) const {
-    if (n.config().log) n.config().log(n.id() + ": http: " + line);
+    if (n.config().log) n.config().log(log_line(n.id(), "http", line));
   }
 
   std::shared_ptr<map> find_map(const std::string& name) const {

@@ -1,4 +1,5 @@
 #include "barrel_p2p/hyparview.hpp"
+#include "barrel_p2p/log.hpp"
 
 #include "barrel_p2p/cbor.hpp"
 #include "barrel_p2p/hyparview_messages.hpp"
@@ -103,7 +104,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   void spawn(const char* name, task<> t) { loops.spawn(name, holding(shared_from_this(), std::move(t))); }
 
   void log(const std::string& line) const {
-    if (config.log) config.log(self().id + ": " + line);
+    if (config.log) config.log(log_line(self().id, "membership", line));
   }
 
   // ---- views ---------------------------------------------------------------

@@ -1,4 +1,5 @@
 #include "barrel_p2p/leader.hpp"
+#include "barrel_p2p/log.hpp"
 
 #include "barrel_p2p/replica_messages.hpp"
 
@@ -192,9 +193,10 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
     std::string more;
     if (const auto held_back = mark_log.take_held_back(); held_back > 0)
       more = " (and " + std::to_string(held_back) + " more since the last line)";
-    n.config().log(n.id() + ": elections: refused the fencing mark " + std::to_string(mark) + " for '" +
-                   detail::printable(name) + "': its timestamp " + hlc_timestamp::unpack(mark).to_string() +
-                   " is beyond this node's maximum clock offset" + more);
+    n.config().log(log_line(n.id(), "elections",
+                            "refused the fencing mark " + std::to_string(mark) + " for '" + detail::printable(name) +
+                                "': its timestamp " + hlc_timestamp::unpack(mark).to_string() +
+                                " is beyond this node's maximum clock offset" + more));
   }
 
   // ---- operations (on the strand) ---------------------------------------------
@@ -258,7 +260,9 @@ std::shared_ptr<elections> elections::open(node& n) {
 
 elections::elections(std::shared_ptr<impl> i) : impl_(std::move(i)) {}
 
-elections::~elections() {
+elections::~elections() { on_node_destroyed(); }
+
+void elections::on_node_destroyed() noexcept {
   impl_->stopped = true;
   impl_->rep.reset();
 }

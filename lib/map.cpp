@@ -1,4 +1,5 @@
 #include "barrel_p2p/map.hpp"
+#include "barrel_p2p/log.hpp"
 
 #include "barrel_p2p/crdt_wire.hpp"
 #include "barrel_p2p/replica_messages.hpp"
@@ -64,7 +65,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   }
 
   void log(const std::string& line) const {
-    if (n.config().log) n.config().log(n.id() + ": map " + name + ": " + line);
+    if (n.config().log) n.config().log(log_line(n.id(), "map " + name, line));
   }
 
   // Applies what a merge changed: projection first, then disk (queued to
@@ -332,8 +333,11 @@ std::shared_ptr<map> map::open(node& n, const std::string& name, map_options opt
 
 map::map(std::shared_ptr<impl> i) : impl_(std::move(i)) {}
 
-map::~map() {
-  // Without close(): stop taking callbacks; the replica instance goes with us.
+map::~map() { on_node_destroyed(); }
+
+void map::on_node_destroyed() noexcept {
+  // Without close(): stop taking callbacks; the replica instance goes now,
+  // while the node's replica host still exists.
   if (!impl_->closed.exchange(true)) {
     impl_->loops.cancel();
     impl_->events.close();

@@ -1,12 +1,14 @@
 #include "barrel_p2p/node.hpp"
+#include "barrel_p2p/log.hpp"
 
 #include "barrel_p2p/sim_network.hpp"
+#include "barrel_p2p/task_group.hpp"
+#include "barrel_p2p/wake_signal.hpp"
 
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include <iostream>
 #include <map>
 
 namespace barrel_p2p {
@@ -22,12 +24,15 @@ struct node::impl {
   std::unique_ptr<clock_monitor> clocks;
   std::unique_ptr<plumtree> broadcast;
   std::unique_ptr<replica_host> replicas;
-  std::map<std::string, std::weak_ptr<attachment>> attachments;
+  std::map<std::string, std::shared_ptr<attachment>> attachments;
+  // wait_joined: its waiters (woken by peer_up and stop) and their timers.
+  std::vector<std::shared_ptr<wake_signal>> join_waiters;
+  std::unique_ptr<task_group> timers;
   bool started = false;
   bool stopped = false;
 
   explicit impl(node_config c) : config(std::move(c)) {
-    if (!config.log) config.log = [](const std::string& line) { std::cerr << line << '\n'; };
+    if (!config.log) config.log = stderr_log_sink();
     for (auto* l : {&config.membership.log, &config.broadcast.log, &config.replicas.log, &config.transport.log,
                     &config.clocks.log})
       if (!*l) *l = config.log;
@@ -43,6 +48,20 @@ struct node::impl {
     broadcast = std::make_unique<plumtree>(*net, *membership, *sched, config.broadcast);
     replicas = std::make_unique<replica_host>(*net, *membership, *broadcast, *sched, *clock, config.replicas);
     replicas->set_write_guard([c = clocks.get()] { c->check_writable(); });
+    timers = std::make_unique<task_group>(strand);
+    membership->add_listener([this](const membership_event& e) {
+      if (e.what == membership_event::kind::peer_up) wake_join_waiters();
+    });
+  }
+
+  void wake_join_waiters() {
+    for (auto& w : join_waiters) w->notify();
+  }
+
+  static task<> notify_after(scheduler& sched, std::shared_ptr<wake_signal> wake, duration after) {
+    // Not `if (co_await ...)`: GCC 12 miscompiled that here (SIGILL).
+    const bool elapsed = co_await sched.sleep(after);
+    if (elapsed) wake->notify();
   }
 };
 
@@ -68,33 +87,74 @@ node::node(sim_network& net, node_config config) : impl_(std::make_unique<impl>(
   m.assemble();
 }
 
-node::~node() = default;
+node::~node() {
+  // Attachments someone still holds must not reach the layers destroyed
+  // next; the rest go with the registry.
+  auto attached = std::move(impl_->attachments);
+  for (auto& [key, a] : attached) a->on_node_destroyed();
+}
 
-task<> node::start() {
+task<join_result> node::start() {
   auto& m = *impl_;
-  if (m.started) co_return;
+  join_result result;
+  if (m.started) {
+    result.joined = !m.membership->active_view().empty();
+    co_return result;
+  }
   m.started = true;
   co_await m.net->start();
   m.membership->start();
   m.clocks->start();
   m.broadcast->start();
   m.replicas->start();
-  for (const auto& contact : m.config.contacts)
-    if (co_await m.membership->join(contact)) break;
+  const auto duplicates = [&] {
+    return m.net->counters().handshake_failures_by_reason[static_cast<std::size_t>(handshake_failure::duplicate_id)];
+  };
+  for (const auto& contact : m.config.contacts) {
+    const auto before = duplicates();
+    if (co_await m.membership->join(contact)) {
+      result.joined = true;
+      result.via = contact;
+      break;
+    }
+    result.not_joined.push_back(contact);
+    if (duplicates() != before && !result.duplicate_id_at) result.duplicate_id_at = contact;
+  }
+  co_return result;
+}
+
+task<bool> node::wait_joined(duration timeout) {
+  co_await boost::asio::dispatch(impl_->strand, boost::asio::use_awaitable);
+  auto& m = *impl_;
+  const auto deadline = m.sched->now() + timeout;
+  while (m.membership->active_view().empty() && !m.stopped) {
+    const auto now = m.sched->now();
+    if (now >= deadline) break;
+    auto wake = std::make_shared<wake_signal>(m.strand);
+    m.join_waiters.push_back(wake);
+    m.timers->spawn("wait_joined", impl::notify_after(*m.sched, wake, deadline - now));
+    const bool woken = co_await wake->wait();
+    std::erase(m.join_waiters, wake);
+    wake->close();
+    if (!woken) break;  // cancelled
+  }
+  co_return !m.membership->active_view().empty();
 }
 
 task<> node::stop() {
   auto& m = *impl_;
   if (m.stopped || !m.started) co_return;
   m.stopped = true;
+  m.wake_join_waiters();
   std::vector<std::shared_ptr<attachment>> live;
-  for (auto& [key, weak] : m.attachments)
-    if (auto a = weak.lock()) live.push_back(std::move(a));
+  for (auto& [key, a] : m.attachments) live.push_back(a);
   for (auto& a : live) co_await a->on_node_stop();
+  m.attachments.clear();
   co_await m.replicas->stop();
   co_await m.membership->leave();
   co_await m.broadcast->stop();
   co_await m.clocks->stop();
+  co_await m.timers->stop();
   co_await m.net->stop();
 }
 
@@ -124,9 +184,9 @@ replica_host& node::replicas() { return *impl_->replicas; }
 
 std::shared_ptr<node::attachment> node::find_attachment(const std::string& key) const {
   auto it = impl_->attachments.find(key);
-  return it == impl_->attachments.end() ? nullptr : it->second.lock();
+  return it == impl_->attachments.end() ? nullptr : it->second;
 }
-void node::set_attachment(const std::string& key, std::weak_ptr<attachment> a) {
+void node::set_attachment(const std::string& key, std::shared_ptr<attachment> a) {
   impl_->attachments[key] = std::move(a);
 }
 void node::clear_attachment(const std::string& key) { impl_->attachments.erase(key); }

@@ -1,4 +1,5 @@
 #include "barrel_p2p/plumtree.hpp"
+#include "barrel_p2p/log.hpp"
 
 #include "barrel_p2p/keyed_hash.hpp"
 #include "barrel_p2p/plumtree_messages.hpp"
@@ -93,7 +94,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   bool is_peer(const std::string& p) const { return eager.contains(p) || lazy.contains(p); }
 
   void log(const std::string& line) const {
-    if (config.log) config.log(self() + ": " + line);
+    if (config.log) config.log(log_line(self(), "broadcast", line));
   }
 
   void to_eager(const std::string& p) {

@@ -1,4 +1,5 @@
 #include "barrel_p2p/replica.hpp"
+#include "barrel_p2p/log.hpp"
 
 #include "barrel_p2p/cbor.hpp"
 #include "barrel_p2p/crdt_wire.hpp"
@@ -77,7 +78,11 @@ struct replica_host::impl {
   }
 
   void log(const std::string& line) const {
-    if (config.log) config.log(net.self().id + ": " + line);
+    if (config.log) config.log(log_line(net.self().id, "replica", line));
+  }
+  // A line about one replica instance: "<id> replica <name>: ...".
+  void log(const std::string& instance, const std::string& line) const {
+    if (config.log) config.log(log_line(net.self().id, "replica " + instance, line));
   }
 
   // Waits (polling each millisecond) until every send queue is at most half
@@ -159,7 +164,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     if (!control && (queued_items >= cfg.inbox_limit || over_bytes)) {
       ++counters.inbox_drops;
       if (drop_log.allow(host->sched.now(), std::chrono::seconds(10)))
-        host->log("replica " + name + ": inbox full (" + std::to_string(queued_items) + " items, " +
+        host->log(name, "inbox full (" + std::to_string(queued_items) + " items, " +
                   std::to_string(counters.inbox_bytes) + " bytes); dropped " +
                   std::to_string(drop_log.take_held_back() + 1) + " work items since the last report");
       return;
@@ -209,7 +214,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     auto payload = parse_replica_payload(bytes.bytes());
     if (!payload) {
       ++counters.bad_messages;
-      host->log("replica " + name + ": ignored a broadcast of unknown shape");
+      host->log(name, "ignored a broadcast of unknown shape");
       return;
     }
     if (auto* d = std::get_if<replica_delta>(&*payload)) {
@@ -228,10 +233,10 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
       co_await call();
     } catch (const std::exception& ex) {
       ++counters.callback_errors;
-      host->log("replica " + name + ": callback " + what + " threw: " + ex.what());
+      host->log(name, std::string("callback ") + what + " threw: " + ex.what());
     } catch (...) {
       ++counters.callback_errors;
-      host->log("replica " + name + ": callback " + what + " threw");
+      host->log(name, std::string("callback ") + what + " threw");
     }
   }
 
@@ -309,7 +314,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     if (bytes.size() > cfg.max_snapshot_bytes) {
       if (may_retry) return false;
       ++counters.snapshots_too_large;
-      host->log("replica " + name + ": snapshot of " + std::to_string(bytes.size()) +
+      host->log(name, "snapshot of " + std::to_string(bytes.size()) +
                 " bytes is over max_snapshot_bytes; not sent to " + peer);
       return true;
     }
@@ -330,7 +335,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
       if (stopped) return true;
       ++counters.sync_parts_sent;
       if (!host->net.send(peer, channel::replica, encode(replica_part{name, id, i, parts, std::move(slice)}))) {
-        host->log("replica " + name + ": part " + std::to_string(i) + " of a snapshot for " + peer +
+        host->log(name, "part " + std::to_string(i) + " of a snapshot for " + peer +
                   " was not queued; the sync is abandoned");
         return true;
       }
@@ -444,7 +449,7 @@ std::optional<json> replica_host::impl::on_part(const std::string& from, replica
   const auto refuse = [&](const std::string& why) -> std::optional<json> {
     assemblies.erase(key);
     ++counters.bad_messages;
-    log("replica " + name + ": dropped a snapshot part from " + from + ": " + why);
+    log(name, "dropped a snapshot part from " + from + ": " + why);
     return std::nullopt;
   };
   const auto index = part.index;

@@ -10,6 +10,7 @@
 // (peer_entry::active). Everything runs on the scheduler's executor, so the
 // state below needs no locks.
 #include "barrel_p2p/tcp_transport.hpp"
+#include "barrel_p2p/log.hpp"
 
 #include "barrel_p2p/cbor.hpp"
 #include "barrel_p2p/frame.hpp"
@@ -35,7 +36,6 @@
 #include <array>
 #include <cstring>
 #include <deque>
-#include <iostream>
 #include <limits>
 #include <map>
 #include <optional>
@@ -509,14 +509,11 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   }
 
   void log(const std::string& line) const {
-    const auto text = "barrel_p2p tcp " + self_.id + ": " + line;
-    if (config_.log) {
-      try {
-        config_.log(text);
-      } catch (...) {
-      }
-    } else {
-      std::cerr << text << '\n';
+    const auto text = log_line(self_.id, "tcp", line);
+    try {
+      if (config_.log) config_.log(text);
+      else stderr_log_sink()(text);
+    } catch (...) {
     }
   }
 
@@ -785,6 +782,16 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     if (it != pending_by_source_.end() && --it->second == 0) pending_by_source_.erase(it);
   }
 
+  void remember_own_nonce(const handshake_nonce& n) {
+    own_nonces_[own_nonces_next_] = n;
+    own_nonces_next_ = (own_nonces_next_ + 1) % own_nonces_.size();
+    own_nonces_size_ = std::min(own_nonces_size_ + 1, own_nonces_.size());
+  }
+  bool is_own_nonce(const handshake_nonce& n) const {
+    const auto end = own_nonces_.begin() + static_cast<std::ptrdiff_t>(own_nonces_size_);
+    return std::find(own_nonces_.begin(), end, n) != end;
+  }
+
   // The whole handshake, TLS included, within handshake_timeout. On timeout
   // the socket is closed, which ends whatever read or write was pending.
   task<bool> handshake_within_timeout(std::shared_ptr<connection> conn) {
@@ -842,6 +849,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
         conn->tiebreak = *tiebreak;
       }
       const auto own_nonce = random_nonce();
+      remember_own_nonce(own_nonce);
       const hello_message hello{protocol_version, self_, own_nonce};
       auto hello_body = encode_body(make_hello(hello));
       if (!co_await write_direct(conn, std::move(hello_body)))
@@ -865,7 +873,15 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       if (peer_hello->version != protocol_version)
         co_return handshake_error(F::protocol, "protocol version " + std::to_string(peer_hello->version) +
                                                    ", expected " + std::to_string(protocol_version));
-      if (peer_hello->self.id == self_.id) co_return handshake_error(F::self, "connection to self refused");
+      if (peer_hello->self.id == self_.id) {
+        // Our own nonce back: this node reached itself. Any other nonce: a
+        // second process runs under this node's id.
+        if (is_own_nonce(peer_hello->nonce)) co_return handshake_error(F::self, "connection to self refused");
+        co_return handshake_error(F::duplicate_id, "duplicate node id '" + detail::printable(self_.id) +
+                                                       "': a node listening at " +
+                                                       detail::printable(peer_hello->self.address.to_string()) +
+                                                       " uses it too; give every node its own id");
+      }
       if (config_.security == transport_security::certificates &&
           !detail::peer_certificate_names(conn->stream->native_handle(), peer_hello->self.id))
         co_return handshake_error(F::identity, "claims id '" + detail::printable(peer_hello->self.id) +
@@ -1269,6 +1285,14 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   std::size_t pending_inbound_ = 0;                      // inbound, still in the handshake
   std::map<std::string, std::size_t> pending_by_source_;  // the same, by source address
   std::array<detail::log_limiter, handshake_failure_count> failure_log_{};  // one line a second per reason
+  // The hello nonces this node sent most recently. A hello with our id and
+  // one of these is our own, come back (a self-connection); with any other
+  // nonce it is another process under our id. A ring, not a set erased at
+  // the end of each handshake: the two ends of a self-connection finish in
+  // either order.
+  std::array<handshake_nonce, 64> own_nonces_{};
+  std::size_t own_nonces_next_ = 0;
+  std::size_t own_nonces_size_ = 0;
 };
 
 class tcp_transport_handle final : public tcp_transport {

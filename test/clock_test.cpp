@@ -196,8 +196,8 @@ TEST_CASE("every node measures each active peer's offset; the skewed node knows 
   CHECK(c.at(2).clocks().verdict().behind == 2);
   CHECK(c.at(2).clocks().counters().answers_received >= 2);
   // Logged once per peer and rate-limited: a warning about c on a and b, and c's own verdict.
-  CHECK(c.logged("a: clock: peer c's wall clock is +120.000 s from ours"));
-  CHECK(c.logged("c: clock: this node's timestamps are too far ahead for 1 of 1 measured active peers"));
+  CHECK(c.logged("a clock: peer c's wall clock is +120.000 s from ours"));
+  CHECK(c.logged("c clock: this node's timestamps are too far ahead for 1 of 1 measured active peers"));
   c.net.run_for(30s);  // many more probes, within one warn_interval
   CHECK(c.at(0).clocks().counters().warnings == 1);
 }
@@ -241,7 +241,7 @@ TEST_CASE("a node ahead of the cluster refuses puts, removes and candidacies; re
   c.net.run_for(60s);
   CHECK_FALSE(c.at(2).clocks().refusing_writes());
   REQUIRE(c.put(2, "k", 4) == nullptr);
-  CHECK(c.logged("c: clock: this node's timestamps are back in range"));
+  CHECK(c.logged("c clock: this node's timestamps are back in range"));
   c.net.run_for(2s);
   for (auto& m : c.maps) CHECK(m->get("k") == json(4));
   for (auto& m : c.maps) CHECK(m->counters().rejected_remote == 0);  // nothing c acknowledged was dropped
@@ -260,7 +260,7 @@ TEST_CASE("policy warn: the skewed node acknowledges, the peers drop the write a
     CHECK(counts.rejected_clock_ahead >= 1);
     CHECK(counts.rejected_remote == counts.rejected_clock_ahead);  // nothing else was wrong with it
   }
-  CHECK(c.logged("a: map kv: refused 1 peer entries stamped up to"));
+  CHECK(c.logged("a map kv: refused 1 peer entries stamped up to"));
   CHECK(c.logged("; written by c"));
 }
 
@@ -269,7 +269,7 @@ TEST_CASE("a node behind the cluster says so and keeps accepting its own writes"
   const auto v = c.at(2).clocks().verdict();
   CHECK(v.behind_cluster());
   CHECK_FALSE(c.at(2).clocks().refusing_writes());
-  CHECK(c.logged("c: clock: this node's wall clock is behind 1 of 1 measured active peers"));
+  CHECK(c.logged("c clock: this node's wall clock is behind 1 of 1 measured active peers"));
   REQUIRE(c.put(2, "past", 1) == nullptr);  // a timestamp in the past is admissible everywhere
   c.net.run_for(2s);
   for (auto& m : c.maps) CHECK(m->get("past") == json(1));

@@ -52,18 +52,12 @@ class config_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-void log_line(const std::string& line) {
-  const auto now = std::chrono::system_clock::now();
-  const auto t = std::chrono::system_clock::to_time_t(now);
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char stamp[32];
-  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
-  char frac[8];
-  std::snprintf(frac, sizeof frac, ".%03dZ", static_cast<int>(ms));
-  std::cerr << stamp << frac << ' ' << line << std::endl;
-}
+// Every line, the library's too, goes through the library's default sink:
+// a UTC timestamp, then "<node id> <component>: ...".
+const log_sink sink = stderr_log_sink();
+std::string daemon_id = "-";  // the node id once the configuration is read
+
+void say(const std::string& message) { sink(log_line(daemon_id, "daemon", message)); }
 
 std::string read_file_trimmed(const std::string& path, const char* what) {
   std::ifstream in(path);
@@ -315,7 +309,7 @@ daemon_config parse(int argc, char** argv) {
   daemon_config c;
   c.node.transport.listen_port = 7946;
   c.http.listen_port = 8946;
-  c.node.log = log_line;
+  c.node.log = sink;
   cli::flag_reader args(argc, argv);
   auto value = [&] { return args.value(); };
   while (args.next()) {
@@ -437,12 +431,12 @@ struct daemon_state {
 };
 
 task<> run(daemon_state& s, daemon_config c) {
-  for (const auto& w : c.warnings) log_line(w);
+  for (const auto& w : c.warnings) say(w);
   s.n = std::make_unique<node>(co_await boost::asio::this_coro::executor, c.node);
   node& n = *s.n;
   for (auto& spec : c.maps) {
     s.maps.push_back(map::open(n, spec.name, spec.options));
-    log_line(n.id() + ": map " + spec.name + " open, " + std::to_string(s.maps.back()->size()) + " keys" +
+    say("map " + spec.name + " open, " + std::to_string(s.maps.back()->size()) + " keys" +
              (spec.options.persist ? " recovered" : ""));
   }
   if (c.http_enabled) {
@@ -450,8 +444,14 @@ task<> run(daemon_state& s, daemon_config c) {
     for (auto& m : s.maps) co_await s.http->expose(m);
     co_await s.http->start();
   }
-  co_await n.start();
-  log_line(n.id() + ": listening on " + n.self().address.to_string() + ", http " +
+  const auto joined = co_await n.start();
+  if (joined.duplicate_id_at)
+    throw config_error("the contact " + joined.duplicate_id_at->to_string() + " answered with this node's id '" +
+                       n.id() + "': another node uses it; give each node its own --id");
+  for (const auto& contact : joined.not_joined) say("contact " + contact.to_string() + " did not take this node in");
+  if (joined.via) say("joined the cluster through " + joined.via->to_string());
+  else if (!c.node.contacts.empty()) say("no contact answered yet: still trying them in the background");
+  say("listening on " + n.self().address.to_string() + ", http " +
            (s.http ? c.http.listen_host + ":" + std::to_string(s.http->port()) : std::string("off")) +
            ", " + std::to_string(c.node.contacts.size()) + " contact(s)");
 }
@@ -461,37 +461,37 @@ task<> run(daemon_state& s, daemon_config c) {
 task<> reload_security(daemon_state& s, transport_security mode, std::string secret_file) {
   if (s.stopping) co_return;
   if (!s.n) {
-    log_line("SIGHUP: the node is not running yet: nothing reloaded");
+    say("SIGHUP: the node is not running yet: nothing reloaded");
     co_return;
   }
   try {
     if (mode == transport_security::psk) {
       if (secret_file.empty()) {
-        log_line("SIGHUP: the secret was not given in a file: nothing to reload");
+        say("SIGHUP: the secret was not given in a file: nothing to reload");
         co_return;
       }
-      if (auto w = loose_mode_warning(secret_file, "secret")) log_line(*w);
+      if (auto w = loose_mode_warning(secret_file, "secret")) say(*w);
       auto k = read_keyring(secret_file);
       const auto accepted = k.accepted.size();
       co_await s.n->set_cluster_secrets(std::move(k.primary), std::move(k.accepted));
-      log_line("SIGHUP: keyring reloaded from " + secret_file + " (1 primary, " + std::to_string(accepted) +
+      say("SIGHUP: keyring reloaded from " + secret_file + " (1 primary, " + std::to_string(accepted) +
                " more accepted)");
     } else if (mode == transport_security::certificates) {
       co_await s.n->reload_certificates();
-      log_line("SIGHUP: certificates reloaded");
+      say("SIGHUP: certificates reloaded");
     } else {
-      log_line("SIGHUP: plaintext mode: nothing to reload");
+      say("SIGHUP: plaintext mode: nothing to reload");
     }
   } catch (const std::exception& e) {
-    log_line(std::string("SIGHUP: reload failed, keeping the current keys: ") + e.what());
+    say(std::string("SIGHUP: reload failed, keeping the current keys: ") + e.what());
   }
 }
 
 task<> shutdown(daemon_state& s, boost::asio::io_context& io) {
-  log_line("shutting down: leaving the cluster, flushing maps");
+  say("shutting down: leaving the cluster, flushing maps");
   if (s.http) co_await s.http->stop();
   if (s.n) co_await s.n->stop();  // closes (and flushes) the maps, then leaves
-  log_line("stopped");
+  say("stopped");
   io.stop();
 }
 
@@ -503,6 +503,7 @@ int main(int argc, char** argv) {
   daemon_config config;
   try {
     config = parse(argc, argv);
+    daemon_id = config.node.transport.node_id;
   } catch (const std::exception& e) {
     std::cerr << "barrel-p2p-node: " << e.what() << "\n" << usage;
     return 2;
@@ -514,10 +515,10 @@ int main(int argc, char** argv) {
                                                                                int sig) {
     if (ec) return;
     if (state.stopping) {
-      log_line("second signal: exiting now");
+      say("second signal: exiting now");
       std::_Exit(1);
     }
-    log_line(std::string("got ") + (sig == SIGINT ? "SIGINT" : "SIGTERM"));
+    say(std::string("got ") + (sig == SIGINT ? "SIGINT" : "SIGTERM"));
     state.stopping = true;
     boost::asio::co_spawn(io, shutdown(state, io), boost::asio::detached);
     signals.async_wait(on_signal);
@@ -537,7 +538,7 @@ int main(int argc, char** argv) {
     try {
       std::rethrow_exception(e);
     } catch (const std::exception& ex) {
-      log_line(std::string("cannot start: ") + ex.what());
+      say(std::string("cannot start: ") + ex.what());
     }
     state.exit_code = 1;
     io.stop();

@@ -97,6 +97,7 @@ class elections : public node::attachment, public std::enable_shared_from_this<e
   [[nodiscard]] std::uint64_t high_water_mark(const std::string& name) const;
 
   task<> on_node_stop() override;
+  void on_node_destroyed() noexcept override;
 
   struct impl;
   explicit elections(std::shared_ptr<impl> i);

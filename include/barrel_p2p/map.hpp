@@ -97,8 +97,12 @@ class map : public node::attachment, public std::enable_shared_from_this<map> {
  public:
   /// Opens the map `name` on this node: the same object for the same name
   /// while it is open (options of a later call are ignored). With persist,
-  /// recovers from disk first. Throws map_error on a bad name or options,
-  /// std::system_error when the data directory cannot be used.
+  /// recovers from disk first. The node keeps the map open until close(),
+  /// erase() or node::stop(): a handle dropped at once
+  /// (`co_await map::open(n, "m")->put(...)`) loses nothing, and a later
+  /// open() returns the same map. Throws map_error on a bad name or
+  /// options, std::system_error when the data directory cannot be used.
+  /// Node's executor.
   static std::shared_ptr<map> open(node& n, const std::string& name, map_options options = {});
   ~map() override;
 
@@ -135,6 +139,8 @@ class map : public node::attachment, public std::enable_shared_from_this<map> {
 
   /// node::stop() closes the map (and flushes it) before the node stops.
   task<> on_node_stop() override;
+  /// ~node, for a handle kept past its node: closed, without the network.
+  void on_node_destroyed() noexcept override;
 
   [[nodiscard]] const std::string& name() const;
   /// False once close(), erase() or node::stop() has closed the map here.

@@ -10,6 +10,7 @@
 #include <barrel_p2p/clock_monitor.hpp>
 #include <barrel_p2p/hlc.hpp>
 #include <barrel_p2p/hyparview.hpp>
+#include <barrel_p2p/log.hpp>
 #include <barrel_p2p/plumtree.hpp>
 #include <barrel_p2p/replica.hpp>
 #include <barrel_p2p/scheduler.hpp>
@@ -18,6 +19,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,8 +43,25 @@ struct node_config {
   /// Peer clock offsets: how often they are measured, and what this node
   /// does when its own clock is ahead of the cluster (refuse local writes).
   clock_monitor_config clocks;
-  /// One-line log sink shared by every layer that has none of its own.
-  std::function<void(const std::string&)> log;
+  /// One-line log sink shared by every layer that has none of its own
+  /// (log.hpp). Empty: stderr_log_sink(), timestamped lines on standard error.
+  log_sink log;
+};
+
+/// What node::start() found at its contacts.
+struct join_result {
+  /// A contact took this node in: it is in the cluster. False with no
+  /// contacts (the first node) and when no contact did (the node keeps
+  /// trying them in the background; node::wait_joined waits for that).
+  bool joined = false;
+  /// The contact that took this node in.
+  std::optional<peer_address> via;
+  /// Contacts that did not (unreachable, another cluster key, this node's
+  /// own address...), in the order tried.
+  std::vector<peer_address> not_joined;
+  /// A contact answered under this node's own id: another process uses it.
+  /// The two can never connect; give each node its own id.
+  std::optional<peer_address> duplicate_id_at;
 };
 
 class node {
@@ -58,8 +77,16 @@ class node {
   node(const node&) = delete;
   node& operator=(const node&) = delete;
 
-  /// Starts listening and every layer, then joins through the contacts.
-  task<> start();
+  /// Starts listening and every layer, then tries the contacts in order
+  /// until one takes this node in, and says what happened. Listening or
+  /// binding failures throw. A node that joined no contact is still
+  /// running: it keeps dialling its contacts with backoff while its active
+  /// view is empty. Any executor.
+  task<join_result> start();
+  /// Waits until this node has at least one active peer (it is in a
+  /// cluster), or until `timeout` has passed, or the node stops. True when
+  /// it has one. Returns at once when it already has. Any executor.
+  task<bool> wait_joined(duration timeout);
   /// Closes what is attached (maps...), leaves the cluster politely and
   /// stops every layer; returns when done.
   task<> stop();
@@ -86,15 +113,21 @@ class node {
   [[nodiscard]] replica_host& replicas();
 
   /// A per-node registry for the layers above (maps, leader): one object per
-  /// name and kind, looked up by name.
+  /// name and kind, looked up by name. The node holds what is attached
+  /// until it is cleared (a map's close()) or the node stops: dropping every
+  /// other handle does not close it. Node's executor.
   struct attachment {
     virtual ~attachment() = default;
     /// Called by node::stop() before the layers below stop, so that maps
     /// and the like close cleanly (flush, stop their replica instances).
     virtual task<> on_node_stop() { co_return; }
+    /// Called by ~node for an attachment still held elsewhere: let go of
+    /// everything that belongs to the node (replica instances, loops), so
+    /// that later calls fail cleanly instead of reaching a destroyed node.
+    virtual void on_node_destroyed() noexcept {}
   };
   [[nodiscard]] std::shared_ptr<attachment> find_attachment(const std::string& key) const;
-  void set_attachment(const std::string& key, std::weak_ptr<attachment> a);
+  void set_attachment(const std::string& key, std::shared_ptr<attachment> a);
   void clear_attachment(const std::string& key);
 
  private:

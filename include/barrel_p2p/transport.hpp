@@ -138,9 +138,10 @@ enum class handshake_failure : std::uint8_t {
   certificate,    ///< the peer's certificate did not verify (other CA, expired...)
   identity,       ///< the claimed node id is not the one the certificate names
   protocol,       ///< malformed hello, other protocol version, bad frame
-  self,           ///< a connection to this node itself
+  self,           ///< a connection to this node itself (a contact that is its own address)
+  duplicate_id,   ///< another node, elsewhere, uses this node's id
 };
-inline constexpr std::size_t handshake_failure_count = 8;
+inline constexpr std::size_t handshake_failure_count = 9;
 [[nodiscard]] std::string_view to_string(handshake_failure f) noexcept;
 
 /// Counters every transport keeps (exported as metrics).

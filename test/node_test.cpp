@@ -1,0 +1,235 @@
+// Embedding a node: what start() says, waiting to be joined, a duplicate
+// node id, how long an opened map lives, and the log line format.
+#include <barrel_p2p/log.hpp>
+#include <barrel_p2p/map.hpp>
+
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <doctest/doctest.h>
+
+#include "map_cluster.hpp"
+
+#include <algorithm>
+#include <regex>
+
+using namespace barrel_p2p;
+using namespace barrel_p2p::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+// A port nothing listens on: bound, then closed.
+std::uint16_t closed_port(boost::asio::io_context& io) {
+  boost::asio::ip::tcp::acceptor a(io, {boost::asio::ip::make_address("127.0.0.1"), 0});
+  return a.local_endpoint().port();
+}
+
+std::uint64_t failures(node& n, handshake_failure why) {
+  return n.net().counters().handshake_failures_by_reason[static_cast<std::size_t>(why)];
+}
+
+// A node config that keeps its log lines, for the tests that read them.
+struct logged_config {
+  std::shared_ptr<std::vector<std::string>> lines = std::make_shared<std::vector<std::string>>();
+  node_config make(const std::string& id) const {
+    auto c = tcp_config(id);
+    c.log = [l = lines](const std::string& line) { l->push_back(line); };
+    return c;
+  }
+  bool logged(const std::string& needle) const {
+    return std::any_of(lines->begin(), lines->end(), [&](const auto& l) { return l.find(needle) != std::string::npos; });
+  }
+};
+
+}  // namespace
+
+TEST_CASE("start() says whether and through which contact the node joined") {
+  cluster c;
+  auto& first = c.add("first");
+  join_result alone, joined, unreachable;
+  const peer_address nowhere("127.0.0.1", closed_port(c.io));
+
+  auto joiner_config = tcp_config("joiner");
+  joiner_config.contacts = {nowhere, first.self().address};
+  node joiner(c.io.get_executor(), joiner_config);
+  auto lost_config = tcp_config("lost");
+  lost_config.contacts = {nowhere};
+  node lost(c.io.get_executor(), lost_config);
+  node lone(c.io.get_executor(), tcp_config("lone"));
+  c.run([&]() -> task<> {
+    alone = co_await lone.start();
+    joined = co_await joiner.start();
+    unreachable = co_await lost.start();
+  });
+
+  CHECK_FALSE(alone.joined);  // no contacts: the first node of a cluster
+  CHECK(alone.not_joined.empty());
+  CHECK_FALSE(alone.via);
+
+  CHECK(joined.joined);
+  REQUIRE(joined.via);
+  CHECK(*joined.via == first.self().address);
+  CHECK(joined.not_joined == std::vector<peer_address>{nowhere});  // tried first, in order
+  CHECK_FALSE(joined.duplicate_id_at);
+  CHECK_FALSE(joiner.membership().active_view().empty());
+
+  CHECK_FALSE(unreachable.joined);
+  CHECK(unreachable.not_joined == std::vector<peer_address>{nowhere});
+  CHECK_FALSE(unreachable.duplicate_id_at);
+
+  c.run([&]() -> task<> {
+    co_await joiner.stop();
+    co_await lost.stop();
+    co_await lone.stop();
+  });
+}
+
+TEST_CASE("wait_joined: true once a contact that was down comes up; false at its timeout on a lone node") {
+  boost::asio::io_context io;
+  // The contact's port is reserved now and listened on later.
+  const auto port = closed_port(io);
+  auto late_config = tcp_config("late");
+  late_config.transport.listen_port = port;
+  auto early_config = tcp_config("early");
+  early_config.contacts = {peer_address("127.0.0.1", port)};
+  early_config.membership.backoff_initial = 100ms;
+  node early(io.get_executor(), early_config);
+  node late(io.get_executor(), late_config);
+  node lone(io.get_executor(), tcp_config("lone"));
+  bool lone_joined = true, early_joined = false, again = false;
+  join_result first;
+  run(io, [&]() -> task<> {
+    first = co_await early.start();
+    co_await lone.start();
+    lone_joined = co_await lone.wait_joined(300ms);
+    co_await late.start();  // now the contact listens; early's retries reach it
+    early_joined = co_await early.wait_joined(30s);
+    again = co_await early.wait_joined(0ms);  // already joined: at once
+  });
+  CHECK_FALSE(first.joined);
+  CHECK_FALSE(lone_joined);
+  CHECK(early_joined);
+  CHECK(again);
+  CHECK_FALSE(early.membership().active_view().empty());
+
+  // A waiter is released by stop(), with false.
+  bool stopped_waiter = true;
+  run(io, [&]() -> task<> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    boost::asio::co_spawn(ex, [&]() -> task<> { stopped_waiter = co_await lone.wait_joined(60s); },
+                          boost::asio::detached);
+    co_await lone.sched().sleep(50ms);
+    co_await lone.stop();
+    co_await lone.sched().sleep(50ms);
+    co_await early.stop();
+    co_await late.stop();
+  });
+  CHECK_FALSE(stopped_waiter);
+}
+
+TEST_CASE("a second process with the same node id is named as such, not as a connection to self") {
+  boost::asio::io_context io;
+  logged_config logs_a, logs_b;
+  node a(io.get_executor(), logs_a.make("twin"));
+  auto cb = logs_b.make("twin");
+  std::optional<join_result> result;
+  std::unique_ptr<node> b;
+  run(io, [&]() -> task<> {
+    co_await a.start();
+    cb.contacts = {a.self().address};
+    b = std::make_unique<node>(co_await boost::asio::this_coro::executor, cb);
+    result = co_await b->start();
+  });
+  REQUIRE(result);
+  CHECK_FALSE(result->joined);
+  REQUIRE(result->duplicate_id_at);
+  CHECK(*result->duplicate_id_at == a.self().address);
+  CHECK(eventually(io, [&] { return failures(a, handshake_failure::duplicate_id) > 0; }));
+  CHECK(failures(*b, handshake_failure::duplicate_id) > 0);
+  CHECK(failures(a, handshake_failure::self) == 0);
+  CHECK(failures(*b, handshake_failure::self) == 0);
+  CHECK(logs_a.logged("twin tcp: handshake refused [duplicate_id]"));
+  CHECK(logs_b.logged("duplicate node id 'twin'"));
+  CHECK(a.membership().active_view().empty());
+
+  // Dialling its own address is still "self", and not a duplicate.
+  const auto duplicates_before = failures(a, handshake_failure::duplicate_id);
+  run(io, [&]() -> task<> {
+    CHECK_FALSE(co_await a.net().connect(a.self().address));
+    co_await b->stop();
+    co_await a.stop();
+  });
+  CHECK(failures(a, handshake_failure::self) == 2);  // the dialling and the answering end
+  CHECK(failures(a, handshake_failure::duplicate_id) == duplicates_before);
+}
+
+TEST_CASE("an opened map stays open without a handle until close() or node::stop()") {
+  cluster c;
+  auto& n = c.add("keeper");
+  c.run([&]() -> task<> {
+    // The handle is a temporary, gone at the end of the statement.
+    co_await map::open(n, "scratch")->put("k", json(1));
+  });
+  auto m = map::open(n, "scratch");
+  CHECK(m->is_open());
+  CHECK(m->get("k") == json(1));
+  std::weak_ptr<map> weak = m;
+  c.run([&]() -> task<> { co_await m->close(); });
+  m.reset();
+  CHECK(weak.expired());  // closed: the node let go of it
+  auto reopened = map::open(n, "scratch");
+  CHECK(reopened->is_open());
+  CHECK(reopened->size() == 0);  // a new, empty map on a lone node
+
+  c.run([&]() -> task<> { co_await n.stop(); });
+  CHECK_FALSE(reopened->is_open());  // node::stop() closed it
+  c.nodes.clear();
+}
+
+TEST_CASE("a map handle kept past its node fails cleanly") {
+  boost::asio::io_context io;
+  std::shared_ptr<map> m;
+  {
+    node n(io.get_executor(), tcp_config("brief"));
+    run(io, [&]() -> task<> {
+      co_await n.start();
+      m = map::open(n, "kept");
+      co_await m->put("k", json("v"));
+    });
+    // Destroyed without stop(): the map must let go of the node's layers.
+  }
+  CHECK_FALSE(m->is_open());
+  CHECK(m->get("k") == json("v"));  // reads keep working on what it held
+  bool refused = false;
+  run(io, [&]() -> task<> {
+    try {
+      co_await m->put("k2", json(2));
+    } catch (const map_error&) {
+      refused = true;
+    }
+  });
+  CHECK(refused);
+  m.reset();  // and the last handle goes without touching the node
+}
+
+TEST_CASE("log lines: '<node id> <component>: message' from every layer; the default sink adds a UTC timestamp") {
+  CHECK(log_line("n0", "tcp", "hello") == "n0 tcp: hello");
+  const std::regex stamp(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)");
+  CHECK(std::regex_match(utc_timestamp(), stamp));
+
+  logged_config logs;
+  boost::asio::io_context io;
+  node n(io.get_executor(), logs.make("n0"));
+  run(io, [&]() -> task<> {
+    co_await n.start();
+    auto m = map::open(n, "m");
+    co_await m->put("k", json(1));
+    CHECK_FALSE(co_await n.net().connect(n.self().address));  // a tcp line
+    co_await n.stop();
+  });
+  REQUIRE_FALSE(logs.lines->empty());
+  const std::regex format(R"(n0 (tcp|membership|broadcast|replica( [A-Za-z0-9._-]+)?|clock|elections|http|map [A-Za-z0-9._-]+): .+)");
+  for (const auto& line : *logs.lines) CHECK_MESSAGE(std::regex_match(line, format), line);
+  CHECK(logs.logged("n0 tcp: handshake refused [self]"));
+}
