@@ -122,6 +122,29 @@ std::optional<hello_message> parse_hello(const json& j) noexcept {
   }
 }
 
+json make_id_refusal(const id_refusal& refusal) {
+  return {{"refused", refusal.reason == id_refusal::why::own_id ? "own_id" : "in_use"}, {"holder", refusal.holder}};
+}
+
+std::optional<id_refusal> parse_id_refusal(const json& control) noexcept {
+  try {
+    if (!control.is_object()) return std::nullopt;
+    const auto r = control.find("refused");
+    const auto h = control.find("holder");
+    if (r == control.end() || h == control.end() || !r->is_string() || !h->is_string()) return std::nullopt;
+    id_refusal out;
+    const auto& reason = r->get_ref<const std::string&>();
+    if (reason == "own_id") out.reason = id_refusal::why::own_id;
+    else if (reason == "in_use") out.reason = id_refusal::why::in_use;
+    else return std::nullopt;
+    out.holder = h->get<std::string>();
+    if (out.holder.size() > 300) return std::nullopt;
+    return out;
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
 json make_heartbeat() { return {{"hb", 1}}; }
 
 json make_hold_notice(bool held) { return {{"hold", held ? 1 : 0}}; }

@@ -208,7 +208,7 @@ void write_node_metrics(prometheus_writer& w, node& n) {
   const prometheus_writer::labels l{{"node", n.id()}};
   write_fields(w, transport_fields, l, n.net().counters());
   w.family("barrel_p2p_transport_handshake_failures_total", K::counter,
-           "Handshakes refused, by reason (timeout, over_capacity, tls, unknown_key, certificate, identity, protocol, self).");
+           "Handshakes refused, by reason (timeout, over_capacity, tls, unknown_key, certificate, identity, protocol, self, duplicate_id, id_in_use).");
   for (std::size_t i = 0; i < handshake_failure_count; ++i)
     w.sample(with(l, "reason", std::string(to_string(static_cast<handshake_failure>(i)))),
              static_cast<double>(n.net().counters().handshake_failures_by_reason[i]));

@@ -848,12 +848,16 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
         if (!tiebreak) co_return handshake_error(F::tls, "cannot export keying material");
         conn->tiebreak = *tiebreak;
       }
+      // The dialler speaks first; the accepting side answers with its own
+      // hello, or with a refusal when the dialler's id is taken, so that
+      // the dialler learns why instead of seeing a closed connection.
       const auto own_nonce = random_nonce();
       remember_own_nonce(own_nonce);
-      const hello_message hello{protocol_version, self_, own_nonce};
-      auto hello_body = encode_body(make_hello(hello));
-      if (!co_await write_direct(conn, std::move(hello_body)))
-        co_return handshake_error(conn->tls ? F::tls : F::protocol, "cannot send hello");
+      auto hello_body = encode_body(make_hello(hello_message{protocol_version, self_, own_nonce}));
+      if (conn->outbound) {
+        const bool sent = co_await write_direct(conn, hello_body);
+        if (!sent) co_return handshake_error(conn->tls ? F::tls : F::protocol, "cannot send hello");
+      }
 
       auto in = co_await read_frame(conn, handshake_max_frame_bytes);
       if (in.st != frame_in::status::ok) {
@@ -863,29 +867,55 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
         co_return handshake_error(reason, "reading hello: " + in.detail);
       }
       std::optional<hello_message> peer_hello;
+      std::optional<id_refusal> refusal;
       if (in.ch == channel::control) {
-        if (auto decoded = decode_cbor(*in.body, handshake_cbor_limits))
+        if (auto decoded = decode_cbor(*in.body, handshake_cbor_limits)) {
           peer_hello = parse_hello(*decoded);
-        else
+          if (!peer_hello && conn->outbound) refusal = parse_id_refusal(*decoded);
+        } else {
           ++counters_.bad_frames;
+        }
       }
+      if (refusal) co_return refused_by_peer(*refusal);
       if (!peer_hello) co_return handshake_error(F::protocol, "malformed hello");
+      const auto& claimed = peer_hello->self;
+      if (config_.security == transport_security::certificates &&
+          !detail::peer_certificate_names(conn->stream->native_handle(), claimed.id))
+        co_return handshake_error(F::identity, "claims id '" + detail::printable(claimed.id) +
+                                                   "', which its certificate does not name");
+      const bool own_id = claimed.id == self_.id && !is_own_nonce(peer_hello->nonce);
+      const auto taken = own_id ? peers_.end() : peers_.find(claimed.id);
+      const bool in_use = taken != peers_.end() && taken->second.descriptor.address != claimed.address;
+      // Copied: the entry may go while we write below.
+      const auto holder = own_id ? self_.address.to_string()
+                                 : in_use ? taken->second.descriptor.address.to_string() : std::string();
+      if (!conn->outbound) {
+        auto answer = hello_body;
+        if (own_id || in_use) {
+          id_refusal refusal_out;
+          refusal_out.reason = own_id ? id_refusal::why::own_id : id_refusal::why::in_use;
+          refusal_out.holder = holder;
+          answer = encode_body(make_id_refusal(refusal_out));
+        }
+        const bool sent = co_await write_direct(conn, std::move(answer));
+        if (!sent) co_return handshake_error(conn->tls ? F::tls : F::protocol, "cannot send hello");
+      }
       if (peer_hello->version != protocol_version)
         co_return handshake_error(F::protocol, "protocol version " + std::to_string(peer_hello->version) +
                                                    ", expected " + std::to_string(protocol_version));
-      if (peer_hello->self.id == self_.id) {
-        // Our own nonce back: this node reached itself. Any other nonce: a
-        // second process runs under this node's id.
-        if (is_own_nonce(peer_hello->nonce)) co_return handshake_error(F::self, "connection to self refused");
+      // Our own nonce back: this node reached itself. Any other nonce: a
+      // second process runs under this node's id.
+      if (claimed.id == self_.id && !own_id) co_return handshake_error(F::self, "connection to self refused");
+      if (own_id)
         co_return handshake_error(F::duplicate_id, "duplicate node id '" + detail::printable(self_.id) +
                                                        "': a node listening at " +
-                                                       detail::printable(peer_hello->self.address.to_string()) +
+                                                       detail::printable(claimed.address.to_string()) +
                                                        " uses it too; give every node its own id");
-      }
-      if (config_.security == transport_security::certificates &&
-          !detail::peer_certificate_names(conn->stream->native_handle(), peer_hello->self.id))
-        co_return handshake_error(F::identity, "claims id '" + detail::printable(peer_hello->self.id) +
-                                                   "', which its certificate does not name");
+      if (in_use)
+        co_return handshake_error(F::id_in_use, "refused a second node with the id '" +
+                                                    detail::printable(claimed.id) + "' (advertising " +
+                                                    detail::printable(claimed.address.to_string()) +
+                                                    "): the node at " + holder + " is connected under it");
       conn->peer = peer_hello->self;
       if (!conn->tls) conn->tiebreak = conn->outbound ? own_nonce : peer_hello->nonce;
       conn->state = conn_state::hello_received;
@@ -893,6 +923,20 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     } catch (const std::exception& e) {
       co_return handshake_error(F::protocol, e.what());
     }
+  }
+
+  // The accepting side answered our hello with an id refusal.
+  handshake_error refused_by_peer(const id_refusal& r) const {
+    const auto holder = detail::printable(r.holder);
+    if (r.reason == id_refusal::why::own_id)
+      return handshake_error(handshake_failure::duplicate_id,
+                             "duplicate node id '" + detail::printable(self_.id) + "': the node at " + holder +
+                                 " uses it too; give every node its own id");
+    return handshake_error(handshake_failure::id_in_use,
+                           "refused this node: another node with the id '" +
+                               detail::printable(self_.id) + "' is connected to it, listening at " + holder +
+                               " (a node that just restarted at a new address gets in once its old "
+                               "connection times out)");
   }
 
   void establish(const std::shared_ptr<connection>& conn) {

@@ -59,6 +59,7 @@ std::string_view to_string(handshake_failure f) noexcept {
     case handshake_failure::protocol: return "protocol";
     case handshake_failure::self: return "self";
     case handshake_failure::duplicate_id: return "duplicate_id";
+    case handshake_failure::id_in_use: return "id_in_use";
   }
   return "unknown";
 }

@@ -124,6 +124,27 @@ TEST_CASE("malformed hellos are refused without throwing") {
   CHECK(v2->version == 2);
 }
 
+TEST_CASE("an id refusal round-trips through CBOR; anything else is not one") {
+  for (const auto why : {id_refusal::why::own_id, id_refusal::why::in_use}) {
+    id_refusal r;
+    r.reason = why;
+    r.holder = "10.0.0.7:7946";
+    auto back = decode_cbor(encode_cbor(make_id_refusal(r)));
+    REQUIRE(back);
+    auto parsed = parse_id_refusal(*back);
+    REQUIRE(parsed);
+    CHECK(parsed->reason == why);
+    CHECK(parsed->holder == "10.0.0.7:7946");
+    CHECK_FALSE(parse_hello(*back));
+  }
+  CHECK_FALSE(parse_id_refusal(json{{"refused", "other"}, {"holder", "h:1"}}));
+  CHECK_FALSE(parse_id_refusal(json{{"refused", "in_use"}}));
+  CHECK_FALSE(parse_id_refusal(json{{"refused", "in_use"}, {"holder", 7}}));
+  CHECK_FALSE(parse_id_refusal(json{{"refused", "in_use"}, {"holder", std::string(301, 'h')}}));
+  CHECK_FALSE(parse_id_refusal(make_heartbeat()));
+  CHECK_FALSE(parse_id_refusal(json::array()));
+}
+
 TEST_CASE("nonces come from the CSPRNG and differ") {
   const auto a = random_nonce();
   const auto b = random_nonce();

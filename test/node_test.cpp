@@ -164,6 +164,43 @@ TEST_CASE("a second process with the same node id is named as such, not as a con
   CHECK(failures(a, handshake_failure::duplicate_id) == duplicates_before);
 }
 
+TEST_CASE("a second node claiming a connected peer's id through a third node is refused; the peer keeps its place") {
+  boost::asio::io_context io;
+  logged_config logs_hub, logs_twin;
+  node hub(io.get_executor(), logs_hub.make("hub"));
+  std::unique_ptr<node> real, twin;
+  join_result real_joined, twin_joined;
+  run(io, [&]() -> task<> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    co_await hub.start();
+    auto rc = tcp_config("shared");
+    rc.contacts = {hub.self().address};
+    real = std::make_unique<node>(ex, rc);
+    real_joined = co_await real->start();
+    auto tc = logs_twin.make("shared");
+    tc.contacts = {hub.self().address};
+    twin = std::make_unique<node>(ex, tc);
+    twin_joined = co_await twin->start();
+  });
+  CHECK(real_joined.joined);
+  CHECK_FALSE(twin_joined.joined);
+  CHECK_FALSE(twin_joined.duplicate_id_at);  // the hub is not the twin: the daemon keeps retrying
+  CHECK(twin_joined.not_joined == std::vector<peer_address>{hub.self().address});
+  CHECK(failures(hub, handshake_failure::id_in_use) >= 1);
+  CHECK(failures(*twin, handshake_failure::id_in_use) >= 1);
+  CHECK(logs_hub.logged("refused a second node with the id 'shared'"));
+  CHECK(logs_twin.logged("refused this node: another node with the id 'shared' is connected to it, listening at " +
+                         real->self().address.to_string()));
+  // The hub's connection to the real node was never replaced.
+  CHECK(eventually(io, [&] { return hub.membership().is_active("shared"); }));
+  CHECK(hub.net().counters().connections_opened == 1);
+  run(io, [&]() -> task<> {
+    co_await twin->stop();
+    co_await real->stop();
+    co_await hub.stop();
+  });
+}
+
 TEST_CASE("an opened map stays open without a handle until close() or node::stop()") {
   cluster c;
   auto& n = c.add("keeper");

@@ -117,6 +117,13 @@ class Node:
             self.proc.wait()
             raise StepFailed("%s did not stop within %d s of SIGTERM" % (self.name, timeout))
 
+    def log_text(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def log_line_with(self, needle):
+        return next(l for l in self.log_text().splitlines() if needle in l)
+
     def kill(self):
         if self.running():
             self.proc.kill()
@@ -178,6 +185,15 @@ class Node:
             return body if status == 200 else None
         except (urllib.error.URLError, ConnectionError, OSError):
             return None
+
+
+def start_impostor(nodes, workdir, tag, binary, secret_file, contact, args):
+    """A daemon under node2's id, with its own ports and directory."""
+    folder = os.path.join(workdir, tag)
+    os.mkdir(folder)
+    impostor = Node(nodes[1].name, binary, folder, secret_file, contact, args)
+    impostor.start()
+    return impostor
 
 
 def wait_until(what, condition, timeout):
@@ -261,6 +277,27 @@ def run(args):
         t = wait_until("a symmetric, connected overlay", lambda: overlay_ok(nodes), 30)
         say("   HyParView active views are symmetric and connect all %d nodes (%.2f s)" % (len(nodes), t))
         print_status_table(nodes)
+
+        say("\n   A sixth daemon started by mistake under the id node2, its contact node1:")
+        impostor = start_impostor(nodes, workdir, "impostor1", binary, secret_file, nodes[0], args)
+        wait_until("node1 refuses the impostor",
+                   lambda: "refused this node: another node with the id 'node2'" in impostor.log_text(), 15)
+        impostor.kill()
+        if not overlay_ok(nodes):
+            raise StepFailed("the impostor disturbed the overlay")
+        say("   node1 already has node2, so it refuses the impostor, which logs:")
+        say("   " + impostor.log_line_with("refused this node").split(" ", 1)[1])
+        say("   and under the id node2 with node2 itself as its contact, it refuses to start:")
+        impostor = start_impostor(nodes, workdir, "impostor2", binary, secret_file, nodes[1], args)
+        try:
+            code = impostor.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            impostor.kill()
+            raise StepFailed("a daemon whose contact has its id did not exit")
+        if code != 1 or "another node uses it" not in impostor.log_text():
+            raise StepFailed("a daemon whose contact has its id exited with %s, saying:\n%s"
+                             % (code, impostor.log_text()))
+        say("   " + impostor.log_line_with("another node uses it").split(" ", 1)[1])
 
         say("\n== 3. Write through node1's HTTP API, read on all five")
         start = time.monotonic()

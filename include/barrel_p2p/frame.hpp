@@ -7,7 +7,9 @@
 //
 // Frame:  u32 big-endian length of what follows | u8 channel | CBOR body
 // Hello:  {"v": u32, "id": s, "host": s, "port": u16, "nonce": 32 bytes},
-//         sent each way inside TLS once its handshake is done
+//         sent inside TLS once its handshake is done: by the dialler first,
+//         then by the accepting side, which may answer with an id refusal
+//         {"refused": "own_id" | "in_use", "holder": "host:port"} instead
 // See docs/reference/wire.md for the whole exchange.
 #pragma once
 
@@ -18,6 +20,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -99,6 +102,22 @@ struct hello_message {
 /// version over u32, nonce not exactly 32 bytes). Never throws. The version
 /// is returned as sent; whether it is acceptable is the caller's decision.
 [[nodiscard]] std::optional<hello_message> parse_hello(const json& j) noexcept;
+
+/// What the accepting side sends instead of its hello when it refuses the
+/// dialler's node id: {"refused": s, "holder": s}.
+struct id_refusal {
+  enum class why : std::uint8_t {
+    own_id,  ///< "own_id": the id is the accepting node's own (two nodes share it)
+    in_use,  ///< "in_use": another node is connected under that id, from `holder`
+  };
+  why reason = why::in_use;
+  /// Where the node that has the id listens ("host:port", at most 300 bytes).
+  std::string holder;
+};
+[[nodiscard]] json make_id_refusal(const id_refusal& refusal);
+/// Validating parse; nullopt for anything else (a hello, an unknown
+/// reason, a holder over 300 bytes). Never throws.
+[[nodiscard]] std::optional<id_refusal> parse_id_refusal(const json& control) noexcept;
 
 /// The heartbeat sent on an idle connection (channel control).
 [[nodiscard]] json make_heartbeat();

@@ -139,9 +139,11 @@ enum class handshake_failure : std::uint8_t {
   identity,       ///< the claimed node id is not the one the certificate names
   protocol,       ///< malformed hello, other protocol version, bad frame
   self,           ///< a connection to this node itself (a contact that is its own address)
-  duplicate_id,   ///< another node, elsewhere, uses this node's id
+  duplicate_id,   ///< another node, elsewhere, uses this node's id (its hello or refusal said so)
+  id_in_use,      ///< a second node claimed the id of a connected peer (refused here), or a peer refused this
+                  ///< node because another node is connected to it under this node's id
 };
-inline constexpr std::size_t handshake_failure_count = 9;
+inline constexpr std::size_t handshake_failure_count = 10;
 [[nodiscard]] std::string_view to_string(handshake_failure f) noexcept;
 
 /// Counters every transport keeps (exported as metrics).

@@ -24,6 +24,12 @@ void check_message(const json& j) {
         back->nonce != hello->nonce)
       __builtin_trap();
   }
+  // The accepting side's answer may be an id refusal instead: it round-trips.
+  if (auto refusal = parse_id_refusal(j)) {
+    auto again = parse_id_refusal(make_id_refusal(*refusal));
+    if (!again || again->reason != refusal->reason || again->holder != refusal->holder) __builtin_trap();
+    if (parse_hello(j)) __builtin_trap();  // never both
+  }
   // A control body after the handshake: a hold notice round-trips too.
   if (auto held = parse_hold_notice(j)) {
     auto again = parse_hold_notice(make_hold_notice(*held));
