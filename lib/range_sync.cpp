@@ -74,6 +74,7 @@ range_sync_message range_sync_start(const sync_index& index, const range_sync_co
   }
   range_sync_message m;
   m.ranges.push_back(std::move(whole));
+  m.opening = true;
   return m;
 }
 
@@ -189,6 +190,7 @@ json encode_range_sync(const range_sync_message& message) {
   }
   json out = {{"r", std::move(ranges)}};
   if (!message.need.empty()) out["w"] = pack_items(message.need);
+  if (message.opening) out["o"] = 1;
   return out;
 }
 
@@ -265,6 +267,12 @@ range_sync_parse_result parse_range_sync(const json& wire, const range_sync_conf
       auto need = unpack_items(w->get_binary(), {}, std::nullopt, true);
       if (!need) return fail(range_sync_error::order);
       m.need = std::move(*need);
+    }
+    if (const auto o = wire.find("o"); o != wire.end()) {
+      // An opening is one range to the end and asks for nothing.
+      if (!o->is_number_integer() || o->get<std::int64_t>() != 1) return fail(range_sync_error::shape);
+      if (m.ranges.size() != 1 || !m.need.empty()) return fail(range_sync_error::shape);
+      m.opening = true;
     }
     res.message = std::move(m);
     return res;

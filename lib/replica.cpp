@@ -56,6 +56,11 @@ struct replica_host::impl {
     std::vector<std::uint8_t> bytes;
   };
   std::map<std::pair<std::string, std::string>, assembly> assemblies;
+  // Openings of exchanges for instances not started here yet, per (peer,
+  // instance): answered when the instance starts, instead of opening a
+  // second exchange with that peer. Bounded; dropped when the peer goes.
+  static constexpr std::size_t max_early_openings = 256;
+  std::map<std::pair<std::string, std::string>, range_sync_message> early_openings;
   task_group loops;  // the host's own: the sweep of partial snapshots
   bool started = false;
   bool stopped = false;
@@ -147,6 +152,11 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
   // Peers with a snapshot push already queued: repeated pulls (anti-entropy,
   // peer_up, request_sync) from one peer cost one snapshot, not one each.
   std::set<std::string> pushes_queued;
+  // Peers we opened an exchange with and have not heard from since, and
+  // when: two nodes that open at once (a late start on one side, peer_up
+  // on the other) keep the exchange of the smaller id, not both.
+  std::map<std::string, duration> opened_to;
+  static constexpr duration opening_forgotten_after{5'000};
 
   // Items and wire bytes queued: the newest item is the one dropped, so
   // what is queued stays exactly known.
@@ -260,7 +270,23 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     const auto* index = reconciling();
     if (!index) return;
     ++counters.reconcile_rounds;
+    opened_to[peer] = host->sched.now();
     send_ranges(peer, range_sync_start(*index, host->config.range_sync));
+  }
+
+  // A message of an exchange arrived from `peer`: false when it is an
+  // opening that crosses ours and loses the tie-break (the smaller id's
+  // exchange goes on; the peer drops its own when ours arrives).
+  bool take_reconcile(const std::string& peer, const range_sync_message& m) {
+    const auto it = opened_to.find(peer);
+    if (it == opened_to.end()) return true;
+    const bool ours_alive = host->sched.now() - it->second < opening_forgotten_after;
+    if (m.opening && ours_alive && host->membership.self().id < peer) {
+      ++counters.reconcile_crossed;
+      return false;
+    }
+    opened_to.erase(it);  // answered, or crossed by the exchange that wins
+    return true;
   }
 
   // One message of an exchange: the entries the peer lacks go first (in
@@ -419,7 +445,13 @@ bool replica_host::impl::on_message(const std::string& from, const byte_slice& b
     log("dropped a replica message of unknown shape from " + from);
     return true;
   }
-  if (!instance) return true;  // not started on this node
+  if (!instance) {  // not started on this node (yet)
+    auto* rc = std::get_if<replica_reconcile>(&*parsed.message);
+    if (rc && rc->message.opening &&
+        (early_openings.size() < max_early_openings || early_openings.contains({from, parsed.name})))
+      early_openings[{from, parsed.name}] = std::move(rc->message);
+    return true;
+  }
   if (auto* sync = std::get_if<replica_sync>(&*parsed.message)) {
     instance->enqueue({work_item::kind::snapshot, std::move(sync->snapshot), from, body.size()});
   } else if (auto* part = std::get_if<replica_part>(&*parsed.message)) {
@@ -429,6 +461,7 @@ bool replica_host::impl::on_message(const std::string& from, const byte_slice& b
       instance->enqueue({work_item::kind::snapshot, std::move(*whole), from, assembled});
   } else if (auto* rc = std::get_if<replica_reconcile>(&*parsed.message)) {
     ++instance->counters.reconcile_received;
+    if (!instance->take_reconcile(from, rc->message)) return true;
     work_item w{work_item::kind::reconcile, {}, from, body.size()};
     w.ranges = std::move(rc->message);
     instance->enqueue(std::move(w));
@@ -481,8 +514,10 @@ std::optional<json> replica_host::impl::on_part(const std::string& from, replica
 
 void replica_host::impl::on_membership(const membership_event& ev) {
   if (stopped) return;
-  if (ev.what == membership_event::kind::peer_down)
+  if (ev.what == membership_event::kind::peer_down) {
     std::erase_if(assemblies, [&](const auto& entry) { return entry.first.first == ev.peer.id; });
+    std::erase_if(early_openings, [&](const auto& entry) { return entry.first.first == ev.peer.id; });
+  }
   for (auto& [name, weak] : instances) {
     auto instance = weak.lock();
     if (!instance) continue;
@@ -494,8 +529,10 @@ void replica_host::impl::on_membership(const membership_event& ev) {
     } else if (ev.what == membership_event::kind::peer_up) {
       instance->enqueue({work_item::kind::push_to, {}, ev.peer.id});
     }
-    else if (ev.what == membership_event::kind::peer_down)
+    else if (ev.what == membership_event::kind::peer_down) {
+      instance->opened_to.erase(ev.peer.id);
       instance->enqueue({work_item::kind::node_down, {}, ev.peer.id});
+    }
   }
 }
 
@@ -565,8 +602,19 @@ std::shared_ptr<replica> replica::start(replica_host& host, std::string name, re
   h->instances[name] = i;
   i->loops.spawn("replica_inbox", impl::inbox_loop(i));
   if (callbacks.anti_entropy()) i->loops.spawn("anti_entropy", impl::anti_entropy_loop(i));
-  // Late start: peers already connected send no peer_up, so sync with them.
-  for (const auto& d : h->membership.active_view()) i->sync_with(d.id);
+  // Late start: peers already connected send no peer_up, so sync with them:
+  // answer an exchange a peer opened before we started, else open one.
+  for (const auto& d : h->membership.active_view()) {
+    auto early = h->early_openings.find({d.id, name});
+    if (early != h->early_openings.end() && i->reconciling()) {
+      work_item w{work_item::kind::reconcile, {}, d.id, 0};
+      w.ranges = std::move(early->second);
+      i->enqueue(std::move(w));
+    } else {
+      i->sync_with(d.id);
+    }
+  }
+  std::erase_if(h->early_openings, [&](const auto& entry) { return entry.first.second == name; });
   return std::shared_ptr<replica>(new replica(i));
 }
 

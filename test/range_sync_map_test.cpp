@@ -171,3 +171,32 @@ TEST_CASE("a node that joins empty gets every entry, tombstones included, by rec
   CHECK(c.maps[2]->size() == 2900);
   CHECK(c.maps[2]->replica_stats().syncs_received > 0);
 }
+
+// A map opened after its node is connected: the peer's opening (sent on
+// peer_up, before the map existed here, or crossing the late starter's own
+// opening) and the late start must make one exchange, so every entry
+// crosses once. Before, both exchanges pushed everything.
+TEST_CASE("a map that starts after the connection is up is synced by one exchange, entries sent once") {
+  for (const auto delay : {0ms, 1000ms}) {
+    CAPTURE(delay.count());
+    sim_maps c(1);
+    for (int i = 0; i < 2000; ++i) c.put(0, "k" + std::to_string(i), i);
+    const auto pushed_before = c.items_pushed();
+    node_config cfg;
+    cfg.transport.node_id = "z-late";  // a larger id than n0: n0 opens on peer_up
+    cfg.log = [](const std::string&) {};
+    c.nodes.push_back(std::make_unique<node>(c.net, cfg));
+    auto& late = *c.nodes.back();
+    boost::asio::co_spawn(c.io, [&, delay]() -> task<> {
+      co_await late.start();
+      co_await late.membership().join(c.nodes[0]->self().address);
+      if (delay > 0ms) co_await late.sched().sleep(delay);  // n0's opening arrives first
+      c.maps.push_back(map::open(late, "kv"));
+    }, boost::asio::detached);
+    REQUIRE(c.net.run_until([&] { return c.maps.size() == 2 && c.converged(c.all()); }, 60s));
+    c.net.run_for(2s);  // anything still under way
+    CHECK(c.maps[1]->size() == 2000);
+    CHECK(c.items_pushed() - pushed_before == 2000);
+    if (delay == 0ms) CHECK(c.maps[0]->replica_stats().reconcile_crossed == 1);  // n0's won
+  }
+}

@@ -381,9 +381,17 @@ task<json> full_sync(boost::asio::io_context& io, std::size_t keys) {
   const auto t1 = steady::now();
   const auto received = c.nodes[1]->net().counters().bytes_received;
   const bool complete = c.maps[1]->size() == keys;
+  // How the sync ran: exchanges opened and crossed on each side, entries pushed.
+  json exchanges = json::array();
+  for (auto& m : c.maps) {
+    const auto st = m->replica_stats();
+    exchanges.push_back({{"opened", st.reconcile_rounds}, {"crossed", st.reconcile_crossed},
+                         {"entries_sent", st.reconcile_items_sent}});
+  }
   co_await c.stop();
   co_return json{{"bench", "full_sync"}, {"keys", keys}, {"complete", complete},
                  {"ms", std::chrono::duration<double, std::milli>(t1 - t0).count()},
+                 {"exchanges", std::move(exchanges)},
                  {"bytes_received", received},
                  {"bytes_per_key", static_cast<double>(received) / static_cast<double>(keys)}};
 }

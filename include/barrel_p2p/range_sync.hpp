@@ -55,6 +55,9 @@ struct sync_range {
 struct range_sync_message {
   std::vector<sync_range> ranges;  ///< consecutive, the last one to the end (or empty)
   std::vector<sync_item> need;     ///< the sender lacks these: send their entries
+  /// The first message of an exchange (range_sync_start). Lets two nodes
+  /// that opened exchanges with each other at once keep only one.
+  bool opening = false;
 };
 
 /// What to do after a message.
@@ -73,7 +76,7 @@ struct range_sync_step {
                                                 const range_sync_config& config = {});
 
 /// The wire form, one json value for the replica channel's CBOR:
-/// {"r": [[upper or null, mode, data?], ...], "w": need} with items as
+/// {"r": [[upper or null, mode, data?], ...], "w": need, "o": 1 when opening} with items as
 /// 16-byte binary strings (a list and the need list packed into one string).
 [[nodiscard]] json encode_range_sync(const range_sync_message& message);
 

@@ -131,6 +131,7 @@ struct replica_counters {
   std::uint64_t reconcile_rounds = 0;    ///< reconciliations this node started
   std::uint64_t reconcile_sent = 0;      ///< reconciliation messages sent
   std::uint64_t reconcile_received = 0;  ///< reconciliation messages received
+  std::uint64_t reconcile_crossed = 0;   ///< openings dropped: ours, opened at the same time, goes on
   std::uint64_t reconcile_items_sent = 0;  ///< entries pushed because a peer lacked them
 };
 
