@@ -74,11 +74,13 @@ struct replica_host::impl {
         config.range_sync.branching < 2 || config.range_sync.list_threshold == 0 ||
         config.range_sync.max_ranges <= config.range_sync.branching || config.range_sync.max_need == 0 ||
         config.backpressure_max_wait < duration{0} || config.sync_chunk_bytes < 1024 ||
+        config.reconcile_push_window <= duration{0} ||
         config.max_snapshot_bytes < config.sync_chunk_bytes || config.max_snapshot_items == 0)
       throw std::invalid_argument(
           "replica_config: anti_entropy_interval must be positive, jitter in [0, 1), inbox_limit, inbox_limit_bytes, inbox_peer_limit_bytes and reconcile_batch_items > 0, "
           "range_sync.branching >= 2, list_threshold and max_need > 0, max_ranges > branching, "
-          "backpressure_max_wait >= 0, sync_chunk_bytes >= 1024, max_snapshot_bytes >= sync_chunk_bytes, "
+          "backpressure_max_wait >= 0, sync_chunk_bytes >= 1024, reconcile_push_window > 0, "
+          "max_snapshot_bytes >= sync_chunk_bytes, "
           "max_snapshot_items > 0");
   }
 
@@ -157,6 +159,58 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
   // on the other) keep the exchange of the smaller id, not both.
   std::map<std::string, duration> opened_to;
   static constexpr duration opening_forgotten_after{5'000};
+
+  // The push budget (replica_config::reconcile_push_window): entries that
+  // reconciliation may still push, per peer and in all, refilled evenly.
+  struct push_bucket {
+    double tokens = -1;  // < 0: new, full
+    duration refilled{0};
+    double refill(double capacity, duration window, duration now) {
+      if (tokens < 0) tokens = capacity;
+      const auto elapsed = std::chrono::duration<double>(now - refilled).count();
+      const auto per_second = capacity / std::chrono::duration<double>(window).count();
+      if (elapsed > 0) tokens = std::min(capacity, tokens + elapsed * per_second);
+      refilled = std::max(refilled, now);
+      return tokens;
+    }
+  };
+  static constexpr std::size_t max_push_buckets = 1024;
+  static constexpr double all_peers_states = 8;
+  std::map<std::string, push_bucket> push_budget;
+  push_bucket all_push_budget;
+  detail::log_limiter deferred_log;
+  std::uint64_t deferred_since_log = 0;
+
+  // How many of `wanted` entries may go to `peer` now; takes them.
+  std::size_t take_push_budget(const std::string& peer, std::size_t state_size, std::size_t wanted) {
+    if (wanted == 0) return 0;
+    const auto now = host->sched.now();
+    const auto window = host->config.reconcile_push_window;
+    const double whole = static_cast<double>(std::max(state_size, host->config.reconcile_batch_items));
+    if (push_budget.size() >= max_push_buckets && !push_budget.contains(peer)) {
+      // Buckets that have refilled are as good as new ones: drop those
+      // first, else all (the budget of all peers still bounds the total).
+      for (auto it = push_budget.begin(); it != push_budget.end();)
+        it = it->second.refill(whole, window, now) >= whole ? push_budget.erase(it) : std::next(it);
+      if (push_budget.size() >= max_push_buckets) push_budget.clear();
+    }
+    auto& mine = push_budget[peer];
+    const double room = std::min(mine.refill(whole, window, now),
+                                 all_push_budget.refill(whole * all_peers_states, window, now));
+    const auto allowed = std::min(wanted, static_cast<std::size_t>(std::max(0.0, room)));
+    mine.tokens -= static_cast<double>(allowed);
+    all_push_budget.tokens -= static_cast<double>(allowed);
+    if (allowed < wanted) {
+      counters.reconcile_push_deferred += wanted - allowed;
+      deferred_since_log += wanted - allowed;
+      if (deferred_log.allow(now, std::chrono::seconds(10))) {
+        host->log(name, "reconciliation push budget spent: " + std::to_string(deferred_since_log) +
+                            " entries peers lacked wait for later rounds (last: " + peer + ")");
+        deferred_since_log = 0;
+      }
+    }
+    return allowed;
+  }
 
   // Items and wire bytes queued: the newest item is the one dropped, so
   // what is queued stays exactly known.
@@ -296,6 +350,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     if (!index) co_return;
     const auto& cfg = host->config;
     auto step = range_sync_answer(*index, message, cfg.range_sync);
+    step.send.resize(take_push_budget(peer, index->size(), step.send.size()));
     // Batches of reconcile_batch_items entries, halved while one encodes
     // over max_snapshot_bytes (large values): every entry goes, or is
     // logged as too large alone.

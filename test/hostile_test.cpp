@@ -357,3 +357,61 @@ TEST_CASE("a neighbour whose deltas queue past inbox_peer_limit_bytes is held, n
   CHECK(owner.most_queued <= (2u << 20) + 512 * 1024 + 64 * 1024);
   CHECK(stats.inbox_bytes == 0);
 }
+
+// A member that claims, again and again, to hold nothing: every opening with
+// an empty list would make the victim push its whole map. The push budget
+// gives it one whole state per reconcile_push_window and no more.
+TEST_CASE("a member asking for everything again and again gets one whole state per window") {
+  boost::asio::io_context io;
+  sim_network net(io, {});
+  node_config cfg;
+  cfg.transport.node_id = "a";
+  cfg.log = [](const std::string&) {};
+  node a(net, cfg);
+  std::shared_ptr<map> kv;
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await a.start();
+    kv = map::open(a, "kv");
+    for (int i = 0; i < 5000; ++i) co_await kv->put("k" + std::to_string(i), i);
+  }, boost::asio::detached);
+  net.run_for(5s);
+  REQUIRE(kv);
+  REQUIRE(kv->size() == 5000);
+
+  auto raw = connected_raw(io, net, "raw", a.self().address);
+  range_sync_message empty;  // "I hold nothing at all"
+  empty.ranges.resize(1);
+  empty.ranges[0].what = sync_range::mode::list;
+  empty.opening = true;
+  replica_reconcile ask{"kv", empty};
+  for (int round = 0; round < 20; ++round) {
+    raw->send("a", channel::replica, encode(ask));
+    net.run_for(100ms);
+  }
+  net.run_for(1s);
+  const auto st = kv->replica_stats();
+  // 2 s of virtual time: the first whole state, then 2/60 of one.
+  CHECK(st.reconcile_items_sent >= 5000);
+  CHECK(st.reconcile_items_sent <= 5000 + 5000 * 3 / 60);
+  CHECK(st.reconcile_push_deferred >= 19 * 5000 - 5000 * 3 / 60);
+
+  // The window refills it: a minute later the same request is served again
+  // (on a new connection: a's membership closed the idle one meanwhile).
+  net.run_for(60s);
+  bool connected = false;
+  boost::asio::co_spawn(io, [&]() -> task<> { connected = (co_await raw->connect(a.self().address)).has_value(); },
+                        boost::asio::detached);
+  net.run_for(100ms);
+  REQUIRE(connected);
+  const auto before = kv->replica_stats().reconcile_items_sent;
+  raw->send("a", channel::replica, encode(ask));
+  net.run_for(1s);
+  CHECK(kv->replica_stats().reconcile_items_sent - before == 5000);
+
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await raw->stop();
+    co_await kv->close();
+    co_await a.stop();
+  }, boost::asio::detached);
+  net.run_for(5s);
+}

@@ -106,6 +106,14 @@ struct replica_config {
   /// missing are pushed in snapshots of at most reconcile_batch_items.
   range_sync_config range_sync;
   std::size_t reconcile_batch_items = 4096;
+  /// What reconciliation may push to peers, in entries: to one peer, one
+  /// whole state (the owner's index, at least reconcile_batch_items) per
+  /// window; to all peers together, eight whole states per window. Each is
+  /// a bucket that starts full and refills evenly. A member that asks for
+  /// everything again and again (an empty opening, long need lists) costs
+  /// this much and no more; entries over a budget wait for a later round
+  /// (counted in reconcile_push_deferred). A joiner's full sync fits.
+  duration reconcile_push_window{60'000};
   std::uint64_t seed = 0;
   std::function<void(const std::string&)> log;
 };
@@ -133,6 +141,7 @@ struct replica_counters {
   std::uint64_t reconcile_received = 0;  ///< reconciliation messages received
   std::uint64_t reconcile_crossed = 0;   ///< openings dropped: ours, opened at the same time, goes on
   std::uint64_t reconcile_items_sent = 0;  ///< entries pushed because a peer lacked them
+  std::uint64_t reconcile_push_deferred = 0;  ///< entries a peer lacked, not pushed: over reconcile_push_window's budget
 };
 
 /// A local write: add a value or remove a key.
