@@ -111,6 +111,47 @@ std::unique_ptr<transport> connected_raw(boost::asio::io_context& io, sim_networ
   return raw;
 }
 
+// Connects `raw` to `target` again (after a hang-up, or after the target's
+// membership closed the idle connection).
+void reconnect(boost::asio::io_context& io, sim_network& net, transport& raw, const peer_address& target) {
+  bool connected = false;
+  boost::asio::co_spawn(io, [&]() -> task<> { connected = (co_await raw.connect(target)).has_value(); },
+                        boost::asio::detached);
+  net.run_for(100ms);
+  REQUIRE(connected);
+}
+
+// One node "a" on the simulated network with the map "kv" holding `keys`
+// keys k0, k1...
+struct lone_map_node {
+  boost::asio::io_context io;
+  sim_network net{io, {}};
+  std::unique_ptr<node> a;
+  std::shared_ptr<map> kv;
+
+  explicit lone_map_node(int keys = 0) {
+    node_config cfg;
+    cfg.transport.node_id = "a";
+    cfg.log = [](const std::string&) {};
+    a = std::make_unique<node>(net, cfg);
+    boost::asio::co_spawn(io, [this, keys]() -> task<> {
+      co_await a->start();
+      kv = map::open(*a, "kv");
+      for (int i = 0; i < keys; ++i) co_await kv->put("k" + std::to_string(i), i);
+    }, boost::asio::detached);
+    net.run_for(5s);
+    REQUIRE(kv);
+    REQUIRE(kv->size() == static_cast<std::size_t>(keys));
+  }
+  ~lone_map_node() {
+    boost::asio::co_spawn(io, [this]() -> task<> {
+      co_await kv->close();
+      co_await a->stop();
+    }, boost::asio::detached);
+    net.run_for(5s);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("membership abuse: high-priority NEIGHBORs cannot churn a full active view") {
@@ -184,19 +225,9 @@ TEST_CASE("membership abuse: FORWARD_JOINs naming made-up joiners make at most t
 }
 
 TEST_CASE("a peer outside the active view that starts a large snapshot and hangs up leaves nothing behind") {
-  boost::asio::io_context io;
-  sim_network net(io, {});
-  node_config cfg;
-  cfg.transport.node_id = "a";
-  cfg.log = [](const std::string&) {};
-  node a(net, cfg);
-  std::shared_ptr<map> kv;
-  boost::asio::co_spawn(io, [&]() -> task<> {
-    co_await a.start();
-    kv = map::open(a, "kv");
-  }, boost::asio::detached);
-  net.run_for(1s);
-  REQUIRE(kv);
+  lone_map_node c;
+  auto& [io, net, a_ptr, kv] = c;
+  node& a = *a_ptr;
 
   // A raw member: connected (authenticated, on TCP), never in a's active
   // view, so a never sees a peer_down for it.
@@ -212,21 +243,12 @@ TEST_CASE("a peer outside the active view that starts a large snapshot and hangs
   CHECK(a.replicas().partial_snapshot_bytes() == 0);
 
   // While it stays connected, a partial snapshot is kept (the rest may come).
-  bool connected = false;
-  boost::asio::co_spawn(io, [&]() -> task<> { connected = (co_await raw->connect(a.self().address)).has_value(); },
-                        boost::asio::detached);
-  net.run_for(100ms);
-  REQUIRE(connected);
+  reconnect(io, net, *raw, a.self().address);
   raw->send("a", channel::replica, first_part(8, 64, 1024));
   net.run_for(2s);
   CHECK(a.replicas().partial_snapshot_bytes() == 1024);
-
-  boost::asio::co_spawn(io, [&]() -> task<> {
-    co_await raw->stop();
-    co_await kv->close();
-    co_await a.stop();
-  }, boost::asio::detached);
-  net.run_for(5s);
+  boost::asio::co_spawn(io, raw->stop(), boost::asio::detached);
+  net.run_for(1s);  // before raw goes
 }
 
 // An owner that takes 20 ms (virtual) to merge each delta, as a slow disk
@@ -362,23 +384,10 @@ TEST_CASE("a neighbour whose deltas queue past inbox_peer_limit_bytes is held, n
 // an empty list would make the victim push its whole map. The push budget
 // gives it one whole state per reconcile_push_window and no more.
 TEST_CASE("a member asking for everything again and again gets one whole state per window") {
-  boost::asio::io_context io;
-  sim_network net(io, {});
-  node_config cfg;
-  cfg.transport.node_id = "a";
-  cfg.log = [](const std::string&) {};
-  node a(net, cfg);
-  std::shared_ptr<map> kv;
-  boost::asio::co_spawn(io, [&]() -> task<> {
-    co_await a.start();
-    kv = map::open(a, "kv");
-    for (int i = 0; i < 5000; ++i) co_await kv->put("k" + std::to_string(i), i);
-  }, boost::asio::detached);
-  net.run_for(5s);
-  REQUIRE(kv);
-  REQUIRE(kv->size() == 5000);
+  lone_map_node c(5000);
+  auto& [io, net, a, kv] = c;
 
-  auto raw = connected_raw(io, net, "raw", a.self().address);
+  auto raw = connected_raw(io, net, "raw", a->self().address);
   range_sync_message empty;  // "I hold nothing at all"
   empty.ranges.resize(1);
   empty.ranges[0].what = sync_range::mode::list;
@@ -398,20 +407,11 @@ TEST_CASE("a member asking for everything again and again gets one whole state p
   // The window refills it: a minute later the same request is served again
   // (on a new connection: a's membership closed the idle one meanwhile).
   net.run_for(60s);
-  bool connected = false;
-  boost::asio::co_spawn(io, [&]() -> task<> { connected = (co_await raw->connect(a.self().address)).has_value(); },
-                        boost::asio::detached);
-  net.run_for(100ms);
-  REQUIRE(connected);
+  reconnect(io, net, *raw, a->self().address);
   const auto before = kv->replica_stats().reconcile_items_sent;
   raw->send("a", channel::replica, encode(ask));
   net.run_for(1s);
   CHECK(kv->replica_stats().reconcile_items_sent - before == 5000);
-
-  boost::asio::co_spawn(io, [&]() -> task<> {
-    co_await raw->stop();
-    co_await kv->close();
-    co_await a.stop();
-  }, boost::asio::detached);
-  net.run_for(5s);
+  boost::asio::co_spawn(io, raw->stop(), boost::asio::detached);
+  net.run_for(1s);  // before raw goes
 }
