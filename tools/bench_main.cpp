@@ -36,6 +36,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <thread>
 #include <unistd.h>
 
 #include <barrel_p2p/crdt_wire.hpp>
@@ -110,20 +111,30 @@ struct bench_cluster {
   std::function<void(node_config&)> tweak;
   static inline std::function<void(node_config&)> tuning;  // from the command line, for every cluster
 
+  // One more node, joined through the first, with its map open; on `ex`
+  // (an executor of another thread) or the cluster's io_context. The
+  // node's own work runs on its strand; this returns there.
+  task<> add(std::optional<executor> ex = std::nullopt) {
+    node_config c;
+    c.transport.node_id = "b" + std::to_string(nodes.size());
+    c.transport.cluster_secret = "bench-cluster-secret";
+    c.log = [](const std::string&) {};
+    tls.apply(c);
+    if (tuning) tuning(c);
+    if (tweak) tweak(c);
+    if (!nodes.empty()) c.contacts.push_back(nodes[0]->self().address);
+    nodes.push_back(std::make_unique<node>(ex ? *ex : executor(io.get_executor()), c));
+    auto& n = *nodes.back();
+    auto m = co_await boost::asio::co_spawn(n.get_executor(), open_on(n), boost::asio::use_awaitable);
+    maps.push_back(std::move(m));
+  }
+  static task<std::shared_ptr<map>> open_on(node& n) {
+    co_await n.start();
+    co_return map::open(n, "bench");
+  }
+
   task<> start(std::size_t n) {
-    for (std::size_t k = 0; k < n; ++k) {
-      node_config c;
-      c.transport.node_id = "b" + std::to_string(nodes.size());
-      c.transport.cluster_secret = "bench-cluster-secret";
-      c.log = [](const std::string&) {};
-      tls.apply(c);
-      if (tuning) tuning(c);
-      if (tweak) tweak(c);
-      if (!nodes.empty()) c.contacts.push_back(nodes[0]->self().address);
-      nodes.push_back(std::make_unique<node>(io.get_executor(), c));
-      co_await nodes.back()->start();
-      maps.push_back(map::open(*nodes.back(), "bench"));
-    }
+    for (std::size_t k = 0; k < n; ++k) co_await add();
     // Let the overlay settle: every node with a full or non-empty view.
     auto sched = make_real_scheduler(io.get_executor());
     for (int i = 0; i < 200; ++i) {
@@ -135,7 +146,7 @@ struct bench_cluster {
     co_await sched->sleep(500ms);
   }
   task<> stop() {
-    for (auto& nd : nodes) co_await nd->stop();
+    for (auto& nd : nodes) co_await boost::asio::co_spawn(nd->get_executor(), nd->stop(), boost::asio::use_awaitable);
   }
   std::uint64_t bytes_sent() const {
     std::uint64_t b = 0;
@@ -363,8 +374,15 @@ task<json> persisted(boost::asio::io_context& io, double seconds) {
 }
 
 // Full sync: one node holds `keys` keys; a second joins. Time from its
-// start to holding every key, and the bytes it received.
-task<json> full_sync(boost::asio::io_context& io, std::size_t keys) {
+// start to holding every key, and the bytes it received. With
+// `two_threads`, the joiner runs on an io_context of its own thread, as on
+// a second machine: each side's work overlaps the other's; on one thread
+// the figure is the sum of both sides' CPU.
+task<json> full_sync(boost::asio::io_context& io, std::size_t keys, bool two_threads) {
+  boost::asio::io_context joiner_io;
+  auto work = boost::asio::make_work_guard(joiner_io);
+  std::thread joiner_thread;
+  if (two_threads) joiner_thread = std::thread([&] { joiner_io.run(); });
   bench_cluster c(io);
   c.tweak = [](node_config& cfg) { cfg.replicas.anti_entropy_interval = std::chrono::hours(1); };
   co_await c.start(1);
@@ -375,21 +393,30 @@ task<json> full_sync(boost::asio::io_context& io, std::size_t keys) {
     co_await s->sleep(3s);
   }
   const auto t0 = steady::now();
-  co_await c.start(1);
+  co_await c.add(two_threads ? std::optional<executor>(joiner_io.get_executor()) : std::nullopt);
   auto sched = make_real_scheduler(io.get_executor());
   while (c.maps[1]->size() < keys && steady::now() - t0 < 120s) co_await sched->sleep(1ms);
   const auto t1 = steady::now();
-  const auto received = c.nodes[1]->net().counters().bytes_received;
+  const auto received = co_await boost::asio::co_spawn(
+      c.nodes[1]->get_executor(),
+      [n = c.nodes[1].get()]() -> task<std::uint64_t> { co_return n->net().counters().bytes_received; },
+      boost::asio::use_awaitable);
   const bool complete = c.maps[1]->size() == keys;
   // How the sync ran: exchanges opened and crossed on each side, entries pushed.
   json exchanges = json::array();
-  for (auto& m : c.maps) {
-    const auto st = m->replica_stats();
+  for (std::size_t i = 0; i < c.maps.size(); ++i) {
+    const auto st = co_await boost::asio::co_spawn(
+        c.nodes[i]->get_executor(), [m = c.maps[i]]() -> task<replica_counters> { co_return m->replica_stats(); },
+        boost::asio::use_awaitable);
     exchanges.push_back({{"opened", st.reconcile_rounds}, {"crossed", st.reconcile_crossed},
                          {"entries_sent", st.reconcile_items_sent}});
   }
   co_await c.stop();
-  co_return json{{"bench", "full_sync"}, {"keys", keys}, {"complete", complete},
+  c.maps.clear();
+  c.nodes.clear();
+  work.reset();
+  if (joiner_thread.joinable()) joiner_thread.join();
+  co_return json{{"bench", "full_sync"}, {"keys", keys}, {"threads", two_threads ? 2 : 1}, {"complete", complete},
                  {"ms", std::chrono::duration<double, std::milli>(t1 - t0).count()},
                  {"exchanges", std::move(exchanges)},
                  {"bytes_received", received},
@@ -662,15 +689,16 @@ int main(int argc, char** argv) {
     }
     tls.use(o.tls_modes.front());
     if (want("sync")) {
-      std::printf("\n%-10s %10s %10s %14s %10s\n", "full sync", "keys", "ms", "bytes", "B/key");
-      for (auto k : o.sync_sizes) {
-        auto r = co_await full_sync(io, k);
-        std::printf("%-10s %10zu %10.0f %14llu %10.1f%s\n", "", k, r["ms"].get<double>(),
-                    static_cast<unsigned long long>(r["bytes_received"].get<std::uint64_t>()),
-                    r["bytes_per_key"].get<double>(), r["complete"].get<bool>() ? "" : "  (incomplete!)");
-        ok &= r["complete"].get<bool>();
-        results.push_back(std::move(r));
-      }
+      std::printf("\n%-10s %8s %10s %10s %14s %10s\n", "full sync", "threads", "keys", "ms", "bytes", "B/key");
+      for (auto k : o.sync_sizes)
+        for (const bool two : {false, true}) {
+          auto r = co_await full_sync(io, k, two);
+          std::printf("%-10s %8d %10zu %10.0f %14llu %10.1f%s\n", "", two ? 2 : 1, k, r["ms"].get<double>(),
+                      static_cast<unsigned long long>(r["bytes_received"].get<std::uint64_t>()),
+                      r["bytes_per_key"].get<double>(), r["complete"].get<bool>() ? "" : "  (incomplete!)");
+          ok &= r["complete"].get<bool>();
+          results.push_back(std::move(r));
+        }
       auto ae = co_await anti_entropy_cost(io, 10'000);
       std::printf("anti-entropy, idle converged map of 10000 keys: %.0f bytes per round (%llu rounds)\n",
                   ae["bytes_per_round"].get<double>(), static_cast<unsigned long long>(ae["rounds"].get<std::uint64_t>()));
