@@ -241,6 +241,14 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
       ++counters.joins_not_forwarded;
       return;
     }
+    // The joiner's passive view starts with a sample of ours, so that it
+    // knows more of the overlay than its first neighbours before its first
+    // shuffle: a partition in its first seconds must not leave it alone.
+    // (A SHUFFLE_REPLY: a node of an earlier build takes it in too.)
+    auto known = active;
+    for (const auto& d : passive_descriptors()) known.push_back(d);
+    if (auto seed = sample(known, config.shuffle_length, m.node.id); !seed.empty())
+      send(from, shuffle_reply_message{std::move(seed)});
     if (!may_evict()) {
       add_passive(m.node);
     } else {
@@ -421,8 +429,40 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
       if (active.empty() && !rejoining && !contacts.empty() && now >= next_rejoin) {
         rejoining = true;
         spawn("rejoin", rejoin());
+      } else if (!active.empty() && active.size() < config.active_size && !repairing && !rejoining &&
+                 now >= next_rejoin &&
+                 std::none_of(passive.begin(), passive.end(), [&](const auto& e) { return e.next_try <= now; })) {
+        // A view that is not full, with no passive peer to repair from: in
+        // a cluster smaller than the active view, a long partition makes
+        // each side drop the other's peers from its passive view
+        // (passive_max_failures), and random promotion needs a full view.
+        // A contact that is not a neighbour is the way back.
+        std::vector<peer_address> unused;
+        for (const auto& c : contacts)
+          if (std::none_of(active.begin(), active.end(), [&](const auto& d) { return d.address == c; }))
+            unused.push_back(c);
+        if (!unused.empty()) {
+          rejoining = true;
+          spawn("reach_contact", reach_contact(pick(unused, rng)));
+        }
       }
     }
+  }
+
+  task<> reach_contact(peer_address contact) {
+    auto c = co_await net.connect(contact);
+    if (c && c->id != self().id && !is_active(c->id)) co_await promote(*c);
+    backoff_rejoin(active.size() >= config.active_size);
+    rejoining = false;
+  }
+
+  void backoff_rejoin(bool done) {
+    if (done) {
+      rejoin_backoff = config.backoff_initial;
+      return;
+    }
+    next_rejoin = sched.now() + rejoin_backoff;
+    rejoin_backoff = std::min(rejoin_backoff * 2, config.backoff_max);
   }
 
   task<> rejoin() {
@@ -430,12 +470,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
       if (!active.empty() || leaving) break;
       co_await join_via(c);
     }
-    if (active.empty()) {
-      next_rejoin = sched.now() + rejoin_backoff;
-      rejoin_backoff = std::min(rejoin_backoff * 2, config.backoff_max);
-    } else {
-      rejoin_backoff = config.backoff_initial;
-    }
+    backoff_rejoin(!active.empty());
     rejoining = false;
   }
 

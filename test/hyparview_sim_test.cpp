@@ -187,3 +187,33 @@ TEST_CASE("a partition that heals leaves one connected overlay") {
   const bool healed = c.net.run_until([&] { return healthy(c.live_overlay(), 5); }, 600s);
   CHECK(healed);
 }
+
+// A joiner learns a sample of its contact's views with the JOIN's answer,
+// so a partition in its first seconds (before any shuffle) finds it with a
+// passive view to repair from. Before, it knew only its first neighbours.
+TEST_CASE("a joiner's passive view holds a sample of the overlay right after it joins") {
+  hyparview_config cfg;
+  cfg.shuffle_interval = 60s;  // no shuffle during the test
+  sim_cluster c(30, 7, cfg);
+  boost::asio::co_spawn(c.io, [&]() -> task<> {
+    for (std::size_t i = 1; i < c.nodes.size(); ++i) {
+      co_await c.nodes[i].membership->join({"sim", 0});  // everyone through n0, as daemons do
+      co_await c.nodes[i].sched->sleep(20ms);
+    }
+  }, boost::asio::detached);
+  c.net.run_for(2s);
+  // Every node that joined after the first few knows more than its active view.
+  for (std::size_t i = 10; i < c.nodes.size(); ++i) {
+    CAPTURE(i);
+    CHECK(c.nodes[i].membership->passive_view().size() >= 3);
+  }
+
+  // Split at once into halves: each side repairs from what it knows.
+  std::set<std::string> left, right;
+  for (std::size_t i = 0; i < c.nodes.size(); ++i) (i < 15 ? left : right).insert(c.nodes[i].net->self().id);
+  c.net.partition(left, right);
+  c.net.run_for(30s);
+  std::size_t alone = 0;
+  for (auto& n : c.nodes) alone += n.membership->active_view().empty();
+  CHECK(alone == 0);
+}
