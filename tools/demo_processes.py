@@ -66,10 +66,14 @@ def free_port():
 
 
 class Node:
-    def __init__(self, name, binary, workdir, secret_file, contact, args, extra_flags=(), prefix=()):
+    def __init__(self, name, binary, workdir, secret_file, contact, args, extra_flags=(), prefix=(),
+                 cluster_host="127.0.0.1", http_host="127.0.0.1"):
         """extra_flags: more daemon flags; prefix: a command that runs the
-        daemon (e.g. faketime with its options)."""
+        daemon (e.g. faketime with its options, or ip netns exec); the
+        hosts: where it listens for peers and for HTTP."""
         self.name = name
+        self.cluster_host = cluster_host
+        self.http_host = http_host
         self.extra_flags = list(extra_flags)
         self.prefix = list(prefix)
         self.binary = binary
@@ -84,12 +88,12 @@ class Node:
 
     @property
     def cluster_address(self):
-        return "127.0.0.1:%d" % self.cluster_port
+        return "%s:%d" % (self.cluster_host, self.cluster_port)
 
     def start(self):
         cmd = [self.binary, "--id", self.name,
                "--listen", self.cluster_address,
-               "--http", "127.0.0.1:%d" % self.http_port,
+               "--http", "%s:%d" % (self.http_host, self.http_port),
                "--secret-file", self.secret_file,
                "--data-dir", self.data_dir,
                "--map", "kv,persist",
@@ -131,7 +135,7 @@ class Node:
 
     # ---- HTTP -------------------------------------------------------------
     def request(self, method, path, body=None):
-        url = "http://127.0.0.1:%d%s" % (self.http_port, path)
+        url = "http://%s:%d%s" % (self.http_host, self.http_port, path)
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(url, data=data, method=method)
         try:
