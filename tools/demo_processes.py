@@ -200,6 +200,26 @@ def start_impostor(nodes, workdir, tag, binary, secret_file, contact, args):
     return impostor
 
 
+def print_log_tails(nodes, lines=15):
+    """The last lines of each node's log: what a failed step shows."""
+    for n in nodes:
+        say("---- last lines of %s" % n.log_path)
+        try:
+            with open(n.log_path) as f:
+                for line in f.readlines()[-lines:]:
+                    say("  " + line.rstrip())
+        except OSError:
+            pass
+
+
+def stop_all(nodes):
+    """SIGTERM to each node; a non-zero exit fails the step."""
+    for n in nodes:
+        code = n.stop()
+        if code != 0:
+            raise StepFailed("%s exited with %s" % (n.name, code))
+
+
 def wait_until(what, condition, timeout):
     """Polls `condition` until it holds; returns the seconds it took."""
     start = time.monotonic()
@@ -374,23 +394,13 @@ def run(args):
                 say("     " + line)
 
         say("\n== 8. Stop everything")
-        for n in nodes:
-            code = n.stop()
-            if code != 0:
-                raise StepFailed("%s exited with %s" % (n.name, code))
+        stop_all(nodes)
         say("   all %d nodes left the cluster and exited with status 0" % len(nodes))
         say("\ndemo: every step converged")
         return 0
     except StepFailed as e:
         say("\ndemo FAILED: %s" % e)
-        for n in nodes:
-            say("---- last lines of %s" % n.log_path)
-            try:
-                with open(n.log_path) as f:
-                    for line in f.readlines()[-15:]:
-                        say("  " + line.rstrip())
-            except OSError:
-                pass
+        print_log_tails(nodes)
         return 1
     finally:
         for n in nodes:

@@ -205,23 +205,12 @@ def run(args):
         net.heal()
         t = dp.wait_until("every map equal after the heal", lambda: dp.all_equal(nodes, expected), 120)
         dp.say("   healed: every node's map is the same %.1f s later; the newer write and the remove won" % t)
-        for n in nodes:
-            code = n.stop()
-            if code != 0:
-                raise dp.StepFailed("%s exited with %s" % (n.name, code))
+        dp.stop_all(nodes)
         dp.say("\nnetns: all steps passed")
         return 0
     except dp.StepFailed as e:
         dp.say("\nnetns FAILED: %s" % e)
-        for n in nodes:
-            try:
-                with open(n.log_path) as f:
-                    lines = f.read().splitlines()[-15:]
-                dp.say("---- last lines of %s" % n.log_path)
-                for line in lines:
-                    dp.say("  " + line)
-            except OSError:
-                pass
+        dp.print_log_tails(nodes)
         return 1
     finally:
         for n in nodes:

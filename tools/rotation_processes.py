@@ -155,12 +155,7 @@ def run(args):
         return 0
     except dp.StepFailed as e:
         dp.say("FAILED: %s" % e)
-        for n in nodes:
-            try:
-                with open(n.log_path) as f:
-                    dp.say("--- %s log (tail)\n%s" % (n.name, "".join(f.readlines()[-15:])))
-            except OSError:
-                pass
+        dp.print_log_tails(nodes)
         return 1
     finally:
         if writer:
