@@ -1,4 +1,5 @@
 #include "barrel_p2p/range_sync.hpp"
+#include "big_endian.hpp"
 
 #include <algorithm>
 #include <limits>
@@ -9,21 +10,15 @@ namespace {
 
 constexpr std::size_t fingerprint_bytes = 24;
 
-void put_be(std::vector<std::uint8_t>& out, std::uint64_t v) {
-  for (int i = 7; i >= 0; --i) out.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
-}
-std::uint64_t get_be(const std::uint8_t* p) noexcept {
-  std::uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
-  return v;
-}
+using detail::append_be64;
+using detail::get_be64;
 
 json pack_items(const std::vector<sync_item>& items) {
   std::vector<std::uint8_t> bytes;
   bytes.reserve(items.size() * sync_item::binary_size);
   for (const auto& i : items) {
-    put_be(bytes, i.ts);
-    put_be(bytes, i.id);
+    append_be64(bytes, i.ts);
+    append_be64(bytes, i.id);
   }
   return json::binary(std::move(bytes));
 }
@@ -36,7 +31,7 @@ std::optional<std::vector<sync_item>> unpack_items(const json::binary_t& bytes, 
   std::vector<sync_item> out;
   out.reserve(bytes.size() / sync_item::binary_size);
   for (std::size_t off = 0; off < bytes.size(); off += sync_item::binary_size) {
-    const sync_item item{get_be(bytes.data() + off), get_be(bytes.data() + off + 8)};
+    const sync_item item{get_be64(bytes.data() + off), get_be64(bytes.data() + off + 8)};
     if (ordered) {
       if (item < lower || (upper && !(item < *upper))) return std::nullopt;
       if (!out.empty() && !(out.back() < item)) return std::nullopt;
@@ -177,9 +172,9 @@ json encode_range_sync(const range_sync_message& message) {
       case sync_range::mode::fingerprint: {
         std::vector<std::uint8_t> fp;
         fp.reserve(fingerprint_bytes);
-        put_be(fp, r.fp.count);
-        put_be(fp, r.fp.sum_a);
-        put_be(fp, r.fp.sum_b);
+        append_be64(fp, r.fp.count);
+        append_be64(fp, r.fp.sum_a);
+        append_be64(fp, r.fp.sum_b);
         ranges.push_back(json::array({upper, 1, json::binary(std::move(fp))}));
         break;
       }
@@ -240,7 +235,7 @@ range_sync_parse_result parse_range_sync(const json& wire, const range_sync_conf
           if (e.size() != 3 || !e[2].is_binary() || e[2].get_binary().size() != fingerprint_bytes)
             return fail(range_sync_error::shape);
           const auto* p = e[2].get_binary().data();
-          range.fp = {get_be(p), get_be(p + 8), get_be(p + 16)};
+          range.fp = {get_be64(p), get_be64(p + 8), get_be64(p + 16)};
           break;
         }
         case sync_range::mode::list: {

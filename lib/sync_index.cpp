@@ -1,6 +1,7 @@
 #include "barrel_p2p/sync_index.hpp"
 
 #include "barrel_p2p/keyed_hash.hpp"
+#include "big_endian.hpp"
 
 #include <algorithm>
 #include <random>
@@ -23,30 +24,21 @@ std::uint64_t splitmix(std::uint64_t& state) noexcept {
   return z ^ (z >> 31);
 }
 
-void put_be(std::uint8_t* p, std::uint64_t v) noexcept {
-  for (int i = 7; i >= 0; --i) {
-    p[i] = static_cast<std::uint8_t>(v);
-    v >>= 8;
-  }
-}
-std::uint64_t get_be(const std::uint8_t* p) noexcept {
-  std::uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
-  return v;
-}
+using detail::get_be64;
+using detail::put_be64;
 
 }  // namespace
 
 std::array<std::uint8_t, sync_item::binary_size> sync_item::to_bytes() const noexcept {
   std::array<std::uint8_t, binary_size> out{};
-  put_be(out.data(), ts);
-  put_be(out.data() + 8, id);
+  put_be64(out.data(), ts);
+  put_be64(out.data() + 8, id);
   return out;
 }
 
 std::optional<sync_item> sync_item::from_bytes(std::span<const std::uint8_t> bytes) noexcept {
   if (bytes.size() != binary_size) return std::nullopt;
-  return sync_item{get_be(bytes.data()), get_be(bytes.data() + 8)};
+  return sync_item{get_be64(bytes.data()), get_be64(bytes.data() + 8)};
 }
 
 std::uint64_t sync_key_id(std::string_view key, std::string_view writer) noexcept {
