@@ -161,8 +161,10 @@ std::string metrics(node& n, std::shared_ptr<map> kv) {
 // if the map was closed (or this coroutine cancelled) first.
 task<bool> wait_for_size(std::shared_ptr<map> kv, std::size_t want) {
   auto events = kv->subscribe(16);   // before the first check: no change slips in between
-  while (kv->size() < want)
-    if (!co_await events.next()) co_return false;
+  while (kv->size() < want) {
+    auto event = co_await events.next();   // a local first: GCC 12 and co_await in conditions
+    if (!event) co_return false;
+  }
   co_return true;
 }
 // [end]

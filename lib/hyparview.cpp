@@ -64,6 +64,9 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   task_group loops;
   duration rejoin_backoff;
   duration next_rejoin{0};
+  duration contact_probe_backoff;  // reach_contact, for a view not full
+  duration next_contact_probe{0};
+  bool reaching_contact = false;
   // Abuse bounds (hyparview_config): evictions and JOIN forwards over all
   // peers; dials per peer that caused them, and dials in flight.
   detail::token_bucket eviction_budget;
@@ -84,6 +87,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
         events(s.get_executor()),
         loops(s.get_executor()),
         rejoin_backoff(config.backoff_initial),
+        contact_probe_backoff(config.backoff_initial),
         eviction_budget(config.evictions_per_second, 4 * config.evictions_per_second, s.now()),
         join_forward_budget(config.join_forwards_per_second, 4 * config.join_forwards_per_second, s.now()) {
     if (config.active_size == 0 || config.shuffle_interval <= duration{0} ||
@@ -430,7 +434,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
         rejoining = true;
         spawn("rejoin", rejoin());
       } else if (!active.empty() && active.size() < config.active_size && !repairing && !rejoining &&
-                 now >= next_rejoin &&
+                 !reaching_contact && now >= next_contact_probe &&
                  std::none_of(passive.begin(), passive.end(), [&](const auto& e) { return e.next_try <= now; })) {
         // A view that is not full, with no passive peer to repair from: in
         // a cluster smaller than the active view, a long partition makes
@@ -439,21 +443,32 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
         // A contact that is not a neighbour is the way back.
         std::vector<peer_address> unused;
         for (const auto& c : contacts)
-          if (std::none_of(active.begin(), active.end(), [&](const auto& d) { return d.address == c; }))
+          if (c != self().address &&
+              std::none_of(active.begin(), active.end(), [&](const auto& d) { return d.address == c; }))
             unused.push_back(c);
         if (!unused.empty()) {
-          rejoining = true;
+          reaching_contact = true;
           spawn("reach_contact", reach_contact(pick(unused, rng)));
         }
       }
     }
   }
 
+  // Its own backoff, not the rejoin's: a node left with no neighbour must
+  // not wait for this one. Only a contact that took us in resets it (one
+  // that is a neighbour already, under another address, does not: it
+  // would be dialled again at once).
   task<> reach_contact(peer_address contact) {
     auto c = co_await net.connect(contact);
-    if (c && c->id != self().id && !is_active(c->id)) co_await promote(*c);
-    backoff_rejoin(active.size() >= config.active_size);
-    rejoining = false;
+    bool reached = false;
+    if (c && c->id != self().id && !is_active(c->id)) reached = co_await promote(*c);
+    if (reached) {
+      contact_probe_backoff = config.backoff_initial;
+    } else {
+      next_contact_probe = sched.now() + contact_probe_backoff;
+      contact_probe_backoff = std::min(contact_probe_backoff * 2, config.backoff_max);
+    }
+    reaching_contact = false;
   }
 
   void backoff_rejoin(bool done) {

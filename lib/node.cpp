@@ -5,6 +5,7 @@
 #include "barrel_p2p/task_group.hpp"
 #include "barrel_p2p/wake_signal.hpp"
 
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -58,6 +59,10 @@ struct node::impl {
     for (auto& w : join_waiters) w->notify();
   }
 
+  static task<join_result> do_start(impl& m);
+  static task<bool> do_wait_joined(impl& m, duration timeout);
+  static task<> do_stop(impl& m);
+
   static task<> notify_after(scheduler& sched, std::shared_ptr<wake_signal> wake, duration after) {
     // Not `if (co_await ...)`: GCC 12 miscompiled that here (SIGILL).
     const bool elapsed = co_await sched.sleep(after);
@@ -95,7 +100,10 @@ node::~node() {
 }
 
 task<join_result> node::start() {
-  auto& m = *impl_;
+  co_return co_await boost::asio::co_spawn(impl_->strand, impl::do_start(*impl_), boost::asio::use_awaitable);
+}
+
+task<join_result> node::impl::do_start(impl& m) {
   join_result result;
   if (m.started) {
     result.joined = !m.membership->active_view().empty();
@@ -107,26 +115,28 @@ task<join_result> node::start() {
   m.clocks->start();
   m.broadcast->start();
   m.replicas->start();
-  const auto duplicates = [&] {
-    return m.net->counters().handshake_failures_by_reason[static_cast<std::size_t>(handshake_failure::duplicate_id)];
-  };
   for (const auto& contact : m.config.contacts) {
-    const auto before = duplicates();
-    if (co_await m.membership->join(contact)) {
+    const bool joined = co_await m.membership->join(contact);
+    if (joined) {
       result.joined = true;
       result.via = contact;
       break;
     }
     result.not_joined.push_back(contact);
-    if (duplicates() != before && !result.duplicate_id_at) result.duplicate_id_at = contact;
+    if (!result.duplicate_id_at && m.net->last_dial_failure(contact) == handshake_failure::duplicate_id)
+      result.duplicate_id_at = contact;
   }
   co_return result;
 }
 
 task<bool> node::wait_joined(duration timeout) {
-  co_await boost::asio::dispatch(impl_->strand, boost::asio::use_awaitable);
-  auto& m = *impl_;
-  const auto deadline = m.sched->now() + timeout;
+  co_return co_await boost::asio::co_spawn(impl_->strand, impl::do_wait_joined(*impl_, timeout),
+                                           boost::asio::use_awaitable);
+}
+
+task<bool> node::impl::do_wait_joined(impl& m, duration timeout) {
+  // A day at most: "wait forever" as duration::max() must not overflow.
+  const auto deadline = m.sched->now() + std::min(timeout, duration(std::chrono::hours(24)));
   while (m.membership->active_view().empty() && !m.stopped) {
     const auto now = m.sched->now();
     if (now >= deadline) break;
@@ -142,7 +152,10 @@ task<bool> node::wait_joined(duration timeout) {
 }
 
 task<> node::stop() {
-  auto& m = *impl_;
+  co_await boost::asio::co_spawn(impl_->strand, impl::do_stop(*impl_), boost::asio::use_awaitable);
+}
+
+task<> node::impl::do_stop(impl& m) {
   if (m.stopped || !m.started) co_return;
   m.stopped = true;
   m.wake_join_waiters();

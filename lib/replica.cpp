@@ -60,6 +60,7 @@ struct replica_host::impl {
   // instance): answered when the instance starts, instead of opening a
   // second exchange with that peer. Bounded; dropped when the peer goes.
   static constexpr std::size_t max_early_openings = 256;
+  static constexpr std::size_t max_early_openings_per_peer = 8;
   std::map<std::pair<std::string, std::string>, range_sync_message> early_openings;
   task_group loops;  // the host's own: the sweep of partial snapshots
   bool started = false;
@@ -122,8 +123,29 @@ struct replica_host::impl {
   // A partial snapshot lives only as long as the connection it comes over:
   // a sender outside the active view gets no peer_down, and would
   // otherwise leave up to max_snapshot_bytes behind per instance.
+  // Every second (the sweep), and before a new assembly starts: what peers
+  // that are gone left behind, including those outside the active view,
+  // which never get a peer_down.
   void drop_disconnected_assemblies() {
     std::erase_if(assemblies, [&](const auto& entry) { return !net.is_connected(entry.first.first); });
+    std::erase_if(early_openings, [&](const auto& entry) { return !net.is_connected(entry.first.first); });
+  }
+
+  // Keeps an opening for an instance not started here: only the shape
+  // range_sync_start makes (one fingerprint, or a list of at most
+  // list_threshold items), at most 8 per peer and 256 in all.
+  void keep_early_opening(const std::string& from, const std::string& name, range_sync_message& m) {
+    const auto& r = m.ranges.front();
+    if (r.what == sync_range::mode::list && r.items.size() > config.range_sync.list_threshold) return;
+    const auto key = std::make_pair(from, name);
+    if (!early_openings.contains(key)) {
+      if (early_openings.size() >= max_early_openings) return;
+      const auto first = early_openings.lower_bound({from, std::string()});
+      std::size_t mine = 0;
+      for (auto it = first; it != early_openings.end() && it->first.first == from; ++it) ++mine;
+      if (mine >= max_early_openings_per_peer) return;
+    }
+    early_openings[key] = std::move(m);
   }
   duration sweep_period{1000};
   // One part of a chunked snapshot; returns the whole snapshot once the
@@ -156,9 +178,11 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
   std::set<std::string> pushes_queued;
   // Peers we opened an exchange with and have not heard from since, and
   // when: two nodes that open at once (a late start on one side, peer_up
-  // on the other) keep the exchange of the smaller id, not both.
+  // on the other) keep the exchange of the smaller id, not both. An
+  // opening older than crossing_window did not cross the peer's: between
+  // equal states nobody answers, so an entry may stay without a reply.
   std::map<std::string, duration> opened_to;
-  static constexpr duration opening_forgotten_after{5'000};
+  static constexpr duration crossing_window{2'000};
 
   // The push budget (replica_config::reconcile_push_window): entries that
   // reconciliation may still push, per peer and in all, refilled evenly.
@@ -324,7 +348,9 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     const auto* index = reconciling();
     if (!index) return;
     ++counters.reconcile_rounds;
-    opened_to[peer] = host->sched.now();
+    const auto now = host->sched.now();
+    std::erase_if(opened_to, [&](const auto& e) { return now - e.second >= crossing_window; });
+    opened_to[peer] = now;
     send_ranges(peer, range_sync_start(*index, host->config.range_sync));
   }
 
@@ -334,7 +360,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
   bool take_reconcile(const std::string& peer, const range_sync_message& m) {
     const auto it = opened_to.find(peer);
     if (it == opened_to.end()) return true;
-    const bool ours_alive = host->sched.now() - it->second < opening_forgotten_after;
+    const bool ours_alive = host->sched.now() - it->second < crossing_window;
     if (m.opening && ours_alive && host->membership.self().id < peer) {
       ++counters.reconcile_crossed;
       return false;
@@ -502,9 +528,7 @@ bool replica_host::impl::on_message(const std::string& from, const byte_slice& b
   }
   if (!instance) {  // not started on this node (yet)
     auto* rc = std::get_if<replica_reconcile>(&*parsed.message);
-    if (rc && rc->message.opening &&
-        (early_openings.size() < max_early_openings || early_openings.contains({from, parsed.name})))
-      early_openings[{from, parsed.name}] = std::move(rc->message);
+    if (rc && rc->message.opening) keep_early_opening(from, parsed.name, rc->message);
     return true;
   }
   if (auto* sync = std::get_if<replica_sync>(&*parsed.message)) {
@@ -636,6 +660,8 @@ task<> replica_host::stop() {
 }
 
 const replica_config& replica_host::config() const { return impl_->config; }
+std::size_t replica_host::kept_openings() const { return impl_->early_openings.size(); }
+
 std::size_t replica_host::partial_snapshot_bytes() const {
   std::size_t n = 0;
   for (const auto& [key, a] : impl_->assemblies) n += a.bytes.size();

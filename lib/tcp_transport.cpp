@@ -109,6 +109,7 @@ struct dial_outcome {
   }
   bool done = false;
   std::optional<peer_descriptor> result;
+  std::optional<handshake_failure> failure;  // why the handshake failed, if it did
   asio::steady_timer wake;
 };
 
@@ -385,7 +386,18 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
       group_.spawn("dial " + key, keep(dial(addr, outcome)));
     }
     while (!outcome->done) co_await outcome->wake.async_wait(use_tuple);
+    if (outcome->result || !outcome->failure) {
+      dial_failures_.erase(key);
+    } else {
+      if (dial_failures_.size() >= 256 && !dial_failures_.contains(key)) dial_failures_.clear();
+      dial_failures_[key] = *outcome->failure;
+    }
     co_return outcome->result;
+  }
+
+  std::optional<handshake_failure> last_dial_failure(const peer_address& addr) const {
+    const auto it = dial_failures_.find(addr.to_string());
+    return it == dial_failures_.end() ? std::nullopt : std::optional<handshake_failure>(it->second);
   }
 
   bool send(const std::string& peer_id, channel ch, const message_body& body) {
@@ -800,6 +812,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     if (r.index() == 0) failure = std::move(std::get<0>(r));
     else failure = handshake_error(handshake_failure::timeout, "timed out");
     if (!failure) co_return true;
+    if (conn->outcome) conn->outcome->failure = failure->reason;
     if (!stopping_) note_handshake_failure(failure->reason, "with " + describe(*conn) + ": " + failure->detail);
     co_return false;
   }
@@ -814,8 +827,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
 
   // TLS first (authenticates the peer as a holder of a cluster key or of a
   // certificate from the cluster's CA, and encrypts everything after), then
-  // both sides at once: hello out, hello in. Returns why it failed, or
-  // nullopt.
+  // the hellos: the dialler's first, then the accepting side's (or its id
+  // refusal). Returns why it failed, or nullopt.
   task<std::optional<handshake_error>> handshake(std::shared_ptr<connection> conn) {
     using F = handshake_failure;
     try {
@@ -876,7 +889,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
           ++counters_.bad_frames;
         }
       }
-      if (refusal) co_return refused_by_peer(*refusal);
+      if (refusal) co_return refused_by_peer(*conn, *refusal);
       if (!peer_hello) co_return handshake_error(F::protocol, "malformed hello");
       const auto& claimed = peer_hello->self;
       if (config_.security == transport_security::certificates &&
@@ -926,8 +939,14 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   }
 
   // The accepting side answered our hello with an id refusal.
-  handshake_error refused_by_peer(const id_refusal& r) const {
+  handshake_error refused_by_peer(connection& conn, const id_refusal& r) const {
     const auto holder = detail::printable(r.holder);
+    // "I am you": with certificates, believed only from a node whose
+    // certificate names this node's id (another member cannot say it).
+    if (r.reason == id_refusal::why::own_id && config_.security == transport_security::certificates &&
+        !detail::peer_certificate_names(conn.stream->native_handle(), self_.id))
+      return handshake_error(handshake_failure::identity,
+                             "refused this node as a duplicate of its id, which its certificate does not name");
     if (r.reason == id_refusal::why::own_id)
       return handshake_error(handshake_failure::duplicate_id,
                              "duplicate node id '" + detail::printable(self_.id) + "': the node at " + holder +
@@ -1322,6 +1341,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   std::map<std::string, peer_entry> peers_;                      // connected, by id
   std::vector<std::shared_ptr<connection>> connections_;         // every live socket
   std::map<std::string, std::shared_ptr<dial_outcome>> dials_;  // in flight, by address
+  std::map<std::string, handshake_failure> dial_failures_;      // last_dial_failure, by address
 
   // Connections begin with the keys and context current when they start.
   std::shared_ptr<const detail::keyring> keys_;          // psk mode
@@ -1374,6 +1394,9 @@ class tcp_transport_handle final : public tcp_transport {
   }
   std::vector<std::string> connected_peers() const override { return impl_->connected_peers(); }
   std::size_t fullest_send_queue() const override { return impl_->fullest_send_queue(); }
+  std::optional<handshake_failure> last_dial_failure(const peer_address& addr) const override {
+    return impl_->last_dial_failure(addr);
+  }
   std::size_t send_queue_limit() const override { return impl_->send_queue_limit(); }
   read_hold hold_reading(const std::string& peer_id) override { return impl_->hold_reading(peer_id); }
   const transport_counters& counters() const override { return impl_->counters(); }

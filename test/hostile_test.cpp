@@ -415,3 +415,34 @@ TEST_CASE("a member asking for everything again and again gets one whole state p
   boost::asio::co_spawn(io, raw->stop(), boost::asio::detached);
   net.run_for(1s);  // before raw goes
 }
+
+// Openings for instances not started here are kept to be answered at their
+// start. A member naming instance after instance keeps at most 8, and they
+// go when it disconnects.
+TEST_CASE("openings for instances that do not exist here are kept within bounds, and dropped with their sender") {
+  lone_map_node c;
+  auto& [io, net, a, kv] = c;
+  auto raw = connected_raw(io, net, "raw", a->self().address);
+  range_sync_message opening;
+  opening.ranges.resize(1);
+  opening.ranges[0].what = sync_range::mode::list;
+  opening.opening = true;
+  // A list longer than an opening ever has is not kept at all.
+  auto long_list = opening;
+  for (std::uint64_t i = 0; i < 100; ++i) long_list.ranges[0].items.push_back(sync_item{i + 1, i});
+  replica_reconcile long_one{"long", long_list};
+  raw->send("a", channel::replica, encode(long_one));
+  net.run_for(100ms);
+  CHECK(a->replicas().kept_openings() == 0);
+  for (int i = 0; i < 40; ++i) {
+    replica_reconcile m{"not-here-" + std::to_string(i), opening};
+    raw->send("a", channel::replica, encode(m));
+  }
+  net.run_for(500ms);
+  CHECK(a->replicas().kept_openings() == 8);
+  raw->disconnect("a");
+  net.run_for(2s);
+  CHECK(a->replicas().kept_openings() == 0);
+  boost::asio::co_spawn(io, raw->stop(), boost::asio::detached);
+  net.run_for(1s);  // before raw goes
+}

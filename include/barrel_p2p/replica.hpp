@@ -176,6 +176,9 @@ class replica_host {
   /// active view or its connection closes (checked every second, and
   /// before a new one starts). Node's executor.
   [[nodiscard]] std::size_t partial_snapshot_bytes() const;
+  /// Openings of exchanges kept for instances not started on this node yet
+  /// (at most 8 per peer, 256 in all). Node's executor.
+  [[nodiscard]] std::size_t kept_openings() const;
 
   /// Called by broadcast_update before it stamps a local write; what it
   /// throws reaches the writer and nothing is written. The node installs the

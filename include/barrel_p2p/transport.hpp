@@ -231,6 +231,13 @@ class transport {
   /// slows local writes down when a queue is half full instead of letting
   /// it overflow.
   [[nodiscard]] virtual std::size_t fullest_send_queue() const { return 0; }
+  /// Why the last connect() to `addr` failed its handshake, if it did (and
+  /// nothing has connected there since): what the dial itself met, not a
+  /// counter other connections move. Kept for the last 256 addresses.
+  [[nodiscard]] virtual std::optional<handshake_failure> last_dial_failure(const peer_address& addr) const {
+    (void)addr;
+    return std::nullopt;
+  }
   [[nodiscard]] virtual std::size_t send_queue_limit() const { return 0; }
 
   /// A receive budget: while the returned hold (or another on the same peer)
