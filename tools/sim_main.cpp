@@ -56,6 +56,10 @@ struct options {
   // steady: exit 1 when a figure is above its bound (the suite's regression guard)
   std::optional<double> max_rmr, max_graft_prune, min_complete;
   std::optional<std::uint64_t> max_ldh;
+  // form, fail, partition: the same kind of bounds (the suite's guard)
+  std::optional<std::uint64_t> max_connect_ms;  // form: overlay connected after the last join
+  std::optional<double> min_reliability;        // fail: every failure size, after 5 rounds
+  std::optional<std::uint64_t> max_converge_ms; // partition: replicas equal after the heal
   bool trace_tree = false;
   double loss = 0;  // steady: message loss on every link once formed
   std::size_t origins = 0;  // steady: broadcasts come from this many fixed nodes (0: any node)
@@ -339,10 +343,16 @@ int scenario_form(const options& o) {
             << ", passive avg " << fmt(s.avg_passive) << ", asymmetric edges " << s.asymmetric << "\n"
             << "  clustering coefficient " << fmt(s.clustering) << ", average shortest path " << fmt(s.avg_path)
             << "\n";
-  return s.connected() ? 0 : 1;
+  if (!s.connected()) return 1;
+  if (o.max_connect_ms && static_cast<std::uint64_t>(extra.count()) > *o.max_connect_ms) {
+    std::cerr << "form: connected " << extra.count() << " ms after the last join, above " << *o.max_connect_ms << "\n";
+    return 1;
+  }
+  return 0;
 }
 
 int scenario_fail(const options& o) {
+  int rc = 0;
   std::cout << "\nfail: " << o.nodes << " nodes, seed " << o.seed
             << "; reliability / RMR / LDH of a broadcast right after the failure and after 1, 2, 5 membership rounds\n";
   std::printf("  %5s  %-26s %-26s %-26s %-26s\n", "fail%", "immediately", "after 1 round", "after 2 rounds",
@@ -363,6 +373,7 @@ int scenario_fail(const options& o) {
     const auto kill = o.nodes * static_cast<std::size_t>(f) / 100;
     for (std::size_t i = 0; i < kill; ++i) c.net.kill(c.nodes[order[i]]->id());
     std::string row;
+    double last_reliability = 0;
     std::uint64_t k = static_cast<std::uint64_t>(f) * 100;
     int rounds_done = 0;
     for (int rounds : {0, 1, 2, 5}) {
@@ -374,10 +385,16 @@ int scenario_fail(const options& o) {
                    {"after_rounds", rounds}, {"reliability", r.reliability}, {"rmr", r.rmr}, {"ldh", r.ldh}};
       std::cout << line.dump() << '\n';
       row += fmt(r.reliability) + " / " + fmt(r.rmr) + " / " + std::to_string(r.ldh) + "       ";
+      last_reliability = r.reliability;
     }
     std::printf("  %5d  %s\n", f, row.c_str());
+    if (o.min_reliability && last_reliability < *o.min_reliability) {
+      std::cerr << "fail: reliability " << fmt(last_reliability) << " after 5 rounds with " << f
+                << " % failed, below " << fmt(*o.min_reliability) << "\n";
+      rc = 1;
+    }
   }
-  return 0;
+  return rc;
 }
 
 int scenario_steady(const options& o) {
@@ -580,7 +597,12 @@ int scenario_partition(const options& o) {
   std::cout << "\npartition: " << o.nodes << " nodes split in halves, 50 writes per side, then heal\n"
             << "  every replica equal " << (equal ? "after " : "NOT within ") << took.count()
             << " ms virtual; " << (c.net.stats().bytes_sent - bytes0) << " bytes sent meanwhile\n";
-  return equal ? 0 : 1;
+  if (!equal) return 1;
+  if (o.max_converge_ms && static_cast<std::uint64_t>(took.count()) > *o.max_converge_ms) {
+    std::cerr << "partition: converged " << took.count() << " ms after the heal, above " << *o.max_converge_ms << "\n";
+    return 1;
+  }
+  return 0;
 }
 
 }  // namespace
@@ -608,6 +630,9 @@ int main(int argc, char** argv) {
       else if (a == "--max-graft-prune") o.max_graft_prune = std::stod(value());
       else if (a == "--max-ldh") o.max_ldh = std::stoull(value());
       else if (a == "--min-complete") o.min_complete = std::stod(value());
+      else if (a == "--max-connect-ms") o.max_connect_ms = std::stoull(value());
+      else if (a == "--min-reliability") o.min_reliability = std::stod(value());
+      else if (a == "--max-converge-ms") o.max_converge_ms = std::stoull(value());
       else if (a == "--gap-ms") o.gap_ms = std::stoull(value());
       else if (a == "--jitter-ms") o.jitter_ms = std::stoull(value());
       else if (a == "--graft-jitter") o.graft_jitter = std::stod(value());
@@ -625,7 +650,8 @@ int main(int argc, char** argv) {
                      "                      [--flood-after-graft 0|1] [--optimization-threshold H]\n"
                      "                      [--optimization-interval-ms T] [--origins K] [--gap-ms T]\n"
                      "                      [--jitter-ms J] [--loss P] [--trace-tree]\n"
-                     "                      [--max-rmr R] [--max-ldh L] [--max-graft-prune G] [--min-complete C]\n";
+                     "                      [--max-rmr R] [--max-ldh L] [--max-graft-prune G] [--min-complete C]\n"
+                     "                      [--max-connect-ms T] [--min-reliability R] [--max-converge-ms T]\n";
         return 2;
       }
     }
