@@ -62,10 +62,21 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   std::function<bool(const std::string&)> keep_on_eviction;
   event_publisher<membership_event> events;
   task_group loops;
-  duration rejoin_backoff;
-  duration next_rejoin{0};
-  duration contact_probe_backoff;  // reach_contact, for a view not full
-  duration next_contact_probe{0};
+  // Doubling waits between failed attempts, reset by a success.
+  struct retry_backoff {
+    duration wait;
+    duration next{0};  // no attempt before
+    void done(bool succeeded, duration now, const hyparview_config& c) {
+      if (succeeded) {
+        wait = c.backoff_initial;
+        return;
+      }
+      next = now + wait;
+      wait = std::min(wait * 2, c.backoff_max);
+    }
+  };
+  retry_backoff rejoin_backoff;         // an empty view: the contacts, one after the other
+  retry_backoff contact_probe_backoff;  // reach_contact, for a view not full
   bool reaching_contact = false;
   // Abuse bounds (hyparview_config): evictions and JOIN forwards over all
   // peers; dials per peer that caused them, and dials in flight.
@@ -86,8 +97,8 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
         rng(config.seed ? config.seed : std::random_device{}()),
         events(s.get_executor()),
         loops(s.get_executor()),
-        rejoin_backoff(config.backoff_initial),
-        contact_probe_backoff(config.backoff_initial),
+        rejoin_backoff{config.backoff_initial},
+        contact_probe_backoff{config.backoff_initial},
         eviction_budget(config.evictions_per_second, 4 * config.evictions_per_second, s.now()),
         join_forward_budget(config.join_forwards_per_second, 4 * config.join_forwards_per_second, s.now()) {
     if (config.active_size == 0 || config.shuffle_interval <= duration{0} ||
@@ -430,11 +441,11 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
         repairing = true;
         spawn("repair", repair());
       }
-      if (active.empty() && !rejoining && !contacts.empty() && now >= next_rejoin) {
+      if (active.empty() && !rejoining && !contacts.empty() && now >= rejoin_backoff.next) {
         rejoining = true;
         spawn("rejoin", rejoin());
       } else if (!active.empty() && active.size() < config.active_size && !repairing && !rejoining &&
-                 !reaching_contact && now >= next_contact_probe &&
+                 !reaching_contact && now >= contact_probe_backoff.next &&
                  std::none_of(passive.begin(), passive.end(), [&](const auto& e) { return e.next_try <= now; })) {
         // A view that is not full, with no passive peer to repair from: in
         // a cluster smaller than the active view, a long partition makes
@@ -462,22 +473,8 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     auto c = co_await net.connect(contact);
     bool reached = false;
     if (c && c->id != self().id && !is_active(c->id)) reached = co_await promote(*c);
-    if (reached) {
-      contact_probe_backoff = config.backoff_initial;
-    } else {
-      next_contact_probe = sched.now() + contact_probe_backoff;
-      contact_probe_backoff = std::min(contact_probe_backoff * 2, config.backoff_max);
-    }
+    contact_probe_backoff.done(reached, sched.now(), config);
     reaching_contact = false;
-  }
-
-  void backoff_rejoin(bool done) {
-    if (done) {
-      rejoin_backoff = config.backoff_initial;
-      return;
-    }
-    next_rejoin = sched.now() + rejoin_backoff;
-    rejoin_backoff = std::min(rejoin_backoff * 2, config.backoff_max);
   }
 
   task<> rejoin() {
@@ -485,7 +482,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
       if (!active.empty() || leaving) break;
       co_await join_via(c);
     }
-    backoff_rejoin(!active.empty());
+    rejoin_backoff.done(!active.empty(), sched.now(), config);
     rejoining = false;
   }
 
@@ -503,11 +500,6 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
       if (co_await promote(target)) ++counters.promotions;
     }
     repairing = false;
-  }
-
-  static task<> notify_after(scheduler& sched, std::shared_ptr<wake_signal> wake, duration after) {
-    const bool elapsed = co_await sched.sleep(after);
-    if (elapsed) wake->notify();
   }
 
   task<bool> promote(const peer_descriptor& target, bool force = false) {

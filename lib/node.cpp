@@ -63,11 +63,6 @@ struct node::impl {
   static task<bool> do_wait_joined(impl& m, duration timeout);
   static task<> do_stop(impl& m);
 
-  static task<> notify_after(scheduler& sched, std::shared_ptr<wake_signal> wake, duration after) {
-    // Not `if (co_await ...)`: GCC 12 miscompiled that here (SIGILL).
-    const bool elapsed = co_await sched.sleep(after);
-    if (elapsed) wake->notify();
-  }
 };
 
 node::node(executor ex, node_config config) : impl_(std::make_unique<impl>(std::move(config))) {
@@ -142,7 +137,7 @@ task<bool> node::impl::do_wait_joined(impl& m, duration timeout) {
     if (now >= deadline) break;
     auto wake = std::make_shared<wake_signal>(m.strand);
     m.join_waiters.push_back(wake);
-    m.timers->spawn("wait_joined", impl::notify_after(*m.sched, wake, deadline - now));
+    m.timers->spawn("wait_joined", notify_after(*m.sched, wake, deadline - now));
     const bool woken = co_await wake->wait();
     std::erase(m.join_waiters, wake);
     wake->close();

@@ -7,6 +7,7 @@
 #include "barrel_p2p/replica_messages.hpp"
 #include "barrel_p2p/task_group.hpp"
 #include "log_limiter.hpp"
+#include "token_bucket.hpp"
 
 #include <limits>
 #include <map>
@@ -185,23 +186,12 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
   static constexpr duration crossing_window{2'000};
 
   // The push budget (replica_config::reconcile_push_window): entries that
-  // reconciliation may still push, per peer and in all, refilled evenly.
-  struct push_bucket {
-    double tokens = -1;  // < 0: new, full
-    duration refilled{0};
-    double refill(double capacity, duration window, duration now) {
-      if (tokens < 0) tokens = capacity;
-      const auto elapsed = std::chrono::duration<double>(now - refilled).count();
-      const auto per_second = capacity / std::chrono::duration<double>(window).count();
-      if (elapsed > 0) tokens = std::min(capacity, tokens + elapsed * per_second);
-      refilled = std::max(refilled, now);
-      return tokens;
-    }
-  };
+  // reconciliation may still push, per peer and in all. Token buckets whose
+  // size follows the state's (set before each use).
   static constexpr std::size_t max_push_buckets = 1024;
   static constexpr double all_peers_states = 8;
-  std::map<std::string, push_bucket> push_budget;
-  push_bucket all_push_budget;
+  std::map<std::string, detail::token_bucket> push_budget;
+  std::optional<detail::token_bucket> all_push_budget;
   detail::log_limiter deferred_log;
   std::uint64_t deferred_since_log = 0;
 
@@ -209,21 +199,26 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
   std::size_t take_push_budget(const std::string& peer, std::size_t state_size, std::size_t wanted) {
     if (wanted == 0) return 0;
     const auto now = host->sched.now();
-    const auto window = host->config.reconcile_push_window;
+    const double window_s = std::chrono::duration<double>(host->config.reconcile_push_window).count();
     const double whole = static_cast<double>(std::max(state_size, host->config.reconcile_batch_items));
+    const auto sized = [&](detail::token_bucket& b, double states) -> detail::token_bucket& {
+      b.set_limits(now, whole * states / window_s, whole * states);
+      return b;
+    };
     if (push_budget.size() >= max_push_buckets && !push_budget.contains(peer)) {
       // Buckets that have refilled are as good as new ones: drop those
       // first, else all (the budget of all peers still bounds the total).
       for (auto it = push_budget.begin(); it != push_budget.end();)
-        it = it->second.refill(whole, window, now) >= whole ? push_budget.erase(it) : std::next(it);
+        it = sized(it->second, 1).available(now) >= whole ? push_budget.erase(it) : std::next(it);
       if (push_budget.size() >= max_push_buckets) push_budget.clear();
     }
-    auto& mine = push_budget[peer];
-    const double room = std::min(mine.refill(whole, window, now),
-                                 all_push_budget.refill(whole * all_peers_states, window, now));
+    auto& mine = sized(push_budget.try_emplace(peer, whole / window_s, whole, now).first->second, 1);
+    if (!all_push_budget) all_push_budget.emplace(whole * all_peers_states / window_s, whole * all_peers_states, now);
+    auto& all = sized(*all_push_budget, all_peers_states);
+    const double room = std::min(mine.available(now), all.available(now));
     const auto allowed = std::min(wanted, static_cast<std::size_t>(std::max(0.0, room)));
-    mine.tokens -= static_cast<double>(allowed);
-    all_push_budget.tokens -= static_cast<double>(allowed);
+    (void)mine.take(now, static_cast<double>(allowed));
+    (void)all.take(now, static_cast<double>(allowed));
     if (allowed < wanted) {
       counters.reconcile_push_deferred += wanted - allowed;
       deferred_since_log += wanted - allowed;

@@ -523,8 +523,9 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   void log(const std::string& line) const {
     const auto text = log_line(self_.id, "tcp", line);
     try {
+      static const log_sink fallback = stderr_log_sink();
       if (config_.log) config_.log(text);
-      else stderr_log_sink()(text);
+      else fallback(text);
     } catch (...) {
     }
   }

@@ -20,15 +20,34 @@ class token_bucket {
   /// Takes `n` tokens if there are that many at `now` (the scheduler's
   /// clock); false leaves the bucket as it was.
   bool take(duration now, double n = 1) {
-    const auto elapsed_s = std::chrono::duration<double>(now - refilled_).count();
-    if (elapsed_s > 0) tokens_ = std::min(burst_, tokens_ + elapsed_s * rate_);
-    refilled_ = std::max(refilled_, now);
+    refill(now);
     if (tokens_ < n) return false;
     tokens_ -= n;
     return true;
   }
 
+  /// The tokens there are at `now` (whole ones), without taking any.
+  double available(duration now) {
+    refill(now);
+    return tokens_;
+  }
+
+  /// New limits from `now` on (tokens so far refilled at the old rate; a
+  /// smaller burst cuts them down). For budgets that scale with a size.
+  void set_limits(duration now, double rate_per_second, double burst) {
+    refill(now);
+    rate_ = rate_per_second;
+    burst_ = burst;
+    tokens_ = std::min(tokens_, burst_);
+  }
+
  private:
+  void refill(duration now) {
+    const auto elapsed_s = std::chrono::duration<double>(now - refilled_).count();
+    if (elapsed_s > 0) tokens_ = std::min(burst_, tokens_ + elapsed_s * rate_);
+    refilled_ = std::max(refilled_, now);
+  }
+
   double rate_;
   double burst_;
   double tokens_;

@@ -1,5 +1,7 @@
 #include "barrel_p2p/wake_signal.hpp"
 
+#include "barrel_p2p/scheduler.hpp"
+
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
@@ -76,6 +78,12 @@ void wake_signal::close() {
   state_->closed = true;
   state_->pending = false;
   state_->complete(false);
+}
+
+task<> notify_after(scheduler& sched, std::shared_ptr<wake_signal> wake, duration after) {
+  // Not `if (co_await ...)`: GCC 12 miscompiled that in a coroutine (SIGILL).
+  const bool elapsed = co_await sched.sleep(after);
+  if (elapsed) wake->notify();
 }
 
 }  // namespace barrel_p2p

@@ -781,13 +781,19 @@ TEST_CASE("a read hold stops reading a peer (TCP pushes back) without a heartbea
   });
 }
 
+// A node "a" with 300 ms heartbeat timeouts, started: the write-timeout tests.
+task<std::unique_ptr<node>> quick_timeout_node(executor ex) {
+  auto cfg = plain_config_for("a");
+  cfg.heartbeat_interval = 30ms;
+  cfg.heartbeat_timeout = 300ms;
+  auto a = make_node(ex, cfg);
+  co_await a->t->start();
+  co_return a;
+}
+
 TEST_CASE("hold notices cannot keep a peer that never reads connected: the write timeout still closes it") {
   run_test([](executor ex) -> task<> {
-    auto cfg = plain_config_for("a");
-    cfg.heartbeat_interval = 30ms;
-    cfg.heartbeat_timeout = 300ms;
-    auto a = make_node(ex, cfg);
-    co_await a->t->start();
+    auto a = co_await quick_timeout_node(ex);
     auto raw = co_await raw_member(*a, "liar");
     // a writes far more than the buffers hold; the raw peer reads nothing
     // and says "held", then "reading again", every 100 ms.
@@ -810,11 +816,7 @@ TEST_CASE("hold notices cannot keep a peer that never reads connected: the write
 
 TEST_CASE("a read hold does not keep a peer that stops reading too: the write timeout closes it") {
   run_test([](executor ex) -> task<> {
-    auto cfg = plain_config_for("a");
-    cfg.heartbeat_interval = 30ms;
-    cfg.heartbeat_timeout = 300ms;
-    auto a = make_node(ex, cfg);
-    co_await a->t->start();
+    auto a = co_await quick_timeout_node(ex);
     auto raw = co_await raw_member(*a, "sink");
     auto hold = a->t->hold_reading("sink");
     // The raw peer reads nothing (and takes no notice of the hold): a's

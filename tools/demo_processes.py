@@ -212,6 +212,13 @@ def print_log_tails(nodes, lines=15):
             pass
 
 
+def failed(title, error, nodes):
+    """Reports a failed step with each node's last log lines; the exit code."""
+    say("\n%s FAILED: %s" % (title, error))
+    print_log_tails(nodes)
+    return 1
+
+
 def stop_all(nodes):
     """SIGTERM to each node; a non-zero exit fails the step."""
     for n in nodes:
@@ -399,9 +406,7 @@ def run(args):
         say("\ndemo: every step converged")
         return 0
     except StepFailed as e:
-        say("\ndemo FAILED: %s" % e)
-        print_log_tails(nodes)
-        return 1
+        return failed("demo", e, nodes)
     finally:
         for n in nodes:
             n.kill()  # no process left behind, whatever happened

@@ -209,9 +209,7 @@ def run(args):
         dp.say("\nnetns: all steps passed")
         return 0
     except dp.StepFailed as e:
-        dp.say("\nnetns FAILED: %s" % e)
-        dp.print_log_tails(nodes)
-        return 1
+        return dp.failed("netns", e, nodes)
     finally:
         for n in nodes:
             n.kill()

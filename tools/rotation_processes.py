@@ -154,9 +154,7 @@ def run(args):
         dp.say("a daemon with only the retired key is refused (unknown_key)")
         return 0
     except dp.StepFailed as e:
-        dp.say("FAILED: %s" % e)
-        dp.print_log_tails(nodes)
-        return 1
+        return dp.failed("rotation", e, nodes)
     finally:
         if writer:
             writer.stop_flag.set()

@@ -11,6 +11,7 @@
 // waiter resumes through a post to its own executor, never inside notify().
 #pragma once
 
+#include <barrel_p2p/scheduler.hpp>
 #include <barrel_p2p/task.hpp>
 
 #include <memory>
@@ -38,5 +39,9 @@ class wake_signal {
  private:
   std::shared_ptr<state> state_;
 };
+
+/// A timeout for a waiter: notifies `wake` once `after` has passed on
+/// `sched` (unless cancelled first). Spawn it beside the wait.
+task<> notify_after(scheduler& sched, std::shared_ptr<wake_signal> wake, duration after);
 
 }  // namespace barrel_p2p
