@@ -4,6 +4,7 @@
 #include "barrel_p2p/replica_messages.hpp"
 
 #include "barrel_p2p/crdt_wire.hpp"
+#include "fencing.hpp"
 #include "log_limiter.hpp"
 #include "printable.hpp"
 
@@ -86,16 +87,9 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
 
   // A new term: past every token seen for the name, from the HLC.
   std::uint64_t take_term(const std::string& name) {
-    const auto floor = hwm[name];
-    const auto floor_ts = hlc_timestamp::unpack(floor);
-    auto ts = n.clock().admissible(floor_ts) ? n.clock().update(floor_ts) : n.clock().now();
-    auto fence = ts.pack();
-    // This clock far behind the mark (it stepped back since the mark was
-    // admitted): still strictly greater. Marks are admissible timestamps,
-    // far below UINT64_MAX, so this never wraps.
-    if (fence <= floor) fence = floor + 1;
-    hwm[name] = fence;
-    return fence;
+    auto& mark = hwm[name];
+    mark = detail::next_fence(n.clock(), mark);
+    return mark;
   }
 
   // Re-evaluates every election this node takes part in.

@@ -1,0 +1,260 @@
+#include "barrel_p2p/reminders.hpp"
+
+#include "barrel_p2p/map.hpp"
+#include "barrel_p2p/placement.hpp"
+#include "barrel_p2p/task_group.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <unordered_map>
+
+namespace barrel_p2p {
+
+namespace {
+
+constexpr const char* store_name = "barrel_p2p.reminders";
+constexpr const char* group_name = "barrel_p2p.reminders";
+constexpr const char* attachment_key = "reminders";
+
+bool valid_name(const std::string& name) { return !name.empty() && name.size() <= reminders::max_name_bytes; }
+
+// The stored form: {"at": ms, "e": every ms, "p": payload}.
+json stored_value(std::uint64_t at, std::uint64_t every, json payload) {
+  json v = json::object();
+  v["at"] = at;
+  v["e"] = every;
+  v["p"] = std::move(payload);
+  return v;
+}
+
+bool valid_value(const std::string& key, const json& v) {
+  if (!valid_name(key) || !v.is_object() || v.size() != 3) return false;
+  const auto at = v.find("at");
+  const auto e = v.find("e");
+  return at != v.end() && at->is_number_unsigned() && e != v.end() && e->is_number_unsigned() &&
+         v.contains("p") && v["p"].dump().size() <= reminders::max_payload_bytes;
+}
+
+reminder reminder_of(const std::string& name, const json& v) {
+  return {name, v.at("at").get<std::uint64_t>(), v.at("e").get<std::uint64_t>(), v.at("p")};
+}
+
+}  // namespace
+
+struct reminders::impl : std::enable_shared_from_this<reminders::impl> {
+  node& n;
+  executor strand;
+  reminder_options options;
+  std::shared_ptr<map> store;
+  std::shared_ptr<placement> owners;
+  task_group tasks;
+  event_publisher<fired_reminder> fired;
+  reminder_counters counters;
+
+  // Due times, from the map's events: what the fire loop walks.
+  std::set<std::pair<std::uint64_t, std::string>> due;
+  std::unordered_map<std::string, std::uint64_t> due_of;
+  struct delivery {
+    std::uint64_t due_ms = 0;
+    std::uint64_t fence = 0;
+    std::uint32_t attempt = 0;
+    duration deadline{};
+  };
+  std::unordered_map<std::string, delivery> in_flight;
+  bool closed = false;
+
+  impl(node& nd, reminder_options o) : n(nd), strand(nd.get_executor()), options(o), tasks(strand), fired(strand) {}
+
+  void index(const std::string& name, std::optional<std::uint64_t> at) {
+    if (auto it = due_of.find(name); it != due_of.end()) {
+      due.erase({it->second, name});
+      due_of.erase(it);
+    }
+    if (at) {
+      due.emplace(*at, name);
+      due_of[name] = *at;
+    }
+  }
+
+  void rebuild_index() {
+    due.clear();
+    due_of.clear();
+    for (const auto& [name, v] : store->to_list())
+      if (valid_value(name, v)) index(name, v.at("at").get<std::uint64_t>());
+  }
+
+  // Follows the map: local and remote schedules, cancellations, completions.
+  static task<> follow(std::shared_ptr<impl> self, event_stream<map_event> changes) {
+    std::uint64_t dropped = 0;
+    while (auto ev = co_await changes.next()) {
+      if (changes.dropped() != dropped) {  // lost some: read the whole state again
+        dropped = changes.dropped();
+        self->rebuild_index();
+        continue;
+      }
+      if (ev->what == map_event::kind::put && valid_value(ev->key, ev->value))
+        self->index(ev->key, ev->value.at("at").get<std::uint64_t>());
+      else
+        self->index(ev->key, std::nullopt);
+    }
+  }
+
+  // Fires what is due in the shards this node owns.
+  void fire_due() {
+    const auto now_ms = n.clock().wall_ms();
+    const auto now = n.sched().now();
+    for (auto it = due.begin(); it != due.end() && it->first <= now_ms; ++it) {
+      const auto& [at, name] = *it;
+      const auto shard = owners->shard_of(name);
+      const auto fence = owners->fence(shard);
+      auto flight = in_flight.find(name);
+      if (!fence) {
+        if (flight != in_flight.end()) in_flight.erase(flight);
+        continue;
+      }
+      if (flight != in_flight.end() && flight->second.due_ms == at && flight->second.fence == *fence &&
+          now < flight->second.deadline)
+        continue;  // delivered, waiting for complete()
+      auto& d = in_flight[name];
+      const bool again = d.due_ms == at && d.fence == *fence && d.attempt > 0;
+      d.attempt = again ? d.attempt + 1 : 1;
+      d.due_ms = at;
+      d.fence = *fence;
+      d.deadline = now + options.redeliver_after;
+      const auto value = store->get(name);
+      if (!value || !valid_value(name, *value)) continue;
+      ++counters.fired;
+      if (again) ++counters.redelivered;
+      fired.publish(fired_reminder{name, value->at("p"), at, value->at("e").get<std::uint64_t>(), shard, *fence,
+                                   d.attempt});
+    }
+  }
+
+  static task<> fire_loop(std::shared_ptr<impl> self) {
+    while (!self->closed) {
+      self->fire_due();
+      if (!co_await self->n.sched().sleep(self->options.tick)) break;
+    }
+  }
+
+  static task<std::shared_ptr<reminders>> open_on_strand(node& n, reminder_options options) {
+    if (auto existing = std::dynamic_pointer_cast<reminders>(n.find_attachment(attachment_key))) co_return existing;
+    map_options mo;
+    mo.persist = options.persist;
+    mo.validator = valid_value;
+    auto i = std::make_shared<impl>(n, options);
+    i->store = map::open(n, store_name, mo);
+    auto changes = i->store->subscribe(64 * 1024);
+    i->rebuild_index();
+    placement_options po;
+    po.shards = options.shards;
+    po.weight = options.weight;
+    i->owners = co_await placement::open(n, group_name, po);
+    auto r = std::make_shared<reminders>(i);
+    n.set_attachment(attachment_key, r);
+    i->tasks.spawn("reminders follow", follow(i, std::move(changes)));
+    i->tasks.spawn("reminders fire", fire_loop(i));
+    co_return r;
+  }
+
+  static task<> do_complete(std::shared_ptr<impl> self, fired_reminder f) {
+    self->in_flight.erase(f.name);
+    if (self->closed) co_return;
+    const auto current = self->store->get(f.name);
+    if (!current || !valid_value(f.name, *current)) co_return;
+    const auto r = reminder_of(f.name, *current);
+    if (r.at_ms != f.due_ms) co_return;  // rescheduled since it fired
+    ++self->counters.completed;
+    if (r.every_ms == 0) {
+      co_await self->store->remove(f.name);
+      co_return;
+    }
+    // The first time after now: a periodic reminder that missed runs (the
+    // cluster was down) fires once, not once per missed period.
+    const auto now_ms = self->n.clock().wall_ms();
+    auto next = r.at_ms + r.every_ms;
+    if (next <= now_ms) next += ((now_ms - next) / r.every_ms + 1) * r.every_ms;
+    co_await self->store->put(f.name, stored_value(next, r.every_ms, r.payload));
+  }
+
+  static task<> do_schedule(std::shared_ptr<impl> self, std::string name, json value) {
+    co_await self->store->put(std::move(name), std::move(value));
+    ++self->counters.scheduled;
+  }
+
+  static task<bool> do_cancel(std::shared_ptr<impl> self, std::string name) {
+    if (!self->store->get(name)) co_return false;
+    co_await self->store->remove(std::move(name));
+    ++self->counters.cancelled;
+    co_return true;
+  }
+
+  static task<> do_stop(std::shared_ptr<impl> self) {
+    if (self->closed) co_return;
+    self->closed = true;
+    self->fired.close();
+    co_await self->tasks.stop();
+  }
+};
+
+task<std::shared_ptr<reminders>> reminders::open(node& n, reminder_options options) {
+  if (options.shards == 0 || options.shards > 65'536) throw std::invalid_argument("reminder shards must be 1 to 65536");
+  if (options.tick <= duration{0}) throw std::invalid_argument("reminder tick must be positive");
+  if (options.redeliver_after <= duration{0}) throw std::invalid_argument("reminder redeliver_after must be positive");
+  co_return co_await boost::asio::co_spawn(n.get_executor(), impl::open_on_strand(n, options),
+                                           boost::asio::use_awaitable);
+}
+
+reminders::reminders(std::shared_ptr<impl> i) : impl_(std::move(i)) {}
+
+reminders::~reminders() { on_node_destroyed(); }
+
+void reminders::on_node_destroyed() noexcept {
+  impl_->closed = true;
+  impl_->tasks.cancel();
+  impl_->fired.close();
+}
+
+task<> reminders::on_node_stop() { co_await boost::asio::co_spawn(impl_->strand, impl::do_stop(impl_), boost::asio::use_awaitable); }
+
+task<> reminders::schedule(std::string name, std::uint64_t at_ms, json payload, std::uint64_t every_ms) {
+  if (!valid_name(name)) throw std::invalid_argument("reminder name must be 1-256 bytes");
+  if (payload.dump().size() > max_payload_bytes) throw std::invalid_argument("reminder payload is over 64 KiB of JSON");
+  if (at_ms >= (std::uint64_t{1} << 44)) throw std::invalid_argument("reminder time is out of range");
+  co_await boost::asio::co_spawn(
+      impl_->strand, impl::do_schedule(impl_, std::move(name), stored_value(at_ms, every_ms, std::move(payload))),
+      boost::asio::use_awaitable);
+}
+
+task<bool> reminders::cancel(std::string name) {
+  co_return co_await boost::asio::co_spawn(impl_->strand, impl::do_cancel(impl_, std::move(name)),
+                                           boost::asio::use_awaitable);
+}
+
+task<> reminders::complete(fired_reminder fired) {
+  co_await boost::asio::co_spawn(impl_->strand, impl::do_complete(impl_, std::move(fired)),
+                                 boost::asio::use_awaitable);
+}
+
+std::optional<reminder> reminders::get(const std::string& name) const {
+  auto v = impl_->store->get(name);
+  if (!v || !valid_value(name, *v)) return std::nullopt;
+  return reminder_of(name, *v);
+}
+
+std::vector<reminder> reminders::list() const {
+  std::vector<reminder> out;
+  for (const auto& [name, v] : impl_->store->to_list())
+    if (valid_value(name, v)) out.push_back(reminder_of(name, v));
+  return out;
+}
+
+event_stream<fired_reminder> reminders::subscribe(std::size_t capacity) { return impl_->fired.subscribe(capacity); }
+
+reminder_counters reminders::counters() const { return impl_->counters; }
+
+}  // namespace barrel_p2p
