@@ -3,6 +3,7 @@
 #include "barrel_p2p/crdt_wire.hpp"
 #include "barrel_p2p/log.hpp"
 #include "barrel_p2p/replica_messages.hpp"
+#include "barrel_p2p/task_group.hpp"
 #include "log_limiter.hpp"
 #include "printable.hpp"
 
@@ -24,9 +25,11 @@ constexpr const char* instance_name = "barrel_p2p.registry";
 // How long a down notice is remembered (entries of that node older than it
 // are refused), how many at most, and how often this node repeats the ones
 // it remembers when it meets a new neighbour (a healed partition).
-constexpr duration down_memory{600'000};
+constexpr duration down_memory{3'600'000};
 constexpr std::size_t max_downs = 10'000;
 constexpr duration roll_call_interval{5'000};
+constexpr duration tombstone_ttl{3'600'000};
+constexpr duration tombstone_sweep{60'000};
 // A provider answers queries about one service at most this often; an asker
 // asks about one service at most this often.
 constexpr duration answer_interval{500};
@@ -92,11 +95,12 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
   std::set<std::string> probing;
   duration last_roll_call{-roll_call_interval};
   std::shared_ptr<replica> rep;
+  task_group tasks;
   registry_counters counters;
   detail::log_limiter log_limit;
   bool stopped = false;
 
-  explicit impl(node& nd) : n(nd), strand(nd.get_executor()) {}
+  explicit impl(node& nd) : n(nd), strand(nd.get_executor()), tasks(strand) {}
 
   const std::string& self() const { return n.id(); }
 
@@ -173,9 +177,10 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
       } catch (const hlc_offset_error&) {
         continue;  // only if the wall clock stepped back since accept
       }
-      if (parts->node == self()) {
-        // Our own entries coming back (a relay of an old write): ours are
-        // the truth, a different one means we restarted and lost them.
+      if (parts->node == self() && std::holds_alternative<value_entry>(e) && !table.get_entry(key)) {
+        // A registration in our name that we never made: this process's
+        // predecessor under the same id made it. Retract it.
+        retract(key);
         continue;
       }
       merge_one(key, e);
@@ -191,6 +196,26 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
       if (last != duration{} && now - last < ask_interval) continue;
       last = now;
       send_notices({node});
+    }
+  }
+
+  void retract(const std::string& key) {
+    entry e = tombstone{n.clock().now()};
+    auto payload = encode_delta_payload(key, e);
+    table.merge_entry(key, std::move(e));
+    ++counters.retracted;
+    publish_delta(std::move(payload));
+  }
+
+  // Deregistrations are remembered (tombstones) for tombstone_ttl, so that
+  // reconciliation cannot bring a removed registration back.
+  static task<> sweep_loop(std::shared_ptr<impl> self) {
+    while (!self->stopped) {
+      if (!co_await self->n.sched().sleep(tombstone_sweep)) break;
+      const auto wall = self->n.clock().wall_ms();
+      const auto ttl = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(tombstone_ttl).count());
+      if (wall > ttl) self->table.gc_tombstones(wall - ttl);
+      self->expire_downs();
     }
   }
 
@@ -366,16 +391,24 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
     roll_call();
     co_return;
   }
-  // Local-only: our own registrations (and our own deregistrations).
   task<std::optional<json>> full_sync_snapshot(const std::string&) override {
-    json snapshot = json::object();
-    for (const auto& [key, e] : table.entries()) {
-      const auto p = split_key(key);
-      if (p && p->node == self()) snapshot[key] = crdt_wire::encode_entry(e);
-    }
-    if (snapshot.empty()) co_return std::nullopt;
-    co_return snapshot;
+    if (table.entry_count() == 0) co_return std::nullopt;
+    co_return crdt_wire::encode_map(table);
   }
+  // Reconciled by ranges, on connect and every anti-entropy round: a
+  // registration gossiped while the overlay re-formed reaches the nodes the
+  // broadcast missed. Entries of a node counted down are refused for
+  // down_memory (and their holders told again), so a round cannot bring
+  // them back.
+  const sync_index* sync_items(const std::string&) override { return table.sync_items(); }
+  task<std::optional<json>> snapshot_of(const std::string&, const std::vector<sync_item>& items) override {
+    json out = json::object();
+    for (const auto& item : items)
+      if (const auto* key = table.key_of(item)) out[*key] = crdt_wire::encode_entry(*table.get_entry(*key));
+    if (out.empty()) co_return std::nullopt;
+    co_return out;
+  }
+  bool anti_entropy() const override { return true; }
   // Liveness comes from the membership listener, which knows why a peer
   // left the view (evicted peers are alive).
   task<> remove_node(const std::string&, const std::string&) override { co_return; }
@@ -467,7 +500,9 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
 std::shared_ptr<registry> registry::open(node& n) {
   if (auto existing = std::dynamic_pointer_cast<registry>(n.find_attachment("registry"))) return existing;
   auto i = std::make_shared<impl>(n);
+  i->table.track_sync_items();
   i->rep = replica::start(n.replicas(), instance_name, *i);
+  i->tasks.spawn("registry sweep", impl::sweep_loop(i));
   std::weak_ptr<impl> weak = i;
   n.membership().add_listener([weak](const membership_event& ev) {
     if (auto self = weak.lock()) self->on_membership(ev);
@@ -483,6 +518,7 @@ registry::~registry() { on_node_destroyed(); }
 
 void registry::on_node_destroyed() noexcept {
   impl_->stopped = true;
+  impl_->tasks.cancel();
   impl_->watchers.clear();
   impl_->rep.reset();
 }
@@ -490,6 +526,7 @@ void registry::on_node_destroyed() noexcept {
 task<> registry::on_node_stop() {
   impl_->stopped = true;
   impl_->watchers.clear();  // ends the streams
+  co_await impl_->tasks.stop();
   if (impl_->rep) co_await impl_->rep->stop();
 }
 

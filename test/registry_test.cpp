@@ -226,30 +226,38 @@ TEST_CASE("simulated partition of a provider: dropped on the other side, back ev
   CHECK(regs[5]->counters().refutations >= 1);
 }
 
-TEST_CASE("simulated late joiner: find() asks the overlay for providers it never heard of") {
+TEST_CASE("simulated: a registration made while 30 nodes join reaches every one of them") {
+  // Gossip alone missed 8 of 30 here: the broadcast went out while the
+  // overlay formed, and nodes that met the tree later never got it.
+  // Reconciliation (on connect, then every anti-entropy round) repairs it.
+  sim_nodes s(14);
+  std::vector<std::shared_ptr<registry>> regs;
+  for (int i = 0; i < 30; ++i) regs.push_back(registry::open(s.add("s" + std::to_string(i))));
+  REQUIRE(s.run([&]() -> task<> { co_await regs[17]->register_service("jobs", "s17:9000"); }));
+  CHECK(s.run_until([&] {
+    for (auto& r : regs)
+      if (!provides(*r, "jobs", "s17", "s17:9000")) return false;
+    return true;
+  }, 60s));
+}
+
+TEST_CASE("find(): known providers at once; a miss asks the overlay and providers answer by re-announcing") {
   sim_nodes s(13);
   std::vector<std::shared_ptr<registry>> regs;
-  for (int i = 0; i < 20; ++i) regs.push_back(registry::open(s.add("s" + std::to_string(i))));
-  for (int i = 0; i < 20; ++i) {
-    const auto service = "svc-" + std::to_string(i);
-    REQUIRE(s.run([&, i, service]() -> task<> { co_await regs[i]->register_service(service, "e"); }));
-  }
-  s.net.run_for(10s);
-  auto& late = s.add("late");
-  auto r = registry::open(late);
-  s.net.run_for(10s);
-  // A provider that is not a neighbour: its entry never reached the
-  // joiner (snapshots carry only their sender's registrations).
-  std::optional<int> far;
-  for (int i = 0; i < 20 && !far; ++i)
-    if (!late.membership().is_active("s" + std::to_string(i))) far = i;
-  REQUIRE(far);
-  const auto service = "svc-" + std::to_string(*far);
-  CHECK(r->lookup(service).empty());
+  for (int i = 0; i < 8; ++i) regs.push_back(registry::open(s.add("s" + std::to_string(i))));
+  REQUIRE(s.run([&]() -> task<> { co_await regs[3]->register_service("svc", "e"); }));
+  REQUIRE(s.run_until([&] { return provides(*regs[6], "svc", "s3", "e"); }, 30s));
   std::vector<service_provider> found;
-  REQUIRE(s.run([&]() -> task<> { found = co_await r->find(service, 5s); }));
-  REQUIRE(found.size() == 1);
-  CHECK(found[0].node == "s" + std::to_string(*far));
-  CHECK(r->counters().queries_sent == 1);
-  CHECK(regs[*far]->counters().queries_answered == 1);
+  REQUIRE(s.run([&]() -> task<> { found = co_await regs[6]->find("svc", 5s); }));
+  CHECK(found.size() == 1);
+  CHECK(regs[6]->counters().queries_sent == 0);
+  // Nobody provides "none": asked once, nothing comes, empty at the timeout.
+  const auto asked_at = s.net.now();
+  REQUIRE(s.run([&]() -> task<> { found = co_await regs[6]->find("none", 2s); }));
+  CHECK(found.empty());
+  CHECK(s.net.now() - asked_at >= 2s);
+  CHECK(regs[6]->counters().queries_sent == 1);
+  // ask(): the provider re-announces, even to nodes that know it.
+  REQUIRE(s.run([&]() -> task<> { co_await regs[6]->ask("svc"); }));
+  CHECK(s.run_until([&] { return regs[3]->counters().queries_answered == 1; }, 10s));
 }

@@ -3,15 +3,17 @@
 // Each node registers the services it provides itself: (service name,
 // endpoint) -> metadata, in an OR-Map gossiped by the replica driver under
 // the instance `barrel_p2p.registry`. Only the provider writes its own
-// entries. Freshness follows liveness, as in the specification:
-//   * a node's snapshot carries only its own registrations (a local-only
-//     snapshot), pushed to each new neighbour;
+// entries. Freshness follows liveness:
 //   * when a neighbour leaves, or fails (its connection closes or times
 //     out and a dial to it fails too), the nodes next to it drop its
-//     registrations and gossip a down notice, so every node drops them; a node that hears a down notice about
-//     itself (it is alive after all) re-announces its registrations, which
-//     is also how they come back after a partition heals;
-//   * no anti-entropy;
+//     registrations and gossip a down notice, so every node drops them and
+//     refuses them for an hour;
+//   * a node that hears a down notice about itself (it is alive after all)
+//     re-announces its registrations with fresh stamps, which is also how
+//     they come back after a partition heals;
+//   * registrations a broadcast missed are repaired by range reconciliation
+//     (on connect and every anti-entropy round, one fingerprint message
+//     when nothing differs);
 //   * find() asks the overlay when this node knows no provider of a name:
 //     the providers answer by re-announcing.
 #pragma once
@@ -54,6 +56,7 @@ struct registry_counters {
   std::uint64_t down_notices_sent = 0;
   std::uint64_t down_notices_received = 0;
   std::uint64_t providers_dropped = 0;  ///< registrations dropped because their node went down
+  std::uint64_t retracted = 0;        ///< registrations in this node's name by an earlier process under its id
   std::uint64_t refutations = 0;      ///< down notices about this node answered by re-announcing
   std::uint64_t queries_sent = 0;     ///< find() misses asked of the overlay
   std::uint64_t queries_answered = 0; ///< queries this node answered as a provider
