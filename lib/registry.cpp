@@ -211,7 +211,8 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
   // reconciliation cannot bring a removed registration back.
   static task<> sweep_loop(std::shared_ptr<impl> self) {
     while (!self->stopped) {
-      if (!co_await self->n.sched().sleep(tombstone_sweep)) break;
+      const bool slept = co_await self->n.sched().sleep(tombstone_sweep);
+      if (!slept) break;
       const auto wall = self->n.clock().wall_ms();
       const auto ttl = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(tombstone_ttl).count());
       if (wall > ttl) self->table.gc_tombstones(wall - ttl);
@@ -564,8 +565,10 @@ task<std::vector<service_provider>> find_on_strand(std::shared_ptr<registry::imp
   if (!asked) co_return self->lookup(service);
   // The answers arrive as deltas; look every few milliseconds until one has.
   const auto deadline = self->n.sched().now() + timeout;
-  while (!self->stopped && self->lookup(service).empty() && self->n.sched().now() < deadline)
-    if (!co_await self->n.sched().sleep(duration{10})) break;
+  while (!self->stopped && self->lookup(service).empty() && self->n.sched().now() < deadline) {
+    const bool slept = co_await self->n.sched().sleep(duration{10});
+    if (!slept) break;
+  }
   co_return self->lookup(service);
 }
 }  // namespace

@@ -137,7 +137,8 @@ struct reminders::impl : std::enable_shared_from_this<reminders::impl> {
   static task<> fire_loop(std::shared_ptr<impl> self) {
     while (!self->closed) {
       self->fire_due();
-      if (!co_await self->n.sched().sleep(self->options.tick)) break;
+      const bool slept = co_await self->n.sched().sleep(self->options.tick);
+      if (!slept) break;
     }
   }
 
