@@ -6,6 +6,8 @@
 #include "barrel_p2p/metrics.hpp"
 #include "barrel_p2p/node.hpp"
 #include "barrel_p2p/task_group.hpp"
+#include "http_common.hpp"
+#include "http_services.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -36,80 +38,8 @@ using tcp = asio::ip::tcp;
 
 namespace {
 
-using request = http::request<http::string_body>;
-using response = http::response<http::string_body>;
+using namespace detail::http_surface;
 using ws_stream = websocket::stream<beast::tcp_stream>;
-constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
-
-// A value deeper than this would not survive the wire (cbor_limits::max_depth
-// is 64 for a whole message, and the protocol wraps a value in ~8 levels).
-constexpr int max_value_depth = 32;
-
-// Peer strings are not checked for UTF-8 on ingest; never let one make the
-// dump throw.
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
-
-response json_response(http::status s, const json& body, unsigned version) {
-  response res{s, version};
-  res.set(http::field::content_type, "application/json");
-  res.set(http::field::server, "barrel_p2p");
-  res.body() = dump(body) + "\n";
-  return res;
-}
-
-response error_response(http::status s, std::string_view code, const std::string& detail, unsigned version) {
-  return json_response(s, json{{"error", code}, {"detail", detail}}, version);
-}
-
-std::optional<std::string> percent_decode(std::string_view in) {
-  std::string out;
-  out.reserve(in.size());
-  for (std::size_t i = 0; i < in.size(); ++i) {
-    if (in[i] != '%') {
-      out += in[i];
-      continue;
-    }
-    if (i + 2 >= in.size()) return std::nullopt;
-    unsigned v = 0;
-    auto r = std::from_chars(in.data() + i + 1, in.data() + i + 3, v, 16);
-    if (r.ec != std::errc{} || r.ptr != in.data() + i + 3) return std::nullopt;
-    out += static_cast<char>(v);
-    i += 2;
-  }
-  return out;
-}
-
-// The value of `name` in a query string, undecoded.
-std::optional<std::string_view> query_param(std::string_view query, std::string_view name) {
-  while (!query.empty()) {
-    auto amp = query.find('&');
-    auto pair = query.substr(0, amp);
-    auto eq = pair.find('=');
-    if (pair.substr(0, eq) == name) return eq == std::string_view::npos ? "" : pair.substr(eq + 1);
-    if (amp == std::string_view::npos) break;
-    query.remove_prefix(amp + 1);
-  }
-  return std::nullopt;
-}
-
-// Parses a request body as a JSON value no deeper than max_value_depth.
-std::optional<json> parse_value(const std::string& body, std::string& why) {
-  bool too_deep = false;
-  json::parser_callback_t depth_check = [&](int depth, json::parse_event_t, json&) {
-    if (depth > max_value_depth) too_deep = true;
-    return !too_deep;
-  };
-  json v = json::parse(body, depth_check, false);
-  if (too_deep) {
-    why = "the value nests deeper than " + std::to_string(max_value_depth) + " levels";
-    return std::nullopt;
-  }
-  if (v.is_discarded()) {
-    why = "the body is not valid JSON";
-    return std::nullopt;
-  }
-  return v;
-}
 
 // Token comparison that does not reveal how long a matching prefix is.
 bool equal_constant_time(std::string_view a, std::string_view b) {
@@ -179,6 +109,7 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
   http_api_config config;
   executor strand;
   std::map<std::string, std::shared_ptr<map>> maps;  // strand only
+  service_routes services;                           // strand only
   std::optional<tcp::acceptor> acceptor;
   task_group loops;
   // One closer per live connection, so stop() can end sessions blocked in a read.
@@ -288,6 +219,8 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
               {"connected_peers", n.net().connected_peers()},
               {"clock", clock_json()},
               {"maps", std::move(maps_json)}};
+    const auto served = services.status();
+    for (const auto& [k, v] : served.items()) body[k] = v;
     return json_response(http::status::ok, body, version);
   }
 
@@ -391,13 +324,6 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     return json_response(http::status::ok, std::move(body), version);
   }
 
-  static response method_not_allowed(std::string_view allow, unsigned version) {
-    auto res = error_response(http::status::method_not_allowed, "method_not_allowed",
-                              std::string("allowed: ") + std::string(allow), version);
-    res.set(http::field::allow, allow);
-    return res;
-  }
-
   // ---- one request ------------------------------------------------------------
   static task<response> handle(std::shared_ptr<impl> self, const request& req) {
     const auto version = req.version();
@@ -405,6 +331,12 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     // Writes check the Origin too: a page elsewhere must not change a map.
     const bool writes = req.method() != http::verb::get && req.method() != http::verb::head;
     if (auto refusal = self->foreign(req, writes)) co_return std::move(*refusal);
+    const std::string_view target(req.target().data(), req.target().size());
+    const auto path = target.substr(0, target.find('?'));
+    if (service_routes::owns(path)) {
+      const auto query = path.size() < target.size() ? target.substr(path.size() + 1) : std::string_view{};
+      co_return co_await self->services.handle(req, path, query);
+    }
     auto r = parse_target(req.target(), false);
     if (!r.error.empty()) co_return error_response(http::status::bad_request, "bad_target", r.error, version);
     const auto method = req.method();
@@ -584,16 +516,13 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
                                std::uint64_t id) {
     const auto version = req.version();
     std::optional<response> refusal;
-    auto r = parse_target(req.target(), true);
-    std::shared_ptr<map> m;
+    const std::string_view target(req.target().data(), req.target().size());
+    const auto path = target.substr(0, target.find('?'));
+    std::optional<text_events> source;
     if (!self->authorized(req)) refusal = self->unauthorized(version);
     else if (auto bad = self->foreign(req, true)) refusal = std::move(bad);
-    else if (r.what != route::kind::map_events)
-      refusal = error_response(http::status::not_found, "not_found",
-                               "WebSocket upgrades are served at /maps/{map}/events", version);
-    else if (!(m = self->find_map(r.map)))
-      refusal = error_response(http::status::not_found, "unknown_map",
-                               "no map named '" + r.map + "' is served by this node", version);
+    else if (service_routes::owns(path)) source = self->services.events(path, version, refusal);
+    else source = self->map_events(req.target(), version, refusal);
     if (refusal) {
       self->count(refusal->result());
       refusal->keep_alive(false);
@@ -618,10 +547,8 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     if (ec) co_return;
     self->count(http::status::switching_protocols);
     ++self->counts.websocket_sessions;
-    auto events = m->subscribe(self->config.websocket_queue);
-
     using namespace asio::experimental::awaitable_operators;
-    co_await (discard_reads(ws) || send_events(self, ws, events));
+    co_await (discard_reads(ws) || send_events(self, ws, *source));
     auto [cec] = co_await ws.async_close(websocket::close_code::going_away, tuple_awaitable);
     (void)cec;
   }
@@ -637,14 +564,37 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     }
   }
 
-  static task<> send_events(std::shared_ptr<impl> self, ws_stream& ws, event_stream<map_event>& events) {
+  // A map's change events, or the refusal.
+  std::optional<text_events> map_events(beast::string_view target, unsigned version, std::optional<response>& refusal) {
+    auto r = parse_target(target, true);
+    std::shared_ptr<map> m;
+    if (r.what != route::kind::map_events) {
+      refusal = error_response(http::status::not_found, "not_found",
+                               "WebSocket upgrades are served at /maps/{map}/events (and see the reference)", version);
+      return std::nullopt;
+    }
+    if (!(m = find_map(r.map))) {
+      refusal = error_response(http::status::not_found, "unknown_map",
+                               "no map named '" + r.map + "' is served by this node", version);
+      return std::nullopt;
+    }
+    auto events = std::make_shared<event_stream<map_event>>(m->subscribe(config.websocket_queue));
+    return text_events{[events] { return next_map_text(events); }, [events] { return events->dropped(); }};
+  }
+  static task<std::optional<std::string>> next_map_text(std::shared_ptr<event_stream<map_event>> events) {
+    auto ev = co_await events->next();
+    if (!ev) co_return std::nullopt;
+    co_return event_text(*ev);
+  }
+
+  static task<> send_events(std::shared_ptr<impl> self, ws_stream& ws, text_events& events) {
     std::uint64_t dropped_seen = 0;
     ws.text(true);
     for (;;) {
-      auto ev = co_await events.next();
-      if (!ev) co_return;  // the map closed
+      auto text = co_await events.next();
+      if (!text) co_return;  // the source closed
       if (events.dropped() != dropped_seen) {
-        // Tell the client it missed events, so it can re-read the map.
+        // Tell the client it missed events, so it can re-read the state.
         const auto lost = events.dropped() - dropped_seen;
         dropped_seen = events.dropped();
         self->counts.websocket_events_dropped += lost;
@@ -652,8 +602,7 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
         auto [ec, n] = co_await ws.async_write(asio::buffer(notice), tuple_awaitable);
         if (ec) co_return;
       }
-      const auto text = event_text(*ev);
-      auto [ec, n] = co_await ws.async_write(asio::buffer(text), tuple_awaitable);
+      auto [ec, n] = co_await ws.async_write(asio::buffer(*text), tuple_awaitable);
       if (ec) co_return;
       ++self->counts.websocket_events_sent;
     }
@@ -710,6 +659,12 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     co_return;
   }
 
+  template <class T>
+  static task<> do_expose_service(std::shared_ptr<impl> self, std::shared_ptr<T> s) {
+    self->services.expose(std::move(s));
+    co_return;
+  }
+
   static task<> do_stop(std::shared_ptr<impl> self) {
     if (self->stopped) co_return;
     self->stopped = true;
@@ -749,6 +704,16 @@ http_api::~http_api() {
 
 task<> http_api::expose(std::shared_ptr<map> m) {
   co_await asio::co_spawn(impl_->strand, impl::do_expose(impl_, std::move(m)), asio::use_awaitable);
+}
+
+task<> http_api::expose(std::shared_ptr<registry> r) {
+  co_await asio::co_spawn(impl_->strand, impl::do_expose_service(impl_, std::move(r)), asio::use_awaitable);
+}
+task<> http_api::expose(std::shared_ptr<placement> p) {
+  co_await asio::co_spawn(impl_->strand, impl::do_expose_service(impl_, std::move(p)), asio::use_awaitable);
+}
+task<> http_api::expose(std::shared_ptr<reminders> r) {
+  co_await asio::co_spawn(impl_->strand, impl::do_expose_service(impl_, std::move(r)), asio::use_awaitable);
 }
 
 task<> http_api::start() { co_await asio::co_spawn(impl_->strand, impl::do_start(impl_), asio::use_awaitable); }

@@ -6,6 +6,7 @@
 #include "barrel_p2p/replica.hpp"
 #include "barrel_p2p/task_group.hpp"
 #include "fencing.hpp"
+#include "log_limiter.hpp"
 #include "printable.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -67,6 +68,8 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
   std::map<std::uint32_t, std::uint64_t> hwm;   // shard -> greatest token heard of
   event_publisher<shard_event> events;
   placement_counters counters;
+  std::vector<std::string> ignored;  // members announced with another shard count or a bad weight
+  detail::log_limiter ignored_log;
   bool computed = false;
   bool closed = false;
 
@@ -84,6 +87,7 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
   // same shard count and a sane weight.
   std::map<std::string, double> read_members() {
     std::map<std::string, double> out;
+    ignored.clear();
     for (const auto& p : reg->lookup(service_of(group))) {
       const auto& m = p.metadata;
       const auto w = m.find("w");
@@ -92,7 +96,7 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
                       s->get<std::uint64_t>() == options.shards && w->get<double>() > 0 &&
                       w->get<double>() <= 1e6;
       if (!ok) {
-        ++counters.ignored_members;
+        ignored.push_back(p.node);
         continue;
       }
       out[p.node] = w->get<double>();
@@ -119,6 +123,12 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
     auto now_members = read_members();
     if (computed && now_members == members) return;
     if (computed) ++counters.member_changes;
+    if (!ignored.empty()) {
+      counters.ignored_members += ignored.size();
+      if (ignored_log.allow(n.sched().now(), std::chrono::minutes(1)))
+        log("ignored " + std::to_string(ignored.size()) + " member announcement(s) (first: '" +
+            detail::printable(ignored.front()) + "'): another shard count or a bad weight");
+    }
     computed = true;
     members = std::move(now_members);
     json marks = json::object();
@@ -193,6 +203,11 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
   static task<> watch_members(std::shared_ptr<impl> self, event_stream<service_event> changes) {
     while (auto ev = co_await changes.next()) {
       if (self->closed) break;
+      // One recomputation for a burst (a sync brings many members at once).
+      while (changes.pending() > 0) {
+        auto more = co_await changes.next();
+        if (!more) break;
+      }
       self->recompute();
     }
   }

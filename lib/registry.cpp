@@ -63,7 +63,8 @@ bool valid_value(const json& v) {
   if (!v.is_object() || v.size() != 2) return false;
   const auto m = v.find("m");
   const auto s = v.find("s");
-  return m != v.end() && m->is_object() && s != v.end() && s->is_number_unsigned();
+  return m != v.end() && m->is_object() && m->dump().size() <= registry::max_metadata_bytes && s != v.end() &&
+         s->is_number_unsigned();
 }
 
 // Peers' down reasons that may mean the node is gone, not merely out of
@@ -177,10 +178,14 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
       } catch (const hlc_offset_error&) {
         continue;  // only if the wall clock stepped back since accept
       }
-      if (parts->node == self() && std::holds_alternative<value_entry>(e) && !table.get_entry(key)) {
-        // A registration in our name that we never made: this process's
-        // predecessor under the same id made it. Retract it.
-        retract(key);
+      if (parts->node == self()) {
+        // Our own keys: this node is their only writer, so what it holds is
+        // the truth. A registration we never made is our predecessor's under
+        // the same id: retract it. A tombstone of a live one is another
+        // member's doing: re-announce it.
+        const auto* mine = table.get_entry(key);
+        if (std::holds_alternative<value_entry>(e) && !mine) retract(key);
+        else if (mine && std::holds_alternative<value_entry>(*mine) && entry_wins(e, *mine)) reassert(key, entry_hlc(e));
         continue;
       }
       merge_one(key, e);
@@ -197,6 +202,18 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
       last = now;
       send_notices({node});
     }
+  }
+
+  // Re-stamps our registration `key` past `floor` and gossips it.
+  void reassert(const std::string& key, const hlc_timestamp& floor) {
+    auto v = std::get<value_entry>(*table.get_entry(key));
+    n.clock().update(floor);
+    v.dot = {self(), n.clock().now()};
+    entry e(std::move(v));
+    auto payload = encode_delta_payload(key, e);
+    table.merge_entry(key, std::move(e));
+    ++counters.reasserted;
+    publish_delta(std::move(payload));
   }
 
   void retract(const std::string& key) {
@@ -224,8 +241,10 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
   // Drops `node`'s registrations written at or before `at`.
   void apply_down(const std::string& node, const hlc_timestamp& at) {
     auto& d = downs[node];
-    d.at = std::max(d.at, at);
-    d.noted = n.sched().now();
+    if (at > d.at) {  // a repeat of a notice does not extend its memory
+      d.at = at;
+      d.noted = n.sched().now();
+    }
     std::vector<std::pair<std::string, dot>> gone;
     for (const auto& [key, e] : table.entries()) {
       const auto* v = std::get_if<value_entry>(&e);
@@ -262,8 +281,13 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
     }
   }
 
+  // The notice covers every entry of `node` this node holds, even one
+  // stamped by a clock ahead of ours.
   void declare_down(const std::string& node) {
-    apply_down(node, n.clock().now());
+    auto at = n.clock().now();
+    for (const auto& [key, e] : table.entries())
+      if (const auto* v = std::get_if<value_entry>(&e); v && v->dot.node == node) at = std::max(at, v->dot.hlc);
+    apply_down(node, at);
     send_notices({node});
   }
 
@@ -340,9 +364,10 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
     publish_delta(encode_delta_payload(delta));
   }
 
-  // A new neighbour's snapshot: maybe the two sides of a partition meeting
-  // again. Repeat what we remember of down notices (rate limited): nodes on
-  // the other side that were counted down and are alive re-announce.
+  // A sync brought entries (a new neighbour, maybe the two sides of a
+  // partition meeting again). Repeat what we remember of down notices, at
+  // most once per roll_call_interval: nodes on the other side that were
+  // counted down and are alive re-announce.
   void roll_call() {
     const auto now = n.sched().now();
     if (downs.empty() || now - last_roll_call < roll_call_interval) return;
@@ -574,6 +599,8 @@ task<std::vector<service_provider>> find_on_strand(std::shared_ptr<registry::imp
 }  // namespace
 
 task<std::vector<service_provider>> registry::find(std::string service, duration timeout) {
+  if (!valid_part(service, max_service_bytes))
+    throw std::invalid_argument("service name must be 1-200 bytes without a newline");
   co_return co_await boost::asio::co_spawn(impl_->strand, find_on_strand(impl_, std::move(service), timeout),
                                            boost::asio::use_awaitable);
 }

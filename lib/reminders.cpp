@@ -35,7 +35,8 @@ bool valid_value(const std::string& key, const json& v) {
   if (!valid_name(key) || !v.is_object() || v.size() != 3) return false;
   const auto at = v.find("at");
   const auto e = v.find("e");
-  return at != v.end() && at->is_number_unsigned() && e != v.end() && e->is_number_unsigned() &&
+  return at != v.end() && at->is_number_unsigned() && at->get<std::uint64_t>() < reminders::max_time_ms &&
+         e != v.end() && e->is_number_unsigned() && e->get<std::uint64_t>() <= reminders::max_every_ms &&
          v.contains("p") && v["p"].dump().size() <= reminders::max_payload_bytes;
 }
 
@@ -98,8 +99,10 @@ struct reminders::impl : std::enable_shared_from_this<reminders::impl> {
       }
       if (ev->what == map_event::kind::put && valid_value(ev->key, ev->value))
         self->index(ev->key, ev->value.at("at").get<std::uint64_t>());
-      else
+      else {
         self->index(ev->key, std::nullopt);
+        self->in_flight.erase(ev->key);
+      }
     }
   }
 
@@ -154,9 +157,9 @@ struct reminders::impl : std::enable_shared_from_this<reminders::impl> {
     placement_options po;
     po.shards = options.shards;
     po.weight = options.weight;
-    i->owners = co_await placement::open(n, group_name, po);
     auto r = std::make_shared<reminders>(i);
-    n.set_attachment(attachment_key, r);
+    n.set_attachment(attachment_key, r);  // before the await: a concurrent open() finds it
+    i->owners = co_await placement::open(n, group_name, po);
     i->tasks.spawn("reminders follow", follow(i, std::move(changes)));
     i->tasks.spawn("reminders fire", fire_loop(i));
     co_return r;
@@ -206,6 +209,8 @@ task<std::shared_ptr<reminders>> reminders::open(node& n, reminder_options optio
   if (options.shards == 0 || options.shards > 65'536) throw std::invalid_argument("reminder shards must be 1 to 65536");
   if (options.tick <= duration{0}) throw std::invalid_argument("reminder tick must be positive");
   if (options.redeliver_after <= duration{0}) throw std::invalid_argument("reminder redeliver_after must be positive");
+  if (!(options.weight > 0) || options.weight > 1e6)
+    throw std::invalid_argument("reminder weight must be greater than 0 and at most 1000000");
   co_return co_await boost::asio::co_spawn(n.get_executor(), impl::open_on_strand(n, options),
                                            boost::asio::use_awaitable);
 }
@@ -225,7 +230,8 @@ task<> reminders::on_node_stop() { co_await boost::asio::co_spawn(impl_->strand,
 task<> reminders::schedule(std::string name, std::uint64_t at_ms, json payload, std::uint64_t every_ms) {
   if (!valid_name(name)) throw std::invalid_argument("reminder name must be 1-256 bytes");
   if (payload.dump().size() > max_payload_bytes) throw std::invalid_argument("reminder payload is over 64 KiB of JSON");
-  if (at_ms >= (std::uint64_t{1} << 44)) throw std::invalid_argument("reminder time is out of range");
+  if (at_ms >= max_time_ms) throw std::invalid_argument("reminder time is out of range");
+  if (every_ms > max_every_ms) throw std::invalid_argument("reminder period is over a year");
   co_await boost::asio::co_spawn(
       impl_->strand, impl::do_schedule(impl_, std::move(name), stored_value(at_ms, every_ms, std::move(payload))),
       boost::asio::use_awaitable);

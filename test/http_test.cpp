@@ -13,6 +13,7 @@
 
 #include <doctest/doctest.h>
 
+#include "http_client.hpp"
 #include "io_harness.hpp"
 
 #include <atomic>
@@ -30,6 +31,8 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 namespace websocket = beast::websocket;
 using tcp = asio::ip::tcp;
+using testing::reply;
+using testing::send_request;
 
 namespace {
 
@@ -85,37 +88,6 @@ struct fixture {
   bool eventually(const std::function<bool()>& cond) { return testing::eventually(io, cond); }
   std::uint16_t port(std::size_t i = 0) const { return apis[i]->port(); }
 };
-
-struct reply {
-  unsigned status = 0;
-  std::string body;
-  std::string content_type;
-  json body_json() const { return json::parse(body, nullptr, false); }
-};
-
-task<reply> send_request(std::uint16_t port, http::verb method, std::string target, std::string body = {},
-                         std::string token = {}) {
-  beast::tcp_stream stream(co_await asio::this_coro::executor);
-  co_await stream.async_connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port), asio::use_awaitable);
-  http::request<http::string_body> req{method, target, 11};
-  req.set(http::field::host, "127.0.0.1");
-  if (!token.empty()) req.set(http::field::authorization, "Bearer " + token);
-  if (!body.empty() || method == http::verb::put) {
-    req.body() = std::move(body);
-    req.prepare_payload();
-  }
-  co_await http::async_write(stream, req, asio::use_awaitable);
-  beast::flat_buffer buffer;
-  http::response_parser<http::string_body> parser;
-  parser.body_limit(64 * 1024 * 1024);
-  co_await http::async_read(stream, buffer, parser, asio::use_awaitable);
-  auto res = parser.release();
-  reply r;
-  r.status = res.result_int();
-  r.body = res.body();
-  r.content_type = std::string(res[http::field::content_type]);
-  co_return r;
-}
 
 // Writes raw bytes, then reads whatever comes back until the server closes.
 task<std::string> send_raw(std::uint16_t port, std::string bytes, bool half_close = true) {

@@ -7,6 +7,9 @@
 // new connections: key rotation without a restart.
 
 #include <barrel_p2p/http_api.hpp>
+#include <barrel_p2p/placement.hpp>
+#include <barrel_p2p/registry.hpp>
+#include <barrel_p2p/reminders.hpp>
 #include <barrel_p2p/map.hpp>
 #include <barrel_p2p/node.hpp>
 
@@ -38,9 +41,21 @@ struct map_spec {
   map_options options;
 };
 
+struct service_spec {
+  std::string service, endpoint;
+};
+
+struct group_spec {
+  std::string group;
+  std::uint32_t shards = 64;
+};
+
 struct daemon_config {
   node_config node;
   std::vector<map_spec> maps;
+  std::vector<service_spec> services;  // registered at start
+  std::vector<group_spec> groups;      // placement groups joined
+  bool reminders = false;
   bool http_enabled = true;
   http_api_config http;
   std::string secret_file;            // re-read on SIGHUP (psk mode)
@@ -295,6 +310,10 @@ constexpr const char* usage =
     "  --tls-ca F --tls-cert F --tls-key F   PEM files for --tls cert (re-read on SIGHUP)\n"
     "  --data-dir DIR         where persisted maps live\n"
     "  --map NAME[,persist][,prune]   a map to open and serve (repeatable)\n"
+    "  --register SERVICE=ENDPOINT    register this node as a provider (repeatable)\n"
+    "  --shards GROUP[:N]     join placement group GROUP of N shards (default 64; repeatable)\n"
+    "  --reminders            fire durable reminders here (needs --data-dir); fired ones are\n"
+    "                         logged and completed\n"
     "  --http HOST:PORT|off   HTTP admin address (default 127.0.0.1:8946)\n"
     "  --http-token T | --http-token-file F   require 'Authorization: Bearer T'\n"
     "  --http-allowed-host NAME   a Host/Origin name accepted without a token (repeatable)\n"
@@ -352,6 +371,27 @@ daemon_config parse(int argc, char** argv) {
       c.node.data_dir = value();
     } else if (a == "--map") {
       c.maps.push_back(parse_map_flag(value()));
+    } else if (a == "--register") {
+      const auto v = value();
+      const auto eq = v.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == v.size())
+        throw config_error("--register: expected SERVICE=ENDPOINT, got '" + v + "'");
+      c.services.push_back({v.substr(0, eq), v.substr(eq + 1)});
+    } else if (a == "--shards") {
+      const auto v = value();
+      const auto colon = v.rfind(':');
+      group_spec g{v.substr(0, colon), 64};
+      if (colon != std::string::npos) {
+        const auto n = v.substr(colon + 1);
+        unsigned long shards = 0;
+        auto r = std::from_chars(n.data(), n.data() + n.size(), shards);
+        if (r.ec != std::errc{} || r.ptr != n.data() + n.size() || shards == 0 || shards > 65'536)
+          throw config_error("--shards: expected GROUP[:N] with N from 1 to 65536, got '" + v + "'");
+        g.shards = static_cast<std::uint32_t>(shards);
+      }
+      c.groups.push_back(std::move(g));
+    } else if (a == "--reminders") {
+      c.reminders = true;
     } else if (a == "--http") {
       auto v = value();
       if (v == "off") {
@@ -415,6 +455,7 @@ daemon_config parse(int argc, char** argv) {
     c.warnings.push_back("WARNING: the HTTP API listens on " + hh +
                          " without a bearer token: anyone who reaches it can read and write every served map "
                          "(use --http-token-file)");
+  if (c.reminders && c.node.data_dir.empty()) throw config_error("--reminders keeps them on disk: give --data-dir");
   for (const auto& m : c.maps)
     if (m.options.persist && c.node.data_dir.empty())
       throw config_error("map " + m.name + " is persisted: give --data-dir");
@@ -425,10 +466,62 @@ daemon_config parse(int argc, char** argv) {
 struct daemon_state {
   std::unique_ptr<node> n;
   std::vector<std::shared_ptr<map>> maps;
+  std::shared_ptr<registry> services;
+  std::vector<std::shared_ptr<placement>> groups;
+  std::shared_ptr<reminders> timers;
   std::unique_ptr<http_api> http;
   bool stopping = false;
   int exit_code = 0;
 };
+
+// Logs each reminder fired here and completes it.
+task<> log_reminders(std::shared_ptr<reminders> r, event_stream<fired_reminder> fired) {
+  while (auto f = co_await fired.next()) {
+    say("reminder '" + f->name + "' fired (shard " + std::to_string(f->shard) + ", fence " +
+        std::to_string(f->fence) + ", attempt " + std::to_string(f->attempt) + "): " + f->payload.dump());
+    co_await r->complete(*f);
+  }
+}
+
+// Logs this node's shard acquisitions and releases, one line per change.
+task<> log_shards(std::shared_ptr<placement> p, event_stream<shard_event> events) {
+  while (auto ev = co_await events.next()) {
+    std::size_t acquired = 0, released = 0;
+    for (;;) {
+      (ev->what == shard_event::kind::acquired ? acquired : released)++;
+      if (events.pending() == 0) break;
+      ev = co_await events.next();
+      if (!ev) break;
+    }
+    say("placement '" + p->group() + "': acquired " + std::to_string(acquired) + ", released " +
+        std::to_string(released) + " shard(s); owns " + std::to_string(p->owned_shards().size()) + " of " +
+        std::to_string(p->shards()));
+  }
+}
+
+// The registry's registrations, placement groups and reminders, once the
+// node runs.
+task<> start_consumers(daemon_state& s, const daemon_config& c) {
+  node& n = *s.n;
+  for (const auto& spec : c.services) {
+    co_await s.services->register_service(spec.service, spec.endpoint);
+    say("registered as a provider of '" + spec.service + "' at " + spec.endpoint);
+  }
+  for (const auto& g : c.groups) {
+    placement_options o;
+    o.shards = g.shards;
+    auto p = co_await placement::open(n, g.group, o);
+    boost::asio::co_spawn(n.get_executor(), log_shards(p, p->subscribe()), boost::asio::detached);
+    if (s.http) co_await s.http->expose(p);
+    s.groups.push_back(std::move(p));
+  }
+  if (c.reminders) {
+    s.timers = co_await reminders::open(n);
+    boost::asio::co_spawn(n.get_executor(), log_reminders(s.timers, s.timers->subscribe()), boost::asio::detached);
+    if (s.http) co_await s.http->expose(s.timers);
+    say("reminders: " + std::to_string(s.timers->list().size()) + " scheduled");
+  }
+}
 
 task<> run(daemon_state& s, daemon_config c) {
   for (const auto& w : c.warnings) say(w);
@@ -439,9 +532,11 @@ task<> run(daemon_state& s, daemon_config c) {
     say("map " + spec.name + " open, " + std::to_string(s.maps.back()->size()) + " keys" +
              (spec.options.persist ? " recovered" : ""));
   }
+  s.services = registry::open(n);
   if (c.http_enabled) {
     s.http = std::make_unique<http_api>(n, c.http);
     for (auto& m : s.maps) co_await s.http->expose(m);
+    co_await s.http->expose(s.services);
     co_await s.http->start();
   }
   const auto joined = co_await n.start();
@@ -451,6 +546,7 @@ task<> run(daemon_state& s, daemon_config c) {
   for (const auto& contact : joined.not_joined) say("contact " + contact.to_string() + " did not take this node in");
   if (joined.via) say("joined the cluster through " + joined.via->to_string());
   else if (!c.node.contacts.empty()) say("no contact answered yet: still trying them in the background");
+  co_await start_consumers(s, c);
   say("listening on " + n.self().address.to_string() + ", http " +
            (s.http ? c.http.listen_host + ":" + std::to_string(s.http->port()) : std::string("off")) +
            ", " + std::to_string(c.node.contacts.size()) + " contact(s)");

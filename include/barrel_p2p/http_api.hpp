@@ -10,6 +10,8 @@
 //   PUT    /maps/{map}/{key}        body: the JSON value
 //   DELETE /maps/{map}/{key}
 //   GET    /maps/{map}/events       WebSocket upgrade: change events as JSON
+//   /services, /shards, /reminders   the registry, placement groups and
+//                                    reminders, when exposed (see the reference)
 //
 // It is a separate library (dependency 'barrel_p2p_http') so that an
 // application embedding only the core never compiles or links Beast; Beast
@@ -31,6 +33,9 @@ namespace barrel_p2p {
 
 class node;
 class map;
+class registry;
+class placement;
+class reminders;
 
 struct http_api_config {
   /// The admin address. Keep it on loopback (or a private interface): the
@@ -93,6 +98,11 @@ class http_api {
   /// Makes `m` reachable under /maps/{name}. Maps not exposed are 404.
   /// May be called before or after start(), from any thread.
   task<> expose(std::shared_ptr<map> m);
+  /// Serves the registry under /services, a placement group under
+  /// /shards/{group}, reminders under /reminders. Any thread.
+  task<> expose(std::shared_ptr<registry> r);
+  task<> expose(std::shared_ptr<placement> p);
+  task<> expose(std::shared_ptr<reminders> r);
 
   /// Binds and starts accepting. Throws std::system_error when the address
   /// cannot be bound.

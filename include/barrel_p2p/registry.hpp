@@ -56,6 +56,7 @@ struct registry_counters {
   std::uint64_t down_notices_sent = 0;
   std::uint64_t down_notices_received = 0;
   std::uint64_t providers_dropped = 0;  ///< registrations dropped because their node went down
+  std::uint64_t reasserted = 0;       ///< own registrations another member tombstoned, re-announced
   std::uint64_t retracted = 0;        ///< registrations in this node's name by an earlier process under its id
   std::uint64_t refutations = 0;      ///< down notices about this node answered by re-announcing
   std::uint64_t queries_sent = 0;     ///< find() misses asked of the overlay

@@ -75,6 +75,8 @@ class reminders : public node::attachment, public std::enable_shared_from_this<r
   /// Limits on names and payloads (values from peers are held to them too).
   static constexpr std::size_t max_name_bytes = 256;
   static constexpr std::size_t max_payload_bytes = 64 * 1024;  ///< serialized JSON
+  static constexpr std::uint64_t max_time_ms = std::uint64_t{1} << 44;      ///< at_ms below this (year 2527)
+  static constexpr std::uint64_t max_every_ms = 366ull * 24 * 3600 * 1000;  ///< a period of at most a year
 
   /// The node's reminders: opens the map (recovering it from disk) and joins
   /// the placement group, so this node fires its share. Throws

@@ -1,0 +1,82 @@
+#include "http_common.hpp"
+
+#include <charconv>
+
+namespace barrel_p2p::detail::http_surface {
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+response json_response(http::status s, const json& body, unsigned version) {
+  response res{s, version};
+  res.set(http::field::content_type, "application/json");
+  res.set(http::field::server, "barrel_p2p");
+  res.body() = dump(body) + "\n";
+  return res;
+}
+
+response error_response(http::status s, std::string_view code, const std::string& detail, unsigned version) {
+  return json_response(s, json{{"error", code}, {"detail", detail}}, version);
+}
+
+response method_not_allowed(std::string_view allow, unsigned version) {
+  auto res = error_response(http::status::method_not_allowed, "method_not_allowed",
+                            std::string("allowed: ") + std::string(allow), version);
+  res.set(http::field::allow, allow);
+  return res;
+}
+
+std::optional<std::string> percent_decode(std::string_view in) {
+  std::string out;
+  out.reserve(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '%') {
+      out += in[i];
+      continue;
+    }
+    if (i + 2 >= in.size()) return std::nullopt;
+    unsigned v = 0;
+    auto r = std::from_chars(in.data() + i + 1, in.data() + i + 3, v, 16);
+    if (r.ec != std::errc{} || r.ptr != in.data() + i + 3) return std::nullopt;
+    out += static_cast<char>(v);
+    i += 2;
+  }
+  return out;
+}
+
+std::optional<std::string_view> query_param(std::string_view query, std::string_view name) {
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    auto pair = query.substr(0, amp);
+    auto eq = pair.find('=');
+    if (pair.substr(0, eq) == name) return eq == std::string_view::npos ? "" : pair.substr(eq + 1);
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return std::nullopt;
+}
+
+std::optional<json> parse_value(const std::string& body, std::string& why) {
+  bool too_deep = false;
+  json::parser_callback_t depth_check = [&](int depth, json::parse_event_t, json&) {
+    if (depth > max_value_depth) too_deep = true;
+    return !too_deep;
+  };
+  json v = json::parse(body, depth_check, false);
+  if (too_deep) {
+    why = "the value nests deeper than " + std::to_string(max_value_depth) + " levels";
+    return std::nullopt;
+  }
+  if (v.is_discarded()) {
+    why = "the body is not valid JSON";
+    return std::nullopt;
+  }
+  return v;
+}
+
+std::pair<std::string_view, std::string_view> first_segment(std::string_view path) {
+  const auto slash = path.find('/');
+  if (slash == std::string_view::npos) return {path, {}};
+  return {path.substr(0, slash), path.substr(slash + 1)};
+}
+
+}  // namespace barrel_p2p::detail::http_surface

@@ -1,0 +1,335 @@
+#include "http_services.hpp"
+
+#include "barrel_p2p/clock_monitor.hpp"
+#include "barrel_p2p/map.hpp"
+#include "barrel_p2p/placement.hpp"
+#include "barrel_p2p/registry.hpp"
+#include "barrel_p2p/reminders.hpp"
+
+#include <charconv>
+#include <stdexcept>
+
+namespace barrel_p2p::detail::http_surface {
+
+namespace {
+
+constexpr std::size_t default_reminder_limit = 10'000;
+constexpr duration max_find_wait{10'000};
+
+// The coroutines below are static functions with their state in
+// parameters: GCC 12 miscompiles some member and lambda coroutines
+// (docs/how-to/contributing.md).
+task<response> ready(response r) { co_return r; }
+
+std::optional<std::uint64_t> parse_u64(std::string_view text) {
+  std::uint64_t v = 0;
+  auto r = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (r.ec != std::errc{} || r.ptr != text.data() + text.size()) return std::nullopt;
+  return v;
+}
+
+json provider_json(const service_provider& p) {
+  return json{{"service", p.service}, {"node", p.node}, {"endpoint", p.endpoint}, {"metadata", p.metadata},
+              {"since_ms", p.since_ms}};
+}
+
+json providers_json(const std::vector<service_provider>& ps) {
+  json out = json::array();
+  for (const auto& p : ps) out.push_back(provider_json(p));
+  return out;
+}
+
+json reminder_json(const reminder& r) {
+  return json{{"name", r.name}, {"at_ms", r.at_ms}, {"every_ms", r.every_ms}, {"payload", r.payload}};
+}
+
+json group_summary(const placement& p) {
+  return json{{"group", p.group()}, {"shards", p.shards()}, {"members", p.members().size()},
+              {"owned", p.owned_shards().size()}};
+}
+
+json group_json(const placement& p) {
+  json members = json::array();
+  for (const auto& m : p.members()) members.push_back(json{{"node", m.node}, {"weight", m.weight}});
+  json owners = json::array();
+  for (std::uint32_t s = 0; s < p.shards(); ++s) {
+    auto o = p.owner(s);
+    owners.push_back(o ? json(*o) : json(nullptr));
+  }
+  json owned = json::array();
+  for (auto s : p.owned_shards()) owned.push_back(json{{"shard", s}, {"fence", p.fence(s).value_or(0)}});
+  return json{{"group", p.group()}, {"shards", p.shards()}, {"members", std::move(members)},
+              {"owners", std::move(owners)}, {"owned", std::move(owned)}};
+}
+
+// A write's failure, in the conventions of the map routes.
+response write_failure(const std::exception_ptr& e, unsigned version) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::invalid_argument& ex) {
+    return error_response(http::status::unprocessable_entity, "rejected", ex.what(), version);
+  } catch (const clock_skew_error& ex) {
+    return error_response(http::status::service_unavailable, "clock_skew", ex.what(), version);
+  } catch (const std::system_error& ex) {
+    return ex.code() == std::errc::no_space_on_device
+               ? error_response(http::status::insufficient_storage, "disk_full", ex.what(), version)
+               : error_response(http::status::internal_server_error, "write_failed", ex.what(), version);
+  } catch (const std::exception& ex) {
+    return error_response(http::status::service_unavailable, "unavailable", ex.what(), version);
+  }
+}
+
+// ---- /services ------------------------------------------------------------------
+task<response> register_service(std::shared_ptr<registry> r, std::string service, std::string endpoint, json meta,
+                                unsigned version) {
+  std::exception_ptr failed;
+  try {
+    co_await r->register_service(service, endpoint, std::move(meta));
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  if (failed) co_return write_failure(failed, version);
+  co_return json_response(http::status::ok, json{{"service", service}, {"endpoint", endpoint}, {"ok", true}}, version);
+}
+
+task<response> deregister_service(std::shared_ptr<registry> r, std::string service, std::string endpoint,
+                                  unsigned version) {
+  const bool removed = co_await r->deregister(service, endpoint);
+  if (!removed)
+    co_return error_response(http::status::not_found, "not_registered",
+                             "this node has no registration of '" + service + "' at '" + endpoint + "'", version);
+  co_return json_response(http::status::ok, json{{"service", service}, {"endpoint", endpoint}, {"ok", true}}, version);
+}
+
+task<response> find_service(std::shared_ptr<registry> r, std::string service, duration wait, unsigned version) {
+  auto found = co_await r->find(service, wait);
+  co_return json_response(http::status::ok, json{{"service", service}, {"providers", providers_json(found)}}, version);
+}
+
+// ---- /reminders -------------------------------------------------------------------
+task<response> schedule_reminder(std::shared_ptr<reminders> r, std::string name, std::uint64_t at, json payload,
+                                 std::uint64_t every, unsigned version) {
+  std::exception_ptr failed;
+  try {
+    co_await r->schedule(name, at, std::move(payload), every);
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  if (failed) co_return write_failure(failed, version);
+  co_return json_response(http::status::ok, json{{"name", name}, {"at_ms", at}, {"ok", true}}, version);
+}
+
+task<response> cancel_reminder(std::shared_ptr<reminders> r, std::string name, unsigned version) {
+  std::exception_ptr failed;
+  bool cancelled = false;
+  try {
+    cancelled = co_await r->cancel(name);
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  if (failed) co_return write_failure(failed, version);
+  if (!cancelled) co_return error_response(http::status::not_found, "not_found", "no reminder '" + name + "'", version);
+  co_return json_response(http::status::ok, json{{"name", name}, {"ok", true}}, version);
+}
+
+// ---- event texts --------------------------------------------------------------------
+template <class T, class Format>
+task<std::optional<std::string>> next_text(std::shared_ptr<event_stream<T>> stream, Format format) {
+  auto ev = co_await stream->next();
+  if (!ev) co_return std::nullopt;
+  co_return dump(format(*ev));
+}
+
+template <class T, class Format>
+text_events texts_of(event_stream<T> s, Format format) {
+  auto stream = std::make_shared<event_stream<T>>(std::move(s));
+  return {[stream, format] { return next_text(stream, format); }, [stream] { return stream->dropped(); }};
+}
+
+json service_event_json(const service_event& ev) {
+  auto j = provider_json(ev.provider);
+  j["event"] = ev.what == service_event::kind::registered ? "registered" : "deregistered";
+  return j;
+}
+
+json shard_event_json(const shard_event& ev) {
+  json j{{"event", ev.what == shard_event::kind::acquired ? "acquired" : "released"}, {"shard", ev.shard}};
+  if (ev.what == shard_event::kind::acquired) j["fence"] = ev.fence;
+  return j;
+}
+
+json fired_json(const fired_reminder& f) {
+  return json{{"event", "fired"}, {"name", f.name},       {"payload", f.payload}, {"due_ms", f.due_ms},
+              {"every_ms", f.every_ms}, {"shard", f.shard}, {"fence", f.fence},   {"attempt", f.attempt}};
+}
+
+response not_exposed(std::string_view what, unsigned version) {
+  return error_response(http::status::not_found, "not_served",
+                        "this node does not serve " + std::string(what) + " over HTTP", version);
+}
+
+}  // namespace
+
+void service_routes::expose(std::shared_ptr<placement> p) { groups_[p->group()] = std::move(p); }
+
+bool service_routes::owns(std::string_view path) {
+  for (std::string_view root : {"/services", "/shards", "/reminders"})
+    if (path == root || (path.starts_with(root) && path.size() > root.size() && path[root.size()] == '/')) return true;
+  return false;
+}
+
+task<response> service_routes::handle(const request& req, std::string_view path, std::string_view query) {
+  const auto version = req.version();
+  const auto method = req.method();
+  const auto [root, rest_raw] = first_segment(path.substr(1));
+  auto [first_raw, second_raw] = first_segment(rest_raw);
+  if (!second_raw.empty() && second_raw.back() == '/') second_raw.remove_suffix(1);
+  if (first_raw.empty() && !second_raw.empty())
+    return ready(error_response(http::status::bad_request, "bad_target", "empty name in the path", version));
+  auto first = percent_decode(first_raw);
+  auto second = percent_decode(second_raw);
+  if (!first || !second)
+    return ready(error_response(http::status::bad_request, "bad_target", "bad percent-encoding", version));
+
+  if (root == "services") {
+    if (!registry_) return ready(not_exposed("the service registry", version));
+    if (first->empty()) {
+      if (method != http::verb::get) return ready(method_not_allowed("GET", version));
+      json all = json::array();
+      for (const auto& s : registry_->services())
+        all.push_back(json{{"service", s}, {"providers", providers_json(registry_->lookup(s))}});
+      return ready(json_response(http::status::ok, json{{"services", std::move(all)}}, version));
+    }
+    if (second->empty()) {
+      if (method != http::verb::get) return ready(method_not_allowed("GET", version));
+      if (query_param(query, "find")) {
+        auto wait = duration{2'000};
+        if (auto t = query_param(query, "timeout_ms")) {
+          auto ms = parse_u64(*t);
+          if (!ms) return ready(error_response(http::status::bad_request, "bad_timeout", "timeout_ms must be an integer", version));
+          wait = std::min(duration{static_cast<duration::rep>(std::min<std::uint64_t>(*ms, 10'000'000))}, max_find_wait);
+        }
+        return find_service(registry_, *first, wait, version);
+      }
+      return ready(json_response(http::status::ok,
+                                 json{{"service", *first}, {"providers", providers_json(registry_->lookup(*first))}},
+                                 version));
+    }
+    if (method == http::verb::put) {
+      json meta = json::object();
+      if (!req.body().empty()) {
+        std::string why;
+        auto v = parse_value(req.body(), why);
+        if (!v) return ready(error_response(http::status::bad_request, "bad_json", why, version));
+        meta = std::move(*v);
+      }
+      return register_service(registry_, *first, *second, std::move(meta), version);
+    }
+    if (method == http::verb::delete_) return deregister_service(registry_, *first, *second, version);
+    return ready(method_not_allowed("PUT, DELETE", version));
+  }
+
+  if (root == "shards") {
+    if (method != http::verb::get) return ready(method_not_allowed("GET", version));
+    if (first->empty()) {
+      json all = json::array();
+      for (const auto& [name, p] : groups_) all.push_back(group_summary(*p));
+      return ready(json_response(http::status::ok, json{{"groups", std::move(all)}}, version));
+    }
+    auto it = groups_.find(*first);
+    if (it == groups_.end() || !second->empty())
+      return ready(error_response(http::status::not_found, "unknown_group",
+                                  "no placement group '" + *first + "' is served by this node", version));
+    return ready(json_response(http::status::ok, group_json(*it->second), version));
+  }
+
+  // /reminders
+  if (!reminders_) return ready(not_exposed("reminders", version));
+  if (!second->empty())
+    return ready(error_response(http::status::not_found, "not_found", "no route for " + std::string(path), version));
+  if (first->empty()) {
+    if (method != http::verb::get) return ready(method_not_allowed("GET", version));
+    std::size_t limit = default_reminder_limit;
+    if (auto l = query_param(query, "limit")) {
+      auto v = parse_u64(*l);
+      if (!v) return ready(error_response(http::status::bad_request, "bad_limit", "limit must be a non-negative integer", version));
+      limit = std::min<std::uint64_t>(*v, default_reminder_limit);
+    }
+    auto all = reminders_->list();
+    json out = json::array();
+    for (std::size_t i = 0; i < all.size() && i < limit; ++i) out.push_back(reminder_json(all[i]));
+    return ready(json_response(http::status::ok,
+                               json{{"size", all.size()}, {"truncated", all.size() > limit}, {"reminders", std::move(out)}},
+                               version));
+  }
+  switch (method) {
+    case http::verb::get: {
+      auto r = reminders_->get(*first);
+      if (!r) return ready(error_response(http::status::not_found, "not_found", "no reminder '" + *first + "'", version));
+      return ready(json_response(http::status::ok, reminder_json(*r), version));
+    }
+    case http::verb::put: {
+      std::string why;
+      auto body = parse_value(req.body(), why);
+      if (!body) return ready(error_response(http::status::bad_request, "bad_json", why, version));
+      const auto number = [&](const char* key) -> std::optional<std::uint64_t> {
+        auto f = body->find(key);
+        if (f == body->end() || !f->is_number_unsigned()) return std::nullopt;
+        return f->get<std::uint64_t>();
+      };
+      if (!body->is_object() || (body->contains("at") == body->contains("in_ms")))
+        return ready(error_response(http::status::bad_request, "bad_reminder",
+                                    "the body is an object with \"at\" (epoch ms) or \"in_ms\", and optionally "
+                                    "\"every_ms\" and \"payload\"",
+                                    version));
+      auto at = body->contains("at") ? number("at") : number("in_ms");
+      const auto every = body->contains("every_ms") ? number("every_ms") : std::optional<std::uint64_t>(0);
+      if (!at || !every || *at > (std::uint64_t{1} << 44))
+        return ready(error_response(http::status::bad_request, "bad_reminder",
+                                    "at, in_ms and every_ms are non-negative integers (milliseconds)", version));
+      if (body->contains("in_ms")) *at += static_cast<std::uint64_t>(hlc_clock::system_wall_ms());
+      json payload = body->contains("payload") ? (*body)["payload"] : json(nullptr);
+      return schedule_reminder(reminders_, *first, *at, std::move(payload), *every, version);
+    }
+    case http::verb::delete_:
+      return cancel_reminder(reminders_, *first, version);
+    default:
+      return ready(method_not_allowed("GET, PUT, DELETE", version));
+  }
+}
+
+std::optional<text_events> service_routes::events(std::string_view path, unsigned version,
+                                                  std::optional<response>& refusal) {
+  // .../events, with what comes before it.
+  constexpr std::string_view suffix = "/events";
+  if (!path.ends_with(suffix)) {
+    refusal = error_response(http::status::not_found, "not_found", "event streams end in /events", version);
+    return std::nullopt;
+  }
+  const auto [root, rest_raw] = first_segment(path.substr(1, path.size() - 1 - suffix.size()));
+  auto rest = percent_decode(rest_raw);
+  if (!rest) {
+    refusal = error_response(http::status::bad_request, "bad_target", "bad percent-encoding", version);
+    return std::nullopt;
+  }
+  if (root == "services" && registry_) return texts_of(registry_->watch(*rest), service_event_json);
+  if (root == "shards" && !rest->empty())
+    if (auto it = groups_.find(*rest); it != groups_.end()) return texts_of(it->second->subscribe(), shard_event_json);
+  if (root == "reminders" && reminders_ && rest->empty()) return texts_of(reminders_->subscribe(), fired_json);
+  refusal = error_response(http::status::not_found, "not_found", "no event stream at " + std::string(path), version);
+  return std::nullopt;
+}
+
+json service_routes::status() const {
+  json out = json::object();
+  if (registry_) out["services"] = registry_->services().size();
+  if (!groups_.empty()) {
+    json g = json::array();
+    for (const auto& [name, p] : groups_) g.push_back(group_summary(*p));
+    out["placement"] = std::move(g);
+  }
+  if (reminders_) out["reminders"] = reminders_->list().size();
+  return out;
+}
+
+}  // namespace barrel_p2p::detail::http_surface
