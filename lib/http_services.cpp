@@ -39,8 +39,11 @@ json providers_json(const std::vector<service_provider>& ps) {
   return out;
 }
 
-json reminder_json(const reminder& r) {
-  return json{{"name", r.name}, {"at_ms", r.at_ms}, {"every_ms", r.every_ms}, {"payload", r.payload}};
+json reminder_json(const reminders& all, const reminder& r) {
+  auto owner = all.owner_of(r.name);
+  return json{{"name", r.name},         {"at_ms", r.at_ms}, {"every_ms", r.every_ms},
+              {"payload", r.payload},   {"shard", all.shard_of(r.name)},
+              {"owner", owner ? json(*owner) : json(nullptr)}};
 }
 
 json group_summary(const placement& p) {
@@ -116,7 +119,11 @@ task<response> schedule_reminder(std::shared_ptr<reminders> r, std::string name,
     failed = std::current_exception();
   }
   if (failed) co_return write_failure(failed, version);
-  co_return json_response(http::status::ok, json{{"name", name}, {"at_ms", at}, {"ok", true}}, version);
+  auto owner = r->owner_of(name);
+  co_return json_response(http::status::ok,
+                          json{{"name", name}, {"at_ms", at}, {"shard", r->shard_of(name)},
+                               {"owner", owner ? json(*owner) : json(nullptr)}, {"ok", true}},
+                          version);
 }
 
 task<response> cancel_reminder(std::shared_ptr<reminders> r, std::string name, unsigned version) {
@@ -257,7 +264,7 @@ task<response> service_routes::handle(const request& req, std::string_view path,
     }
     auto all = reminders_->list();
     json out = json::array();
-    for (std::size_t i = 0; i < all.size() && i < limit; ++i) out.push_back(reminder_json(all[i]));
+    for (std::size_t i = 0; i < all.size() && i < limit; ++i) out.push_back(reminder_json(*reminders_, all[i]));
     return ready(json_response(http::status::ok,
                                json{{"size", all.size()}, {"truncated", all.size() > limit}, {"reminders", std::move(out)}},
                                version));
@@ -266,7 +273,7 @@ task<response> service_routes::handle(const request& req, std::string_view path,
     case http::verb::get: {
       auto r = reminders_->get(*first);
       if (!r) return ready(error_response(http::status::not_found, "not_found", "no reminder '" + *first + "'", version));
-      return ready(json_response(http::status::ok, reminder_json(*r), version));
+      return ready(json_response(http::status::ok, reminder_json(*reminders_, *r), version));
     }
     case http::verb::put: {
       std::string why;

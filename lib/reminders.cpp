@@ -260,6 +260,15 @@ std::vector<reminder> reminders::list() const {
   return out;
 }
 
+std::uint32_t reminders::shard_of(const std::string& name) const {
+  return barrel_p2p::shard_of(name, impl_->options.shards);
+}
+
+std::optional<std::string> reminders::owner_of(const std::string& name) const {
+  if (!impl_->owners) return std::nullopt;
+  return impl_->owners->owner(shard_of(name));
+}
+
 event_stream<fired_reminder> reminders::subscribe(std::size_t capacity) { return impl_->fired.subscribe(capacity); }
 
 reminder_counters reminders::counters() const { return impl_->counters; }

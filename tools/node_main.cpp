@@ -518,7 +518,11 @@ task<> start_consumers(daemon_state& s, const daemon_config& c) {
   if (c.reminders) {
     s.timers = co_await reminders::open(n);
     boost::asio::co_spawn(n.get_executor(), log_reminders(s.timers, s.timers->subscribe()), boost::asio::detached);
-    if (s.http) co_await s.http->expose(s.timers);
+    if (s.http) {
+      co_await s.http->expose(s.timers);
+      // Who fires what: the reminders' own placement group, under /shards.
+      co_await s.http->expose(co_await placement::open(n, "barrel_p2p.reminders"));
+    }
     say("reminders: " + std::to_string(s.timers->list().size()) + " scheduled");
   }
 }

@@ -101,6 +101,10 @@ class reminders : public node::attachment, public std::enable_shared_from_this<r
   [[nodiscard]] std::optional<reminder> get(const std::string& name) const;
   /// Every reminder, sorted by name. Any thread.
   [[nodiscard]] std::vector<reminder> list() const;
+  /// The shard of reminder `name`, and the node that fires it as this node
+  /// sees it (nullopt while the group has no member). Node's executor.
+  [[nodiscard]] std::uint32_t shard_of(const std::string& name) const;
+  [[nodiscard]] std::optional<std::string> owner_of(const std::string& name) const;
 
   /// Reminders fired on this node from now on. Bounded (drop-oldest): a
   /// dropped delivery fires again after redeliver_after. Node's executor.
