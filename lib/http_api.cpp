@@ -521,7 +521,7 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     std::optional<text_events> source;
     if (!self->authorized(req)) refusal = self->unauthorized(version);
     else if (auto bad = self->foreign(req, true)) refusal = std::move(bad);
-    else if (service_routes::owns(path)) source = self->services.events(path, version, refusal);
+    else if (service_routes::owns(path)) source = self->services.events(path, self->config.websocket_queue, version, refusal);
     else source = self->map_events(req.target(), version, refusal);
     if (refusal) {
       self->count(refusal->result());

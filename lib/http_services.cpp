@@ -72,13 +72,20 @@ response write_failure(const std::exception_ptr& e, unsigned version) {
   } catch (const std::invalid_argument& ex) {
     return error_response(http::status::unprocessable_entity, "rejected", ex.what(), version);
   } catch (const clock_skew_error& ex) {
-    return error_response(http::status::service_unavailable, "clock_skew", ex.what(), version);
+    // Not written: retry on another node, or here once the clock is fixed.
+    return json_response(http::status::service_unavailable,
+                         json{{"error", "clock_skew"}, {"detail", ex.what()}, {"ahead_seconds", to_seconds(ex.ahead_by())}},
+                         version);
+  } catch (const map_error& ex) {  // the reminders' map closed: the node is stopping
+    return error_response(http::status::service_unavailable, "map_closed", ex.what(), version);
+  } catch (const std::logic_error& ex) {  // the registry stopping
+    return error_response(http::status::service_unavailable, "unavailable", ex.what(), version);
   } catch (const std::system_error& ex) {
     return ex.code() == std::errc::no_space_on_device
                ? error_response(http::status::insufficient_storage, "disk_full", ex.what(), version)
                : error_response(http::status::internal_server_error, "write_failed", ex.what(), version);
   } catch (const std::exception& ex) {
-    return error_response(http::status::service_unavailable, "unavailable", ex.what(), version);
+    return error_response(http::status::internal_server_error, "write_failed", ex.what(), version);
   }
 }
 
@@ -97,7 +104,14 @@ task<response> register_service(std::shared_ptr<registry> r, std::string service
 
 task<response> deregister_service(std::shared_ptr<registry> r, std::string service, std::string endpoint,
                                   unsigned version) {
-  const bool removed = co_await r->deregister(service, endpoint);
+  std::exception_ptr failed;
+  bool removed = false;
+  try {
+    removed = co_await r->deregister(service, endpoint);
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  if (failed) co_return write_failure(failed, version);
   if (!removed)
     co_return error_response(http::status::not_found, "not_registered",
                              "this node has no registration of '" + service + "' at '" + endpoint + "'", version);
@@ -105,7 +119,14 @@ task<response> deregister_service(std::shared_ptr<registry> r, std::string servi
 }
 
 task<response> find_service(std::shared_ptr<registry> r, std::string service, duration wait, unsigned version) {
-  auto found = co_await r->find(service, wait);
+  std::exception_ptr failed;
+  std::vector<service_provider> found;
+  try {
+    found = co_await r->find(service, wait);
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  if (failed) co_return write_failure(failed, version);
   co_return json_response(http::status::ok, json{{"service", service}, {"providers", providers_json(found)}}, version);
 }
 
@@ -209,7 +230,7 @@ task<response> service_routes::handle(const request& req, std::string_view path,
     }
     if (second->empty()) {
       if (method != http::verb::get) return ready(method_not_allowed("GET", version));
-      if (query_param(query, "find")) {
+      if (auto f = query_param(query, "find"); f && *f != "0" && *f != "false") {
         auto wait = duration{2'000};
         if (auto t = query_param(query, "timeout_ms")) {
           auto ms = parse_u64(*t);
@@ -291,10 +312,12 @@ task<response> service_routes::handle(const request& req, std::string_view path,
                                     version));
       auto at = body->contains("at") ? number("at") : number("in_ms");
       const auto every = body->contains("every_ms") ? number("every_ms") : std::optional<std::uint64_t>(0);
-      if (!at || !every || *at > (std::uint64_t{1} << 44))
+      if (!at || !every || *at >= reminders::max_time_ms || *every > reminders::max_every_ms)
         return ready(error_response(http::status::bad_request, "bad_reminder",
-                                    "at, in_ms and every_ms are non-negative integers (milliseconds)", version));
+                                    "at and in_ms are milliseconds below 2^44, every_ms at most a year", version));
       if (body->contains("in_ms")) *at += static_cast<std::uint64_t>(hlc_clock::system_wall_ms());
+      if (*at >= reminders::max_time_ms)
+        return ready(error_response(http::status::bad_request, "bad_reminder", "the time is out of range", version));
       json payload = body->contains("payload") ? (*body)["payload"] : json(nullptr);
       return schedule_reminder(reminders_, *first, *at, std::move(payload), *every, version);
     }
@@ -305,7 +328,7 @@ task<response> service_routes::handle(const request& req, std::string_view path,
   }
 }
 
-std::optional<text_events> service_routes::events(std::string_view path, unsigned version,
+std::optional<text_events> service_routes::events(std::string_view path, std::size_t capacity, unsigned version,
                                                   std::optional<response>& refusal) {
   // .../events, with what comes before it.
   constexpr std::string_view suffix = "/events";
@@ -319,11 +342,20 @@ std::optional<text_events> service_routes::events(std::string_view path, unsigne
     refusal = error_response(http::status::bad_request, "bad_target", "bad percent-encoding", version);
     return std::nullopt;
   }
-  if (root == "services" && registry_) return texts_of(registry_->watch(*rest), service_event_json);
-  if (root == "shards" && !rest->empty())
-    if (auto it = groups_.find(*rest); it != groups_.end()) return texts_of(it->second->subscribe(), shard_event_json);
-  if (root == "reminders" && reminders_ && rest->empty()) return texts_of(reminders_->subscribe(), fired_json);
-  refusal = error_response(http::status::not_found, "not_found", "no event stream at " + std::string(path), version);
+  if (root == "services") {
+    if (registry_) return texts_of(registry_->watch(*rest, capacity), service_event_json);
+    refusal = not_exposed("the service registry", version);
+  } else if (root == "shards" && !rest->empty()) {
+    if (auto it = groups_.find(*rest); it != groups_.end())
+      return texts_of(it->second->subscribe(capacity), shard_event_json);
+    refusal = error_response(http::status::not_found, "unknown_group",
+                             "no placement group '" + *rest + "' is served by this node", version);
+  } else if (root == "reminders" && rest->empty()) {
+    if (reminders_) return texts_of(reminders_->subscribe(capacity), fired_json);
+    refusal = not_exposed("reminders", version);
+  } else {
+    refusal = error_response(http::status::not_found, "not_found", "no event stream at " + std::string(path), version);
+  }
   return std::nullopt;
 }
 

@@ -45,7 +45,9 @@ class service_routes {
   task<response> handle(const request& req, std::string_view path, std::string_view query);
   /// The event source of a WebSocket target, or nullopt with the refusal in
   /// `refusal` (404).
-  std::optional<text_events> events(std::string_view path, unsigned version, std::optional<response>& refusal);
+  /// `capacity`: events buffered before the oldest are dropped.
+  std::optional<text_events> events(std::string_view path, std::size_t capacity, unsigned version,
+                                    std::optional<response>& refusal);
 
   /// Counters for GET /status.
   [[nodiscard]] json status() const;

@@ -137,11 +137,13 @@ struct reminders::impl : std::enable_shared_from_this<reminders::impl> {
     }
   }
 
+  // Sleeps first: a subscriber that opens and subscribes at once misses
+  // nothing.
   static task<> fire_loop(std::shared_ptr<impl> self) {
     while (!self->closed) {
-      self->fire_due();
       const bool slept = co_await self->n.sched().sleep(self->options.tick);
       if (!slept) break;
+      self->fire_due();
     }
   }
 

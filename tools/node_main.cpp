@@ -374,13 +374,16 @@ daemon_config parse(int argc, char** argv) {
     } else if (a == "--register") {
       const auto v = value();
       const auto eq = v.find('=');
-      if (eq == std::string::npos || eq == 0 || eq + 1 == v.size())
-        throw config_error("--register: expected SERVICE=ENDPOINT, got '" + v + "'");
+      if (eq == std::string::npos || eq == 0 || eq + 1 == v.size() || eq > registry::max_service_bytes ||
+          v.size() - eq - 1 > registry::max_endpoint_bytes || v.find('\n') != std::string::npos)
+        throw config_error("--register: expected SERVICE=ENDPOINT (at most 200 and 512 bytes), got '" + v + "'");
       c.services.push_back({v.substr(0, eq), v.substr(eq + 1)});
     } else if (a == "--shards") {
       const auto v = value();
       const auto colon = v.rfind(':');
       group_spec g{v.substr(0, colon), 64};
+      if (g.group.empty() || g.group.size() > 100)
+        throw config_error("--shards: the group name must be 1-100 bytes, got '" + v + "'");
       if (colon != std::string::npos) {
         const auto n = v.substr(colon + 1);
         unsigned long shards = 0;
@@ -478,8 +481,15 @@ struct daemon_state {
 task<> log_reminders(std::shared_ptr<reminders> r, event_stream<fired_reminder> fired) {
   while (auto f = co_await fired.next()) {
     say("reminder '" + f->name + "' fired (shard " + std::to_string(f->shard) + ", fence " +
-        std::to_string(f->fence) + ", attempt " + std::to_string(f->attempt) + "): " + f->payload.dump());
-    co_await r->complete(*f);
+        std::to_string(f->fence) + ", attempt " + std::to_string(f->attempt) +
+        "): " + f->payload.dump(-1, ' ', false, json::error_handler_t::replace));
+    std::string failure;
+    try {
+      co_await r->complete(*f);
+    } catch (const std::exception& e) {
+      failure = e.what();  // not completed: it fires again after redeliver_after
+    }
+    if (!failure.empty()) say("reminder '" + f->name + "' not completed, it will fire again: " + failure);
   }
 }
 
@@ -511,6 +521,8 @@ task<> start_consumers(daemon_state& s, const daemon_config& c) {
     placement_options o;
     o.shards = g.shards;
     auto p = co_await placement::open(n, g.group, o);
+    say("placement '" + g.group + "': joined, owns " + std::to_string(p->owned_shards().size()) + " of " +
+        std::to_string(p->shards()) + " shard(s)");
     boost::asio::co_spawn(n.get_executor(), log_shards(p, p->subscribe()), boost::asio::detached);
     if (s.http) co_await s.http->expose(p);
     s.groups.push_back(std::move(p));
