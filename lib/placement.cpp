@@ -5,6 +5,7 @@
 #include "barrel_p2p/registry.hpp"
 #include "barrel_p2p/replica.hpp"
 #include "barrel_p2p/task_group.hpp"
+#include "consumer_wire.hpp"
 #include "fencing.hpp"
 #include "log_limiter.hpp"
 #include "printable.hpp"
@@ -89,17 +90,8 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
     std::map<std::string, double> out;
     ignored.clear();
     for (const auto& p : reg->lookup(service_of(group))) {
-      const auto& m = p.metadata;
-      const auto w = m.find("w");
-      const auto s = m.find("n");
-      const bool ok = w != m.end() && w->is_number() && s != m.end() && s->is_number_unsigned() &&
-                      s->get<std::uint64_t>() == options.shards && w->get<double>() > 0 &&
-                      w->get<double>() <= 1e6;
-      if (!ok) {
-        ignored.push_back(p.node);
-        continue;
-      }
-      out[p.node] = w->get<double>();
+      if (auto w = detail::consumer_wire::member_weight(p.metadata, options.shards)) out[p.node] = *w;
+      else ignored.push_back(p.node);
     }
     return out;
   }
@@ -175,25 +167,15 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
   // UINT64_MAX), as leader election does.
   json merge_marks(const json& f) {
     json raised = json::object();
-    if (!f.is_object()) return raised;
-    for (const auto& [name, mark] : f.items()) {
-      if (!mark.is_number_unsigned() || name.empty() || name.size() > 5) continue;
-      std::uint32_t s = 0;
-      try {
-        s = static_cast<std::uint32_t>(std::stoul(name));
-      } catch (const std::exception&) {
-        continue;
-      }
-      if (s >= options.shards) continue;
-      const auto value = mark.get<std::uint64_t>();
+    for (const auto& [s, value] : detail::consumer_wire::parse_marks(f, options.shards)) {
       if (!n.clock().admissible(hlc_timestamp::unpack(value))) {
         ++counters.marks_refused;
         continue;
       }
-      auto& mine_mark = hwm[s];
-      if (value > mine_mark) {
-        mine_mark = value;
-        raised[name] = value;
+      auto& mark = hwm[s];
+      if (value > mark) {
+        mark = value;
+        raised[std::to_string(s)] = value;
       }
     }
     return raised;
@@ -240,10 +222,7 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
   }
 
   static json announcement(const placement_options& o) {
-    json m = json::object();
-    m["w"] = o.weight;
-    m["n"] = o.shards;
-    return m;
+    return detail::consumer_wire::member_announcement(o.weight, o.shards);
   }
 
   static task<> do_open(std::shared_ptr<impl> self) {

@@ -4,6 +4,7 @@
 #include "barrel_p2p/log.hpp"
 #include "barrel_p2p/replica_messages.hpp"
 #include "barrel_p2p/task_group.hpp"
+#include "consumer_wire.hpp"
 #include "log_limiter.hpp"
 #include "printable.hpp"
 
@@ -35,37 +36,16 @@ constexpr duration tombstone_sweep{60'000};
 constexpr duration answer_interval{500};
 constexpr duration ask_interval{1'000};
 
-struct key_parts {
-  std::string service, node, endpoint;
-};
-
-bool valid_part(const std::string& s, std::size_t max) {
-  return !s.empty() && s.size() <= max && s.find('\n') == std::string::npos;
-}
+using namespace detail::consumer_wire;
 
 std::string provider_key(const std::string& service, const std::string& node, const std::string& endpoint) {
-  return service + '\n' + node + '\n' + endpoint;
+  return join_registry_key(service, node, endpoint);
 }
+static_assert(registry::max_service_bytes == max_service_bytes && registry::max_endpoint_bytes == max_endpoint_bytes &&
+              registry::max_metadata_bytes == max_metadata_bytes);
 
-std::optional<key_parts> split_key(const std::string& key) {
-  const auto a = key.find('\n');
-  if (a == std::string::npos) return std::nullopt;
-  const auto b = key.find('\n', a + 1);
-  if (b == std::string::npos) return std::nullopt;
-  key_parts p{key.substr(0, a), key.substr(a + 1, b - a - 1), key.substr(b + 1)};
-  if (!valid_part(p.service, registry::max_service_bytes) || !valid_part(p.node, 255) ||
-      !valid_part(p.endpoint, registry::max_endpoint_bytes))
-    return std::nullopt;
-  return p;
-}
-
-bool valid_value(const json& v) {
-  if (!v.is_object() || v.size() != 2) return false;
-  const auto m = v.find("m");
-  const auto s = v.find("s");
-  return m != v.end() && m->is_object() && m->dump().size() <= registry::max_metadata_bytes && s != v.end() &&
-         s->is_number_unsigned();
-}
+std::optional<registry_key> split_key(const std::string& key) { return split_registry_key(key); }
+bool valid_value(const json& v) { return valid_registration(v); }
 
 // Peers' down reasons that may mean the node is gone, not merely out of
 // this node's active view (evicted, disconnect, replaced). Only "left" is
@@ -162,6 +142,10 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
     std::vector<std::string> stale_nodes;
     for (const auto& [key, e] : accepted.entries()) {
       const auto parts = split_key(key);
+      if (!parts) {  // a tombstone: the leaf check sees values only
+        ++counters.rejected;
+        continue;
+      }
       if (const auto* v = std::get_if<value_entry>(&e)) {
         if (v->dot.node != parts->node) {
           ++counters.rejected;
@@ -325,12 +309,9 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
   }
 
   void on_notices(const json& d) {
-    if (!d.is_array()) return;
-    for (const auto& item : d) {
-      if (!item.is_array() || item.size() != 2 || !item[0].is_string() || !item[1].is_number_unsigned()) continue;
-      const auto& node = item[0].get_ref<const std::string&>();
-      const auto at = hlc_timestamp::unpack(item[1].get<std::uint64_t>());
-      if (!valid_part(node, 255) || !at.valid() || !n.clock().admissible(at)) continue;
+    for (const auto& [node, packed] : parse_down_notices(d)) {
+      const auto at = hlc_timestamp::unpack(packed);
+      if (!at.valid() || !n.clock().admissible(at)) continue;
       ++counters.down_notices_received;
       n.clock().update(at);
       if (node == self()) {
@@ -380,9 +361,9 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
 
   // ---- queries ----------------------------------------------------------------
   void on_query(const json& q) {
-    if (!q.is_string()) return;
-    const auto& service = q.get_ref<const std::string&>();
-    if (!valid_part(service, registry::max_service_bytes)) return;
+    const auto parsed = parse_query(q);
+    if (!parsed) return;
+    const auto& service = *parsed;
     const auto now = n.sched().now();
     auto last = last_answer.find(service);
     if (last != last_answer.end() && now - last->second < answer_interval) return;

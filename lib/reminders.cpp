@@ -3,6 +3,7 @@
 #include "barrel_p2p/map.hpp"
 #include "barrel_p2p/placement.hpp"
 #include "barrel_p2p/task_group.hpp"
+#include "consumer_wire.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -20,25 +21,18 @@ constexpr const char* store_name = "barrel_p2p.reminders";
 constexpr const char* group_name = "barrel_p2p.reminders";
 constexpr const char* attachment_key = "reminders";
 
+namespace cw = detail::consumer_wire;
+static_assert(reminders::max_name_bytes == cw::max_reminder_name_bytes &&
+              reminders::max_payload_bytes == cw::max_reminder_payload_bytes &&
+              reminders::max_time_ms == cw::max_reminder_time_ms && reminders::max_every_ms == cw::max_reminder_every_ms);
+
 bool valid_name(const std::string& name) { return !name.empty() && name.size() <= reminders::max_name_bytes; }
 
-// The stored form: {"at": ms, "e": every ms, "p": payload}.
 json stored_value(std::uint64_t at, std::uint64_t every, json payload) {
-  json v = json::object();
-  v["at"] = at;
-  v["e"] = every;
-  v["p"] = std::move(payload);
-  return v;
+  return detail::consumer_wire::reminder_value(at, every, std::move(payload));
 }
 
-bool valid_value(const std::string& key, const json& v) {
-  if (!valid_name(key) || !v.is_object() || v.size() != 3) return false;
-  const auto at = v.find("at");
-  const auto e = v.find("e");
-  return at != v.end() && at->is_number_unsigned() && at->get<std::uint64_t>() < reminders::max_time_ms &&
-         e != v.end() && e->is_number_unsigned() && e->get<std::uint64_t>() <= reminders::max_every_ms &&
-         v.contains("p") && v["p"].dump().size() <= reminders::max_payload_bytes;
-}
+bool valid_value(const std::string& key, const json& v) { return detail::consumer_wire::valid_reminder(key, v); }
 
 reminder reminder_of(const std::string& name, const json& v) {
   return {name, v.at("at").get<std::uint64_t>(), v.at("e").get<std::uint64_t>(), v.at("p")};
