@@ -2,6 +2,14 @@
 
 namespace barrel_p2p::crdt_wire {
 
+std::optional<json> encode_items(const ormap& m, const std::vector<sync_item>& items) {
+  json out = json::object();
+  for (const auto& item : items)
+    if (const auto* key = m.key_of(item)) out[*key] = encode_entry(*m.get_entry(*key));
+  if (out.empty()) return std::nullopt;
+  return out;
+}
+
 json encode_hlc(const hlc_timestamp& ts) { return json::array({ts.wall_ms, ts.logical}); }
 
 json encode_entry(const entry& e) {

@@ -154,11 +154,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   // Range reconciliation: the state's items, tracked since open().
   const sync_index* sync_items(const std::string&) override { return state.sync_items(); }
   task<std::optional<json>> snapshot_of(const std::string&, const std::vector<sync_item>& items) override {
-    json out = json::object();
-    for (const auto& item : items)
-      if (const auto* key = state.key_of(item)) out[*key] = crdt_wire::encode_entry(*state.get_entry(*key));
-    if (out.empty()) co_return std::nullopt;
-    co_return out;
+    co_return crdt_wire::encode_items(state, items);
   }
   task<std::optional<json>> full_sync_snapshot(const std::string&) override {
     if (state.entry_count() == 0) co_return std::nullopt;

@@ -409,11 +409,7 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
   // them back.
   const sync_index* sync_items(const std::string&) override { return table.sync_items(); }
   task<std::optional<json>> snapshot_of(const std::string&, const std::vector<sync_item>& items) override {
-    json out = json::object();
-    for (const auto& item : items)
-      if (const auto* key = table.key_of(item)) out[*key] = crdt_wire::encode_entry(*table.get_entry(*key));
-    if (out.empty()) co_return std::nullopt;
-    co_return out;
+    co_return crdt_wire::encode_items(table, items);
   }
   bool anti_entropy() const override { return true; }
   // Liveness comes from the membership listener, which knows why a peer

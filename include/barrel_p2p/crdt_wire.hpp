@@ -38,6 +38,10 @@ struct limits {
 [[nodiscard]] json encode_hlc(const hlc_timestamp& ts);
 [[nodiscard]] json encode_entry(const entry& e);
 [[nodiscard]] json encode_map(const ormap& m);
+/// The wire form of the entries behind `items` that are still current in
+/// `m` (which tracks its sync items), or nullopt when none is: what a
+/// replica owner answers in snapshot_of.
+[[nodiscard]] std::optional<json> encode_items(const ormap& m, const std::vector<sync_item>& items);
 /// The same wire form as encode_entry, written as CBOR straight into `w`
 /// (no json tree in between: the local write path).
 void write_entry(cbor_writer& w, const entry& e);
