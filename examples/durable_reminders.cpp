@@ -3,10 +3,12 @@
 // Two nodes in this process, over TCP on 127.0.0.1, each with a data
 // directory (reminders are kept on disk). A one-shot reminder and a
 // periodic one are scheduled on node-1; whichever node owns a reminder's
-// shard fires it. The handler acts once per delivery it accepts: it keeps
-// the last token it acted on per reminder and refuses an older one, then
-// completes the delivery (without complete(), a delivery fires again after
-// redeliver_after). After three runs the periodic reminder is cancelled.
+// shard fires it. Delivery is at least once, so the handler acts once per
+// (reminder, due time): a redelivery of a due time it has acted on is
+// skipped. Then it completes the delivery (without complete(), a delivery
+// fires again after redeliver_after). The token (fence) is what a resource
+// the handler writes to would check. After three runs the periodic
+// reminder is cancelled.
 // Exit status 0 when every step converged, 1 otherwise.
 //
 // Build and run: `ninja -C build examples/durable-reminders &&
@@ -24,6 +26,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <unistd.h>
 #include <vector>
@@ -64,18 +67,16 @@ task<bool> until(node& n, std::function<bool()> done, duration limit) {
 // What the handlers have done, shared by both nodes (in a real deployment:
 // the system the reminders drive, which keeps the last token per reminder).
 struct ledger {
-  std::map<std::string, std::uint64_t> last_token;
+  std::set<std::pair<std::string, std::uint64_t>> acted;  // (reminder, due time)
   std::map<std::string, int> runs;
 };
 
 task<> handle(std::shared_ptr<reminders> r, std::string me, event_stream<fired_reminder> fired, ledger& done) {
   while (auto f = co_await fired.next()) {
-    auto& last = done.last_token[f->name];
-    if (f->fence < last) {
-      std::printf("  %s: '%s' with token %llu: older than one acted on, skipped\n", me.c_str(), f->name.c_str(),
-                  static_cast<unsigned long long>(f->fence));
+    if (!done.acted.emplace(f->name, f->due_ms).second) {
+      std::printf("  %s: '%s' due %llu again (attempt %u): already done, skipped\n", me.c_str(), f->name.c_str(),
+                  static_cast<unsigned long long>(f->due_ms), f->attempt);
     } else {
-      last = f->fence;
       ++done.runs[f->name];
       std::printf("  %s: '%s' fired (due %llu, shard %u, token %llu): %s\n", me.c_str(), f->name.c_str(),
                   static_cast<unsigned long long>(f->due_ms), f->shard, static_cast<unsigned long long>(f->fence),
@@ -104,9 +105,11 @@ task<bool> run(cluster& nodes, const std::filesystem::path& dir, ledger& done) {
   co_await rs[0]->schedule("sweep-carts", now + 100, nullptr, 200);  // every 200 ms
   std::printf("  scheduled 'send-invoice-7' in 300 ms and 'sweep-carts' every 200 ms; fired by %s and %s\n",
               rs[0]->owner_of("send-invoice-7").value_or("?").c_str(), rs[0]->owner_of("sweep-carts").value_or("?").c_str());
-  bool ok = co_await until(n, [&] { return done.runs["sweep-carts"] >= 3 && done.runs["send-invoice-7"] == 1; }, 10s);
+  const bool fired = co_await until(n, [&] { return done.runs["sweep-carts"] >= 3 && done.runs["send-invoice-7"] == 1; }, 10s);
+  bool ok = fired;
   co_await rs[1]->cancel("sweep-carts");
-  ok = ok && co_await until(n, [&] { return rs[0]->list().empty() && rs[1]->list().empty(); }, 10s);
+  const bool emptied = co_await until(n, [&] { return rs[0]->list().empty() && rs[1]->list().empty(); }, 10s);
+  ok = ok && emptied;
   std::printf("  cancelled 'sweep-carts'; reminders left: %zu\n", rs[0]->list().size());
   for (auto& node : nodes) co_await node->stop();
   co_return ok && done.runs["send-invoice-7"] == 1;

@@ -74,7 +74,8 @@ task<bool> scenario(cluster& nodes) {
   co_await registry::open(*nodes[1])->register_service("api", "127.0.0.1:8081", metadata("eu-west-1a"));
   co_await registry::open(*nodes[2])->register_service("api", "127.0.0.1:8082", metadata("eu-west-1b"));
   // lookup() never waits: poll until both registrations have arrived.
-  if (!co_await until(gateway, [&] { return seen->lookup("api").size() == 2; }, 10s)) co_return false;
+  const bool both = co_await until(gateway, [&] { return seen->lookup("api").size() == 2; }, 10s);
+  if (!both) co_return false;
   std::printf("\n  lookup(\"api\") on the gateway:\n");
   for (const auto& p : seen->lookup("api"))
     std::printf("    %s at %s, zone %s\n", p.node.c_str(), p.endpoint.c_str(),
@@ -82,7 +83,8 @@ task<bool> scenario(cluster& nodes) {
 
   std::printf("\n  %s stops: it leaves the cluster, its registration goes with it\n", nodes[2]->id().c_str());
   co_await nodes[2]->stop();
-  if (!co_await until(gateway, [&] { return seen->lookup("api").size() == 1; }, 10s)) co_return false;
+  const bool one_left = co_await until(gateway, [&] { return seen->lookup("api").size() == 1; }, 10s);
+  if (!one_left) co_return false;
   // find() answers from this node's table, and asks the cluster only when
   // it knows no provider at all.
   auto found = co_await seen->find("api", 2s);

@@ -120,7 +120,8 @@ task<bool> run(cluster& nodes, fenced_store& store) {
   std::printf("\n  worker-3 leaves the group (it owned %zu shards)\n", leaving.size());
   co_await groups[2]->close();
   groups[2].reset();
-  ok = ok && co_await until(*nodes[0], [&] { return settled(2); }, 10s);
+  const bool moved = co_await until(*nodes[0], [&] { return settled(2); }, 10s);
+  ok = ok && moved;
   print_owners(*groups[0]);
 
   // A late write from worker-3, with the token of its lost ownership.

@@ -243,7 +243,17 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
     i->rep = replica::start(n.replicas(), "barrel_p2p.placement." + group, *i);
     auto p = std::make_shared<placement>(i);
     n.set_attachment(key, p);
-    co_await do_open(i);
+    std::exception_ptr failed;
+    try {
+      co_await do_open(i);
+    } catch (...) {
+      failed = std::current_exception();
+    }
+    if (failed) {  // nothing half-open stays: a later open() starts afresh
+      n.clear_attachment(key);
+      co_await do_close(i, true);
+      std::rethrow_exception(failed);
+    }
     co_return p;
   }
 

@@ -261,7 +261,7 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
       declare_down(ev.peer.id);
     } else if (may_be_gone(ev.reason) && probing.insert(ev.peer.id).second) {
       ++counters.probes;
-      boost::asio::co_spawn(strand, probe(shared_from_this(), ev.peer), boost::asio::detached);
+      tasks.spawn("registry probe", probe(shared_from_this(), ev.peer));
     }
   }
 
@@ -278,16 +278,22 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
   // A neighbour's connection failed: dial it. A dead process refuses (or
   // does not answer within the handshake timeout); a live one answers under
   // its id, and keeps its registrations.
+  // Runs in `tasks`: node::stop() waits for it (or cancels it) before the
+  // layers below go.
   static task<> probe(std::shared_ptr<impl> self, peer_descriptor peer) {
+    struct forget {
+      impl& i;
+      std::string id;
+      ~forget() { i.probing.erase(id); }
+    } done{*self, peer.id};
     const bool slept = co_await self->n.sched().sleep(probe_delay);
-    bool alive = !slept || self->stopped || self->n.membership().is_active(peer.id);
-    if (!alive) {
-      const auto answer = co_await self->n.net().connect(peer.address);
-      alive = answer && answer->id == peer.id;
-      if (answer && !self->n.membership().is_active(answer->id)) self->n.net().disconnect(answer->id);
-    }
-    self->probing.erase(peer.id);
-    if (alive || self->stopped) co_return;
+    if (!slept || self->stopped || self->n.membership().is_active(peer.id)) co_return;
+    // Close afterwards only a connection this probe opened.
+    const bool had_connection = self->n.net().is_connected(peer.id);
+    const auto answer = co_await self->n.net().connect(peer.address);
+    if (self->stopped) co_return;
+    if (answer && !had_connection && !self->n.membership().is_active(answer->id)) self->n.net().disconnect(answer->id);
+    if (answer && answer->id == peer.id) co_return;  // alive
     self->declare_down(peer.id);
   }
 
@@ -300,7 +306,7 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
     counters.down_notices_sent += d.size();
     json payload = json::object();
     payload["d"] = std::move(d);
-    boost::asio::co_spawn(strand, send_custom(shared_from_this(), std::move(payload)), boost::asio::detached);
+    tasks.spawn("registry notice", send_custom(shared_from_this(), std::move(payload)));
   }
 
   static task<> send_custom(std::shared_ptr<impl> self, json payload) {
@@ -381,7 +387,7 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
 
   void publish_delta(shared_bytes payload) {
     if (stopped) return;
-    boost::asio::co_spawn(strand, send_delta(shared_from_this(), std::move(payload)), boost::asio::detached);
+    tasks.spawn("registry announce", send_delta(shared_from_this(), std::move(payload)));
   }
   static task<> send_delta(std::shared_ptr<impl> self, shared_bytes payload) {
     if (self->stopped) co_return;
@@ -453,6 +459,7 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
     }
     std::size_t removed = 0;
     for (const auto& key : keys) {
+      if (self->stopped) break;
       const auto* e = self->table.get_entry(key);
       if (!e || !std::holds_alternative<value_entry>(*e)) continue;
       ++removed;
@@ -566,7 +573,7 @@ task<std::vector<service_provider>> find_on_strand(std::shared_ptr<registry::imp
   const bool asked = co_await registry::impl::do_ask(self, service);
   if (!asked) co_return self->lookup(service);
   // The answers arrive as deltas; look every few milliseconds until one has.
-  const auto deadline = self->n.sched().now() + timeout;
+  const auto deadline = self->n.sched().now() + std::min<duration>(timeout, std::chrono::hours(24));
   while (!self->stopped && self->lookup(service).empty() && self->n.sched().now() < deadline) {
     const bool slept = co_await self->n.sched().sleep(duration{10});
     if (!slept) break;
@@ -609,6 +616,11 @@ std::vector<service_provider> registry::providers() const {
 }
 
 event_stream<service_event> registry::watch(const std::string& service, std::size_t capacity) {
+  if (!service.empty() && !valid_part(service, max_service_bytes))
+    throw std::invalid_argument("service name must be 1-200 bytes without a newline");
+  // Publishers no stream reads any more (a closed WebSocket) go first.
+  for (auto it = impl_->watchers.begin(); it != impl_->watchers.end();)
+    it = it->second.has_subscribers() ? std::next(it) : impl_->watchers.erase(it);
   auto it = impl_->watchers.try_emplace(service, impl_->strand).first;
   return it->second.subscribe(capacity);
 }

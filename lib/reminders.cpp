@@ -85,7 +85,9 @@ struct reminders::impl : std::enable_shared_from_this<reminders::impl> {
   // Follows the map: local and remote schedules, cancellations, completions.
   static task<> follow(std::shared_ptr<impl> self, event_stream<map_event> changes) {
     std::uint64_t dropped = 0;
-    while (auto ev = co_await changes.next()) {
+    for (;;) {
+      auto ev = co_await changes.next();
+      if (!ev) break;
       if (changes.dropped() != dropped) {  // lost some: read the whole state again
         dropped = changes.dropped();
         self->rebuild_index();
@@ -155,10 +157,33 @@ struct reminders::impl : std::enable_shared_from_this<reminders::impl> {
     po.weight = options.weight;
     auto r = std::make_shared<reminders>(i);
     n.set_attachment(attachment_key, r);  // before the await: a concurrent open() finds it
-    i->owners = co_await placement::open(n, group_name, po);
+    std::exception_ptr failed;
+    try {
+      i->owners = co_await placement::open(n, group_name, po);
+    } catch (...) {
+      failed = std::current_exception();
+    }
+    if (failed) {  // nothing half-open stays attached: a later open() starts afresh
+      i->closed = true;
+      n.clear_attachment(attachment_key);
+      std::rethrow_exception(failed);
+    }
     i->tasks.spawn("reminders follow", follow(i, std::move(changes)));
     i->tasks.spawn("reminders fire", fire_loop(i));
     co_return r;
+  }
+
+  // The time after `r`'s due time it fires next: the first after now, so a
+  // periodic reminder that missed runs (the cluster was down) fires once,
+  // not once per missed period. Nullopt for a one-shot reminder, or when
+  // the next time would be out of range.
+  std::optional<std::uint64_t> next_time(const reminder& r) const {
+    if (r.every_ms == 0) return std::nullopt;
+    const auto now_ms = n.clock().wall_ms();
+    auto next = r.at_ms + r.every_ms;
+    if (next <= now_ms) next += ((now_ms - next) / r.every_ms + 1) * r.every_ms;
+    if (next >= reminders::max_time_ms) return std::nullopt;
+    return next;
   }
 
   static task<> do_complete(std::shared_ptr<impl> self, fired_reminder f) {
@@ -167,18 +192,25 @@ struct reminders::impl : std::enable_shared_from_this<reminders::impl> {
     const auto current = self->store->get(f.name);
     if (!current || !valid_value(f.name, *current)) co_return;
     const auto r = reminder_of(f.name, *current);
-    if (r.at_ms != f.due_ms) co_return;  // rescheduled since it fired
+    // Rescheduled since it fired (another time, period or payload): the new
+    // schedule stands.
+    if (r.at_ms != f.due_ms || r.every_ms != f.every_ms || r.payload != f.payload) co_return;
     ++self->counters.completed;
-    if (r.every_ms == 0) {
-      co_await self->store->remove(f.name);
-      co_return;
+    const auto next = self->next_time(r);
+    // The index moves now, not when the write's event comes back: a tick in
+    // between (the write waits for the disk) would fire this due time again.
+    self->index(f.name, next);
+    std::exception_ptr failed;
+    try {
+      if (next) co_await self->store->put(f.name, stored_value(*next, r.every_ms, r.payload));
+      else co_await self->store->remove(f.name);
+    } catch (...) {
+      failed = std::current_exception();
     }
-    // The first time after now: a periodic reminder that missed runs (the
-    // cluster was down) fires once, not once per missed period.
-    const auto now_ms = self->n.clock().wall_ms();
-    auto next = r.at_ms + r.every_ms;
-    if (next <= now_ms) next += ((now_ms - next) / r.every_ms + 1) * r.every_ms;
-    co_await self->store->put(f.name, stored_value(next, r.every_ms, r.payload));
+    if (failed) {
+      self->index(f.name, r.at_ms);  // still due: it fires again
+      std::rethrow_exception(failed);
+    }
   }
 
   static task<> do_schedule(std::shared_ptr<impl> self, std::string name, json value) {
@@ -203,8 +235,10 @@ struct reminders::impl : std::enable_shared_from_this<reminders::impl> {
 
 task<std::shared_ptr<reminders>> reminders::open(node& n, reminder_options options) {
   if (options.shards == 0 || options.shards > 65'536) throw std::invalid_argument("reminder shards must be 1 to 65536");
-  if (options.tick <= duration{0}) throw std::invalid_argument("reminder tick must be positive");
-  if (options.redeliver_after <= duration{0}) throw std::invalid_argument("reminder redeliver_after must be positive");
+  if (options.tick <= duration{0} || options.tick > std::chrono::hours(1))
+    throw std::invalid_argument("reminder tick must be positive and at most an hour");
+  if (options.redeliver_after <= duration{0} || options.redeliver_after > std::chrono::hours(24))
+    throw std::invalid_argument("reminder redeliver_after must be positive and at most a day");
   if (!(options.weight > 0) || options.weight > 1e6)
     throw std::invalid_argument("reminder weight must be greater than 0 and at most 1000000");
   co_return co_await boost::asio::co_spawn(n.get_executor(), impl::open_on_strand(n, options),

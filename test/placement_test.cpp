@@ -152,6 +152,16 @@ TEST_CASE("simulated 10 nodes, 3 crash: every shard has exactly one owner again,
     REQUIRE(s.run([&, i]() -> task<> { co_await open_into(n, "work", shards_of(shards), ps[i]); }));
   }
   REQUIRE(s.run_until([&] { return settled(ps, shards); }, 120s));
+  // The owners' tokens reached every node as marks (gossip, merged by max):
+  // what makes a later owner's token greater even when its clock is behind.
+  REQUIRE(s.run_until([&] {
+    for (std::uint32_t sh = 0; sh < shards; ++sh) {
+      const auto fence = *ps[s.index_of(*ps[0]->owner(sh))]->fence(sh);
+      for (const auto& p : ps)
+        if (p->high_water_mark(sh) < fence) return false;
+    }
+    return true;
+  }, 30s));
   const auto before = owners_of(*ps[0]);
   std::map<std::uint32_t, std::uint64_t> marks;
   for (std::uint32_t sh = 0; sh < shards; ++sh) marks[sh] = ps[0]->high_water_mark(sh);

@@ -46,12 +46,13 @@ struct sim_nodes {
     if (tweak) tweak(c);
     nodes.push_back(std::make_unique<node>(net, c));
     auto& n = *nodes.back();
-    bool started = false;
-    spawn([&n, &started]() -> task<> {
+    // Shared, not on this stack: after a timeout the coroutine outlives it.
+    auto started = std::make_shared<bool>(false);
+    spawn([&n, started]() -> task<> {
       co_await n.start();
-      started = true;
+      *started = true;
     });
-    net.run_until([&] { return started; }, std::chrono::seconds(60));
+    net.run_until([&] { return *started; }, std::chrono::seconds(60));
     return n;
   }
 
@@ -62,12 +63,12 @@ struct sim_nodes {
   }
   /// Runs `body` to its end (or `limit` of virtual time); true when it ended.
   bool run(std::function<task<>()> body, duration limit = std::chrono::seconds(120)) {
-    bool done = false;
-    spawn([body = std::move(body), &done]() -> task<> {
+    auto done = std::make_shared<bool>(false);
+    spawn([body = std::move(body), done]() -> task<> {
       co_await body();
-      done = true;
+      *done = true;
     });
-    return net.run_until([&] { return done; }, limit);
+    return net.run_until([&] { return *done; }, limit);
   }
   bool run_until(const std::function<bool()>& cond, duration limit) { return net.run_until(cond, limit); }
 

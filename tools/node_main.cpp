@@ -533,7 +533,8 @@ task<> start_consumers(daemon_state& s, const daemon_config& c) {
     if (s.http) {
       co_await s.http->expose(s.timers);
       // Who fires what: the reminders' own placement group, under /shards.
-      co_await s.http->expose(co_await placement::open(n, "barrel_p2p.reminders"));
+      auto firing = co_await placement::open(n, "barrel_p2p.reminders");
+      co_await s.http->expose(std::move(firing));
     }
     say("reminders: " + std::to_string(s.timers->list().size()) + " scheduled");
   }

@@ -67,6 +67,7 @@ class event_publisher {
 
   /// A new subscriber, seeing events published from now on.
   [[nodiscard]] event_stream<T> subscribe(std::size_t capacity = 1024) {
+    std::erase_if(subscribers_, [](const auto& w) { return w.expired(); });
     auto st = std::make_shared<typename event_stream<T>::state>(ex_, capacity == 0 ? 1 : capacity);
     subscribers_.push_back(st);
     return event_stream<T>(st);

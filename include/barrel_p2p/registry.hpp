@@ -2,8 +2,9 @@
 //
 // Each node registers the services it provides itself: (service name,
 // endpoint) -> metadata, in an OR-Map gossiped by the replica driver under
-// the instance `barrel_p2p.registry`. Only the provider writes its own
-// entries. Freshness follows liveness:
+// the instance `barrel_p2p.registry`. An honest node writes only its own
+// entries; values whose writer is not the node their key names are dropped
+// (members are trusted: a dishonest one can still name any writer). Freshness follows liveness:
 //   * when a neighbour leaves, or fails (its connection closes or times
 //     out and a dial to it fails too), the nodes next to it drop its
 //     registrations and gossip a down notice, so every node drops them and
@@ -105,7 +106,8 @@ class registry : public node::attachment, public std::enable_shared_from_this<re
   [[nodiscard]] std::vector<service_provider> providers() const;
 
   /// Changes of `service` (every service when empty) from now on. Bounded
-  /// (drop-oldest, event_stream.hpp). Node's executor.
+  /// (drop-oldest, event_stream.hpp). Throws std::invalid_argument on a bad
+  /// name. Node's executor.
   [[nodiscard]] event_stream<service_event> watch(const std::string& service = {}, std::size_t capacity = 1024);
 
   [[nodiscard]] registry_counters counters() const;

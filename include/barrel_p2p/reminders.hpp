@@ -13,7 +13,9 @@
 // periodic one moves to its next time); one not completed within
 // redeliver_after fires again, and when its owner fails the next owner
 // fires it with a greater token. A handler that must not act twice keeps
-// the last token it acted on per reminder and refuses a smaller one.
+// the due times it has acted on per reminder (a redelivery repeats one); a
+// resource the handler writes to refuses a token older than the last it
+// accepted, so a stale owner's late write is fenced.
 #pragma once
 
 #include <barrel_p2p/event_stream.hpp>
@@ -36,9 +38,9 @@ struct reminder_options {
   std::uint32_t shards = 64;
   /// This node's share of the shards (placement_options::weight).
   double weight = 1.0;
-  /// Due reminders are looked for this often.
+  /// Due reminders are looked for this often (at most an hour).
   duration tick{100};
-  /// A fired reminder not completed within this fires again.
+  /// A fired reminder not completed within this fires again (at most a day).
   duration redeliver_after{30'000};
 };
 
@@ -93,8 +95,10 @@ class reminders : public node::attachment, public std::enable_shared_from_this<r
   /// Removes `name`; false when it was not scheduled. Any executor.
   task<bool> cancel(std::string name);
   /// Marks a delivery done: a one-shot reminder is removed, a periodic one
-  /// moves to its first time after now. Does nothing when the reminder was
-  /// rescheduled or cancelled since it fired. Any executor.
+  /// moves to its first time after now (removed when that is out of range).
+  /// Does nothing when the reminder was rescheduled (another time, period
+  /// or payload) or cancelled since it fired. Throws what map::put throws;
+  /// the delivery then fires again. Any executor.
   task<> complete(fired_reminder fired);
 
   /// The reminder `name`, or nullopt. Any thread.
