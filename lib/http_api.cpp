@@ -715,6 +715,9 @@ task<> http_api::expose(std::shared_ptr<placement> p) {
 task<> http_api::expose(std::shared_ptr<reminders> r) {
   co_await asio::co_spawn(impl_->strand, impl::do_expose_service(impl_, std::move(r)), asio::use_awaitable);
 }
+task<> http_api::expose(std::shared_ptr<members> m) {
+  co_await asio::co_spawn(impl_->strand, impl::do_expose_service(impl_, std::move(m)), asio::use_awaitable);
+}
 
 task<> http_api::start() { co_await asio::co_spawn(impl_->strand, impl::do_start(impl_), asio::use_awaitable); }
 

@@ -4,6 +4,7 @@
 
 #include "barrel_p2p/clock_monitor.hpp"
 #include "barrel_p2p/map.hpp"
+#include "barrel_p2p/members.hpp"
 #include "barrel_p2p/placement.hpp"
 #include "barrel_p2p/registry.hpp"
 #include "barrel_p2p/reminders.hpp"
@@ -204,6 +205,40 @@ json fired_json(const fired_reminder& f) {
               {"every_ms", f.every_ms}, {"shard", f.shard}, {"fence", f.fence},   {"attempt", f.attempt}};
 }
 
+json member_json(const member& m) {
+  json tags = json::object();
+  for (const auto& [k, v] : m.tags) tags[k] = v;
+  return json{{"id", m.id}, {"address", m.address}, {"tags", std::move(tags)}, {"since_ms", m.since_ms}};
+}
+
+json member_event_json(const member_event& ev) {
+  auto j = member_json(ev.who);
+  j["event"] = ev.what == member_event::kind::joined ? "joined"
+               : ev.what == member_event::kind::updated ? "updated"
+                                                        : "left";
+  return j;
+}
+
+// ?tag=key:value (repeatable, percent-encoded): the tags a member must carry.
+std::optional<member_tags> tag_filter(std::string_view query, std::string& why) {
+  member_tags having;
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const auto pair = query.substr(0, amp);
+    query.remove_prefix(amp == std::string_view::npos ? query.size() : amp + 1);
+    const auto eq = pair.find('=');
+    if (pair.substr(0, eq) != "tag") continue;
+    auto value = percent_decode(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1));
+    const auto colon = value ? value->find(':') : std::string::npos;
+    if (!value || colon == std::string::npos || colon == 0) {
+      why = "tag filters are ?tag=key:value";
+      return std::nullopt;
+    }
+    having[value->substr(0, colon)] = value->substr(colon + 1);
+  }
+  return having;
+}
+
 response not_exposed(std::string_view what, unsigned version) {
   return error_response(http::status::not_found, "not_served",
                         "this node does not serve " + std::string(what) + " over HTTP", version);
@@ -214,7 +249,7 @@ response not_exposed(std::string_view what, unsigned version) {
 void service_routes::expose(std::shared_ptr<placement> p) { groups_[p->group()] = std::move(p); }
 
 bool service_routes::owns(std::string_view path) {
-  for (std::string_view root : {"/services", "/shards", "/reminders"})
+  for (std::string_view root : {"/services", "/shards", "/reminders", "/members"})
     if (path == root || (path.starts_with(root) && path.size() > root.size() && path[root.size()] == '/')) return true;
   return false;
 }
@@ -266,6 +301,24 @@ task<response> service_routes::handle(const request& req, std::string_view path,
     }
     if (method == http::verb::delete_) return deregister_service(registry_, *first, *second, version);
     return ready(method_not_allowed("PUT, DELETE", version));
+  }
+
+  if (root == "members") {
+    if (!members_) return ready(not_exposed("the member directory", version));
+    if (method != http::verb::get) return ready(method_not_allowed("GET", version));
+    if (!second->empty())
+      return ready(error_response(http::status::not_found, "not_found", "no route for " + std::string(path), version));
+    if (first->empty()) {
+      std::string why;
+      auto having = tag_filter(query, why);
+      if (!having) return ready(error_response(http::status::bad_request, "bad_tag", why, version));
+      json all = json::array();
+      for (const auto& m : members_->list(*having)) all.push_back(member_json(m));
+      return ready(json_response(http::status::ok, json{{"members", std::move(all)}}, version));
+    }
+    auto m = members_->get(*first);
+    if (!m) return ready(error_response(http::status::not_found, "not_found", "no live member '" + *first + "'", version));
+    return ready(json_response(http::status::ok, member_json(*m), version));
   }
 
   if (root == "shards") {
@@ -364,6 +417,9 @@ std::optional<text_events> service_routes::events(std::string_view path, std::si
       return texts_of(it->second->subscribe(capacity), shard_event_json);
     refusal = error_response(http::status::not_found, "unknown_group",
                              "no placement group '" + *rest + "' is served by this node", version);
+  } else if (root == "members" && rest->empty()) {
+    if (members_) return texts_of(members_->watch(capacity), member_event_json);
+    refusal = not_exposed("the member directory", version);
   } else if (root == "reminders" && rest->empty()) {
     if (reminders_) return texts_of(reminders_->subscribe(capacity), fired_json);
     refusal = not_exposed("reminders", version);
@@ -382,6 +438,7 @@ json service_routes::status() const {
     out["placement"] = std::move(g);
   }
   if (reminders_) out["reminders"] = reminders_->list().size();
+  if (members_) out["members"] = members_->list().size();
   return out;
 }
 

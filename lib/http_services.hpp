@@ -14,6 +14,9 @@
 //   PUT    /reminders/{r}                body {"at": ms | "in_ms": ms, "every_ms"?, "payload"?}
 //   DELETE /reminders/{r}
 //   GET    /reminders/events             WebSocket: reminders fired on this node
+//   GET    /members                      the member directory (?tag=key:value, repeatable)
+//   GET    /members/{id}                 one member
+//   GET    /members/events               WebSocket: joined / updated / left
 #pragma once
 
 #include "http_common.hpp"
@@ -28,6 +31,7 @@ namespace barrel_p2p {
 class registry;
 class placement;
 class reminders;
+class members;
 }  // namespace barrel_p2p
 
 namespace barrel_p2p::detail::http_surface {
@@ -38,6 +42,7 @@ class service_routes {
   void expose(std::shared_ptr<registry> r) { registry_ = std::move(r); }
   void expose(std::shared_ptr<placement> p);
   void expose(std::shared_ptr<reminders> r) { reminders_ = std::move(r); }
+  void expose(std::shared_ptr<members> m) { members_ = std::move(m); }
 
   /// True when `path` (decoded target without the query) is one of these routes.
   [[nodiscard]] static bool owns(std::string_view path);
@@ -56,6 +61,7 @@ class service_routes {
   std::shared_ptr<registry> registry_;
   std::map<std::string, std::shared_ptr<placement>> groups_;
   std::shared_ptr<reminders> reminders_;
+  std::shared_ptr<members> members_;
 };
 
 }  // namespace barrel_p2p::detail::http_surface

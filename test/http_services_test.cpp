@@ -1,6 +1,7 @@
 // The HTTP routes of the registry, placement groups and reminders: real
 // nodes over loopback TCP, a real HTTP client.
 #include <barrel_p2p/http_api.hpp>
+#include <barrel_p2p/members.hpp>
 #include <barrel_p2p/placement.hpp>
 #include <barrel_p2p/registry.hpp>
 #include <barrel_p2p/reminders.hpp>
@@ -24,6 +25,13 @@ using tcp = asio::ip::tcp;
 
 namespace {
 
+member_tags tags_of(const std::string& id) {
+  member_tags t;
+  t["role"] = id == "n0" ? "db" : "web";
+  t["zone"] = "a";
+  return t;
+}
+
 // Two nodes serving their registry, placement group "jobs" and reminders.
 struct services_fixture {
   cluster c;
@@ -32,6 +40,7 @@ struct services_fixture {
   std::vector<std::shared_ptr<registry>> regs;
   std::vector<std::shared_ptr<placement>> groups;
   std::vector<std::shared_ptr<reminders>> timers;
+  std::vector<std::shared_ptr<members>> directory;
 
   services_fixture() {
     for (int i = 0; i < 2; ++i) {
@@ -46,10 +55,15 @@ struct services_fixture {
   task<> open_all(node& n, http_api& api) {
     placement_options po;
     po.shards = 8;
-    groups.push_back(co_await placement::open(n, "jobs", po));
+    auto g = co_await placement::open(n, "jobs", po);
+    groups.push_back(g);
     reminder_options ro;
     ro.tick = 20ms;
-    timers.push_back(co_await reminders::open(n, ro));
+    auto r = co_await reminders::open(n, ro);
+    timers.push_back(r);
+    auto d = co_await members::open(n, tags_of(n.id()));
+    directory.push_back(d);
+    co_await api.expose(d);
     co_await api.expose(regs.back());
     co_await api.expose(groups.back());
     co_await api.expose(timers.back());
@@ -163,4 +177,39 @@ TEST_CASE("HTTP: routes of consumers a node does not serve are 404 with a JSON r
   c.run([&]() -> task<> { r = co_await send_request(api.port(), http::verb::get, "/services"); });
   CHECK(r.status == 404);
   c.run([&]() -> task<> { co_await api.stop(); });
+}
+
+TEST_CASE("HTTP: /members lists the directory with tag filters; /members/events streams changes") {
+  services_fixture f;
+  REQUIRE(f.c.eventually([&] { return f.directory[0]->list().size() == 2 && f.directory[1]->list().size() == 2; }));
+  const auto all = f.call(1, http::verb::get, "/members").body_json();
+  REQUIRE(all["members"].size() == 2);
+  CHECK(all["members"][0]["id"] == "n0");
+  CHECK(all["members"][0]["address"] == f.c.nodes[0]->self().address.to_string());
+  CHECK(all["members"][0]["tags"] == json{{"role", "db"}, {"zone", "a"}});
+  const auto db = f.call(1, http::verb::get, "/members?tag=role%3Adb&tag=zone:a").body_json();
+  REQUIRE(db["members"].size() == 1);
+  CHECK(db["members"][0]["id"] == "n0");
+  CHECK(f.call(1, http::verb::get, "/members?tag=role:none").body_json()["members"].empty());
+  CHECK(f.call(1, http::verb::get, "/members?tag=nocolon").status == 400);
+  CHECK(f.call(1, http::verb::get, "/members/n1").body_json()["tags"]["role"] == "web");
+  CHECK(f.call(1, http::verb::get, "/members/ghost").status == 404);
+
+  json update;
+  f.c.run([&]() -> task<> {
+    websocket::stream<beast::tcp_stream> ws(co_await asio::this_coro::executor);
+    co_await beast::get_lowest_layer(ws).async_connect(
+        tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.apis[0]->port()), asio::use_awaitable);
+    co_await ws.async_handshake("127.0.0.1", "/members/events", asio::use_awaitable);
+    auto t = tags_of("n1");
+    t["version"] = "2";
+    co_await f.directory[1]->set_tags(t);
+    beast::flat_buffer buffer;
+    co_await ws.async_read(buffer, asio::use_awaitable);
+    update = json::parse(beast::buffers_to_string(buffer.data()));
+    co_await ws.async_close(websocket::close_code::normal, asio::use_awaitable);
+  });
+  CHECK(update["event"] == "updated");
+  CHECK(update["id"] == "n1");
+  CHECK(update["tags"]["version"] == "2");
 }

@@ -7,6 +7,7 @@
 // new connections: key rotation without a restart.
 
 #include <barrel_p2p/http_api.hpp>
+#include <barrel_p2p/members.hpp>
 #include <barrel_p2p/placement.hpp>
 #include <barrel_p2p/registry.hpp>
 #include <barrel_p2p/reminders.hpp>
@@ -56,6 +57,7 @@ struct daemon_config {
   std::vector<service_spec> services;  // registered at start
   std::vector<group_spec> groups;      // placement groups joined
   bool reminders = false;
+  member_tags tags;                    // this node's tags in the member directory
   bool http_enabled = true;
   http_api_config http;
   std::string secret_file;            // re-read on SIGHUP (psk mode)
@@ -310,6 +312,7 @@ constexpr const char* usage =
     "  --tls-ca F --tls-cert F --tls-key F   PEM files for --tls cert (re-read on SIGHUP)\n"
     "  --data-dir DIR         where persisted maps live\n"
     "  --map NAME[,persist][,prune]   a map to open and serve (repeatable)\n"
+    "  --tag KEY=VALUE        a tag of this node in the member directory (repeatable)\n"
     "  --register SERVICE=ENDPOINT    register this node as a provider (repeatable)\n"
     "  --shards GROUP[:N]     join placement group GROUP of N shards (default 64; repeatable)\n"
     "  --reminders            fire durable reminders here (needs --data-dir); fired ones are\n"
@@ -371,6 +374,13 @@ daemon_config parse(int argc, char** argv) {
       c.node.data_dir = value();
     } else if (a == "--map") {
       c.maps.push_back(parse_map_flag(value()));
+    } else if (a == "--tag") {
+      const auto v = value();
+      const auto eq = v.find('=');
+      if (eq == std::string::npos || eq == 0) throw config_error("--tag: expected KEY=VALUE, got '" + v + "'");
+      c.tags[v.substr(0, eq)] = v.substr(eq + 1);
+      if (!valid_member_tags(c.tags))
+        throw config_error("--tag: at most 32 tags, keys of 1-64 bytes, values of at most 256, 4 KiB in all");
     } else if (a == "--register") {
       const auto v = value();
       const auto eq = v.find('=');
@@ -470,6 +480,7 @@ struct daemon_state {
   std::unique_ptr<node> n;
   std::vector<std::shared_ptr<map>> maps;
   std::shared_ptr<registry> services;
+  std::shared_ptr<members> directory;
   std::vector<std::shared_ptr<placement>> groups;
   std::shared_ptr<reminders> timers;
   std::unique_ptr<http_api> http;
@@ -513,6 +524,8 @@ task<> log_shards(std::shared_ptr<placement> p, event_stream<shard_event> events
 // node runs.
 task<> start_consumers(daemon_state& s, const daemon_config& c) {
   node& n = *s.n;
+  s.directory = co_await members::open(n, c.tags);
+  if (s.http) co_await s.http->expose(s.directory);
   for (const auto& spec : c.services) {
     co_await s.services->register_service(spec.service, spec.endpoint);
     say("registered as a provider of '" + spec.service + "' at " + spec.endpoint);

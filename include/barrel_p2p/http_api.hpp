@@ -10,8 +10,9 @@
 //   PUT    /maps/{map}/{key}        body: the JSON value
 //   DELETE /maps/{map}/{key}
 //   GET    /maps/{map}/events       WebSocket upgrade: change events as JSON
-//   /services, /shards, /reminders   the registry, placement groups and
-//                                    reminders, when exposed (see the reference)
+//   /services, /shards, /reminders,  the registry, placement groups,
+//   /members                         reminders and member directory, when
+//                                    exposed (see the reference)
 //
 // It is a separate library (dependency 'barrel_p2p_http') so that an
 // application embedding only the core never compiles or links Beast; Beast
@@ -36,6 +37,7 @@ class map;
 class registry;
 class placement;
 class reminders;
+class members;
 
 struct http_api_config {
   /// The admin address. Keep it on loopback (or a private interface): the
@@ -103,6 +105,8 @@ class http_api {
   task<> expose(std::shared_ptr<registry> r);
   task<> expose(std::shared_ptr<placement> p);
   task<> expose(std::shared_ptr<reminders> r);
+  /// Serves the member directory under /members.
+  task<> expose(std::shared_ptr<members> m);
 
   /// Binds and starts accepting. Throws std::system_error when the address
   /// cannot be bound.
