@@ -57,10 +57,10 @@ bool valid_member_tags(const member_tags& tags) noexcept {
   if (tags.size() > members::max_tags) return false;
   for (const auto& [k, v] : tags)
     if (k.empty() || k.size() > members::max_tag_key_bytes || v.size() > members::max_tag_value_bytes) return false;
-  // The announcement is registry metadata: at most 4 KiB serialized.
+  // The announcement is registry metadata: at most 4 KiB serialized, and
+  // valid UTF-8 (the strict dump throws on anything else).
   try {
-    return announcement(tags).dump(-1, ' ', false, json::error_handler_t::replace).size() <=
-           registry::max_metadata_bytes;
+    return announcement(tags).dump().size() <= registry::max_metadata_bytes;
   } catch (...) {
     return false;
   }
@@ -81,7 +81,7 @@ struct members::impl : std::enable_shared_from_this<members::impl> {
     std::vector<member> out;
     for (const auto& p : reg->lookup(service_name)) {
       auto m = member_of(p);
-      if (!m || !has_all(*m, having)) continue;
+      if (!m) continue;
       // One entry per node: a node re-announcing under a new address
       // retracts the old one; until that arrives, keep the newest.
       if (!out.empty() && out.back().id == m->id) {
@@ -90,6 +90,7 @@ struct members::impl : std::enable_shared_from_this<members::impl> {
       }
       out.push_back(std::move(*m));
     }
+    std::erase_if(out, [&](const member& m) { return !has_all(m, having); });  // after choosing the newest
     return out;
   }
 
@@ -126,7 +127,17 @@ struct members::impl : std::enable_shared_from_this<members::impl> {
     auto m = std::make_shared<members>(i);
     n.set_attachment(attachment_key, m);
     auto changes = i->reg->watch(service_name);
-    co_await i->reg->register_service(service_name, n.self().address.to_string(), announcement(tags));
+    std::exception_ptr failed;
+    try {
+      co_await i->reg->register_service(service_name, n.self().address.to_string(), announcement(tags));
+    } catch (...) {
+      failed = std::current_exception();
+    }
+    if (failed) {  // nothing half-open stays attached: a later open() starts afresh
+      i->closed = true;
+      n.clear_attachment(attachment_key);
+      std::rethrow_exception(failed);
+    }
     for (auto& member : i->list({})) i->known.emplace(member.id, std::move(member));
     i->tasks.spawn("members follow", follow(i, std::move(changes)));
     co_return m;

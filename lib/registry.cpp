@@ -546,8 +546,13 @@ task<> registry::register_service(std::string service, std::string endpoint, jso
   if (!valid_part(endpoint, max_endpoint_bytes))
     throw std::invalid_argument("endpoint must be 1-512 bytes without a newline");
   if (!metadata.is_object()) throw std::invalid_argument("service metadata must be a JSON object");
-  if (metadata.dump().size() > max_metadata_bytes)
-    throw std::invalid_argument("service metadata is over 4096 bytes of JSON");
+  std::size_t metadata_bytes = 0;
+  try {
+    metadata_bytes = metadata.dump().size();
+  } catch (const json::type_error&) {
+    throw std::invalid_argument("service metadata holds a string that is not valid UTF-8");
+  }
+  if (metadata_bytes > max_metadata_bytes) throw std::invalid_argument("service metadata is over 4096 bytes of JSON");
   auto key = provider_key(service, impl_->self(), endpoint);
   co_await boost::asio::co_spawn(impl_->strand, impl::do_register(impl_, std::move(key), std::move(metadata)),
                                  boost::asio::use_awaitable);

@@ -187,7 +187,10 @@ struct reminders::impl : std::enable_shared_from_this<reminders::impl> {
   }
 
   static task<> do_complete(std::shared_ptr<impl> self, fired_reminder f) {
-    self->in_flight.erase(f.name);
+    // Only this delivery's record: a late complete() of an earlier due time
+    // must not make the current delivery fire again.
+    if (auto it = self->in_flight.find(f.name); it != self->in_flight.end() && it->second.due_ms == f.due_ms)
+      self->in_flight.erase(it);
     if (self->closed) co_return;
     const auto current = self->store->get(f.name);
     if (!current || !valid_value(f.name, *current)) co_return;

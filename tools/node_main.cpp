@@ -392,7 +392,7 @@ daemon_config parse(int argc, char** argv) {
       const auto v = value();
       const auto colon = v.rfind(':');
       group_spec g{v.substr(0, colon), 64};
-      if (g.group.empty() || g.group.size() > 100)
+      if (g.group.empty() || g.group.size() > 100 || g.group.find('\n') != std::string::npos)
         throw config_error("--shards: the group name must be 1-100 bytes, got '" + v + "'");
       if (colon != std::string::npos) {
         const auto n = v.substr(colon + 1);
