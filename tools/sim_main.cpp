@@ -19,6 +19,8 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <optional>
 #include <queue>
@@ -133,6 +135,38 @@ struct cluster {
       if (alive(i))
         for (const auto& d : nodes[i]->membership().active_view()) g[i].push_back(index.at(d.id));
     return g;
+  }
+
+  // Connected and symmetric: what settle() polls every 100 ms of virtual
+  // time. Cheaper than stats(): no index map, sets, clustering or passive
+  // views (node ids are "n<index>").
+  bool overlay_connected() const {
+    std::vector<std::vector<std::size_t>> g(nodes.size());
+    std::size_t live = 0, first = SIZE_MAX;
+    for (std::size_t i = 0; i < nodes.size(); ++i) {
+      if (!alive(i)) continue;
+      ++live;
+      if (first == SIZE_MAX) first = i;
+      for (const auto& d : nodes[i]->membership().active_view())
+        g[i].push_back(static_cast<std::size_t>(std::strtoull(d.id.c_str() + 1, nullptr, 10)));
+      if (g[i].empty()) return false;
+    }
+    for (std::size_t i = 0; i < g.size(); ++i)
+      for (auto j : g[i])
+        if (j >= g.size() || !alive(j) || std::find(g[j].begin(), g[j].end(), i) == g[j].end()) return false;
+    if (live == 0) return true;
+    std::vector<char> seen(g.size(), 0);
+    std::vector<std::size_t> todo{first};
+    seen[first] = 1;
+    std::size_t reached = 0;
+    while (!todo.empty()) {
+      const auto v = todo.back();
+      todo.pop_back();
+      ++reached;
+      for (auto w : g[v])
+        if (!seen[w]) seen[w] = 1, todo.push_back(w);
+    }
+    return reached == live;
   }
 
   struct overlay_stats {
@@ -309,10 +343,10 @@ std::string fmt(double v) {
 }
 
 // Runs until the overlay is connected and symmetric, checking every 100 ms
-// of virtual time (the check walks the whole overlay).
+// of virtual time (the check walks the whole overlay, cheaply).
 duration settle(cluster& c, duration limit) {
   const auto start = c.net.now();
-  while (!c.stats(false).connected() && c.net.now() - start < limit) c.net.run_for(100ms);
+  while (!c.overlay_connected() && c.net.now() - start < limit) c.net.run_for(100ms);
   return c.net.now() - start;
 }
 
