@@ -251,6 +251,7 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     std::vector<std::shared_ptr<map>> list;
     for (const auto& [name, m] : maps) list.push_back(m);
     write_map_metrics(w, n, list);
+    services.write_metrics(w, n.id());
     write_http_metrics(w);
     response res{http::status::ok, version};
     res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");

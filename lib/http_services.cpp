@@ -5,6 +5,7 @@
 #include "barrel_p2p/clock_monitor.hpp"
 #include "barrel_p2p/map.hpp"
 #include "barrel_p2p/members.hpp"
+#include "barrel_p2p/metrics.hpp"
 #include "barrel_p2p/placement.hpp"
 #include "barrel_p2p/registry.hpp"
 #include "barrel_p2p/reminders.hpp"
@@ -440,6 +441,72 @@ json service_routes::status() const {
   if (reminders_) out["reminders"] = reminders_->list().size();
   if (members_) out["members"] = members_->list().size();
   return out;
+}
+
+}  // namespace barrel_p2p::detail::http_surface
+
+namespace barrel_p2p::detail::http_surface {
+
+void service_routes::write_metrics(prometheus_writer& w, const std::string& node_id) const {
+  using K = prometheus_writer::kind;
+  struct row {
+    const char* name;
+    K kind;
+    const char* help;
+    double value;
+  };
+  const prometheus_writer::labels l{{"node", node_id}};
+  auto write = [&](const std::vector<row>& rows) {
+    for (const auto& r : rows) {
+      w.family(r.name, r.kind, r.help);
+      w.sample(l, r.value);
+    }
+  };
+  auto d = [](std::uint64_t v) { return static_cast<double>(v); };
+  if (registry_) {
+    const auto c = registry_->counters();
+    write({
+        {"barrel_p2p_registry_providers", K::gauge, "Service providers this node knows.", d(registry_->providers().size())},
+        {"barrel_p2p_registry_rejected_total", K::counter, "Peer registry entries dropped (malformed, or written for another node).", d(c.rejected)},
+        {"barrel_p2p_registry_stale_dropped_total", K::counter, "Peer registry entries older than a down notice about their node.", d(c.stale_dropped)},
+        {"barrel_p2p_registry_probes_total", K::counter, "Failed neighbours dialled before counting them down.", d(c.probes)},
+        {"barrel_p2p_registry_down_notices_sent_total", K::counter, "Down notices gossiped.", d(c.down_notices_sent)},
+        {"barrel_p2p_registry_down_notices_received_total", K::counter, "Down notices received.", d(c.down_notices_received)},
+        {"barrel_p2p_registry_providers_dropped_total", K::counter, "Registrations dropped because their node went down.", d(c.providers_dropped)},
+        {"barrel_p2p_registry_refutations_total", K::counter, "Down notices about this node answered by re-announcing.", d(c.refutations)},
+        {"barrel_p2p_registry_queries_sent_total", K::counter, "Overlay queries for services this node knew no provider of.", d(c.queries_sent)},
+        {"barrel_p2p_registry_queries_answered_total", K::counter, "Overlay queries this node answered as a provider.", d(c.queries_answered)},
+    });
+  }
+  if (members_)
+    write({{"barrel_p2p_members", K::gauge, "Live members in this node's directory.", d(members_->list().size())}});
+  if (reminders_) {
+    const auto c = reminders_->counters();
+    write({
+        {"barrel_p2p_reminders_scheduled", K::gauge, "Reminders scheduled in the cluster, as this node holds them.", d(reminders_->list().size())},
+        {"barrel_p2p_reminders_fired_total", K::counter, "Reminder deliveries on this node, redeliveries included.", d(c.fired)},
+        {"barrel_p2p_reminders_redelivered_total", K::counter, "Deliveries repeated because they were not completed in time.", d(c.redelivered)},
+        {"barrel_p2p_reminders_completed_total", K::counter, "Deliveries completed on this node.", d(c.completed)},
+    });
+  }
+  if (!groups_.empty()) {
+    const std::vector<std::pair<const char*, const char*>> families{
+        {"barrel_p2p_placement_owned_shards", "Shards of the group this node owns."},
+        {"barrel_p2p_placement_members", "Members of the group this node knows."},
+        {"barrel_p2p_placement_acquired_total", "Shard acquisitions by this node."},
+        {"barrel_p2p_placement_released_total", "Shards this node gave up."}};
+    for (std::size_t f = 0; f < families.size(); ++f) {
+      w.family(families[f].first, f < 2 ? K::gauge : K::counter, families[f].second);
+      for (const auto& [name, p] : groups_) {
+        const auto c = p->counters();
+        const double v = f == 0 ? d(p->owned_shards().size())
+                         : f == 1 ? d(p->members().size())
+                         : f == 2 ? d(c.acquired)
+                                  : d(c.released);
+        w.sample({{"node", node_id}, {"group", name}}, v);
+      }
+    }
+  }
 }
 
 }  // namespace barrel_p2p::detail::http_surface

@@ -28,6 +28,7 @@
 #include <string_view>
 
 namespace barrel_p2p {
+class prometheus_writer;
 class registry;
 class placement;
 class reminders;
@@ -56,6 +57,8 @@ class service_routes {
 
   /// Counters for GET /status.
   [[nodiscard]] json status() const;
+  /// The exposed consumers' counters and gauges for GET /metrics.
+  void write_metrics(prometheus_writer& w, const std::string& node_id) const;
 
  private:
   std::shared_ptr<registry> registry_;

@@ -213,3 +213,14 @@ TEST_CASE("HTTP: /members lists the directory with tag filters; /members/events 
   CHECK(update["id"] == "n1");
   CHECK(update["tags"]["version"] == "2");
 }
+
+TEST_CASE("HTTP: /metrics covers the registry, placement groups, reminders and the member directory") {
+  services_fixture f;
+  REQUIRE(f.c.eventually([&] { return f.directory[0]->list().size() == 2; }));
+  const auto text = f.call(0, http::verb::get, "/metrics").body;
+  for (const char* family : {"barrel_p2p_registry_providers", "barrel_p2p_registry_probes_total", "barrel_p2p_members",
+                             "barrel_p2p_reminders_fired_total", "barrel_p2p_placement_owned_shards"})
+    CHECK_MESSAGE(text.find(std::string("# TYPE ") + family + " ") != std::string::npos, family);
+  CHECK(text.find("barrel_p2p_members{node=\"n0\"} 2") != std::string::npos);
+  CHECK(text.find("barrel_p2p_placement_members{node=\"n0\",group=\"jobs\"} 2") != std::string::npos);
+}
