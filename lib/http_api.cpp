@@ -399,29 +399,19 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
   static task<response> write(std::shared_ptr<impl> self, std::shared_ptr<map> m, std::string key,
                               std::optional<json> value, unsigned version) {
     std::optional<response> failure;
+    std::exception_ptr failed;
     try {
       if (value) co_await m->put(key, std::move(*value));
       else co_await m->remove(key);
     } catch (const map_error& e) {
-      failure = m->is_open() ? error_response(http::status::unprocessable_entity, "rejected", e.what(), version)
-                             : error_response(http::status::service_unavailable, "map_closed", e.what(), version);
-    } catch (const clock_skew_error& e) {
-      // Not written: retry on another node, or here once the clock is fixed.
-      failure = json_response(http::status::service_unavailable,
-                              json{{"error", "clock_skew"},
-                                   {"detail", e.what()},
-                                   {"ahead_seconds", to_seconds(e.ahead_by())}},
-                              version);
-    } catch (const std::system_error& e) {
-      // The disk refused it: nothing was applied or gossiped.
-      self->log(std::string("a write failed: ") + e.what());
-      failure = e.code() == std::errc::no_space_on_device
-                    ? error_response(http::status::insufficient_storage, "disk_full", e.what(), version)
-                    : error_response(http::status::internal_server_error, "write_failed", e.what(), version);
-    } catch (const std::exception& e) {
-      self->log(std::string("a write failed: ") + e.what());
-      failure = error_response(http::status::internal_server_error, "write_failed", e.what(), version);
+      // An open map refusing the value is the validator's verdict; a
+      // closed one (the node is stopping) is write_failure's map_closed.
+      if (m->is_open()) failure = error_response(http::status::unprocessable_entity, "rejected", e.what(), version);
+      else failed = std::current_exception();
+    } catch (...) {
+      failed = std::current_exception();
     }
+    if (failed) failure = write_failure(failed, version, [&](const std::string& line) { self->log(line); });
     if (failure) co_return std::move(*failure);
     co_return json_response(http::status::ok, key_ok(key), version);
   }

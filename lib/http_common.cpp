@@ -1,5 +1,8 @@
 #include "http_common.hpp"
 
+#include "barrel_p2p/clock_monitor.hpp"
+#include "barrel_p2p/map.hpp"
+
 #include <charconv>
 
 namespace barrel_p2p::detail::http_surface {
@@ -71,6 +74,35 @@ std::optional<json> parse_value(const std::string& body, std::string& why) {
     return std::nullopt;
   }
   return v;
+}
+
+response write_failure(const std::exception_ptr& e, unsigned version,
+                       const std::function<void(const std::string&)>& log) {
+  const auto logged = [&](const std::exception& ex) {
+    if (log) log(std::string("a write failed: ") + ex.what());
+  };
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::invalid_argument& ex) {
+    return error_response(http::status::unprocessable_entity, "rejected", ex.what(), version);
+  } catch (const clock_skew_error& ex) {
+    // Not written: retry on another node, or here once the clock is fixed.
+    return json_response(http::status::service_unavailable,
+                         json{{"error", "clock_skew"}, {"detail", ex.what()}, {"ahead_seconds", to_seconds(ex.ahead_by())}},
+                         version);
+  } catch (const map_error& ex) {  // a closed map: the node is stopping
+    return error_response(http::status::service_unavailable, "map_closed", ex.what(), version);
+  } catch (const std::logic_error& ex) {  // the registry stopping
+    return error_response(http::status::service_unavailable, "unavailable", ex.what(), version);
+  } catch (const std::system_error& ex) {  // the disk refused it: nothing was applied or gossiped
+    logged(ex);
+    return ex.code() == std::errc::no_space_on_device
+               ? error_response(http::status::insufficient_storage, "disk_full", ex.what(), version)
+               : error_response(http::status::internal_server_error, "write_failed", ex.what(), version);
+  } catch (const std::exception& ex) {
+    logged(ex);
+    return error_response(http::status::internal_server_error, "write_failed", ex.what(), version);
+  }
 }
 
 std::pair<std::string_view, std::string_view> first_segment(std::string_view path) {

@@ -46,6 +46,14 @@ std::optional<std::string_view> query_param(std::string_view query, std::string_
 /// A request body as a JSON value no deeper than max_value_depth; nullopt
 /// with the reason in `why`.
 std::optional<json> parse_value(const std::string& body, std::string& why);
+/// The answer to a write that threw `e` (a map's, the registry's, the
+/// reminders'): 422 rejected (std::invalid_argument), 503 clock_skew with
+/// ahead_seconds, 503 map_closed (map_error: callers whose map may refuse a
+/// value catch it first), 503 unavailable (std::logic_error: stopping),
+/// 507 disk_full, else 500 write_failed. `log`, when given, gets a line for
+/// the last two (the disk or something unexpected).
+response write_failure(const std::exception_ptr& e, unsigned version,
+                       const std::function<void(const std::string&)>& log = {});
 /// Splits "a/b/c" at its first slash: {"a", "b/c"} (second empty when none).
 std::pair<std::string_view, std::string_view> first_segment(std::string_view path);
 

@@ -69,30 +69,6 @@ json group_json(const placement& p) {
               {"owners", std::move(owners)}, {"owned", std::move(owned)}};
 }
 
-// A write's failure, in the conventions of the map routes.
-response write_failure(const std::exception_ptr& e, unsigned version) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::invalid_argument& ex) {
-    return error_response(http::status::unprocessable_entity, "rejected", ex.what(), version);
-  } catch (const clock_skew_error& ex) {
-    // Not written: retry on another node, or here once the clock is fixed.
-    return json_response(http::status::service_unavailable,
-                         json{{"error", "clock_skew"}, {"detail", ex.what()}, {"ahead_seconds", to_seconds(ex.ahead_by())}},
-                         version);
-  } catch (const map_error& ex) {  // the reminders' map closed: the node is stopping
-    return error_response(http::status::service_unavailable, "map_closed", ex.what(), version);
-  } catch (const std::logic_error& ex) {  // the registry stopping
-    return error_response(http::status::service_unavailable, "unavailable", ex.what(), version);
-  } catch (const std::system_error& ex) {
-    return ex.code() == std::errc::no_space_on_device
-               ? error_response(http::status::insufficient_storage, "disk_full", ex.what(), version)
-               : error_response(http::status::internal_server_error, "write_failed", ex.what(), version);
-  } catch (const std::exception& ex) {
-    return error_response(http::status::internal_server_error, "write_failed", ex.what(), version);
-  }
-}
-
 // Response bodies, built in plain functions: GCC 12 miscompiles a json
 // literal's initializer list inside a coroutine body.
 json service_ok(const std::string& service, const std::string& endpoint) {

@@ -99,10 +99,7 @@ struct members::impl : std::enable_shared_from_this<members::impl> {
     while (auto ev = co_await changes.next()) {
       if (self->closed) break;
       // A burst (a sync brings many) is one comparison of the whole list.
-      while (changes.pending() > 0) {
-        auto more = co_await changes.next();
-        if (!more) break;
-      }
+      changes.discard_pending();
       self->publish_differences();
     }
   }

@@ -186,10 +186,7 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
     while (auto ev = co_await changes.next()) {
       if (self->closed) break;
       // One recomputation for a burst (a sync brings many members at once).
-      while (changes.pending() > 0) {
-        auto more = co_await changes.next();
-        if (!more) break;
-      }
+      changes.discard_pending();
       self->recompute();
     }
   }

@@ -39,6 +39,12 @@ class event_stream {
     co_return ev;
   }
 
+  /// Drops the events buffered now (a reader that only needs to know that
+  /// something changed, and re-reads the state once per burst).
+  void discard_pending() {
+    if (state_) state_->queue.clear();
+  }
+
   /// Events buffered and not yet read.
   [[nodiscard]] std::size_t pending() const { return state_ ? state_->queue.size() : 0; }
   /// Events dropped because the buffer was full.
