@@ -55,6 +55,25 @@ std::optional<std::string> parse_query(const json& q) {
   return q.get<std::string>();
 }
 
+json tags_announcement(const tags& t) {
+  json o = json::object();
+  for (const auto& [k, v] : t) o[k] = v;
+  json m = json::object();
+  m["tags"] = std::move(o);
+  return m;
+}
+
+bool valid_tags(const tags& t) noexcept {
+  if (t.size() > max_tags) return false;
+  for (const auto& [k, v] : t)
+    if (k.empty() || k.size() > max_tag_key_bytes || v.size() > max_tag_value_bytes) return false;
+  try {
+    return tags_announcement(t).dump().size() <= max_metadata_bytes;  // the strict dump throws on bad UTF-8
+  } catch (...) {
+    return false;
+  }
+}
+
 json member_announcement(double weight, std::uint32_t shards) {
   json m = json::object();
   m["w"] = weight;

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -37,6 +38,16 @@ struct registry_key {
 [[nodiscard]] std::vector<std::pair<std::string, std::uint64_t>> parse_down_notices(const json& d);
 /// A query: the service name, when valid.
 [[nodiscard]] std::optional<std::string> parse_query(const json& q);
+
+// ---- member tags: {"tags": {key: value}} as registry metadata ----
+inline constexpr std::size_t max_tags = 32;
+inline constexpr std::size_t max_tag_key_bytes = 64;
+inline constexpr std::size_t max_tag_value_bytes = 256;
+using tags = std::map<std::string, std::string>;
+[[nodiscard]] json tags_announcement(const tags& t);
+/// Within the limits above, valid UTF-8, and the announcement at most
+/// max_metadata_bytes serialized.
+[[nodiscard]] bool valid_tags(const tags& t) noexcept;
 
 // ---- placement: member announcements {"w": weight, "n": shards}, marks {"shard": token} ----
 [[nodiscard]] json member_announcement(double weight, std::uint32_t shards);

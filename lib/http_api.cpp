@@ -6,7 +6,9 @@
 #include "barrel_p2p/metrics.hpp"
 #include "barrel_p2p/node.hpp"
 #include "barrel_p2p/task_group.hpp"
+#include "barrel_p2p/queries.hpp"
 #include "http_common.hpp"
+#include "http_queries.hpp"
 #include "http_services.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -110,6 +112,7 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
   executor strand;
   std::map<std::string, std::shared_ptr<map>> maps;  // strand only
   service_routes services;                           // strand only
+  query_routes queries;                              // strand only
   std::optional<tcp::acceptor> acceptor;
   task_group loops;
   // One closer per live connection, so stop() can end sessions blocked in a read.
@@ -204,7 +207,10 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
   }
 
   // ---- routes that do not wait ------------------------------------------------
-  response status(unsigned version) const {
+  response status(unsigned version) const { return json_response(http::status::ok, status_body(), version); }
+
+  // GET /status, and this node's answer to the query barrel_p2p.status.
+  json status_body() const {
     json maps_json = json::array();
     for (const auto& [name, m] : maps)
       maps_json.push_back(json{{"name", name}, {"size", m->size()}, {"entries", m->entry_count()}});
@@ -221,7 +227,19 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
               {"maps", std::move(maps_json)}};
     const auto served = services.status();
     for (const auto& [k, v] : served.items()) body[k] = v;
-    return json_response(http::status::ok, body, version);
+    return body;
+  }
+
+  // The /ui page: static, so served without the bearer token (it asks for
+  // one when the API answers 401), but only to an allowed Host.
+  response ui(const request& req) const {
+    response res{http::status::ok, req.version()};
+    res.set(http::field::content_type, "text/html; charset=utf-8");
+    res.set(http::field::cache_control, "no-store");
+    res.set("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; connect-src 'self' ws: wss:");
+    res.body() = std::string(ui_page());
+    res.prepare_payload();
+    return res;
   }
 
   // This node's standing against its peers' clocks (docs/concepts/clocks.md).
@@ -252,6 +270,7 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     for (const auto& [name, m] : maps) list.push_back(m);
     write_map_metrics(w, n, list);
     services.write_metrics(w, n.id());
+    queries.write_metrics(w, n.id());
     write_http_metrics(w);
     response res{http::status::ok, version};
     res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
@@ -263,13 +282,7 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
   void write_http_metrics(prometheus_writer& w) const {
     const prometheus_writer::labels l{{"node", n.id()}};
     using K = prometheus_writer::kind;
-    struct row {
-      const char* name;
-      K kind;
-      const char* help;
-      std::uint64_t value;
-    };
-    const row rows[] = {
+    w.singles(l, {
         {"barrel_p2p_http_connections_accepted_total", K::counter, "HTTP connections accepted.", counts.connections_accepted},
         {"barrel_p2p_http_connections_rejected_total", K::counter, "HTTP connections closed on accept (over max_connections).", counts.connections_rejected},
         {"barrel_p2p_http_connections_open", K::gauge, "HTTP connections open (WebSockets included).", open_sessions.size()},
@@ -283,11 +296,7 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
         {"barrel_p2p_http_websocket_sessions_total", K::counter, "WebSocket event streams opened.", counts.websocket_sessions},
         {"barrel_p2p_http_websocket_events_sent_total", K::counter, "Change events sent over WebSockets.", counts.websocket_events_sent},
         {"barrel_p2p_http_websocket_events_dropped_total", K::counter, "Change events lost by slow WebSocket clients.", counts.websocket_events_dropped},
-    };
-    for (const auto& r : rows) {
-      w.family(r.name, r.kind, r.help);
-      w.sample(l, static_cast<double>(r.value));
-    }
+    });
   }
 
   response list_maps(unsigned version) const {
@@ -328,12 +337,18 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
   // ---- one request ------------------------------------------------------------
   static task<response> handle(std::shared_ptr<impl> self, const request& req) {
     const auto version = req.version();
+    if (const std::string_view t(req.target().data(), req.target().size()); t == "/ui" || t == "/ui/") {
+      if (auto refusal = self->foreign(req, false)) co_return std::move(*refusal);
+      if (req.method() != http::verb::get) co_return method_not_allowed("GET", version);
+      co_return self->ui(req);
+    }
     if (!self->authorized(req)) co_return self->unauthorized(version);
     // Writes check the Origin too: a page elsewhere must not change a map.
     const bool writes = req.method() != http::verb::get && req.method() != http::verb::head;
     if (auto refusal = self->foreign(req, writes)) co_return std::move(*refusal);
     const std::string_view target(req.target().data(), req.target().size());
     const auto path = target.substr(0, target.find('?'));
+    if (query_routes::owns(path)) co_return co_await self->queries.handle(req, path);
     if (service_routes::owns(path)) {
       const auto query = path.size() < target.size() ? target.substr(path.size() + 1) : std::string_view{};
       co_return co_await self->services.handle(req, path, query);
@@ -656,6 +671,19 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     co_return;
   }
 
+  static task<> do_expose_queries(std::shared_ptr<impl> self, std::shared_ptr<barrel_p2p::queries> q) {
+    std::weak_ptr<impl> weak = self;
+    q->handle("barrel_p2p.status", [weak](query_request) { return status_answer(weak); });
+    self->queries.expose(std::move(q));
+    co_return;
+  }
+
+  static task<std::optional<json>> status_answer(std::weak_ptr<impl> weak) {
+    auto self = weak.lock();
+    if (!self || self->stopped) co_return std::nullopt;
+    co_return self->status_body();
+  }
+
   static task<> do_stop(std::shared_ptr<impl> self) {
     if (self->stopped) co_return;
     self->stopped = true;
@@ -706,6 +734,10 @@ task<> http_api::expose(std::shared_ptr<placement> p) {
 task<> http_api::expose(std::shared_ptr<reminders> r) {
   co_await asio::co_spawn(impl_->strand, impl::do_expose_service(impl_, std::move(r)), asio::use_awaitable);
 }
+task<> http_api::expose(std::shared_ptr<queries> q) {
+  co_await asio::co_spawn(impl_->strand, impl::do_expose_queries(impl_, std::move(q)), asio::use_awaitable);
+}
+
 task<> http_api::expose(std::shared_ptr<members> m) {
   co_await asio::co_spawn(impl_->strand, impl::do_expose_service(impl_, std::move(m)), asio::use_awaitable);
 }

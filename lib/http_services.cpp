@@ -425,23 +425,11 @@ namespace barrel_p2p::detail::http_surface {
 
 void service_routes::write_metrics(prometheus_writer& w, const std::string& node_id) const {
   using K = prometheus_writer::kind;
-  struct row {
-    const char* name;
-    K kind;
-    const char* help;
-    double value;
-  };
   const prometheus_writer::labels l{{"node", node_id}};
-  auto write = [&](const std::vector<row>& rows) {
-    for (const auto& r : rows) {
-      w.family(r.name, r.kind, r.help);
-      w.sample(l, r.value);
-    }
-  };
   auto d = [](std::uint64_t v) { return static_cast<double>(v); };
   if (registry_) {
     const auto c = registry_->counters();
-    write({
+    w.singles(l, {
         {"barrel_p2p_registry_providers", K::gauge, "Service providers this node knows.", d(registry_->providers().size())},
         {"barrel_p2p_registry_rejected_total", K::counter, "Peer registry entries dropped (malformed, or written for another node).", d(c.rejected)},
         {"barrel_p2p_registry_stale_dropped_total", K::counter, "Peer registry entries older than a down notice about their node.", d(c.stale_dropped)},
@@ -455,10 +443,10 @@ void service_routes::write_metrics(prometheus_writer& w, const std::string& node
     });
   }
   if (members_)
-    write({{"barrel_p2p_members", K::gauge, "Live members in this node's directory.", d(members_->list().size())}});
+    w.singles(l, {{"barrel_p2p_members", K::gauge, "Live members in this node's directory.", d(members_->list().size())}});
   if (reminders_) {
     const auto c = reminders_->counters();
-    write({
+    w.singles(l, {
         {"barrel_p2p_reminders_scheduled", K::gauge, "Reminders scheduled in the cluster, as this node holds them.", d(reminders_->list().size())},
         {"barrel_p2p_reminders_fired_total", K::counter, "Reminder deliveries on this node, redeliveries included.", d(c.fired)},
         {"barrel_p2p_reminders_redelivered_total", K::counter, "Deliveries repeated because they were not completed in time.", d(c.redelivered)},

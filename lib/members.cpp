@@ -2,6 +2,7 @@
 
 #include "barrel_p2p/registry.hpp"
 #include "barrel_p2p/task_group.hpp"
+#include "consumer_wire.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -10,18 +11,18 @@
 
 namespace barrel_p2p {
 
+namespace consumer_wire = detail::consumer_wire;
+
 namespace {
 
 constexpr const char* service_name = "barrel_p2p.members";
 constexpr const char* attachment_key = "members";
 
-json announcement(const member_tags& tags) {
-  json t = json::object();
-  for (const auto& [k, v] : tags) t[k] = v;
-  json m = json::object();
-  m["tags"] = std::move(t);
-  return m;
-}
+json announcement(const member_tags& tags) { return consumer_wire::tags_announcement(tags); }
+
+static_assert(members::max_tags == consumer_wire::max_tags && members::max_tag_key_bytes == consumer_wire::max_tag_key_bytes &&
+              members::max_tag_value_bytes == consumer_wire::max_tag_value_bytes &&
+              registry::max_metadata_bytes == consumer_wire::max_metadata_bytes);
 
 // The tags of an announcement; nullopt when it is not one (a peer's
 // metadata is checked as carefully as a local call's arguments).
@@ -53,18 +54,7 @@ bool has_all(const member& m, const member_tags& having) {
 
 }  // namespace
 
-bool valid_member_tags(const member_tags& tags) noexcept {
-  if (tags.size() > members::max_tags) return false;
-  for (const auto& [k, v] : tags)
-    if (k.empty() || k.size() > members::max_tag_key_bytes || v.size() > members::max_tag_value_bytes) return false;
-  // The announcement is registry metadata: at most 4 KiB serialized, and
-  // valid UTF-8 (the strict dump throws on anything else).
-  try {
-    return announcement(tags).dump().size() <= registry::max_metadata_bytes;
-  } catch (...) {
-    return false;
-  }
-}
+bool valid_member_tags(const member_tags& tags) noexcept { return consumer_wire::valid_tags(tags); }
 
 struct members::impl : std::enable_shared_from_this<members::impl> {
   node& n;

@@ -188,6 +188,13 @@ void prometheus_writer::family(std::string_view name, kind k, std::string_view h
   out_ += k == kind::counter ? " counter\n" : " gauge\n";
 }
 
+void prometheus_writer::singles(const labels& l, std::initializer_list<single> rows) {
+  for (const auto& r : rows) {
+    family(r.name, r.what, r.help);
+    sample(l, r.value);
+  }
+}
+
 void prometheus_writer::sample(const labels& l, double value) {
   out_ += current_;
   if (!l.empty()) {

@@ -57,7 +57,7 @@ TEST_CASE("header parse rejects zero length, empty body, oversized, unknown chan
   const auto huge = parse_frame_header(raw_header(0xffffffff, 1), max);
   CHECK(huge.error == frame_error::oversized);
   CHECK(huge.length == 0xffffffffu);
-  CHECK(parse_frame_header(raw_header(10, 5), max).error == frame_error::unknown_channel);
+  CHECK(parse_frame_header(raw_header(10, 6), max).error == frame_error::unknown_channel);
   CHECK(parse_frame_header(raw_header(10, 255), max).error == frame_error::unknown_channel);
   const std::uint8_t short_bytes[] = {0, 0, 0, 2};
   CHECK(parse_frame_header(short_bytes, max).error == frame_error::truncated);

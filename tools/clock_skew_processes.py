@@ -21,7 +21,6 @@ non-zero on any failure; leaves no process behind.
 """
 import argparse
 import os
-import secrets
 import shutil
 import sys
 import tempfile
@@ -87,10 +86,7 @@ def run(args):
         return 77
     binary = os.path.abspath(args.node_binary)
     workdir = tempfile.mkdtemp(prefix="barrel-p2p-skew-")
-    secret_file = os.path.join(workdir, "cluster.secret")
-    with open(secret_file, "w") as f:
-        f.write(secrets.token_urlsafe(32) + "\n")
-    os.chmod(secret_file, 0o600)
+    secret_file = dp.write_secret(workdir)
     opts = types.SimpleNamespace(anti_entropy_ms=1000)
     fast = ["--clock-probe-ms", "300"]
     nodes = []

@@ -20,7 +20,6 @@ Exits non-zero if a step does not converge; leaves no process behind.
 """
 import argparse
 import os
-import secrets
 import shutil
 import sys
 import tempfile
@@ -76,10 +75,7 @@ def schedule(node, name, in_ms, payload):
 def run(args):
     binary = os.path.abspath(args.node_binary)
     workdir = tempfile.mkdtemp(prefix="barrel-p2p-consumers-")
-    secret_file = os.path.join(workdir, "cluster.secret")
-    with open(secret_file, "w") as f:
-        f.write(secrets.token_urlsafe(32) + "\n")
-    os.chmod(secret_file, 0o600)
+    secret_file = dp.write_secret(workdir)
     nodes = []
     try:
         say("== 1. Five daemons: each registers 'api', joins the group 'work' and fires reminders")

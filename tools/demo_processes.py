@@ -65,6 +65,15 @@ def free_port():
     raise StepFailed("no free port below %d" % low)
 
 
+def write_secret(workdir, name="cluster.secret"):
+    """A fresh random cluster secret in a file only its owner may read."""
+    path = os.path.join(workdir, name)
+    with open(path, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
 class Node:
     def __init__(self, name, binary, workdir, secret_file, contact, args, extra_flags=(), prefix=(),
                  cluster_host="127.0.0.1", http_host="127.0.0.1"):
@@ -287,10 +296,7 @@ def run(args):
     if not os.access(binary, os.X_OK):
         raise StepFailed("no node binary at %s (build first: tools/setup)" % binary)
     workdir = tempfile.mkdtemp(prefix="barrel-p2p-demo-")
-    secret_file = os.path.join(workdir, "cluster.secret")
-    with open(secret_file, "w") as f:
-        f.write(secrets.token_urlsafe(32) + "\n")
-    os.chmod(secret_file, 0o600)
+    secret_file = write_secret(workdir)
     keys_per_batch = 20 if args.quick else 200
     nodes = []
     try:

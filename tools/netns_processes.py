@@ -147,10 +147,7 @@ def run(args):
         raise dp.StepFailed("no node binary at %s (build first: tools/setup)" % binary)
     net = Network()
     workdir = tempfile.mkdtemp(prefix="barrel-p2p-netns-")
-    secret_file = os.path.join(workdir, "cluster.secret")
-    with open(secret_file, "w") as f:
-        f.write(secrets.token_urlsafe(32) + "\n")
-    os.chmod(secret_file, 0o600)
+    secret_file = dp.write_secret(workdir)
     nodes = []
     opts = types.SimpleNamespace(anti_entropy_ms=2000)
     try:

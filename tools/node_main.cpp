@@ -9,6 +9,7 @@
 #include <barrel_p2p/http_api.hpp>
 #include <barrel_p2p/members.hpp>
 #include <barrel_p2p/placement.hpp>
+#include <barrel_p2p/queries.hpp>
 #include <barrel_p2p/registry.hpp>
 #include <barrel_p2p/reminders.hpp>
 #include <barrel_p2p/map.hpp>
@@ -481,6 +482,7 @@ struct daemon_state {
   std::vector<std::shared_ptr<map>> maps;
   std::shared_ptr<registry> services;
   std::shared_ptr<members> directory;
+  std::shared_ptr<queries> questions;
   std::vector<std::shared_ptr<placement>> groups;
   std::shared_ptr<reminders> timers;
   std::unique_ptr<http_api> http;
@@ -526,6 +528,10 @@ task<> start_consumers(daemon_state& s, const daemon_config& c) {
   node& n = *s.n;
   s.directory = co_await members::open(n, c.tags);
   if (s.http) co_await s.http->expose(s.directory);
+  // Queries: every daemon with HTTP answers barrel_p2p.status (the /ui page
+  // and `barrel-p2p query` use it).
+  s.questions = co_await queries::open(n);
+  if (s.http) co_await s.http->expose(s.questions);
   for (const auto& spec : c.services) {
     co_await s.services->register_service(spec.service, spec.endpoint);
     say("registered as a provider of '" + spec.service + "' at " + spec.endpoint);

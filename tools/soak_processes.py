@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import secrets
 import shutil
 import sys
 import tempfile
@@ -59,10 +58,7 @@ def run(args):
     if args.minutes < args.warmup_minutes + 2:
         raise StepFailed("--minutes must be at least --warmup-minutes + 2 (two separate minutes to compare)")
     workdir = tempfile.mkdtemp(prefix="barrel-p2p-soak-")
-    secret_file = os.path.join(workdir, "cluster.secret")
-    with open(secret_file, "w") as f:
-        f.write(secrets.token_urlsafe(32) + "\n")
-    os.chmod(secret_file, 0o600)
+    secret_file = demo_processes.write_secret(workdir)
     node_args = argparse.Namespace(anti_entropy_ms=args.anti_entropy_ms)
     nodes = []
     rng = random.Random(args.seed)

@@ -13,6 +13,9 @@
 //   /services, /shards, /reminders,  the registry, placement groups,
 //   /members                         reminders and member directory, when
 //                                    exposed (see the reference)
+//   POST   /query/{name}            ask the cluster; answers when the query ends
+//   GET    /ui                      the live cluster page (no token needed for
+//                                    the page itself; it asks for one)
 //
 // It is a separate library (dependency 'barrel_p2p_http') so that an
 // application embedding only the core never compiles or links Beast; Beast
@@ -38,6 +41,7 @@ class registry;
 class placement;
 class reminders;
 class members;
+class queries;
 
 struct http_api_config {
   /// The admin address. Keep it on loopback (or a private interface): the
@@ -107,6 +111,10 @@ class http_api {
   task<> expose(std::shared_ptr<reminders> r);
   /// Serves the member directory under /members.
   task<> expose(std::shared_ptr<members> m);
+  /// Serves POST /query/{name}, and makes this node answer the query
+  /// `barrel_p2p.status` with its GET /status body (the /ui page draws
+  /// the cluster from those answers). Any thread.
+  task<> expose(std::shared_ptr<queries> q);
 
   /// Binds and starts accepting. Throws std::system_error when the address
   /// cannot be bound.

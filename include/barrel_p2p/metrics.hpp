@@ -9,7 +9,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <initializer_list>
 #include <string>
+#include <type_traits>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -28,6 +30,19 @@ class prometheus_writer {
   void family(std::string_view name, kind k, std::string_view help);
   /// One sample of the current family.
   void sample(const labels& l, double value);
+
+  /// A family with a single sample (a node's counter or gauge).
+  struct single {
+    template <class V>
+      requires std::is_arithmetic_v<V>
+    single(std::string_view n, kind k, std::string_view h, V v) : name(n), what(k), help(h), value(static_cast<double>(v)) {}
+    std::string_view name;
+    kind what;
+    std::string_view help;
+    double value;
+  };
+  /// Writes each of `rows` as its own family, sampled once with `l`.
+  void singles(const labels& l, std::initializer_list<single> rows);
 
   [[nodiscard]] const std::string& text() const noexcept { return out_; }
 

@@ -72,8 +72,9 @@ enum class channel : std::uint8_t {
   broadcast = 2,
   replica = 3,
   clock = 4,  ///< clock offset probes (clock_messages.hpp)
+  query = 5,  ///< answers to queries, straight to the asker (queries.hpp)
 };
-inline constexpr std::size_t channel_count = 5;
+inline constexpr std::size_t channel_count = 6;
 
 /// Immutable bytes shared by everyone who holds them (send queues, caches).
 using shared_bytes = std::shared_ptr<const std::vector<std::uint8_t>>;

@@ -1,5 +1,6 @@
 // libFuzzer target: CBOR bytes -> json -> what the registry, placement and
-// reminders accept from peers (lib/consumer_wire.hpp), with the registry's
+// reminders accept from peers (lib/consumer_wire.hpp), and query requests
+// and answers (lib/query_wire.hpp), with the registry's
 // entries through crdt_wire::accept as gossip takes them. Any crash,
 // sanitizer report or escaping exception is a bug; so is a value accepted
 // once and refused when checked again.
@@ -7,6 +8,7 @@
 #include <barrel_p2p/crdt_wire.hpp>
 
 #include "consumer_wire.hpp"
+#include "query_wire.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -15,6 +17,17 @@ using namespace barrel_p2p;
 namespace cw = barrel_p2p::detail::consumer_wire;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  // Query requests and answers: a request that parses encodes and parses
+  // back to the same request.
+  if (auto r = detail::query_wire::parse_request({data, size})) {
+    const auto again = detail::query_wire::parse_request(detail::query_wire::encode(*r));
+    if (!again || again->id != r->id || again->name != r->name || again->asker != r->asker ||
+        again->nodes != r->nodes || again->tags != r->tags || again->deadline_ms != r->deadline_ms)
+      __builtin_trap();
+    (void)detail::query_wire::picks(*r, "n1", {});
+  }
+  if (auto a = detail::query_wire::parse_answer({data, size}); a && !detail::query_wire::parse_answer(detail::query_wire::encode(*a)))
+    __builtin_trap();
   static hlc_clock clock([] { return std::uint64_t{1'700'000'000'000}; });
   auto decoded = decode_cbor({data, size});
   if (!decoded) return 0;

@@ -1,0 +1,56 @@
+// The messages of queries (queries.hpp), encoded and checked in plain
+// functions (no I/O) so that the fuzz target test/fuzz/fuzz_consumers.cpp
+// reaches the parsers.
+//
+//   request, broadcast by Plumtree under the tag "barrel_p2p.query":
+//     {"i": id, "n": name, "p": payload, "a": asker descriptor,
+//      "x": deadline (asker's wall-clock ms), "f": [node ids]?, "t": {tags}?}
+//   answer, sent to the asker on the transport's query channel:
+//     {"i": id, "p": payload}
+#pragma once
+
+#include <barrel_p2p/transport.hpp>
+
+#include <map>
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace barrel_p2p::detail::query_wire {
+
+inline constexpr const char* broadcast_tag = "barrel_p2p.query";
+inline constexpr std::size_t max_name_bytes = 200;
+/// Node ids a request may name in its filter.
+inline constexpr std::size_t max_filter_nodes = 1024;
+
+struct request {
+  std::uint64_t id = 0;
+  std::string name;
+  json payload;
+  peer_descriptor asker;
+  std::uint64_t deadline_ms = 0;
+  std::vector<std::string> nodes;  ///< empty: any node
+  std::map<std::string, std::string> tags;  ///< empty: any tags
+};
+
+struct answer {
+  std::uint64_t id = 0;
+  json payload;
+};
+
+/// 1 to max_name_bytes bytes of valid UTF-8.
+[[nodiscard]] bool valid_name(const std::string& name) noexcept;
+
+[[nodiscard]] std::vector<std::uint8_t> encode(const request& r);
+[[nodiscard]] std::vector<std::uint8_t> encode(const answer& a);
+/// nullopt on anything but a well-formed message (never throws).
+[[nodiscard]] std::optional<request> parse_request(std::span<const std::uint8_t> bytes) noexcept;
+[[nodiscard]] std::optional<answer> parse_answer(std::span<const std::uint8_t> bytes) noexcept;
+
+/// Whether a node `self` with `tags` is one the request's filter picks.
+[[nodiscard]] bool picks(const request& r, const std::string& self, const std::map<std::string, std::string>& tags);
+
+}  // namespace barrel_p2p::detail::query_wire
