@@ -149,6 +149,40 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     return equal_constant_time(it->value(), "Bearer " + config.bearer_token);
   }
 
+  // A browser cannot set headers on a WebSocket, only subprotocols: it may
+  // offer the token as "barrel_p2p.bearer.<token as hex>". The protocol
+  // offered with the right token, to echo in the answer; nullopt if none.
+  std::optional<std::string> token_protocol(const request& req) const {
+    if (config.bearer_token.empty()) return std::nullopt;
+    const auto it = req.find(http::field::sec_websocket_protocol);
+    if (it == req.end()) return std::nullopt;
+    constexpr std::string_view prefix = "barrel_p2p.bearer.";
+    std::string_view offered(it->value().data(), it->value().size());
+    while (!offered.empty()) {
+      const auto comma = offered.find(',');
+      auto one = offered.substr(0, comma);
+      offered = comma == std::string_view::npos ? std::string_view{} : offered.substr(comma + 1);
+      while (!one.empty() && one.front() == ' ') one.remove_prefix(1);
+      while (!one.empty() && one.back() == ' ') one.remove_suffix(1);
+      if (!one.starts_with(prefix)) continue;
+      if (auto token = from_hex(one.substr(prefix.size())); token && equal_constant_time(*token, config.bearer_token))
+        return std::string(one);
+    }
+    return std::nullopt;
+  }
+
+  static std::optional<std::string> from_hex(std::string_view hex) {
+    if (hex.size() % 2 != 0) return std::nullopt;
+    std::string out;
+    for (std::size_t i = 0; i < hex.size(); i += 2) {
+      unsigned v = 0;
+      const auto r = std::from_chars(hex.data() + i, hex.data() + i + 2, v, 16);
+      if (r.ec != std::errc{} || r.ptr != hex.data() + i + 2) return std::nullopt;
+      out += static_cast<char>(v);
+    }
+    return out;
+  }
+
   // ---- Host and Origin (see http_api_config::allowed_hosts) ------------------
   // "[::1]:8946" -> "::1", "Node-1:80" -> "node-1", "::1" -> "::1".
   static std::string host_of(std::string_view authority) {
@@ -525,7 +559,8 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     const std::string_view target(req.target().data(), req.target().size());
     const auto path = target.substr(0, target.find('?'));
     std::optional<text_events> source;
-    if (!self->authorized(req)) refusal = self->unauthorized(version);
+    const auto protocol = self->token_protocol(req);
+    if (!protocol && !self->authorized(req)) refusal = self->unauthorized(version);
     else if (auto bad = self->foreign(req, true)) refusal = std::move(bad);
     else if (service_routes::owns(path)) source = self->services.events(path, self->config.websocket_queue, version, refusal);
     else source = self->map_events(req.target(), version, refusal);
@@ -547,8 +582,10 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
     websocket::stream_base::timeout t{std::chrono::seconds(10), self->config.idle_timeout, true};
     ws.set_option(t);
     ws.read_message_max(64 * 1024);
-    ws.set_option(websocket::stream_base::decorator(
-        [](websocket::response_type& res) { res.set(http::field::server, "barrel_p2p"); }));
+    ws.set_option(websocket::stream_base::decorator([protocol](websocket::response_type& res) {
+      res.set(http::field::server, "barrel_p2p");
+      if (protocol) res.set(http::field::sec_websocket_protocol, *protocol);  // a browser insists on the echo
+    }));
     auto [ec] = co_await ws.async_accept(req, tuple_awaitable);
     if (ec) co_return;
     self->count(http::status::switching_protocols);

@@ -372,6 +372,31 @@ TEST_CASE("HTTP: with a bearer token, requests without it get 401") {
     handshake_failed = static_cast<bool>(ec);
   });
   CHECK(handshake_failed);
+
+  // A browser offers the token as a subprotocol (hex): accepted and echoed;
+  // a wrong one is refused.
+  auto offer = [&](std::string protocols, std::string& echoed) {
+    bool ok = false;
+    f.run([&]() -> task<> {
+      websocket::stream<beast::tcp_stream> ws(co_await asio::this_coro::executor);
+      co_await beast::get_lowest_layer(ws).async_connect(
+          tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()), asio::use_awaitable);
+      ws.set_option(websocket::stream_base::decorator(
+          [protocols](websocket::request_type& r) { r.set(http::field::sec_websocket_protocol, protocols); }));
+      websocket::response_type res;
+      auto [ec] = co_await ws.async_handshake(res, "127.0.0.1", "/maps/kv/events", tuple_awaitable);
+      ok = !ec;
+      echoed = std::string(res[http::field::sec_websocket_protocol]);
+      if (ok) co_await ws.async_close(websocket::close_code::normal, tuple_awaitable);
+    });
+    return ok;
+  };
+  std::string echoed;
+  const std::string right_hex = "6c65742d6d652d696e";  // "let-me-in"
+  CHECK(offer("chat, barrel_p2p.bearer." + right_hex, echoed));
+  CHECK(echoed == "barrel_p2p.bearer." + right_hex);
+  CHECK_FALSE(offer("barrel_p2p.bearer.6c65742d6d652d6f7574", echoed));  // "let-me-out"
+  CHECK_FALSE(offer("barrel_p2p.bearer.zz", echoed));
 }
 
 // A web page on this machine, without a token: DNS rebinding gives its

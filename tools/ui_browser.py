@@ -8,7 +8,10 @@ standard library is enough).
      three members with their tags.
   2. A put made through node2's HTTP API appears in the page's live feed
      (the page follows node1's WebSocket: the change crossed the cluster).
-  3. Optionally saves a screenshot (--screenshot FILE) for the docs.
+  3. A node that wants a bearer token: the page asks for it, reads the
+     cluster with it and follows the feed (the token offered as a WebSocket
+     subprotocol).
+  4. Optionally saves a screenshot (--screenshot FILE) for the docs.
 
 Exits 77 (skipped) when chromium or chromedriver is not installed, 1 when a
 step fails; leaves no process behind.
@@ -156,6 +159,41 @@ def run(args):
         except dp.StepFailed:
             raise dp.StepFailed("the feed shows %s (error: %r)" % (seen["feed"][:5], seen["error"]))
         say("   in the feed after %.2f s: %s" % (t, next(l for l in seen["feed"] if "from-the-api" in l)))
+        say("\n== 3. a node that wants a token: the page asks for it, then reads and follows with it")
+        token_file = os.path.join(workdir, "http.token")
+        with open(token_file, "w") as f:
+            f.write("page-token-%d\n" % os.getpid())
+        guarded = dp.Node("guarded", binary, workdir, secret_file, nodes[0], args,
+                          extra_flags=["--http-token-file", token_file])
+        guarded.start()
+        nodes.append(guarded)
+        browser.open("http://127.0.0.1:%d/ui" % guarded.http_port)
+        dp.wait_until("the page asks for a token",
+                      lambda: browser.run("return getComputedStyle(document.getElementById('login')).display") == "flex", 20)
+        browser.run("document.getElementById('token').value = 'page-token-%d';"
+                    "document.getElementById('login').requestSubmit();" % os.getpid())
+        everyone = sorted(n.name for n in nodes)
+
+        def drawn_with_token():
+            seen.update(browser.run(PAGE_STATE))
+            return seen["nodes"] == everyone and not seen["silent"] and not seen["error"]
+        try:
+            dp.wait_until("the page reads the cluster with the token", drawn_with_token, 30)
+        except dp.StepFailed:
+            raise dp.StepFailed("the page shows %s" % json.dumps(seen))
+        time.sleep(0.5)  # the WebSocket opens after the first read
+        nodes[1].put("seen-with-a-token", 1)
+
+        def in_guarded_feed():
+            seen.update(browser.run(PAGE_STATE))
+            return any("put seen-with-a-token" in line for line in seen["feed"])
+        try:
+            dp.wait_until("the put in the feed of the page with a token", in_guarded_feed, 20)
+        except dp.StepFailed:
+            raise dp.StepFailed("the feed shows %s (error: %r)" % (seen["feed"][:5], seen["error"]))
+        say("   the token entered in the page; %d nodes drawn; the put arrived over the WebSocket"
+            " (the token offered as a subprotocol)" % len(everyone))
+        browser.open("http://127.0.0.1:%d/ui" % nodes[0].http_port)
         if args.screenshot:
             for i in range(8):
                 nodes[i % len(nodes)].put("order:%d" % i, {"qty": i + 1})
