@@ -371,7 +371,8 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
   // ---- one request ------------------------------------------------------------
   static task<response> handle(std::shared_ptr<impl> self, const request& req) {
     const auto version = req.version();
-    if (const std::string_view t(req.target().data(), req.target().size()); t == "/ui" || t == "/ui/") {
+    if (const std::string_view t(req.target().data(), req.target().size());
+        t.substr(0, t.find('?')) == "/ui" || t.substr(0, t.find('?')) == "/ui/") {
       if (auto refusal = self->foreign(req, false)) co_return std::move(*refusal);
       if (req.method() != http::verb::get) co_return method_not_allowed("GET", version);
       co_return self->ui(req);

@@ -384,7 +384,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   task<> send_shuffle_reply(peer_descriptor origin, std::vector<peer_descriptor> reply) {
     dial_slot slot(dials_in_flight);
     auto c = co_await net.connect(origin.address);
-    if (!c || c->id != origin.id) co_return;
+    if (!c || c->id != origin.id || leaving) co_return;
     send(c->id, shuffle_reply_message{std::move(reply)});
   }
 
@@ -423,7 +423,8 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
 
   task<> maintenance_loop() {
     while (!leaving) {
-      if (!co_await sched.sleep(jittered(config.maintenance_interval, config.jitter, rng))) co_return;
+      const bool slept = co_await sched.sleep(jittered(config.maintenance_interval, config.jitter, rng));
+      if (!slept || leaving) co_return;
       const auto now = sched.now();
       for (auto it = stray_since.begin(); it != stray_since.end();) {
         if (is_active(it->first)) {
@@ -471,8 +472,10 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   // would be dialled again at once).
   task<> reach_contact(peer_address contact) {
     auto c = co_await net.connect(contact);
+    if (leaving) co_return;  // the node may be gone: its transport and scheduler with it
     bool reached = false;
     if (c && c->id != self().id && !is_active(c->id)) reached = co_await promote(*c);
+    if (leaving) co_return;
     contact_probe_backoff.done(reached, sched.now(), config);
     reaching_contact = false;
   }
@@ -482,6 +485,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
       if (!active.empty() || leaving) break;
       co_await join_via(c);
     }
+    if (leaving) co_return;  // the node may be gone: its transport and scheduler with it
     rejoin_backoff.done(!active.empty(), sched.now(), config);
     rejoining = false;
   }
@@ -497,13 +501,16 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
         if (e.next_try <= now) candidates.push_back(e.desc);
       if (candidates.empty()) break;
       const auto target = pick(candidates, rng);
-      if (co_await promote(target)) ++counters.promotions;
+      const bool promoted = co_await promote(target);
+      if (leaving) co_return;
+      if (promoted) ++counters.promotions;
     }
     repairing = false;
   }
 
   task<bool> promote(const peer_descriptor& target, bool force = false) {
     auto c = co_await net.connect(target.address);
+    if (leaving) co_return false;  // the node may be gone: its transport and scheduler with it
     if (!c || c->id != target.id) {
       if (auto* e = find_passive(target.id)) {
         // Shuffles keep refreshing a dead peer's entry, so ageing alone
@@ -526,6 +533,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     spawn("neighbor_timeout", notify_after(sched, wake, config.neighbor_timeout));
     const bool woken = co_await wake->wait();
     wake->close();  // the timeout's notify, if still to come, goes nowhere
+    if (leaving) co_return false;
     auto it = neighbor_answers.find(c->id);
     const bool ok = woken && it != neighbor_answers.end() && it->second.wake == wake &&
                     it->second.answer.value_or(false);
@@ -568,12 +576,13 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   task<> swap_in(peer_descriptor target) { co_await promote(target, true); }
   task<> swap_in_contact(peer_address contact) {
     auto c = co_await net.connect(contact);
-    if (c && c->id != self().id && !is_active(c->id)) co_await promote(*c, true);
+    if (!leaving && c && c->id != self().id && !is_active(c->id)) co_await promote(*c, true);
   }
 
   task<> shuffle_loop() {
     while (!leaving) {
-      if (!co_await sched.sleep(jittered(config.shuffle_interval, config.jitter, rng))) co_return;
+      const bool slept = co_await sched.sleep(jittered(config.shuffle_interval, config.jitter, rng));
+      if (!slept || leaving) co_return;
       if (active.empty()) continue;
       std::vector<peer_descriptor> list{self()};
       for (auto& d : sample(active, config.shuffle_active)) list.push_back(d);
@@ -633,10 +642,13 @@ void hyparview::start() {
 }
 
 task<bool> hyparview::join(peer_address contact) {
-  auto* m = impl_.get();
-  if (std::find(m->contacts.begin(), m->contacts.end(), contact) == m->contacts.end())
-    m->contacts.push_back(contact);
-  co_return co_await m->join_via(contact);
+  remember_contact(contact);
+  co_return co_await impl_->join_via(contact);
+}
+
+void hyparview::remember_contact(peer_address contact) {
+  auto& c = impl_->contacts;
+  if (std::find(c.begin(), c.end(), contact) == c.end()) c.push_back(std::move(contact));
 }
 
 task<> hyparview::leave() {

@@ -1,5 +1,8 @@
 #include "barrel_p2p/keyed_hash.hpp"
 
+#include <atomic>
+#include <optional>
+
 #include <random>
 
 namespace barrel_p2p {
@@ -68,8 +71,22 @@ siphash_key random_siphash_key() {
   return siphash_key{word(), word()};
 }
 
+namespace {
+std::atomic<bool> key_drawn{false};
+std::optional<siphash_key> fixed_key;  // set before the first draw, or never
+}  // namespace
+
+bool fix_process_hash_key(const siphash_key& key) noexcept {
+  if (key_drawn.load()) return false;
+  fixed_key = key;
+  return true;
+}
+
 const siphash_key& process_hash_key() noexcept {
-  static const siphash_key key = random_siphash_key();
+  static const siphash_key key = [] {
+    key_drawn = true;
+    return fixed_key ? *fixed_key : random_siphash_key();
+  }();
   return key;
 }
 

@@ -313,9 +313,23 @@ std::shared_ptr<map> map::open(node& n, const std::string& name, map_options opt
         [weak](const std::string& line) {
           if (auto self = weak.lock()) self->log(line);
         },
-        i->options.disk_faults);
-    // Recovered entries go through the same validation and clock as peer data.
-    auto r = crdt_wire::ingest(i->state, i->store->recovered(), n.clock(), i->leaf());
+        i->options.disk_faults, n.simulated() ? store_mode::inline_writes : store_mode::writer_thread);
+    // Recovered entries go through the same validation as peer data, but
+    // not the forward-offset check: this node accepted or wrote them
+    // before, and a write acknowledged while its clock ran ahead must not
+    // vanish at restart (the nemesis found it: seed 29). The node's clock
+    // moves past them, so its own later writes are not ordered behind
+    // them; its clock monitor then refuses local writes until the
+    // cluster's clocks catch up, and peers take the entries once their
+    // clocks admit them.
+    hlc_clock recovery_clock([&n] { return n.clock().wall_ms(); }, std::chrono::hours(24 * 365 * 100));
+    auto r = crdt_wire::ingest(i->state, i->store->recovered(), recovery_clock, i->leaf());
+    const auto newest = recovery_clock.last();
+    const auto wall = n.clock().wall_ms();
+    if (newest.wall_ms > wall + static_cast<std::uint64_t>(n.clock().max_offset().count()))
+      i->log("recovered entries stamped up to " + std::to_string((newest.wall_ms - wall) / 1000) +
+             " s ahead of this clock: kept; peers take them once their clocks admit them");
+    n.clock().restore(newest);
     std::unique_lock lock(i->mu);
     for (const auto& [k, v] : i->state.to_list()) i->projection.emplace(k, v);
     if (r.why.total) i->log("dropped " + std::to_string(r.why.total) + " invalid recovered entries");

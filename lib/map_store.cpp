@@ -152,6 +152,8 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
   std::deque<store_job> queue;
   std::uint64_t compact_below = 0;       // requested: fold segments below this
   bool stopping = false;
+  bool inline_writes = false;   // store_mode::inline_writes: no writer thread
+  bool writer_failed = false;   // the writer's (thread or inline caller)
   map_store_stats stats;
 
   // On the completions executor only.
@@ -199,7 +201,6 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
   // The writer thread: takes everything queued, writes it with one write()
   // per run of records and one fsync, and reports back on the executor.
   void run_writer() {
-    bool failed = false;
     for (;;) {
       std::deque<store_job> batch;
       {
@@ -208,27 +209,43 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
         if (queue.empty()) return;  // stopping, and nothing left to write
         batch.swap(queue);
       }
-      const auto last = batch.back().seq;
-      if (failed) {
-        post_completed(last,
-                       std::make_exception_ptr(std::system_error(
-                           EIO, std::generic_category(), "map_store: the store takes no more writes since an earlier failure")),
-                       true);
-        continue;
-      }
-      try {
-        write(batch);
-        post_completed(last, nullptr, false);
-      } catch (const write_cut_back&) {
-        std::lock_guard lock(mu);
-        ++stats.write_errors;
-        post_completed(last, std::current_exception(), false);
-      } catch (...) {
-        failed = true;
-        std::lock_guard lock(mu);
-        stats.failed = true;
-        post_completed(last, std::current_exception(), true);
-      }
+      write_round(batch);
+    }
+  }
+
+  // Inline mode: the round the writer thread would run, on the caller's
+  // thread, for everything queued now.
+  void write_queued() {
+    std::deque<store_job> batch;
+    {
+      std::lock_guard lock(mu);
+      batch.swap(queue);
+    }
+    if (!batch.empty()) write_round(batch);
+  }
+
+  // One round: write and fsync `batch`, report the outcome on the executor.
+  void write_round(std::deque<store_job>& batch) {
+    const auto last = batch.back().seq;
+    if (writer_failed) {
+      post_completed(last,
+                     std::make_exception_ptr(std::system_error(
+                         EIO, std::generic_category(), "map_store: the store takes no more writes since an earlier failure")),
+                     true);
+      return;
+    }
+    try {
+      write(batch);
+      post_completed(last, nullptr, false);
+    } catch (const write_cut_back&) {
+      std::lock_guard lock(mu);
+      ++stats.write_errors;
+      post_completed(last, std::current_exception(), false);
+    } catch (...) {
+      writer_failed = true;
+      std::lock_guard lock(mu);
+      stats.failed = true;
+      post_completed(last, std::current_exception(), true);
     }
   }
 
@@ -441,7 +458,8 @@ struct map_store::shared : std::enable_shared_from_this<map_store::shared> {
   }
 };
 
-map_store::map_store(std::filesystem::path dir, executor completions, log_sink log, disk_fault_hook faults)
+map_store::map_store(std::filesystem::path dir, executor completions, log_sink log, disk_fault_hook faults,
+                     store_mode mode)
     : dir_(std::move(dir)), log_(std::move(log)), shared_(std::make_shared<shared>()) {
   std::error_code ec;
   std::filesystem::create_directories(dir_, ec);
@@ -459,7 +477,8 @@ map_store::map_store(std::filesystem::path dir, executor completions, log_sink l
   if (size < 0) fail("seek " + segment_path(dir_, segment_).string());
   shared_->synced_size = static_cast<std::uint64_t>(size);
   fsync_dir(dir_);
-  writer_ = std::thread([s = shared_.get()] { s->run_writer(); });
+  shared_->inline_writes = mode == store_mode::inline_writes;
+  if (!shared_->inline_writes) writer_ = std::thread([s = shared_.get()] { s->run_writer(); });
   compactor_ = std::thread([s = shared_.get()] { s->run_compactor(); });
 }
 
@@ -470,7 +489,8 @@ map_store::~map_store() {
   }
   shared_->wake.notify_one();
   shared_->wake_compactor.notify_one();
-  writer_.join();
+  if (shared_->inline_writes) shared_->write_queued();
+  else writer_.join();
   compactor_.join();
   ::close(shared_->log_fd);
 }
@@ -533,6 +553,7 @@ std::uint64_t map_store::compact() {
 task<> map_store::durable(std::uint64_t seq) {
   auto s = shared_;
   if (s->failure) std::rethrow_exception(s->failure);
+  if (s->inline_writes && seq > s->reported_seq) s->write_queued();  // its outcome is posted, as the thread's is
   if (seq <= s->reported_seq) {
     if (auto e = s->outcome(seq)) std::rethrow_exception(e);
     co_return;

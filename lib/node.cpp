@@ -87,6 +87,8 @@ node::node(sim_network& net, node_config config) : impl_(std::make_unique<impl>(
   m.assemble();
 }
 
+bool node::simulated() const { return impl_->tcp == nullptr; }
+
 node::~node() {
   // Attachments someone still holds must not reach the layers destroyed
   // next; the rest go with the registry.
@@ -110,6 +112,9 @@ task<join_result> node::impl::do_start(impl& m) {
   m.clocks->start();
   m.broadcast->start();
   m.replicas->start();
+  // All of them, for rejoins: the one that takes this node in may be the
+  // first to go (the nemesis found a node alone for good: seed 189).
+  for (const auto& contact : m.config.contacts) m.membership->remember_contact(contact);
   for (const auto& contact : m.config.contacts) {
     const bool joined = co_await m.membership->join(contact);
     if (joined) {

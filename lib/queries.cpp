@@ -20,8 +20,8 @@ namespace qw = detail::query_wire;
 namespace {
 
 constexpr const char* attachment_key = "queries";
-// An answer's envelope around its payload: {"i": id, "p": ...}.
-constexpr std::size_t answer_overhead = 16;
+// An answer's envelope around its payload: {"i": id, "q": digest, "p": ...}.
+constexpr std::size_t answer_overhead = 32;
 
 }  // namespace
 
@@ -32,6 +32,7 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
         : started(at), max_answers(max), out(ex), done(std::make_shared<wake_signal>(std::move(ex))) {}
     duration started;
     std::size_t max_answers;
+    std::uint64_t digest = 0;  // of the request as broadcast
     std::set<std::string> answered;
     event_publisher<query_answer> out;
     std::shared_ptr<wake_signal> done;  // wakes the expiry early (enough answers, stop)
@@ -74,10 +75,10 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
       log("dropped a malformed query request from " + origin);
       return;
     }
-    serve(std::move(*r));
+    serve(std::move(*r), qw::request_digest(bytes));
   }
 
-  void serve(qw::request r) {
+  void serve(qw::request r, std::uint64_t digest) {
     const auto h = handlers.find(r.name);
     if (h == handlers.end() || !qw::picks(r, n.id(), own_tags())) {
       ++counters.requests_filtered;
@@ -94,10 +95,10 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
     }
     ++running;
     ++counters.handled;
-    tasks.spawn("query handler", run_handler(shared_from_this(), std::move(r), h->second));
+    tasks.spawn("query handler", run_handler(shared_from_this(), std::move(r), digest, h->second));
   }
 
-  static task<> run_handler(std::shared_ptr<impl> self, qw::request r, query_handler handler) {
+  static task<> run_handler(std::shared_ptr<impl> self, qw::request r, std::uint64_t digest, query_handler handler) {
     struct done_running {
       impl& i;
       ~done_running() { --i.running; }
@@ -109,6 +110,7 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
     asked.payload = r.payload;
     asked.from = r.asker.id;
     asked.id = r.id;
+    asked.digest = digest;
     try {
       result = co_await handler(std::move(asked));
     } catch (const std::exception& e) {
@@ -128,10 +130,10 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
     }
     if (r.asker.id == self->n.id()) {  // its own question: no network
       ++self->counters.answers_sent;
-      self->deliver(r.asker.id, r.id, std::move(*result));
+      self->deliver(r.asker.id, r.id, digest, std::move(*result));
       co_return;
     }
-    auto bytes = qw::encode(qw::answer{r.id, std::move(*result)});
+    auto bytes = qw::encode(qw::answer{r.id, digest, std::move(*result)});
     if (bytes.size() > self->config.max_payload_bytes + answer_overhead) {
       ++self->counters.answers_unsent;
       self->log("not answering " + r.name + ": the answer is " + std::to_string(bytes.size()) +
@@ -141,11 +143,11 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
     auto& net = self->n.net();
     if (!net.is_connected(r.asker.id)) {
       // The asker is no neighbour: dial it. The connection is a stray one to
-      // HyParView, closed by its sweep; one to another node is closed now.
+      // HyParView, closed by its sweep (as is one that reached another node:
+      // it may be in use by someone else, so it is not closed here).
       const auto who = co_await net.connect(r.asker.address);
       if (self->closed) co_return;
       if (!who || who->id != r.asker.id) {
-        if (who && !self->n.membership().is_active(who->id)) net.disconnect(who->id);
         ++self->counters.answers_unsent;
         self->log("could not reach " + r.asker.id + " at " + r.asker.address.to_string() + " to answer " + r.name);
         co_return;
@@ -161,25 +163,28 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
 
   bool on_answer(const std::string& from, std::span<const std::uint8_t> bytes) {
     if (closed) return true;
-    auto a = qw::parse_answer(bytes);
+    // Sized before it is decoded: an answer larger than this node would
+    // send is no answer it takes.
+    auto a = bytes.size() <= config.max_payload_bytes + answer_overhead ? qw::parse_answer(bytes) : std::nullopt;
     if (!a) {
       ++counters.bad_messages;
       log("dropped a malformed query answer from " + from);
       return true;  // counted here; the connection itself is fine
     }
-    deliver(from, a->id, std::move(a->payload));
+    deliver(from, a->id, a->digest, std::move(a->payload));
     return true;
   }
 
-  void deliver(const std::string& from, std::uint64_t id, json payload) {
+  void deliver(const std::string& from, std::uint64_t id, std::uint64_t digest, json payload) {
     const auto it = pending.find(id);
-    if (it == pending.end()) {
+    if (it == pending.end()) {  // a query ends at its timeout or its max_answers
       ++counters.answers_late;
       return;
     }
     auto& q = *it->second;
-    if (q.answered.size() >= q.max_answers) {
-      ++counters.answers_over_limit;
+    if (digest != q.digest) {
+      ++counters.answers_foreign;
+      log("dropped an answer from " + from + " to another question under a pending query's id");
       return;
     }
     if (!q.answered.insert(from).second) {
@@ -227,12 +232,15 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
     auto q = std::make_unique<pending_query>(self->strand, self->n.sched().now(), max);
     auto stream = q->out.subscribe(max);
     auto done = q->done;
+    auto bytes = share_bytes(qw::encode(r));
+    const auto digest = qw::request_digest(*bytes);
+    q->digest = digest;
     self->pending.emplace(r.id, std::move(q));
     ++self->counters.asked;
-    self->n.broadcast().broadcast(qw::broadcast_tag, share_bytes(qw::encode(r)));
+    self->n.broadcast().broadcast(qw::broadcast_tag, std::move(bytes));
     self->tasks.spawn("query expiry", expire(self, r.id, std::move(done), options.timeout));
     ++self->counters.requests_received;
-    self->serve(std::move(r));  // this node answers too, when it handles the name
+    self->serve(std::move(r), digest);  // this node answers too, when it handles the name
     co_return stream;
   }
 

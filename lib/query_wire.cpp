@@ -1,6 +1,7 @@
 #include "query_wire.hpp"
 
 #include "barrel_p2p/cbor.hpp"
+#include "barrel_p2p/keyed_hash.hpp"
 #include "consumer_wire.hpp"
 
 #include <algorithm>
@@ -36,8 +37,14 @@ std::vector<std::uint8_t> encode(const request& r) {
 std::vector<std::uint8_t> encode(const answer& a) {
   json m = json::object();
   m["i"] = a.id;
+  m["q"] = a.digest;
   m["p"] = a.payload;
   return encode_cbor(m);
+}
+
+std::uint64_t request_digest(std::span<const std::uint8_t> request_bytes) noexcept {
+  static constexpr siphash_key key{0x62617272656c5f70, 0x32702e7175657279};  // fixed: both sides compute it
+  return siphash24(key, std::string_view(reinterpret_cast<const char*>(request_bytes.data()), request_bytes.size()));
 }
 
 namespace {
@@ -99,11 +106,12 @@ std::optional<request> parse_request(std::span<const std::uint8_t> bytes) noexce
 std::optional<answer> parse_answer(std::span<const std::uint8_t> bytes) noexcept {
   try {
     auto m = decode_cbor(bytes);
-    if (!m || !m->is_object() || m->size() != 2) return std::nullopt;
+    if (!m || !m->is_object() || m->size() != 3) return std::nullopt;
     const auto* i = field(*m, "i");
+    const auto* q = field(*m, "q");
     const auto* p = field(*m, "p");
-    if (!i || !i->is_number_unsigned() || !p) return std::nullopt;
-    return answer{i->get<std::uint64_t>(), std::move((*m)["p"])};
+    if (!i || !i->is_number_unsigned() || !q || !q->is_number_unsigned() || !p) return std::nullopt;
+    return answer{i->get<std::uint64_t>(), q->get<std::uint64_t>(), std::move((*m)["p"])};
   } catch (...) {
     return std::nullopt;
   }

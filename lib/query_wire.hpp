@@ -6,7 +6,10 @@
 //     {"i": id, "n": name, "p": payload, "a": asker descriptor,
 //      "x": deadline (asker's wall-clock ms), "f": [node ids]?, "t": {tags}?}
 //   answer, sent to the asker on the transport's query channel:
-//     {"i": id, "p": payload}
+//     {"i": id, "q": digest of the request's bytes, "p": payload}
+//   The digest ties an answer to the question asked: a member that re-sends
+//   a request under a pending query's id with another question gets
+//   answers the asker drops.
 #pragma once
 
 #include <barrel_p2p/transport.hpp>
@@ -38,8 +41,12 @@ struct request {
 
 struct answer {
   std::uint64_t id = 0;
+  std::uint64_t digest = 0;  ///< request_digest of the request answered
   json payload;
 };
+
+/// A fixed-key SipHash of a request's encoded bytes (as broadcast).
+[[nodiscard]] std::uint64_t request_digest(std::span<const std::uint8_t> request_bytes) noexcept;
 
 /// 1 to max_name_bytes bytes of valid UTF-8.
 [[nodiscard]] bool valid_name(const std::string& name) noexcept;

@@ -219,31 +219,37 @@ class sim_transport final : public transport {
   }
 
   task<std::optional<peer_descriptor>> connect(peer_address addr) override {
-    auto& self_node = me();
-    if (addr.host != "sim" || addr.port >= net_.nodes.size() || addr.port == index_ ||
-        !self_node.attached) {
-      ++self_node.counters.connect_failures;
+    return dial(net_, index_, std::move(addr));
+  }
+
+  // Static, on the network's state only: the transport may be destroyed
+  // while a dial waits (a node that crashes), the network never is.
+  static task<std::optional<peer_descriptor>> dial(sim_network::impl& net, std::size_t index, peer_address addr) {
+    auto me = [&net, index]() -> sim_node& { return *net.nodes[index]; };
+    if (addr.host != "sim" || addr.port >= net.nodes.size() || addr.port == index || !me().attached) {
+      ++me().counters.connect_failures;
       co_return std::nullopt;
     }
     const std::size_t target_index = addr.port;
     {
-      auto& target = *net_.nodes[target_index];
-      if (self_node.links.contains(target.desc.id)) co_return target.desc;
-      if (!net_.reachable(self_node, target)) {
-        co_await sleep(net_.config.connect_timeout);
+      auto& target = *net.nodes[target_index];
+      if (me().links.contains(target.desc.id)) co_return target.desc;
+      if (!net.reachable(me(), target)) {
+        co_await pause(net, net.config.connect_timeout);
         ++me().counters.connect_failures;
         co_return std::nullopt;
       }
     }
-    co_await sleep(net_.config.latency * 2);  // the handshake's round trip
+    co_await pause(net, net.config.latency * 2);  // the handshake's round trip
     auto& a = me();
-    auto& b = *net_.nodes[target_index];
+    auto& b = *net.nodes[target_index];
+    if (!a.attached) co_return std::nullopt;  // its transport went meanwhile
     if (a.links.contains(b.desc.id)) co_return b.desc;  // the other side dialled meanwhile
-    if (!net_.reachable(a, b)) {
+    if (!net.reachable(a, b)) {
       ++a.counters.connect_failures;
       co_return std::nullopt;
     }
-    const auto epoch = net_.next_epoch++;
+    const auto epoch = net.next_epoch++;
     a.links[b.desc.id] = epoch;
     b.links[a.desc.id] = epoch;
     ++a.counters.connections_opened;
@@ -317,8 +323,8 @@ class sim_transport final : public transport {
  private:
   sim_node& me() const { return *net_.nodes[index_]; }
 
-  task<> sleep(duration d) {
-    sim_scheduler s(net_, duration{0});
+  static task<> pause(sim_network::impl& net, duration d) {
+    sim_scheduler s(net, duration{0});
     co_await s.sleep(d);
   }
 

@@ -3,6 +3,7 @@
 #include <barrel_p2p/http_api.hpp>
 #include <barrel_p2p/members.hpp>
 #include <barrel_p2p/placement.hpp>
+#include <barrel_p2p/queries.hpp>
 #include <barrel_p2p/registry.hpp>
 #include <barrel_p2p/reminders.hpp>
 
@@ -13,6 +14,8 @@
 
 #include "http_client.hpp"
 #include "map_cluster.hpp"
+
+#include <set>
 
 using namespace barrel_p2p;
 using namespace barrel_p2p::testing;
@@ -41,6 +44,7 @@ struct services_fixture {
   std::vector<std::shared_ptr<placement>> groups;
   std::vector<std::shared_ptr<reminders>> timers;
   std::vector<std::shared_ptr<members>> directory;
+  std::vector<std::shared_ptr<queries>> asked;
 
   services_fixture() {
     for (int i = 0; i < 2; ++i) {
@@ -64,6 +68,9 @@ struct services_fixture {
     auto d = co_await members::open(n, tags_of(n.id()));
     directory.push_back(d);
     co_await api.expose(d);
+    auto q = co_await queries::open(n);
+    asked.push_back(q);
+    co_await api.expose(q);
     co_await api.expose(regs.back());
     co_await api.expose(groups.back());
     co_await api.expose(timers.back());
@@ -176,6 +183,69 @@ TEST_CASE("HTTP: routes of consumers a node does not serve are 404 with a JSON r
   CHECK(r.body_json()["error"] == "not_served");
   c.run([&]() -> task<> { r = co_await send_request(api.port(), http::verb::get, "/services"); });
   CHECK(r.status == 404);
+  c.run([&]() -> task<> { r = co_await send_request(api.port(), http::verb::post, "/query/x"); });
+  CHECK(r.status == 404);
+  CHECK(r.body_json()["error"] == "not_served");
+  c.run([&]() -> task<> { co_await api.stop(); });
+}
+
+TEST_CASE("HTTP: POST /query asks every node and answers when the query ends; bad queries are 400") {
+  services_fixture f;
+  REQUIRE(f.c.eventually([&] { return f.directory[0]->list().size() == 2 && f.directory[1]->list().size() == 2; }));
+  const auto all = f.call(0, http::verb::post, "/query/barrel_p2p.status", R"({"timeout_ms": 1500})");
+  REQUIRE(all.status == 200);
+  const auto body = all.body_json();
+  CHECK(body["query"] == "barrel_p2p.status");
+  std::set<std::string> answered;
+  for (const auto& a : body["answers"]) {
+    answered.insert(a["node"].get<std::string>());
+    CHECK(a["payload"]["node"] == a["node"]);  // each node answers with its own GET /status
+    CHECK(a["ms"].is_number_unsigned());
+  }
+  CHECK(answered == std::set<std::string>{"n0", "n1"});
+  const auto db = f.call(1, http::verb::post, "/query/barrel_p2p.status", R"({"timeout_ms": 1000, "tags": {"role": "db"}})");
+  REQUIRE(db.status == 200);
+  REQUIRE(db.body_json()["answers"].size() == 1);
+  CHECK(db.body_json()["answers"][0]["node"] == "n0");
+  const auto one = f.call(1, http::verb::post, "/query/barrel_p2p.status", R"({"timeout_ms": 60000, "max_answers": 1})");
+  CHECK(one.body_json()["answers"].size() == 1);  // answered at the first, not after a minute
+  const auto nobody = f.call(0, http::verb::post, "/query/nobody.answers", R"({"timeout_ms": 200})");
+  CHECK(nobody.status == 200);
+  CHECK(nobody.body_json()["answers"].empty());
+
+  CHECK(f.call(0, http::verb::post, "/query/x", R"({"timeout_ms": 0})").body_json()["error"] == "bad_query");
+  CHECK(f.call(0, http::verb::post, "/query/x", R"({"tags": {"k": 1}})").status == 400);
+  CHECK(f.call(0, http::verb::post, "/query/x", R"({"nodes": "n1"})").status == 400);
+  CHECK(f.call(0, http::verb::post, "/query/x", "[1]").body_json()["error"] == "bad_query");
+  CHECK(f.call(0, http::verb::post, "/query/x", "{").body_json()["error"] == "bad_json");
+  CHECK(f.call(0, http::verb::post, "/query/" + std::string(201, 'n')).body_json()["error"] == "bad_query");
+  CHECK(f.call(0, http::verb::get, "/query/x").status == 405);
+  CHECK(f.call(0, http::verb::post, "/query").status == 404);
+  CHECK(f.call(0, http::verb::post, "/query/a/b").status == 404);
+}
+
+TEST_CASE("HTTP: GET /ui serves the cluster page, without the token the API needs") {
+  cluster c;
+  auto& n = c.add("solo");
+  http_api_config config;
+  config.bearer_token = "secret-token";
+  http_api api(n, config);
+  c.run([&]() -> task<> { co_await api.start(); });
+  reply page, with_query, post, status;
+  c.run([&]() -> task<> {
+    page = co_await send_request(api.port(), http::verb::get, "/ui");
+    with_query = co_await send_request(api.port(), http::verb::get, "/ui?refresh=1");
+    post = co_await send_request(api.port(), http::verb::post, "/ui");
+    status = co_await send_request(api.port(), http::verb::get, "/status");
+  });
+  CHECK(page.status == 200);
+  CHECK(page.content_type.starts_with("text/html"));
+  CHECK(page.body.find("<title>barrel_p2p cluster</title>") != std::string::npos);
+  for (const char* external : {"src=\"http", "href=\"http", "src=\"//", "href=\"//", "@import"})
+    CHECK(page.body.find(external) == std::string::npos);  // nothing loaded from elsewhere
+  CHECK(with_query.status == 200);
+  CHECK(post.status == 405);
+  CHECK(status.status == 401);  // the data still needs the token
   c.run([&]() -> task<> { co_await api.stop(); });
 }
 

@@ -44,8 +44,9 @@ task<std::optional<json>> throw_instead() {
   co_return json("never");
 }
 
-task<std::optional<json>> note_id(std::uint64_t& seen, std::uint64_t id) {
-  seen = id;
+task<std::optional<json>> note_id(std::uint64_t& seen, std::uint64_t& seen_digest, query_request r) {
+  seen = r.id;
+  seen_digest = r.digest;
   co_return json(1);
 }
 
@@ -148,8 +149,8 @@ TEST_CASE("an answer after the timeout is dropped; a throwing handler answers no
 
   // n2 answers once for real, then forges a second answer to the same
   // query, an answer to a query never asked, and bytes that are no answer.
-  std::uint64_t seen_id = 0;
-  qs[2]->handle("id", [&seen_id](query_request r) { return note_id(seen_id, r.id); });
+  std::uint64_t seen_id = 0, seen_digest = 0;
+  qs[2]->handle("id", [&seen_id, &seen_digest](query_request r) { return note_id(seen_id, seen_digest, std::move(r)); });
   std::vector<query_answer> once;
   boost::asio::co_spawn(c.io, [&]() -> task<> { co_await collect(*qs[0], "id", json(nullptr), within(1500ms), once); },
                         boost::asio::detached);
@@ -157,16 +158,23 @@ TEST_CASE("an answer after the timeout is dropped; a throwing handler answers no
   auto forged = [&](json m) { return c.nodes[2]->net().send("n0", channel::query, encode_body(m)); };
   json again = json::object();
   again["i"] = seen_id;
+  again["q"] = seen_digest;
   again["p"] = 2;
   json unknown = json::object();
   unknown["i"] = seen_id + 12345;
+  unknown["q"] = seen_digest;
   unknown["p"] = 3;
+  json other_question = json::object();  // the id of the pending query, the digest of another request
+  other_question["i"] = seen_id;
+  other_question["q"] = seen_digest + 1;
+  other_question["p"] = 4;
   CHECK(forged(again));
   CHECK(forged(unknown));
+  CHECK(forged(other_question));
   CHECK(forged(json::array({1, 2, 3})));
   CHECK(c.eventually([&] {
     const auto k = qs[0]->counters();
-    return k.answers_duplicate == 1 && k.answers_late == 1 && k.bad_messages == 1;
+    return k.answers_duplicate == 1 && k.answers_late == 1 && k.answers_foreign == 1 && k.bad_messages == 1;
   }));
   CHECK(c.eventually([&] { return qs[0]->pending() == 0; }));
   CHECK(once.size() == 1);

@@ -267,6 +267,7 @@ struct args {
 
   [[nodiscard]] const std::string& at(std::size_t i, const char* what) const {
     if (i >= words.size()) throw usage_failure(std::string("missing ") + what);
+    if (words[i].empty()) throw usage_failure(std::string(what) + " is empty");
     return words[i];
   }
   void at_most(std::size_t n) const {
@@ -296,6 +297,9 @@ std::uint64_t number(const std::string& flag, const std::string& text) {
 std::pair<std::string, std::string> tag(const std::string& text) {
   const auto eq = text.find('=');
   if (eq == std::string::npos || eq == 0) throw usage_failure("--tag: expected KEY=VALUE, got '" + text + "'");
+  // The API's filter is key:value, split at the first colon.
+  if (text.substr(0, eq).find(':') != std::string::npos)
+    throw usage_failure("--tag: a tag key with ':' cannot be filtered on, got '" + text + "'");
   return {text.substr(0, eq), text.substr(eq + 1)};
 }
 
@@ -654,6 +658,9 @@ int run(int argc, char** argv) {
     const std::string w = argv[i];
     if (w == "--json") {
       s.json_output = true;
+    } else if (w == "--help" || w == "-h") {
+      std::cout << usage;
+      return done;
     } else if (w.starts_with("--") && w.size() > 2) {
       const bool allowed = allowed_it != command_flags().end() &&
                            std::find(allowed_it->second.begin(), allowed_it->second.end(), w) != allowed_it->second.end();

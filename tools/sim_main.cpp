@@ -4,9 +4,11 @@
 // table. Same seed, same output (wall-clock figures go to stderr).
 //
 //   barrel-p2p-sim --scenario form|fail|steady|churn|partition [--nodes N] [--seed S]
+//   barrel-p2p-sim --scenario nemesis [--seeds A..B] [--nodes N] [--fault-seconds S] [--trace] [--sabotage]
 //                  [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]
 //                  [tuning and bounds of the steady scenario: see docs/reference/simulator.md]
 #include <barrel_p2p/cbor.hpp>
+#include <barrel_p2p/keyed_hash.hpp>
 #include <barrel_p2p/map.hpp>
 #include <barrel_p2p/sim_network.hpp>
 
@@ -15,6 +17,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include "cli.hpp"
+#include "sim_nemesis.hpp"
 
 #include <chrono>
 #include <cstdio>
@@ -65,6 +68,8 @@ struct options {
   bool trace_tree = false;
   double loss = 0;  // steady: message loss on every link once formed
   std::size_t origins = 0;  // steady: broadcasts come from this many fixed nodes (0: any node)
+  bool nodes_given = false;
+  sim::nemesis_options nemesis;
 };
 
 constexpr duration link_latency{5};
@@ -642,6 +647,9 @@ int scenario_partition(const options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before anything hashes: runs replay only with the same hash-table order.
+  if (!fix_process_hash_key(siphash_key{0x0706050403020100, 0x0f0e0d0c0b0a0908}))
+    std::cerr << "barrel-p2p-sim: the hash key was drawn already: runs will not replay exactly\n";
   options o;
   cli::flag_reader args(argc, argv);
   auto value = [&] { return args.value(); };
@@ -649,7 +657,16 @@ int main(int argc, char** argv) {
     while (args.next()) {
       const auto& a = args.flag();
       if (a == "--scenario") o.scenario = value();
-      else if (a == "--nodes") o.nodes = std::stoul(value());
+      else if (a == "--nodes") o.nodes = std::stoul(value()), o.nodes_given = true;
+      else if (a == "--seeds") {
+        const auto range = value();
+        const auto dots = range.find("..");
+        o.nemesis.first_seed = std::stoull(range.substr(0, dots));
+        o.nemesis.last_seed = dots == std::string::npos ? o.nemesis.first_seed : std::stoull(range.substr(dots + 2));
+        if (o.nemesis.last_seed < o.nemesis.first_seed) throw std::invalid_argument("--seeds A..B needs A <= B");
+      } else if (a == "--trace") o.nemesis.trace = true;
+      else if (a == "--sabotage") o.nemesis.sabotage = true;
+      else if (a == "--fault-seconds") o.nemesis.faulty = std::chrono::seconds(std::stoull(value()));
       else if (a == "--seed") o.seed = std::stoull(value());
       else if (a == "--broadcasts") o.broadcasts = std::stoul(value());
       else if (a == "--fail") o.fail_percents = cli::parse_list<int>(value());
@@ -685,7 +702,8 @@ int main(int argc, char** argv) {
                      "                      [--optimization-interval-ms T] [--origins K] [--gap-ms T]\n"
                      "                      [--jitter-ms J] [--loss P] [--trace-tree]\n"
                      "                      [--max-rmr R] [--max-ldh L] [--max-graft-prune G] [--min-complete C]\n"
-                     "                      [--max-connect-ms T] [--min-reliability R] [--max-converge-ms T]\n";
+                     "                      [--max-connect-ms T] [--min-reliability R] [--max-converge-ms T]\n"
+                     "       barrel-p2p-sim --scenario nemesis [--seeds A..B] [--nodes N] [--fault-seconds S] [--trace] [--sabotage]\n";
         return 2;
       }
     }
@@ -708,6 +726,11 @@ int main(int argc, char** argv) {
   else if (o.scenario == "steady") rc = scenario_steady(o);
   else if (o.scenario == "churn") rc = scenario_churn(o);
   else if (o.scenario == "partition") rc = scenario_partition(o);
+  else if (o.scenario == "nemesis") {
+    auto n = o.nemesis;
+    if (o.nodes_given) n.nodes = o.nodes;
+    rc = sim::run_nemesis(n);
+  }
   else std::cerr << "barrel-p2p-sim: unknown scenario " << o.scenario << '\n';
   const auto wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   std::cerr << "wall time " << fmt(wall) << " s\n";

@@ -101,6 +101,12 @@ class hlc_clock {
   /// moves backwards. Throws hlc_offset_error when !admissible(remote).
   hlc_timestamp update(const hlc_timestamp& remote);
 
+  /// Moves the clock past `own`, a timestamp this node accepted or issued
+  /// before a restart (recovered from its own disk), however far ahead of
+  /// the physical clock: its later timestamps must never order its new
+  /// writes behind its old ones. Never moves backwards.
+  void restore(const hlc_timestamp& own) noexcept { last_ = std::max(last_, own); }
+
   /// The last timestamp issued or absorbed, without advancing.
   [[nodiscard]] hlc_timestamp last() const noexcept { return last_; }
 

@@ -133,6 +133,11 @@ class hyparview {
   /// accepted the connection; on false, the node keeps retrying the contact
   /// (with backoff) while its active view is empty.
   task<bool> join(peer_address contact);
+  /// Remembers `contact` for later rejoins (tried in order while the active
+  /// view is empty) without dialling it now. The node's start() remembers
+  /// every configured contact, not only the one that took it in: that one
+  /// may be the first to go.
+  void remember_contact(peer_address contact);
 
   /// Leaves: tells every active peer (DISCONNECT), closes connections, stops
   /// the loops, publishes `left`. The object can then be destroyed.

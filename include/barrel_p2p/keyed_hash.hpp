@@ -33,6 +33,12 @@ using siphash_key = std::array<std::uint64_t, 2>;
 /// This process's random key (drawn on first use).
 [[nodiscard]] const siphash_key& process_hash_key() noexcept;
 
+/// Fixes the process key instead, before its first use (false if it was
+/// drawn already). For the simulator only: hash tables iterate in key-hash
+/// order, and some messages follow that order, so a run replays exactly
+/// only with the same key. Call it first thing in main().
+bool fix_process_hash_key(const siphash_key& key) noexcept;
+
 /// The same for tables keyed by peer-chosen 64-bit values (hashes a peer
 /// can aim, such as sync_key_id).
 struct keyed_word_hash {

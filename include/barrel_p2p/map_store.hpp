@@ -58,6 +58,15 @@ enum class disk_op { write, fsync };
 /// writes `bytes` of its data when the hook lowers it (a torn write).
 using disk_fault_hook = std::function<int(disk_op op, std::size_t& bytes)>;
 
+/// Where the log is written. The simulator's nodes write inline, so that a
+/// seeded run replays exactly (a writer thread would finish its rounds at
+/// moments the virtual timeline cannot fix); blocking the executor costs
+/// nothing there, as time is virtual.
+enum class store_mode {
+  writer_thread,  ///< a thread of the store's own: nothing blocks the executor
+  inline_writes,  ///< durable() writes and fsyncs what is queued on the caller's thread
+};
+
 class map_store {
  public:
   using log_sink = std::function<void(const std::string&)>;
@@ -69,7 +78,8 @@ class map_store {
   /// the writer thread; durable() resumes its callers on `completions` (the
   /// node's executor). Throws std::system_error when the directory cannot
   /// be used. Reads the files on the calling thread (once, at open).
-  map_store(std::filesystem::path dir, executor completions, log_sink log, disk_fault_hook faults = {});
+  map_store(std::filesystem::path dir, executor completions, log_sink log, disk_fault_hook faults = {},
+            store_mode mode = store_mode::writer_thread);
   /// Writes and fsyncs whatever is still queued, then ends the writer
   /// thread and the compactor (a compaction under way stops at its next
   /// segment and is redone at the next open). Blocks for that long: call

@@ -95,6 +95,9 @@ class node {
   [[nodiscard]] const peer_descriptor& self() const;
   [[nodiscard]] const node_config& config() const;
   [[nodiscard]] executor get_executor() const;  ///< the node's strand
+  /// True on the simulated network (virtual time: persisted maps write
+  /// inline there, see map_store's store_mode). Any thread.
+  [[nodiscard]] bool simulated() const;
 
   /// Replaces the cluster keys (psk mode; see tcp_transport::set_cluster_secrets)
   /// or re-reads the certificate files (certificates mode) for connections

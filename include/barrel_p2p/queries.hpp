@@ -51,6 +51,7 @@ struct query_request {
   json payload;
   std::string from;  ///< the asking node's id
   std::uint64_t id = 0;  ///< the query's id, unique on the asking node (for logs)
+  std::uint64_t digest = 0;  ///< of the request's bytes; the answer carries it back, the asker checks it
 };
 
 /// One node's answer.
@@ -85,8 +86,8 @@ struct queries_counters {
   std::uint64_t asked = 0;               ///< queries this node asked
   std::uint64_t answers_received = 0;    ///< answers put on an asker's stream
   std::uint64_t answers_duplicate = 0;   ///< a second answer from one node to one query, dropped
-  std::uint64_t answers_late = 0;        ///< answers to no pending query (late, or never asked), dropped
-  std::uint64_t answers_over_limit = 0;  ///< answers past a query's max_answers, dropped
+  std::uint64_t answers_late = 0;        ///< answers to no pending query (late, past max_answers, or never asked), dropped
+  std::uint64_t answers_foreign = 0;     ///< answers to another question under a pending query's id, dropped
   std::uint64_t requests_received = 0;   ///< requests delivered here (own ones included)
   std::uint64_t requests_filtered = 0;   ///< not for this node (filter, or no handler)
   std::uint64_t requests_expired = 0;    ///< arrived after their deadline
@@ -95,7 +96,7 @@ struct queries_counters {
   std::uint64_t handler_errors = 0;      ///< handlers that threw
   std::uint64_t answers_sent = 0;        ///< answers handed to the transport (or to an own stream)
   std::uint64_t answers_unsent = 0;      ///< too large, past the deadline, or the asker unreachable
-  std::uint64_t bad_messages = 0;        ///< malformed requests or answers from peers
+  std::uint64_t bad_messages = 0;        ///< malformed or oversized requests or answers from peers
 };
 
 class queries : public node::attachment, public std::enable_shared_from_this<queries> {
