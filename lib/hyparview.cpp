@@ -643,7 +643,8 @@ void hyparview::start() {
 
 task<bool> hyparview::join(peer_address contact) {
   remember_contact(contact);
-  co_return co_await impl_->join_via(contact);
+  const auto keep = impl_;  // the state outlives a hyparview destroyed while this dials
+  co_return co_await keep->join_via(contact);
 }
 
 void hyparview::remember_contact(peer_address contact) {

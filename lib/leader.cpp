@@ -88,7 +88,7 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
   // A new term: past every token seen for the name, from the HLC.
   std::uint64_t take_term(const std::string& name) {
     auto& mark = hwm[name];
-    mark = detail::next_fence(n.clock(), mark);
+    mark = detail::next_fence(n.clock(), mark, detail::fence_bits(n.id()));
     return mark;
   }
 

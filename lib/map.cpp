@@ -53,7 +53,9 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
         options(std::move(o)),
         events(nd.get_executor()),
         loops(nd.get_executor()),
-        strand(nd.get_executor()) {}
+        strand(nd.get_executor()),
+        node_id(nd.id()),
+        sink(nd.config().log) {}
 
   void check_open() const {
     if (closed) throw map_error("map " + name + " is closed on this node");
@@ -64,9 +66,14 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
     return [v = options.validator](const std::string& k, const json& value) { return v(k, value); };
   }
 
+  // With the node's id and sink copied at open: store lines are posted and
+  // may run after the node is gone (a crash with writes in flight; the
+  // nemesis found it).
   void log(const std::string& line) const {
-    if (n.config().log) n.config().log(log_line(n.id(), "map " + name, line));
+    if (sink) sink(log_line(node_id, "map " + name, line));
   }
+  std::string node_id;
+  log_sink sink;
 
   // Applies what a merge changed: projection first, then disk (queued to
   // the store's writer thread; a local write is already there), then

@@ -31,6 +31,9 @@ struct node::impl {
   std::unique_ptr<task_group> timers;
   bool started = false;
   bool stopped = false;
+  // False once ~node has run: a start() still under way (its frame outlives
+  // the node) must not touch the layers after its next resumption.
+  std::shared_ptr<bool> alive = std::make_shared<bool>(true);
 
   explicit impl(node_config c) : config(std::move(c)) {
     if (!config.log) config.log = stderr_log_sink();
@@ -90,6 +93,7 @@ node::node(sim_network& net, node_config config) : impl_(std::make_unique<impl>(
 bool node::simulated() const { return impl_->tcp == nullptr; }
 
 node::~node() {
+  *impl_->alive = false;
   // Attachments someone still holds must not reach the layers destroyed
   // next; the rest go with the registry.
   auto attached = std::move(impl_->attachments);
@@ -107,16 +111,20 @@ task<join_result> node::impl::do_start(impl& m) {
     co_return result;
   }
   m.started = true;
+  const auto alive = m.alive;  // `m` may be destroyed while this waits (a node that crashes)
+  const auto contacts = m.config.contacts;
   co_await m.net->start();
+  if (!*alive) co_return result;
   m.membership->start();
   m.clocks->start();
   m.broadcast->start();
   m.replicas->start();
   // All of them, for rejoins: the one that takes this node in may be the
   // first to go (the nemesis found a node alone for good: seed 189).
-  for (const auto& contact : m.config.contacts) m.membership->remember_contact(contact);
-  for (const auto& contact : m.config.contacts) {
+  for (const auto& contact : contacts) m.membership->remember_contact(contact);
+  for (const auto& contact : contacts) {
     const bool joined = co_await m.membership->join(contact);
+    if (!*alive) co_return result;
     if (joined) {
       result.joined = true;
       result.via = contact;

@@ -130,7 +130,7 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
       const auto held = mine.find(s);
       if (ours && held == mine.end()) {
         auto& mark = hwm[s];
-        mark = detail::next_fence(n.clock(), mark);
+        mark = detail::next_fence(n.clock(), mark, detail::fence_bits(n.id()));
         mine[s] = mark;
         marks[std::to_string(s)] = mark;
         ++counters.acquired;

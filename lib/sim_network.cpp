@@ -442,6 +442,11 @@ void sim_network::partition(const std::set<std::string>& a, const std::set<std::
 
 void sim_network::heal() { impl_->blocked.clear(); }
 void sim_network::set_loss(double loss) { impl_->config.loss = loss; }
+void sim_network::set_duplicate(double share) { impl_->config.duplicate = share; }
+void sim_network::set_latency(duration latency, duration jitter) {
+  impl_->config.latency = latency;
+  impl_->config.jitter = jitter;
+}
 const sim_stats& sim_network::stats() const { return impl_->stats; }
 const sim_config& sim_network::config() const { return impl_->config; }
 random_engine& sim_network::rng() { return impl_->rng; }

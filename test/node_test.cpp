@@ -2,6 +2,7 @@
 // node id, how long an opened map lives, and the log line format.
 #include <barrel_p2p/log.hpp>
 #include <barrel_p2p/map.hpp>
+#include <barrel_p2p/sim_network.hpp>
 
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -271,4 +272,39 @@ TEST_CASE("log lines: '<node id> <component>: message' from every layer; the def
   const std::regex format(R"(n0 (tcp|membership|broadcast|replica( [A-Za-z0-9._-]+)?|clock|elections|http|map [A-Za-z0-9._-]+): .+)");
   for (const auto& line : *logs.lines) CHECK_MESSAGE(std::regex_match(line, format), line);
   CHECK(logs.logged("n0 tcp: handshake refused [self]"));
+}
+
+// The contact that takes a node in may be the first to go: the node must
+// rejoin through the others it was given (the nemesis found a node alone
+// for good: seed 189).
+TEST_CASE("a node whose only neighbour goes rejoins through its other contacts") {
+  boost::asio::io_context io;
+  sim_network net(io);
+  std::vector<std::unique_ptr<node>> nodes;
+  auto make = [&](const std::string& id, std::vector<peer_address> contacts) {
+    node_config c;
+    c.transport.node_id = id;
+    c.contacts = std::move(contacts);
+    c.membership.seed = nodes.size() + 1;
+    c.log = [](const std::string&) {};
+    nodes.push_back(std::make_unique<node>(net, c));
+    auto* n = nodes.back().get();
+    boost::asio::co_spawn(io, [n]() -> task<> { co_await n->start(); }, boost::asio::detached);
+    net.run_for(1s);
+    return n;
+  };
+  auto* a = make("a", {});
+  auto* b = make("b", {a->self().address});
+  // c lists a first: a takes it in, so a is its one neighbour at first.
+  auto* c = make("c", {a->self().address, b->self().address});
+  REQUIRE(c->membership().is_active("a"));
+  // Keep c away from b for now, so that a is all c has.
+  net.partition({"c"}, {"b"});
+  net.run_for(10s);
+  REQUIRE(c->membership().active_view().size() == 1);
+  net.kill("a");
+  net.heal();
+  net.run_until([&] { return c->membership().is_active("b"); }, 60s);
+  CHECK(c->membership().is_active("b"));
+  (void)b;
 }

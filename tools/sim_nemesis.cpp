@@ -1,5 +1,6 @@
 #include "sim_nemesis.hpp"
 
+#include <barrel_p2p/leader.hpp>
 #include <barrel_p2p/map.hpp>
 #include <barrel_p2p/sim_network.hpp>
 
@@ -9,6 +10,7 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <filesystem>
 #include <iostream>
 #include <map>
@@ -39,9 +41,24 @@ struct operation {
 
 // The faults the schedule draws from. Each lasts a while and is then undone;
 // partitions do not overlap (heal() ends them all).
-enum class fault { split_halves, isolate_one, one_way, freeze_node, loss_spike, clock_ahead, clock_behind, crash_restart };
-constexpr const char* fault_names[] = {"split_halves", "isolate_one", "one_way",      "freeze_node",
-                                       "loss_spike",   "clock_ahead", "clock_behind", "crash_restart"};
+enum class fault {
+  split_halves, isolate_one, one_way, freeze_node, loss_spike, clock_ahead, clock_behind, crash_restart,
+  disk_full, fsync_fails, torn_write, duplicate_spike, delay_spike
+};
+constexpr const char* fault_names[] = {"split_halves", "isolate_one",  "one_way",       "freeze_node",
+                                       "loss_spike",   "clock_ahead",  "clock_behind",  "crash_restart",
+                                       "disk_full",    "fsync_fails",  "torn_write",    "duplicate_spike",
+                                       "delay_spike"};
+
+// What one node's disk does (the map store's fault hook reads it).
+enum class disk_state { healthy, full, fsync_fails, torn_write };
+
+// One term as a node saw itself take it.
+struct term {
+  std::string node;
+  std::uint64_t fence = 0;
+  duration at{0};
+};
 constexpr std::size_t fault_kinds = sizeof(fault_names) / sizeof(fault_names[0]);
 
 std::string ms(duration d) { return std::to_string(d.count()) + " ms"; }
@@ -52,10 +69,13 @@ struct world {
     dir = std::filesystem::temp_directory_path() /
           ("barrel-p2p-nemesis-" + std::to_string(::getpid()) + "-" + std::to_string(s));
     std::filesystem::remove_all(dir);
+    disks.assign(o.nodes, disk_state::healthy);
+    votes.resize(o.nodes);
     for (std::size_t i = 0; i < o.nodes; ++i) nodes.push_back(make_node(i, 0));
     incarnation.assign(o.nodes, 0);
   }
   ~world() {
+    votes.clear();
     maps.clear();
     nodes.clear();
     std::error_code ec;
@@ -116,15 +136,38 @@ struct world {
   std::size_t clients = 0;
   bool partitioned = false;
   bool lossy = false;
+  bool duplicating = false;
+  bool slow = false;
   std::set<std::size_t> frozen;
   std::set<std::size_t> down;  // crashed, not restarted yet
   std::map<std::size_t, duration> skewed;
+  std::vector<disk_state> disks;  // by slot: a restarted node keeps its disk
+  std::set<std::size_t> faulty_disks;
+  std::vector<std::shared_ptr<elections>> votes;
+  std::vector<term> terms;
+  std::vector<std::string> over_budget;  // memory bounds seen broken while the run went on
   bool sabotage = false;
 };
 
-map_options persisted() {
+// The store's disk: healthy, full (writes fail with ENOSPC and are cut
+// back), failing fsyncs (the store stops taking writes until a restart),
+// or tearing the next write (half of it lands, then EIO).
+map_options persisted(world& w, std::size_t slot) {
   map_options o;
   o.persist = true;
+  o.disk_faults = [&w, slot](disk_op op, std::size_t& bytes) -> int {
+    switch (w.disks[slot]) {
+      case disk_state::healthy: return 0;
+      case disk_state::full: return op == disk_op::write ? ENOSPC : 0;
+      case disk_state::fsync_fails: return op == disk_op::fsync ? EIO : 0;
+      case disk_state::torn_write:
+        if (op != disk_op::write) return 0;
+        bytes /= 2;
+        w.disks[slot] = disk_state::healthy;  // once
+        return EIO;
+    }
+    return 0;
+  };
   return o;
 }
 
@@ -211,14 +254,55 @@ task<> client(world& w, std::size_t id) {
 
 // ---- the nemesis ----------------------------------------------------------------------
 
+// Every node campaigns for "lead" and records each term it takes.
+// The campaign lives here: when its node goes, its stream ends (and the
+// campaign is withdrawn on a node that is gone: nothing to do).
+task<> follow_campaign(world& w, std::string node_id, std::shared_ptr<campaign> c) {
+  while (auto ev = co_await c->next()) {
+    if (ev->what != leadership_event::kind::elected) continue;
+    w.terms.push_back(term{node_id, ev->fence, w.net.now()});
+    w.note(node_id + " leads, fence " + std::to_string(ev->fence));
+  }
+}
+
+task<> campaign_on(world& w, std::size_t i) {
+  auto* n = w.nodes[i].get();
+  w.votes[i] = elections::open(*n);
+  campaign_options o;
+  o.priority = static_cast<std::int64_t>(pick(w.rng, 3));  // ties go to the lowest id
+  std::unique_ptr<campaign> c;
+  std::string refused;
+  try {
+    c = co_await w.votes[i]->lead("lead", o);
+  } catch (const std::exception& e) {
+    refused = e.what();  // clock_skew_error while this clock is ahead: no campaign this time
+  }
+  if (!c || w.nodes[i].get() != n) co_return;
+  if (c->initial_fence()) {
+    w.terms.push_back(term{n->id(), *c->initial_fence(), w.net.now()});
+    w.note(n->id() + " leads, fence " + std::to_string(*c->initial_fence()));
+  }
+  co_await follow_campaign(w, n->id(), std::shared_ptr<campaign>(std::move(c)));
+}
+
 task<> start_one(world& w, std::size_t i) {
   auto* n = w.nodes[i].get();
   co_await n->start();
+  if (w.nodes[i].get() == n) co_await campaign_on(w, i);
+}
+
+void crash(world& w, std::size_t i) {
+  w.note("crash " + w.nodes[i]->id());
+  w.net.kill(w.nodes[i]->id());
+  w.votes[i].reset();
+  w.maps[i].reset();
+  w.nodes[i].reset();
+  w.down.insert(i);
 }
 
 void restart(world& w, std::size_t i) {
   w.nodes[i] = w.make_node(i, ++w.incarnation[i]);
-  w.maps[i] = map::open(*w.nodes[i], "nemesis", persisted());
+  w.maps[i] = map::open(*w.nodes[i], "nemesis", persisted(w, i));
   w.down.erase(i);
   w.note("restart " + w.nodes[i]->id() + " from disk, " + std::to_string(w.maps[i]->size()) + " keys");
   spawn(w, start_one(w, i), "the restart of " + w.nodes[i]->id());
@@ -270,12 +354,58 @@ std::function<void()> apply(world& w, fault f) {
       // A crash: the node goes without stopping (no leave, no flush beyond
       // what its store does when destroyed: acknowledged writes are on disk
       // already). It comes back later from its data directory.
-      w.note("crash " + id(i));
-      w.net.kill(id(i));
-      w.maps[i].reset();
-      w.nodes[i].reset();
-      w.down.insert(i);
+      crash(w, i);
       return [&w, i] { restart(w, i); };
+    }
+    case fault::disk_full:
+    case fault::fsync_fails:
+    case fault::torn_write: {
+      const auto i = pick(w.rng, n);
+      if (w.faulty_disks.contains(i) || w.down.contains(i)) return {};
+      w.disks[i] = f == fault::disk_full     ? disk_state::full
+                   : f == fault::fsync_fails ? disk_state::fsync_fails
+                                             : disk_state::torn_write;
+      w.faulty_disks.insert(i);
+      w.note(std::string("disk of ") + id(i) + ": " + fault_names[static_cast<std::size_t>(f)]);
+      // A store whose fsync failed takes no more writes: the operator's
+      // remedy is a restart, once the disk is fixed.
+      const bool restart_after = f == fault::fsync_fails;
+      return [&w, i, restart_after] {
+        w.disks[i] = disk_state::healthy;
+        w.faulty_disks.erase(i);
+        w.note("disk of slot n" + std::to_string(i) + " healthy");  // its node may be down meanwhile
+        if (restart_after && !w.down.contains(i) && !w.frozen.contains(i) && !w.skewed.contains(i)) {
+          w.note("restart " + w.nodes[i]->id() + " after its failed fsync");
+          crash(w, i);
+          restart(w, i);
+        }
+      };
+    }
+    case fault::duplicate_spike: {
+      if (w.duplicating) return {};
+      w.duplicating = true;
+      const double share = 0.05 + 0.25 * std::uniform_real_distribution<double>(0, 1)(w.rng);
+      w.net.set_duplicate(share);
+      w.note("duplicates " + std::to_string(share));
+      return [&w] {
+        w.net.set_duplicate(0);
+        w.duplicating = false;
+        w.note("duplicates 0");
+      };
+    }
+    case fault::delay_spike: {
+      // Below the failure detection (3 s): slow links, not dead ones; the
+      // jitter reorders messages on a link.
+      if (w.slow) return {};
+      w.slow = true;
+      const auto latency = between(w.rng, 50ms, 800ms);
+      w.net.set_latency(latency, latency / 2);
+      w.note("latency " + ms(latency) + " +- " + ms(latency / 2));
+      return [&w, base = w.net.config().latency, jitter = w.net.config().jitter] {
+        w.net.set_latency(base, jitter);
+        w.slow = false;
+        w.note("latency back");
+      };
     }
     case fault::loss_spike: {
       if (w.lossy) return {};
@@ -309,6 +439,25 @@ std::function<void()> apply(world& w, fault f) {
   return {};
 }
 
+// Every second: each live node's broadcast cache and its table of announced
+// but missing messages stay within their configured bounds.
+task<> watch_budgets(world& w) {
+  while (w.writing) {
+    const bool slept = co_await w.clock->sleep(1s);
+    if (!slept) break;
+    for (auto& n : w.nodes) {
+      if (!n) continue;
+      const auto& b = n->broadcast().counters();
+      const auto& c = n->config().broadcast;
+      if ((b.cache_bytes > c.cache_max_bytes || b.cache_size > c.cache_max_messages || b.missing > c.max_missing) &&
+          w.over_budget.size() < 10)
+        w.over_budget.push_back(n->id() + " at " + ms(w.net.now()) + ": cache " + std::to_string(b.cache_bytes) +
+                                " bytes in " + std::to_string(b.cache_size) + " messages, " +
+                                std::to_string(b.missing) + " missing");
+    }
+  }
+}
+
 task<> undo_after(world& w, duration after, std::function<void()> undo) {
   const bool slept = co_await w.clock->sleep(after);
   if (slept && w.writing) undo();  // at the end, the final heal undoes everything at once
@@ -331,6 +480,7 @@ task<> nemesis(world& w) {
 struct verdict {
   std::vector<std::string> violations;
   bool converged = false;
+  std::size_t fence_collisions = 0;
 };
 
 // Which replicas hold `key` now (for a violation's message).
@@ -387,6 +537,23 @@ verdict check(world& w) {
       if (any_acked && !now) v.violations.push_back(key + ": acknowledged puts, but absent");
     }
   }
+  // 3. Fencing: no token held by two leaders; each node's tokens rise.
+  std::map<std::uint64_t, std::string> holder;
+  std::map<std::string, std::uint64_t> last_fence;
+  for (const auto& t : w.terms) {
+    // Two nodes that each believe they lead (before their candidate sets
+    // converge, or across a partition) mint in the same millisecond: their
+    // tokens still differ (the minting node's bits are in each).
+    if (auto [it, fresh] = holder.emplace(t.fence, t.node); !fresh && it->second != t.node) {
+      ++v.fence_collisions;
+      v.violations.push_back("fence " + std::to_string(t.fence) + " held by " + it->second + " and " + t.node);
+    }
+    if (auto it = last_fence.find(t.node); it != last_fence.end() && t.fence <= it->second)
+      v.violations.push_back(t.node + " took fence " + std::to_string(t.fence) + " at " + ms(t.at) + " after " +
+                             std::to_string(it->second));
+    last_fence[t.node] = t.fence;
+  }
+  for (const auto& b : w.over_budget) v.violations.push_back("over its memory bounds: " + b);
   if (!w.escaped.empty()) v.violations.push_back("exception escaped: " + w.escaped.front());
   v.converged = v.violations.empty();
   return v;
@@ -426,17 +593,21 @@ int run_seed(std::uint64_t seed, const nemesis_options& o) {
   std::size_t started = 0;
   spawn(w, start_all(w, started), "the start");
   w.net.run_until([&] { return started == w.nodes.size(); }, 60s);
-  for (auto& n : w.nodes) w.maps.push_back(map::open(*n, "nemesis", persisted()));
+  for (std::size_t i = 0; i < w.nodes.size(); ++i) spawn(w, campaign_on(w, i), "a campaign");
+  for (std::size_t i = 0; i < w.nodes.size(); ++i) w.maps.push_back(map::open(*w.nodes[i], "nemesis", persisted(w, i)));
   w.net.run_for(5s);
 
   for (std::size_t c = 0; c < 3; ++c) spawn(w, client(w, c), "a client");
   spawn(w, nemesis(w), "the nemesis");
+  spawn(w, watch_budgets(w), "the budget watch");
   w.net.run_for(o.faulty);
   w.writing = false;
   w.net.run_until([&] { return w.clients == 0; }, 30s);
   // The final heal: every fault undone at once.
   w.net.heal();
   w.net.set_loss(0);
+  w.net.set_duplicate(0);
+  w.net.set_latency(sim_config{}.latency, sim_config{}.jitter);
   for (auto i : w.frozen) w.net.revive(w.nodes[i]->id());
   for (auto& [i, skew] : w.skewed) w.net.set_wall_skew(w.nodes[i]->id(), duration{0});
   w.frozen.clear();
@@ -463,6 +634,8 @@ int run_seed(std::uint64_t seed, const nemesis_options& o) {
   line["operations"] = w.ops.size();
   line["acknowledged"] = acked;
   line["refused"] = refused;
+  line["terms"] = w.terms.size();
+  line["fence_collisions"] = v.fence_collisions;
   line["converged"] = v.converged;
   line["settle_ms"] = took.count();
   line["violations"] = v.violations.size() > 10 ? std::vector<std::string>(v.violations.begin(), v.violations.begin() + 10)

@@ -93,6 +93,11 @@ class sim_network {
                  bool one_way = false);
   void heal();
   void set_loss(double loss);
+  /// Delivers this share of messages twice.
+  void set_duplicate(double share);
+  /// Every link's one-way delay from now on: `latency` plus or minus up to
+  /// `jitter` (jitter reorders messages on a link, as a path change would).
+  void set_latency(duration latency, duration jitter);
 
   [[nodiscard]] const sim_stats& stats() const;
   [[nodiscard]] const sim_config& config() const;
