@@ -28,6 +28,7 @@ struct sim_node {
   transport_counters counters;
   std::map<std::string, std::uint64_t> links;  // peer id -> link epoch
   duration wall_skew{0};                        // this node's wall clock minus true time
+  duration extra_delay{0};                      // a slow node: added to what it sends and receives
   // hold_reading: messages from a held peer wait here, in order, as they
   // would in TCP's buffers (unbounded: the sender's side is not modelled).
   struct parked_message {
@@ -286,7 +287,8 @@ class sim_transport final : public transport {
       received = share_bytes(std::move(whole));
     }
     for (int i = 0; i < copies; ++i) {
-      net_.schedule(net_.one_way_delay(), [net = &net_, from = a.desc.id, peer_id, epoch, ch, received] {
+      net_.schedule(net_.one_way_delay() + a.extra_delay + b.extra_delay,
+                    [net = &net_, from = a.desc.id, peer_id, epoch, ch, received] {
         net->deliver(from, peer_id, epoch, ch, received);
       });
     }
@@ -443,6 +445,7 @@ void sim_network::partition(const std::set<std::string>& a, const std::set<std::
 void sim_network::heal() { impl_->blocked.clear(); }
 void sim_network::set_loss(double loss) { impl_->config.loss = loss; }
 void sim_network::set_duplicate(double share) { impl_->config.duplicate = share; }
+void sim_network::set_node_delay(const std::string& id, duration extra) { impl_->node(id).extra_delay = extra; }
 void sim_network::set_latency(duration latency, duration jitter) {
   impl_->config.latency = latency;
   impl_->config.jitter = jitter;

@@ -573,8 +573,6 @@ TEST_CASE("a real full disk (a 1 MiB tmpfs): puts fail with ENOSPC and change no
   std::filesystem::remove_all(mnt);
 }
 
-}  // TEST_SUITE
-
 // A node whose clock jumped ahead acknowledges a write stamped in the
 // future; it crashes and comes back with a correct clock. The write must
 // survive the restart, and the node's next write to the key must win over
@@ -626,3 +624,5 @@ TEST_CASE("storage: entries stamped ahead survive a restart, and later writes st
   third.reset();
   std::filesystem::remove_all(dir);
 }
+
+}  // TEST_SUITE

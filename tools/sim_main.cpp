@@ -5,6 +5,7 @@
 //
 //   barrel-p2p-sim --scenario form|fail|steady|churn|partition [--nodes N] [--seed S]
 //   barrel-p2p-sim --scenario nemesis [--seeds A..B] [--nodes N] [--fault-seconds S] [--trace] [--sabotage]
+//                  [--skip-faults K,...] [--shrink]
 //                  [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]
 //                  [tuning and bounds of the steady scenario: see docs/reference/simulator.md]
 #include <barrel_p2p/cbor.hpp>
@@ -666,6 +667,9 @@ int main(int argc, char** argv) {
         if (o.nemesis.last_seed < o.nemesis.first_seed) throw std::invalid_argument("--seeds A..B needs A <= B");
       } else if (a == "--trace") o.nemesis.trace = true;
       else if (a == "--sabotage") o.nemesis.sabotage = true;
+      else if (a == "--shrink") o.nemesis.shrink = true;
+      else if (a == "--skip-faults")
+        for (auto k : cli::parse_list<std::size_t>(value())) o.nemesis.skip_faults.insert(k);
       else if (a == "--fault-seconds") o.nemesis.faulty = std::chrono::seconds(std::stoull(value()));
       else if (a == "--seed") o.seed = std::stoull(value());
       else if (a == "--broadcasts") o.broadcasts = std::stoul(value());
@@ -703,7 +707,8 @@ int main(int argc, char** argv) {
                      "                      [--jitter-ms J] [--loss P] [--trace-tree]\n"
                      "                      [--max-rmr R] [--max-ldh L] [--max-graft-prune G] [--min-complete C]\n"
                      "                      [--max-connect-ms T] [--min-reliability R] [--max-converge-ms T]\n"
-                     "       barrel-p2p-sim --scenario nemesis [--seeds A..B] [--nodes N] [--fault-seconds S] [--trace] [--sabotage]\n";
+                     "       barrel-p2p-sim --scenario nemesis [--seeds A..B] [--nodes N] [--fault-seconds S] [--trace] [--sabotage]\n"
+                     "                      [--skip-faults K,...] [--shrink]\n";
         return 2;
       }
     }

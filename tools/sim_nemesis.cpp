@@ -1,5 +1,6 @@
 #include "sim_nemesis.hpp"
 
+#include <barrel_p2p/cbor.hpp>
 #include <barrel_p2p/leader.hpp>
 #include <barrel_p2p/map.hpp>
 #include <barrel_p2p/sim_network.hpp>
@@ -43,12 +44,24 @@ struct operation {
 // partitions do not overlap (heal() ends them all).
 enum class fault {
   split_halves, isolate_one, one_way, freeze_node, loss_spike, clock_ahead, clock_behind, crash_restart,
-  disk_full, fsync_fails, torn_write, duplicate_spike, delay_spike
+  disk_full, fsync_fails, torn_write, duplicate_spike, delay_spike, slow_node
 };
 constexpr const char* fault_names[] = {"split_halves", "isolate_one",  "one_way",       "freeze_node",
                                        "loss_spike",   "clock_ahead",  "clock_behind",  "crash_restart",
                                        "disk_full",    "fsync_fails",  "torn_write",    "duplicate_spike",
-                                       "delay_spike"};
+                                       "delay_spike",  "slow_node"};
+
+// One draw of the schedule, made whether or not the fault then applies, so
+// that skipping fault k (--skip-faults, the shrinker) leaves every other
+// fault exactly as it was.
+struct fault_draw {
+  duration gap{0};           // after the previous draw
+  fault what{};
+  std::size_t node = 0;      // the node it hits, when it hits one
+  double amount = 0;         // in [0, 1): how hard (loss, delay, skew...)
+  duration length{0};        // until it is undone
+  std::uint64_t shuffle = 0; // a partition's sides
+};
 
 // What one node's disk does (the map store's fault hook reads it).
 enum class disk_state { healthy, full, fsync_fails, torn_write };
@@ -65,7 +78,8 @@ std::string ms(duration d) { return std::to_string(d.count()) + " ms"; }
 
 struct world {
   explicit world(std::uint64_t s, const nemesis_options& o)
-      : seed(s), net(io, config_for(s)), clock(net.make_scheduler()), rng(s * 7'919 + 17), options(o) {
+      : seed(s), net(io, config_for(s)), clock(net.make_scheduler()), rng(s * 7'919 + 17),
+        fault_rng(s * 104'729 + 3), options(o) {
     dir = std::filesystem::temp_directory_path() /
           ("barrel-p2p-nemesis-" + std::to_string(::getpid()) + "-" + std::to_string(s));
     std::filesystem::remove_all(dir);
@@ -93,6 +107,11 @@ struct world {
     c.replicas.seed = k * 3'000'017 + 1;
     c.clocks.seed = k * 4'000'037 + 1;
     c.data_dir = dir / ("n" + std::to_string(i));
+    // Small bounds, so that the budget check below watches eviction at work
+    // rather than limits a 60 s run never nears.
+    c.broadcast.cache_max_messages = 2'000;
+    c.broadcast.cache_max_bytes = 256 * 1024;
+    c.broadcast.max_missing = 2'000;
     // Contacts: up to three nodes that are up, as a deployment lists a few
     // seeds (one contact that later crashes would leave a node that is cut
     // off meanwhile nobody to rejoin through: its address is new).
@@ -104,7 +123,17 @@ struct world {
       if (line.find(" threw") != std::string::npos) escaped.push_back("n" + std::to_string(i) + ": " + line);
       if (options.trace) std::cout << "  [" << net.now().count() << " ms]   " << line << '\n';
     };
-    return std::make_unique<node>(net, c);
+    auto made = std::make_unique<node>(net, c);
+    const auto me = made->id();
+    made->broadcast().subscribe("nemesis.custom", [this, me](const plumtree::delivery& d) {
+      const auto k = cbor_reader(d.payload.bytes()).uint();
+      if (!k || *k >= broadcasts_sent) {
+        if (broadcast_faults.size() < 10) broadcast_faults.push_back(me + " got a broadcast nobody sent");
+      } else if (!broadcasts_seen[me].insert(*k).second && broadcast_faults.size() < 10) {
+        broadcast_faults.push_back(me + " got broadcast " + std::to_string(*k) + " twice");
+      }
+    });
+    return made;
   }
 
   static sim_config config_for(std::uint64_t seed) {
@@ -122,7 +151,8 @@ struct world {
   boost::asio::io_context io;
   sim_network net;
   std::unique_ptr<scheduler> clock;  // the workload's and nemesis's timers (no node's: nodes crash)
-  random_engine rng;
+  random_engine rng;        // the workload's
+  random_engine fault_rng;  // the schedule's alone
   nemesis_options options;
   std::vector<std::unique_ptr<node>> nodes;
   std::vector<std::shared_ptr<map>> maps;
@@ -130,6 +160,7 @@ struct world {
   std::vector<operation> ops;
   std::vector<std::string> escaped;
   std::vector<std::string> faults_done;
+  std::size_t faults_drawn = 0;
   std::vector<std::size_t> removable;  // ops: acked puts of unique keys not yet removed
   std::uint64_t next_key = 0;
   bool writing = true;
@@ -143,9 +174,15 @@ struct world {
   std::map<std::size_t, duration> skewed;
   std::vector<disk_state> disks;  // by slot: a restarted node keeps its disk
   std::set<std::size_t> faulty_disks;
+  std::set<std::size_t> slowed;
   std::vector<std::shared_ptr<elections>> votes;
   std::vector<term> terms;
   std::vector<std::string> over_budget;  // memory bounds seen broken while the run went on
+  // Custom broadcasts (Plumtree, tag "nemesis.custom"): best effort, so no
+  // promise that each reaches everyone; but none twice, none made up.
+  std::uint64_t broadcasts_sent = 0;
+  std::map<std::string, std::set<std::uint64_t>> broadcasts_seen;  // node id -> numbers
+  std::vector<std::string> broadcast_faults;
   bool sabotage = false;
 };
 
@@ -225,6 +262,11 @@ task<> client(world& w, std::size_t id) {
     } else {
       op.key = roll < 40 ? "contended-" + std::to_string(pick(w.rng, 5)) : "key-" + std::to_string(w.next_key++);
       op.value = static_cast<int>(id * 1'000'000 + w.ops.size());
+    }
+    if (roll >= 95 && op.what == operation::kind::put && op.key.starts_with("key-") && !w.down.contains(op.node)) {
+      // Now and then a custom broadcast instead (its key number is unused).
+      w.nodes[op.node]->broadcast().broadcast("nemesis.custom", share_bytes(cbor_writer().uint(w.broadcasts_sent++).take()));
+      continue;
     }
     if (w.down.contains(op.node)) {  // a crashed node takes no requests
       if (op.what == operation::kind::remove) w.removable.push_back(find_put(w, op.key));  // still to remove
@@ -310,7 +352,8 @@ void restart(world& w, std::size_t i) {
 
 // Applies one fault now; returns how to undo it, or nothing when it does not
 // apply (a partition while one is on).
-std::function<void()> apply(world& w, fault f) {
+std::function<void()> apply(world& w, const fault_draw& d) {
+  const auto f = d.what;
   const auto n = w.nodes.size();
   auto id = [&](std::size_t i) { return w.nodes[i]->id(); };
   switch (f) {
@@ -321,7 +364,8 @@ std::function<void()> apply(world& w, fault f) {
       std::set<std::string> a, b;
       std::vector<std::size_t> order(n);
       for (std::size_t i = 0; i < n; ++i) order[i] = i;
-      std::shuffle(order.begin(), order.end(), w.rng);
+      random_engine sides(d.shuffle);
+      std::shuffle(order.begin(), order.end(), sides);
       const std::size_t cut = f == fault::split_halves ? n / 2 : 1;
       std::erase_if(order, [&](std::size_t i) { return w.down.contains(i); });
       if (order.size() < 2) return {};
@@ -337,7 +381,7 @@ std::function<void()> apply(world& w, fault f) {
       };
     }
     case fault::freeze_node: {
-      const auto i = pick(w.rng, n);
+      const auto i = d.node % n;
       if (w.frozen.contains(i) || w.down.contains(i)) return {};
       w.net.kill(id(i));
       w.frozen.insert(i);
@@ -349,7 +393,7 @@ std::function<void()> apply(world& w, fault f) {
       };
     }
     case fault::crash_restart: {
-      const auto i = pick(w.rng, n);
+      const auto i = d.node % n;
       if (w.frozen.contains(i) || w.skewed.contains(i) || w.down.contains(i) || w.down.size() + 1 >= n) return {};
       // A crash: the node goes without stopping (no leave, no flush beyond
       // what its store does when destroyed: acknowledged writes are on disk
@@ -360,7 +404,7 @@ std::function<void()> apply(world& w, fault f) {
     case fault::disk_full:
     case fault::fsync_fails:
     case fault::torn_write: {
-      const auto i = pick(w.rng, n);
+      const auto i = d.node % n;
       if (w.faulty_disks.contains(i) || w.down.contains(i)) return {};
       w.disks[i] = f == fault::disk_full     ? disk_state::full
                    : f == fault::fsync_fails ? disk_state::fsync_fails
@@ -384,7 +428,7 @@ std::function<void()> apply(world& w, fault f) {
     case fault::duplicate_spike: {
       if (w.duplicating) return {};
       w.duplicating = true;
-      const double share = 0.05 + 0.25 * std::uniform_real_distribution<double>(0, 1)(w.rng);
+      const double share = 0.05 + 0.25 * d.amount;
       w.net.set_duplicate(share);
       w.note("duplicates " + std::to_string(share));
       return [&w] {
@@ -398,7 +442,7 @@ std::function<void()> apply(world& w, fault f) {
       // jitter reorders messages on a link.
       if (w.slow) return {};
       w.slow = true;
-      const auto latency = between(w.rng, 50ms, 800ms);
+      const auto latency = duration{50 + static_cast<duration::rep>(d.amount * 750)};
       w.net.set_latency(latency, latency / 2);
       w.note("latency " + ms(latency) + " +- " + ms(latency / 2));
       return [&w, base = w.net.config().latency, jitter = w.net.config().jitter] {
@@ -407,10 +451,25 @@ std::function<void()> apply(world& w, fault f) {
         w.note("latency back");
       };
     }
+    case fault::slow_node: {
+      // One host slow (up to 1.5 s each way, below the failure detection):
+      // its peers' sends to it and its own go late, in order or not.
+      const auto i = d.node % n;
+      if (w.slowed.contains(i) || w.down.contains(i) || w.frozen.contains(i)) return {};
+      const auto extra = duration{100 + static_cast<duration::rep>(d.amount * 1400)};
+      w.net.set_node_delay(id(i), extra);
+      w.slowed.insert(i);
+      w.note(id(i) + " slow by " + ms(extra));
+      return [&w, i] {
+        if (w.nodes[i]) w.net.set_node_delay(w.nodes[i]->id(), duration{0});
+        w.slowed.erase(i);
+        w.note("slot n" + std::to_string(i) + " fast again");
+      };
+    }
     case fault::loss_spike: {
       if (w.lossy) return {};
       w.lossy = true;
-      const double loss = 0.05 + 0.25 * std::uniform_real_distribution<double>(0, 1)(w.rng);
+      const double loss = 0.05 + 0.25 * d.amount;
       w.net.set_loss(loss);
       w.note("loss " + std::to_string(loss));
       return [&w] {
@@ -421,10 +480,10 @@ std::function<void()> apply(world& w, fault f) {
     }
     case fault::clock_ahead:
     case fault::clock_behind: {
-      const auto i = pick(w.rng, n);
+      const auto i = d.node % n;
       if (w.skewed.contains(i) || w.down.contains(i)) return {};
       // Up to two minutes: past the 60 s maximum offset half of the time.
-      auto skew = between(w.rng, 1s, 120s);
+      auto skew = duration{1'000 + static_cast<duration::rep>(d.amount * 119'000)};
       if (f == fault::clock_behind) skew = -skew;
       w.net.set_wall_skew(id(i), skew);
       w.skewed[i] = skew;
@@ -463,15 +522,29 @@ task<> undo_after(world& w, duration after, std::function<void()> undo) {
   if (slept && w.writing) undo();  // at the end, the final heal undoes everything at once
 }
 
+fault_draw draw(world& w) {
+  auto& r = w.fault_rng;
+  fault_draw d;
+  d.gap = between(r, 500ms, 5s);
+  d.what = static_cast<fault>(pick(r, fault_kinds));
+  d.node = pick(r, w.nodes.size());
+  d.amount = std::uniform_real_distribution<double>(0, 1)(r);
+  d.length = between(r, 1s, 15s);
+  d.shuffle = r();
+  return d;
+}
+
 task<> nemesis(world& w) {
-  while (w.writing) {
-    const bool slept = co_await w.clock->sleep(between(w.rng, 500ms, 5s));
+  for (std::size_t k = 0; w.writing; ++k) {
+    const auto d = draw(w);
+    const bool slept = co_await w.clock->sleep(d.gap);
     if (!slept || !w.writing) break;
-    const auto f = static_cast<fault>(pick(w.rng, fault_kinds));
-    auto undo = apply(w, f);
+    w.faults_drawn = k + 1;
+    if (w.options.skip_faults.contains(k)) continue;
+    auto undo = apply(w, d);
     if (!undo) continue;
-    w.faults_done.push_back(fault_names[static_cast<std::size_t>(f)]);
-    spawn(w, undo_after(w, between(w.rng, 1s, 15s), std::move(undo)), "an undo");
+    w.faults_done.push_back(std::to_string(k) + ":" + fault_names[static_cast<std::size_t>(d.what)]);
+    spawn(w, undo_after(w, d.length, std::move(undo)), "an undo");
   }
 }
 
@@ -554,6 +627,7 @@ verdict check(world& w) {
     last_fence[t.node] = t.fence;
   }
   for (const auto& b : w.over_budget) v.violations.push_back("over its memory bounds: " + b);
+  for (const auto& b : w.broadcast_faults) v.violations.push_back("broadcast: " + b);
   if (!w.escaped.empty()) v.violations.push_back("exception escaped: " + w.escaped.front());
   v.converged = v.violations.empty();
   return v;
@@ -586,7 +660,22 @@ task<> stop_all(world& w) {
   for (auto& n : w.nodes) co_await n->stop();
 }
 
-int run_seed(std::uint64_t seed, const nemesis_options& o) {
+// A task group without an error sink reports a loop that threw on standard
+// error ("barrel_p2p: task '...' failed"): captured for the run.
+struct stderr_capture {
+  std::ostringstream text;
+  std::streambuf* old = std::cerr.rdbuf(text.rdbuf());
+  ~stderr_capture() { std::cerr.rdbuf(old); }
+};
+
+struct seed_result {
+  bool held = false;
+  std::size_t faults_drawn = 0;
+  std::vector<std::string> violations;
+};
+
+seed_result run_seed(std::uint64_t seed, const nemesis_options& o, bool quiet = false) {
+  stderr_capture errors;
   world w(seed, o);
   // Form the cluster: the nodes start one after the other, each through up
   // to three that started before it.
@@ -608,18 +697,38 @@ int run_seed(std::uint64_t seed, const nemesis_options& o) {
   w.net.set_loss(0);
   w.net.set_duplicate(0);
   w.net.set_latency(sim_config{}.latency, sim_config{}.jitter);
+  for (auto i : w.slowed)
+    if (w.nodes[i]) w.net.set_node_delay(w.nodes[i]->id(), duration{0});
+  w.slowed.clear();
   for (auto i : w.frozen) w.net.revive(w.nodes[i]->id());
   for (auto& [i, skew] : w.skewed) w.net.set_wall_skew(w.nodes[i]->id(), duration{0});
   w.frozen.clear();
   w.skewed.clear();
+  // Disks healthy again; a node whose fsync failed takes no writes until it
+  // restarts, so it restarts (after the crashed ones come back).
+  std::set<std::size_t> fsync_failed;
+  for (auto i : w.faulty_disks)
+    if (w.disks[i] == disk_state::fsync_fails && !w.down.contains(i)) fsync_failed.insert(i);
+  for (auto& d : w.disks) d = disk_state::healthy;
+  w.faulty_disks.clear();
+  for (auto i : fsync_failed) crash(w, i);
   const auto crashed = w.down;
   for (auto i : crashed) restart(w, i);
   w.note("final heal");
   if (o.sabotage) sabotage(w);
   const auto healed = w.net.now();
   verdict v;
+  auto failed_loops = [&] {
+    const auto all = errors.text.str();
+    const auto at = all.find("barrel_p2p: task '");
+    if (at == std::string::npos) return;
+    auto line = all.substr(at, all.find('\n', at) - at);
+    if (std::find(w.escaped.begin(), w.escaped.end(), line) == w.escaped.end() && w.escaped.size() < 10)
+      w.escaped.push_back(std::move(line));
+  };
   while (w.net.now() - healed < o.quiet) {
     w.net.run_for(1s);
+    failed_loops();
     v = check(w);
     if (v.converged) break;
   }
@@ -635,24 +744,60 @@ int run_seed(std::uint64_t seed, const nemesis_options& o) {
   line["acknowledged"] = acked;
   line["refused"] = refused;
   line["terms"] = w.terms.size();
+  line["broadcasts"] = w.broadcasts_sent;
   line["fence_collisions"] = v.fence_collisions;
   line["converged"] = v.converged;
   line["settle_ms"] = took.count();
   line["violations"] = v.violations.size() > 10 ? std::vector<std::string>(v.violations.begin(), v.violations.begin() + 10)
                                                 : v.violations;
-  std::cout << line.dump() << std::endl;
+  if (!quiet) std::cout << line.dump() << std::endl;
   // The nodes stop inside the timeline, as they would in a real shutdown.
   boost::asio::co_spawn(w.io, stop_all(w), boost::asio::detached);
   w.net.run_for(30s);
-  return v.converged ? 0 : 1;
+  return seed_result{v.converged, w.faults_drawn, v.violations};
+}
+
+std::string joined(const std::set<std::size_t>& xs) {
+  std::string out;
+  for (auto x : xs) out += (out.empty() ? "" : ",") + std::to_string(x);
+  return out;
+}
+
+// Greedy shrinking: drop each drawn fault in turn and keep it dropped when
+// the seed still fails; what is left is a schedule whose every fault is
+// needed for this failure. Each try is a whole run of the seed.
+void shrink(std::uint64_t seed, const nemesis_options& o, std::size_t drawn) {
+  auto trial = o;
+  trial.trace = false;
+  std::size_t runs = 0;
+  for (std::size_t k = 0; k < drawn; ++k) {
+    if (trial.skip_faults.contains(k)) continue;
+    trial.skip_faults.insert(k);
+    ++runs;
+    if (run_seed(seed, trial, true).held) trial.skip_faults.erase(k);  // needed: keep it
+  }
+  std::set<std::size_t> kept;
+  for (std::size_t k = 0; k < drawn; ++k)
+    if (!trial.skip_faults.contains(k)) kept.insert(k);
+  const auto last = run_seed(seed, trial, true);
+  std::cout << "  shrunk seed " << seed << " in " << runs << " runs: " << kept.size() << " of " << drawn
+            << " faults needed (" << joined(kept) << "); "
+            << (last.violations.empty() ? std::string("it no longer fails") : last.violations.front()) << "\n"
+            << "  replay: barrel-p2p-sim --scenario nemesis --seeds " << seed << " --nodes " << o.nodes
+            << " --fault-seconds " << o.faulty.count() / 1000 << (o.sabotage ? " --sabotage" : "")
+            << (trial.skip_faults.empty() ? std::string() : " --skip-faults " + joined(trial.skip_faults)) << " --trace\n";
 }
 
 }  // namespace
 
 int run_nemesis(const nemesis_options& o) {
   std::vector<std::uint64_t> failed;
-  for (auto seed = o.first_seed; seed <= o.last_seed; ++seed)
-    if (run_seed(seed, o) != 0) failed.push_back(seed);
+  for (auto seed = o.first_seed; seed <= o.last_seed; ++seed) {
+    const auto r = run_seed(seed, o);
+    if (r.held) continue;
+    failed.push_back(seed);
+    if (o.shrink) shrink(seed, o, r.faults_drawn);
+  }
   const auto total = o.last_seed - o.first_seed + 1;
   std::cout << "\nnemesis: " << total << " seeds, " << o.nodes << " nodes, " << o.faulty.count() / 1000
             << " s of faults each: " << (total - failed.size()) << " held every invariant";
@@ -661,7 +806,7 @@ int run_nemesis(const nemesis_options& o) {
     for (auto s : failed) std::cout << ' ' << s;
     std::cout << "\n  replay one with: barrel-p2p-sim --scenario nemesis --seeds " << failed.front() << " --nodes "
               << o.nodes << " --fault-seconds " << o.faulty.count() / 1000 << (o.sabotage ? " --sabotage" : "")
-              << " --trace";
+              << (o.skip_faults.empty() ? std::string() : " --skip-faults " + joined(o.skip_faults)) << " --trace";
   }
   std::cout << '\n';
   return failed.empty() ? 0 : 1;

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <set>
 
 namespace barrel_p2p::sim {
 
@@ -19,6 +20,8 @@ struct nemesis_options {
   duration quiet{120'000};  ///< after the final heal: the longest wait for the invariants
   bool trace = false;       ///< print every fault and operation of each seed
   bool sabotage = false;    ///< the checker's self-test: lose one acknowledged write on purpose
+  std::set<std::size_t> skip_faults;  ///< draws of the schedule not applied (by index)
+  bool shrink = false;      ///< for a failing seed, drop faults while it still fails
 };
 
 /// Runs every seed; prints a JSON line per seed and the failing seeds.

@@ -98,6 +98,9 @@ class sim_network {
   /// Every link's one-way delay from now on: `latency` plus or minus up to
   /// `jitter` (jitter reorders messages on a link, as a path change would).
   void set_latency(duration latency, duration jitter);
+  /// A slow node: `extra` is added to the delay of every message it sends
+  /// or receives (a loaded host, a congested uplink). 0 undoes it.
+  void set_node_delay(const std::string& id, duration extra);
 
   [[nodiscard]] const sim_stats& stats() const;
   [[nodiscard]] const sim_config& config() const;
