@@ -36,7 +36,10 @@ inline std::uint64_t next_fence(hlc_clock& clock, std::uint64_t floor, std::uint
   const auto least = std::max(ts.pack(), floor + 1);
   auto fence = (least & ~fence_node_mask) | node_bits;
   if (fence < least) fence += fence_node_mask + 1;  // a carry into the wall part is still a timestamp
-  clock.restore(hlc_timestamp::unpack(fence));
+  // Past the token, so the next one is greater; not when the token is
+  // beyond the forward offset (a floor this clock no longer admits): the
+  // caller's mark carries it, and the clock must not be dragged there.
+  if (clock.admissible(hlc_timestamp::unpack(fence))) clock.restore(hlc_timestamp::unpack(fence));
   return fence;
 }
 

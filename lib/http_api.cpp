@@ -265,7 +265,8 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
   }
 
   // The /ui page: static, so served without the bearer token (it asks for
-  // one when the API answers 401), but only to an allowed Host.
+  // one when the API answers 401). Without a token the Host check applies,
+  // as to every request.
   response ui(const request& req) const {
     response res{http::status::ok, req.version()};
     res.set(http::field::content_type, "text/html; charset=utf-8");

@@ -326,9 +326,10 @@ std::shared_ptr<map> map::open(node& n, const std::string& name, map_options opt
     // before, and a write acknowledged while its clock ran ahead must not
     // vanish at restart (the nemesis found it: seed 29). The node's clock
     // moves past them, so its own later writes are not ordered behind
-    // them; its clock monitor then refuses local writes until the
-    // cluster's clocks catch up, and peers take the entries once their
-    // clocks admit them.
+    // them. Once the clock monitor has measured its peers it refuses local
+    // writes until the cluster's clocks catch up (before that, writes are
+    // stamped ahead too); peers take such entries once their clocks admit
+    // them.
     hlc_clock recovery_clock([&n] { return n.clock().wall_ms(); }, std::chrono::hours(24 * 365 * 100));
     auto r = crdt_wire::ingest(i->state, i->store->recovered(), recovery_clock, i->leaf());
     const auto newest = recovery_clock.last();

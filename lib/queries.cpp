@@ -84,10 +84,13 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
       ++counters.requests_filtered;
       return;
     }
-    if (n.sched().wall_ms() >= r.deadline_ms) {
+    // The deadline on this node's own monotonic clock, from the time the
+    // asker gave (wall clocks may differ by more than a query lasts).
+    if (r.ttl_ms == 0) {
       ++counters.requests_expired;
       return;
     }
+    const auto deadline = n.sched().now() + duration{static_cast<duration::rep>(std::min<std::uint64_t>(r.ttl_ms, 86'400'000))};
     if (running >= config.max_running_handlers) {
       ++counters.requests_busy;
       log("dropped a query for " + r.name + ": " + std::to_string(running) + " handlers running");
@@ -95,10 +98,11 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
     }
     ++running;
     ++counters.handled;
-    tasks.spawn("query handler", run_handler(shared_from_this(), std::move(r), digest, h->second));
+    tasks.spawn("query handler", run_handler(shared_from_this(), std::move(r), digest, deadline, h->second));
   }
 
-  static task<> run_handler(std::shared_ptr<impl> self, qw::request r, std::uint64_t digest, query_handler handler) {
+  static task<> run_handler(std::shared_ptr<impl> self, qw::request r, std::uint64_t digest, duration deadline,
+                            query_handler handler) {
     struct done_running {
       impl& i;
       ~done_running() { --i.running; }
@@ -118,13 +122,16 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
     } catch (...) {
       failure = "unknown exception";
     }
+    // Once the node is gone (destroyed without stop()), nothing of it may
+    // be touched: not its clock, not its log.
+    if (self->closed) co_return;
     if (!failure.empty()) {
       ++self->counters.handler_errors;
       self->log("the handler of " + r.name + " threw: " + failure);
       co_return;
     }
-    if (!result || self->closed) co_return;
-    if (self->n.sched().wall_ms() >= r.deadline_ms) {
+    if (!result) co_return;
+    if (self->n.sched().now() >= deadline) {
       ++self->counters.answers_unsent;
       co_return;
     }
@@ -223,8 +230,7 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
     r.name = std::move(name);
     r.payload = std::move(payload);
     r.asker = self->n.self();
-    r.deadline_ms = self->n.sched().wall_ms() +
-                    static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(options.timeout).count());
+    r.ttl_ms = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(options.timeout).count());
     r.nodes = std::move(options.nodes);
     r.tags = std::move(options.tags);
     const std::size_t max = options.max_answers == 0 ? self->config.max_answers

@@ -24,7 +24,7 @@ std::vector<std::uint8_t> encode(const request& r) {
   m["n"] = r.name;
   m["p"] = r.payload;
   m["a"] = to_json(r.asker);
-  m["x"] = r.deadline_ms;
+  m["x"] = r.ttl_ms;
   if (!r.nodes.empty()) m["f"] = r.nodes;
   if (!r.tags.empty()) {
     json t = json::object();
@@ -70,7 +70,7 @@ std::optional<request> request_of(json m) {
   auto asker = descriptor_from_json(*a);
   if (!asker) return std::nullopt;
   r.asker = std::move(*asker);
-  r.deadline_ms = x->get<std::uint64_t>();
+  r.ttl_ms = x->get<std::uint64_t>();
   if (const auto* f = field(m, "f")) {
     if (!f->is_array() || f->empty() || f->size() > max_filter_nodes) return std::nullopt;
     for (const auto& id : *f) {

@@ -4,7 +4,9 @@
 //
 //   request, broadcast by Plumtree under the tag "barrel_p2p.query":
 //     {"i": id, "n": name, "p": payload, "a": asker descriptor,
-//      "x": deadline (asker's wall-clock ms), "f": [node ids]?, "t": {tags}?}
+//      "x": ms left to answer when asked, "f": [node ids]?, "t": {tags}?}
+//   Time left, not a wall-clock deadline: clocks may differ by up to the
+//   maximum offset (60 s), far more than a query's usual timeout.
 //   answer, sent to the asker on the transport's query channel:
 //     {"i": id, "q": digest of the request's bytes, "p": payload}
 //   The digest ties an answer to the question asked: a member that re-sends
@@ -34,7 +36,7 @@ struct request {
   std::string name;
   json payload;
   peer_descriptor asker;
-  std::uint64_t deadline_ms = 0;
+  std::uint64_t ttl_ms = 0;  ///< ms left to answer, as the asker sent it
   std::vector<std::string> nodes;  ///< empty: any node
   std::map<std::string, std::string> tags;  ///< empty: any tags
 };

@@ -309,6 +309,7 @@ task<> follow_campaign(world& w, std::string node_id, std::shared_ptr<campaign> 
 
 task<> campaign_on(world& w, std::size_t i) {
   auto* n = w.nodes[i].get();
+  const auto incarnation = w.incarnation[i];  // not the pointer: a new node may reuse the address
   w.votes[i] = elections::open(*n);
   campaign_options o;
   o.priority = static_cast<std::int64_t>(pick(w.rng, 3));  // ties go to the lowest id
@@ -319,7 +320,7 @@ task<> campaign_on(world& w, std::size_t i) {
   } catch (const std::exception& e) {
     refused = e.what();  // clock_skew_error while this clock is ahead: no campaign this time
   }
-  if (!c || w.nodes[i].get() != n) co_return;
+  if (!c || w.incarnation[i] != incarnation || w.down.contains(i)) co_return;
   if (c->initial_fence()) {
     w.terms.push_back(term{n->id(), *c->initial_fence(), w.net.now()});
     w.note(n->id() + " leads, fence " + std::to_string(*c->initial_fence()));
@@ -329,8 +330,9 @@ task<> campaign_on(world& w, std::size_t i) {
 
 task<> start_one(world& w, std::size_t i) {
   auto* n = w.nodes[i].get();
+  const auto incarnation = w.incarnation[i];
   co_await n->start();
-  if (w.nodes[i].get() == n) co_await campaign_on(w, i);
+  if (w.incarnation[i] == incarnation && !w.down.contains(i)) co_await campaign_on(w, i);
 }
 
 void crash(world& w, std::size_t i) {

@@ -11,7 +11,7 @@
 //
 // Bounded everywhere: request and answer sizes, the answers one query
 // collects, the queries a node has in flight, the handlers it runs at once.
-// Requests past their deadline are not answered; answers that arrive late,
+// A handler that finishes past the query's time left sends nothing; answers that arrive late,
 // twice from one node, or for a query this node did not ask are dropped and
 // counted.
 #pragma once
@@ -38,7 +38,9 @@ struct query_options {
   /// no tags, so a tag filter never picks it.
   member_tags tags;
   /// The stream ends this long after ask(); answers after it are dropped.
-  /// Nodes do not start answering a request whose deadline has passed.
+  /// The request carries it as time left: each node gives its handler until
+  /// that long after the request reached it (on its own clock), and sends
+  /// nothing after.
   duration timeout = std::chrono::seconds(5);
   /// The stream ends after this many answers; 0 means the configured
   /// ceiling (queries_config::max_answers).
@@ -90,12 +92,12 @@ struct queries_counters {
   std::uint64_t answers_foreign = 0;     ///< answers to another question under a pending query's id, dropped
   std::uint64_t requests_received = 0;   ///< requests delivered here (own ones included)
   std::uint64_t requests_filtered = 0;   ///< not for this node (filter, or no handler)
-  std::uint64_t requests_expired = 0;    ///< arrived after their deadline
+  std::uint64_t requests_expired = 0;    ///< arrived with no time left
   std::uint64_t requests_busy = 0;       ///< dropped: max_running_handlers were running
   std::uint64_t handled = 0;             ///< handler runs
   std::uint64_t handler_errors = 0;      ///< handlers that threw
   std::uint64_t answers_sent = 0;        ///< answers handed to the transport (or to an own stream)
-  std::uint64_t answers_unsent = 0;      ///< too large, past the deadline, or the asker unreachable
+  std::uint64_t answers_unsent = 0;      ///< too large, past the time left, or the asker unreachable
   std::uint64_t bad_messages = 0;        ///< malformed or oversized requests or answers from peers
 };
 

@@ -22,7 +22,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (auto r = detail::query_wire::parse_request({data, size})) {
     const auto again = detail::query_wire::parse_request(detail::query_wire::encode(*r));
     if (!again || again->id != r->id || again->name != r->name || again->asker != r->asker ||
-        again->nodes != r->nodes || again->tags != r->tags || again->deadline_ms != r->deadline_ms)
+        again->nodes != r->nodes || again->tags != r->tags || again->ttl_ms != r->ttl_ms)
       __builtin_trap();
     (void)detail::query_wire::picks(*r, "n1", {});
   }
