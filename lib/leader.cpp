@@ -259,6 +259,10 @@ elections::~elections() { on_node_destroyed(); }
 void elections::on_node_destroyed() noexcept {
   impl_->stopped = true;
   impl_->rep.reset();
+  // A campaign's stream ends with its node: a reader waiting on next()
+  // would otherwise wait for ever (and keep what it holds alive).
+  for (auto& [name, c] : impl_->mine)
+    if (c.events) c.events->close();
 }
 
 task<std::unique_ptr<campaign>> elections::lead(std::string name, campaign_options options) {

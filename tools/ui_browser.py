@@ -167,6 +167,13 @@ def run(args):
                           extra_flags=["--http-token-file", token_file])
         guarded.start()
         nodes.append(guarded)
+
+        def serves_page():  # the page needs no token; the API behind it does
+            try:
+                return guarded.request("GET", "/ui")[0] == 200
+            except OSError:
+                return False
+        dp.wait_until("the guarded node serves /ui", serves_page, 30)
         browser.open("http://127.0.0.1:%d/ui" % guarded.http_port)
         dp.wait_until("the page asks for a token",
                       lambda: browser.run("return getComputedStyle(document.getElementById('login')).display") == "flex", 20)
