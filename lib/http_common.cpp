@@ -7,6 +7,9 @@
 
 namespace barrel_p2p::detail::http_surface {
 
+task<response> ready(response r) { co_return r; }
+
+
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 response json_response(http::status s, const json& body, unsigned version) {

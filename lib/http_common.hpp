@@ -34,6 +34,9 @@ inline constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 // is 64 for a whole message, and the protocol wraps a value in ~8 levels).
 inline constexpr int max_value_depth = 32;
 
+/// An answer ready now, as the task a route returns (a static coroutine:
+/// GCC 12 miscompiles some member and lambda coroutines).
+task<response> ready(response r);
 /// Never throws on strings that are not UTF-8 (peer strings are not checked).
 std::string dump(const json& j);
 response json_response(http::status s, const json& body, unsigned version);

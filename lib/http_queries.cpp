@@ -13,8 +13,6 @@ namespace {
 // the node's queries_config::max_timeout.
 constexpr std::uint64_t default_timeout_ms = 2'000;
 
-task<response> ready(response r) { co_return r; }
-
 // The body's fields as query options; nullopt with the reason in `why`.
 std::optional<query_options> options_of(const json& body, std::string& why) {
   query_options o;

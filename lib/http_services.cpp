@@ -23,7 +23,6 @@ constexpr duration max_find_wait{10'000};
 // The coroutines below are static functions with their state in
 // parameters: GCC 12 miscompiles some member and lambda coroutines
 // (docs/how-to/contributing.md).
-task<response> ready(response r) { co_return r; }
 
 std::optional<std::uint64_t> parse_u64(std::string_view text) {
   std::uint64_t v = 0;

@@ -80,7 +80,8 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
 
   void serve(qw::request r, std::uint64_t digest) {
     const auto h = handlers.find(r.name);
-    if (h == handlers.end() || !qw::picks(r, n.id(), own_tags())) {
+    // The directory is read only for a tag filter (it lists every member).
+    if (h == handlers.end() || !qw::picks(r, n.id(), r.tags.empty() ? member_tags{} : own_tags())) {
       ++counters.requests_filtered;
       return;
     }

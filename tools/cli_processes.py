@@ -14,11 +14,9 @@ Exits non-zero when a step fails; leaves no process behind.
 
   cli_processes.py --node-binary build/tools/barrel-p2p-node --cli-binary build/tools/barrel-p2p
 """
-import argparse
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -182,20 +180,12 @@ def run(args):
     finally:
         if watcher:
             watcher.kill()
-        for n in nodes:
-            n.kill()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            say("logs and data kept in %s" % workdir)
+        dp.clean_up(nodes, workdir, args.keep)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--node-binary", default="build/tools/barrel-p2p-node")
+    p = dp.script_parser(__doc__)
     p.add_argument("--cli-binary", default="build/tools/barrel-p2p")
-    p.add_argument("--anti-entropy-ms", type=int, default=2000)
-    p.add_argument("--keep", action="store_true", help="keep logs and data directories")
     sys.exit(run(p.parse_args()))
 
 

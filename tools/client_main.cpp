@@ -369,10 +369,15 @@ void print_event(const client& c, const std::string& text) {
   std::cout << line << std::endl;  // flushed: people pipe it
 }
 
+// Prints the events of the WebSocket at `target` until it closes.
+void follow(client& c, const std::string& target) {
+  c.stream(target, [&](const std::string& t) { print_event(c, t); });
+}
+
 int cmd_members(client& c, const args& a) {
   if (!a.words.empty() && a.words[0] == "watch") {
     a.at_most(1);
-    c.stream("/members/events", [&](const std::string& t) { print_event(c, t); });
+    follow(c, "/members/events");
     return done;
   }
   a.at_most(0);
@@ -473,7 +478,7 @@ int cmd_keys(client& c, const args& a) {
 int cmd_watch(client& c, const args& a) {
   const auto& map = a.at(0, "the map name");
   a.at_most(1);
-  c.stream("/maps/" + segment(map) + "/events", [&](const std::string& t) { print_event(c, t); });
+  follow(c, "/maps/" + segment(map) + "/events");
   return done;
 }
 
@@ -481,7 +486,7 @@ int cmd_services(client& c, const args& a) {
   if (!a.words.empty() && a.words[0] == "watch") {
     a.at_most(2);
     const std::string target = a.words.size() > 1 ? "/services/" + segment(a.words[1]) + "/events" : "/services/events";
-    c.stream(target, [&](const std::string& t) { print_event(c, t); });
+    follow(c, target);
     return done;
   }
   a.at_most(1);
@@ -528,7 +533,7 @@ int cmd_shards(client& c, const args& a) {
   if (!a.words.empty() && a.words[0] == "watch") {
     const auto& group = a.at(1, "the group name");
     a.at_most(2);
-    c.stream("/shards/" + segment(group) + "/events", [&](const std::string& t) { print_event(c, t); });
+    follow(c, "/shards/" + segment(group) + "/events");
     return done;
   }
   a.at_most(1);
@@ -559,7 +564,7 @@ int cmd_shards(client& c, const args& a) {
 int cmd_reminders(client& c, const args& a) {
   if (!a.words.empty() && a.words[0] == "watch") {
     a.at_most(1);
-    c.stream("/reminders/events", [&](const std::string& t) { print_event(c, t); });
+    follow(c, "/reminders/events");
     return done;
   }
   a.at_most(1);

@@ -18,9 +18,7 @@ Exits non-zero if a step does not converge; leaves no process behind.
 
   consumers_processes.py --node-binary build/tools/barrel-p2p-node
 """
-import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -156,19 +154,11 @@ def run(args):
     except dp.StepFailed as e:
         return dp.failed("consumers", e, nodes)
     finally:
-        for n in nodes:
-            n.kill()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            say("logs and data kept in %s" % workdir)
+        dp.clean_up(nodes, workdir, args.keep)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--node-binary", default="build/tools/barrel-p2p-node")
-    p.add_argument("--anti-entropy-ms", type=int, default=2000)
-    p.add_argument("--keep", action="store_true", help="keep logs and data directories")
+    p = dp.script_parser(__doc__)
     sys.exit(run(p.parse_args()))
 
 

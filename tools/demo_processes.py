@@ -65,6 +65,26 @@ def free_port():
     raise StepFailed("no free port below %d" % low)
 
 
+def clean_up(nodes, workdir, keep):
+    """The end of every process test: no daemon left behind, whatever
+    happened, and the work directory removed unless --keep."""
+    for n in nodes:
+        n.kill()
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        say("logs and data kept in %s" % workdir)
+
+
+def script_parser(doc):
+    """The flags every process test takes: --node-binary, --anti-entropy-ms, --keep."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--node-binary", default="build/tools/barrel-p2p-node")
+    p.add_argument("--anti-entropy-ms", type=int, default=2000)
+    p.add_argument("--keep", action="store_true", help="keep logs and data directories")
+    return p
+
+
 def write_secret(workdir, name="cluster.secret"):
     """A fresh random cluster secret in a file only its owner may read."""
     path = os.path.join(workdir, name)
@@ -414,12 +434,7 @@ def run(args):
     except StepFailed as e:
         return failed("demo", e, nodes)
     finally:
-        for n in nodes:
-            n.kill()  # no process left behind, whatever happened
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            say("logs and data kept in %s" % workdir)
+        clean_up(nodes, workdir, args.keep)
 
 
 def main():

@@ -18,11 +18,9 @@ step fails; leaves no process behind.
 
   ui_browser.py --node-binary build/tools/barrel-p2p-node [--screenshot docs/images/ui.png]
 """
-import argparse
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -215,21 +213,13 @@ def run(args):
     finally:
         if browser:
             browser.close()
-        for n in nodes:
-            n.kill()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            say("logs and data kept in %s" % workdir)
+        dp.clean_up(nodes, workdir, args.keep)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--node-binary", default="build/tools/barrel-p2p-node")
-    p.add_argument("--anti-entropy-ms", type=int, default=2000)
+    p = dp.script_parser(__doc__)
     p.add_argument("--screenshot", help="save a PNG of the page here")
     p.add_argument("--nodes", type=int, default=3, help="daemons to start (default 3)")
-    p.add_argument("--keep", action="store_true", help="keep logs and data directories")
     sys.exit(run(p.parse_args()))
 
 
