@@ -197,6 +197,61 @@ std::optional<std::string_view> cbor_reader::text(std::size_t max_bytes) noexcep
   return s;
 }
 
+std::optional<std::span<const std::uint8_t>> cbor_reader::item(std::size_t max_depth,
+                                                               std::size_t& items_left) noexcept {
+  const auto start = pos_;
+  if (!skip(max_depth, items_left)) {
+    pos_ = in_.size() + 1;
+    return std::nullopt;
+  }
+  return in_.subspan(start, pos_ - start);
+}
+
+// One item from pos_; false on anything item() does not take.
+bool cbor_reader::skip(std::size_t depth_left, std::size_t& items_left) noexcept {
+  if (pos_ >= in_.size() || items_left == 0) return false;
+  --items_left;
+  const auto first = in_[pos_];
+  const auto major = static_cast<std::uint8_t>(first >> 5);
+  const auto info = first & 0x1f;
+  if (major == 7) {  // false, true, null, and floats of 2, 4 or 8 bytes
+    std::size_t extra = 0;
+    if (info == 25) extra = 2;
+    else if (info == 26) extra = 4;
+    else if (info == 27) extra = 8;
+    else if (info < 20 || info > 22) return false;
+    if (in_.size() - pos_ - 1 < extra) return false;
+    pos_ += 1 + extra;
+    return true;
+  }
+  if (major == 6) return false;  // tags
+  const auto n = head(major);
+  if (!n) return false;
+  switch (major) {
+    case 0:
+    case 1:
+      return true;
+    case 2:
+    case 3:
+      if (*n > in_.size() - pos_) return false;
+      pos_ += static_cast<std::size_t>(*n);
+      return true;
+    case 4:
+      if (depth_left <= 1) return false;
+      for (std::uint64_t i = 0; i < *n; ++i)
+        if (!skip(depth_left - 1, items_left)) return false;
+      return true;
+    default:  // 5, a map: its keys must be text, as nlohmann's reader requires
+      if (depth_left <= 1) return false;
+      for (std::uint64_t i = 0; i < *n; ++i) {
+        if (items_left == 0 || !text(in_.size())) return false;
+        --items_left;
+        if (!skip(depth_left - 1, items_left)) return false;
+      }
+      return true;
+  }
+}
+
 std::optional<std::span<const std::uint8_t>> cbor_reader::bytes() noexcept {
   auto n = head(2);
   if (!n || *n > in_.size() - pos_) {

@@ -10,6 +10,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <limits>
 #include <atomic>
 #include <mutex>
 #include <shared_mutex>
@@ -115,8 +116,9 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       store->compact();
   }
 
-  void ingest(const json& incoming) {
-    auto r = crdt_wire::ingest(state, incoming, n.clock(), leaf());
+  void ingest(const json& incoming) { merged(crdt_wire::ingest(state, incoming, n.clock(), leaf())); }
+  // What an ingest did: counted, reported, then applied.
+  void merged(const crdt_wire::ingest_result& r) {
     if (r.why.total > 0) {
       std::unique_lock lock(mu);
       counts.rejected_remote += r.why.total;
@@ -158,10 +160,24 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
     ingest(snapshot);
     co_return;
   }
+  // A snapshot read straight from its bytes; an encoding ingest_cbor does
+  // not take goes the json way.
+  task<> apply_full_sync_cbor(const std::string& instance, std::span<const std::uint8_t> snapshot) override {
+    constexpr cbor_limits checked{64, std::numeric_limits<std::size_t>::max()};  // the driver checked them
+    if (auto r = crdt_wire::ingest_cbor(state, snapshot, n.clock(), leaf(), {}, checked)) {
+      merged(*r);
+      co_return;
+    }
+    co_await replica_callbacks::apply_full_sync_cbor(instance, snapshot);
+  }
   // Range reconciliation: the state's items, tracked since open().
   const sync_index* sync_items(const std::string&) override { return state.sync_items(); }
   task<std::optional<json>> snapshot_of(const std::string&, const std::vector<sync_item>& items) override {
     co_return crdt_wire::encode_items(state, items);
+  }
+  task<std::optional<std::vector<std::uint8_t>>> snapshot_cbor_of(const std::string&,
+                                                                  const std::vector<sync_item>& items) override {
+    co_return crdt_wire::write_items(state, items);
   }
   task<std::optional<json>> full_sync_snapshot(const std::string&) override {
     if (state.entry_count() == 0) co_return std::nullopt;

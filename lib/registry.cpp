@@ -417,6 +417,10 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
   task<std::optional<json>> snapshot_of(const std::string&, const std::vector<sync_item>& items) override {
     co_return crdt_wire::encode_items(table, items);
   }
+  task<std::optional<std::vector<std::uint8_t>>> snapshot_cbor_of(const std::string&,
+                                                                  const std::vector<sync_item>& items) override {
+    co_return crdt_wire::write_items(table, items);
+  }
   bool anti_entropy() const override { return true; }
   // Liveness comes from the membership listener, which knows why a peer
   // left the view (evicted peers are alive).

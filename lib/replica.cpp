@@ -17,9 +17,22 @@
 namespace barrel_p2p {
 
 task<> replica_callbacks::merge_custom(const std::string&, const json&) { co_return; }
+task<> replica_callbacks::apply_full_sync_cbor(const std::string& name, std::span<const std::uint8_t> snapshot) {
+  // The driver checked the bytes with cbor_reader::item within its limits.
+  cbor_error error;
+  auto decoded = decode_cbor(snapshot, cbor_limits{64, std::numeric_limits<std::size_t>::max()}, &error);
+  if (!decoded) throw std::invalid_argument("snapshot does not decode: " + error.reason);
+  co_await apply_full_sync(name, *decoded);
+}
 const sync_index* replica_callbacks::sync_items(const std::string&) { return nullptr; }
 task<std::optional<json>> replica_callbacks::snapshot_of(const std::string&, const std::vector<sync_item>&) {
   co_return std::nullopt;
+}
+task<std::optional<std::vector<std::uint8_t>>> replica_callbacks::snapshot_cbor_of(const std::string& name,
+                                                                                   const std::vector<sync_item>& items) {
+  auto snapshot = co_await snapshot_of(name, items);
+  if (!snapshot) co_return std::nullopt;
+  co_return encode_cbor(*snapshot);
 }
 
 namespace {
@@ -27,10 +40,11 @@ namespace {
 // Work for an instance's loop, processed in arrival order.
 struct work_item {
   enum class kind { delta, custom, snapshot, push_to, node_down, reconcile } what;
-  json body;         // delta, custom payload or snapshot
+  json body;         // delta, custom payload or snapshot (as json)
   std::string peer;  // push_to, node_down; for the others the neighbour it came from
   std::size_t bytes = 0;  // the body's wire size, for inbox_limit_bytes
   std::optional<range_sync_message> ranges{};  // reconcile
+  byte_slice cbor{};  // a snapshot as its CBOR bytes, instead of body
 
   // Data from a peer (bounded, charged to it) rather than a peer event.
   [[nodiscard]] bool carries_data() const noexcept { return what != kind::push_to && what != kind::node_down; }
@@ -151,7 +165,7 @@ struct replica_host::impl {
   duration sweep_period{1000};
   // One part of a chunked snapshot; returns the whole snapshot once the
   // last part is in, nullopt otherwise (or when the part is refused).
-  std::optional<json> on_part(const std::string& from, replica_part& part, replica_counters& counters);
+  std::optional<byte_slice> on_part(const std::string& from, replica_part& part, replica_counters& counters);
   void forget_assemblies(const std::string& name);
 };
 
@@ -327,7 +341,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     std::optional<json> snapshot;
     co_await guarded("full_sync_snapshot", [&]() -> task<> { snapshot = co_await callbacks.full_sync_snapshot(name); });
     if (!snapshot || stopped) co_return;
-    send_snapshot(peer, std::move(*snapshot), false);
+    send_snapshot(peer, encode_cbor(*snapshot), false);
   }
 
   // ---- range reconciliation (owners with sync_items) ---------------------
@@ -380,16 +394,16 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
       const auto to = std::min(step.send.size(), from + batch_items);
       const std::vector<sync_item> batch(step.send.begin() + static_cast<std::ptrdiff_t>(from),
                                          step.send.begin() + static_cast<std::ptrdiff_t>(to));
-      std::optional<json> snapshot;
-      co_await guarded("snapshot_of", [&]() -> task<> { snapshot = co_await callbacks.snapshot_of(name, batch); });
+      std::optional<std::vector<std::uint8_t>> snapshot;
+      co_await guarded("snapshot_cbor_of",
+                       [&]() -> task<> { snapshot = co_await callbacks.snapshot_cbor_of(name, batch); });
       if (stopped) break;
       if (snapshot) {
-        const auto entries = snapshot->size();  // what is still current of the batch
         if (!send_snapshot(peer, std::move(*snapshot), batch_items > 1)) {
           batch_items = std::max<std::size_t>(1, batch_items / 2);
           continue;  // the same entries again, fewer at a time
         }
-        counters.reconcile_items_sent += entries;
+        counters.reconcile_items_sent += batch.size();
       }
       from = to;
     }
@@ -399,25 +413,22 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
   // False only when the snapshot is over max_snapshot_bytes and
   // `may_retry` (the caller sends it again in smaller pieces); otherwise
   // that is counted and logged here.
-  bool send_snapshot(const std::string& peer, json snapshot_json, bool may_retry) {
+  bool send_snapshot(const std::string& peer, std::vector<std::uint8_t> snapshot_cbor, bool may_retry) {
     // Full sync goes straight to the peer, not through the broadcast tree.
-    // The whole message is encoded once; only a snapshot too big for one
-    // message is encoded again, alone, to be cut into parts.
+    // The snapshot's bytes are encoded once and travel as the tail of one
+    // message, or of several parts when they are too big for one.
     const auto& cfg = host->config;
-    replica_sync message{name, std::move(snapshot_json)};
-    auto whole = encode(message);
-    if (whole.size() <= cfg.sync_chunk_bytes) {
-      ++counters.syncs_sent;
-      host->net.send(peer, channel::replica, whole);
-      return true;
-    }
-    whole = {};
-    auto bytes = encode_cbor(message.snapshot);
-    if (bytes.size() > cfg.max_snapshot_bytes) {
+    if (snapshot_cbor.size() > cfg.max_snapshot_bytes) {
       if (may_retry) return false;
       ++counters.snapshots_too_large;
-      host->log(name, "snapshot of " + std::to_string(bytes.size()) +
+      host->log(name, "snapshot of " + std::to_string(snapshot_cbor.size()) +
                 " bytes is over max_snapshot_bytes; not sent to " + peer);
+      return true;
+    }
+    const auto bytes = share_bytes(std::move(snapshot_cbor));
+    if (auto whole = encode_sync(name, byte_slice(bytes)); whole.size() <= cfg.sync_chunk_bytes) {
+      ++counters.syncs_sent;
+      host->net.send(peer, channel::replica, whole);
       return true;
     }
     // Parts go out in order on one connection; the receiver reassembles
@@ -425,18 +436,18 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     // pull or peer_up starts another).
     ++counters.syncs_sent;
     const auto id = std::uniform_int_distribution<std::uint64_t>(1)(host->rng);
-    const auto parts = (bytes.size() + cfg.sync_chunk_bytes - 1) / cfg.sync_chunk_bytes;
+    const auto parts = (bytes->size() + cfg.sync_chunk_bytes - 1) / cfg.sync_chunk_bytes;
+    const std::span<const std::uint8_t> all(*bytes);
     for (std::uint64_t i = 0; i < parts; ++i) {
       const auto begin = i * cfg.sync_chunk_bytes;
-      const auto end = std::min<std::size_t>(bytes.size(), begin + cfg.sync_chunk_bytes);
-      std::vector<std::uint8_t> slice(bytes.begin() + static_cast<std::ptrdiff_t>(begin),
-                                      bytes.begin() + static_cast<std::ptrdiff_t>(end));
+      const auto length = std::min<std::size_t>(all.size() - begin, cfg.sync_chunk_bytes);
       // No backpressure wait here: this runs in the instance's inbox loop,
       // and at most max_snapshot_bytes / sync_chunk_bytes parts (64) cannot
       // fill a send queue; waiting would stall incoming deltas instead.
       if (stopped) return true;
       ++counters.sync_parts_sent;
-      if (!host->net.send(peer, channel::replica, encode(replica_part{name, id, i, parts, std::move(slice)}))) {
+      if (!host->net.send(peer, channel::replica,
+                          encode_part(name, id, i, parts, byte_slice(bytes, all.subspan(begin, length))))) {
         host->log(name, "part " + std::to_string(i) + " of a snapshot for " + peer +
                   " was not queued; the sync is abandoned");
         return true;
@@ -464,7 +475,11 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
           break;
         case work_item::kind::snapshot:
           ++counters.syncs_received;
-          co_await guarded("apply_full_sync", [&]() { return callbacks.apply_full_sync(name, w->body); });
+          if (w->cbor.empty())
+            co_await guarded("apply_full_sync", [&]() { return callbacks.apply_full_sync(name, w->body); });
+          else
+            co_await guarded("apply_full_sync_cbor",
+                             [&]() { return callbacks.apply_full_sync_cbor(name, w->cbor.bytes()); });
           break;
         case work_item::kind::push_to:
           pushes_queued.erase(w->peer);
@@ -513,6 +528,16 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
 
 bool replica_host::impl::on_message(const std::string& from, const byte_slice& body) {
   if (stopped) return true;
+  // A snapshot goes to its owner as the bytes it came in: found, checked
+  // and kept without decoding it here.
+  if (auto view = parse_sync_view(body.bytes())) {
+    if (auto instance = find(view->name)) {
+      work_item w{work_item::kind::snapshot, {}, from, body.size()};
+      w.cbor = body.sub(view->offset, view->length);
+      instance->enqueue(std::move(w));
+    }
+    return true;
+  }
   auto parsed = parse_replica_message(body.bytes(), {}, config.range_sync);
   if (parsed.error == replica_parse_error::not_cbor) return false;  // not a message: cut the peer off
   auto instance = parsed.name.empty() ? nullptr : find(parsed.name);
@@ -531,8 +556,11 @@ bool replica_host::impl::on_message(const std::string& from, const byte_slice& b
   } else if (auto* part = std::get_if<replica_part>(&*parsed.message)) {
     ++instance->counters.sync_parts_received;
     const auto assembled = part->parts * config.sync_chunk_bytes;  // at most
-    if (auto whole = on_part(from, *part, instance->counters))
-      instance->enqueue({work_item::kind::snapshot, std::move(*whole), from, assembled});
+    if (auto whole = on_part(from, *part, instance->counters)) {
+      work_item w{work_item::kind::snapshot, {}, from, assembled};
+      w.cbor = std::move(*whole);
+      instance->enqueue(std::move(w));
+    }
   } else if (auto* rc = std::get_if<replica_reconcile>(&*parsed.message)) {
     ++instance->counters.reconcile_received;
     if (!instance->take_reconcile(from, rc->message)) return true;
@@ -549,11 +577,11 @@ bool replica_host::impl::on_message(const std::string& from, const byte_slice& b
   return true;
 }
 
-std::optional<json> replica_host::impl::on_part(const std::string& from, replica_part& part,
-                                                replica_counters& counters) {
+std::optional<byte_slice> replica_host::impl::on_part(const std::string& from, replica_part& part,
+                                                      replica_counters& counters) {
   const auto& name = part.name;
   const auto key = std::make_pair(from, name);
-  const auto refuse = [&](const std::string& why) -> std::optional<json> {
+  const auto refuse = [&](const std::string& why) -> std::optional<byte_slice> {
     assemblies.erase(key);
     ++counters.bad_messages;
     log(name, "dropped a snapshot part from " + from + ": " + why);
@@ -578,12 +606,14 @@ std::optional<json> replica_host::impl::on_part(const std::string& from, replica
   if (a.bytes.size() + slice.size() > config.max_snapshot_bytes) return refuse("over max_snapshot_bytes");
   a.bytes.insert(a.bytes.end(), slice.begin(), slice.end());
   if (++a.next < a.parts) return std::nullopt;
-  auto bytes = std::move(a.bytes);
+  auto bytes = share_bytes(std::move(a.bytes));
   assemblies.erase(key);
-  cbor_error error;
-  auto whole = decode_cbor(bytes, cbor_limits{64, config.max_snapshot_items}, &error);
-  if (!whole) return refuse("reassembled snapshot does not decode: " + error.reason);
-  return whole;
+  // Checked, not decoded: the owner reads it (apply_full_sync_cbor).
+  cbor_reader check(*bytes);
+  std::size_t items = config.max_snapshot_items;
+  if (!check.item(64, items) || !check.at_end())
+    return refuse("reassembled snapshot is not one CBOR item within the limits");
+  return byte_slice(std::move(bytes));
 }
 
 void replica_host::impl::on_membership(const membership_event& ev) {

@@ -49,17 +49,56 @@ std::optional<replica_payload> parse_replica_payload(std::span<const std::uint8_
   }
 }
 
-message_body encode(const replica_sync& m) { return encode_body({{"t", "sync"}, {"n", m.name}, {"s", m.snapshot}}); }
+message_body encode(const replica_sync& m) { return encode_sync(m.name, byte_slice(share_bytes(encode_cbor(m.snapshot)))); }
 
 message_body encode(const replica_part& m) {
-  return encode_body({{"t", "part"}, {"n", m.name}, {"id", m.id}, {"i", m.index}, {"of", m.parts},
-                      {"b", json::binary(m.bytes)}});
+  return encode_part(m.name, m.id, m.index, m.parts, byte_slice(share_bytes(m.bytes)));
+}
+
+message_body encode_sync(const std::string& name, byte_slice snapshot_cbor) {
+  cbor_writer w;
+  w.map(3).text("t").text("sync").text("n").text(name).text("s");
+  return message_body(share_bytes(w.take()), std::move(snapshot_cbor));
+}
+
+message_body encode_part(const std::string& name, std::uint64_t id, std::uint64_t index, std::uint64_t parts,
+                         byte_slice bytes) {
+  cbor_writer w;
+  w.map(6).text("t").text("part").text("n").text(name).text("id").uint(id).text("i").uint(index);
+  w.text("of").uint(parts).text("b").bytes_head(bytes.size());
+  return message_body(share_bytes(w.take()), std::move(bytes));
 }
 
 message_body encode(const replica_pull& m) { return encode_body({{"t", "pull"}, {"n", m.name}}); }
 
 message_body encode(const replica_reconcile& m) {
   return encode_body({{"t", "rc"}, {"n", m.name}, {"m", encode_range_sync(m.message)}});
+}
+
+std::optional<replica_sync_view> parse_sync_view(std::span<const std::uint8_t> body,
+                                                 const cbor_limits& limits) noexcept {
+  try {
+    cbor_reader r(body);
+    if (r.map() != 3) return std::nullopt;
+    std::optional<std::string_view> type, name;
+    std::optional<std::span<const std::uint8_t>> snapshot;
+    // The message is one level; the snapshot gets the rest of the depth.
+    std::size_t items = limits.max_items;
+    const auto depth = limits.max_depth > 1 ? limits.max_depth - 1 : 0;
+    for (int i = 0; i < 3; ++i) {
+      const auto key = r.text(1);
+      if (!key) return std::nullopt;
+      if (*key == "t" && !type) type = r.text(8);
+      else if (*key == "n" && !name) name = r.text(replica_max_name_bytes);
+      else if (*key == "s" && !snapshot) snapshot = r.item(depth, items);
+      else return std::nullopt;
+    }
+    if (!r.at_end() || type != "sync" || !name || name->empty() || !snapshot) return std::nullopt;
+    return replica_sync_view{std::string(*name), static_cast<std::size_t>(snapshot->data() - body.data()),
+                             snapshot->size()};
+  } catch (...) {  // allocation failure
+    return std::nullopt;
+  }
 }
 
 parsed_replica_message parse_replica_message(std::span<const std::uint8_t> body, const cbor_limits& limits,

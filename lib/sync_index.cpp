@@ -142,11 +142,25 @@ bool sync_index::insert(const sync_item& item) {
     n = static_cast<std::uint32_t>(nodes_.size());
     nodes_.emplace_back();
   }
-  nodes_[n] = node{item, splitmix(rng_), none, none, fingerprint::of(item), {}};
-  update(n);
+  const auto own = fingerprint::of(item);
+  const auto priority = splitmix(rng_);
+  nodes_[n] = node{item, priority, none, none, own, own};
+  // One walk down: the new node goes where its priority ranks it, and the
+  // subtree it displaces is split around it. Each node passed on the way
+  // gains the new item in its sums; no sibling is read (on a large index
+  // every sibling read is a cache miss).
+  std::uint32_t* link = &root_;
+  while (*link != none && nodes_[*link].priority > priority) {
+    auto& x = nodes_[*link];
+    x.sub = x.sub.plus(own);
+    link = item < x.item ? &x.left : &x.right;
+  }
   std::uint32_t lo = none, hi = none;
-  split(root_, item, lo, hi);
-  root_ = merge(merge(lo, n), hi);
+  split(*link, item, lo, hi);
+  nodes_[n].left = lo;
+  nodes_[n].right = hi;
+  update(n);
+  *link = n;
   return true;
 }
 

@@ -19,6 +19,7 @@
 #include <barrel_p2p/keyed_hash.hpp>
 #include <barrel_p2p/map.hpp>
 #include <barrel_p2p/range_sync.hpp>
+#include <barrel_p2p/replica_messages.hpp>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -373,6 +374,11 @@ task<json> persisted(boost::asio::io_context& io, double seconds) {
                  {"steady_probes_over_2ms", probes_over_2ms}};
 }
 
+// Read on a node's executor (co_spawned there). Plain coroutines rather
+// than capturing coroutine lambdas, which GCC 12 can destroy twice.
+task<std::uint64_t> bytes_received(node& n) { co_return n.net().counters().bytes_received; }
+task<replica_counters> replica_stats(std::shared_ptr<map> m) { co_return m->replica_stats(); }
+
 // Full sync: one node holds `keys` keys; a second joins. Time from its
 // start to holding every key, and the bytes it received. With
 // `two_threads`, the joiner runs on an io_context of its own thread, as on
@@ -397,30 +403,100 @@ task<json> full_sync(boost::asio::io_context& io, std::size_t keys, bool two_thr
   auto sched = make_real_scheduler(io.get_executor());
   while (c.maps[1]->size() < keys && steady::now() - t0 < 120s) co_await sched->sleep(1ms);
   const auto t1 = steady::now();
-  const auto received = co_await boost::asio::co_spawn(
-      c.nodes[1]->get_executor(),
-      [n = c.nodes[1].get()]() -> task<std::uint64_t> { co_return n->net().counters().bytes_received; },
-      boost::asio::use_awaitable);
+  const auto received =
+      co_await boost::asio::co_spawn(c.nodes[1]->get_executor(), bytes_received(*c.nodes[1]), boost::asio::use_awaitable);
   const bool complete = c.maps[1]->size() == keys;
   // How the sync ran: exchanges opened and crossed on each side, entries pushed.
   json exchanges = json::array();
   for (std::size_t i = 0; i < c.maps.size(); ++i) {
-    const auto st = co_await boost::asio::co_spawn(
-        c.nodes[i]->get_executor(), [m = c.maps[i]]() -> task<replica_counters> { co_return m->replica_stats(); },
-        boost::asio::use_awaitable);
+    const auto st =
+        co_await boost::asio::co_spawn(c.nodes[i]->get_executor(), replica_stats(c.maps[i]), boost::asio::use_awaitable);
     exchanges.push_back({{"opened", st.reconcile_rounds}, {"crossed", st.reconcile_crossed},
                          {"entries_sent", st.reconcile_items_sent}});
   }
   co_await c.stop();
+  // The joiner's thread ends before its node is destroyed: a node is
+  // destroyed where nothing else runs its executor (destroying it here
+  // while that thread ran corrupted the heap now and then).
+  work.reset();
+  if (joiner_thread.joinable()) {
+    joiner_io.stop();
+    joiner_thread.join();
+  }
   c.maps.clear();
   c.nodes.clear();
-  work.reset();
-  if (joiner_thread.joinable()) joiner_thread.join();
   co_return json{{"bench", "full_sync"}, {"keys", keys}, {"threads", two_threads ? 2 : 1}, {"complete", complete},
                  {"ms", std::chrono::duration<double, std::milli>(t1 - t0).count()},
                  {"exchanges", std::move(exchanges)},
                  {"bytes_received", received},
                  {"bytes_per_key", static_cast<double>(received) / static_cast<double>(keys)}};
+}
+
+json sync_stages_once(std::size_t keys);
+
+// The stages of a full sync without the network, in ns per entry: the
+// holder writing its snapshots (crdt_wire::write_items, batches of the
+// replica's reconcile_batch_items), the joiner merging them into its state
+// as the replica does (parse_sync_view, then crdt_wire::ingest_cbor into a
+// map that tracks sync items), and for comparison through a json tree
+// (parse_replica_message, crdt_wire::ingest). What the map adds on top
+// (projection, events) is not in these figures. The best of three
+// runs: on a shared 2-core machine single runs vary by half.
+json sync_stages(std::size_t keys) {
+  json best;
+  for (int run = 0; run < 3; ++run) {
+    auto r = sync_stages_once(keys);
+    if (best.is_null()) {
+      best = std::move(r);
+      continue;
+    }
+    for (const char* stage : {"encode_ns_per_entry", "merge_ns_per_entry", "json_merge_ns_per_entry"})
+      best[stage] = std::min(best[stage].get<double>(), r[stage].get<double>());
+    best["complete"] = best["complete"].get<bool>() && r["complete"].get<bool>();
+  }
+  return best;
+}
+
+json sync_stages_once(std::size_t keys) {
+  hlc_clock clock;
+  ormap holder;
+  holder.track_sync_items();
+  for (std::size_t k = 0; k < keys; ++k) holder.add("s" + std::to_string(k), k, "b0", clock.now());  // the bench nodes' id length
+  std::vector<sync_item> items;
+  holder.sync_items()->items(0, holder.sync_items()->size(), items);
+  const std::size_t batch = replica_config{}.reconcile_batch_items;
+  std::vector<std::vector<std::uint8_t>> messages;
+  std::size_t entry_bytes = 0;
+  const auto t0 = steady::now();
+  for (std::size_t from = 0; from < items.size(); from += batch) {
+    const std::vector<sync_item> part(items.begin() + static_cast<std::ptrdiff_t>(from),
+                                      items.begin() + static_cast<std::ptrdiff_t>(std::min(items.size(), from + batch)));
+    const auto body = encode_sync("bench", byte_slice(share_bytes(*crdt_wire::write_items(holder, part))));
+    entry_bytes += body.tail.size();
+    std::vector<std::uint8_t> flat(*body.head);
+    flat.insert(flat.end(), body.tail.bytes().begin(), body.tail.bytes().end());
+    messages.push_back(std::move(flat));
+  }
+  const auto t1 = steady::now();
+  // The joiner's way: the snapshot found in the frame, its entries read
+  // from the bytes.
+  ormap joiner;
+  joiner.track_sync_items();
+  for (const auto& m : messages) {
+    const auto view = parse_sync_view(m);
+    (void)crdt_wire::ingest_cbor(joiner, std::span(m).subspan(view->offset, view->length), clock);
+  }
+  const auto t2 = steady::now();
+  // The json way, for comparison: the frame decoded into a tree, then ingested.
+  ormap via_json;
+  via_json.track_sync_items();
+  for (const auto& m : messages)
+    (void)crdt_wire::ingest(via_json, std::get<replica_sync>(*parse_replica_message(m).message).snapshot, clock);
+  const auto t3 = steady::now();
+  const auto per_entry = [&](steady::duration d) { return us(d) * 1000 / static_cast<double>(keys); };
+  return json{{"bench", "sync_stages"}, {"keys", keys}, {"complete", joiner == holder && via_json == holder},
+              {"entry_bytes", entry_bytes}, {"encode_ns_per_entry", per_entry(t1 - t0)},
+              {"merge_ns_per_entry", per_entry(t2 - t1)}, {"json_merge_ns_per_entry", per_entry(t3 - t2)}};
 }
 
 // Anti-entropy on an idle, converged 3-node map of `keys` keys: bytes per
@@ -699,6 +775,16 @@ int main(int argc, char** argv) {
           ok &= r["complete"].get<bool>();
           results.push_back(std::move(r));
         }
+      for (auto k : o.sync_sizes) {
+        auto r = sync_stages(k);
+        std::printf("sync stages, %zu keys (%zu bytes of entries), ns per entry: holder encodes %.0f, joiner merges %.0f "
+                    "from the bytes (%.0f through a json tree)%s\n",
+                    k, r["entry_bytes"].get<std::size_t>(), r["encode_ns_per_entry"].get<double>(),
+                    r["merge_ns_per_entry"].get<double>(), r["json_merge_ns_per_entry"].get<double>(),
+                    r["complete"].get<bool>() ? "" : "  (incomplete!)");
+        ok &= r["complete"].get<bool>();
+        results.push_back(std::move(r));
+      }
       auto ae = co_await anti_entropy_cost(io, 10'000);
       std::printf("anti-entropy, idle converged map of 10000 keys: %.0f bytes per round (%llu rounds)\n",
                   ae["bytes_per_round"].get<double>(), static_cast<unsigned long long>(ae["rounds"].get<std::uint64_t>()));

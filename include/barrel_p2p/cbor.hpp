@@ -76,6 +76,16 @@ class cbor_reader {
 
   /// A definite-length array: its element count.
   [[nodiscard]] std::optional<std::uint64_t> array() noexcept { return head(4); }
+  /// A definite-length map: its number of pairs.
+  [[nodiscard]] std::optional<std::uint64_t> map() noexcept { return head(5); }
+  /// Any one item, returned as the view of its bytes and skipped: only
+  /// what decode_cbor accepts (no tags, maps keyed by text, the simple
+  /// values false, true and null, floats) and more narrowly (definite
+  /// lengths only, nesting below `max_depth`, at most `items_left` items,
+  /// counted down). So decode_cbor decodes whatever this returns, within
+  /// the same limits.
+  [[nodiscard]] std::optional<std::span<const std::uint8_t>> item(std::size_t max_depth,
+                                                                  std::size_t& items_left) noexcept;
   [[nodiscard]] std::optional<std::uint64_t> uint() noexcept { return head(0); }
   /// A text string of at most `max_bytes` bytes (not checked for UTF-8).
   [[nodiscard]] std::optional<std::string_view> text(std::size_t max_bytes) noexcept;
@@ -87,6 +97,7 @@ class cbor_reader {
 
  private:
   std::optional<std::uint64_t> head(std::uint8_t major) noexcept;
+  bool skip(std::size_t depth_left, std::size_t& items_left) noexcept;
   std::span<const std::uint8_t> in_;
   std::size_t pos_ = 0;
 };

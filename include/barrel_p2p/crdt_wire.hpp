@@ -45,6 +45,11 @@ struct limits {
 /// The same wire form as encode_entry, written as CBOR straight into `w`
 /// (no json tree in between: the local write path).
 void write_entry(cbor_writer& w, const entry& e);
+/// encode_items written as CBOR straight into bytes (the snapshots of range
+/// reconciliation), or nullopt when no entry behind `items` is current.
+/// Decodes to the json encode_items returns.
+[[nodiscard]] std::optional<std::vector<std::uint8_t>> write_items(const ormap& m,
+                                                                   const std::vector<sync_item>& items);
 
 /// Parses an HLC; nullopt unless it is a valid timestamp the clock admits
 /// (within the maximum forward offset).
@@ -86,9 +91,9 @@ struct rejections {
                            rejections& why, const limits& lim = {}) noexcept;
 
 struct ingest_result {
-  /// The validated, filtered sub-map of the input (a whole snapshot on full
-  /// sync). Only these entries advanced the clock.
-  ormap accepted;
+  /// How many entries of the input were valid and merged (whether or not
+  /// they changed the local map). Only these advanced the clock.
+  std::size_t accepted = 0;
   /// Keys whose local entry changed: emit events for exactly these.
   std::vector<std::string> changed;
   /// Entries dropped as invalid (why.total), and why.
@@ -99,5 +104,17 @@ struct ingest_result {
 /// anything invalid; nothing thrown reaches the caller from peer content.
 ingest_result ingest(ormap& local, const json& incoming, hlc_clock& clock,
                      const leaf_validator& leaf = {}, const limits& lim = {});
+
+/// ingest, read straight from the CBOR of a map in wire form (a snapshot as
+/// it arrives) without building its json tree: only each value is decoded,
+/// alone. Takes definite-length encodings (what cbor_writer and nlohmann
+/// write); nullopt for anything else, or bytes decode_cbor would refuse
+/// within `cbor` (then `local` is unchanged: decode and ingest the json
+/// instead). Otherwise the same result as ingest(decode_cbor(bytes)), but
+/// for a key the map names twice: both entries are merged (a json tree
+/// keeps the last).
+std::optional<ingest_result> ingest_cbor(ormap& local, std::span<const std::uint8_t> bytes, hlc_clock& clock,
+                                         const leaf_validator& leaf = {}, const limits& lim = {},
+                                         const cbor_limits& cbor = {});
 
 }  // namespace barrel_p2p::crdt_wire

@@ -39,17 +39,23 @@ using siphash_key = std::array<std::uint64_t, 2>;
 /// only with the same key. Call it first thing in main().
 bool fix_process_hash_key(const siphash_key& key) noexcept;
 
+// The two hashers below are deliberately not noexcept: libstdc++ stores each
+// node's hash code only for a hasher that may throw (or is known to be
+// slow), and otherwise recomputes it for every node a lookup walks past in
+// a bucket. SipHash is too slow to run again per probe (profiled: a third of
+// a full sync's time was spent in bucket walks).
+
 /// The same for tables keyed by peer-chosen 64-bit values (hashes a peer
 /// can aim, such as sync_key_id).
 struct keyed_word_hash {
-  [[nodiscard]] std::size_t operator()(std::uint64_t v) const noexcept {
+  [[nodiscard]] std::size_t operator()(std::uint64_t v) const {
     return static_cast<std::size_t>(siphash24(process_hash_key(), v));
   }
 };
 
 /// std::hash's replacement for tables keyed by peer-chosen strings.
 struct keyed_string_hash {
-  [[nodiscard]] std::size_t operator()(std::string_view s) const noexcept {
+  [[nodiscard]] std::size_t operator()(std::string_view s) const {
     return static_cast<std::size_t>(siphash24(process_hash_key(), s));
   }
 };

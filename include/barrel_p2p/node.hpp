@@ -73,6 +73,9 @@ class node {
   /// from `net`); `config.transport.node_id` names it, and
   /// sim_network::set_wall_skew shifts its wall clock.
   node(sim_network& net, node_config config);
+  /// On the node's executor, or where nothing runs that executor (its
+  /// io_context stopped or its threads joined): the layers' state is freed
+  /// here, and a handler running at the same time would use it.
   ~node();
   node(const node&) = delete;
   node& operator=(const node&) = delete;

@@ -22,6 +22,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <variant>
 #include <vector>
@@ -43,6 +44,11 @@ class replica_callbacks {
   virtual task<> merge_delta(const std::string& name, const json& delta) = 0;
   /// Apply a snapshot received from a peer (on connect, on pull).
   virtual task<> apply_full_sync(const std::string& name, const json& snapshot) = 0;
+  /// The same snapshot as the CBOR bytes it arrived in (one item that
+  /// decode_cbor decodes), valid until the returned task completes.
+  /// Optional: the default decodes it and calls apply_full_sync. The map
+  /// reads its entries straight from the bytes (crdt_wire::ingest_cbor).
+  virtual task<> apply_full_sync_cbor(const std::string& name, std::span<const std::uint8_t> snapshot);
   /// The snapshot to push to a peer, or nullopt when there is nothing.
   virtual task<std::optional<json>> full_sync_snapshot(const std::string& name) = 0;
   /// A node left or failed: drop what it owned, or do nothing.
@@ -64,6 +70,11 @@ class replica_callbacks {
   /// With sync_items: a snapshot (apply_full_sync's shape) of the entries
   /// behind `items` that are still current, or nullopt when none is.
   virtual task<std::optional<json>> snapshot_of(const std::string& name, const std::vector<sync_item>& items);
+  /// With sync_items, optional: snapshot_of's answer already encoded as
+  /// CBOR (crdt_wire::write_items), so that syncing a large state builds no
+  /// json tree. The default encodes what snapshot_of returns.
+  virtual task<std::optional<std::vector<std::uint8_t>>> snapshot_cbor_of(const std::string& name,
+                                                                          const std::vector<sync_item>& items);
 };
 
 struct replica_config {

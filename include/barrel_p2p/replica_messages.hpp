@@ -8,8 +8,10 @@
 //   SYNC    {"t": "sync", "n": name, "s": snapshot}
 //   PART    {"t": "part", "n": name, "id": u64, "i": u64, "of": u64, "b": bytes}
 //   PULL    {"t": "pull", "n": name}
-// Deltas and snapshots stay json: they are the owner's data and reach it as
-// json (replica_callbacks). Each is decoded once per node.
+// Deltas stay json: they are the owner's data and reach it as json
+// (replica_callbacks). A snapshot reaches its owner as its CBOR bytes
+// (replica_callbacks::apply_full_sync_cbor), which the map reads without a
+// json tree. Each is decoded once per node.
 #pragma once
 
 #include <barrel_p2p/cbor.hpp>
@@ -74,6 +76,24 @@ using replica_message = std::variant<replica_sync, replica_part, replica_pull, r
 [[nodiscard]] message_body encode(const replica_part& m);
 [[nodiscard]] message_body encode(const replica_pull& m);
 [[nodiscard]] message_body encode(const replica_reconcile& m);
+/// A SYNC whose snapshot is already CBOR, and a PART of such bytes: the
+/// bytes travel as the message's tail, not copied into it.
+[[nodiscard]] message_body encode_sync(const std::string& name, byte_slice snapshot_cbor);
+[[nodiscard]] message_body encode_part(const std::string& name, std::uint64_t id, std::uint64_t index,
+                                       std::uint64_t parts, byte_slice bytes);
+
+/// Where the snapshot of a SYNC lies in its frame body, found without
+/// decoding it (a large snapshot is read straight from these bytes).
+struct replica_sync_view {
+  std::string name;
+  std::size_t offset = 0;
+  std::size_t length = 0;
+};
+/// A SYNC in the encoding encode_sync writes (any key order, definite
+/// lengths; the snapshot taken by cbor_reader::item within `limits`), else
+/// nullopt: parse_replica_message then reads the frame. Never throws.
+[[nodiscard]] std::optional<replica_sync_view> parse_sync_view(std::span<const std::uint8_t> body,
+                                                               const cbor_limits& limits = {}) noexcept;
 
 /// Why a replica frame was not a message: it is not CBOR at all (the
 /// connection is cut), or it decodes but has the wrong shape (dropped).

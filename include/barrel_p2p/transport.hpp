@@ -97,6 +97,10 @@ class byte_slice {
   [[nodiscard]] bool empty() const noexcept { return bytes_.empty(); }
   /// The first `n` bytes dropped (n <= size()).
   [[nodiscard]] byte_slice drop_front(std::size_t n) const noexcept { return {owner_, bytes_.subspan(n)}; }
+  /// `length` bytes from `offset` (offset + length <= size()).
+  [[nodiscard]] byte_slice sub(std::size_t offset, std::size_t length) const noexcept {
+    return {owner_, bytes_.subspan(offset, length)};
+  }
 
  private:
   shared_bytes owner_;
