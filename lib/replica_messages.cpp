@@ -82,8 +82,9 @@ std::optional<replica_sync_view> parse_sync_view(std::span<const std::uint8_t> b
     if (r.map() != 3) return std::nullopt;
     std::optional<std::string_view> type, name;
     std::optional<std::span<const std::uint8_t>> snapshot;
-    // The message is one level; the snapshot gets the rest of the depth.
-    std::size_t items = limits.max_items;
+    // The message is one level and a few items; the snapshot gets the rest
+    // of the limits, so whatever this takes, decode_cbor takes whole.
+    std::size_t items = limits.max_items > 8 ? limits.max_items - 8 : 0;
     const auto depth = limits.max_depth > 1 ? limits.max_depth - 1 : 0;
     for (int i = 0; i < 3; ++i) {
       const auto key = r.text(1);

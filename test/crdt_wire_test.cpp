@@ -3,6 +3,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <random>
 
 using namespace barrel_p2p;
@@ -171,4 +172,151 @@ TEST_CASE("random garbage never throws and never corrupts the local map (2000 ca
     CHECK_NOTHROW(wire::ingest(local, *j, clock));
     CHECK(local.get("k").has_value());
   }
+}
+
+namespace {
+// Both ways of ingesting one snapshot, each into its own copy of `base`
+// with its own clock: the json tree (decode_cbor, ingest) and the bytes
+// (ingest_cbor). Compared by their encoding (a NaN is not equal to itself).
+struct two_ways {
+  ormap via_json, via_bytes;
+  std::optional<wire::ingest_result> json_result, bytes_result;
+};
+two_ways ingest_both(const ormap& base, const std::vector<std::uint8_t>& bytes, const wire::leaf_validator& leaf = {}) {
+  two_ways out{base, base, std::nullopt, std::nullopt};
+  auto clock_a = fixed_clock();
+  auto clock_b = fixed_clock();
+  if (auto decoded = decode_cbor(bytes)) out.json_result = wire::ingest(out.via_json, *decoded, clock_a, leaf);
+  out.bytes_result = wire::ingest_cbor(out.via_bytes, bytes, clock_b, leaf);
+  return out;
+}
+std::vector<std::uint8_t> encoded(const ormap& m) { return encode_cbor(wire::encode_map(m)); }
+}  // namespace
+
+TEST_CASE("ingest_cbor merges a snapshot from its bytes as ingest merges its json") {
+  ormap base;
+  base.add("kept", 1, "n1", {now_ms - 50, 0});
+  base.add("older", "old", "n1", {now_ms - 50, 0});
+  const json snapshot = {
+      {"new", value_json("fresh", "n2", now_ms - 10)},
+      {"older", value_json("newer", "n2", now_ms - 5)},
+      {"kept", value_json("loses", "n2", now_ms - 60)},
+      {"gone", json{{"t", hlc_json(now_ms - 1)}}},
+      {"ahead", value_json("far", "n3", now_ms + 120'000)},             // beyond the offset
+      {"ahead_tomb", json{{"t", hlc_json(now_ms + 120'000)}}},
+      {"bad_dot", value_json(1, "", now_ms)},                            // empty node id
+      {"extra", json{{"t", hlc_json(now_ms)}, {"x", 1}}},                // a field too many
+      {"no_dots", json{{"v", 1}}},
+      {"not_object", 7},
+      {"empty_dots", json{{"v", 1}, {"d", json::array()}}},
+      {"two_dots", json{{"v", 2}, {"d", json::array({json::array({"n1", hlc_json(now_ms - 3)}),
+                                                      json::array({"n4", hlc_json(now_ms - 2)})})}}},
+      {"rejected", value_json("x", "n1", now_ms - 1)},                   // the leaf says no
+      {"nested", value_json(json{{"a", json::array({1, 2.5, nullptr, true})}}, "n1", now_ms - 2)},
+      {std::string(2000, 'k'), value_json(1, "n1", now_ms)},            // key too long
+  };
+  const auto leaf = [](const std::string& key, const json&) { return key != "rejected"; };
+  const auto both = ingest_both(base, encode_cbor(snapshot), leaf);
+  REQUIRE(both.json_result.has_value());
+  REQUIRE(both.bytes_result.has_value());
+  CHECK(encoded(both.via_bytes) == encoded(both.via_json));
+  CHECK(both.via_bytes.get("older") == json("newer"));
+  CHECK(both.via_bytes.get("two_dots") == json(2));
+  CHECK_FALSE(both.via_bytes.get("gone").has_value());
+  const auto& a = *both.json_result;
+  const auto& b = *both.bytes_result;
+  CHECK(b.accepted == a.accepted);
+  CHECK(b.why.total == a.why.total);
+  CHECK(b.why.total == 9);
+  CHECK(b.why.clock_ahead == a.why.clock_ahead);
+  CHECK(b.why.clock_ahead == 2);
+  CHECK(b.why.max_ahead_ms == a.why.max_ahead_ms);
+  CHECK(b.why.ahead_writer == a.why.ahead_writer);
+  auto changed_a = a.changed, changed_b = b.changed;
+  std::sort(changed_a.begin(), changed_a.end());
+  std::sort(changed_b.begin(), changed_b.end());
+  CHECK(changed_b == changed_a);
+}
+
+TEST_CASE("ingest_cbor refuses encodings it does not read, and leaves the map as it was") {
+  ormap base;
+  base.add("k", 1, "n1", {now_ms - 50, 0});
+  const auto valid = encode_cbor(json{{"a", value_json(1, "n1", now_ms)}});
+  auto clock = fixed_clock();
+  // An indefinite-length map (0xbf ... 0xff) decodes, but is not read here.
+  std::vector<std::uint8_t> indefinite = valid;
+  indefinite[0] = 0xbf;
+  indefinite.push_back(0xff);
+  REQUIRE(decode_cbor(indefinite).has_value());
+  // A tag, a key that is not text, a value cut short, trailing bytes.
+  std::vector<std::uint8_t> tagged = {0xa1, 0x61, 'a', 0xc1, 0x01};
+  std::vector<std::uint8_t> int_key = {0xa1, 0x01, 0x01};
+  std::vector<std::uint8_t> cut(valid.begin(), valid.end() - 1);
+  std::vector<std::uint8_t> trailing = valid;
+  trailing.push_back(0x00);
+  for (const auto* bytes : {&indefinite, &tagged, &int_key, &cut, &trailing}) {
+    ormap local = base;
+    CHECK_FALSE(wire::ingest_cbor(local, *bytes, clock).has_value());
+    CHECK(local == base);
+  }
+  // A payload nested deeper than the limits allow: refused, not merged.
+  std::vector<std::uint8_t> deep = {0xa1, 0x61, 'a', 0xa2, 0x61, 'v'};
+  for (int i = 0; i < 80; ++i) deep.push_back(0x81);
+  deep.push_back(0x01);
+  const auto dots = encode_cbor(json::array({json::array({"n1", hlc_json(now_ms)})}));
+  deep.push_back(0x61);
+  deep.push_back('d');
+  deep.insert(deep.end(), dots.begin(), dots.end());
+  ormap local = base;
+  CHECK_FALSE(wire::ingest_cbor(local, deep, clock).has_value());
+  CHECK(local == base);
+  // The same shape within the limits is read.
+  CHECK(wire::ingest_cbor(local, valid, clock).has_value());
+  CHECK(local.get("a") == json(1));
+}
+
+TEST_CASE("a key named twice: the json tree keeps the last entry, ingest_cbor merges both") {
+  // {"a": older value, "a": newer value} and the reverse order.
+  const auto entry = [](std::uint64_t wall, int v) { return encode_cbor(value_json(v, "n1", wall)); };
+  for (const bool newer_first : {false, true}) {
+    std::vector<std::uint8_t> bytes = {0xa2};
+    for (const auto& [wall, v] : newer_first ? std::vector<std::pair<std::uint64_t, int>>{{now_ms - 1, 2}, {now_ms - 9, 1}}
+                                             : std::vector<std::pair<std::uint64_t, int>>{{now_ms - 9, 1}, {now_ms - 1, 2}}) {
+      bytes.insert(bytes.end(), {0x61, 'a'});
+      const auto e = entry(wall, v);
+      bytes.insert(bytes.end(), e.begin(), e.end());
+    }
+    const auto both = ingest_both({}, bytes);
+    REQUIRE(both.bytes_result.has_value());
+    CHECK(both.via_bytes.get("a") == json(2));  // the newer, whatever the order
+    CHECK(both.via_json.get("a") == json(newer_first ? 1 : 2));
+  }
+}
+
+TEST_CASE("cbor_reader::item skips exactly one item, and only what decode_cbor takes") {
+  const auto one = encode_cbor(json{{"a", json::array({1, -2, 2.5, "x", nullptr, true})}, {"b", json::binary({1, 2})}});
+  std::vector<std::uint8_t> two = one;
+  two.insert(two.end(), one.begin(), one.end());
+  cbor_reader r(two);
+  std::size_t items = 100;
+  const auto first = r.item(64, items);
+  REQUIRE(first.has_value());
+  CHECK(first->size() == one.size());
+  CHECK(r.item(64, items).has_value());
+  CHECK(r.at_end());
+  CHECK(items == 100 - 2 * 11);  // two maps, each: itself, 2 keys, an array of 6, a byte string
+  for (const std::vector<std::uint8_t>& refused : {std::vector<std::uint8_t>{0xf7}, {0xe0}, {0xc1, 0x01}, {0xa1, 0x01, 0x01},
+                                                   {0x9f, 0xff}, {0x5f, 0xff}, {0x62, 'a'}, {0x1c}}) {
+    cbor_reader bad(refused);
+    std::size_t budget = 100;
+    CHECK_FALSE(bad.item(64, budget).has_value());
+  }
+  // Depth and item limits.
+  const std::vector<std::uint8_t> nested = {0x81, 0x81, 0x81, 0x01};
+  std::size_t budget = 100;
+  CHECK(cbor_reader(nested).item(4, budget).has_value());
+  budget = 100;
+  CHECK_FALSE(cbor_reader(nested).item(3, budget).has_value());
+  budget = 3;
+  CHECK_FALSE(cbor_reader(nested).item(64, budget).has_value());
 }

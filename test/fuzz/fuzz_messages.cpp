@@ -59,6 +59,14 @@ void check_broadcast(const byte_slice& body) {
 
 void check_replica(std::span<const std::uint8_t> bytes) {
   auto parsed = parse_replica_message(bytes);
+  // A SYNC found without decoding it is the SYNC the full parse finds,
+  // with the same name and a snapshot that decodes to the same tree.
+  if (auto view = parse_sync_view(bytes)) {
+    auto* sync = parsed.message ? std::get_if<replica_sync>(&*parsed.message) : nullptr;
+    if (!sync || sync->name != view->name) __builtin_trap();
+    auto snapshot = decode_cbor(bytes.subspan(view->offset, view->length));
+    if (!snapshot || encode_cbor(*snapshot) != encode_cbor(sync->snapshot)) __builtin_trap();
+  }
   if (parsed.message) {
     const auto body = flatten(std::visit([](const auto& m) { return encode(m); }, *parsed.message));
     auto back = parse_replica_message(body);
