@@ -1,6 +1,9 @@
 #include "barrel_p2p/crdt_wire.hpp"
 
+#include "barrel_p2p/keyed_hash.hpp"
+
 #include <algorithm>
+#include <unordered_set>
 
 namespace barrel_p2p::crdt_wire {
 
@@ -365,9 +368,13 @@ std::optional<ingest_result> ingest_cbor(ormap& local, std::span<const std::uint
   // the snapshot, so that whatever this takes, that would have taken too.
   std::size_t budget = cbor.max_items > 16 ? cbor.max_items - 16 : 0;
   const std::size_t depth = cbor.max_depth > 2 ? cbor.max_depth - 2 : 0;
+  // A key named twice: a json tree keeps the last entry; so does the json
+  // way, which the caller takes on nullopt (honest encoders never do this).
+  std::unordered_set<std::string_view, keyed_string_hash> keys;
+  keys.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(*pairs, bytes.size())));
   for (std::uint64_t i = 0; i < *pairs; ++i) {
     const auto key = budget > 0 ? in.text(bytes.size()) : std::nullopt;
-    if (!key) return std::nullopt;
+    if (!key || !keys.insert(*key).second) return std::nullopt;
     --budget;
     const auto value = in.item(depth, budget);
     if (!value) return std::nullopt;

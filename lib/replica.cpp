@@ -50,6 +50,9 @@ struct work_item {
   [[nodiscard]] bool carries_data() const noexcept { return what != kind::push_to && what != kind::node_down; }
 };
 
+// A reassembled snapshot: its bytes, or (another encoder's) its json.
+using work_item_body = std::variant<byte_slice, json>;
+
 }  // namespace
 
 struct replica_host::impl {
@@ -165,7 +168,7 @@ struct replica_host::impl {
   duration sweep_period{1000};
   // One part of a chunked snapshot; returns the whole snapshot once the
   // last part is in, nullopt otherwise (or when the part is refused).
-  std::optional<byte_slice> on_part(const std::string& from, replica_part& part, replica_counters& counters);
+  std::optional<work_item_body> on_part(const std::string& from, replica_part& part, replica_counters& counters);
   void forget_assemblies(const std::string& name);
 };
 
@@ -399,11 +402,13 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
                        [&]() -> task<> { snapshot = co_await callbacks.snapshot_cbor_of(name, batch); });
       if (stopped) break;
       if (snapshot) {
+        // What is still current of the batch: the snapshot map's length.
+        const auto entries = cbor_reader(*snapshot).map().value_or(batch.size());
         if (!send_snapshot(peer, std::move(*snapshot), batch_items > 1)) {
           batch_items = std::max<std::size_t>(1, batch_items / 2);
           continue;  // the same entries again, fewer at a time
         }
-        counters.reconcile_items_sent += batch.size();
+        counters.reconcile_items_sent += entries;
       }
       from = to;
     }
@@ -558,7 +563,8 @@ bool replica_host::impl::on_message(const std::string& from, const byte_slice& b
     const auto assembled = part->parts * config.sync_chunk_bytes;  // at most
     if (auto whole = on_part(from, *part, instance->counters)) {
       work_item w{work_item::kind::snapshot, {}, from, assembled};
-      w.cbor = std::move(*whole);
+      if (auto* bytes = std::get_if<byte_slice>(&*whole)) w.cbor = std::move(*bytes);
+      else w.body = std::move(std::get<json>(*whole));
       instance->enqueue(std::move(w));
     }
   } else if (auto* rc = std::get_if<replica_reconcile>(&*parsed.message)) {
@@ -577,11 +583,11 @@ bool replica_host::impl::on_message(const std::string& from, const byte_slice& b
   return true;
 }
 
-std::optional<byte_slice> replica_host::impl::on_part(const std::string& from, replica_part& part,
-                                                      replica_counters& counters) {
+std::optional<work_item_body> replica_host::impl::on_part(const std::string& from, replica_part& part,
+                                                          replica_counters& counters) {
   const auto& name = part.name;
   const auto key = std::make_pair(from, name);
-  const auto refuse = [&](const std::string& why) -> std::optional<byte_slice> {
+  const auto refuse = [&](const std::string& why) -> std::optional<work_item_body> {
     assemblies.erase(key);
     ++counters.bad_messages;
     log(name, "dropped a snapshot part from " + from + ": " + why);
@@ -611,9 +617,12 @@ std::optional<byte_slice> replica_host::impl::on_part(const std::string& from, r
   // Checked, not decoded: the owner reads it (apply_full_sync_cbor).
   cbor_reader check(*bytes);
   std::size_t items = config.max_snapshot_items;
-  if (!check.item(64, items) || !check.at_end())
-    return refuse("reassembled snapshot is not one CBOR item within the limits");
-  return byte_slice(std::move(bytes));
+  if (check.item(64, items) && check.at_end()) return work_item_body{byte_slice(std::move(bytes))};
+  // An encoding the check does not take (indefinite lengths) still decodes.
+  cbor_error error;
+  auto whole = decode_cbor(*bytes, cbor_limits{64, config.max_snapshot_items}, &error);
+  if (!whole) return refuse("reassembled snapshot does not decode: " + error.reason);
+  return work_item_body{std::move(*whole)};
 }
 
 void replica_host::impl::on_membership(const membership_event& ev) {

@@ -107,12 +107,11 @@ ingest_result ingest(ormap& local, const json& incoming, hlc_clock& clock,
 
 /// ingest, read straight from the CBOR of a map in wire form (a snapshot as
 /// it arrives) without building its json tree: only each value is decoded,
-/// alone. Takes definite-length encodings (what cbor_writer and nlohmann
-/// write); nullopt for anything else, or bytes decode_cbor would refuse
-/// within `cbor` (then `local` is unchanged: decode and ingest the json
-/// instead). Otherwise the same result as ingest(decode_cbor(bytes)), but
-/// for a key the map names twice: both entries are merged (a json tree
-/// keeps the last).
+/// alone. Takes definite-length encodings naming each key once (what
+/// cbor_writer and nlohmann write); nullopt for anything else, or bytes
+/// decode_cbor would refuse within `cbor` (then `local` is unchanged:
+/// decode and ingest the json instead). Otherwise the same result as
+/// ingest(decode_cbor(bytes)).
 std::optional<ingest_result> ingest_cbor(ormap& local, std::span<const std::uint8_t> bytes, hlc_clock& clock,
                                          const leaf_validator& leaf = {}, const limits& lim = {},
                                          const cbor_limits& cbor = {});
