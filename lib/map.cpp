@@ -172,9 +172,6 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   }
   // Range reconciliation: the state's items, tracked since open().
   const sync_index* sync_items(const std::string&) override { return state.sync_items(); }
-  task<std::optional<json>> snapshot_of(const std::string&, const std::vector<sync_item>& items) override {
-    co_return crdt_wire::encode_items(state, items);
-  }
   task<std::optional<std::vector<std::uint8_t>>> snapshot_cbor_of(const std::string&,
                                                                   const std::vector<sync_item>& items) override {
     co_return crdt_wire::write_items(state, items);

@@ -414,9 +414,6 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
   // down_memory (and their holders told again), so a round cannot bring
   // them back.
   const sync_index* sync_items(const std::string&) override { return table.sync_items(); }
-  task<std::optional<json>> snapshot_of(const std::string&, const std::vector<sync_item>& items) override {
-    co_return crdt_wire::encode_items(table, items);
-  }
   task<std::optional<std::vector<std::uint8_t>>> snapshot_cbor_of(const std::string&,
                                                                   const std::vector<sync_item>& items) override {
     co_return crdt_wire::write_items(table, items);

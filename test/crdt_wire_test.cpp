@@ -320,3 +320,20 @@ TEST_CASE("cbor_reader::item skips exactly one item, and only what decode_cbor t
   budget = 3;
   CHECK_FALSE(cbor_reader(nested).item(64, budget).has_value());
 }
+
+TEST_CASE("write_items writes the bytes of what encode_items returns") {
+  ormap m;
+  m.track_sync_items();
+  m.add("a", json{{"x", json::array({1, 2.5})}}, "n1", {now_ms, 1});
+  m.remove("b", {now_ms - 5, 0});
+  m.add("c", "text", "n2", {now_ms - 3, 0});
+  std::vector<sync_item> items;
+  m.sync_items()->items(0, m.sync_items()->size(), items);
+  const auto bytes = wire::write_items(m, items);
+  REQUIRE(bytes.has_value());
+  CHECK(decode_cbor(*bytes) == wire::encode_items(m, items));
+  // Items no longer current are left out; none current gives nullopt.
+  m.add("c", "newer", "n2", {now_ms, 2});
+  CHECK(decode_cbor(*wire::write_items(m, items))->size() == 2);
+  CHECK_FALSE(wire::write_items(ormap{}, items).has_value());
+}
