@@ -10,7 +10,7 @@ namespace barrel_p2p::crdt_wire {
 std::optional<json> encode_items(const ormap& m, const std::vector<sync_item>& items) {
   json out = json::object();
   for (const auto& item : items)
-    if (const auto* key = m.key_of(item)) out[*key] = encode_entry(*m.get_entry(*key));
+    if (const auto* found = m.current_of(item)) out[found->first] = encode_entry(found->second);
   if (out.empty()) return std::nullopt;
   return out;
 }
@@ -36,16 +36,16 @@ void write_entry(cbor_writer& w, const entry& e) {
 
 std::optional<std::vector<std::uint8_t>> write_items(const ormap& m, const std::vector<sync_item>& items) {
   // The map's length comes first: find the current entries, then write.
-  std::vector<std::pair<const std::string*, const entry*>> current;
+  std::vector<const ormap::container::value_type*> current;
   current.reserve(items.size());
   for (const auto& item : items)
-    if (const auto* key = m.key_of(item)) current.emplace_back(key, m.get_entry(*key));
+    if (const auto* found = m.current_of(item)) current.push_back(found);
   if (current.empty()) return std::nullopt;
   cbor_writer w;
   w.map(current.size());
-  for (const auto& [key, e] : current) {
-    w.text(*key);
-    write_entry(w, *e);
+  for (const auto* found : current) {
+    w.text(found->first);
+    write_entry(w, found->second);
   }
   return w.take();
 }

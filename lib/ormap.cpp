@@ -134,11 +134,16 @@ void ormap::untrack(const std::string& key, const entry& e) {
 }
 
 const std::string* ormap::key_of(const sync_item& item) const {
+  const auto* current = current_of(item);
+  return current ? &current->first : nullptr;
+}
+
+const ormap::container::value_type* ormap::current_of(const sync_item& item) const {
   if (!tracking_.t) return nullptr;
   auto [first, last] = tracking_.t->keys.equal_range(item.id);
   for (auto it = first; it != last; ++it) {
     const auto e = entries_.find(*it->second);
-    if (e != entries_.end() && sync_item_of(e->first, e->second) == item) return it->second;
+    if (e != entries_.end() && sync_item_of(e->first, e->second) == item) return &*e;
   }
   return nullptr;
 }

@@ -139,6 +139,8 @@ class ormap {
   /// The key whose current entry is `item`, or nullptr (not tracking, or
   /// the entry changed since).
   [[nodiscard]] const std::string* key_of(const sync_item& item) const;
+  /// The same, with its entry: the (key, entry) pair, or nullptr.
+  [[nodiscard]] const container::value_type* current_of(const sync_item& item) const;
 
   /// Equal entries (tracking is not compared).
   friend bool operator==(const ormap& a, const ormap& b) { return a.entries_ == b.entries_; }
