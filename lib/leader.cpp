@@ -35,7 +35,6 @@ bool valid_name(const std::string& name) {
 }
 
 struct local_campaign {
-  std::int64_t priority = 0;
   bool leader = false;
   std::uint64_t fence = 0;
   bool announcing = false;  // false during lead(): the first role is returned, not streamed
@@ -207,7 +206,6 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
     // (and its fencing token would outrun theirs): refuse it like a put.
     self->n.clocks().check_writable();
     auto& c = self->mine[name];
-    c.priority = priority;
     c.events = std::make_unique<event_publisher<leadership_event>>(self->strand);
     lead_start start;
     start.events = c.events->subscribe();

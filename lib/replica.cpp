@@ -693,7 +693,6 @@ task<> replica_host::stop() {
   co_await impl_->loops.stop();
 }
 
-const replica_config& replica_host::config() const { return impl_->config; }
 std::size_t replica_host::kept_openings() const { return impl_->early_openings.size(); }
 
 std::size_t replica_host::partial_snapshot_bytes() const {
@@ -759,7 +758,7 @@ struct room_ticket {
 };
 }  // namespace
 
-task<json> replica::broadcast_update(replica_update update) {
+task<> replica::broadcast_update(replica_update update) {
   auto i = impl_;
   if (i->stopped) throw std::logic_error("replica " + i->name + ": stopped");
   if (co_await i->host->wait_for_room()) ++i->counters.backpressure_waits;
@@ -780,7 +779,6 @@ task<json> replica::broadcast_update(replica_update update) {
   co_await i->callbacks.merge_delta(i->name, wire);  // throws to the caller: nothing is sent
   ++i->counters.deltas_sent;
   i->host->broadcast.broadcast(i->name, encode_delta_payload(wire));
-  co_return wire;
 }
 
 task<> replica::broadcast_custom(json payload) {

@@ -452,6 +452,5 @@ void sim_network::set_latency(duration latency, duration jitter) {
 }
 const sim_stats& sim_network::stats() const { return impl_->stats; }
 const sim_config& sim_network::config() const { return impl_->config; }
-random_engine& sim_network::rng() { return impl_->rng; }
 
 }  // namespace barrel_p2p

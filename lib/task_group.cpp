@@ -110,6 +110,5 @@ task<> task_group::stop() {
 }
 
 std::size_t task_group::size() const noexcept { return state_->running; }
-bool task_group::stopping() const noexcept { return state_->stopping; }
 
 }  // namespace barrel_p2p

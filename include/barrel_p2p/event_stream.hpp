@@ -5,6 +5,12 @@
 // and counted (dropped()), so a slow subscriber loses history, not the
 // present, and the publisher (membership, a map) is never held up. A
 // subscriber that sees dropped() grow should re-read the current state.
+//
+// Threading: a publisher and its streams share one buffer per subscriber,
+// without a lock. Every call, on either side, is made on the publisher's
+// executor (for the library's streams, the node's): a stream read from
+// another thread races with publish(). A stream keeps its buffer alive, not
+// the publisher nor what publishes through it.
 #pragma once
 
 #include <barrel_p2p/task.hpp>
@@ -27,7 +33,10 @@ class event_stream {
   event_stream() = default;
 
   /// The next event, or nullopt once the publisher is gone or closed and the
-  /// buffer is drained. One reader at a time.
+  /// buffer is drained (or the waiting coroutine is cancelled). One reader
+  /// at a time, on the publisher's executor; it does not hop there. The
+  /// call holds the buffer: the stream object may be moved or destroyed
+  /// while it waits.
   task<std::optional<T>> next() {
     auto st = state_;
     if (!st) co_return std::nullopt;
@@ -40,15 +49,18 @@ class event_stream {
   }
 
   /// Drops the events buffered now (a reader that only needs to know that
-  /// something changed, and re-reads the state once per burst).
+  /// something changed, and re-reads the state once per burst). Publisher's
+  /// executor.
   void discard_pending() {
     if (state_) state_->queue.clear();
   }
 
-  /// Events buffered and not yet read.
+  /// Events buffered and not yet read. Publisher's executor.
   [[nodiscard]] std::size_t pending() const { return state_ ? state_->queue.size() : 0; }
-  /// Events dropped because the buffer was full.
+  /// Events dropped because the buffer was full. Publisher's executor.
   [[nodiscard]] std::uint64_t dropped() const { return state_ ? state_->dropped : 0; }
+  /// False for a default-constructed stream (next() returns nullopt at
+  /// once). Any thread.
   [[nodiscard]] bool valid() const { return state_ != nullptr; }
 
  private:
@@ -65,13 +77,18 @@ class event_stream {
   std::shared_ptr<state> state_;
 };
 
+/// Every member is called on `ex`, the executor its streams are read on.
 template <class T>
 class event_publisher {
  public:
+  /// `ex`: where a waiting reader resumes when it has no executor of its own.
   explicit event_publisher(executor ex) : ex_(std::move(ex)) {}
+  /// Closes every stream (readers drain, then get nullopt).
   ~event_publisher() { close(); }
 
-  /// A new subscriber, seeing events published from now on.
+  /// A new subscriber, seeing events published from now on; `capacity` 0
+  /// counts as 1. The publisher holds it weakly: dropping the stream
+  /// unsubscribes.
   [[nodiscard]] event_stream<T> subscribe(std::size_t capacity = 1024) {
     std::erase_if(subscribers_, [](const auto& w) { return w.expired(); });
     auto st = std::make_shared<typename event_stream<T>::state>(ex_, capacity == 0 ? 1 : capacity);

@@ -114,13 +114,19 @@ struct hyparview_counters {
   std::uint64_t dials_refused = 0;      ///< dials a peer's message asked for, over its budget
 };
 
+/// Once constructed, every member is called on the node's executor (the
+/// scheduler's); none hops onto it. `net` and `sched` are held by reference
+/// and must outlive this object (the node owns them and destroys it first).
 class hyparview {
  public:
   /// Synchronous listener for the layers above (broadcast, replicas): runs
   /// on the node's executor as the view changes, before stream subscribers.
+  /// It must not block.
   using listener = std::function<void(const membership_event&)>;
 
   hyparview(transport& net, scheduler& sched, hyparview_config config = {});
+  /// Unregisters the transport handlers and cancels the loops; a loop or
+  /// join() still suspended keeps the view state alive until it ends.
   ~hyparview();
   hyparview(const hyparview&) = delete;
   hyparview& operator=(const hyparview&) = delete;
@@ -131,7 +137,8 @@ class hyparview {
 
   /// Joins the cluster through `contact`. Returns true when the contact
   /// accepted the connection; on false, the node keeps retrying the contact
-  /// (with backoff) while its active view is empty.
+  /// (with backoff) while its active view is empty. It keeps the view
+  /// state alive: this object may be destroyed while it dials.
   task<bool> join(peer_address contact);
   /// Remembers `contact` for later rejoins (tried in order while the active
   /// view is empty) without dialling it now. The node's start() remembers
@@ -140,24 +147,31 @@ class hyparview {
   void remember_contact(peer_address contact);
 
   /// Leaves: tells every active peer (DISCONNECT), closes connections, stops
-  /// the loops, publishes `left`. The object can then be destroyed.
+  /// the loops, publishes `left`. The object can then be destroyed, not
+  /// before: it must outlive this call.
   task<> leave();
 
-  [[nodiscard]] std::vector<peer_descriptor> active_view() const;
-  [[nodiscard]] std::vector<peer_descriptor> passive_view() const;
+  [[nodiscard]] std::vector<peer_descriptor> active_view() const;  ///< a copy
+  [[nodiscard]] std::vector<peer_descriptor> passive_view() const;  ///< a copy
   [[nodiscard]] bool is_active(const std::string& peer_id) const;
+  /// The transport's descriptor of this node (a TCP transport sets its
+  /// port at start).
   [[nodiscard]] const peer_descriptor& self() const;
+  /// Live counters, valid as long as this object.
   [[nodiscard]] const hyparview_counters& counters() const;
 
-  /// An awaitable stream of membership events (bounded; see event_stream).
+  /// An awaitable stream of membership events (bounded; see event_stream),
+  /// from now on, read on the node's executor; it ends after `left`.
   [[nodiscard]] event_stream<membership_event> subscribe(std::size_t capacity = 1024);
+  /// Adds `l` for the life of this object (there is no removal): what it
+  /// captures must live that long, or be held weakly.
   void add_listener(listener l);
 
   /// When the active view is full and a peer must make room (a swap, a
   /// joiner, a high-priority NEIGHBOR), the peers for which `keep` returns
   /// true go last. The broadcast layer passes "is a link of the tree", so
   /// that view changes cut the broadcast tree as rarely as they can.
-  /// Call on the node's executor; it applies from the next eviction.
+  /// It applies from the next eviction.
   void set_eviction_preference(std::function<bool(const std::string& peer_id)> keep);
 
  private:

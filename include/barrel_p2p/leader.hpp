@@ -42,21 +42,30 @@ struct leadership_event {
 class elections;
 
 /// One node's candidacy for one election. Destroying it (or resign())
-/// withdraws the candidacy: a tombstone is gossiped.
+/// withdraws the candidacy: a tombstone is gossiped. It holds the election
+/// service alive (not the node); one object, used from one place at a time.
 class campaign {
  public:
+  /// Any thread: the withdrawal is posted to the node's strand, holding the
+  /// service until it is done, so the node's execution context must still
+  /// exist (once the node has stopped, the withdrawal does nothing).
   ~campaign();
   campaign(const campaign&) = delete;
   campaign& operator=(const campaign&) = delete;
 
+  /// Fixed at lead(): any thread.
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
   /// The role when lead() returned.
   [[nodiscard]] election_role initial_role() const noexcept { return initial_; }
   /// The token of the initial term when the initial role is leader.
   [[nodiscard]] std::optional<std::uint64_t> initial_fence() const noexcept { return initial_fence_; }
   /// Later transitions: elected{fence}, revoked. Bounded (drop-oldest).
+  /// Ends (nullopt) after resign() and when the service is destroyed or
+  /// its node destroyed while it is attached; node::stop() alone does not
+  /// end it. Await it on the node's executor: it reads an event_stream and
+  /// does not hop.
   task<std::optional<leadership_event>> next() { return events_.next(); }
-  /// Withdraws now (idempotent).
+  /// Withdraws now (idempotent). Any executor: it hops onto the strand.
   task<> resign();
 
  private:
@@ -75,7 +84,8 @@ class campaign {
 /// The election service of one node (one replica instance for all names).
 class elections : public node::attachment, public std::enable_shared_from_this<elections> {
  public:
-  /// The node's service, started on first use. Call from the node's executor.
+  /// The node's service, started on first use (the same object until
+  /// node::stop() detaches it). Node's executor.
   static std::shared_ptr<elections> open(node& n);
   ~elections() override;
 
@@ -83,12 +93,15 @@ class elections : public node::attachment, public std::enable_shared_from_this<e
   /// role and the stream of later transitions. Throws std::invalid_argument
   /// on a bad name or when this node already campaigns for it, and
   /// clock_skew_error while this node's clock is ahead of the cluster
-  /// (clock_monitor.hpp).
+  /// (clock_monitor.hpp); std::logic_error once the node is stopping. Any
+  /// executor: it hops onto the strand. The campaign keeps this service
+  /// alive.
   task<std::unique_ptr<campaign>> lead(std::string name, campaign_options options = {});
-  /// Withdraws this node's candidacy for `name`, if any.
+  /// Withdraws this node's candidacy for `name`, if any. Any executor.
   task<> resign(std::string name);
 
-  /// The leader of `name` as this node sees it.
+  /// The leader of `name` as this node sees it. These four read the
+  /// service's state without a lock and do not hop: node's executor.
   [[nodiscard]] std::optional<std::string> leader(const std::string& name) const;
   [[nodiscard]] bool is_leader(const std::string& name) const;
   /// This node's token for `name` while it is the leader.
@@ -96,6 +109,9 @@ class elections : public node::attachment, public std::enable_shared_from_this<e
   /// The greatest token of `name` this node has seen (any node's).
   [[nodiscard]] std::uint64_t high_water_mark(const std::string& name) const;
 
+  /// Called by the node: node::stop() stops the replica instance and
+  /// refuses later campaigns; ~node, while still attached, also ends every
+  /// campaign's stream (as ~elections does).
   task<> on_node_stop() override;
   void on_node_destroyed() noexcept override;
 

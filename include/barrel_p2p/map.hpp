@@ -5,12 +5,14 @@
 // tombstone expiry, optional pruning of a departed node's keys, and optional
 // durability (write-ahead log + snapshot, map_store.hpp).
 //
-// Concurrency: writes and events run on the node's strand (put/remove hop
-// onto it, so they may be called from any executor). Reads (get, keys,
-// to_list, size) read a projection under a shared lock and may be called
-// from any thread: each key is read atomically, but there is no snapshot
-// across keys. The projection is updated before the event for that change is
-// published, so a subscriber that reads after an event sees the new value.
+// Concurrency: writes and events run on the node's strand (put, remove,
+// close and erase hop onto it, so they may be called from any executor;
+// open() and subscribe() do not: call them, and read the stream, there).
+// Reads (get, keys, to_list, size, page, counters) take a shared lock over
+// a projection and may be called from any thread: each key is read
+// atomically, but there is no snapshot across keys. The projection is updated before the
+// event for that change is published, so a subscriber that reads after an
+// event sees the new value.
 #pragma once
 
 #include <barrel_p2p/event_stream.hpp>
@@ -129,11 +131,12 @@ class map : public node::attachment, public std::enable_shared_from_this<map> {
   [[nodiscard]] map_page page(std::size_t limit, const std::optional<std::string>& after = std::nullopt) const;
 
   /// Change events from now on, local and remote. Bounded (drop-oldest, see
-  /// event_stream); the map never waits for a subscriber.
+  /// event_stream); the map never waits for a subscriber. The stream ends
+  /// when the map closes. Node's executor, and read there.
   [[nodiscard]] event_stream<map_event> subscribe(std::size_t capacity = 1024);
 
   /// Stops the map on this node (others keep it). erase() also deletes its
-  /// files. Both are idempotent.
+  /// files (on the calling thread). Both are idempotent. Any executor.
   task<> close();
   task<> erase();
 
@@ -142,14 +145,15 @@ class map : public node::attachment, public std::enable_shared_from_this<map> {
   /// ~node, for a handle kept past its node: closed, without the network.
   void on_node_destroyed() noexcept override;
 
-  [[nodiscard]] const std::string& name() const;
+  [[nodiscard]] const std::string& name() const;  ///< any thread
   /// False once close(), erase() or node::stop() has closed the map here.
+  /// Any thread.
   [[nodiscard]] bool is_open() const;
-  [[nodiscard]] map_counters counters() const;
+  [[nodiscard]] map_counters counters() const;  ///< any thread
   /// The counters of the map's replica instance (deltas, syncs, pulls...).
   /// Call on the node's executor.
   [[nodiscard]] replica_counters replica_stats() const;
-  /// Entries including tombstones (for tests and metrics).
+  /// Entries including tombstones (for tests and metrics). Node's executor.
   [[nodiscard]] std::size_t entry_count() const;
 
   struct impl;

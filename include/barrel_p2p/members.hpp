@@ -59,6 +59,8 @@ class members : public node::attachment, public std::enable_shared_from_this<mem
   /// The live members this node knows, sorted by id; with `having`, only
   /// those carrying every one of these tags with that value. Node's executor.
   [[nodiscard]] std::vector<member> list(const member_tags& having = {}) const;
+  /// The live member `id`; nullopt when this node knows none. Node's
+  /// executor (it reads the registry, as list() does).
   [[nodiscard]] std::optional<member> get(const std::string& id) const;
 
   /// Joins, tag updates and departures from now on. Bounded (drop-oldest);

@@ -1,10 +1,25 @@
 // One node: transport, membership, broadcast, clock and replica host,
 // assembled and started in the right order, stopped in the reverse one.
 //
-// Maps (map.hpp) and leader election sit on top of a node; the HTTP surface
-// and the daemon sit on top of those. A node runs on ONE executor, a strand
-// the node creates over the executor it is given: public entry points of
-// the layers above hop onto it, so they may be called from any thread.
+// Maps (map.hpp), elections, the registry, members, placement, reminders
+// and queries attach to a node; the HTTP surface and the daemon sit on top
+// of those. A node runs on ONE executor: a strand the node creates over the
+// executor it is given (on the simulated network, the simulation's
+// executor). Where each call may be made, for the node and every layer:
+//   * a function returning a task hops onto the strand itself, so any
+//     executor may await it. Except event_stream::next (and campaign::next,
+//     which reads one), and the members of the layers below the node
+//     (transport, hyparview, plumtree, clock_monitor, replica_host), which
+//     hop nowhere;
+//   * any other function touches its layer's state without a lock: call
+//     it on the node's executor (map::open, registry::open and
+//     elections::open, subscribe() and watch(), elections::leader, lookups,
+//     counters...), unless its comment says "any thread" (map reads,
+//     reminders::get and list, what is fixed at construction).
+// "On the node's executor": code co_spawned on get_executor(); with an
+// io_context run by one thread, any code on that thread. Callbacks the
+// library calls (validators, handlers, listeners) run there and must not
+// block.
 #pragma once
 
 #include <barrel_p2p/clock_monitor.hpp>
@@ -67,7 +82,8 @@ struct join_result {
 class node {
  public:
   /// A node on real TCP. `ex` may be any executor (a multi-threaded
-  /// io_context too): the node makes a strand over it.
+  /// io_context too): the node makes a strand over it. Any thread; `ex`'s
+  /// execution context must outlive the node.
   node(executor ex, node_config config);
   /// A node on the simulated network (transport and virtual-time scheduler
   /// from `net`); `config.transport.node_id` names it, and
@@ -84,20 +100,27 @@ class node {
   /// until one takes this node in, and says what happened. Listening or
   /// binding failures throw. A node that joined no contact is still
   /// running: it keeps dialling its contacts with backoff while its active
-  /// view is empty. Any executor.
+  /// view is empty. Any executor. The node may be destroyed while this
+  /// waits (a crash in the simulator): it then returns what it found.
   task<join_result> start();
   /// Waits until this node has at least one active peer (it is in a
   /// cluster), or until `timeout` has passed, or the node stops. True when
-  /// it has one. Returns at once when it already has. Any executor.
+  /// it has one. Returns at once when it already has. Any executor. The
+  /// node must outlive it.
   task<bool> wait_joined(duration timeout);
   /// Closes what is attached (maps...), leaves the cluster politely and
-  /// stops every layer; returns when done.
+  /// stops every layer; returns when done. Any executor. The node must
+  /// outlive it.
   task<> stop();
 
+  /// Fixed at construction: any thread.
   [[nodiscard]] const std::string& id() const;
+  /// Its port is set by start() when listen_port is 0: read it on the
+  /// node's executor, or once start() has returned.
   [[nodiscard]] const peer_descriptor& self() const;
+  /// Fixed at construction (the cluster keys cleared from it): any thread.
   [[nodiscard]] const node_config& config() const;
-  [[nodiscard]] executor get_executor() const;  ///< the node's strand
+  [[nodiscard]] executor get_executor() const;  ///< the node's strand; any thread
   /// True on the simulated network (virtual time: persisted maps write
   /// inline there, see map_store's store_mode). Any thread.
   [[nodiscard]] bool simulated() const;
@@ -109,6 +132,8 @@ class node {
   task<> set_cluster_secrets(std::string primary, std::vector<std::string> accepted);
   task<> reload_certificates();
 
+  /// The layers, owned by the node and destroyed with it. The references
+  /// may be taken anywhere; the layers are used on the node's executor.
   [[nodiscard]] transport& net();
   [[nodiscard]] scheduler& sched();
   [[nodiscard]] hlc_clock& clock();

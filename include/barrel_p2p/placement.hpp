@@ -78,9 +78,11 @@ class placement : public node::attachment, public std::enable_shared_from_this<p
   static task<std::shared_ptr<placement>> open(node& n, std::string group, placement_options options = {});
   ~placement() override;
 
+  /// The group's name. Any thread: fixed when the group is opened.
   [[nodiscard]] const std::string& group() const;
+  /// The group's shard count. Any thread: fixed when the group is opened.
   [[nodiscard]] std::uint32_t shards() const;
-  /// The shard of `key` in this group.
+  /// The shard of `key` in this group. Any thread: a pure hash.
   [[nodiscard]] std::uint32_t shard_of(std::string_view key) const;
 
   /// The owner of `shard` as this node sees it; nullopt when the group has
@@ -89,8 +91,10 @@ class placement : public node::attachment, public std::enable_shared_from_this<p
   /// The shards this node owns, ascending. Node's executor.
   [[nodiscard]] std::vector<std::uint32_t> owned_shards() const;
   /// The token of this node's ownership of `shard`, while it owns it.
+  /// Node's executor.
   [[nodiscard]] std::optional<std::uint64_t> fence(std::uint32_t shard) const;
   /// The greatest token of `shard` this node has heard of (any node's).
+  /// Node's executor.
   [[nodiscard]] std::uint64_t high_water_mark(std::uint32_t shard) const;
   /// The members this node knows, sorted by node id. Node's executor.
   [[nodiscard]] std::vector<placement_member> members() const;
@@ -104,6 +108,7 @@ class placement : public node::attachment, public std::enable_shared_from_this<p
   /// others) and releases every shard here. Idempotent. Any executor.
   task<> close();
 
+  /// A copy of the counters. Node's executor.
   [[nodiscard]] placement_counters counters() const;
 
   task<> on_node_stop() override;

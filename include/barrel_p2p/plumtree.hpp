@@ -117,6 +117,10 @@ struct plumtree_counters {
   std::uint64_t missing = 0;          ///< gauge: ids announced, not yet received
 };
 
+/// Once constructed, every member is called on the node's executor (the
+/// scheduler's); none hops onto it. `net`, `membership` and `sched` are held
+/// by reference and must outlive this object (the node owns all four and
+/// destroys the plumtree first).
 class plumtree {
  public:
   /// One message handed to a subscriber. The views are valid during the
@@ -130,32 +134,40 @@ class plumtree {
                               ///< the subscriber's queued work is over its budget
   };
   /// Called once per message, on every node but its origin, in the order
-  /// received.
+  /// received, on the node's executor; it must not block.
   using delivery_handler = std::function<void(const delivery&)>;
 
   plumtree(transport& net, hyparview& membership, scheduler& sched, plumtree_config config = {});
+  /// Unregisters the transport handler and cancels the loop; the membership
+  /// listener it added stays, but does nothing once this is gone.
   ~plumtree();
   plumtree(const plumtree&) = delete;
   plumtree& operator=(const plumtree&) = delete;
 
   /// Registers the transport handler and membership listener, seeds the
   /// eager set from the current active view, starts the timers loop.
+  /// Once (a second call does nothing).
   void start();
-  /// Ends the loop; returns when it has.
+  /// Ends the loop; returns when it has. The object must outlive it.
   task<> stop();
 
   /// Broadcasts `payload` under `tag` to every node. Not delivered locally:
   /// the caller has the payload already. The bytes are sent as they are
-  /// (typically one CBOR item, see encode_cbor) and shared, not copied.
+  /// (typically one CBOR item, see encode_cbor) and shared, not copied:
+  /// the cache keeps them (at most cache_ttl) to answer GRAFTs.
   void broadcast(const std::string& tag, shared_bytes payload);
 
   /// Deliveries for `tag` go to `handler`. Throws std::invalid_argument if
   /// the tag already has a subscriber: tags scope one consumer per node.
+  /// The handler is kept until unsubscribe() or destruction: what it
+  /// captures must live that long (or be held weakly).
   void subscribe(const std::string& tag, delivery_handler handler);
+  /// Not from inside that tag's handler: it would destroy the running one.
   void unsubscribe(const std::string& tag);
 
   [[nodiscard]] std::vector<std::string> eager_peers() const;
   [[nodiscard]] std::vector<std::string> lazy_peers() const;
+  /// Live counters, valid as long as this object.
   [[nodiscard]] const plumtree_counters& counters() const;
 
  private:

@@ -70,7 +70,9 @@ using query_handler = std::function<task<std::optional<json>>(query_request)>;
 
 struct queries_config {
   /// Largest request or answer payload, CBOR-encoded. Larger requests are
-  /// refused by ask() (std::invalid_argument); larger answers are not sent.
+  /// refused by ask() (std::invalid_argument). An answer message over this
+  /// plus 32 bytes (its envelope) is not sent, and one received from a
+  /// peer is dropped (bad_messages).
   std::size_t max_payload_bytes = 64 * 1024;
   /// Ceiling on query_options::max_answers (and its default).
   std::size_t max_answers = 10'000;
@@ -98,7 +100,7 @@ struct queries_counters {
   std::uint64_t handler_errors = 0;      ///< handlers that threw
   std::uint64_t answers_sent = 0;        ///< answers handed to the transport (or to an own stream)
   std::uint64_t answers_unsent = 0;      ///< too large, past the time left, or the asker unreachable
-  std::uint64_t bad_messages = 0;        ///< malformed or oversized requests or answers from peers
+  std::uint64_t bad_messages = 0;        ///< malformed requests, malformed or oversized answers, from peers
 };
 
 class queries : public node::attachment, public std::enable_shared_from_this<queries> {
@@ -121,9 +123,10 @@ class queries : public node::attachment, public std::enable_shared_from_this<que
   /// handles the name. The stream yields each answer as it arrives and ends
   /// at the timeout or after max_answers. Throws std::invalid_argument (bad
   /// name, payload over max_payload_bytes, a timeout not in (0,
-  /// max_timeout]), std::length_error (max_pending queries collecting) and
-  /// std::logic_error once closed. Any executor; read the stream anywhere,
-  /// one reader at a time.
+  /// max_timeout], a filter over its limits), std::length_error
+  /// (max_pending queries collecting) and std::logic_error once closed.
+  /// Any executor. Read the stream on the node's executor, one reader at
+  /// a time (event_stream.hpp: no lock).
   task<event_stream<query_answer>> ask(std::string name, json payload, query_options options = {});
 
   /// Node's executor.

@@ -110,6 +110,7 @@ class registry : public node::attachment, public std::enable_shared_from_this<re
   /// name. Node's executor.
   [[nodiscard]] event_stream<service_event> watch(const std::string& service = {}, std::size_t capacity = 1024);
 
+  /// A copy of the counters. Node's executor.
   [[nodiscard]] registry_counters counters() const;
 
   task<> on_node_stop() override;

@@ -30,10 +30,14 @@
 namespace barrel_p2p {
 
 /// What a replica instance's owner implements. Every callback receives the
-/// instance name first, so one object can back several instances. Callbacks
-/// of one instance run one at a time, in arrival order, on the node's
-/// executor. A callback that throws is counted and logged; the instance
-/// keeps running.
+/// instance name first, so one object can back several instances. All run
+/// on the node's executor. Those for peer data (merge_delta, merge_custom,
+/// apply_full_sync, and the snapshots it sends to peers) come from the instance's
+/// inbox: one at a time, in arrival order; one that throws is counted and
+/// logged, and the instance keeps running. A local write
+/// (broadcast_update, broadcast_custom) calls merge_delta or merge_custom
+/// directly, in the writer's coroutine: that call may overlap one from the
+/// inbox while either is suspended, and what it throws reaches the writer.
 class replica_callbacks {
  public:
   virtual ~replica_callbacks() = default;
@@ -180,8 +184,6 @@ class replica_host {
   /// Stops every instance; returns when their loops have ended.
   task<> stop();
 
-  [[nodiscard]] const replica_config& config() const;
-
   /// Bytes of chunked snapshots being reassembled, over every peer and
   /// instance. A partial snapshot is freed when its sender leaves the
   /// active view or its connection closes (checked every second, and
@@ -214,11 +216,11 @@ class replica {
 
   /// Applies the update locally (merge_delta) and gossips it. An add
   /// carries a fresh dot, a remove a tombstone, both stamped by the node's
-  /// HLC. Returns the delta (wire form). Throws what the host's write guard
+  /// HLC. Throws what the host's write guard
   /// throws (clock_skew_error) before anything is stamped. If the local merge_delta throws
   /// (the owner rejects its own write), the exception reaches the caller and
   /// nothing is gossiped.
-  task<json> broadcast_update(replica_update update);
+  task<> broadcast_update(replica_update update);
   /// Applies `payload` locally (merge_custom) and gossips it; as above, a
   /// throwing local merge_custom propagates and nothing is gossiped.
   task<> broadcast_custom(json payload);

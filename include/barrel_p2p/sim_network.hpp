@@ -104,7 +104,6 @@ class sim_network {
 
   [[nodiscard]] const sim_stats& stats() const;
   [[nodiscard]] const sim_config& config() const;
-  [[nodiscard]] random_engine& rng();
 
   struct impl;
 

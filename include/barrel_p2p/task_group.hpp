@@ -44,7 +44,6 @@ class task_group {
   void cancel();
 
   [[nodiscard]] std::size_t size() const noexcept;
-  [[nodiscard]] bool stopping() const noexcept;
 
  private:
   template <class F>
