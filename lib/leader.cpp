@@ -298,6 +298,14 @@ std::uint64_t elections::high_water_mark(const std::string& name) const {
 task<> elections::on_node_stop() {
   impl_->stopped = true;
   if (impl_->rep) co_await impl_->rep->stop();
+  // A stopped node leads nothing: a leader's reader learns it (revoked),
+  // then every reader sees its stream end instead of waiting for ever.
+  for (auto& [name, c] : impl_->mine) {
+    if (c.leader && c.announcing && c.events) c.events->publish({leadership_event::kind::revoked, 0});
+    c.leader = false;
+    c.fence = 0;
+    if (c.events) c.events->close();
+  }
 }
 
 campaign::campaign(std::shared_ptr<elections> owner, executor strand, std::string name, election_role initial,

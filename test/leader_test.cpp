@@ -69,6 +69,16 @@ task<> lead_into(elections& e, std::string name, std::int64_t priority, std::uni
   out = co_await e.lead(std::move(name), o);
 }
 
+// Reads a campaign's events until its stream ends.
+task<> drain(campaign& cp, std::vector<std::optional<leadership_event>>& out, bool& done) {
+  for (;;) {
+    auto e = co_await cp.next();
+    out.push_back(e);
+    if (!e) break;
+  }
+  done = true;
+}
+
 }  // namespace
 
 TEST_CASE("three nodes campaign: all agree on one leader; the others are followers") {
@@ -112,6 +122,36 @@ TEST_CASE("a higher-priority candidate takes over: revoked, then elected with a 
   }
   CHECK(second > first);
   CHECK(c.el[2]->fence("svc") == second);
+}
+
+TEST_CASE("node::stop ends its campaigns' streams: a leader's reader gets revoked, then the end") {
+  tcp_cluster c;
+  c.add("n0");
+  c.add("n1");
+  std::unique_ptr<campaign> leader, follower;
+  c.run([&]() -> task<> { co_await lead_into(*c.el[0], "job", 0, leader); });
+  REQUIRE(leader->initial_role() == election_role::leader);
+  REQUIRE(c.eventually([&] { return c.agree("job", "n0"); }));
+  c.run([&]() -> task<> { co_await lead_into(*c.el[1], "job", 0, follower); });
+  REQUIRE(follower->initial_role() == election_role::follower);
+  // Readers already waiting when the nodes stop: before, they waited until
+  // the campaign was destroyed.
+  std::vector<std::optional<leadership_event>> leader_events, follower_events;
+  bool leader_done = false, follower_done = false;
+  boost::asio::co_spawn(c.io, drain(*leader, leader_events, leader_done), boost::asio::detached);
+  boost::asio::co_spawn(c.io, drain(*follower, follower_events, follower_done), boost::asio::detached);
+  c.run([&]() -> task<> {
+    co_await c.nodes[1]->stop();
+    co_await c.nodes[0]->stop();
+  });
+  REQUIRE(c.eventually([&] { return leader_done && follower_done; }, 10s));
+  REQUIRE(leader_events.size() == 2);
+  CHECK(leader_events[0]->what == leadership_event::kind::revoked);
+  CHECK_FALSE(leader_events[1].has_value());
+  CHECK_FALSE(c.el[0]->is_leader("job"));
+  CHECK_FALSE(c.el[0]->fence("job").has_value());
+  REQUIRE(follower_events.size() == 1);
+  CHECK_FALSE(follower_events[0].has_value());
 }
 
 TEST_CASE("stop the leader's node: a survivor is elected with a strictly greater token") {

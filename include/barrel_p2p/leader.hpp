@@ -60,9 +60,8 @@ class campaign {
   /// The token of the initial term when the initial role is leader.
   [[nodiscard]] std::optional<std::uint64_t> initial_fence() const noexcept { return initial_fence_; }
   /// Later transitions: elected{fence}, revoked. Bounded (drop-oldest).
-  /// Ends (nullopt) after resign() and when the service is destroyed or
-  /// its node destroyed while it is attached; node::stop() alone does not
-  /// end it. Await it on the node's executor: it reads an event_stream and
+  /// Ends (nullopt) after resign(), at node::stop() (a leader first gets
+  /// revoked), and when the service or its node is destroyed. Await it on the node's executor: it reads an event_stream and
   /// does not hop.
   task<std::optional<leadership_event>> next() { return events_.next(); }
   /// Withdraws now (idempotent). Any executor: it hops onto the strand.
@@ -109,9 +108,10 @@ class elections : public node::attachment, public std::enable_shared_from_this<e
   /// The greatest token of `name` this node has seen (any node's).
   [[nodiscard]] std::uint64_t high_water_mark(const std::string& name) const;
 
-  /// Called by the node: node::stop() stops the replica instance and
-  /// refuses later campaigns; ~node, while still attached, also ends every
-  /// campaign's stream (as ~elections does).
+  /// Called by the node: node::stop() stops the replica instance, revokes
+  /// this node's leaderships, ends every campaign's stream and refuses later
+  /// campaigns; ~node, while still attached, ends the streams too (as
+  /// ~elections does).
   task<> on_node_stop() override;
   void on_node_destroyed() noexcept override;
 
