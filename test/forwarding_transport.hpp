@@ -27,6 +27,13 @@ class forwarding_transport : public transport {
   bool is_connected(const std::string& peer) const override { return inner_->is_connected(peer); }
   std::vector<std::string> connected_peers() const override { return inner_->connected_peers(); }
   read_hold hold_reading(const std::string& peer) override { return inner_->hold_reading(peer); }
+  // Forwarded too: without them the replica's backpressure sees no queue
+  // limit and never waits, and a test would run without it unawares.
+  std::size_t fullest_send_queue() const override { return inner_->fullest_send_queue(); }
+  std::size_t send_queue_limit() const override { return inner_->send_queue_limit(); }
+  std::optional<handshake_failure> last_dial_failure(const peer_address& addr) const override {
+    return inner_->last_dial_failure(addr);
+  }
   const transport_counters& counters() const override { return inner_->counters(); }
 
  private:
