@@ -73,6 +73,7 @@ struct clock_monitor::impl {
   const hlc_clock& clock;
   duration max_offset;
   clock_monitor_config config;
+  logger log{config.log, net.self().id, "clock"};
   task_group loops;
   random_engine rng;
   clock_monitor_counters counters;
@@ -95,10 +96,6 @@ struct clock_monitor::impl {
         loops(s.get_executor()) {
     if (config.probe_interval <= duration{0}) throw std::invalid_argument("clock_monitor: probe_interval must be positive");
     rng.seed(config.seed ? config.seed : std::random_device{}());
-  }
-
-  void log(const std::string& line) const {
-    if (config.log) config.log(log_line(net.self().id, "clock", line));
   }
 
   void probe(const std::string& peer_id, peer_state& p) {

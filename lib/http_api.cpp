@@ -123,12 +123,11 @@ struct http_api::impl : std::enable_shared_from_this<impl> {
   std::atomic<std::uint16_t> bound_port{0};
   bool running = false;
   bool stopped = false;
+  logger log{n.config().log, n.id(), "http"};
 
   impl(node& nd, http_api_config c) : n(nd), config(std::move(c)), strand(nd.get_executor()), loops(nd.get_executor()) {}
 
-  void log(const std::string& line) const {
-    if (n.config().log) n.config().log(log_line(n.id(), "http", line));
-  }
+
 
   std::shared_ptr<map> find_map(const std::string& name) const {
     auto it = maps.find(name);

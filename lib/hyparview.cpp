@@ -43,6 +43,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   transport& net;
   scheduler& sched;
   hyparview_config config;
+  logger log{config.log, net.self().id, "membership"};
   random_engine rng;
   hyparview_counters counters;
   std::vector<peer_descriptor> active;
@@ -117,10 +118,6 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   // is suspended leaves that loop to wake, see it was cancelled, and end.
   static task<> holding(std::shared_ptr<impl>, task<> t) { co_await std::move(t); }
   void spawn(const char* name, task<> t) { loops.spawn(name, holding(shared_from_this(), std::move(t))); }
-
-  void log(const std::string& line) const {
-    if (config.log) config.log(log_line(self().id, "membership", line));
-  }
 
   // ---- views ---------------------------------------------------------------
 

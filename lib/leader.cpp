@@ -183,13 +183,12 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
   detail::log_limiter mark_log;
   void refuse_mark(const std::string& name, std::uint64_t mark) {
     if (!mark_log.allow(n.sched().now(), std::chrono::minutes(1)) || !n.config().log) return;
+    const logger log(n.config().log, n.id(), "elections");
     std::string more;
     if (const auto held_back = mark_log.take_held_back(); held_back > 0)
       more = " (and " + std::to_string(held_back) + " more since the last line)";
-    n.config().log(log_line(n.id(), "elections",
-                            "refused the fencing mark " + std::to_string(mark) + " for '" + detail::printable(name) +
-                                "': its timestamp " + hlc_timestamp::unpack(mark).to_string() +
-                                " is beyond this node's maximum clock offset" + more));
+    log("refused the fencing mark " + std::to_string(mark) + " for '" + detail::printable(name) + "': its timestamp " +
+        hlc_timestamp::unpack(mark).to_string() + " is beyond this node's maximum clock offset" + more);
   }
 
   // ---- operations (on the strand) ---------------------------------------------

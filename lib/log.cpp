@@ -27,6 +27,37 @@ std::string utc_timestamp() {
   return stamp;
 }
 
+void logger::operator()(std::string_view message) const noexcept {
+  if (!sink_) return;
+  try {
+    sink_(log_line(node_id_, component_, message));
+  } catch (...) {
+    // A sink that throws (out of memory, a closed pipe turned exception)
+    // loses the line; the layer that logged goes on.
+  }
+}
+
+logger logger::sub(std::string_view name) const {
+  std::string component = component_;
+  component.append(" ").append(name);
+  return logger(sink_, node_id_, std::move(component));
+}
+
+std::string exception_text(const std::exception_ptr& e) noexcept {
+  if (!e) return "no exception";
+  try {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      return ex.what();
+    } catch (...) {
+      return "an exception that is not a std::exception";
+    }
+  } catch (...) {
+    return "?";  // copying what() ran out of memory; short enough not to allocate
+  }
+}
+
 log_sink stderr_log_sink() {
   return [](const std::string& line) {
     auto text = utc_timestamp();

@@ -55,8 +55,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
         events(nd.get_executor()),
         loops(nd.get_executor()),
         strand(nd.get_executor()),
-        node_id(nd.id()),
-        sink(nd.config().log) {}
+        log(nd.config().log, nd.id(), "map " + name) {}
 
   void check_open() const {
     if (closed) throw map_error("map " + name + " is closed on this node");
@@ -70,11 +69,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   // With the node's id and sink copied at open: store lines are posted and
   // may run after the node is gone (a crash with writes in flight; the
   // nemesis found it).
-  void log(const std::string& line) const {
-    if (sink) sink(log_line(node_id, "map " + name, line));
-  }
-  std::string node_id;
-  log_sink sink;
+  logger log;
 
   // Applies what a merge changed: projection first, then disk (queued to
   // the store's writer thread; a local write is already there), then

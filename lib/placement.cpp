@@ -71,6 +71,7 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
   placement_counters counters;
   std::vector<std::string> ignored;  // members announced with another shard count or a bad weight
   detail::log_limiter ignored_log;
+  logger logger_{n.config().log, n.id(), "placement"};
   bool computed = false;
   bool closed = false;
 
@@ -80,9 +81,7 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
 
   const std::string& self() const { return n.id(); }
 
-  void log(const std::string& what) {
-    if (n.config().log) n.config().log(log_line(self(), "placement", "'" + detail::printable(group) + "': " + what));
-  }
+  void log(const std::string& what) { logger_("'" + detail::printable(group) + "': " + what); }
 
   // The member set from the registry: announcements of this group with the
   // same shard count and a sane weight.

@@ -41,6 +41,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   hyparview& membership;
   scheduler& sched;
   plumtree_config config;
+  logger log{config.log, net.self().id, "broadcast"};
   plumtree_counters counters;
   std::set<std::string> eager, lazy;
   std::unordered_map<message_id, cached_message, message_id_hash> cache;
@@ -92,10 +93,6 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
 
   const std::string& self() const { return net.self().id; }
   bool is_peer(const std::string& p) const { return eager.contains(p) || lazy.contains(p); }
-
-  void log(const std::string& line) const {
-    if (config.log) config.log(log_line(self(), "broadcast", line));
-  }
 
   void to_eager(const std::string& p) {
     lazy.erase(p);
@@ -215,8 +212,8 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     ++counters.delivered;
     try {
       it->second(delivery{tag, payload, id.origin, hops, from});
-    } catch (const std::exception& ex) {
-      log("subscriber for tag '" + tag + "' threw: " + ex.what());
+    } catch (...) {
+      log("subscriber for tag '" + tag + "' threw: " + exception_text(std::current_exception()));
     }
   }
 

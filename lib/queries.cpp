@@ -47,13 +47,14 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
   std::size_t running = 0;
   queries_counters counters;
   detail::log_limiter log_limit;
+  logger logger_{n.config().log, n.id(), "queries"};
   bool closed = false;
 
   impl(node& nd, queries_config c) : n(nd), strand(nd.get_executor()), config(c), tasks(strand) {}
 
+  // At most one line every 10 s: peers choose what this layer logs about.
   void log(const std::string& what) {
-    if (!n.config().log || !log_limit.allow(n.sched().now(), std::chrono::seconds(10))) return;
-    n.config().log(log_line(n.id(), "queries", what));
+    if (logger_ && log_limit.allow(n.sched().now(), std::chrono::seconds(10))) logger_(what);
   }
 
   // This node's own tags, from its member directory when it has one open.
@@ -118,10 +119,8 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
     asked.digest = digest;
     try {
       result = co_await handler(std::move(asked));
-    } catch (const std::exception& e) {
-      failure = e.what();
     } catch (...) {
-      failure = "unknown exception";
+      failure = exception_text(std::current_exception());
     }
     // Once the node is gone (destroyed without stop()), nothing of it may
     // be touched: not its clock, not its log.

@@ -79,15 +79,16 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
   task_group tasks;
   registry_counters counters;
   detail::log_limiter log_limit;
+  logger logger_{n.config().log, n.id(), "registry"};
   bool stopped = false;
 
   explicit impl(node& nd) : n(nd), strand(nd.get_executor()), tasks(strand) {}
 
   const std::string& self() const { return n.id(); }
 
+  // At most one line every 10 s: peers choose what this layer logs about.
   void log(const std::string& what) {
-    if (!n.config().log || !log_limit.allow(n.sched().now(), std::chrono::seconds(10))) return;
-    n.config().log(log_line(self(), "registry", what));
+    if (logger_ && log_limit.allow(n.sched().now(), std::chrono::seconds(10))) logger_(what);
   }
 
   static std::optional<service_provider> provider_of(const std::string& key, const entry& e) {

@@ -62,6 +62,7 @@ struct replica_host::impl {
   scheduler& sched;
   hlc_clock& clock;
   replica_config config;
+  logger log{config.log, net.self().id, "replica"};
   std::function<void()> write_guard;  // the clock-skew guard, set by the node
   random_engine rng;
   std::map<std::string, std::weak_ptr<replica::impl>> instances;
@@ -103,13 +104,6 @@ struct replica_host::impl {
           "max_snapshot_items > 0");
   }
 
-  void log(const std::string& line) const {
-    if (config.log) config.log(log_line(net.self().id, "replica", line));
-  }
-  // A line about one replica instance: "<id> replica <name>: ...".
-  void log(const std::string& instance, const std::string& line) const {
-    if (config.log) config.log(log_line(net.self().id, "replica " + instance, line));
-  }
 
   // Waits (polling each millisecond) until every send queue is at most half
   // full, counting the writes already let through that have not reached the
@@ -175,6 +169,7 @@ struct replica_host::impl {
 struct replica::impl : std::enable_shared_from_this<replica::impl> {
   std::shared_ptr<replica_host::impl> host;
   std::string name;
+  logger log{host->log.sub(name)};  // "<id> replica <name>: ..."
   replica_callbacks& callbacks;
   replica_counters counters;
   event_publisher<work_item> inbox_in;
@@ -240,7 +235,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
       counters.reconcile_push_deferred += wanted - allowed;
       deferred_since_log += wanted - allowed;
       if (deferred_log.allow(now, std::chrono::seconds(10))) {
-        host->log(name, "reconciliation push budget spent: " + std::to_string(deferred_since_log) +
+        log("reconciliation push budget spent: " + std::to_string(deferred_since_log) +
                             " entries peers lacked wait for later rounds (last: " + peer + ")");
         deferred_since_log = 0;
       }
@@ -264,7 +259,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     if (!control && (queued_items >= cfg.inbox_limit || over_bytes)) {
       ++counters.inbox_drops;
       if (drop_log.allow(host->sched.now(), std::chrono::seconds(10)))
-        host->log(name, "inbox full (" + std::to_string(queued_items) + " items, " +
+        log("inbox full (" + std::to_string(queued_items) + " items, " +
                   std::to_string(counters.inbox_bytes) + " bytes); dropped " +
                   std::to_string(drop_log.take_held_back() + 1) + " work items since the last report");
       return;
@@ -314,7 +309,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     auto payload = parse_replica_payload(bytes.bytes());
     if (!payload) {
       ++counters.bad_messages;
-      host->log(name, "ignored a broadcast of unknown shape");
+      log("ignored a broadcast of unknown shape");
       return;
     }
     if (auto* d = std::get_if<replica_delta>(&*payload)) {
@@ -331,12 +326,9 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
   task<> guarded(const char* what, F call) {
     try {
       co_await call();
-    } catch (const std::exception& ex) {
-      ++counters.callback_errors;
-      host->log(name, std::string("callback ") + what + " threw: " + ex.what());
     } catch (...) {
       ++counters.callback_errors;
-      host->log(name, std::string("callback ") + what + " threw");
+      log(std::string("callback ") + what + " threw: " + exception_text(std::current_exception()));
     }
   }
 
@@ -426,7 +418,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     if (snapshot_cbor.size() > cfg.max_snapshot_bytes) {
       if (may_retry) return false;
       ++counters.snapshots_too_large;
-      host->log(name, "snapshot of " + std::to_string(snapshot_cbor.size()) +
+      log("snapshot of " + std::to_string(snapshot_cbor.size()) +
                 " bytes is over max_snapshot_bytes; not sent to " + peer);
       return true;
     }
@@ -453,7 +445,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
       ++counters.sync_parts_sent;
       if (!host->net.send(peer, channel::replica,
                           encode_part(name, id, i, parts, byte_slice(bytes, all.subspan(begin, length))))) {
-        host->log(name, "part " + std::to_string(i) + " of a snapshot for " + peer +
+        log("part " + std::to_string(i) + " of a snapshot for " + peer +
                   " was not queued; the sync is abandoned");
         return true;
       }
@@ -590,7 +582,7 @@ std::optional<work_item_body> replica_host::impl::on_part(const std::string& fro
   const auto refuse = [&](const std::string& why) -> std::optional<work_item_body> {
     assemblies.erase(key);
     ++counters.bad_messages;
-    log(name, "dropped a snapshot part from " + from + ": " + why);
+    log.sub(name)("dropped a snapshot part from " + from + ": " + why);
     return std::nullopt;
   };
   const auto index = part.index;

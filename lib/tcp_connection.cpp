@@ -104,10 +104,8 @@ bool tcp_transport_impl::deliver(const connection& conn, channel ch, const byte_
   if (!h) return true;
   try {
     return h(conn.peer.id, body);
-  } catch (const std::exception& e) {
-    log(std::string("message handler threw: ") + e.what());
   } catch (...) {
-    log("message handler threw");
+    log("message handler threw: " + exception_text(std::current_exception()));
   }
   return true;
 }

@@ -19,6 +19,9 @@ namespace barrel_p2p::detail::tcp_impl {
 
 tcp_transport_impl::tcp_transport_impl(tcp_transport_config config, const executor& ex)
     : config_(std::move(config)),
+      // Without a sink of its own, standard error: a transport's refusals
+      // are what an operator most needs to see.
+      log(config_.log ? config_.log : stderr_log_sink(), config_.node_id, "tcp"),
       ex_(ex),
       group_(ex_, [this](const std::string& name, const std::string& what) {
         log("task " + name + " failed: " + what);
@@ -128,7 +131,7 @@ void tcp_transport_impl::abandon() {
   on_connected_ = nullptr;
   on_disconnected_ = nullptr;
   for (auto& h : handlers_) h = nullptr;
-  config_.log = [](const std::string&) {};
+  log = logger();
   if (stopped_) return;
   close_everything();
   peers_.clear();
@@ -257,16 +260,6 @@ task<bool> tcp_transport_impl::sleep_for(duration d) {
   asio::steady_timer timer(ex_, d);
   auto [ec] = co_await timer.async_wait(use_tuple);
   co_return !ec;
-}
-
-void tcp_transport_impl::log(const std::string& line) const {
-  const auto text = log_line(self_.id, "tcp", line);
-  try {
-    static const log_sink fallback = stderr_log_sink();
-    if (config_.log) config_.log(text);
-    else fallback(text);
-  } catch (...) {
-  }
 }
 
 void tcp_transport_impl::note_handshake_failure(handshake_failure reason, const std::string& line) {

@@ -328,10 +328,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     if (!h) return;
     try {
       h(std::forward<Args>(args)...);
-    } catch (const std::exception& e) {
-      log(std::string(what) + " handler threw: " + e.what());
     } catch (...) {
-      log(std::string(what) + " handler threw");
+      log(std::string(what) + " handler threw: " + exception_text(std::current_exception()));
     }
   }
 
@@ -346,8 +344,6 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   // -------- The peer table, logging and timers (tcp_transport.cpp)
 
   task<bool> sleep_for(duration d);
-
-  void log(const std::string& line) const;
 
   // Counts a refused handshake; logs at most one line per reason a second,
   // so a flood of bad connections cannot flood the log.
@@ -466,6 +462,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
   task<bool> write_direct(std::shared_ptr<connection> conn, message_body body);
 
   tcp_transport_config config_;
+  logger log;
   executor ex_;
   task_group group_;
   tcp::acceptor acceptor_;

@@ -269,9 +269,27 @@ TEST_CASE("log lines: '<node id> <component>: message' from every layer; the def
     co_await n.stop();
   });
   REQUIRE_FALSE(logs.lines->empty());
-  const std::regex format(R"(n0 (tcp|membership|broadcast|replica( [A-Za-z0-9._-]+)?|clock|elections|http|map [A-Za-z0-9._-]+): .+)");
+  const std::regex format(R"(n0 (tcp|membership|broadcast|replica( [A-Za-z0-9._-]+)?|clock|elections|registry|placement|queries|http|map [A-Za-z0-9._-]+): .+)");
   for (const auto& line : *logs.lines) CHECK_MESSAGE(std::regex_match(line, format), line);
   CHECK(logs.logged("n0 tcp: handshake refused [self]"));
+}
+
+TEST_CASE("logger: one component's lines; a sink that throws loses the line, not the caller's work") {
+  std::vector<std::string> lines;
+  const logger log([&](const std::string& l) { lines.push_back(l); }, "n0", "replica");
+  log("started");
+  log.sub("kv")("inbox full");
+  CHECK(lines == std::vector<std::string>{"n0 replica: started", "n0 replica kv: inbox full"});
+  CHECK(static_cast<bool>(log));
+  CHECK_FALSE(static_cast<bool>(logger()));
+  logger()("nowhere");  // silent, not an error
+  const logger throwing([](const std::string&) { throw std::runtime_error("disk full"); }, "n0", "tcp");
+  CHECK_NOTHROW(throwing("a line"));
+  CHECK_NOTHROW(throwing.sub("x")("another"));
+
+  CHECK(exception_text(std::make_exception_ptr(std::runtime_error("boom"))) == "boom");
+  CHECK(exception_text(std::make_exception_ptr(42)) == "an exception that is not a std::exception");
+  CHECK(exception_text(nullptr) == "no exception");
 }
 
 // The contact that takes a node in may be the first to go: the node must
