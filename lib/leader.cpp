@@ -241,11 +241,11 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
 };
 
 std::shared_ptr<elections> elections::open(node& n) {
-  if (auto existing = std::dynamic_pointer_cast<elections>(n.find_attachment("elections"))) return existing;
+  if (auto existing = n.find_attachment<elections>()) return existing;
   auto i = std::make_shared<impl>(n);
   i->rep = replica::start(n.replicas(), instance_name, *i);
   auto e = std::make_shared<elections>(i);
-  n.set_attachment("elections", e);
+  n.set_attachment(e);
   return e;
 }
 

@@ -301,7 +301,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       self->close_store();  // the writer is idle now
     }
     self->events.close();
-    self->n.clear_attachment("map:" + self->name);
+    self->n.clear_attachment<map>(self->name);
   }
 };
 
@@ -311,8 +311,7 @@ std::shared_ptr<map> map::open(node& n, const std::string& name, map_options opt
   if (options.tombstone_ttl <= duration{0} || options.tombstone_sweep_interval <= duration{0} ||
       options.snapshot_every == 0)
     throw map_error("map " + name + ": tombstone_ttl, tombstone_sweep_interval and snapshot_every must be positive");
-  const auto key = "map:" + name;
-  if (auto existing = std::dynamic_pointer_cast<map>(n.find_attachment(key))) return existing;
+  if (auto existing = n.find_attachment<map>(name)) return existing;
   if (options.persist && n.config().data_dir.empty())
     throw map_error("map " + name + ": persist needs the node's data_dir");
 
@@ -353,7 +352,7 @@ std::shared_ptr<map> map::open(node& n, const std::string& name, map_options opt
   i->rep = replica::start(n.replicas(), name, *i);
   i->loops.spawn("tombstone_sweep", impl::sweep_loop(i));
   auto m = std::make_shared<map>(i);
-  n.set_attachment(key, m);
+  n.set_attachment(m, name);
   return m;
 }
 

@@ -16,7 +16,6 @@ namespace consumer_wire = detail::consumer_wire;
 namespace {
 
 constexpr const char* service_name = "barrel_p2p.members";
-constexpr const char* attachment_key = "members";
 
 json announcement(const member_tags& tags) { return consumer_wire::tags_announcement(tags); }
 
@@ -108,11 +107,11 @@ struct members::impl : std::enable_shared_from_this<members::impl> {
   }
 
   static task<std::shared_ptr<members>> open_on_strand(node& n, member_tags tags) {
-    if (auto existing = std::dynamic_pointer_cast<members>(n.find_attachment(attachment_key))) co_return existing;
+    if (auto existing = n.find_attachment<members>()) co_return existing;
     auto i = std::make_shared<impl>(n);
     i->reg = registry::open(n);
     auto m = std::make_shared<members>(i);
-    n.set_attachment(attachment_key, m);
+    n.set_attachment(m);
     auto changes = i->reg->watch(service_name);
     std::exception_ptr failed;
     try {
@@ -122,7 +121,7 @@ struct members::impl : std::enable_shared_from_this<members::impl> {
     }
     if (failed) {  // nothing half-open stays attached: a later open() starts afresh
       i->closed = true;
-      n.clear_attachment(attachment_key);
+      n.clear_attachment<members>();
       std::rethrow_exception(failed);
     }
     for (auto& member : i->list({})) i->known.emplace(member.id, std::move(member));

@@ -10,6 +10,7 @@
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <algorithm>
 #include <map>
 
 namespace barrel_p2p {
@@ -25,7 +26,23 @@ struct node::impl {
   std::unique_ptr<clock_monitor> clocks;
   std::unique_ptr<plumtree> broadcast;
   std::unique_ptr<replica_host> replicas;
-  std::map<std::string, std::shared_ptr<attachment>> attachments;
+  // By type and name; `order` counts attachments so stop() can go newest
+  // first.
+  struct attached {
+    std::uint64_t order = 0;
+    std::shared_ptr<attachment> object;
+  };
+  std::map<std::pair<std::type_index, std::string>, attached> attachments;
+  std::uint64_t attach_count = 0;
+  // Newest first.
+  std::vector<std::shared_ptr<attachment>> attached_newest_first() const {
+    std::vector<const attached*> all;
+    for (const auto& [key, a] : attachments) all.push_back(&a);
+    std::sort(all.begin(), all.end(), [](const auto* x, const auto* y) { return x->order > y->order; });
+    std::vector<std::shared_ptr<attachment>> out;
+    for (const auto* a : all) out.push_back(a->object);
+    return out;
+  }
   // wait_joined: its waiters (woken by peer_up and stop) and their timers.
   std::vector<std::shared_ptr<wake_signal>> join_waiters;
   std::unique_ptr<task_group> timers;
@@ -96,8 +113,9 @@ node::~node() {
   *impl_->alive = false;
   // Attachments someone still holds must not reach the layers destroyed
   // next; the rest go with the registry.
-  auto attached = std::move(impl_->attachments);
-  for (auto& [key, a] : attached) a->on_node_destroyed();
+  auto attached = impl_->attached_newest_first();
+  impl_->attachments.clear();
+  for (auto& a : attached) a->on_node_destroyed();
 }
 
 task<join_result> node::start() {
@@ -167,9 +185,8 @@ task<> node::impl::do_stop(impl& m) {
   if (m.stopped || !m.started) co_return;
   m.stopped = true;
   m.wake_join_waiters();
-  std::vector<std::shared_ptr<attachment>> live;
-  for (auto& [key, a] : m.attachments) live.push_back(a);
-  for (auto& a : live) co_await a->on_node_stop();
+  const auto live = m.attached_newest_first();
+  for (const auto& a : live) co_await a->on_node_stop();
   m.attachments.clear();
   co_await m.replicas->stop();
   co_await m.membership->leave();
@@ -203,13 +220,13 @@ hyparview& node::membership() { return *impl_->membership; }
 plumtree& node::broadcast() { return *impl_->broadcast; }
 replica_host& node::replicas() { return *impl_->replicas; }
 
-std::shared_ptr<node::attachment> node::find_attachment(const std::string& key) const {
-  auto it = impl_->attachments.find(key);
-  return it == impl_->attachments.end() ? nullptr : it->second;
+std::shared_ptr<node::attachment> node::find_attached(std::type_index type, const std::string& name) const {
+  auto it = impl_->attachments.find({type, name});
+  return it == impl_->attachments.end() ? nullptr : it->second.object;
 }
-void node::set_attachment(const std::string& key, std::shared_ptr<attachment> a) {
-  impl_->attachments[key] = std::move(a);
+void node::attach(std::type_index type, const std::string& name, std::shared_ptr<attachment> a) {
+  impl_->attachments[{type, name}] = impl::attached{++impl_->attach_count, std::move(a)};
 }
-void node::clear_attachment(const std::string& key) { impl_->attachments.erase(key); }
+void node::detach(std::type_index type, const std::string& name) { impl_->attachments.erase({type, name}); }
 
 }  // namespace barrel_p2p

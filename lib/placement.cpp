@@ -232,13 +232,12 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
   }
 
   static task<std::shared_ptr<placement>> open_on_strand(node& n, std::string group, placement_options options) {
-    const auto key = "placement\n" + group;
-    if (auto existing = std::dynamic_pointer_cast<placement>(n.find_attachment(key))) co_return existing;
+    if (auto existing = n.find_attachment<placement>(group)) co_return existing;
     auto i = std::make_shared<impl>(n, group, options);
     i->reg = registry::open(n);
     i->rep = replica::start(n.replicas(), "barrel_p2p.placement." + group, *i);
     auto p = std::make_shared<placement>(i);
-    n.set_attachment(key, p);
+    n.set_attachment(p, group);
     std::exception_ptr failed;
     try {
       co_await do_open(i);
@@ -246,7 +245,7 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
       failed = std::current_exception();
     }
     if (failed) {  // nothing half-open stays: a later open() starts afresh
-      n.clear_attachment(key);
+      n.clear_attachment<placement>(group);
       co_await do_close(i, true);
       std::rethrow_exception(failed);
     }
@@ -254,7 +253,7 @@ struct placement::impl final : replica_callbacks, std::enable_shared_from_this<p
   }
 
   static task<> forget(std::shared_ptr<impl> self) {
-    self->n.clear_attachment("placement\n" + self->group);
+    self->n.clear_attachment<placement>(self->group);
     co_return;
   }
 

@@ -19,7 +19,6 @@ namespace qw = detail::query_wire;
 
 namespace {
 
-constexpr const char* attachment_key = "queries";
 // An answer's envelope around its payload: {"i": id, "q": digest, "p": ...}.
 constexpr std::size_t answer_overhead = 32;
 
@@ -59,7 +58,7 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
 
   // This node's own tags, from its member directory when it has one open.
   member_tags own_tags() const {
-    auto dir = std::dynamic_pointer_cast<members>(n.find_attachment("members"));
+    auto dir = n.find_attachment<members>();
     if (!dir) return {};
     auto me = dir->get(n.id());
     return me ? me->tags : member_tags{};
@@ -264,7 +263,7 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
   }
 
   static task<std::shared_ptr<queries>> open_on_strand(node& n, queries_config config) {
-    if (auto existing = std::dynamic_pointer_cast<queries>(n.find_attachment(attachment_key))) co_return existing;
+    if (auto existing = n.find_attachment<queries>()) co_return existing;
     auto i = std::make_shared<impl>(n, config);
     std::weak_ptr<impl> weak = i;
     n.broadcast().subscribe(qw::broadcast_tag, [weak](const plumtree::delivery& d) {
@@ -275,7 +274,7 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
       return s ? s->on_answer(from, body.bytes()) : true;
     });
     auto q = std::make_shared<queries>(i);
-    n.set_attachment(attachment_key, q);
+    n.set_attachment(q);
     co_return q;
   }
 };

@@ -510,7 +510,7 @@ struct registry::impl final : replica_callbacks, std::enable_shared_from_this<re
 };
 
 std::shared_ptr<registry> registry::open(node& n) {
-  if (auto existing = std::dynamic_pointer_cast<registry>(n.find_attachment("registry"))) return existing;
+  if (auto existing = n.find_attachment<registry>()) return existing;
   auto i = std::make_shared<impl>(n);
   i->table.track_sync_items();
   i->rep = replica::start(n.replicas(), instance_name, *i);
@@ -520,7 +520,7 @@ std::shared_ptr<registry> registry::open(node& n) {
     if (auto self = weak.lock()) self->on_membership(ev);
   });
   auto r = std::make_shared<registry>(i);
-  n.set_attachment("registry", r);
+  n.set_attachment(r);
   return r;
 }
 

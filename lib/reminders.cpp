@@ -19,7 +19,6 @@ namespace {
 
 constexpr const char* store_name = "barrel_p2p.reminders";
 constexpr const char* group_name = "barrel_p2p.reminders";
-constexpr const char* attachment_key = "reminders";
 
 namespace cw = detail::consumer_wire;
 static_assert(reminders::max_name_bytes == cw::max_reminder_name_bytes &&
@@ -144,7 +143,7 @@ struct reminders::impl : std::enable_shared_from_this<reminders::impl> {
   }
 
   static task<std::shared_ptr<reminders>> open_on_strand(node& n, reminder_options options) {
-    if (auto existing = std::dynamic_pointer_cast<reminders>(n.find_attachment(attachment_key))) co_return existing;
+    if (auto existing = n.find_attachment<reminders>()) co_return existing;
     map_options mo;
     mo.persist = options.persist;
     mo.validator = valid_value;
@@ -156,7 +155,7 @@ struct reminders::impl : std::enable_shared_from_this<reminders::impl> {
     po.shards = options.shards;
     po.weight = options.weight;
     auto r = std::make_shared<reminders>(i);
-    n.set_attachment(attachment_key, r);  // before the await: a concurrent open() finds it
+    n.set_attachment(r);  // before the await: a concurrent open() finds it
     std::exception_ptr failed;
     try {
       i->owners = co_await placement::open(n, group_name, po);
@@ -165,7 +164,7 @@ struct reminders::impl : std::enable_shared_from_this<reminders::impl> {
     }
     if (failed) {  // nothing half-open stays attached: a later open() starts afresh
       i->closed = true;
-      n.clear_attachment(attachment_key);
+      n.clear_attachment<reminders>();
       std::rethrow_exception(failed);
     }
     i->tasks.spawn("reminders follow", follow(i, std::move(changes)));

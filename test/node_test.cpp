@@ -203,6 +203,58 @@ TEST_CASE("a second node claiming a connected peer's id through a third node is 
   });
 }
 
+namespace {
+// Attachments that write down when the node stops them.
+struct recorder : node::attachment {
+  recorder(std::vector<std::string>& log, std::string name) : log(log), name(std::move(name)) {}
+  task<> on_node_stop() override {
+    log.push_back(name);
+    co_return;
+  }
+  std::vector<std::string>& log;
+  std::string name;
+};
+struct other_recorder : recorder {
+  using recorder::recorder;
+};
+task<> stop_and_note(node& n, bool& done) {
+  co_await n.stop();
+  done = true;
+}
+}  // namespace
+
+TEST_CASE("attachments: found by type and name; node::stop stops the newest first") {
+  boost::asio::io_context io;
+  sim_network net(io);
+  node_config c;
+  c.transport.node_id = "n0";
+  c.log = [](const std::string&) {};
+  node n(net, c);
+  std::vector<std::string> stopped;
+  boost::asio::co_spawn(io, n.start(), boost::asio::detached);
+  net.run_for(1s);
+  auto first = std::make_shared<recorder>(stopped, "first");
+  auto second = std::make_shared<other_recorder>(stopped, "second");
+  auto third = std::make_shared<recorder>(stopped, "third");
+  n.set_attachment(first, "x");
+  n.set_attachment(second, "x");  // same name, another type: both kept
+  n.set_attachment(third, "y");
+  CHECK(n.find_attachment<recorder>("x") == first);
+  CHECK(n.find_attachment<other_recorder>("x") == second);
+  CHECK(n.find_attachment<recorder>("y") == third);
+  CHECK(n.find_attachment<other_recorder>("y") == nullptr);
+  CHECK(n.find_attachment<recorder>() == nullptr);
+  n.clear_attachment<recorder>("y");
+  CHECK(n.find_attachment<recorder>("y") == nullptr);
+  n.set_attachment(third, "y");  // attached again: now the newest
+  bool done = false;
+  boost::asio::co_spawn(io, stop_and_note(n, done), boost::asio::detached);
+  net.run_until([&] { return done; }, 10s);
+  REQUIRE(done);
+  CHECK(stopped == std::vector<std::string>{"third", "second", "first"});
+  CHECK(n.find_attachment<recorder>("x") == nullptr);  // the node let go of them
+}
+
 TEST_CASE("an opened map stays open without a handle until close() or node::stop()") {
   cluster c;
   auto& n = c.add("keeper");

@@ -36,6 +36,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
+#include <typeindex>
+#include <typeinfo>
+#include <utility>
 #include <vector>
 
 namespace barrel_p2p {
@@ -143,10 +147,14 @@ class node {
   [[nodiscard]] plumtree& broadcast();
   [[nodiscard]] replica_host& replicas();
 
-  /// A per-node registry for the layers above (maps, leader): one object per
-  /// name and kind, looked up by name. The node holds what is attached
-  /// until it is cleared (a map's close()) or the node stops: dropping every
-  /// other handle does not close it. Node's executor.
+  /// What the layers above (maps, elections, the registry...) attach to the
+  /// node: at most one object per type and name (the name tells instances
+  /// of one type apart: a map's name, a placement group; "" for the one
+  /// object of its type). The node holds what is attached until it is
+  /// detached (a map's close()) or the node stops: dropping every other
+  /// handle does not close it. node::stop() stops them newest first, so one
+  /// stops before what it attached while opening (a placement group before
+  /// the registry it opened). Node's executor.
   struct attachment {
     virtual ~attachment() = default;
     /// Called by node::stop() before the layers below stop, so that maps
@@ -157,11 +165,30 @@ class node {
     /// that later calls fail cleanly instead of reaching a destroyed node.
     virtual void on_node_destroyed() noexcept {}
   };
-  [[nodiscard]] std::shared_ptr<attachment> find_attachment(const std::string& key) const;
-  void set_attachment(const std::string& key, std::shared_ptr<attachment> a);
-  void clear_attachment(const std::string& key);
+  /// The T attached under `name`, or null.
+  template <class T>
+  [[nodiscard]] std::shared_ptr<T> find_attachment(const std::string& name = {}) const {
+    static_assert(std::is_base_of_v<attachment, T>);
+    // The key holds T's type: what is found there is a T.
+    return std::static_pointer_cast<T>(find_attached(typeid(T), name));
+  }
+  /// Attaches `a` under `name`, replacing a T attached there before.
+  template <class T>
+  void set_attachment(std::shared_ptr<T> a, const std::string& name = {}) {
+    static_assert(std::is_base_of_v<attachment, T>);
+    attach(typeid(T), name, std::move(a));
+  }
+  /// Detaches the T under `name`, if any.
+  template <class T>
+  void clear_attachment(const std::string& name = {}) {
+    detach(typeid(T), name);
+  }
 
  private:
+  [[nodiscard]] std::shared_ptr<attachment> find_attached(std::type_index type, const std::string& name) const;
+  void attach(std::type_index type, const std::string& name, std::shared_ptr<attachment> a);
+  void detach(std::type_index type, const std::string& name);
+
   struct impl;
   std::unique_ptr<impl> impl_;
 };
