@@ -1,4 +1,4 @@
-#include "barrel_p2p/clock_messages.hpp"
+#include "barrel_p2p/detail/clock_messages.hpp"
 
 #include "barrel_p2p/cbor.hpp"
 #include "barrel_p2p/hlc.hpp"

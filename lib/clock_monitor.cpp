@@ -1,8 +1,8 @@
 #include "barrel_p2p/clock_monitor.hpp"
 #include "barrel_p2p/log.hpp"
 
-#include "barrel_p2p/clock_messages.hpp"
-#include "barrel_p2p/task_group.hpp"
+#include "barrel_p2p/detail/clock_messages.hpp"
+#include "barrel_p2p/detail/task_group.hpp"
 #include "log_limiter.hpp"
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-#include "barrel_p2p/frame.hpp"
+#include "barrel_p2p/detail/frame.hpp"
 
 #include "barrel_p2p/cbor.hpp"
 

@@ -5,7 +5,7 @@
 #include "barrel_p2p/map.hpp"
 #include "barrel_p2p/metrics.hpp"
 #include "barrel_p2p/node.hpp"
-#include "barrel_p2p/task_group.hpp"
+#include "barrel_p2p/detail/task_group.hpp"
 #include "barrel_p2p/queries.hpp"
 #include "http_common.hpp"
 #include "http_queries.hpp"

@@ -2,9 +2,9 @@
 #include "barrel_p2p/log.hpp"
 
 #include "barrel_p2p/cbor.hpp"
-#include "barrel_p2p/hyparview_messages.hpp"
-#include "barrel_p2p/task_group.hpp"
-#include "barrel_p2p/wake_signal.hpp"
+#include "barrel_p2p/detail/hyparview_messages.hpp"
+#include "barrel_p2p/detail/task_group.hpp"
+#include "barrel_p2p/detail/wake_signal.hpp"
 #include "token_bucket.hpp"
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-#include "barrel_p2p/hyparview_messages.hpp"
+#include "barrel_p2p/detail/hyparview_messages.hpp"
 
 namespace barrel_p2p {
 namespace {

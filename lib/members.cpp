@@ -1,7 +1,7 @@
 #include "barrel_p2p/members.hpp"
 
 #include "barrel_p2p/registry.hpp"
-#include "barrel_p2p/task_group.hpp"
+#include "barrel_p2p/detail/task_group.hpp"
 #include "consumer_wire.hpp"
 
 #include <boost/asio/co_spawn.hpp>

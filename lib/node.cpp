@@ -2,8 +2,8 @@
 #include "barrel_p2p/log.hpp"
 
 #include "barrel_p2p/sim_network.hpp"
-#include "barrel_p2p/task_group.hpp"
-#include "barrel_p2p/wake_signal.hpp"
+#include "barrel_p2p/detail/task_group.hpp"
+#include "barrel_p2p/detail/wake_signal.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/dispatch.hpp>

@@ -4,7 +4,7 @@
 #include "barrel_p2p/log.hpp"
 #include "barrel_p2p/registry.hpp"
 #include "barrel_p2p/replica.hpp"
-#include "barrel_p2p/task_group.hpp"
+#include "barrel_p2p/detail/task_group.hpp"
 #include "consumer_wire.hpp"
 #include "fencing.hpp"
 #include "log_limiter.hpp"

@@ -2,8 +2,8 @@
 #include "barrel_p2p/log.hpp"
 
 #include "barrel_p2p/keyed_hash.hpp"
-#include "barrel_p2p/plumtree_messages.hpp"
-#include "barrel_p2p/task_group.hpp"
+#include "barrel_p2p/detail/plumtree_messages.hpp"
+#include "barrel_p2p/detail/task_group.hpp"
 #include "token_bucket.hpp"
 
 #include <algorithm>

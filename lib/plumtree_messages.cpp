@@ -1,4 +1,4 @@
-#include "barrel_p2p/plumtree_messages.hpp"
+#include "barrel_p2p/detail/plumtree_messages.hpp"
 
 #include "barrel_p2p/cbor.hpp"
 #include "barrel_p2p/keyed_hash.hpp"

@@ -1,8 +1,8 @@
 #include "barrel_p2p/queries.hpp"
 
 #include "barrel_p2p/cbor.hpp"
-#include "barrel_p2p/task_group.hpp"
-#include "barrel_p2p/wake_signal.hpp"
+#include "barrel_p2p/detail/task_group.hpp"
+#include "barrel_p2p/detail/wake_signal.hpp"
 #include "log_limiter.hpp"
 #include "query_wire.hpp"
 

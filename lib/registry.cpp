@@ -3,7 +3,7 @@
 #include "barrel_p2p/crdt_wire.hpp"
 #include "barrel_p2p/log.hpp"
 #include "barrel_p2p/replica_messages.hpp"
-#include "barrel_p2p/task_group.hpp"
+#include "barrel_p2p/detail/task_group.hpp"
 #include "consumer_wire.hpp"
 #include "log_limiter.hpp"
 #include "printable.hpp"

@@ -2,7 +2,7 @@
 
 #include "barrel_p2p/map.hpp"
 #include "barrel_p2p/placement.hpp"
-#include "barrel_p2p/task_group.hpp"
+#include "barrel_p2p/detail/task_group.hpp"
 #include "consumer_wire.hpp"
 
 #include <boost/asio/co_spawn.hpp>

@@ -5,7 +5,7 @@
 #include "barrel_p2p/crdt_wire.hpp"
 #include "barrel_p2p/event_stream.hpp"
 #include "barrel_p2p/replica_messages.hpp"
-#include "barrel_p2p/task_group.hpp"
+#include "barrel_p2p/detail/task_group.hpp"
 #include "log_limiter.hpp"
 #include "token_bucket.hpp"
 

@@ -1,4 +1,4 @@
-#include "barrel_p2p/task_group.hpp"
+#include "barrel_p2p/detail/task_group.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>

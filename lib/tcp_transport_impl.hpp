@@ -18,9 +18,9 @@
 #pragma once
 
 #include "barrel_p2p/cbor.hpp"
-#include "barrel_p2p/frame.hpp"
+#include "barrel_p2p/detail/frame.hpp"
 #include "barrel_p2p/log.hpp"
-#include "barrel_p2p/task_group.hpp"
+#include "barrel_p2p/detail/task_group.hpp"
 #include "barrel_p2p/tcp_transport.hpp"
 #include "log_limiter.hpp"
 #include "printable.hpp"

@@ -1,4 +1,4 @@
-#include "barrel_p2p/wake_signal.hpp"
+#include "barrel_p2p/detail/wake_signal.hpp"
 
 #include "barrel_p2p/scheduler.hpp"
 

@@ -2,7 +2,7 @@
 // and whole nodes on the simulated network with shifted wall clocks:
 // measurement, the warning, refused writes, the reason entries are dropped.
 #include <barrel_p2p/cbor.hpp>
-#include <barrel_p2p/clock_messages.hpp>
+#include <barrel_p2p/detail/clock_messages.hpp>
 #include <barrel_p2p/clock_monitor.hpp>
 #include <barrel_p2p/leader.hpp>
 #include <barrel_p2p/map.hpp>

@@ -2,11 +2,11 @@
 // speed over real TCP. What must hold meanwhile: the process's memory stays
 // within the budgets configured below, the honest nodes keep converging,
 // and the victim's HTTP API keeps answering.
-#include <barrel_p2p/clock_messages.hpp>
+#include <barrel_p2p/detail/clock_messages.hpp>
 #include <barrel_p2p/http_api.hpp>
-#include <barrel_p2p/hyparview_messages.hpp>
+#include <barrel_p2p/detail/hyparview_messages.hpp>
 #include <barrel_p2p/map.hpp>
-#include <barrel_p2p/plumtree_messages.hpp>
+#include <barrel_p2p/detail/plumtree_messages.hpp>
 #include <barrel_p2p/replica_messages.hpp>
 
 #include <boost/asio/as_tuple.hpp>

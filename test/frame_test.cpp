@@ -1,5 +1,5 @@
 #include <barrel_p2p/cbor.hpp>
-#include <barrel_p2p/frame.hpp>
+#include <barrel_p2p/detail/frame.hpp>
 #include <barrel_p2p/tcp_transport.hpp>
 
 #include <doctest/doctest.h>

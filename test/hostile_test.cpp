@@ -1,9 +1,9 @@
 // A member that misbehaves on purpose: each case is an attack an
 // authenticated peer could mount, and what bounds it.
 #include <barrel_p2p/hyparview.hpp>
-#include <barrel_p2p/hyparview_messages.hpp>
+#include <barrel_p2p/detail/hyparview_messages.hpp>
 #include <barrel_p2p/map.hpp>
-#include <barrel_p2p/plumtree_messages.hpp>
+#include <barrel_p2p/detail/plumtree_messages.hpp>
 #include <barrel_p2p/replica_messages.hpp>
 #include <barrel_p2p/sim_network.hpp>
 

@@ -4,7 +4,7 @@
 
 #include <barrel_p2p/cbor.hpp>
 #include <barrel_p2p/plumtree.hpp>
-#include <barrel_p2p/plumtree_messages.hpp>
+#include <barrel_p2p/detail/plumtree_messages.hpp>
 #include <barrel_p2p/sim_network.hpp>
 
 #include <boost/asio/co_spawn.hpp>

@@ -4,7 +4,7 @@
 #pragma once
 
 #include <barrel_p2p/cbor.hpp>
-#include <barrel_p2p/frame.hpp>
+#include <barrel_p2p/detail/frame.hpp>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/ip/tcp.hpp>

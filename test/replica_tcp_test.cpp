@@ -2,7 +2,7 @@
 #include <barrel_p2p/crdt_wire.hpp>
 #include <barrel_p2p/replica.hpp>
 #include <barrel_p2p/replica_messages.hpp>
-#include <barrel_p2p/plumtree_messages.hpp>
+#include <barrel_p2p/detail/plumtree_messages.hpp>
 #include <barrel_p2p/tcp_transport.hpp>
 
 #include <boost/asio/co_spawn.hpp>

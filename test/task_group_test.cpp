@@ -1,7 +1,7 @@
 #include <barrel_p2p/event_stream.hpp>
 #include <barrel_p2p/scheduler.hpp>
-#include <barrel_p2p/task_group.hpp>
-#include <barrel_p2p/wake_signal.hpp>
+#include <barrel_p2p/detail/task_group.hpp>
+#include <barrel_p2p/detail/wake_signal.hpp>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>

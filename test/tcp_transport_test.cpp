@@ -2,7 +2,7 @@
 // one io_context. Peers that misbehave are raw Asio sockets driven by the
 // frame.hpp helpers. Timeouts here only catch hangs; nothing asserts speed.
 #include <barrel_p2p/cbor.hpp>
-#include <barrel_p2p/frame.hpp>
+#include <barrel_p2p/detail/frame.hpp>
 #include <barrel_p2p/scheduler.hpp>
 #include <barrel_p2p/tcp_transport.hpp>
 

@@ -2,7 +2,7 @@
 // sockets that do not know the cluster secret, relays, reflections, garbage,
 // wrong and retired keys, floods of connections that never finish.
 #include <barrel_p2p/cbor.hpp>
-#include <barrel_p2p/frame.hpp>
+#include <barrel_p2p/detail/frame.hpp>
 #include <barrel_p2p/http_api.hpp>
 #include <barrel_p2p/map.hpp>
 

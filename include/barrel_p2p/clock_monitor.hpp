@@ -11,7 +11,7 @@
 // policy, refuses local writes while it is ahead of most of its measured
 // active peers by more than the maximum offset. Reads are never refused.
 //
-// Probes travel on their own channel (clock_messages.hpp): one to each new
+// Probes travel on their own channel (detail/clock_messages.hpp): one to each new
 // active peer at once, then one per peer every probe_interval. The estimate
 // of a peer is the sample with the smallest round trip among its last few
 // (NTP's clock filter: the least time in flight, the least room for

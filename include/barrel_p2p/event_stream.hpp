@@ -14,7 +14,7 @@
 #pragma once
 
 #include <barrel_p2p/task.hpp>
-#include <barrel_p2p/wake_signal.hpp>
+#include <barrel_p2p/detail/wake_signal.hpp>
 
 #include <cstdint>
 #include <deque>

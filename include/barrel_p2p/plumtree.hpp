@@ -12,7 +12,7 @@
 // make delivery reliable under loss and failures.
 //
 // Messages (channel broadcast): GOSSIP, IHAVE, GRAFT, PRUNE, in
-// plumtree_messages.hpp. A payload is bytes, encoded once at its origin and
+// detail/plumtree_messages.hpp. A payload is bytes, encoded once at its origin and
 // never decoded or re-encoded here: relays forward the bytes they received,
 // the cache holds them, subscribers decode them.
 #pragma once

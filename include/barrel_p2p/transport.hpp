@@ -71,7 +71,7 @@ enum class channel : std::uint8_t {
   membership = 1,
   broadcast = 2,
   replica = 3,
-  clock = 4,  ///< clock offset probes (clock_messages.hpp)
+  clock = 4,  ///< clock offset probes (detail/clock_messages.hpp)
   query = 5,  ///< answers to queries, straight to the asker (queries.hpp)
 };
 inline constexpr std::size_t channel_count = 6;

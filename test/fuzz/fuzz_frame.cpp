@@ -3,7 +3,7 @@
 // authenticated. Any crash, sanitizer report or escaping exception is a bug;
 // so is a broken invariant (__builtin_trap).
 #include <barrel_p2p/cbor.hpp>
-#include <barrel_p2p/frame.hpp>
+#include <barrel_p2p/detail/frame.hpp>
 
 #include <algorithm>
 #include <cstddef>

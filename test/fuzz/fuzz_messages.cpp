@@ -5,9 +5,9 @@
 // that is accepted but does not survive encode -> parse unchanged
 // (__builtin_trap).
 #include <barrel_p2p/cbor.hpp>
-#include <barrel_p2p/clock_messages.hpp>
-#include <barrel_p2p/hyparview_messages.hpp>
-#include <barrel_p2p/plumtree_messages.hpp>
+#include <barrel_p2p/detail/clock_messages.hpp>
+#include <barrel_p2p/detail/hyparview_messages.hpp>
+#include <barrel_p2p/detail/plumtree_messages.hpp>
 #include <barrel_p2p/replica_messages.hpp>
 
 #include <algorithm>

@@ -1,6 +1,7 @@
+// Internal (detail/): shared by the library, its tests and fuzzers; not API.
 // Frames and handshake messages of the TCP transport, as pure functions.
 //
-// No I/O here: tcp_transport.cpp reads and writes bytes, these functions say
+// No I/O here: the TCP transport (lib/tcp_*.cpp) reads and writes bytes, these functions say
 // what the bytes mean. Everything that looks at bytes or json from a peer is
 // noexcept and reports a bad shape as a value, so the fuzzer (and a hostile
 // peer) can feed it anything.

@@ -1,3 +1,4 @@
+// Internal (detail/): shared by the library, its tests and fuzzers; not API.
 // The library's one wake-up primitive: a coroutine waits until another part
 // of the same executor says "there is something for you".
 //

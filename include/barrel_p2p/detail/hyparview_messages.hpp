@@ -1,3 +1,4 @@
+// Internal (detail/): shared by the library, its tests and fuzzers; not API.
 // The messages of the membership layer (channel membership), typed, with
 // their encoders and a parser for what a peer sends (docs/reference/wire.md).
 //

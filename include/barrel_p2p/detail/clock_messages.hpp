@@ -1,3 +1,4 @@
+// Internal (detail/): shared by the library, its tests and fuzzers; not API.
 // The messages of the clock channel: a probe and its answer, from which a node
 // estimates how far a peer's wall clock is from its own (clock_monitor.hpp).
 //

@@ -1,3 +1,4 @@
+// Internal (detail/): shared by the library, its tests and fuzzers; not API.
 // A set of coroutines that stop together: what each component uses for its
 // loops. stop() cancels every member (Asio terminal cancellation reaches the
 // operation each one is suspended in) and returns once all have finished.

@@ -1,3 +1,4 @@
+// Internal (detail/): shared by the library, its tests and fuzzers; not API.
 // The messages of the broadcast layer (channel broadcast), typed, with their
 // encoders and a parser for bytes from a peer.
 //
