@@ -1,6 +1,6 @@
 // TLS 1.3 for the TCP transport: key derivation, the keyring, the OpenSSL
 // contexts for both modes, and what a finished handshake proves. Internal to
-// the library (not installed): only lib/tcp_transport.cpp uses it.
+// the library (not installed): only the TCP transport (lib/tcp_*.cpp) uses it.
 #pragma once
 
 #include "barrel_p2p/tcp_transport.hpp"
