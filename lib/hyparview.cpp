@@ -1,4 +1,9 @@
+// HyParView membership: the protocol (JOIN, FORWARD_JOIN, NEIGHBOR,
+// DISCONNECT, SHUFFLE), its dials and its loops. The two views and the rules
+// that keep them bounded are pure data in detail/hyparview_views.hpp: this
+// file asks them what changes, then sends, dials and publishes.
 #include "barrel_p2p/hyparview.hpp"
+#include "barrel_p2p/detail/hyparview_views.hpp"
 #include "barrel_p2p/log.hpp"
 
 #include "barrel_p2p/cbor.hpp"
@@ -25,18 +30,6 @@ const char* to_string(membership_event::kind k) noexcept {
 
 namespace {
 
-struct passive_entry {
-  peer_descriptor desc;
-  duration refreshed{0};   // last time a message vouched for it
-  duration next_try{0};    // backoff after a failed dial
-  unsigned failures = 0;
-};
-
-template <class T>
-const T& pick(const std::vector<T>& v, random_engine& rng) {
-  return v[std::uniform_int_distribution<std::size_t>(0, v.size() - 1)(rng)];
-}
-
 }  // namespace
 
 struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
@@ -46,10 +39,9 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   logger log{config.log, net.self().id, "membership"};
   random_engine rng;
   hyparview_counters counters;
-  std::vector<peer_descriptor> active;
-  std::vector<passive_entry> passive;
+  detail::hyparview_views views{net.self().id, config, rng};
   std::vector<peer_address> contacts;
-  std::map<std::string, duration> stray_since;  // open connections outside the active view
+  std::map<std::string, duration> stray_since;  // open connections outside the views.active() view
   // NEIGHBOR requests awaiting their reply, by peer: the answer, and the
   // signal that wakes the asking coroutine (reply, disconnect or timeout).
   struct pending_neighbor {
@@ -121,16 +113,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
 
   // ---- views ---------------------------------------------------------------
 
-  bool is_active(const std::string& id) const {
-    return std::any_of(active.begin(), active.end(), [&](const auto& d) { return d.id == id; });
-  }
-  passive_entry* find_passive(const std::string& id) {
-    auto it = std::find_if(passive.begin(), passive.end(), [&](const auto& e) { return e.desc.id == id; });
-    return it == passive.end() ? nullptr : &*it;
-  }
-  void erase_passive(const std::string& id) {
-    std::erase_if(passive, [&](const auto& e) { return e.desc.id == id; });
-  }
+  bool is_active(const std::string& id) const { return views.is_active(id); }
 
   void publish(membership_event ev) {
     for (const auto& l : listeners) l(ev);
@@ -142,34 +125,22 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     net.send(peer, channel::membership, encode(msg));
   }
 
-  // A random active peer, among those the layer above does not prefer to
-  // keep if there are any.
-  peer_descriptor pick_victim() {
-    if (keep_on_eviction) {
-      std::vector<peer_descriptor> expendable;
-      for (const auto& d : active)
-        if (!keep_on_eviction(d.id)) expendable.push_back(d);
-      if (!expendable.empty()) return pick(expendable, rng);
-    }
-    return pick(active, rng);
-  }
-
   void add_active(const peer_descriptor& d) {
-    if (d.id == self().id || is_active(d.id) || leaving) return;
-    erase_passive(d.id);
-    if (active.size() >= config.active_size) {
-      auto victim = pick_victim();
+    if (!views.may_activate(d) || leaving) return;
+    views.erase_passive(d.id);
+    if (auto victim = views.make_room(keep_on_eviction, sched.now())) {
       ++counters.disconnects_sent;
-      send(victim.id, disconnect_message{false});
-      remove_active(victim.id, "evicted", true);
+      send(victim->id, disconnect_message{false});
+      went_down(*victim, "evicted");
       // The victim closes the connection when it reads DISCONNECT; if it
       // does not, the stray-connection sweep does.
-      stray_since[victim.id] = sched.now();
+      stray_since[victim->id] = sched.now();
     }
-    active.push_back(d);
+    views.add_active(d);
     stray_since.erase(d.id);
     ++counters.peers_up;
-    log("peer_up " + d.id + " " + d.address.to_string() + " (active view " + std::to_string(active.size()) + ")");
+    log("peer_up " + d.id + " " + d.address.to_string() + " (views.active() view " + std::to_string(views.active().size()) +
+        ")");
     publish({membership_event::kind::peer_up, d, {}});
     if (!ever_joined) {
       ever_joined = true;
@@ -178,54 +149,19 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   }
 
   void remove_active(const std::string& id, const std::string& reason, bool to_passive) {
-    auto it = std::find_if(active.begin(), active.end(), [&](const auto& d) { return d.id == id; });
-    if (it == active.end()) return;
-    auto d = *it;
-    active.erase(it);
+    if (auto d = views.remove_active(id, to_passive, sched.now())) went_down(*d, reason);
+  }
+
+  // `d` has left the views.active() view: counted, logged, published.
+  void went_down(const peer_descriptor& d, const std::string& reason) {
     ++counters.peers_down;
-    if (to_passive) add_passive(d);
-    log("peer_down " + id + " " + d.address.to_string() + " (" + reason + "; active view " +
-        std::to_string(active.size()) + ")");
+    log("peer_down " + d.id + " " + d.address.to_string() + " (" + reason + "; views.active() view " +
+        std::to_string(views.active().size()) + ")");
     publish({membership_event::kind::peer_down, d, reason});
   }
 
   void add_passive(const peer_descriptor& d, const std::vector<peer_descriptor>* prefer_evict = nullptr) {
-    if (d.id == self().id || is_active(d.id)) return;
-    if (auto* e = find_passive(d.id)) {
-      e->desc = d;
-      e->refreshed = sched.now();
-      return;
-    }
-    if (config.passive_size == 0) return;
-    if (passive.size() >= config.passive_size) {
-      // Evict what we just sent away in a shuffle first (the peer has it
-      // now), else a random entry.
-      std::size_t victim = std::uniform_int_distribution<std::size_t>(0, passive.size() - 1)(rng);
-      if (prefer_evict)
-        for (std::size_t i = 0; i < passive.size(); ++i)
-          if (std::any_of(prefer_evict->begin(), prefer_evict->end(),
-                          [&](const auto& s) { return s.id == passive[i].desc.id; })) {
-            victim = i;
-            break;
-          }
-      passive.erase(passive.begin() + static_cast<std::ptrdiff_t>(victim));
-    }
-    passive.push_back(passive_entry{d, sched.now(), duration{0}, 0});
-  }
-
-  std::vector<peer_descriptor> sample(const std::vector<peer_descriptor>& from, std::size_t n,
-                                      const std::string& exclude = {}) {
-    std::vector<peer_descriptor> pool;
-    for (const auto& d : from)
-      if (d.id != exclude) pool.push_back(d);
-    std::shuffle(pool.begin(), pool.end(), rng);
-    if (pool.size() > n) pool.resize(n);
-    return pool;
-  }
-  std::vector<peer_descriptor> passive_descriptors() const {
-    std::vector<peer_descriptor> out;
-    for (const auto& e : passive) out.push_back(e.desc);
-    return out;
+    views.add_passive(d, sched.now(), prefer_evict);
   }
 
   // ---- messages ------------------------------------------------------------
@@ -257,9 +193,9 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     // knows more of the overlay than its first neighbours before its first
     // shuffle: a partition in its first seconds must not leave it alone.
     // (A SHUFFLE_REPLY: a node of an earlier build takes it in too.)
-    auto known = active;
-    for (const auto& d : passive_descriptors()) known.push_back(d);
-    if (auto seed = sample(known, config.shuffle_length, m.node.id); !seed.empty())
+    auto known = views.active();
+    for (const auto& d : views.passive_descriptors()) known.push_back(d);
+    if (auto seed = views.sample(known, config.shuffle_length, m.node.id); !seed.empty())
       send(from, shuffle_reply_message{std::move(seed)});
     if (!may_evict()) {
       add_passive(m.node);
@@ -270,14 +206,14 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
       ++counters.joins_not_forwarded;
       return;
     }
-    for (const auto& p : active)
+    for (const auto& p : views.active())
       if (p.id != m.node.id) send(p.id, forward_join_message{m.node, config.arwl});
   }
 
-  // True when taking one more peer into the active view is allowed: there
+  // True when taking one more peer into the views.active() view is allowed: there
   // is room, or the eviction it forces is within the budget.
   bool may_evict() {
-    if (active.size() < config.active_size) return true;
+    if (views.active().size() < config.active_size) return true;
     if (eviction_budget.take(sched.now())) return true;
     ++counters.evictions_refused;
     return false;
@@ -306,13 +242,13 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     ++counters.forward_joins;
     if (joiner.id == self().id || is_active(joiner.id)) return;
     const auto ttl = std::min<std::uint64_t>(m.ttl, config.arwl);
-    if (ttl == 0 || active.size() <= 1) return accept_joiner(from, joiner);
+    if (ttl == 0 || views.active().size() <= 1) return accept_joiner(from, joiner);
     if (ttl == config.prwl) add_passive(joiner);
     std::vector<peer_descriptor> next;
-    for (const auto& p : active)
+    for (const auto& p : views.active())
       if (p.id != from && p.id != joiner.id) next.push_back(p);
     if (next.empty()) return accept_joiner(from, joiner);
-    send(pick(next, rng).id, forward_join_message{joiner, ttl - 1});
+    send(views.pick(next).id, forward_join_message{joiner, ttl - 1});
   }
 
   // The end of a FORWARD_JOIN walk: this node becomes a neighbour of the
@@ -334,7 +270,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   void on(const std::string& from, const neighbor_message& m) {
     if (m.node.id != from) return bad(from, "neighbor: bad fields");
     ++counters.neighbor_requests;
-    const bool ok = is_active(from) || active.size() < config.active_size || (m.high_priority && may_evict());
+    const bool ok = is_active(from) || views.active().size() < config.active_size || (m.high_priority && may_evict());
     if (ok) add_active(m.node);
     else ++counters.neighbor_rejected;
     send(from, neighbor_reply_message{ok});
@@ -351,7 +287,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
 
   void on(const std::string& from, const disconnect_message& m) {
     if (is_active(from)) remove_active(from, m.leaving ? "left" : "disconnect", !m.leaving);
-    if (m.leaving) erase_passive(from);
+    if (m.leaving) views.erase_passive(from);
     net.disconnect(from);
   }
 
@@ -359,20 +295,20 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     ++counters.shuffles_received;
     if (m.origin.id == self().id) return;
     const auto ttl = std::min<std::uint64_t>(m.ttl, config.arwl);
-    if (ttl > 1 && active.size() > 1) {
+    if (ttl > 1 && views.active().size() > 1) {
       std::vector<peer_descriptor> next;
-      for (const auto& p : active)
+      for (const auto& p : views.active())
         if (p.id != from && p.id != m.origin.id) next.push_back(p);
       if (!next.empty()) {
         auto fwd = m;
         fwd.ttl = ttl - 1;
-        send(pick(next, rng).id, fwd);
+        send(views.pick(next).id, fwd);
         return;
       }
     }
     // The walk ends here: answer the origin with as many passive entries,
     // then take in its list, evicting first what we sent.
-    auto reply = sample(passive_descriptors(), m.nodes.size(), m.origin.id);
+    auto reply = views.sample(views.passive_descriptors(), m.nodes.size(), m.origin.id);
     // The origin's address comes from `from` (it forwarded the walk).
     if (may_dial_for(from)) spawn("shuffle_reply", send_shuffle_reply(m.origin, reply));
     for (const auto& d : m.nodes) add_passive(d, &reply);
@@ -405,14 +341,8 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
       // Keep it in reserve only if it went away in an orderly way; a failed
       // peer goes to the back of the passive view with a backoff, so that a
       // partition can still heal through it later.
-      std::string reason(to_string(why));
-      auto it = std::find_if(active.begin(), active.end(), [&](const auto& d) { return d.id == peer; });
-      auto d = *it;
-      remove_active(peer, reason, true);
-      if (auto* e = find_passive(d.id)) {
-        e->failures = 1;
-        e->next_try = sched.now() + config.backoff_initial;
-      }
+      remove_active(peer, std::string(to_string(why)), true);
+      views.note_peer_failed(peer, sched.now());
     }
   }
 
@@ -434,30 +364,30 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
           ++it;
         }
       }
-      std::erase_if(passive, [&](const auto& e) { return now - e.refreshed > config.passive_max_age; });
-      if (active.size() < config.active_size && !repairing && !passive.empty()) {
+      views.expire_passive(now);
+      if (views.active().size() < config.active_size && !repairing && !views.passive().empty()) {
         repairing = true;
         spawn("repair", repair());
       }
-      if (active.empty() && !rejoining && !contacts.empty() && now >= rejoin_backoff.next) {
+      if (views.active().empty() && !rejoining && !contacts.empty() && now >= rejoin_backoff.next) {
         rejoining = true;
         spawn("rejoin", rejoin());
-      } else if (!active.empty() && active.size() < config.active_size && !repairing && !rejoining &&
+      } else if (!views.active().empty() && views.active().size() < config.active_size && !repairing && !rejoining &&
                  !reaching_contact && now >= contact_probe_backoff.next &&
-                 std::none_of(passive.begin(), passive.end(), [&](const auto& e) { return e.next_try <= now; })) {
+                 std::none_of(views.passive().begin(), views.passive().end(), [&](const auto& e) { return e.next_try <= now; })) {
         // A view that is not full, with no passive peer to repair from: in
-        // a cluster smaller than the active view, a long partition makes
+        // a cluster smaller than the views.active() view, a long partition makes
         // each side drop the other's peers from its passive view
         // (passive_max_failures), and random promotion needs a full view.
         // A contact that is not a neighbour is the way back.
         std::vector<peer_address> unused;
         for (const auto& c : contacts)
           if (c != self().address &&
-              std::none_of(active.begin(), active.end(), [&](const auto& d) { return d.address == c; }))
+              std::none_of(views.active().begin(), views.active().end(), [&](const auto& d) { return d.address == c; }))
             unused.push_back(c);
         if (!unused.empty()) {
           reaching_contact = true;
-          spawn("reach_contact", reach_contact(pick(unused, rng)));
+          spawn("reach_contact", reach_contact(views.pick(unused)));
         }
       }
     }
@@ -479,25 +409,24 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
 
   task<> rejoin() {
     for (const auto& c : std::vector<peer_address>(contacts)) {
-      if (!active.empty() || leaving) break;
+      if (!views.active().empty() || leaving) break;
       co_await join_via(c);
     }
     if (leaving) co_return;  // the node may be gone: its transport and scheduler with it
-    rejoin_backoff.done(!active.empty(), sched.now(), config);
+    rejoin_backoff.done(!views.active().empty(), sched.now(), config);
     rejoining = false;
   }
 
-  // Fills the active view from the passive view: dial a random candidate,
+  // Fills the views.active() view from the passive view: dial a random candidate,
   // ask it to be a neighbour (HIGH priority when we have nobody).
   task<> repair() {
-    std::size_t attempts = passive.size();
-    while (active.size() < config.active_size && attempts-- > 0 && !leaving) {
+    std::size_t attempts = views.passive().size();
+    while (views.active().size() < config.active_size && attempts-- > 0 && !leaving) {
       const auto now = sched.now();
       std::vector<peer_descriptor> candidates;
-      for (const auto& e : passive)
-        if (e.next_try <= now) candidates.push_back(e.desc);
+      for (auto& d : views.dialable(now)) candidates.push_back(std::move(d));
       if (candidates.empty()) break;
-      const auto target = pick(candidates, rng);
+      const auto target = views.pick(candidates);
       const bool promoted = co_await promote(target);
       if (leaving) co_return;
       if (promoted) ++counters.promotions;
@@ -509,20 +438,11 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     auto c = co_await net.connect(target.address);
     if (leaving) co_return false;  // the node may be gone: its transport and scheduler with it
     if (!c || c->id != target.id) {
-      if (auto* e = find_passive(target.id)) {
-        // Shuffles keep refreshing a dead peer's entry, so ageing alone
-        // would never drop it: repeated failed dials do.
-        if (++e->failures >= config.passive_max_failures) {
-          erase_passive(target.id);
-        } else {
-          auto backoff = config.backoff_initial * (1u << std::min(e->failures, 6u));
-          e->next_try = sched.now() + std::min(backoff, config.backoff_max);
-        }
-      }
+      views.note_dial_failed(target.id, sched.now());
       co_return false;
     }
     if (is_active(c->id)) co_return true;
-    const bool high = force || active.empty();
+    const bool high = force || views.active().empty();
     auto wake = std::make_shared<wake_signal>(sched.get_executor());
     neighbor_answers[c->id] = pending_neighbor{std::nullopt, wake};
     send(c->id, neighbor_message{self(), high});
@@ -537,28 +457,28 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     if (it != neighbor_answers.end() && it->second.wake == wake) neighbor_answers.erase(it);
     if (ok) {
       add_active(*c);
-    } else if (auto* e = find_passive(target.id)) {
-      e->next_try = sched.now() + config.shuffle_interval;  // full now; ask again later
+    } else {
+      views.postpone(target.id, sched.now() + config.shuffle_interval);  // full now; ask again later
     }
     co_return ok;
   }
 
-  // The paper's protocol never replaces a healthy active peer, so two halves
+  // The paper's protocol never replaces a healthy views.active() peer, so two halves
   // of a healed partition, each with full views, would stay apart forever.
-  // Now and then a node with a full view swaps one active peer for a random
+  // Now and then a node with a full view swaps one views.active() peer for a random
   // passive one (HIGH priority: the target makes room too). The passive view
   // keeps peers from across a partition (with backoff) and the contacts, so
   // this is what joins the halves again. Costs a little active-view churn.
   void maybe_promote_randomly() {
-    if (active.size() < config.active_size || repairing || config.random_promotion <= 0) return;
+    if (views.active().size() < config.active_size || repairing || config.random_promotion <= 0) return;
     if (std::uniform_real_distribution<double>(0, 1)(rng) >= config.random_promotion) return;
     const auto now = sched.now();
     for (const auto& c : contacts)
-      if (std::none_of(passive.begin(), passive.end(), [&](const auto& e) { return e.desc.address == c; }) &&
-          std::none_of(active.begin(), active.end(), [&](const auto& d) { return d.address == c; }))
+      if (std::none_of(views.passive().begin(), views.passive().end(), [&](const auto& e) { return e.desc.address == c; }) &&
+          std::none_of(views.active().begin(), views.active().end(), [&](const auto& d) { return d.address == c; }))
         probe_contacts.push_back(c);
     std::vector<peer_descriptor> candidates;
-    for (const auto& e : passive)
+    for (const auto& e : views.passive())
       if (e.next_try <= now) candidates.push_back(e.desc);
     // One draw over passive candidates and unknown contacts alike.
     const auto total = candidates.size() + probe_contacts.size();
@@ -580,15 +500,15 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     while (!leaving) {
       const bool slept = co_await sched.sleep(jittered(config.shuffle_interval, config.jitter, rng));
       if (!slept || leaving) co_return;
-      if (active.empty()) continue;
+      if (views.active().empty()) continue;
       std::vector<peer_descriptor> list{self()};
-      for (auto& d : sample(active, config.shuffle_active)) list.push_back(d);
+      for (auto& d : views.sample(views.active(), config.shuffle_active)) list.push_back(d);
       const auto room = config.shuffle_length > list.size() ? config.shuffle_length - list.size() : 0;
-      for (auto& d : sample(passive_descriptors(), room)) list.push_back(d);
+      for (auto& d : views.sample(views.passive_descriptors(), room)) list.push_back(d);
       last_shuffle_sent = list;
       maybe_promote_randomly();
       ++counters.shuffles_sent;
-      send(pick(active, rng).id, shuffle_message{self(), config.arwl, list});
+      send(views.pick(views.active()).id, shuffle_message{self(), config.arwl, list});
     }
   }
 
@@ -654,10 +574,10 @@ task<> hyparview::leave() {
   if (m->leaving) co_return;
   // From here on no peer is added and no message handled.
   m->leaving = true;
-  for (const auto& p : m->active) m->send(p.id, disconnect_message{true});
+  for (const auto& p : m->views.active()) m->send(p.id, disconnect_message{true});
   // Give the DISCONNECTs a moment to leave before the connections close.
   co_await m->sched.sleep(duration{100});
-  auto peers = m->active;
+  auto peers = m->views.active();
   for (const auto& p : peers) {
     m->remove_active(p.id, "left", false);
     m->net.disconnect(p.id);
@@ -668,8 +588,8 @@ task<> hyparview::leave() {
   m->events.close();
 }
 
-std::vector<peer_descriptor> hyparview::active_view() const { return impl_->active; }
-std::vector<peer_descriptor> hyparview::passive_view() const { return impl_->passive_descriptors(); }
+std::vector<peer_descriptor> hyparview::active_view() const { return impl_->views.active(); }
+std::vector<peer_descriptor> hyparview::passive_view() const { return impl_->views.passive_descriptors(); }
 bool hyparview::is_active(const std::string& id) const { return impl_->is_active(id); }
 const peer_descriptor& hyparview::self() const { return impl_->self(); }
 const hyparview_counters& hyparview::counters() const { return impl_->counters; }
