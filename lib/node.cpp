@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <map>
+#include <stdexcept>
 
 namespace barrel_p2p {
 
@@ -85,27 +86,47 @@ struct node::impl {
 
 };
 
-node::node(executor ex, node_config config) : impl_(std::make_unique<impl>(std::move(config))) {
+node_network node_network::tcp(executor ex, transport_wrapper wrap) {
+  node_network n;
+  n.ex_ = std::move(ex);
+  n.wrap_ = std::move(wrap);
+  return n;
+}
+
+node_network node_network::simulated(sim_network& net, transport_wrapper wrap) {
+  node_network n;
+  n.sim_ = &net;
+  n.wrap_ = std::move(wrap);
+  return n;
+}
+
+node::node(node_network where, node_config config) : impl_(std::make_unique<impl>(std::move(config))) {
   auto& m = *impl_;
-  m.strand = boost::asio::make_strand(ex);
-  m.sched = make_real_scheduler(m.strand);
-  auto tcp = make_tcp_transport(m.config.transport, *m.sched);
-  m.tcp = tcp.get();
-  m.net = std::move(tcp);
-  // The keys live in the transport's keyring now; no second copy that a
-  // rotation would leave behind.
-  m.config.transport.cluster_secret.clear();
-  m.config.transport.accepted_secrets.clear();
+  if (where.sim_) {
+    m.net = where.sim_->add_node(m.config.transport.node_id);
+    m.sched = where.sim_->make_scheduler(m.config.transport.node_id);
+    m.strand = m.sched->get_executor();  // the simulator is single-threaded
+  } else {
+    m.strand = boost::asio::make_strand(where.ex_);
+    m.sched = make_real_scheduler(m.strand);
+    auto tcp = make_tcp_transport(m.config.transport, *m.sched);
+    m.tcp = tcp.get();
+    m.net = std::move(tcp);
+    // The keys live in the transport's keyring now; no second copy that a
+    // rotation would leave behind.
+    m.config.transport.cluster_secret.clear();
+    m.config.transport.accepted_secrets.clear();
+  }
+  if (where.wrap_) {
+    m.net = where.wrap_(std::move(m.net));
+    if (!m.net) throw std::invalid_argument("node: the transport wrapper returned no transport");
+  }
   m.assemble();
 }
 
-node::node(sim_network& net, node_config config) : impl_(std::make_unique<impl>(std::move(config))) {
-  auto& m = *impl_;
-  m.net = net.add_node(m.config.transport.node_id);
-  m.sched = net.make_scheduler(m.config.transport.node_id);
-  m.strand = m.sched->get_executor();  // the simulator is single-threaded
-  m.assemble();
-}
+node::node(executor ex, node_config config) : node(node_network::tcp(std::move(ex)), std::move(config)) {}
+
+node::node(sim_network& net, node_config config) : node(node_network::simulated(net), std::move(config)) {}
 
 bool node::simulated() const { return impl_->tcp == nullptr; }
 

@@ -1,5 +1,6 @@
 // The replica driver over real TCP: several full nodes in one process.
 #include <barrel_p2p/crdt_wire.hpp>
+#include <barrel_p2p/node.hpp>
 #include <barrel_p2p/replica.hpp>
 #include <barrel_p2p/replica_messages.hpp>
 #include <barrel_p2p/detail/plumtree_messages.hpp>
@@ -72,14 +73,15 @@ struct map_owner final : replica_callbacks {
   bool anti_entropy() const override { return ae; }
 };
 
-struct node {
-  std::unique_ptr<scheduler> sched;
+// A full node (barrel_p2p::node) over a blocking_transport, with the
+// test's own replica owner: the layers are the node's, reached by pointer.
+struct test_node {
+  std::unique_ptr<node> core;
   blocking_transport* net = nullptr;
-  std::unique_ptr<transport> net_owner;
-  std::unique_ptr<hlc_clock> clock;
-  std::unique_ptr<hyparview> membership;
-  std::unique_ptr<plumtree> broadcast;
-  std::unique_ptr<replica_host> replicas;
+  scheduler* sched = nullptr;
+  hyparview* membership = nullptr;
+  plumtree* broadcast = nullptr;
+  replica_host* replicas = nullptr;
   std::unique_ptr<map_owner> owner;
   std::map<std::string, std::shared_ptr<replica>> instances;
   std::string id() const { return net->self().id; }
@@ -87,36 +89,37 @@ struct node {
 
 struct cluster {
   boost::asio::io_context io;
-  std::vector<std::unique_ptr<node>> nodes;
+  std::vector<std::unique_ptr<test_node>> nodes;
   std::vector<std::string> errors;
 
   std::size_t passive_size = 30;
 
-  node& add(const std::string& id, bool anti_entropy = true) {
-    auto n = std::make_unique<node>();
-    n->sched = make_real_scheduler(io.get_executor());
-    tcp_transport_config tc;
-    tc.node_id = id;
-    tc.cluster_secret = "replica-test-cluster-secret";
-    tc.heartbeat_interval = 200ms;
-    tc.heartbeat_timeout = 2s;
-    tc.log = [](const std::string&) {};
-    auto bt = std::make_unique<blocking_transport>(make_tcp_transport(tc, *n->sched));
-    n->net = bt.get();
-    n->net_owner = std::move(bt);
-    n->clock = std::make_unique<hlc_clock>();
-    hyparview_config hc;
-    hc.maintenance_interval = 100ms;
-    hc.shuffle_interval = 1s;
-    hc.random_promotion = 0;
-    hc.passive_size = passive_size;
-    n->membership = std::make_unique<hyparview>(*n->net, *n->sched, hc);
-    n->broadcast = std::make_unique<plumtree>(*n->net, *n->membership, *n->sched);
-    replica_config rc;
-    rc.anti_entropy_interval = 300ms;
-    rc.log = [this](const std::string& line) { errors.push_back(line); };
-    n->replicas = std::make_unique<replica_host>(*n->net, *n->membership, *n->broadcast, *n->sched, *n->clock, rc);
-    n->owner = std::make_unique<map_owner>(*n->clock, anti_entropy);
+  test_node& add(const std::string& id, bool anti_entropy = true) {
+    auto n = std::make_unique<test_node>();
+    node_config c;
+    c.transport.node_id = id;
+    c.transport.listen_host = "127.0.0.1";
+    c.transport.cluster_secret = "replica-test-cluster-secret";
+    c.transport.heartbeat_interval = 200ms;
+    c.transport.heartbeat_timeout = 2s;
+    c.membership.maintenance_interval = 100ms;
+    c.membership.shuffle_interval = 1s;
+    c.membership.random_promotion = 0;
+    c.membership.passive_size = passive_size;
+    c.replicas.anti_entropy_interval = 300ms;
+    c.replicas.log = [this](const std::string& line) { errors.push_back(line); };
+    c.log = [](const std::string&) {};
+    auto wrap = [&n](std::unique_ptr<transport> tcp) -> std::unique_ptr<transport> {
+      auto blocking = std::make_unique<blocking_transport>(std::move(tcp));
+      n->net = blocking.get();
+      return blocking;
+    };
+    n->core = std::make_unique<node>(node_network::tcp(io.get_executor(), wrap), c);
+    n->sched = &n->core->sched();
+    n->membership = &n->core->membership();
+    n->broadcast = &n->core->broadcast();
+    n->replicas = &n->core->replicas();
+    n->owner = std::make_unique<map_owner>(n->core->clock(), anti_entropy);
     nodes.push_back(std::move(n));
     return *nodes.back();
   }
@@ -153,10 +156,7 @@ struct cluster {
     for (std::size_t i = 0; i < count; ++i) add("n" + std::to_string(i));
     run([&]() -> task<> {
       for (auto& n : nodes) {
-        co_await n->net->start();
-        n->membership->start();
-        n->broadcast->start();
-        n->replicas->start();
+        co_await n->core->start();  // no contacts: each joins below
         for (const auto& name : instance_names) n->instances[name] = replica::start(*n->replicas, name, *n->owner);
       }
       const auto contact = nodes[0]->net->self().address;
@@ -177,22 +177,18 @@ struct cluster {
 
   // Updates are named before the co_await: GCC 12 mishandles braced
   // aggregate temporaries passed to coroutines.
-  void put(node& n, const std::string& name, const std::string& key, json value) {
+  void put(test_node& n, const std::string& name, const std::string& key, json value) {
     replica_update u = replica_add{key, std::move(value)};
     run([&]() -> task<> { co_await n.instances.at(name)->broadcast_update(std::move(u)); });
   }
-  void remove(node& n, const std::string& name, const std::string& key) {
+  void remove(test_node& n, const std::string& name, const std::string& key) {
     replica_update u = replica_remove{key};
     run([&]() -> task<> { co_await n.instances.at(name)->broadcast_update(std::move(u)); });
   }
 
   ~cluster() {
     run([&]() -> task<> {
-      for (auto& n : nodes) {
-        co_await n->replicas->stop();
-        co_await n->broadcast->stop();
-        co_await n->net->stop();
-      }
+      for (auto& n : nodes) co_await n->core->stop();
     });
   }
 };

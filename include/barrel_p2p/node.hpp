@@ -33,6 +33,7 @@
 #include <barrel_p2p/transport.hpp>
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -83,15 +84,43 @@ struct join_result {
   std::optional<peer_address> duplicate_id_at;
 };
 
+/// Where a node's transport and time come from: what node's one
+/// constructor takes. Every layer above the transport is the same whichever
+/// it is.
+class node_network {
+ public:
+  /// Wraps a transport the node made in one of the caller's (a test that
+  /// watches or changes traffic): gets the node's transport, returns the
+  /// transport the node uses, which must forward to it.
+  using transport_wrapper = std::function<std::unique_ptr<transport>(std::unique_ptr<transport>)>;
+
+  /// Real TCP (tcp_transport, from node_config::transport) and real time.
+  /// `ex` may be any executor (a multi-threaded io_context too): the node
+  /// makes a strand over it; its execution context must outlive the node.
+  [[nodiscard]] static node_network tcp(executor ex, transport_wrapper wrap = {});
+  /// The simulated network: its transport and virtual-time scheduler;
+  /// `config.transport.node_id` names the node, and
+  /// sim_network::set_wall_skew shifts its wall clock. `net` must outlive
+  /// the node.
+  [[nodiscard]] static node_network simulated(sim_network& net, transport_wrapper wrap = {});
+
+ private:
+  friend class node;
+  node_network() = default;
+  executor ex_;
+  sim_network* sim_ = nullptr;
+  transport_wrapper wrap_;
+};
+
 class node {
  public:
-  /// A node on real TCP. `ex` may be any executor (a multi-threaded
-  /// io_context too): the node makes a strand over it. Any thread; `ex`'s
-  /// execution context must outlive the node.
+  /// The one way a node is assembled: its transport and scheduler from
+  /// `where`, then membership, clock monitor, broadcast and replica host
+  /// over them. Any thread.
+  node(node_network where, node_config config);
+  /// node(node_network::tcp(ex), config).
   node(executor ex, node_config config);
-  /// A node on the simulated network (transport and virtual-time scheduler
-  /// from `net`); `config.transport.node_id` names it, and
-  /// sim_network::set_wall_skew shifts its wall clock.
+  /// node(node_network::simulated(net), config).
   node(sim_network& net, node_config config);
   /// On the node's executor, or where nothing runs that executor (its
   /// io_context stopped or its threads joined): the layers' state is freed
