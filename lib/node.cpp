@@ -11,6 +11,8 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <stdexcept>
 
@@ -85,6 +87,24 @@ struct node::impl {
   static task<> do_stop(impl& m);
 
 };
+
+node_config make_node_config(node_profile profile, std::string id, std::string cluster_secret) {
+  using namespace std::chrono_literals;
+  node_config c;
+  c.transport.node_id = std::move(id);
+  c.transport.cluster_secret = std::move(cluster_secret);
+  if (profile == node_profile::lan) return c;
+  c.transport.heartbeat_interval = 200ms;
+  c.transport.heartbeat_timeout = 1500ms;
+  c.membership.maintenance_interval = 100ms;
+  c.membership.shuffle_interval = 1s;
+  c.replicas.anti_entropy_interval = 500ms;
+  if (profile == node_profile::test)
+    c.log = [](const std::string& line) {
+      if (std::getenv("BARREL_TEST_LOG")) std::fprintf(stderr, "%s\n", line.c_str());
+    };
+  return c;
+}
 
 node_network node_network::tcp(executor ex, transport_wrapper wrap) {
   node_network n;

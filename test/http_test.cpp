@@ -38,11 +38,7 @@ namespace {
 
 constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 
-node_config config_for(const std::string& id) {
-  auto c = testing::fast_tcp_config(id, "http-test-cluster-secret");
-  c.replicas.anti_entropy_interval = 500ms;
-  return c;
-}
+node_config config_for(const std::string& id) { return testing::fast_tcp_config(id, "http-test-cluster-secret"); }
 
 // Two nodes, each serving map "kv" (and "strict", which takes only numbers)
 // over HTTP.

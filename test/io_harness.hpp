@@ -47,21 +47,12 @@ inline bool eventually(boost::asio::io_context& io, const std::function<bool()>&
   return ok;
 }
 
-/// A node config for loopback TCP tests: fast heartbeats and membership
-/// maintenance so failures and repairs show within a second or two; logs
-/// only when BARREL_TEST_LOG is set.
+/// A node config for loopback TCP tests: the public `test` profile (fast
+/// heartbeats, maintenance, shuffles and anti-entropy, so failures and
+/// repairs show within a second or two; logs only when BARREL_TEST_LOG is
+/// set). Tests change single fields from there.
 inline node_config fast_tcp_config(const std::string& id, const std::string& secret) {
-  using namespace std::chrono_literals;
-  node_config c;
-  c.transport.node_id = id;
-  c.transport.cluster_secret = secret;
-  c.transport.heartbeat_interval = 200ms;
-  c.transport.heartbeat_timeout = 1500ms;
-  c.membership.maintenance_interval = 100ms;
-  c.log = [](const std::string& line) {
-    if (std::getenv("BARREL_TEST_LOG")) std::fprintf(stderr, "%s\n", line.c_str());
-  };
-  return c;
+  return make_node_config(node_profile::test, id, secret);
 }
 
 }  // namespace barrel_p2p::testing

@@ -27,8 +27,6 @@ inline std::filesystem::path temp_dir(const std::string& tag) {
 
 inline node_config tcp_config(const std::string& id, const std::filesystem::path& data = {}) {
   auto c = fast_tcp_config(id, "map-test-cluster-secret");
-  c.membership.shuffle_interval = 1s;
-  c.replicas.anti_entropy_interval = 500ms;
   c.data_dir = data;
   return c;
 }

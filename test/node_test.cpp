@@ -326,6 +326,39 @@ TEST_CASE("log lines: '<node id> <component>: message' from every layer; the def
   CHECK(logs.logged("n0 tcp: handshake refused [self]"));
 }
 
+TEST_CASE("node profiles: lan is the defaults; local and test share faster timings; test drops logs") {
+  const auto lan = make_node_config(node_profile::lan, "n0", "a-cluster-secret-of-16+");
+  const node_config defaults;
+  CHECK(lan.transport.node_id == "n0");
+  CHECK(lan.transport.cluster_secret == "a-cluster-secret-of-16+");
+  CHECK(lan.transport.heartbeat_interval == defaults.transport.heartbeat_interval);
+  CHECK(lan.transport.heartbeat_timeout == defaults.transport.heartbeat_timeout);
+  CHECK(lan.membership.shuffle_interval == defaults.membership.shuffle_interval);
+  CHECK(lan.replicas.anti_entropy_interval == defaults.replicas.anti_entropy_interval);
+  CHECK_FALSE(static_cast<bool>(lan.log));
+  const auto local = make_node_config(node_profile::local, "n1", "a-cluster-secret-of-16+");
+  CHECK(local.transport.heartbeat_interval < lan.transport.heartbeat_interval);
+  CHECK(local.transport.heartbeat_timeout < lan.transport.heartbeat_timeout);
+  CHECK(local.membership.maintenance_interval < lan.membership.maintenance_interval);
+  CHECK(local.membership.shuffle_interval < lan.membership.shuffle_interval);
+  CHECK(local.replicas.anti_entropy_interval < lan.replicas.anti_entropy_interval);
+  CHECK_FALSE(static_cast<bool>(local.log));  // the node's default: standard error
+  const auto test = make_node_config(node_profile::test, "n2", "a-cluster-secret-of-16+");
+  CHECK(test.transport.heartbeat_timeout == local.transport.heartbeat_timeout);
+  CHECK(test.replicas.anti_entropy_interval == local.replicas.anti_entropy_interval);
+  REQUIRE(static_cast<bool>(test.log));
+  // A node built on each starts (the timings pass the layers' checks).
+  boost::asio::io_context io;
+  for (auto c : {lan, local, test}) {
+    c.log = [](const std::string&) {};
+    node n(io.get_executor(), c);
+    run(io, [&]() -> task<> {
+      co_await n.start();
+      co_await n.stop();
+    });
+  }
+}
+
 TEST_CASE("logger: one component's lines; a sink that throws loses the line, not the caller's work") {
   std::vector<std::string> lines;
   const logger log([&](const std::string& l) { lines.push_back(l); }, "n0", "replica");
