@@ -13,7 +13,7 @@
 #include <doctest/doctest.h>
 
 #include "http_client.hpp"
-#include "map_cluster.hpp"
+#include "cluster.hpp"
 
 #include <set>
 
@@ -37,7 +37,7 @@ member_tags tags_of(const std::string& id) {
 
 // Two nodes serving their registry, placement group "jobs" and reminders.
 struct services_fixture {
-  cluster c;
+  cluster<tcp_net> c;
   std::vector<std::filesystem::path> dirs;
   std::vector<std::unique_ptr<http_api>> apis;
   std::vector<std::shared_ptr<registry>> regs;
@@ -173,7 +173,7 @@ TEST_CASE("HTTP: schedule, read and cancel reminders; fired reminders stream ove
 }
 
 TEST_CASE("HTTP: routes of consumers a node does not serve are 404 with a JSON reason") {
-  cluster c;
+  cluster<tcp_net> c;
   auto& n = c.add("solo");
   http_api api(n);
   c.run([&]() -> task<> { co_await api.start(); });
@@ -225,7 +225,7 @@ TEST_CASE("HTTP: POST /query asks every node and answers when the query ends; ba
 }
 
 TEST_CASE("HTTP: GET /ui serves the cluster page, without the token the API needs") {
-  cluster c;
+  cluster<tcp_net> c;
   auto& n = c.add("solo");
   http_api_config config;
   config.bearer_token = "secret-token";

@@ -9,7 +9,7 @@
 
 #include <doctest/doctest.h>
 
-#include "io_harness.hpp"
+#include "cluster.hpp"
 
 using namespace barrel_p2p;
 using namespace std::chrono_literals;
@@ -29,22 +29,13 @@ struct fenced_resource {
   }
 };
 
-struct tcp_cluster {
-  boost::asio::io_context io;
-  std::vector<std::unique_ptr<node>> nodes;
+// Full nodes on loopback TCP (the one test fixture), each with its
+// election service.
+struct tcp_cluster : testing::cluster<testing::tcp_net> {
   std::vector<std::shared_ptr<elections>> el;
 
-  // The limits only catch hangs (see io_harness.hpp).
-  void run(const std::function<task<>()>& body, duration limit = 60s) { testing::run(io, body, limit); }
-  bool eventually(const std::function<bool()>& cond, duration limit = 30s) {
-    return testing::eventually(io, cond, limit);
-  }
   node& add(const std::string& id) {
-    auto c = testing::fast_tcp_config(id, "leader-test-cluster-secret");
-    if (!nodes.empty()) c.contacts.push_back(nodes[0]->self().address);
-    nodes.push_back(std::make_unique<node>(io.get_executor(), c));
-    auto& n = *nodes.back();
-    run([&]() -> task<> { co_await n.start(); });
+    auto& n = cluster::add(id);
     el.push_back(elections::open(n));
     return n;
   }
@@ -52,14 +43,6 @@ struct tcp_cluster {
     for (std::size_t i = 0; i < el.size(); ++i)
       if (i != skip && el[i]->leader(name) != who) return false;
     return true;
-  }
-  ~tcp_cluster() {
-    try {
-      run([&]() -> task<> {
-        for (auto& n : nodes) co_await n->stop();
-      });
-    } catch (...) {
-    }
   }
 };
 
@@ -285,7 +268,7 @@ TEST_CASE("a member cannot wrap fencing tokens: marks no honest clock could issu
   for (int i = 0; i < 2; ++i) c.add("n" + std::to_string(i));
   // The hostile member: a node without elections, running the elections'
   // replica instance by hand to gossip fencing marks of its choosing.
-  auto cfg = testing::fast_tcp_config("evil", "leader-test-cluster-secret");
+  auto cfg = testing::tcp_config("evil");  // the fixture's secret
   cfg.contacts.push_back(c.nodes[0]->self().address);
   c.nodes.push_back(std::make_unique<node>(c.io.get_executor(), cfg));
   auto& evil = *c.nodes.back();

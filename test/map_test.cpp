@@ -8,7 +8,7 @@
 
 #include <doctest/doctest.h>
 
-#include "map_cluster.hpp"
+#include "cluster.hpp"
 
 #include <atomic>
 #include <algorithm>
@@ -36,7 +36,7 @@ bool all_equal(const std::vector<std::shared_ptr<map>>& maps) {
 }  // namespace
 
 TEST_CASE("5 nodes: puts and removes converge; remote writes raise events everywhere") {
-  cluster c;
+  cluster<tcp_net> c;
   for (int i = 0; i < 5; ++i) c.add("m" + std::to_string(i));
   std::vector<std::shared_ptr<map>> maps;
   std::vector<event_stream<map_event>> streams;
@@ -72,7 +72,7 @@ TEST_CASE("5 nodes: puts and removes converge; remote writes raise events everyw
 }
 
 TEST_CASE("a subscriber that reads after an event sees the new value") {
-  cluster c;
+  cluster<tcp_net> c;
   c.add("a");
   c.add("b");
   auto ma = map::open(*c.nodes[0], "kv");
@@ -100,7 +100,7 @@ TEST_CASE("a subscriber that reads after an event sees the new value") {
 }
 
 TEST_CASE("a map opened late populates and emits a put for every key it learns") {
-  cluster c;
+  cluster<tcp_net> c;
   c.add("a");
   c.add("b");
   c.add("c");
@@ -119,7 +119,7 @@ TEST_CASE("a map opened late populates and emits a put for every key it learns")
 }
 
 TEST_CASE("validator: a rejected put throws; an invalid value from a peer is dropped and counted") {
-  cluster c;
+  cluster<tcp_net> c;
   c.add("a");
   c.add("b");
   map_options strict;
@@ -153,7 +153,7 @@ TEST_CASE("validator: a rejected put throws; an invalid value from a peer is dro
 }
 
 TEST_CASE("prune_on_peer_down drops a stopped node's keys; the default map keeps them") {
-  cluster c;
+  cluster<tcp_net> c;
   c.add("a");
   c.add("b");
   c.add("gone");
@@ -225,7 +225,7 @@ TEST_CASE("persistence: stop every node, start again, all data is back") {
   durable.persist = true;
   durable.snapshot_every = 7;  // force snapshots and log compaction along the way
   {
-    cluster c;
+    cluster<tcp_net> c;
     c.add("p0", root / "p0");
     c.add("p1", root / "p1");
     auto m0 = map::open(*c.nodes[0], "kv", durable);
@@ -245,7 +245,7 @@ TEST_CASE("persistence: stop every node, start again, all data is back") {
   // from its own disk.
   for (const std::string id : {"p0", "p1"}) {
     CAPTURE(id);
-    cluster c;
+    cluster<tcp_net> c;
     c.nodes.push_back(std::make_unique<node>(c.io.get_executor(), tcp_config(id, root / id)));
     c.run([&]() -> task<> { co_await c.nodes[0]->start(); });
     auto m = map::open(*c.nodes[0], "kv", durable);
@@ -274,7 +274,7 @@ TEST_CASE("reads from another thread while the owner writes") {
   // of the next, or a value freed under it, shows as a != -b (or crashes).
   // A data race that happens to read consistent bytes is for TSan to see:
   // tools/test runs this suite under it.
-  cluster c;
+  cluster<tcp_net> c;
   c.add("w");
   auto m = map::open(*c.nodes[0], "kv");
   std::atomic<bool> stop{false};
@@ -304,7 +304,7 @@ TEST_CASE("reads from another thread while the owner writes") {
 }
 
 TEST_CASE("a snapshot larger than sync_chunk_bytes travels in parts and is reassembled") {
-  cluster c;
+  cluster<tcp_net> c;
   const auto small_chunks = [](node_config& cfg) {
     cfg.replicas.sync_chunk_bytes = 4096;
     cfg.replicas.anti_entropy_interval = std::chrono::hours(1);  // full sync on connect only
@@ -326,7 +326,7 @@ TEST_CASE("a snapshot larger than sync_chunk_bytes travels in parts and is reass
 }
 
 TEST_CASE("backpressure: a burst of puts larger than the send queue loses nothing") {
-  cluster c;
+  cluster<tcp_net> c;
   const auto tiny_queues = [](node_config& cfg) {
     // Well below the burst. (At 32 or 128, relays overflow too under ASan
     // with TLS: backpressure slows only the writer's own node, not a relay

@@ -4,8 +4,7 @@
 
 #include <doctest/doctest.h>
 
-#include "map_cluster.hpp"
-#include "sim_nodes.hpp"
+#include "cluster.hpp"
 
 using namespace barrel_p2p;
 using namespace barrel_p2p::testing;
@@ -33,7 +32,7 @@ std::vector<std::string> ids(const std::vector<member>& ms) {
 }  // namespace
 
 TEST_CASE("every node lists every member with its address and tags; filters; tag updates; a departure") {
-  cluster c;
+  cluster<tcp_net> c;
   std::vector<std::shared_ptr<members>> dirs(4);
   for (int i = 0; i < 4; ++i) {
     auto& n = c.add("n" + std::to_string(i));
@@ -74,7 +73,7 @@ TEST_CASE("every node lists every member with its address and tags; filters; tag
 }
 
 TEST_CASE("tags over the limits are refused") {
-  cluster c;
+  cluster<tcp_net> c;
   auto& n = c.add("n0");
   auto refused = [&](member_tags t) {
     bool threw = false;

@@ -9,7 +9,7 @@
 
 #include <doctest/doctest.h>
 
-#include "map_cluster.hpp"
+#include "cluster.hpp"
 
 #include <algorithm>
 #include <regex>
@@ -46,7 +46,7 @@ struct logged_config {
 }  // namespace
 
 TEST_CASE("start() says whether and through which contact the node joined") {
-  cluster c;
+  cluster<tcp_net> c;
   auto& first = c.add("first");
   join_result alone, joined, unreachable;
   const peer_address nowhere("127.0.0.1", closed_port(c.io));
@@ -256,7 +256,7 @@ TEST_CASE("attachments: found by type and name; node::stop stops the newest firs
 }
 
 TEST_CASE("an opened map stays open without a handle until close() or node::stop()") {
-  cluster c;
+  cluster<tcp_net> c;
   auto& n = c.add("keeper");
   c.run([&]() -> task<> {
     // The handle is a temporary, gone at the end of the statement.

@@ -4,8 +4,7 @@
 
 #include <doctest/doctest.h>
 
-#include "map_cluster.hpp"
-#include "sim_nodes.hpp"
+#include "cluster.hpp"
 
 #include <map>
 #include <set>
@@ -75,7 +74,7 @@ TEST_CASE("rendezvous scores and shard_of are stable across processes and builds
 }
 
 TEST_CASE("three TCP nodes: every shard has one owner, all agree, each owner holds a fence") {
-  cluster c;
+  cluster<tcp_net> c;
   std::vector<std::shared_ptr<placement>> ps(3);
   for (int i = 0; i < 3; ++i) {
     auto& n = c.add("n" + std::to_string(i));
@@ -100,7 +99,7 @@ TEST_CASE("three TCP nodes: every shard has one owner, all agree, each owner hol
 }
 
 TEST_CASE("a member closing the group hands its shards over, with greater fences") {
-  cluster c;
+  cluster<tcp_net> c;
   std::vector<std::shared_ptr<placement>> ps(3);
   for (int i = 0; i < 3; ++i) {
     auto& n = c.add("n" + std::to_string(i));
@@ -122,7 +121,7 @@ TEST_CASE("a member closing the group hands its shards over, with greater fences
 }
 
 TEST_CASE("bad options are refused") {
-  cluster c;
+  cluster<tcp_net> c;
   auto& n = c.add("n0");
   auto refused = [&](std::string group, placement_options o) {
     bool threw = false;

@@ -5,8 +5,7 @@
 
 #include <doctest/doctest.h>
 
-#include "map_cluster.hpp"
-#include "sim_nodes.hpp"
+#include "cluster.hpp"
 
 #include <boost/asio/detached.hpp>
 
@@ -70,7 +69,7 @@ query_options within(duration timeout) {
 }  // namespace
 
 TEST_CASE("every node that handles a name answers, the asker too; filters by id and by tag; max_answers ends early") {
-  cluster c;
+  cluster<tcp_net> c;
   std::vector<std::shared_ptr<queries>> qs(5);
   std::vector<std::shared_ptr<members>> dirs(5);
   for (int i = 0; i < 5; ++i) {
@@ -129,7 +128,7 @@ TEST_CASE("every node that handles a name answers, the asker too; filters by id 
 }
 
 TEST_CASE("an answer after the timeout is dropped; a throwing handler answers nothing; forged and repeated answers are counted") {
-  cluster c;
+  cluster<tcp_net> c;
   std::vector<std::shared_ptr<queries>> qs(3);
   for (int i = 0; i < 3; ++i) {
     auto& n = c.add("n" + std::to_string(i));
@@ -183,7 +182,7 @@ TEST_CASE("an answer after the timeout is dropped; a throwing handler answers no
 }
 
 TEST_CASE("limits: names, payload size, timeout, pending queries") {
-  cluster c;
+  cluster<tcp_net> c;
   auto& n = c.add("n0");
   queries_config small;
   small.max_payload_bytes = 100;

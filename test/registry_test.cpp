@@ -6,8 +6,7 @@
 
 #include <doctest/doctest.h>
 
-#include "map_cluster.hpp"
-#include "sim_nodes.hpp"
+#include "cluster.hpp"
 
 using namespace barrel_p2p;
 using namespace barrel_p2p::testing;
@@ -50,7 +49,7 @@ shared_bytes delta_of(const std::string& key, json value, node& writer) {
 }  // namespace
 
 TEST_CASE("register, update, deregister: every node sees each change, and watchers get events") {
-  cluster c;
+  cluster<tcp_net> c;
   std::vector<std::shared_ptr<registry>> regs;
   for (int i = 0; i < 4; ++i) regs.push_back(registry::open(c.add("n" + std::to_string(i))));
   auto everything = regs[3]->watch();
@@ -96,7 +95,7 @@ TEST_CASE("register, update, deregister: every node sees each change, and watche
 }
 
 TEST_CASE("bad arguments are refused before anything is written") {
-  cluster c;
+  cluster<tcp_net> c;
   auto r = registry::open(c.add("n0"));
   auto refused = [&](std::string service, std::string endpoint, json m) {
     bool threw = false;
@@ -121,7 +120,7 @@ TEST_CASE("bad arguments are refused before anything is written") {
 }
 
 TEST_CASE("a node stopped: its registrations disappear on every node; a new process under its id comes back") {
-  cluster c;
+  cluster<tcp_net> c;
   std::vector<std::shared_ptr<registry>> regs;
   for (int i = 0; i < 4; ++i) regs.push_back(registry::open(c.add("n" + std::to_string(i))));
   c.run([&]() -> task<> { co_await regs[3]->register_service("api", "n3:80"); });
@@ -145,7 +144,7 @@ TEST_CASE("a node stopped: its registrations disappear on every node; a new proc
 }
 
 TEST_CASE("a member cannot register or remove services for another node") {
-  cluster c;
+  cluster<tcp_net> c;
   std::vector<std::shared_ptr<registry>> regs;
   for (int i = 0; i < 2; ++i) regs.push_back(registry::open(c.add("n" + std::to_string(i))));
   auto& evil = c.add("evil");

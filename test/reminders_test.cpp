@@ -9,8 +9,7 @@
 
 #include <doctest/doctest.h>
 
-#include "map_cluster.hpp"
-#include "sim_nodes.hpp"
+#include "cluster.hpp"
 
 using namespace barrel_p2p;
 using namespace barrel_p2p::testing;
@@ -59,7 +58,7 @@ json payload(const std::string& key, int value) {
 }
 
 struct tcp_reminders {
-  cluster c;
+  cluster<tcp_net> c;
   std::vector<std::filesystem::path> dirs;
   std::vector<std::shared_ptr<reminders>> rs;
   std::vector<delivery> log;
@@ -163,7 +162,7 @@ TEST_CASE("whole-cluster restart: pending reminders are recovered from disk and 
 }
 
 TEST_CASE("bad arguments and a durable store without a data directory are refused") {
-  cluster c;
+  cluster<tcp_net> c;
   auto& n = c.add("n0");
   bool threw = false;
   c.run([&]() -> task<> {

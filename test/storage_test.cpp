@@ -9,7 +9,7 @@
 
 #include <doctest/doctest.h>
 
-#include "map_cluster.hpp"
+#include "cluster.hpp"
 
 #include <atomic>
 #include <algorithm>
@@ -48,7 +48,7 @@ struct fault_switch {
 };
 
 // The errno a put failed with (0 when it succeeded).
-int put_errno(cluster& c, map& m, const std::string& key, json value) {
+int put_errno(cluster<tcp_net>& c, map& m, const std::string& key, json value) {
   int code = 0;
   c.run([&]() -> task<> {
     try {
@@ -208,7 +208,7 @@ TEST_CASE("64 concurrent persisted writers: every acknowledged put is recovered"
   const auto root = temp_dir("group");
   std::size_t acknowledged = 0;
   {
-    cluster c;
+    cluster<tcp_net> c;
     auto& n = c.add("g0", root);
     map_options o;
     o.persist = true;
@@ -291,7 +291,7 @@ TEST_CASE("a log that can no longer be cut back (/dev/full): the put fails, chan
   const auto root = temp_dir("full");
   std::vector<std::string> logged;
   {
-    cluster c;
+    cluster<tcp_net> c;
     auto& n = c.add("f0", root, [&](node_config& cfg) {
       cfg.log = [&](const std::string& line) { logged.push_back(line); };
     });
@@ -339,7 +339,7 @@ TEST_CASE("a full disk refuses a put and changes nothing on any node; freed spac
   const auto root = temp_dir("enospc");
   fault_switch faults;
   {
-    cluster c;
+    cluster<tcp_net> c;
     auto& a = c.add("a", root);
     auto& b = c.add("b");
     auto ma = persisted_map(a, faults);
@@ -412,7 +412,7 @@ TEST_CASE("a failed fsync stops the store for good: later puts are refused, none
   fault_switch faults;
   std::vector<std::string> logged;
   {
-    cluster c;
+    cluster<tcp_net> c;
     auto& a = c.add("a", root, [&](node_config& cfg) {
       cfg.log = [&](const std::string& line) { logged.push_back(line); };
     });
@@ -444,7 +444,7 @@ TEST_CASE("a failed fsync stops the store for good: later puts are refused, none
 TEST_CASE("prune_on_peer_down removals stay removed after a restart") {
   const auto root = temp_dir("prune");
   {
-    cluster c;
+    cluster<tcp_net> c;
     auto& a = c.add("a", root);
     auto& g = c.add("gone");
     map_options o;
@@ -535,7 +535,7 @@ TEST_CASE("a real full disk (a 1 MiB tmpfs): puts fail with ENOSPC and change no
   std::vector<std::string> acknowledged;
   int enospc = 0;
   {
-    cluster c;
+    cluster<tcp_net> c;
     auto& a = c.add("a", root);
     map_options o;
     o.persist = true;
