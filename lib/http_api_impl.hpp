@@ -51,14 +51,18 @@ struct route {
 // for a WebSocket.
 route parse_target(std::string_view target, bool upgrade);
 
+namespace websocket = boost::beast::websocket;
+using tcp = asio::ip::tcp;
+using ws_stream = websocket::stream<beast::tcp_stream>;
+
 }  // namespace barrel_p2p::detail::http_surface
 
 namespace barrel_p2p {
 
-namespace websocket = boost::beast::websocket;
+// This header is included only by the HTTP surface's own files
+// (http_api.cpp, http_routes.cpp, http_session.cpp), which all speak in the
+// surface's names.
 using namespace detail::http_surface;
-using tcp = asio::ip::tcp;
-using ws_stream = websocket::stream<beast::tcp_stream>;
 
 struct http_api::impl : std::enable_shared_from_this<impl> {
   node& n;

@@ -3,9 +3,6 @@
 // (http_api_impl.hpp).
 #include "http_api_impl.hpp"
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/use_awaitable.hpp>
 
 #include "barrel_p2p/crdt_wire.hpp"
 #include "barrel_p2p/metrics.hpp"

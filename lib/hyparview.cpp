@@ -28,10 +28,6 @@ const char* to_string(membership_event::kind k) noexcept {
   return "unknown";
 }
 
-namespace {
-
-}  // namespace
-
 struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   transport& net;
   scheduler& sched;
@@ -41,7 +37,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
   hyparview_counters counters;
   detail::hyparview_views views{net.self().id, config, rng};
   std::vector<peer_address> contacts;
-  std::map<std::string, duration> stray_since;  // open connections outside the views.active() view
+  std::map<std::string, duration> stray_since;  // open connections outside the active view
   // NEIGHBOR requests awaiting their reply, by peer: the answer, and the
   // signal that wakes the asking coroutine (reply, disconnect or timeout).
   struct pending_neighbor {
@@ -136,10 +132,10 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
       // does not, the stray-connection sweep does.
       stray_since[victim->id] = sched.now();
     }
-    views.add_active(d);
+    if (!views.add_active(d)) return;  // (cannot fail: checked, and room made)
     stray_since.erase(d.id);
     ++counters.peers_up;
-    log("peer_up " + d.id + " " + d.address.to_string() + " (views.active() view " + std::to_string(views.active().size()) +
+    log("peer_up " + d.id + " " + d.address.to_string() + " (active view " + std::to_string(views.active().size()) +
         ")");
     publish({membership_event::kind::peer_up, d, {}});
     if (!ever_joined) {
@@ -152,10 +148,10 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     if (auto d = views.remove_active(id, to_passive, sched.now())) went_down(*d, reason);
   }
 
-  // `d` has left the views.active() view: counted, logged, published.
+  // `d` has left the active view: counted, logged, published.
   void went_down(const peer_descriptor& d, const std::string& reason) {
     ++counters.peers_down;
-    log("peer_down " + d.id + " " + d.address.to_string() + " (" + reason + "; views.active() view " +
+    log("peer_down " + d.id + " " + d.address.to_string() + " (" + reason + "; active view " +
         std::to_string(views.active().size()) + ")");
     publish({membership_event::kind::peer_down, d, reason});
   }
@@ -210,7 +206,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
       if (p.id != m.node.id) send(p.id, forward_join_message{m.node, config.arwl});
   }
 
-  // True when taking one more peer into the views.active() view is allowed: there
+  // True when taking one more peer into the active view is allowed: there
   // is room, or the eviction it forces is within the budget.
   bool may_evict() {
     if (views.active().size() < config.active_size) return true;
@@ -374,9 +370,9 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
         spawn("rejoin", rejoin());
       } else if (!views.active().empty() && views.active().size() < config.active_size && !repairing && !rejoining &&
                  !reaching_contact && now >= contact_probe_backoff.next &&
-                 std::none_of(views.passive().begin(), views.passive().end(), [&](const auto& e) { return e.next_try <= now; })) {
+                 views.dialable(now).empty()) {
         // A view that is not full, with no passive peer to repair from: in
-        // a cluster smaller than the views.active() view, a long partition makes
+        // a cluster smaller than the active view, a long partition makes
         // each side drop the other's peers from its passive view
         // (passive_max_failures), and random promotion needs a full view.
         // A contact that is not a neighbour is the way back.
@@ -417,14 +413,13 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     rejoining = false;
   }
 
-  // Fills the views.active() view from the passive view: dial a random candidate,
+  // Fills the active view from the passive view: dial a random candidate,
   // ask it to be a neighbour (HIGH priority when we have nobody).
   task<> repair() {
     std::size_t attempts = views.passive().size();
     while (views.active().size() < config.active_size && attempts-- > 0 && !leaving) {
       const auto now = sched.now();
-      std::vector<peer_descriptor> candidates;
-      for (auto& d : views.dialable(now)) candidates.push_back(std::move(d));
+      const auto candidates = views.dialable(now);
       if (candidates.empty()) break;
       const auto target = views.pick(candidates);
       const bool promoted = co_await promote(target);
@@ -463,9 +458,9 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     co_return ok;
   }
 
-  // The paper's protocol never replaces a healthy views.active() peer, so two halves
+  // The paper's protocol never replaces a healthy active peer, so two halves
   // of a healed partition, each with full views, would stay apart forever.
-  // Now and then a node with a full view swaps one views.active() peer for a random
+  // Now and then a node with a full view swaps one active peer for a random
   // passive one (HIGH priority: the target makes room too). The passive view
   // keeps peers from across a partition (with backoff) and the contacts, so
   // this is what joins the halves again. Costs a little active-view churn.
@@ -477,9 +472,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
       if (std::none_of(views.passive().begin(), views.passive().end(), [&](const auto& e) { return e.desc.address == c; }) &&
           std::none_of(views.active().begin(), views.active().end(), [&](const auto& d) { return d.address == c; }))
         probe_contacts.push_back(c);
-    std::vector<peer_descriptor> candidates;
-    for (const auto& e : views.passive())
-      if (e.next_try <= now) candidates.push_back(e.desc);
+    const auto candidates = views.dialable(now);
     // One draw over passive candidates and unknown contacts alike.
     const auto total = candidates.size() + probe_contacts.size();
     if (total > 0) {

@@ -341,7 +341,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
     call_handler("disconnected", on_disconnected_, peer_id, why);
   }
 
-  // -------- The peer table, logging and timers (tcp_transport.cpp)
+  // -------- The peer table and timers (tcp_transport.cpp)
 
   task<bool> sleep_for(duration d);
 

@@ -111,9 +111,7 @@ struct cluster<sim_net> {
     c.membership.seed = seed * 1000 + nodes.size();
     c.broadcast.seed = seed * 2000 + nodes.size();
     c.replicas.seed = seed * 3000 + nodes.size();
-    c.log = [](const std::string& line) {
-      if (std::getenv("BARREL_TEST_LOG")) std::fprintf(stderr, "%s\n", line.c_str());
-    };
+    c.log = make_node_config(node_profile::test, id, {}).log;  // silent unless BARREL_TEST_LOG
     if (!nodes.empty()) c.contacts.push_back(peer_address{"sim", 0});
     if (tweak) tweak(c);
     nodes.push_back(std::make_unique<node>(net, c));

@@ -202,9 +202,8 @@ class node {
   /// of one type apart: a map's name, a placement group; "" for the one
   /// object of its type). The node holds what is attached until it is
   /// detached (a map's close()) or the node stops: dropping every other
-  /// handle does not close it. node::stop() stops them newest first, so one
-  /// stops before what it attached while opening (a placement group before
-  /// the registry it opened). Node's executor.
+  /// handle does not close it. node::stop() stops them newest first (a
+  /// placement group before the registry it opened). Node's executor.
   struct attachment {
     virtual ~attachment() = default;
     /// Called by node::stop() before the layers below stop, so that maps
