@@ -39,6 +39,15 @@ struct local_campaign {
   std::uint64_t fence = 0;
   bool announcing = false;  // false during lead(): the first role is returned, not streamed
   std::unique_ptr<event_publisher<leadership_event>> events;
+
+  // This node no longer leads the election: its term is over, and a reader
+  // of the stream learns it.
+  void step_down() {
+    if (!leader) return;
+    leader = false;
+    fence = 0;
+    if (announcing && events) events->publish({leadership_event::kind::revoked, 0});
+  }
 };
 
 }  // namespace
@@ -100,10 +109,8 @@ struct elections::impl final : replica_callbacks, std::enable_shared_from_this<e
         c.fence = take_term(name);
         publish_fence(name, c.fence);
         if (c.announcing) c.events->publish({leadership_event::kind::elected, c.fence});
-      } else if (!leads && c.leader) {
-        c.leader = false;
-        c.fence = 0;
-        if (c.announcing) c.events->publish({leadership_event::kind::revoked, 0});
+      } else if (!leads) {
+        c.step_down();
       }
     }
   }
@@ -300,9 +307,7 @@ task<> elections::on_node_stop() {
   // A stopped node leads nothing: a leader's reader learns it (revoked),
   // then every reader sees its stream end instead of waiting for ever.
   for (auto& [name, c] : impl_->mine) {
-    if (c.leader && c.announcing && c.events) c.events->publish({leadership_event::kind::revoked, 0});
-    c.leader = false;
-    c.fence = 0;
+    c.step_down();
     if (c.events) c.events->close();
   }
 }

@@ -113,10 +113,9 @@ node_network node_network::tcp(executor ex, transport_wrapper wrap) {
   return n;
 }
 
-node_network node_network::simulated(sim_network& net, transport_wrapper wrap) {
+node_network node_network::simulated(sim_network& net) {
   node_network n;
   n.sim_ = &net;
-  n.wrap_ = std::move(wrap);
   return n;
 }
 

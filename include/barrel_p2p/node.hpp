@@ -123,7 +123,7 @@ class node_network {
   /// `config.transport.node_id` names the node, and
   /// sim_network::set_wall_skew shifts its wall clock. `net` must outlive
   /// the node.
-  [[nodiscard]] static node_network simulated(sim_network& net, transport_wrapper wrap = {});
+  [[nodiscard]] static node_network simulated(sim_network& net);
 
  private:
   friend class node;
