@@ -6,11 +6,8 @@
 #include <barrel_p2p/clock_monitor.hpp>
 #include <barrel_p2p/leader.hpp>
 #include <barrel_p2p/map.hpp>
-#include <barrel_p2p/sim_network.hpp>
 
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
-#include <boost/asio/io_context.hpp>
+#include "cluster.hpp"
 
 #include <doctest/doctest.h>
 
@@ -18,6 +15,7 @@
 #include <cstdlib>
 
 using namespace barrel_p2p;
+using namespace barrel_p2p::testing;
 using namespace std::chrono_literals;
 
 namespace {
@@ -103,41 +101,33 @@ namespace {
 // Three nodes on the simulated network; node "c" may run with a shifted
 // wall clock. Symmetric latency without jitter makes Cristian's estimate
 // exact to the millisecond.
-struct skewed_cluster {
-  boost::asio::io_context io;
-  sim_network net{io, [] {
+struct skewed_cluster : cluster<sim_net> {
+  std::vector<std::shared_ptr<map>> maps;
+  std::vector<std::string> log;
+
+  static sim_config network() {
     sim_config c;
     c.latency = 5ms;
     c.jitter = 0ms;
     return c;
-  }()};
-  std::vector<std::unique_ptr<node>> nodes;
-  std::vector<std::shared_ptr<map>> maps;
-  std::vector<std::string> log;
+  }
 
-  explicit skewed_cluster(clock_skew_policy policy = clock_skew_policy::refuse, duration c_skew = 120s) {
-    for (const char* id : {"a", "b", "c"}) {
-      node_config cfg;
-      cfg.transport.node_id = id;
-      cfg.membership.seed = static_cast<std::uint64_t>(id[0]);
+  explicit skewed_cluster(clock_skew_policy policy = clock_skew_policy::refuse, duration c_skew = 120s)
+      : cluster(1, network()) {
+    const auto tweak = [&](node_config& cfg) {
       cfg.replicas.anti_entropy_interval = 2s;
       cfg.clocks.policy = policy;
       cfg.log = [this](const std::string& line) {
         log.push_back(line);
         if (std::getenv("BARREL_TEST_LOG")) std::fprintf(stderr, "%s\n", line.c_str());
       };
-      nodes.push_back(std::make_unique<node>(net, cfg));
-    }
+    };
+    maps.push_back(map::open(add("a", tweak), "kv"));
+    maps.push_back(map::open(add("b", tweak), "kv"));
+    auto& c = create("c", tweak);
     net.set_wall_skew("c", c_skew);
-    boost::asio::co_spawn(io, [this]() -> task<> {
-      for (std::size_t i = 0; i < nodes.size(); ++i) {
-        co_await nodes[i]->start();
-        maps.push_back(map::open(*nodes[i], "kv"));
-        if (i > 0) co_await nodes[i]->membership().join(nodes[0]->self().address);
-      }
-    }, boost::asio::detached);
+    maps.push_back(map::open(start(c), "kv"));
     net.run_for(10s);
-    REQUIRE(maps.size() == 3);
   }
 
   node& at(std::size_t i) { return *nodes[i]; }
@@ -161,16 +151,12 @@ struct skewed_cluster {
     return error;
   }
 
+  ~skewed_cluster() { stop_all(); }  // the nodes log into `log`
+
   bool logged(const std::string& needle) const {
     return std::any_of(log.begin(), log.end(), [&](const std::string& l) { return l.find(needle) != std::string::npos; });
   }
 
-  ~skewed_cluster() {
-    boost::asio::co_spawn(io, [this]() -> task<> {
-      for (auto& n : nodes) co_await n->stop();
-    }, boost::asio::detached);
-    net.run_for(10s);
-  }
 };
 
 }  // namespace

@@ -65,8 +65,8 @@ struct cluster<tcp_net> {
   node& add(const std::string& id, const std::filesystem::path& data = {},
             const std::function<void(node_config&)>& tweak = {}) {
     auto c = tcp_config(id, data);
-    if (tweak) tweak(c);
     if (!nodes.empty()) c.contacts.push_back(nodes[0]->self().address);
+    if (tweak) tweak(c);
     nodes.push_back(std::make_unique<node>(io.get_executor(), c));
     auto& n = *nodes.back();
     run([&]() -> task<> { co_await n.start(); });
@@ -88,7 +88,6 @@ struct cluster<tcp_net> {
   }
 };
 
-
 template <>
 struct cluster<sim_net> {
   boost::asio::io_context io;
@@ -106,6 +105,12 @@ struct cluster<sim_net> {
   /// Creates node `id` and starts it (joining node 0 unless it is the first);
   /// `tweak` edits its config first. Runs the timeline until it has started.
   node& add(const std::string& id, const std::function<void(node_config&)>& tweak = {}) {
+    return start(create(id, tweak));
+  }
+
+  /// `add` in two steps, for a test that sets something up on the network
+  /// between a node's creation and its start (a shifted wall clock, say).
+  node& create(const std::string& id, const std::function<void(node_config&)>& tweak = {}) {
     node_config c;
     c.transport.node_id = id;
     c.membership.seed = seed * 1000 + nodes.size();
@@ -115,7 +120,9 @@ struct cluster<sim_net> {
     if (!nodes.empty()) c.contacts.push_back(peer_address{"sim", 0});
     if (tweak) tweak(c);
     nodes.push_back(std::make_unique<node>(net, c));
-    auto& n = *nodes.back();
+    return *nodes.back();
+  }
+  node& start(node& n) {
     // Shared, not on this stack: after a timeout the coroutine outlives it.
     auto started = std::make_shared<bool>(false);
     spawn([&n, started]() -> task<> {
@@ -131,16 +138,22 @@ struct cluster<sim_net> {
   void spawn(std::function<task<>()> body) {
     boost::asio::co_spawn(io, call(std::move(body)), boost::asio::detached);
   }
-  /// Runs `body` to its end (or `limit` of virtual time); true when it ended.
-  bool run(std::function<task<>()> body, duration limit = std::chrono::seconds(120)) {
+  /// Runs `body` to its end; fails the test if `limit` of virtual time
+  /// passes first (as cluster<tcp_net>::run does in real time).
+  void run(std::function<task<>()> body, duration limit = std::chrono::seconds(120)) {
     auto done = std::make_shared<bool>(false);
     spawn([body = std::move(body), done]() -> task<> {
       co_await body();
       *done = true;
     });
-    return net.run_until([&] { return *done; }, limit);
+    REQUIRE(net.run_until([&] { return *done; }, limit));
   }
+  /// Runs the timeline until `cond` holds; false if `limit` passed first.
   bool run_until(const std::function<bool()>& cond, duration limit) { return net.run_until(cond, limit); }
+  /// The same, named as on cluster<tcp_net>.
+  bool eventually(const std::function<bool()>& cond, duration limit = std::chrono::seconds(30)) {
+    return run_until(cond, limit);
+  }
 
   std::size_t index_of(const std::string& id) const {
     for (std::size_t i = 0; i < nodes.size(); ++i)
@@ -148,12 +161,21 @@ struct cluster<sim_net> {
     return nodes.size();
   }
 
+  /// Stops every node (a killed node stops in isolation) and forgets them.
+  /// A derived fixture whose members a node's callbacks use (a log it
+  /// fills, say) calls this from its own destructor.
+  void stop_all() {
+    spawn([this]() -> task<> {
+      for (auto& n : nodes) co_await n->stop();
+    });
+    net.run_for(std::chrono::seconds(30));
+    nodes.clear();
+  }
+
   ~cluster() {
+    // Never throw from here: a failed test is already unwinding.
     try {
-      spawn([this]() -> task<> {
-        for (auto& n : nodes) co_await n->stop();  // a killed node stops in isolation
-      });
-      net.run_for(std::chrono::seconds(30));
+      if (!nodes.empty()) stop_all();
     } catch (...) {
     }
   }
@@ -161,7 +183,6 @@ struct cluster<sim_net> {
  private:
   static task<> call(std::function<task<>()> body) { co_await body(); }
 };
-
 
 /// The names the suites used before there was one fixture.
 using tcp_cluster = cluster<tcp_net>;

@@ -23,7 +23,7 @@
 
 #include <doctest/doctest.h>
 
-#include "io_harness.hpp"
+#include "cluster.hpp"
 
 #include <csignal>
 #include <cstdio>
@@ -68,9 +68,9 @@ std::size_t rss_bytes() {
   return resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
 }
 
-// The victim's budgets, small enough that the bound below is meaningful.
-node_config bounded(const std::string& id) {
-  auto c = fast_tcp_config(id, "flood-test-secret");
+// The victim's budgets, small enough that the bound below is meaningful
+// (a tweak of the fixture's config).
+void bounded(node_config& c) {
   c.broadcast.cache_max_bytes = 8 << 20;
   c.broadcast.cache_max_messages = 20'000;
   c.broadcast.max_missing = 20'000;
@@ -80,7 +80,6 @@ node_config bounded(const std::string& id) {
   c.replicas.max_snapshot_bytes = 8 << 20;
   c.replicas.anti_entropy_interval = 1s;
   c.transport.send_queue_bytes_limit = 8 << 20;
-  return c;  // (fast_tcp_config's log prints to stderr with BARREL_TEST_LOG set)
 }
 
 // GET /status over a plain socket: the status code, or 0 when no answer came.
@@ -164,7 +163,7 @@ std::vector<flood_kind> flood_kinds(const peer_descriptor& evil) {
 // then floods each kind for 1.5 s in turn and exits.
 [[noreturn]] void run_attacker(std::uint16_t port, int ready) {
   boost::asio::io_context io;
-  auto cfg = fast_tcp_config("evil", "flood-test-secret");
+  auto cfg = tcp_config("evil");  // a member: the cluster fixture's key
   cfg.log = [](const std::string&) {};
   cfg.contacts.push_back(peer_address("127.0.0.1", port));
   node evil(io.get_executor(), cfg);
@@ -211,17 +210,11 @@ std::vector<flood_kind> flood_kinds(const peer_descriptor& evil) {
 TEST_SUITE("hostile") {
 
 TEST_CASE("a member flooding every message type: bounded memory, the others converge, HTTP answers") {
-  boost::asio::io_context io;
-  std::vector<std::unique_ptr<node>> nodes;
+  cluster<tcp_net> c;
+  auto& io = c.io;
+  auto& nodes = c.nodes;
   std::vector<std::shared_ptr<map>> maps;
-  for (const char* id : {"victim", "b", "c"}) {
-    auto cfg = bounded(id);
-    if (!nodes.empty()) cfg.contacts.push_back(nodes[0]->self().address);
-    nodes.push_back(std::make_unique<node>(io.get_executor(), cfg));
-    auto& n = *nodes.back();
-    run(io, [&]() -> task<> { co_await n.start(); });
-    maps.push_back(map::open(n, "kv"));
-  }
+  for (const char* id : {"victim", "b", "c"}) maps.push_back(map::open(c.add(id, {}, bounded), "kv"));
   http_api api(*nodes[0], {});
   run(io, [&]() -> task<> {
     co_await api.expose(maps[0]);
@@ -336,10 +329,8 @@ TEST_CASE("a member flooding every message type: bounded memory, the others conv
   const auto expected = 200u + static_cast<std::size_t>(honest_puts);
   CHECK(eventually(io, [&] { return maps[0]->size() == expected && maps[2]->size() == expected; }, 60s));
 
-  run(io, [&]() -> task<> {
-    co_await api.stop();
-    for (auto& n : nodes) co_await n->stop();
-  });
+  run(io, [&]() -> task<> { co_await api.stop(); });
+  c.stop_all();
 }
 
 }  // TEST_SUITE

@@ -7,15 +7,16 @@
 #include <barrel_p2p/replica_messages.hpp>
 #include <barrel_p2p/sim_network.hpp>
 
+#include "cluster.hpp"
+
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
-#include <boost/asio/io_context.hpp>
 
 #include <doctest/doctest.h>
 
 #include <algorithm>
 
 using namespace barrel_p2p;
+using namespace barrel_p2p::testing;
 using namespace std::chrono_literals;
 
 namespace {
@@ -123,31 +124,20 @@ void reconnect(boost::asio::io_context& io, sim_network& net, transport& raw, co
 
 // One node "a" on the simulated network with the map "kv" holding `keys`
 // keys k0, k1...
-struct lone_map_node {
-  boost::asio::io_context io;
-  sim_network net{io, {}};
-  std::unique_ptr<node> a;
+struct lone_map_node : cluster<sim_net> {
+  node* a = nullptr;
   std::shared_ptr<map> kv;
 
-  explicit lone_map_node(int keys = 0) {
-    node_config cfg;
-    cfg.transport.node_id = "a";
-    cfg.log = [](const std::string&) {};
-    a = std::make_unique<node>(net, cfg);
-    boost::asio::co_spawn(io, [this, keys]() -> task<> {
-      co_await a->start();
-      kv = map::open(*a, "kv");
+  explicit lone_map_node(int keys = 0) : cluster(1) {
+    a = &add("a");
+    kv = map::open(*a, "kv");
+    run([this, keys]() -> task<> {
       for (int i = 0; i < keys; ++i) co_await kv->put("k" + std::to_string(i), i);
-    }, boost::asio::detached);
-    net.run_for(5s);
-    REQUIRE(kv);
+    });
     REQUIRE(kv->size() == static_cast<std::size_t>(keys));
   }
   ~lone_map_node() {
-    boost::asio::co_spawn(io, [this]() -> task<> {
-      co_await kv->close();
-      co_await a->stop();
-    }, boost::asio::detached);
+    spawn([this]() -> task<> { co_await kv->close(); });
     net.run_for(5s);
   }
 };
@@ -226,8 +216,9 @@ TEST_CASE("membership abuse: FORWARD_JOINs naming made-up joiners make at most t
 
 TEST_CASE("a peer outside the active view that starts a large snapshot and hangs up leaves nothing behind") {
   lone_map_node c;
-  auto& [io, net, a_ptr, kv] = c;
-  node& a = *a_ptr;
+  auto& io = c.io;
+  auto& net = c.net;
+  node& a = *c.a;
 
   // A raw member: connected (authenticated, on TCP), never in a's active
   // view, so a never sees a peer_down for it.
@@ -273,27 +264,18 @@ struct slow_owner : replica_callbacks {
 
 // Node "a" on the simulated network running replica "kv" for a
 // slow_owner, with raw members that gossip deltas straight at it.
-struct slow_replica_node {
-  boost::asio::io_context io;
-  sim_network net{io, {}};
-  node a;
+struct slow_replica_node : cluster<sim_net> {
+  node& a;
   slow_owner owner;
   std::vector<std::unique_ptr<transport>> raws;
   std::uint64_t wall = 0;
 
-  static node_config config(const replica_config& replicas) {
-    node_config c;
-    c.transport.node_id = "a";
-    c.log = [](const std::string&) {};
-    c.replicas = replicas;
-    return c;
-  }
-  explicit slow_replica_node(const replica_config& replicas) : a(net, config(replicas)), owner(a.sched()) {
-    boost::asio::co_spawn(io, [this]() -> task<> {
-      co_await a.start();
+  explicit slow_replica_node(const replica_config& replicas)
+      : cluster(1), a(add("a", [&](node_config& c) { c.replicas = replicas; })), owner(a.sched()) {
+    run([this]() -> task<> {
       owner.rep = replica::start(a.replicas(), "kv", owner);
-    }, boost::asio::detached);
-    net.run_for(1s);
+      co_return;
+    });
     REQUIRE(owner.rep);
     wall = a.sched().wall_ms();
   }
@@ -309,11 +291,10 @@ struct slow_replica_node {
     from.send("a", channel::broadcast, encode_gossip(broadcast_id(origin, seq), "kv", 0, byte_slice(payload)));
   }
   ~slow_replica_node() {
-    boost::asio::co_spawn(io, [this]() -> task<> {
+    spawn([this]() -> task<> {
       for (auto& r : raws) co_await r->stop();
       co_await owner.rep->stop();
-      co_await a.stop();
-    }, boost::asio::detached);
+    });
     net.run_for(5s);
   }
 };
@@ -385,7 +366,10 @@ TEST_CASE("a neighbour whose deltas queue past inbox_peer_limit_bytes is held, n
 // gives it one whole state per reconcile_push_window and no more.
 TEST_CASE("a member asking for everything again and again gets one whole state per window") {
   lone_map_node c(5000);
-  auto& [io, net, a, kv] = c;
+  auto& io = c.io;
+  auto& net = c.net;
+  auto* a = c.a;
+  auto& kv = c.kv;
 
   auto raw = connected_raw(io, net, "raw", a->self().address);
   range_sync_message empty;  // "I hold nothing at all"
@@ -421,7 +405,9 @@ TEST_CASE("a member asking for everything again and again gets one whole state p
 // go when it disconnects.
 TEST_CASE("openings for instances that do not exist here are kept within bounds, and dropped with their sender") {
   lone_map_node c;
-  auto& [io, net, a, kv] = c;
+  auto& io = c.io;
+  auto& net = c.net;
+  auto* a = c.a;
   auto raw = connected_raw(io, net, "raw", a->self().address);
   range_sync_message opening;
   opening.ranges.resize(1);

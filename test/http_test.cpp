@@ -14,7 +14,7 @@
 #include <doctest/doctest.h>
 
 #include "http_client.hpp"
-#include "io_harness.hpp"
+#include "cluster.hpp"
 
 #include <atomic>
 #include <cmath>
@@ -40,20 +40,15 @@ constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 
 node_config config_for(const std::string& id) { return testing::fast_tcp_config(id, "http-test-cluster-secret"); }
 
-// Two nodes, each serving map "kv" (and "strict", which takes only numbers)
-// over HTTP.
-struct fixture {
-  asio::io_context io;
-  std::vector<std::unique_ptr<node>> nodes;
+// Two nodes of the one fixture (cluster.hpp), each serving map "kv" (and
+// "strict", which takes only numbers) over HTTP.
+struct fixture : testing::cluster<testing::tcp_net> {
   std::vector<std::unique_ptr<http_api>> apis;
   std::vector<std::shared_ptr<map>> kv;
 
   explicit fixture(http_api_config base = {}, std::size_t count = 2) {
     for (std::size_t i = 0; i < count; ++i) {
-      auto c = config_for("n" + std::to_string(i));
-      if (i > 0) c.contacts.push_back(nodes[0]->self().address);
-      nodes.push_back(std::make_unique<node>(io.get_executor(), c));
-      auto& n = *nodes.back();
+      auto& n = add("n" + std::to_string(i));
       kv.push_back(map::open(n, "kv"));
       map_options strict;
       strict.validator = [](const std::string&, const json& v) { return v.is_number(); };
@@ -61,7 +56,6 @@ struct fixture {
       apis.push_back(std::make_unique<http_api>(n, base));
       auto& api = *apis.back();
       run([&]() -> task<> {
-        co_await n.start();
         co_await api.expose(kv.back());
         co_await api.expose(s);
         co_await api.start();
@@ -76,12 +70,10 @@ struct fixture {
   ~fixture() {
     run([&]() -> task<> {
       for (auto& a : apis) co_await a->stop();
-      for (auto& n : nodes) co_await n->stop();
     });
+    stop_all();
   }
 
-  void run(const std::function<task<>()>& body) { testing::run(io, body); }
-  bool eventually(const std::function<bool()>& cond) { return testing::eventually(io, cond); }
   std::uint16_t port(std::size_t i = 0) const { return apis[i]->port(); }
 };
 

@@ -1,4 +1,5 @@
 // HyParView over real TCP on loopback: several nodes in one process.
+#include "io_harness.hpp"
 #include "overlay.hpp"
 
 #include <barrel_p2p/hyparview.hpp>
@@ -54,31 +55,11 @@ struct tcp_cluster {
     return overlay_of(v);
   }
 
-  // Runs the io_context until `done` holds, checking every 50 ms; the limit
-  // only catches hangs.
+  // The io_context is driven as the one fixture drives it (io_harness.hpp).
   bool run_until(const std::function<bool()>& done, duration limit = 60s) {
-    bool result = false;
-    boost::asio::co_spawn(io, [&]() -> task<> {
-      auto sched = make_real_scheduler(io.get_executor());
-      const auto end = sched->now() + limit;
-      while (!(result = done()) && sched->now() < end) co_await sched->sleep(50ms);
-    }, boost::asio::detached);
-    while (!io.stopped()) {
-      io.run_for(100ms);
-      if (result) break;
-    }
-    io.restart();
-    return result;
+    return eventually(io, done, limit);
   }
-
-  void run(task<> t) {
-    bool finished = false;
-    boost::asio::co_spawn(io, [&, t = std::move(t)]() mutable -> task<> {
-      co_await std::move(t);
-      finished = true;
-    }, boost::asio::detached);
-    run_until([&] { return finished; });
-  }
+  void run(const std::function<task<>()>& body) { testing::run(io, body); }
 
   task<> start_all_and_join() {
     for (auto& n : nodes) {
@@ -102,27 +83,27 @@ struct tcp_cluster {
 TEST_CASE("8 nodes join through one contact: bounded, symmetric, connected views") {
   tcp_cluster c;
   for (int i = 0; i < 8; ++i) c.add("tcp" + std::to_string(i));
-  c.run(c.start_all_and_join());
+  c.run([&] { return c.start_all_and_join(); });
   const bool ok = c.run_until([&] { return healthy(c.graph(), 5); });
   auto g = c.graph();
   CHECK(ok);
   CHECK(views_within(g, 1, 5));
   CHECK(asymmetric_edges(g).empty());
   CHECK(connected(g));
-  c.run(c.stop_all());
+  c.run([&] { return c.stop_all(); });
 }
 
 TEST_CASE("TCP: a stopped node's neighbours see peer_down and the survivors reconnect") {
   tcp_cluster c;
   for (int i = 0; i < 7; ++i) c.add("tcp" + std::to_string(i));
-  c.run(c.start_all_and_join());
+  c.run([&] { return c.start_all_and_join(); });
   REQUIRE(c.run_until([&] { return healthy(c.graph(), 5); }));
   auto& victim = *c.nodes[3];
   const auto victim_id = victim.net->self().id;
   auto neighbours = victim.membership->active_view();
   REQUIRE_FALSE(neighbours.empty());
   // Stop the node's transport: its sockets close, as if the process died.
-  c.run(victim.net->stop());
+  c.run([&] { return victim.net->stop(); });
   auto survivors = [&] {
     std::vector<const hyparview*> v;
     for (auto& n : c.nodes)
@@ -147,18 +128,18 @@ TEST_CASE("TCP: a stopped node's neighbours see peer_down and the survivors reco
     CAPTURE(d.id);
     CHECK(saw_down(d.id));
   }
-  c.run(c.stop_all());
+  c.run([&] { return c.stop_all(); });
 }
 
 TEST_CASE("TCP: leave() gives the neighbours peer_down with reason 'left'") {
   tcp_cluster c;
   for (int i = 0; i < 5; ++i) c.add("tcp" + std::to_string(i));
-  c.run(c.start_all_and_join());
+  c.run([&] { return c.start_all_and_join(); });
   REQUIRE(c.run_until([&] { return healthy(c.graph(), 5); }));
   auto& leaver = *c.nodes[2];
   auto neighbours = leaver.membership->active_view();
   REQUIRE_FALSE(neighbours.empty());
-  c.run(leaver.membership->leave());
+  c.run([&] { return leaver.membership->leave(); });
   auto reason_at = [&](const std::string& id) -> std::string {
     for (auto& n : c.nodes)
       if (n->net->self().id == id)
@@ -179,5 +160,5 @@ TEST_CASE("TCP: leave() gives the neighbours peer_down with reason 'left'") {
   bool left_event = false;
   for (auto& ev : leaver.events) left_event |= ev.what == membership_event::kind::left;
   CHECK(left_event);
-  c.run(c.stop_all());
+  c.run([&] { return c.stop_all(); });
 }

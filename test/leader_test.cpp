@@ -187,27 +187,18 @@ TEST_CASE("resign: the next candidate takes over with a greater token") {
 }
 
 TEST_CASE("partition: each side may elect; after the heal one leader, and new tokens exceed all seen") {
-  boost::asio::io_context io;
-  sim_config sc;
-  sc.seed = 7;
-  sim_network net(io, sc);
-  std::vector<std::unique_ptr<node>> nodes;
+  testing::cluster<testing::sim_net> c(7);
   std::vector<std::shared_ptr<elections>> el;
   std::vector<std::unique_ptr<campaign>> camp(4);
-  for (int i = 0; i < 4; ++i) {
-    node_config c;
-    c.transport.node_id = "s" + std::to_string(i);
-    c.membership.seed = 100 + i;
-    c.broadcast.seed = 200 + i;
-    c.log = [](const std::string&) {};
-    if (i > 0) c.contacts.push_back(peer_address{"sim", 0});
-    nodes.push_back(std::make_unique<node>(net, c));
-  }
-  boost::asio::co_spawn(io, [&]() -> task<> {
-    for (auto& n : nodes) co_await n->start();
-    for (auto& n : nodes) el.push_back(elections::open(*n));
+  for (std::size_t i = 0; i < 4; ++i)
+    el.push_back(elections::open(c.add("s" + std::to_string(i), [i](node_config& cfg) {
+      cfg.membership.seed = 100 + i;
+      cfg.broadcast.seed = 200 + i;
+    })));
+  c.spawn([&]() -> task<> {
     for (int i = 0; i < 4; ++i) co_await lead_into(*el[i], "db", 0, camp[i]);
-  }, boost::asio::detached);
+  });
+  auto& net = c.net;
   net.run_for(30s);
   auto leaders = [&](std::initializer_list<int> ids) {
     std::set<std::string> seen;
@@ -234,14 +225,13 @@ TEST_CASE("partition: each side may elect; after the heal one leader, and new to
   const auto seen_max = std::max(left_token, right_token);
   for (auto& e : el) CHECK(e->high_water_mark("db") >= seen_max);
   // A new term after the heal (s0 resigns): its token beats both sides'.
-  boost::asio::co_spawn(io, [&]() -> task<> { co_await camp[0]->resign(); }, boost::asio::detached);
+  c.spawn([&]() -> task<> { co_await camp[0]->resign(); });
   CHECK(net.run_until([&] { return el[1]->is_leader("db"); }, 60s));
   CHECK(*el[1]->fence("db") > seen_max);
-  boost::asio::co_spawn(io, [&]() -> task<> {
-    camp.clear();
-    for (auto& n : nodes) co_await n->stop();
-  }, boost::asio::detached);
-  net.run_for(10s);
+  c.run([&]() -> task<> {
+    camp.clear();  // campaigns end on the timeline, before the nodes stop
+    co_return;
+  });
 }
 
 namespace {

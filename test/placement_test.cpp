@@ -148,7 +148,7 @@ TEST_CASE("simulated 10 nodes, 3 crash: every shard has exactly one owner again,
   std::vector<std::shared_ptr<placement>> ps(10);
   for (int i = 0; i < 10; ++i) {
     auto& n = s.add("s" + std::to_string(i));
-    REQUIRE(s.run([&, i]() -> task<> { co_await open_into(n, "work", shards_of(shards), ps[i]); }));
+    s.run([&, i]() -> task<> { co_await open_into(n, "work", shards_of(shards), ps[i]); });
   }
   REQUIRE(s.run_until([&] { return settled(ps, shards); }, 120s));
   // The owners' tokens reached every node as marks (gossip, merged by max):
@@ -202,13 +202,13 @@ TEST_CASE("simulated join of an 11th node: about a eleventh of the shards move, 
   std::vector<std::shared_ptr<placement>> ps(11);
   for (int i = 0; i < 10; ++i) {
     auto& n = s.add("s" + std::to_string(i));
-    REQUIRE(s.run([&, i]() -> task<> { co_await open_into(n, "work", shards_of(shards), ps[i]); }));
+    s.run([&, i]() -> task<> { co_await open_into(n, "work", shards_of(shards), ps[i]); });
   }
   std::vector<std::shared_ptr<placement>> first(ps.begin(), ps.begin() + 10);
   REQUIRE(s.run_until([&] { return settled(first, shards); }, 120s));
   const auto before = owners_of(*ps[0]);
   auto& n = s.add("s10");
-  REQUIRE(s.run([&]() -> task<> { co_await open_into(n, "work", shards_of(shards), ps[10]); }));
+  s.run([&]() -> task<> { co_await open_into(n, "work", shards_of(shards), ps[10]); });
   REQUIRE(s.run_until([&] { return settled(ps, shards) && ps[10]->members().size() == 11; }, 120s));
   const auto after = owners_of(*ps[0]);
   const auto count = moved(before, after);
@@ -224,7 +224,7 @@ TEST_CASE("weights: a member of weight 3 owns about three times the shards of on
   std::vector<std::shared_ptr<placement>> ps(4);
   for (int i = 0; i < 4; ++i) {
     auto& n = s.add("s" + std::to_string(i));
-    REQUIRE(s.run([&, i]() -> task<> { co_await open_into(n, "w", shards_of(shards, i == 0 ? 3.0 : 1.0), ps[i]); }));
+    s.run([&, i]() -> task<> { co_await open_into(n, "w", shards_of(shards, i == 0 ? 3.0 : 1.0), ps[i]); });
   }
   REQUIRE(s.run_until([&] { return settled(ps, shards); }, 120s));
   const double heavy = ps[0]->owned_shards().size();

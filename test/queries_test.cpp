@@ -236,7 +236,7 @@ TEST_CASE("30 simulated nodes: every node answers, most of them not the asker's 
   s.net.run_for(20s);
   const auto neighbours = s.nodes[5]->membership().active_view().size();
   std::vector<query_answer> got;
-  REQUIRE(s.run([&]() -> task<> { co_await collect(*qs[5], "who", json(nullptr), within(10s), got); }));
+  s.run([&]() -> task<> { co_await collect(*qs[5], "who", json(nullptr), within(10s), got); });
   MESSAGE("s5 has " << neighbours << " neighbours; " << got.size() << " answers");
   CHECK(neighbours < 29);
   CHECK(got.size() == 30);

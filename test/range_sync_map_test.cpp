@@ -1,51 +1,36 @@
 // Maps syncing by range reconciliation on the simulated network: equal maps
 // exchange a fingerprint and nothing else; after a partition, only what
 // differs crosses; a joiner gets the whole map; removes stay removed.
-#include <barrel_p2p/map.hpp>
-#include <barrel_p2p/sim_network.hpp>
-
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
-#include <boost/asio/io_context.hpp>
+#include "cluster.hpp"
 
 #include <doctest/doctest.h>
 
 #include <set>
 
 using namespace barrel_p2p;
+using namespace barrel_p2p::testing;
 using namespace std::chrono_literals;
 
 namespace {
 
-struct sim_maps {
-  boost::asio::io_context io;
-  sim_network net{io, [] {
-    sim_config c;
-    c.latency = 5ms;
-    c.seed = 17;
-    return c;
-  }()};
-  std::vector<std::unique_ptr<node>> nodes;
+// The one fixture (cluster.hpp) with a map "kv" open on every node.
+struct sim_maps : cluster<sim_net> {
   std::vector<std::shared_ptr<map>> maps;
 
-  explicit sim_maps(std::size_t count) {
-    for (std::size_t i = 0; i < count; ++i) {
-      node_config cfg;
-      cfg.transport.node_id = "n" + std::to_string(i);
-      cfg.membership.seed = 100 + i;
-      cfg.replicas.seed = 200 + i;
-      cfg.log = [](const std::string&) {};
-      nodes.push_back(std::make_unique<node>(net, cfg));
-    }
-    boost::asio::co_spawn(io, [this]() -> task<> {
-      for (std::size_t i = 0; i < nodes.size(); ++i) {
-        co_await nodes[i]->start();
-        maps.push_back(map::open(*nodes[i], "kv"));
-        if (i > 0) co_await nodes[i]->membership().join(nodes[0]->self().address);
-      }
-    }, boost::asio::detached);
-    net.run_for(10s);
-    REQUIRE(maps.size() == count);
+  static sim_config network() {
+    sim_config c;
+    c.latency = 5ms;
+    return c;
+  }
+
+  explicit sim_maps(std::size_t count) : cluster(17, network()) {
+    for (std::size_t i = 0; i < count; ++i) add_with_map("n" + std::to_string(i));
+  }
+
+  node& add_with_map(const std::string& id) {
+    auto& n = add(id);
+    maps.push_back(map::open(n, "kv"));
+    return n;
   }
 
   void put(std::size_t i, std::string key, json value) {
@@ -92,11 +77,11 @@ struct sim_maps {
   }
 
   ~sim_maps() {
-    boost::asio::co_spawn(io, [this]() -> task<> {
+    spawn([this]() -> task<> {
       for (auto& m : maps) co_await m->close();
-      for (auto& n : nodes) co_await n->stop();
-    }, boost::asio::detached);
+    });
     net.run_for(10s);
+    stop_all();
   }
 };
 
@@ -156,17 +141,8 @@ TEST_CASE("a node that joins empty gets every entry, tombstones included, by rec
   for (int i = 0; i < 3000; ++i) c.put(0, "k" + std::to_string(i), i);
   for (int i = 0; i < 100; ++i) c.remove(1, "k" + std::to_string(i));
   REQUIRE(c.net.run_until([&] { return c.converged(c.all()); }, 60s));
-  // A third node, late.
-  node_config cfg;
-  cfg.transport.node_id = "late";
-  cfg.log = [](const std::string&) {};
-  c.nodes.push_back(std::make_unique<node>(c.net, cfg));
-  boost::asio::co_spawn(c.io, [&]() -> task<> {
-    co_await c.nodes.back()->start();
-    c.maps.push_back(map::open(*c.nodes.back(), "kv"));
-    co_await c.nodes.back()->membership().join(c.nodes[0]->self().address);
-  }, boost::asio::detached);
-  REQUIRE(c.net.run_until([&] { return c.maps.size() == 3 && c.converged(c.all()); }, 60s));
+  c.add_with_map("late");  // a third node, late
+  REQUIRE(c.net.run_until([&] { return c.converged(c.all()); }, 60s));
   CHECK(c.maps[2]->entry_count() == 3000);
   CHECK(c.maps[2]->size() == 2900);
   CHECK(c.maps[2]->replica_stats().syncs_received > 0);
@@ -182,17 +158,11 @@ TEST_CASE("a map that starts after the connection is up is synced by one exchang
     sim_maps c(1);
     for (int i = 0; i < 2000; ++i) c.put(0, "k" + std::to_string(i), i);
     const auto pushed_before = c.items_pushed();
-    node_config cfg;
-    cfg.transport.node_id = "z-late";  // a larger id than n0: n0 opens on peer_up
-    cfg.log = [](const std::string&) {};
-    c.nodes.push_back(std::make_unique<node>(c.net, cfg));
-    auto& late = *c.nodes.back();
-    boost::asio::co_spawn(c.io, [&, delay]() -> task<> {
-      co_await late.start();
-      co_await late.membership().join(c.nodes[0]->self().address);
+    auto& late = c.add("z-late");  // a larger id than n0: n0 opens on peer_up
+    c.spawn([&, delay]() -> task<> {
       if (delay > 0ms) co_await late.sched().sleep(delay);  // n0's opening arrives first
       c.maps.push_back(map::open(late, "kv"));
-    }, boost::asio::detached);
+    });
     REQUIRE(c.net.run_until([&] { return c.maps.size() == 2 && c.converged(c.all()); }, 60s));
     c.net.run_for(2s);  // anything still under way
     CHECK(c.maps[1]->size() == 2000);

