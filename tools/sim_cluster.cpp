@@ -1,0 +1,256 @@
+// The measured cluster of barrel-p2p-sim (see sim_cluster.hpp).
+#include "sim_cluster.hpp"
+
+#include <barrel_p2p/cbor.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <queue>
+#include <set>
+
+namespace barrel_p2p::sim {
+
+shared_bytes probe_payload(std::uint64_t k) { return share_bytes(cbor_writer().uint(k).take()); }
+
+cluster::cluster(std::size_t n, const options& o) : net(io, [&] {
+  sim_config c;
+  c.seed = o.seed;
+  c.latency = link_latency;
+  c.jitter = duration{o.jitter_ms};  // 0 by default: exact hop counts from delivery times
+  return c;
+}()) {
+  for (std::size_t i = 0; i < n; ++i) {
+    node_config c;
+    const auto seed = o.seed;
+    c.transport.node_id = "n" + std::to_string(i);
+    if (o.random_promotion) c.membership.random_promotion = *o.random_promotion;
+    if (o.graft_timeout_ms) c.broadcast.graft_timeout = duration{*o.graft_timeout_ms};
+    if (o.graft_jitter) c.broadcast.graft_jitter = *o.graft_jitter;
+    if (o.prune_after) c.broadcast.prune_after_duplicates = *o.prune_after;
+    if (o.flood_after_graft) c.broadcast.flood_after_graft = *o.flood_after_graft;
+    if (o.optimization_threshold) c.broadcast.optimization_threshold = *o.optimization_threshold;
+    if (o.optimization_interval_ms) c.broadcast.optimization_interval = duration{*o.optimization_interval_ms};
+    if (o.lazy_new_links) c.broadcast.lazy_new_links = *o.lazy_new_links;
+    if (o.repair_graft_ms) c.broadcast.repair_graft_timeout = duration{*o.repair_graft_ms};
+    c.membership.seed = seed * 1'000'003 + i + 1;
+    c.broadcast.seed = seed * 2'000'003 + i + 1;
+    c.replicas.seed = seed * 3'000'017 + i + 1;
+    c.clocks.seed = seed * 4'000'037 + i + 1;
+    c.log = [](const std::string&) {};
+    nodes.push_back(std::make_unique<node>(net, c));
+    auto* me = this;
+    nodes.back()->broadcast().subscribe(
+        "probe", [me, i](const plumtree::delivery& d) {
+          if (auto k = cbor_reader(d.payload.bytes()).uint()) me->delivered[*k].emplace(i, d.hops);
+        });
+  }
+}
+
+void cluster::form(std::uint64_t seed, std::size_t count) {
+  boost::asio::co_spawn(io, [this, seed, count]() -> task<> {
+    random_engine rng(seed);
+    for (std::size_t i = 0; i < std::min(count, nodes.size()); ++i) {
+      co_await nodes[i]->start();
+      if (i == 0) continue;
+      peer_address contact{"sim", static_cast<std::uint16_t>(std::uniform_int_distribution<std::size_t>(0, i - 1)(rng))};
+      co_await nodes[i]->membership().join(contact);
+      co_await nodes[i]->sched().sleep(10ms);
+    }
+  }, boost::asio::detached);
+}
+
+std::vector<std::vector<std::size_t>> cluster::graph() const {
+  std::map<std::string, std::size_t> index;
+  for (std::size_t i = 0; i < nodes.size(); ++i) index[nodes[i]->id()] = i;
+  std::vector<std::vector<std::size_t>> g(nodes.size());
+  for (std::size_t i = 0; i < nodes.size(); ++i)
+    if (alive(i))
+      for (const auto& d : nodes[i]->membership().active_view()) g[i].push_back(index.at(d.id));
+  return g;
+}
+
+bool cluster::overlay_connected() const {
+  std::vector<std::vector<std::size_t>> g(nodes.size());
+  std::size_t live = 0, first = SIZE_MAX;
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    if (!alive(i)) continue;
+    ++live;
+    if (first == SIZE_MAX) first = i;
+    for (const auto& d : nodes[i]->membership().active_view())
+      g[i].push_back(static_cast<std::size_t>(std::strtoull(d.id.c_str() + 1, nullptr, 10)));
+    if (g[i].empty()) return false;
+  }
+  for (std::size_t i = 0; i < g.size(); ++i)
+    for (auto j : g[i])
+      if (j >= g.size() || !alive(j) || std::find(g[j].begin(), g[j].end(), i) == g[j].end()) return false;
+  if (live == 0) return true;
+  std::vector<char> seen(g.size(), 0);
+  std::vector<std::size_t> todo{first};
+  seen[first] = 1;
+  std::size_t reached = 0;
+  while (!todo.empty()) {
+    const auto v = todo.back();
+    todo.pop_back();
+    ++reached;
+    for (auto w : g[v])
+      if (!seen[w]) seen[w] = 1, todo.push_back(w);
+  }
+  return reached == live;
+}
+
+cluster::overlay_stats cluster::stats(bool paths) const {
+  overlay_stats s;
+  auto g = graph();
+  std::vector<std::set<std::size_t>> sets(g.size());
+  for (std::size_t i = 0; i < g.size(); ++i) sets[i] = {g[i].begin(), g[i].end()};
+  std::size_t first = SIZE_MAX;
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    if (!alive(i)) continue;
+    ++s.live;
+    if (first == SIZE_MAX) first = i;
+    s.min_active = std::min(s.min_active, g[i].size());
+    s.max_active = std::max(s.max_active, g[i].size());
+    s.avg_active += static_cast<double>(g[i].size());
+    s.avg_passive += static_cast<double>(nodes[i]->membership().passive_view().size());
+    for (auto j : g[i]) s.asymmetric += !sets[j].contains(i) || !alive(j);
+    // Clustering coefficient: links among neighbours / possible links.
+    std::size_t links = 0;
+    for (auto a : g[i])
+      for (auto b : g[i]) links += a < b && sets[a].contains(b);
+    const auto k = g[i].size();
+    if (k >= 2) s.clustering += 2.0 * static_cast<double>(links) / static_cast<double>(k * (k - 1));
+  }
+  if (s.live == 0) return s;
+  s.avg_active /= static_cast<double>(s.live);
+  s.avg_passive /= static_cast<double>(s.live);
+  s.clustering /= static_cast<double>(s.live);
+  auto bfs = [&](std::size_t from) {
+    std::vector<int> dist(g.size(), -1);
+    std::queue<std::size_t> q;
+    dist[from] = 0;
+    q.push(from);
+    while (!q.empty()) {
+      auto v = q.front();
+      q.pop();
+      for (auto w : g[v])
+        if (alive(w) && dist[w] < 0) dist[w] = dist[v] + 1, q.push(w);
+    }
+    return dist;
+  };
+  auto d0 = bfs(first);
+  for (std::size_t i = 0; i < g.size(); ++i) s.reached += alive(i) && d0[i] >= 0;
+  if (paths) {  // average shortest path from up to 50 sources
+    double total = 0;
+    std::size_t pairs = 0, sources = 0;
+    for (std::size_t i = first; i < g.size() && sources < 50; i += std::max<std::size_t>(1, g.size() / 50)) {
+      if (!alive(i)) continue;
+      ++sources;
+      auto d = bfs(i);
+      for (std::size_t j = 0; j < g.size(); ++j)
+        if (j != i && d[j] > 0) total += d[j], ++pairs;
+    }
+    s.avg_path = pairs ? total / static_cast<double>(pairs) : 0;
+  }
+  return s;
+}
+
+cluster::tree_stats cluster::tree() const {
+  std::map<std::string, std::size_t> index;
+  for (std::size_t i = 0; i < nodes.size(); ++i) index[nodes[i]->id()] = i;
+  std::vector<std::set<std::size_t>> eager(nodes.size());
+  for (std::size_t i = 0; i < nodes.size(); ++i)
+    if (alive(i))
+      for (const auto& p : nodes[i]->broadcast().eager_peers()) eager[i].insert(index.at(p));
+  tree_stats t;
+  std::vector<std::size_t> parent(nodes.size());
+  for (std::size_t i = 0; i < parent.size(); ++i) parent[i] = i;
+  auto find = [&](std::size_t x) {
+    while (parent[x] != x) x = parent[x] = parent[parent[x]];
+    return x;
+  };
+  std::size_t undirected = 0, live = 0;
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    if (!alive(i)) continue;
+    ++live;
+    for (auto j : eager[i]) {
+      ++t.directed;
+      const bool back = eager[j].contains(i);
+      if (back) t.mutual += i < j;
+      else ++t.one_way;
+      if (i < j || !back) {
+        ++undirected;
+        parent[find(i)] = find(j);
+      }
+    }
+  }
+  for (std::size_t i = 0; i < nodes.size(); ++i) t.components += alive(i) && find(i) == i;
+  t.cycles = undirected + t.components - live;
+  return t;
+}
+
+void cluster::send_unmeasured(std::uint64_t k, random_engine& rng) {
+  std::vector<std::size_t> live;
+  for (std::size_t i = 0; i < nodes.size(); ++i)
+    if (alive(i)) live.push_back(i);
+  nodes[live[std::uniform_int_distribution<std::size_t>(0, live.size() - 1)(rng)]]->broadcast().broadcast(
+      "probe", probe_payload(k));
+}
+
+cluster::broadcast_result cluster::probe(std::uint64_t first, std::size_t count, duration gap, random_engine& rng, std::size_t origins) {
+  std::vector<std::size_t> live;
+  for (std::size_t i = 0; i < nodes.size(); ++i)
+    if (alive(i)) live.push_back(i);
+  std::vector<std::size_t> senders = live;
+  if (origins > 0 && origins < senders.size()) senders.resize(origins);
+  const auto before = total(&plumtree_counters::gossip_sent);
+  for (std::uint64_t k = first; k < first + count; ++k) {
+    const auto origin = senders[std::uniform_int_distribution<std::size_t>(0, senders.size() - 1)(rng)];
+    delivered[k].emplace(origin, 0);
+    nodes[origin]->broadcast().broadcast("probe", probe_payload(k));
+    net.run_for(gap);
+  }
+  net.run_for(3s);
+  broadcast_result r;
+  double deliveries_minus_one = 0;
+  for (std::uint64_t k = first; k < first + count; ++k) {
+    std::size_t got = 0;
+    for (auto& [i, hops] : delivered[k]) {
+      if (!alive(i)) continue;
+      ++got;
+      r.ldh = std::max(r.ldh, hops);
+    }
+    r.reliability += static_cast<double>(got) / static_cast<double>(live.size());
+    r.complete += got == live.size() ? 1.0 : 0.0;
+    deliveries_minus_one += got > 0 ? static_cast<double>(got - 1) : 0.0;
+  }
+  r.reliability /= static_cast<double>(count);
+  r.complete /= static_cast<double>(count);
+  const double msgs = static_cast<double>(total(&plumtree_counters::gossip_sent) - before);
+  r.rmr = deliveries_minus_one > 0 ? msgs / deliveries_minus_one - 1.0 : 0.0;
+  return r;
+}
+
+std::string fmt(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3f", v);
+  return buf;
+}
+
+// The check walks the whole overlay, cheaply.
+duration settle(cluster& c, duration limit) {
+  const auto start = c.net.now();
+  while (!c.overlay_connected() && c.net.now() - start < limit) c.net.run_for(100ms);
+  return c.net.now() - start;
+}
+
+duration formed(cluster& c, const options& o) {
+  c.form(o.seed);
+  c.net.run_for(duration{10} * static_cast<duration::rep>(o.nodes));
+  return settle(c, 600s);
+}
+
+}  // namespace barrel_p2p::sim

@@ -1,0 +1,143 @@
+// The measured cluster of barrel-p2p-sim: N real nodes on the simulated
+// network, the scenario options, and what a scenario measures (overlay
+// shape, the broadcast tree, probe broadcasts' reliability, RMR and LDH).
+#pragma once
+
+#include <barrel_p2p/node.hpp>
+#include <barrel_p2p/sim_network.hpp>
+
+#include <boost/asio/io_context.hpp>
+
+#include "sim_nemesis.hpp"
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace barrel_p2p::sim {
+
+using namespace std::chrono_literals;
+
+/// What the command line asked for.
+struct options {
+  std::string scenario = "form";
+  std::size_t nodes = 1000;
+  std::uint64_t seed = 1;
+  std::size_t broadcasts = 1000;
+  std::vector<int> fail_percents = {10, 20, 30, 40, 50, 60, 70, 80, 90, 95};
+  double churn_per_s = 2;     // churn: crashes per second (and as many joins)
+  std::size_t churn_seconds = 60;
+  // Tuning, to reproduce what was tried (defaults: the library's).
+  std::optional<double> random_promotion;
+  std::optional<std::uint64_t> graft_timeout_ms;
+  std::optional<double> graft_jitter;
+  std::optional<bool> lazy_new_links;
+  std::optional<std::uint64_t> repair_graft_ms;
+  std::optional<std::uint64_t> optimization_threshold;
+  std::optional<std::uint64_t> optimization_interval_ms;
+  std::uint64_t jitter_ms = 0;  // per-message link jitter
+  std::uint64_t gap_ms = 50;  // steady: between broadcasts
+  std::optional<std::uint32_t> prune_after;
+  std::optional<bool> flood_after_graft;
+  // steady: exit 1 when a figure is above its bound (the suite's regression guard)
+  std::optional<double> max_rmr, max_graft_prune, min_complete;
+  std::optional<std::uint64_t> max_ldh;
+  // form, fail, partition: the same kind of bounds (the suite's guard)
+  std::optional<std::uint64_t> max_connect_ms;  // form: overlay connected after the last join
+  std::optional<double> min_reliability;        // fail: every failure size, after 5 rounds
+  std::optional<std::uint64_t> max_converge_ms; // partition: replicas equal after the heal
+  bool trace_tree = false;
+  double loss = 0;  // steady: message loss on every link once formed
+  std::size_t origins = 0;  // steady: broadcasts come from this many fixed nodes (0: any node)
+  bool nodes_given = false;
+  sim::nemesis_options nemesis;
+};
+
+/// Every link's one-way latency: hop counts follow from delivery times.
+constexpr duration link_latency{5};
+
+/// A probe broadcast: its number, as one CBOR unsigned integer.
+shared_bytes probe_payload(std::uint64_t k);
+
+/// N nodes "n0".."n<N-1>" on one simulated network, each subscribed to the
+/// probe broadcasts so that every delivery and its hop count is recorded.
+struct cluster {
+  boost::asio::io_context io;
+  sim_network net;
+  std::vector<std::unique_ptr<node>> nodes;
+  // Deliveries of the probe tag: message number -> (node index -> hops)
+  std::map<std::uint64_t, std::map<std::size_t, std::uint64_t>> delivered;
+
+  cluster(std::size_t n, const options& o);
+
+  bool alive(std::size_t i) const { return net.alive(nodes[i]->id()); }
+
+  // Node i joins through a random earlier node, one every 10 ms; the first
+  // `count` nodes (all by default).
+  void form(std::uint64_t seed, std::size_t count = SIZE_MAX);
+
+  std::vector<std::vector<std::size_t>> graph() const;
+
+  // Connected and symmetric: what settle() polls every 100 ms of virtual
+  // time. Cheaper than stats(): no index map, sets, clustering or passive
+  // views (node ids are "n<index>").
+  bool overlay_connected() const;
+
+  struct overlay_stats {
+    std::size_t live = 0, asymmetric = 0, reached = 0, min_active = SIZE_MAX, max_active = 0;
+    double avg_active = 0, avg_passive = 0, clustering = 0, avg_path = 0;
+    bool connected() const { return reached == live && asymmetric == 0; }
+  };
+
+  overlay_stats stats(bool paths) const;
+
+  std::uint64_t total(std::uint64_t plumtree_counters::*field) const {
+    std::uint64_t n = 0;
+    for (auto& nd : nodes) n += nd->broadcast().counters().*field;
+    return n;
+  }
+  std::uint64_t total(std::uint64_t hyparview_counters::*field) const {
+    std::uint64_t n = 0;
+    for (auto& nd : nodes) n += nd->membership().counters().*field;
+    return n;
+  }
+
+  // The broadcast tree as the nodes see it: directed eager links, how many
+  // are mutual, and the cycles (links - nodes + components) of the graph of
+  // links eager in at least one direction.
+  struct tree_stats {
+    std::size_t directed = 0, mutual = 0, one_way = 0, components = 0, cycles = 0;
+  };
+  tree_stats tree() const;
+
+  struct broadcast_result {
+    double reliability = 0;  ///< live nodes reached / live nodes, averaged over the messages
+    double complete = 0;     ///< share of the messages that reached every live node
+    double rmr = 0;          ///< payload messages / (deliveries - 1) - 1, over the batch
+    std::uint64_t ldh = 0;   ///< greatest hop count of any delivery
+  };
+
+  // One broadcast from a random live node, not measured (traffic).
+  void send_unmeasured(std::uint64_t k, random_engine& rng);
+
+  // Broadcasts `count` probes from random live nodes, one every `gap`, then
+  // lets them settle (delivery, and grafts for what was lost).
+  broadcast_result probe(std::uint64_t first, std::size_t count, duration gap, random_engine& rng,
+                         std::size_t origins = 0);
+};
+
+/// `v` with three decimals.
+std::string fmt(double v);
+
+/// Runs until the overlay is connected and symmetric, checking every 100 ms
+/// of virtual time; returns how long that took (`limit` at most).
+duration settle(cluster& c, duration limit);
+
+/// Every node joins (one every 10 ms), then the overlay settles; returns the
+/// time it took to connect after the last join.
+duration formed(cluster& c, const options& o);
+
+}  // namespace barrel_p2p::sim
