@@ -41,6 +41,8 @@ class read_hold_table {
   }
 
   [[nodiscard]] bool held(const std::string& peer_id) const { return state_->counts.contains(peer_id); }
+  /// Whether any peer is held (cheap: what most deliveries ask first).
+  [[nodiscard]] bool any() const { return !state_->counts.empty(); }
 
  private:
   struct state {

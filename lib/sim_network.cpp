@@ -7,10 +7,17 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/post.hpp>
+
 #include <algorithm>
 #include <deque>
 #include <map>
 #include <stdexcept>
+#include <unordered_map>
+#include <variant>
 
 namespace barrel_p2p {
 
@@ -26,7 +33,11 @@ struct sim_node {
   transport::disconnected_handler on_disconnected;
   transport::message_handler on_message[channel_count];
   transport_counters counters;
-  std::map<std::string, std::uint64_t> links;  // peer id -> link epoch
+  struct link {
+    std::uint64_t epoch;  // tells this link from a later one to the same peer
+    std::uint32_t peer;   // the peer's index
+  };
+  std::map<std::string, link> links;  // peer id -> link
   duration wall_skew{0};                        // this node's wall clock minus true time
   duration extra_delay{0};                      // a slow node: added to what it sends and receives
   // hold_reading: messages from a held peer wait here, in order, as they
@@ -40,10 +51,31 @@ struct sim_node {
   std::map<std::string, std::deque<parked_message>> parked;
 };
 
+// A sleeping coroutine's completion, waiting for its instant on the
+// timeline (or for cancellation, which completes it early with false).
+struct sleeper {
+  virtual ~sleeper() = default;
+  virtual void complete(bool fired) = 0;
+};
+
+// A message on its way: indices, not ids, so that delivery looks nothing up.
+struct delivery {
+  std::uint32_t from, to;
+  std::uint64_t epoch;
+  channel ch;
+  shared_bytes body;
+};
+
+// What happens at an instant. Messages and wake-ups, nearly all events,
+// are stored as data; anything else is a function.
+using happening = std::variant<delivery, std::shared_ptr<sleeper>, std::function<void()>>;
+
+// The timeline holds small keys; what happens waits in a slot, so the heap
+// moves 24 bytes, not a function.
 struct event {
   duration at;
   std::uint64_t seq;
-  std::function<void()> fire;
+  std::uint32_t slot;
 };
 struct later {
   bool operator()(const event& a, const event& b) const {
@@ -61,15 +93,26 @@ struct sim_network::impl {
   std::uint64_t next_seq = 0;
   std::uint64_t next_epoch = 1;
   std::vector<event> timeline;  // a min-heap by (at, seq)
+  std::vector<happening> slots;        // what each event does
+  std::vector<std::uint32_t> free_slots;
   std::vector<std::unique_ptr<sim_node>> nodes;
-  std::map<std::string, std::size_t> index_of;
+  std::unordered_map<std::string, std::size_t> index_of;
   std::set<std::pair<std::string, std::string>> blocked;  // directed
   sim_stats stats;
 
   impl(asio::io_context& io_, sim_config c) : io(io_), config(c), rng(c.seed) {}
 
-  void schedule(duration delay, std::function<void()> fire) {
-    timeline.push_back({now + delay, next_seq++, std::move(fire)});
+  void schedule(duration delay, happening what) {
+    std::uint32_t slot;
+    if (free_slots.empty()) {
+      slot = static_cast<std::uint32_t>(slots.size());
+      slots.push_back(std::move(what));
+    } else {
+      slot = free_slots.back();
+      free_slots.pop_back();
+      slots[slot] = std::move(what);
+    }
+    timeline.push_back({now + delay, next_seq++, slot});
     std::push_heap(timeline.begin(), timeline.end(), later{});
   }
 
@@ -80,11 +123,16 @@ struct sim_network::impl {
     io.poll();
     if (timeline.empty() || timeline.front().at > limit) return false;
     std::pop_heap(timeline.begin(), timeline.end(), later{});
-    event ev = std::move(timeline.back());
+    const event ev = timeline.back();
     timeline.pop_back();
     now = ev.at;
     ++stats.events;
-    ev.fire();
+    happening what = std::move(slots[ev.slot]);
+    slots[ev.slot] = std::function<void()>{};  // releases nothing twice
+    free_slots.push_back(ev.slot);
+    if (auto* d = std::get_if<delivery>(&what)) deliver(*d);
+    else if (auto* s = std::get_if<std::shared_ptr<sleeper>>(&what)) (*s)->complete(true);
+    else std::get<std::function<void()>>(what)();
     return true;
   }
 
@@ -96,7 +144,8 @@ struct sim_network::impl {
 
   // Traffic from a can reach b.
   bool can_send(const sim_node& a, const sim_node& b) const {
-    return a.alive && b.alive && a.attached && b.attached && !blocked.contains({a.desc.id, b.desc.id});
+    return a.alive && b.alive && a.attached && b.attached &&
+           (blocked.empty() || !blocked.contains({a.desc.id, b.desc.id}));
   }
   // A connection needs both directions (a handshake is a round trip).
   bool reachable(const sim_node& a, const sim_node& b) const {
@@ -115,7 +164,7 @@ struct sim_network::impl {
   // Ends one side of a link if it is still the same link.
   void drop_side(sim_node& n, const std::string& peer, std::uint64_t epoch, disconnect_reason why) {
     auto it = n.links.find(peer);
-    if (it == n.links.end() || it->second != epoch) return;
+    if (it == n.links.end() || it->second.epoch != epoch) return;
     n.links.erase(it);
     ++n.counters.connections_closed;
     if (why == disconnect_reason::heartbeat_timeout) ++n.counters.heartbeat_timeouts;
@@ -132,14 +181,14 @@ struct sim_network::impl {
     });
   }
 
-  void deliver(const std::string& from, const std::string& to, std::uint64_t epoch, channel ch,
-               const shared_bytes& body) {
-    auto& dst = node(to);
-    if (dst.holds->held(from) || dst.parked.contains(from)) {
-      dst.parked[from].push_back({epoch, ch, body});
+  void deliver(delivery& d) {
+    auto& dst = *nodes[d.to];
+    const auto& from = nodes[d.from]->desc.id;
+    if ((!dst.parked.empty() || dst.holds->any()) && (dst.holds->held(from) || dst.parked.contains(from))) {
+      dst.parked[from].push_back({d.epoch, d.ch, std::move(d.body)});
       return;
     }
-    handle(dst, from, epoch, ch, body);
+    handle(dst, from, d.epoch, d.ch, d.body);
   }
 
   // A peer's last hold is gone: what waited is read, in order, until the
@@ -158,7 +207,7 @@ struct sim_network::impl {
 
   void handle(sim_node& dst, const std::string& from, std::uint64_t epoch, channel ch, const shared_bytes& body) {
     auto it = dst.links.find(from);
-    if (it == dst.links.end() || it->second != epoch || !dst.alive || !dst.attached) {
+    if (it == dst.links.end() || it->second.epoch != epoch || !dst.alive || !dst.attached) {
       ++stats.messages_lost;
       return;
     }
@@ -173,6 +222,39 @@ struct sim_network::impl {
 
 namespace {
 
+// One sleep's completion handler until its instant comes or it is cancelled.
+template <class Handler>
+struct waiting final : sleeper, std::enable_shared_from_this<waiting<Handler>> {
+  waiting(Handler h, asio::io_context::executor_type fallback) : handler(std::move(h)), io_ex(fallback) {}
+
+  void watch_cancellation() {
+    auto slot = asio::get_associated_cancellation_slot(*handler);
+    if (!slot.is_connected()) return;
+    std::weak_ptr<waiting> weak = this->shared_from_this();
+    slot.assign([weak](asio::cancellation_type) {
+      if (auto self = weak.lock()) self->finish(false, false);
+    });
+  }
+  void complete(bool fired) override { finish(fired, true); }
+
+  // Posted, never run inline: the caller is the timeline or a cancellation.
+  // The slot is cleared unless this runs from its own handler.
+  void finish(bool fired, bool clear_slot) {
+    if (!handler) return;
+    Handler h = std::move(*handler);
+    handler.reset();
+    if (clear_slot) {
+      auto slot = asio::get_associated_cancellation_slot(h);
+      if (slot.is_connected()) slot.clear();
+    }
+    auto ex = asio::get_associated_executor(h, io_ex);
+    asio::post(ex, [h = std::move(h), fired]() mutable { std::move(h)(fired); });
+  }
+
+  std::optional<Handler> handler;
+  asio::io_context::executor_type io_ex;
+};
+
 class sim_scheduler final : public scheduler {
  public:
   // `node`: the node whose (changeable) wall skew applies, or nullptr for a fixed `skew`.
@@ -184,15 +266,16 @@ class sim_scheduler final : public scheduler {
     const auto skew = node_ ? node_->wall_skew : skew_;
     return net_.config.epoch_ms + static_cast<std::uint64_t>((net_.now + skew).count());
   }
+  // No Asio timer: the completion waits on the timeline itself. Cancelled
+  // (by an awaitable operator, say), it completes at once with false.
   task<bool> sleep(duration d) override {
-    auto timer = std::make_shared<asio::steady_timer>(net_.io, asio::steady_timer::time_point::max());
-    auto fired = std::make_shared<bool>(false);
-    net_.schedule(d, [timer, fired] {
-      *fired = true;
-      timer->cancel();
-    });
-    co_await timer->async_wait(asio::as_tuple(asio::use_awaitable));
-    co_return *fired;
+    co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(bool)>(
+        [this, d](auto handler) {
+          auto s = std::make_shared<waiting<decltype(handler)>>(std::move(handler), net_.io.get_executor());
+          s->watch_cancellation();
+          net_.schedule(d, std::shared_ptr<sleeper>(s));
+        },
+        asio::use_awaitable);
   }
 
  private:
@@ -251,8 +334,8 @@ class sim_transport final : public transport {
       co_return std::nullopt;
     }
     const auto epoch = net.next_epoch++;
-    a.links[b.desc.id] = epoch;
-    b.links[a.desc.id] = epoch;
+    a.links[b.desc.id] = {epoch, static_cast<std::uint32_t>(target_index)};
+    b.links[a.desc.id] = {epoch, static_cast<std::uint32_t>(index)};
     ++a.counters.connections_opened;
     ++b.counters.connections_opened;
     const auto a_desc = a.desc;
@@ -267,13 +350,14 @@ class sim_transport final : public transport {
     auto& a = me();
     auto it = a.links.find(peer_id);
     if (it == a.links.end()) return false;
-    const auto epoch = it->second;
+    const auto epoch = it->second.epoch;
+    const auto peer = it->second.peer;
     ++a.counters.frames_sent;
     a.counters.bytes_sent += body.size() + 5;
     ++net_.stats.messages_sent;
     net_.stats.bytes_sent += body.size() + 5;
     ++net_.stats.per_channel_sent[static_cast<std::size_t>(ch)];
-    auto& b = net_.node(peer_id);
+    auto& b = *net_.nodes[peer];
     if (!net_.can_send(a, b) || net_.roll(net_.config.loss)) {
       ++net_.stats.messages_lost;
       return true;  // sent as far as the sender can tell
@@ -286,12 +370,9 @@ class sim_transport final : public transport {
       whole.insert(whole.end(), body.tail.bytes().begin(), body.tail.bytes().end());
       received = share_bytes(std::move(whole));
     }
-    for (int i = 0; i < copies; ++i) {
+    for (int i = 0; i < copies; ++i)
       net_.schedule(net_.one_way_delay() + a.extra_delay + b.extra_delay,
-                    [net = &net_, from = a.desc.id, peer_id, epoch, ch, received] {
-        net->deliver(from, peer_id, epoch, ch, received);
-      });
-    }
+                    delivery{static_cast<std::uint32_t>(index_), peer, epoch, ch, received});
     return true;
   }
 
@@ -299,7 +380,7 @@ class sim_transport final : public transport {
     auto& a = me();
     auto it = a.links.find(peer_id);
     if (it == a.links.end()) return;
-    const auto epoch = it->second;
+    const auto epoch = it->second.epoch;
     net_.drop_side(a, peer_id, epoch, disconnect_reason::closed_locally);
     net_.schedule(net_.one_way_delay(), [net = &net_, from = a.desc.id, peer_id, epoch] {
       net->drop_side(net->node(peer_id), from, epoch, disconnect_reason::closed_by_peer);
@@ -311,7 +392,7 @@ class sim_transport final : public transport {
   }
   std::vector<std::string> connected_peers() const override {
     std::vector<std::string> out;
-    for (const auto& [id, epoch] : me().links) out.push_back(id);
+    for (const auto& [id, l] : me().links) out.push_back(id);
     return out;
   }
   const transport_counters& counters() const override { return me().counters; }
@@ -335,7 +416,8 @@ class sim_transport final : public transport {
   void detach(bool notify_self) {
     auto& a = me();
     if (!a.attached) return;
-    std::vector<std::pair<std::string, std::uint64_t>> links(a.links.begin(), a.links.end());
+    std::vector<std::pair<std::string, std::uint64_t>> links;
+    for (const auto& [peer, l] : a.links) links.emplace_back(peer, l.epoch);
     for (const auto& [peer, epoch] : links) {
       if (notify_self) net_.drop_side(a, peer, epoch, disconnect_reason::closed_locally);
       net_.schedule(net_.one_way_delay(), [net = &net_, from = a.desc.id, peer, epoch] {
@@ -421,7 +503,7 @@ void sim_network::kill(const std::string& id) {
   auto& n = impl_->node(id);
   if (!n.alive) return;
   n.alive = false;
-  for (const auto& [peer, epoch] : n.links) impl_->fail_link(n, peer, epoch);
+  for (const auto& [peer, l] : n.links) impl_->fail_link(n, peer, l.epoch);
 }
 
 void sim_network::revive(const std::string& id) { impl_->node(id).alive = true; }
@@ -437,8 +519,8 @@ void sim_network::partition(const std::set<std::string>& a, const std::set<std::
     }
   for (const auto& x : a) {
     auto& n = impl_->node(x);
-    for (const auto& [peer, epoch] : n.links)
-      if (b.contains(peer)) impl_->fail_link(n, peer, epoch);
+    for (const auto& [peer, l] : n.links)
+      if (b.contains(peer)) impl_->fail_link(n, peer, l.epoch);
   }
 }
 
