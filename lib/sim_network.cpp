@@ -25,6 +25,51 @@ namespace asio = boost::asio;
 
 namespace {
 
+struct link {
+  std::uint64_t epoch = 0;  // tells this link from a later one to the same peer
+  std::uint32_t peer = 0;   // the peer's index
+};
+
+// One node's links by peer id. A handful per node, looked up on every
+// message: a sorted vector beats a tree, and keeps the tree's order, in
+// which a crash or a partition fails them (so runs replay as before).
+class link_table {
+ public:
+  using entry = std::pair<std::string, link>;
+  using iterator = std::vector<entry>::iterator;
+  using const_iterator = std::vector<entry>::const_iterator;
+
+ private:
+  template <class V>
+  static auto lower(V& v, const std::string& id) {
+    return std::lower_bound(v.begin(), v.end(), id, [](const entry& e, const std::string& k) { return e.first < k; });
+  }
+
+ public:
+  iterator begin() { return v_.begin(); }
+  iterator end() { return v_.end(); }
+  const_iterator begin() const { return v_.begin(); }
+  const_iterator end() const { return v_.end(); }
+  iterator find(const std::string& id) {
+    auto it = lower(v_, id);
+    return it != v_.end() && it->first == id ? it : v_.end();
+  }
+  bool contains(const std::string& id) const {
+    auto it = lower(v_, id);
+    return it != v_.end() && it->first == id;
+  }
+  link& operator[](const std::string& id) {
+    auto it = lower(v_, id);
+    if (it == v_.end() || it->first != id) it = v_.insert(it, entry{id, {}});
+    return it->second;
+  }
+  void erase(iterator it) { v_.erase(it); }
+  void clear() { v_.clear(); }
+
+ private:
+  std::vector<entry> v_;
+};
+
 struct sim_node {
   peer_descriptor desc;
   bool alive = true;
@@ -33,11 +78,7 @@ struct sim_node {
   transport::disconnected_handler on_disconnected;
   transport::message_handler on_message[channel_count];
   transport_counters counters;
-  struct link {
-    std::uint64_t epoch;  // tells this link from a later one to the same peer
-    std::uint32_t peer;   // the peer's index
-  };
-  std::map<std::string, link> links;  // peer id -> link
+  link_table links;
   duration wall_skew{0};                        // this node's wall clock minus true time
   duration extra_delay{0};                      // a slow node: added to what it sends and receives
   // hold_reading: messages from a held peer wait here, in order, as they
@@ -232,21 +273,18 @@ struct waiting final : sleeper, std::enable_shared_from_this<waiting<Handler>> {
     if (!slot.is_connected()) return;
     std::weak_ptr<waiting> weak = this->shared_from_this();
     slot.assign([weak](asio::cancellation_type) {
-      if (auto self = weak.lock()) self->finish(false, false);
+      if (auto self = weak.lock()) self->complete(false);
     });
   }
-  void complete(bool fired) override { finish(fired, true); }
 
   // Posted, never run inline: the caller is the timeline or a cancellation.
-  // The slot is cleared unless this runs from its own handler.
-  void finish(bool fired, bool clear_slot) {
+  // The slot is left as it is (clearing it cost 6 % of a run, and from
+  // inside its own handler it would destroy the running code): what it
+  // holds finds this object gone, and the next operation replaces it.
+  void complete(bool fired) override {
     if (!handler) return;
     Handler h = std::move(*handler);
     handler.reset();
-    if (clear_slot) {
-      auto slot = asio::get_associated_cancellation_slot(h);
-      if (slot.is_connected()) slot.clear();
-    }
     auto ex = asio::get_associated_executor(h, io_ex);
     asio::post(ex, [h = std::move(h), fired]() mutable { std::move(h)(fired); });
   }

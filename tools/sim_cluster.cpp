@@ -23,6 +23,7 @@ cluster::cluster(std::size_t n, const options& o) : net(io, [&] {
   c.jitter = duration{o.jitter_ms};  // 0 by default: exact hop counts from delivery times
   return c;
 }()) {
+  active.resize(n);
   for (std::size_t i = 0; i < n; ++i) {
     node_config c;
     const auto seed = o.seed;
@@ -43,6 +44,7 @@ cluster::cluster(std::size_t n, const options& o) : net(io, [&] {
     c.log = [](const std::string&) {};
     nodes.push_back(std::make_unique<node>(net, c));
     auto* me = this;
+    nodes.back()->membership().add_listener([me, i](const membership_event& ev) { me->on_membership(i, ev); });
     nodes.back()->broadcast().subscribe(
         "probe", [me, i](const plumtree::delivery& d) {
           if (auto k = cbor_reader(d.payload.bytes()).uint()) me->delivered[*k].emplace(i, d.hops);
@@ -73,22 +75,62 @@ std::vector<std::vector<std::size_t>> cluster::graph() const {
   return g;
 }
 
+namespace {
+
+// Node "n<k>" is node k.
+std::uint32_t index_of(const peer_descriptor& d) {
+  return static_cast<std::uint32_t>(std::strtoull(d.id.c_str() + 1, nullptr, 10));
+}
+
+bool holds(const std::vector<std::uint32_t>& v, std::uint32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
+
+}  // namespace
+
+void cluster::on_membership(std::size_t i, const membership_event& ev) {
+  using kind = membership_event::kind;
+  if (ev.what != kind::peer_up && ev.what != kind::peer_down) return;
+  const auto me = static_cast<std::uint32_t>(i);
+  const auto peer = index_of(ev.peer);
+  if (peer >= active.size()) return;
+  auto& mine = active[i];
+  const bool back = holds(active[peer], me);  // the peer holds this node
+  if (ev.what == kind::peer_up) {
+    if (holds(mine, peer)) return;
+    mine.push_back(peer);
+    if (back) --asymmetric;
+    else ++asymmetric;
+  } else {
+    auto it = std::find(mine.begin(), mine.end(), peer);
+    if (it == mine.end()) return;
+    mine.erase(it);
+    if (back) ++asymmetric;
+    else --asymmetric;
+  }
+}
+
+void cluster::kill(std::size_t i) {
+  net.kill(nodes[i]->id());
+  ++killed;
+}
+
 bool cluster::overlay_connected() const {
-  std::vector<std::vector<std::size_t>> g(nodes.size());
+  // Nearly every check during formation ends here, in constant time. With
+  // dead nodes their views do not count, so the walk below decides.
+  if (asymmetric > 0 && killed == 0) return false;
   std::size_t live = 0, first = SIZE_MAX;
   for (std::size_t i = 0; i < nodes.size(); ++i) {
     if (!alive(i)) continue;
     ++live;
     if (first == SIZE_MAX) first = i;
-    for (const auto& d : nodes[i]->membership().active_view())
-      g[i].push_back(static_cast<std::size_t>(std::strtoull(d.id.c_str() + 1, nullptr, 10)));
-    if (g[i].empty()) return false;
+    if (active[i].empty()) return false;
   }
-  for (std::size_t i = 0; i < g.size(); ++i)
-    for (auto j : g[i])
-      if (j >= g.size() || !alive(j) || std::find(g[j].begin(), g[j].end(), i) == g[j].end()) return false;
+  for (std::size_t i = 0; i < active.size(); ++i) {
+    if (!alive(i)) continue;
+    for (auto j : active[i])
+      if (!alive(j) || !holds(active[j], static_cast<std::uint32_t>(i))) return false;
+  }
   if (live == 0) return true;
-  std::vector<char> seen(g.size(), 0);
+  std::vector<char> seen(active.size(), 0);
   std::vector<std::size_t> todo{first};
   seen[first] = 1;
   std::size_t reached = 0;
@@ -96,7 +138,7 @@ bool cluster::overlay_connected() const {
     const auto v = todo.back();
     todo.pop_back();
     ++reached;
-    for (auto w : g[v])
+    for (auto w : active[v])
       if (!seen[w]) seen[w] = 1, todo.push_back(w);
   }
   return reached == live;

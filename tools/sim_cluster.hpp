@@ -82,9 +82,22 @@ struct cluster {
   std::vector<std::vector<std::size_t>> graph() const;
 
   // Connected and symmetric: what settle() polls every 100 ms of virtual
-  // time. Cheaper than stats(): no index map, sets, clustering or passive
-  // views (node ids are "n<index>").
+  // time. Incremental: the active views are mirrored from the membership
+  // events as they happen, with a count of one-way links, so a check while
+  // any link is one-way costs nothing and only a candidate is walked.
   bool overlay_connected() const;
+
+  // Crashes node i (the network's kill, counted: with dead nodes the count
+  // of one-way links no longer decides alone).
+  void kill(std::size_t i);
+
+  // Each node's active view as node indices, from its membership events.
+  std::vector<std::vector<std::uint32_t>> active;
+  // Links held by one side only, over all nodes.
+  std::size_t asymmetric = 0;
+  std::size_t killed = 0;
+
+  void on_membership(std::size_t i, const membership_event& ev);
 
   struct overlay_stats {
     std::size_t live = 0, asymmetric = 0, reached = 0, min_active = SIZE_MAX, max_active = 0;

@@ -66,7 +66,7 @@ int scenario_fail(const options& o) {
     for (std::size_t i = 0; i < o.nodes; ++i) order[i] = i;
     std::shuffle(order.begin(), order.end(), rng);
     const auto kill = o.nodes * static_cast<std::size_t>(f) / 100;
-    for (std::size_t i = 0; i < kill; ++i) c.net.kill(c.nodes[order[i]]->id());
+    for (std::size_t i = 0; i < kill; ++i) c.kill(order[i]);
     std::string row;
     double last_reliability = 0;
     std::uint64_t k = static_cast<std::uint64_t>(f) * 100;
@@ -206,7 +206,7 @@ int scenario_churn(const options& o) {
   while (c.net.now() < end) {
     if (c.net.now() >= next_churn && next_join < c.nodes.size()) {
       const auto victim = random_up();
-      c.net.kill(c.nodes[victim]->id());
+      c.kill(victim);
       up[victim] = false;
       ++crashes;
       const auto joiner = next_join++;
