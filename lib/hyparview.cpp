@@ -162,14 +162,20 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
 
   // ---- messages ------------------------------------------------------------
 
-  void on_message(const std::string& from, const json& j) {
-    if (leaving) return;
+  // False for bytes that are not a message at all: the transport cuts the
+  // peer off. A message of a bad shape is counted and dropped.
+  bool on_message(const std::string& from, const byte_slice& body) {
     std::string why;
     // A shuffle list is at most shuffle_length long; some slack for peers
     // configured differently.
-    auto msg = parse_membership_message(j, 4 * config.shuffle_length + 8, &why);
-    if (!msg) return bad(from, why);
-    std::visit([&](auto& m) { on(from, m); }, *msg);
+    auto msg = parse_membership_message(body.bytes(), 4 * config.shuffle_length + 8, &why);
+    if (!msg) {
+      if (!is_cbor_item(body.bytes())) return false;
+      if (!leaving) bad(from, why);
+      return true;
+    }
+    if (!leaving) std::visit([&](auto& m) { on(from, m); }, *msg);
+    return true;
   }
 
   void bad(const std::string& from, const std::string& why) {
@@ -539,12 +545,8 @@ void hyparview::start() {
   auto* m = impl_.get();
   if (m->started) return;
   m->started = true;
-  m->net.on_message(channel::membership, [m](const std::string& from, const byte_slice& body) {
-    auto msg = decode_cbor(body.bytes());
-    if (!msg) return false;  // not a message: the transport cuts the peer off
-    m->on_message(from, std::move(*msg));
-    return true;
-  });
+  m->net.on_message(channel::membership,
+                    [m](const std::string& from, const byte_slice& body) { return m->on_message(from, body); });
   m->net.on_connected([m](const peer_descriptor& p, bool inbound) { m->on_connected(p, inbound); });
   m->net.on_disconnected([m](const std::string& p, disconnect_reason r) { m->on_disconnected(p, r); });
   m->spawn("maintenance", m->maintenance_loop());

@@ -4,6 +4,7 @@
 #include "barrel_p2p/keyed_hash.hpp"
 #include "barrel_p2p/detail/plumtree_messages.hpp"
 #include "barrel_p2p/detail/task_group.hpp"
+#include "barrel_p2p/detail/wake_signal.hpp"
 #include "token_bucket.hpp"
 
 #include <algorithm>
@@ -58,12 +59,18 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   duration next_optimization{0};  // optimisations are at least optimization_interval apart
   std::map<std::string, delivery_handler> subscribers;
   task_group loops;
+  // The timers loop, when idle, waits here for work: an announcement queued,
+  // a message missing, a first entry in the cache, or the expiry alarm.
+  wake_signal work_ready;
+  bool timers_idle = false;    // the loop waits on work_ready
+  bool expiry_alarm = false;   // an alarm is set for the cache's next expiry
+  bool expiry_due = false;     // the alarm rang: this instant is the expiry's tick
   random_engine rng;
   bool started = false;
   bool stopped = false;
 
   impl(transport& n, hyparview& m, scheduler& s, plumtree_config c)
-      : net(n), membership(m), sched(s), config(std::move(c)), loops(s.get_executor()) {
+      : net(n), membership(m), sched(s), config(std::move(c)), loops(s.get_executor()), work_ready(s.get_executor()) {
     if (config.ihave_interval <= duration{0} || config.graft_timeout <= duration{0} ||
         config.graft_retry_timeout <= duration{0} || config.ihave_batch_max == 0 ||
         config.cache_max_messages == 0 || config.cache_max_bytes == 0 ||
@@ -111,6 +118,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       missing.erase(was_missing);
     }
     if (!cache.emplace(id, cached_message{tag, payload, round, grafted}).second) return grafted;
+    if (cache_order.empty()) wake_timers();
     cache_bytes += payload.size();
     cache_order.emplace_back(sched.now(), id);
     while ((cache.size() > config.cache_max_messages || cache_bytes > config.cache_max_bytes) &&
@@ -148,7 +156,10 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     for (const auto& p : lazy) {
       if (p == except) continue;
       if (everyone) send_to(p);
-      else pending_ihave[p].push_back({id, round});
+      else {
+        if (pending_ihave.empty()) wake_timers();
+        pending_ihave[p].push_back({id, round});
+      }
     }
   }
 
@@ -226,6 +237,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         if (missing.size() >= config.max_missing) continue;
         const auto wait =
             now < repair_until || eager.empty() ? config.repair_graft_timeout : graft_wait();
+        if (missing.empty()) wake_timers();
         it = missing.emplace(a.id, missing_message{{}, now + wait, false}).first;
       }
       // One entry per announcer, however often it repeats the id: the list
@@ -336,15 +348,70 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   // missing messages, expiring the cache.
   // Holds the state alive while suspended, so a plumtree destroyed without
   // stop() leaves the loop to wake, see it was cancelled, and end.
+  // Flushes announcements, fetches what is overdue and expires the cache
+  // every ihave_interval, on a fixed grid of instants from the start. With
+  // nothing to announce or fetch it waits for work instead (an alarm stands
+  // in for the cache's next expiry), then goes on on the same grid: an idle
+  // node does not wake ten times a second, and what it does happens at the
+  // instants it would have happened anyway.
   static task<> timers_loop(std::shared_ptr<impl> self) {
+    const auto period = self->config.ihave_interval;
+    const auto origin = self->sched.now();
+    // The first instant of the grid at or after `t`.
+    const auto tick_from = [&](duration t) { return origin + ((t - origin + period - duration{1}) / period) * period; };
+    auto next_tick = origin + period;
     while (!self->stopped) {
-      const bool elapsed = co_await self->sched.sleep(self->config.ihave_interval);
-      if (!elapsed) break;
+      if (self->idle()) {
+        std::optional<duration> expiry;
+        if (!self->cache_order.empty())
+          expiry = tick_from(self->cache_order.front().first + self->config.cache_ttl + duration{1});
+        if (!expiry || *expiry > next_tick) {
+          if (expiry && !self->expiry_alarm) {
+            self->expiry_alarm = true;
+            self->loops.spawn("plumtree_expiry", alarm(self, *expiry));
+          }
+          self->timers_idle = true;
+          const bool woken = co_await self->work_ready.wait();
+          self->timers_idle = false;
+          if (!woken || self->stopped) break;
+          // Work that arrives on a tick waits for the next one, as it did
+          // when a tick came first; the expiry's own tick runs now.
+          const auto now = self->sched.now();
+          next_tick = self->expiry_due ? tick_from(now) : tick_from(now + duration{1});
+          self->expiry_due = false;
+        }
+      }
+      if (next_tick < self->sched.now()) next_tick = tick_from(self->sched.now());  // fell behind (real time)
+      if (next_tick > self->sched.now()) {
+        const bool elapsed = co_await self->sched.sleep(next_tick - self->sched.now());
+        if (!elapsed) break;
+      }
+      next_tick += period;
       self->flush_ihave();
       self->graft_missing();
       self->expire_cache();
     }
   }
+
+  // Wakes the timers loop at `at`, the tick at which the oldest cache entry
+  // expires. One at a time: entries expire in the order they came, so no
+  // later entry needs an earlier alarm.
+  static task<> alarm(std::shared_ptr<impl> self, duration at) {
+    const bool elapsed = co_await self->sched.sleep(at - self->sched.now());
+    self->expiry_alarm = false;
+    if (!elapsed || !self->timers_idle) co_return;
+    self->expiry_due = true;
+    self->wake_timers();
+  }
+
+  void wake_timers() {
+    if (!timers_idle) return;
+    timers_idle = false;
+    work_ready.notify();
+  }
+
+  // Nothing to announce or fetch: the loop need not tick.
+  bool idle() const { return pending_ihave.empty() && missing.empty(); }
 
   void flush_ihave() {
     for (auto& [peer, ids] : pending_ihave) {

@@ -404,9 +404,7 @@ class sim_transport final : public transport {
     // What the receiver reads is the frame body in one buffer, as over TCP.
     shared_bytes received = body.head;
     if (!body.tail.empty()) {
-      std::vector<std::uint8_t> whole(*body.head);
-      whole.insert(whole.end(), body.tail.bytes().begin(), body.tail.bytes().end());
-      received = share_bytes(std::move(whole));
+      received = share_bytes(body.to_bytes());
     }
     for (int i = 0; i < copies; ++i)
       net_.schedule(net_.one_way_delay() + a.extra_delay + b.extra_delay,

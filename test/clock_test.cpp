@@ -20,12 +20,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::vector<std::uint8_t> flatten(const message_body& b) {
-  std::vector<std::uint8_t> out(*b.head);
-  out.insert(out.end(), b.tail.bytes().begin(), b.tail.bytes().end());
-  return out;
-}
-
 }  // namespace
 
 TEST_CASE("measure_offset: the peer's reading plus half the round trip, minus ours") {
@@ -74,12 +68,12 @@ TEST_CASE("judge_offsets: ahead of most measured peers by more than the maximum"
 }
 
 TEST_CASE("clock messages: encode, parse, and refuse what is not one") {
-  const auto probe_bytes = flatten(encode(clock_probe{12345}));
+  const auto probe_bytes = encode(clock_probe{12345}).to_bytes();
   auto p = parse_clock_message(probe_bytes);
   REQUIRE(p);
   CHECK(std::get<clock_probe>(*p).sent_ms == 12345);
 
-  const auto answer_bytes = flatten(encode(clock_answer{7, 1'700'000'000'000}));
+  const auto answer_bytes = encode(clock_answer{7, 1'700'000'000'000}).to_bytes();
   auto a = parse_clock_message(answer_bytes);
   REQUIRE(a);
   CHECK(std::get<clock_answer>(*a).sent_ms == 7);

@@ -101,6 +101,31 @@ struct bcluster {
 
 }  // namespace
 
+TEST_CASE("an idle node's timers do not tick, yet its cache still expires on time and work resumes at once") {
+  bcluster c(3, 11);
+  const auto ttl = plumtree_config{}.cache_ttl;
+  c.nodes[0]->broadcast->broadcast("t", share_bytes(cbor_writer().uint(1).take()));
+  c.net.run_for(1s);
+  for (auto& b : c.nodes) CHECK(b->broadcast->counters().cache_size == 1);
+  // An idle minute: membership maintenance and shuffles only. A timers
+  // loop ticking every ihave_interval (100 ms) alone would be 1,800 events.
+  const auto before = c.net.stats().events;
+  c.net.run_for(60s);
+  const auto idle_events = c.net.stats().events - before;
+  MESSAGE("events in an idle minute, 3 nodes: ", idle_events);
+  CHECK(idle_events < 1'000);
+  // The entry expires within one tick of its time to live, not before.
+  c.net.run_for(ttl - 61s - 200ms);
+  for (auto& b : c.nodes) CHECK(b->broadcast->counters().cache_size == 1);
+  c.net.run_for(400ms);
+  for (auto& b : c.nodes) CHECK(b->broadcast->counters().cache_size == 0);
+  // Work after the idle spell: delivered everywhere, once.
+  c.nodes[2]->broadcast->broadcast("t", share_bytes(cbor_writer().uint(2).take()));
+  ++c.nodes[2]->received[2];
+  c.net.run_for(1s);
+  CHECK(c.delivered_everywhere(2, 1) == 1);
+}
+
 TEST_CASE("200 nodes: every broadcast reaches every node exactly once; the tree settles to RMR < 0.1") {
   bcluster c(200, 5);
   std::vector<const hyparview*> views;

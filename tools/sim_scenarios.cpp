@@ -29,7 +29,7 @@ int scenario_form(const options& o) {
                {"asymmetric_edges", s.asymmetric}, {"active_min", s.min_active}, {"active_max", s.max_active},
                {"active_avg", s.avg_active}, {"passive_avg", s.avg_passive},
                {"clustering", s.clustering}, {"avg_shortest_path", s.avg_path},
-               {"events", c.net.stats().events}};
+               {"events", c.net.stats().events}, {"messages", c.net.stats().messages_delivered}};
   std::cout << line.dump() << '\n';
   std::cout << "\nform: " << o.nodes << " nodes, seed " << o.seed << "\n"
             << "  connected overlay at " << (joined_by + extra).count() << " ms virtual (joins end at "

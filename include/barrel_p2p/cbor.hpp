@@ -54,6 +54,7 @@ class cbor_writer {
   /// Any json value, as encode_cbor writes it.
   cbor_writer& value(const nlohmann::json& v);
   cbor_writer& uint(std::uint64_t v) { return head(0, v); }
+  cbor_writer& boolean(bool v) { return head(7, v ? 21 : 20); }
   cbor_writer& text(std::string_view s);
   cbor_writer& bytes(std::span<const std::uint8_t> b);
   /// Only the head of a byte string of `n` bytes: the caller sends the `n`
@@ -87,6 +88,14 @@ class cbor_reader {
   [[nodiscard]] std::optional<std::span<const std::uint8_t>> item(std::size_t max_depth,
                                                                   std::size_t& items_left) noexcept;
   [[nodiscard]] std::optional<std::uint64_t> uint() noexcept { return head(0); }
+  /// The simple value false or true.
+  [[nodiscard]] std::optional<bool> boolean() noexcept {
+    auto v = head(7);
+    if (v == 20U) return false;
+    if (v == 21U) return true;
+    pos_ = in_.size() + 1;
+    return std::nullopt;
+  }
   /// A text string of at most `max_bytes` bytes (not checked for UTF-8).
   [[nodiscard]] std::optional<std::string_view> text(std::size_t max_bytes) noexcept;
   /// A byte string: a view into the input.

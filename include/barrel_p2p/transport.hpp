@@ -119,9 +119,17 @@ struct message_body {
   explicit message_body(shared_bytes h, byte_slice t = {}) : head(std::move(h)), tail(std::move(t)) {}
   [[nodiscard]] std::size_t size() const noexcept { return (head ? head->size() : 0) + tail.size(); }
   explicit operator bool() const noexcept { return head != nullptr; }
+  /// The whole body in one buffer, as the receiver reads it (a copy).
+  [[nodiscard]] std::vector<std::uint8_t> to_bytes() const {
+    std::vector<std::uint8_t> out;
+    out.reserve(size());
+    if (head) out.insert(out.end(), head->begin(), head->end());
+    out.insert(out.end(), tail.bytes().begin(), tail.bytes().end());
+    return out;
+  }
 };
 /// A json message as one CBOR item (for messages that are json by nature:
-/// membership, replica control, tests).
+/// replica control, tests).
 [[nodiscard]] message_body encode_body(const json& message);
 
 enum class disconnect_reason {

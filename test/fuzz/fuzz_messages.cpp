@@ -19,12 +19,6 @@ using namespace barrel_p2p;
 
 namespace {
 
-std::vector<std::uint8_t> flatten(const message_body& b) {
-  std::vector<std::uint8_t> out(*b.head);
-  out.insert(out.end(), b.tail.bytes().begin(), b.tail.bytes().end());
-  return out;
-}
-
 bool same(const std::span<const std::uint8_t> a, const std::span<const std::uint8_t> b) {
   return std::equal(a.begin(), a.end(), b.begin(), b.end());
 }
@@ -46,7 +40,7 @@ void check_broadcast(const byte_slice& body) {
   }
   // Canonical input (shortest-form heads) comes back byte for byte; any
   // accepted input parses again to the same message.
-  const auto bytes = share_bytes(flatten(again));
+  const auto bytes = share_bytes(again.to_bytes());
   auto back = parse_broadcast_message(byte_slice(bytes));
   if (!back || back->index() != m->index()) __builtin_trap();
   if (auto* g = std::get_if<gossip_message>(&*back)) {
@@ -68,7 +62,7 @@ void check_replica(std::span<const std::uint8_t> bytes) {
     if (!snapshot || encode_cbor(*snapshot) != encode_cbor(sync->snapshot)) __builtin_trap();
   }
   if (parsed.message) {
-    const auto body = flatten(std::visit([](const auto& m) { return encode(m); }, *parsed.message));
+    const auto body = std::visit([](const auto& m) { return encode(m); }, *parsed.message).to_bytes();
     auto back = parse_replica_message(body);
     if (!back.message || back.message->index() != parsed.message->index() || back.name != parsed.name)
       __builtin_trap();
@@ -82,21 +76,24 @@ void check_replica(std::span<const std::uint8_t> bytes) {
 }
 
 void check_membership(std::span<const std::uint8_t> bytes) {
-  auto j = decode_cbor(bytes);
-  if (!j) return;
-  auto m = parse_membership_message(*j, 64);
+  auto m = parse_membership_message(bytes, 64);
+  // What parses is one CBOR item that decode_cbor reads too.
+  if (m && (!is_cbor_item(bytes) || !decode_cbor(bytes))) __builtin_trap();
   if (!m) return;
-  const auto body = flatten(std::visit([](const auto& x) { return encode(x); }, *m));
-  auto again = decode_cbor(body);
-  if (!again) __builtin_trap();
-  auto back = parse_membership_message(*again, 64);
+  const auto body = std::visit([](const auto& x) { return encode(x); }, *m).to_bytes();
+  // The encoder writes what the json form wrote, and reads back the same.
+  auto tree = decode_cbor(body);
+  if (!tree || encode_cbor(*tree) != body) __builtin_trap();
+  auto back = parse_membership_message(body, 64);
   if (!back || back->index() != m->index()) __builtin_trap();
+  const auto again = std::visit([](const auto& x) { return encode(x); }, *back).to_bytes();
+  if (again != body) __builtin_trap();
 }
 
 void check_clock(std::span<const std::uint8_t> bytes) {
   auto m = parse_clock_message(bytes);
   if (!m) return;
-  const auto body = flatten(std::visit([](const auto& x) { return encode(x); }, *m));
+  const auto body = std::visit([](const auto& x) { return encode(x); }, *m).to_bytes();
   auto back = parse_clock_message(body);
   if (!back || back->index() != m->index()) __builtin_trap();
   if (auto* a = std::get_if<clock_answer>(&*back)) {

@@ -2,7 +2,8 @@
 // The messages of the membership layer (channel membership), typed, with
 // their encoders and a parser for what a peer sends (docs/reference/wire.md).
 //
-// Each is a CBOR map with a type "t" (descriptors as {"id","host","port"}):
+// Each is a CBOR map with a type "t" (descriptors as {"id","host","port"}),
+// written with its keys in sorted order and read in any order:
 //   JOIN            {"t":"join", "n":desc}
 //   FORWARD_JOIN    {"t":"fwd_join", "n":desc, "ttl":u}
 //   NEIGHBOR        {"t":"neighbor", "n":desc, "prio":"high"|"low"}
@@ -16,6 +17,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <variant>
 #include <vector>
@@ -60,10 +62,18 @@ using membership_message = std::variant<join_message, forward_join_message, neig
 [[nodiscard]] message_body encode(const shuffle_message& m);
 [[nodiscard]] message_body encode(const shuffle_reply_message& m);
 
-/// Validating parse of a decoded membership message; nullopt on any bad shape
-/// (unknown type, missing or mistyped field, bad descriptor, a list longer
-/// than `max_list`). Never throws. `why` (when given) names what was wrong.
-[[nodiscard]] std::optional<membership_message> parse_membership_message(const json& j, std::size_t max_list,
+/// Validating parse of a membership message's bytes; nullopt on any bad
+/// shape (not a CBOR map, unknown type, missing or mistyped field, bad
+/// descriptor, a list longer than `max_list`, trailing bytes). Keys may come
+/// in any order; unknown keys are skipped. Never throws, builds no json.
+/// `why` (when given) names what was wrong.
+[[nodiscard]] std::optional<membership_message> parse_membership_message(std::span<const std::uint8_t> bytes,
+                                                                         std::size_t max_list,
                                                                          std::string* why = nullptr) noexcept;
+
+/// Whether `bytes` hold exactly one well-formed CBOR item (of what
+/// decode_cbor accepts): tells a malformed message, which is dropped, from
+/// bytes that are not a message at all, for which the link is cut.
+[[nodiscard]] bool is_cbor_item(std::span<const std::uint8_t> bytes) noexcept;
 
 }  // namespace barrel_p2p
