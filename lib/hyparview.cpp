@@ -170,7 +170,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     // configured differently.
     auto msg = parse_membership_message(body.bytes(), 4 * config.shuffle_length + 8, &why);
     if (!msg) {
-      if (!is_cbor_item(body.bytes())) return false;
+      if (!decode_cbor(body.bytes())) return false;  // as any CBOR reader would refuse it
       if (!leaving) bad(from, why);
       return true;
     }

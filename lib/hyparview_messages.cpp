@@ -203,10 +203,4 @@ std::optional<membership_message> parse_membership_message(std::span<const std::
   }
 }
 
-bool is_cbor_item(std::span<const std::uint8_t> bytes) noexcept {
-  cbor_reader r(bytes);
-  std::size_t items = 1 << 16;
-  return r.item(16, items).has_value() && r.at_end();
-}
-
 }  // namespace barrel_p2p

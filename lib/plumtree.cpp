@@ -363,7 +363,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     while (!self->stopped) {
       if (self->idle()) {
         std::optional<duration> expiry;
-        if (!self->cache_order.empty())
+        if (!self->cache_order.empty() && self->config.cache_ttl < duration::max() / 2)  // else never
           expiry = tick_from(self->cache_order.front().first + self->config.cache_ttl + duration{1});
         if (!expiry || *expiry > next_tick) {
           if (expiry && !self->expiry_alarm) {
@@ -375,9 +375,10 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
           self->timers_idle = false;
           if (!woken || self->stopped) break;
           // Work that arrives on a tick waits for the next one, as it did
-          // when a tick came first; the expiry's own tick runs now.
+          // when a tick came first; the expiry's tick runs now (in real time
+          // the alarm wakes a little late, and the grid shifts with it).
           const auto now = self->sched.now();
-          next_tick = self->expiry_due ? tick_from(now) : tick_from(now + duration{1});
+          next_tick = self->expiry_due ? now : tick_from(now + duration{1});
           self->expiry_due = false;
         }
       }

@@ -6,6 +6,8 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+
 using namespace barrel_p2p;
 
 namespace {
@@ -95,7 +97,18 @@ TEST_CASE("membership messages: malformed shapes are refused, and told from byte
     std::string why;
     CHECK_FALSE(parse_membership_message(encode_cbor(j), 16, &why));
     CHECK_FALSE(why.empty());
-    CHECK(is_cbor_item(encode_cbor(j)));  // a message of a bad shape: dropped, the link kept
+    CHECK(decode_cbor(encode_cbor(j)));  // a message of a bad shape: dropped, the link kept
+  }
+  // Booleans are the bytes F4 and F5 only: not a float, not a two-byte
+  // simple value (which is no valid CBOR at all).
+  for (const std::vector<std::uint8_t>& ok_value : {std::vector<std::uint8_t>{0xf9, 0x00, 0x15},
+                                                   std::vector<std::uint8_t>{0xf8, 0x15}}) {
+    auto bytes = encode_cbor(json{{"ok", true}, {"t", "neighbor_reply"}});  // A2 62 'o' 'k' F5 61 't' ...
+    const auto at = std::find(bytes.begin(), bytes.end(), 0xf5) - bytes.begin();
+    REQUIRE(at < static_cast<std::ptrdiff_t>(bytes.size()));
+    bytes.erase(bytes.begin() + at);
+    bytes.insert(bytes.begin() + at, ok_value.begin(), ok_value.end());
+    CHECK_FALSE(parse_membership_message(bytes, 16));
   }
   // Longer than the limit.
   json list = json::array();
@@ -107,13 +120,13 @@ TEST_CASE("membership messages: malformed shapes are refused, and told from byte
   auto trailing = bytes;
   trailing.push_back(0);
   CHECK_FALSE(parse_membership_message(trailing, 16));
-  CHECK_FALSE(is_cbor_item(trailing));
+  CHECK_FALSE(decode_cbor(trailing));
   auto cut = encode(join_message{a}).to_bytes();
   cut.pop_back();
   CHECK_FALSE(parse_membership_message(cut, 16));
-  CHECK_FALSE(is_cbor_item(cut));
+  CHECK_FALSE(decode_cbor(cut));
   CHECK_FALSE(parse_membership_message({}, 16));
-  CHECK_FALSE(is_cbor_item({}));
+  CHECK_FALSE(decode_cbor({}));
 }
 
 }  // TEST_SUITE

@@ -229,6 +229,7 @@ int scenario_churn(const options& o) {
   }
   c.net.run_for(5s);
   double sum = 0, worst = 1;
+  std::vector<double> per_second(o.churn_seconds + 1, 0.0);  // 10 probes a second
   for (auto& [id, live] : up_at_send) {
     std::size_t eligible = 0, got = 0;
     for (auto i : live) {
@@ -239,7 +240,11 @@ int scenario_churn(const options& o) {
     const double ratio = eligible ? static_cast<double>(got) / static_cast<double>(eligible) : 1.0;
     sum += ratio;
     worst = std::min(worst, ratio);
+    per_second[std::min<std::size_t>(id / 10, o.churn_seconds)] += ratio / 10;
   }
+  std::cerr << "churn: delivery ratio by second:";
+  for (auto r : per_second) std::cerr << ' ' << fmt(r);
+  std::cerr << '\n';
   const double avg = sum / static_cast<double>(up_at_send.size());
   std::uint64_t grafts = 0, promotions = 0;
   for (auto& nd : c.nodes) grafts += nd->broadcast().counters().graft_sent, promotions += nd->membership().counters().promotions;

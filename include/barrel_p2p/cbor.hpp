@@ -88,11 +88,9 @@ class cbor_reader {
   [[nodiscard]] std::optional<std::span<const std::uint8_t>> item(std::size_t max_depth,
                                                                   std::size_t& items_left) noexcept;
   [[nodiscard]] std::optional<std::uint64_t> uint() noexcept { return head(0); }
-  /// The simple value false or true.
+  /// The simple value false or true: exactly the byte F4 or F5.
   [[nodiscard]] std::optional<bool> boolean() noexcept {
-    auto v = head(7);
-    if (v == 20U) return false;
-    if (v == 21U) return true;
+    if (pos_ < in_.size() && (in_[pos_] == 0xf4 || in_[pos_] == 0xf5)) return in_[pos_++] == 0xf5;
     pos_ = in_.size() + 1;
     return std::nullopt;
   }

@@ -71,9 +71,4 @@ using membership_message = std::variant<join_message, forward_join_message, neig
                                                                          std::size_t max_list,
                                                                          std::string* why = nullptr) noexcept;
 
-/// Whether `bytes` hold exactly one well-formed CBOR item (of what
-/// decode_cbor accepts): tells a malformed message, which is dropped, from
-/// bytes that are not a message at all, for which the link is cut.
-[[nodiscard]] bool is_cbor_item(std::span<const std::uint8_t> bytes) noexcept;
-
 }  // namespace barrel_p2p
