@@ -53,6 +53,7 @@ cluster::cluster(std::size_t n, const options& o) : net(io, [&] {
 }
 
 void cluster::form(std::uint64_t seed, std::size_t count) {
+  members = std::min(count, nodes.size());
   boost::asio::co_spawn(io, [this, seed, count]() -> task<> {
     random_engine rng(seed);
     for (std::size_t i = 0; i < std::min(count, nodes.size()); ++i) {
@@ -62,6 +63,7 @@ void cluster::form(std::uint64_t seed, std::size_t count) {
       co_await nodes[i]->membership().join(contact);
       co_await nodes[i]->sched().sleep(10ms);
     }
+    joins_ended = net.now();
   }, boost::asio::detached);
 }
 
@@ -117,17 +119,19 @@ bool cluster::overlay_connected() const {
   // Nearly every check during formation ends here, in constant time. With
   // dead nodes their views do not count, so the walk below decides.
   if (asymmetric > 0 && killed == 0) return false;
+  // Nodes not started yet (churn's later joiners) are not in the overlay.
+  const auto n = std::min(members, nodes.size());
   std::size_t live = 0, first = SIZE_MAX;
-  for (std::size_t i = 0; i < nodes.size(); ++i) {
+  for (std::size_t i = 0; i < n; ++i) {
     if (!alive(i)) continue;
     ++live;
     if (first == SIZE_MAX) first = i;
     if (active[i].empty()) return false;
   }
-  for (std::size_t i = 0; i < active.size(); ++i) {
+  for (std::size_t i = 0; i < n; ++i) {
     if (!alive(i)) continue;
     for (auto j : active[i])
-      if (!alive(j) || !holds(active[j], static_cast<std::uint32_t>(i))) return false;
+      if (j >= n || !alive(j) || !holds(active[j], static_cast<std::uint32_t>(i))) return false;
   }
   if (live == 0) return true;
   std::vector<char> seen(active.size(), 0);

@@ -75,8 +75,9 @@ struct cluster {
 
   bool alive(std::size_t i) const { return net.alive(nodes[i]->id()); }
 
-  // Node i joins through a random earlier node, one every 10 ms; the first
-  // `count` nodes (all by default).
+  // Node i joins through a random earlier node, the first `count` nodes
+  // (all by default), one after the other with 10 ms between a join's end
+  // and the next start; `joins_ended` is set when the last has joined.
   void form(std::uint64_t seed, std::size_t count = SIZE_MAX);
 
   std::vector<std::vector<std::size_t>> graph() const;
@@ -96,6 +97,9 @@ struct cluster {
   // Links held by one side only, over all nodes.
   std::size_t asymmetric = 0;
   std::size_t killed = 0;
+  // How many nodes form() started (the first ones): the overlay checked.
+  std::size_t members = SIZE_MAX;
+  std::optional<duration> joins_ended;
 
   void on_membership(std::size_t i, const membership_event& ev);
 
@@ -149,8 +153,9 @@ std::string fmt(double v);
 /// of virtual time; returns how long that took (`limit` at most).
 duration settle(cluster& c, duration limit);
 
-/// Every node joins (one every 10 ms), then the overlay settles; returns the
-/// time it took to connect after the last join.
+/// Every node joins (form), then the overlay settles: runs 10 ms x N, then
+/// until the overlay is connected (which is not before the last join).
+/// Returns the time spent in the second part.
 duration formed(cluster& c, const options& o);
 
 }  // namespace barrel_p2p::sim

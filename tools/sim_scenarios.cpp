@@ -21,19 +21,24 @@ namespace barrel_p2p::sim {
 
 int scenario_form(const options& o) {
   cluster c(o.nodes, o);
-  const auto joined_by = duration{10} * static_cast<duration::rep>(o.nodes);
-  const auto extra = formed(c, o);
+  formed(c, o);
+  const auto connected_at = c.net.now();
+  // Each join waits for its JOIN's round trip before the next 10 ms pause,
+  // so the last one ends near 20 ms x N, not 10 ms x N.
+  const auto joins_end = c.joins_ended.value_or(connected_at);
+  const auto extra = connected_at - joins_end;
   auto s = c.stats(true);
   json line = {{"scenario", "form"}, {"nodes", o.nodes}, {"seed", o.seed},
-               {"connected_at_ms", (joined_by + extra).count()}, {"connected", s.connected()},
+               {"connected_at_ms", connected_at.count()}, {"joins_end_ms", joins_end.count()},
+               {"connected", s.connected()},
                {"asymmetric_edges", s.asymmetric}, {"active_min", s.min_active}, {"active_max", s.max_active},
                {"active_avg", s.avg_active}, {"passive_avg", s.avg_passive},
                {"clustering", s.clustering}, {"avg_shortest_path", s.avg_path},
                {"events", c.net.stats().events}, {"messages", c.net.stats().messages_delivered}};
   std::cout << line.dump() << '\n';
   std::cout << "\nform: " << o.nodes << " nodes, seed " << o.seed << "\n"
-            << "  connected overlay at " << (joined_by + extra).count() << " ms virtual (joins end at "
-            << joined_by.count() << " ms)\n"
+            << "  connected overlay at " << connected_at.count() << " ms virtual (the last join ended at "
+            << joins_end.count() << " ms)\n"
             << "  active view min/avg/max " << s.min_active << "/" << fmt(s.avg_active) << "/" << s.max_active
             << ", passive avg " << fmt(s.avg_passive) << ", asymmetric edges " << s.asymmetric << "\n"
             << "  clustering coefficient " << fmt(s.clustering) << ", average shortest path " << fmt(s.avg_path)
@@ -178,7 +183,8 @@ int scenario_churn(const options& o) {
   c.net.run_for(duration{10} * static_cast<duration::rep>(o.nodes));
   std::vector<bool> up(c.nodes.size(), false);
   for (std::size_t i = 0; i < o.nodes; ++i) up[i] = true;
-  c.net.run_for(30s);  // settle before the churn starts
+  settle(c, 600s);      // a connected overlay first (at 10,000 nodes, long after the last join)
+  c.net.run_for(30s);  // and a quiet spell before the churn starts
   random_engine rng(o.seed * 7 + 3);
   auto random_up = [&] {
     std::vector<std::size_t> live;
@@ -229,7 +235,7 @@ int scenario_churn(const options& o) {
   }
   c.net.run_for(5s);
   double sum = 0, worst = 1;
-  std::vector<double> per_second(o.churn_seconds + 1, 0.0);  // 10 probes a second
+  std::vector<double> per_second(o.churn_seconds, 0.0);  // 10 probes a second
   for (auto& [id, live] : up_at_send) {
     std::size_t eligible = 0, got = 0;
     for (auto i : live) {
@@ -240,7 +246,7 @@ int scenario_churn(const options& o) {
     const double ratio = eligible ? static_cast<double>(got) / static_cast<double>(eligible) : 1.0;
     sum += ratio;
     worst = std::min(worst, ratio);
-    per_second[std::min<std::size_t>(id / 10, o.churn_seconds)] += ratio / 10;
+    per_second[std::min<std::size_t>(id / 10, o.churn_seconds - 1)] += ratio / 10;
   }
   std::cerr << "churn: delivery ratio by second:";
   for (auto r : per_second) std::cerr << ' ' << fmt(r);
