@@ -506,6 +506,10 @@ plumtree::~plumtree() {
   impl_->stopped = true;
   if (impl_->started) impl_->net.on_message(channel::broadcast, nullptr);
   impl_->loops.cancel();
+  // The idle timers loop waits in work_ready, which the state owns while the
+  // loop owns the state: closing hands the waiter to the executor, so the
+  // cycle ends even if the executor never runs again.
+  impl_->work_ready.close();
 }
 
 void plumtree::start() {

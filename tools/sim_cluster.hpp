@@ -51,6 +51,7 @@ struct options {
   std::optional<std::uint64_t> max_converge_ms; // partition: replicas equal after the heal
   bool trace_tree = false;
   double loss = 0;  // steady: message loss on every link once formed
+  std::size_t jobs = 1;  // fail: failure sizes run at once, each in a forked copy of the formed cluster
   std::size_t origins = 0;  // steady: broadcasts come from this many fixed nodes (0: any node)
   bool nodes_given = false;
   sim::nemesis_options nemesis;

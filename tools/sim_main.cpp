@@ -6,7 +6,7 @@
 //   barrel-p2p-sim --scenario form|fail|steady|churn|partition [--nodes N] [--seed S]
 //   barrel-p2p-sim --scenario nemesis [--seeds A..B] [--nodes N] [--fault-seconds S] [--trace] [--sabotage]
 //                  [--skip-faults K,...] [--shrink]
-//                  [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]
+//                  [--broadcasts K] [--fail 10,20,...] [--jobs J] [--churn-per-s R] [--churn-seconds S]
 //                  [tuning and bounds of the steady scenario: see docs/reference/simulator.md]
 #include <barrel_p2p/keyed_hash.hpp>
 
@@ -47,6 +47,7 @@ int main(int argc, char** argv) {
       else if (a == "--seed") o.seed = std::stoull(value());
       else if (a == "--broadcasts") o.broadcasts = std::stoul(value());
       else if (a == "--fail") o.fail_percents = cli::parse_list<int>(value());
+      else if (a == "--jobs") o.jobs = std::stoul(value());
       else if (a == "--churn-per-s") o.churn_per_s = std::stod(value());
       else if (a == "--churn-seconds") o.churn_seconds = std::stoul(value());
       else if (a == "--random-promotion") o.random_promotion = std::stod(value());
@@ -72,7 +73,7 @@ int main(int argc, char** argv) {
       else if (a == "--repair-graft-ms") o.repair_graft_ms = std::stoull(value());
       else {
         std::cerr << "usage: barrel-p2p-sim --scenario form|fail|steady|churn|partition [--nodes N] [--seed S]"
-                     " [--broadcasts K] [--fail 10,20,...] [--churn-per-s R] [--churn-seconds S]\n"
+                     " [--broadcasts K] [--fail 10,20,...] [--jobs J] [--churn-per-s R] [--churn-seconds S]\n"
                      "                      [--random-promotion P] [--graft-timeout-ms T] [--graft-jitter F]\n"
                      "                      [--prune-after N] [--lazy-new-links 0|1] [--repair-graft-ms T]\n"
                      "                      [--flood-after-graft 0|1] [--optimization-threshold H]\n"

@@ -11,9 +11,15 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -51,49 +57,111 @@ int scenario_form(const options& o) {
   return 0;
 }
 
+namespace {
+
+// One failure size on a formed cluster: the JSON lines and the table row go
+// to `out`; the return value is the exit status.
+int fail_one(cluster& c, const options& o, int f, std::ostream& out) {
+  random_engine rng(o.seed * 31 + static_cast<std::uint64_t>(f));
+  // A working cluster: the tree has settled under traffic before the
+  // failure, and traffic goes on between the measured broadcasts.
+  std::uint64_t background = 10'000'000;
+  c.probe(background, 20, 100ms, rng);
+  background += 20;
+  std::vector<std::size_t> order(o.nodes);
+  for (std::size_t i = 0; i < o.nodes; ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), rng);
+  const auto kill = o.nodes * static_cast<std::size_t>(f) / 100;
+  for (std::size_t i = 0; i < kill; ++i) c.kill(order[i]);
+  std::string row;
+  double last_reliability = 0;
+  std::uint64_t k = static_cast<std::uint64_t>(f) * 100;
+  int rounds_done = 0;
+  for (int rounds : {0, 1, 2, 5}) {
+    const auto until = c.net.now() + c.nodes[0]->config().membership.shuffle_interval * (rounds - rounds_done);
+    while (c.net.now() < until) c.send_unmeasured(background++, rng), c.net.run_for(500ms);
+    rounds_done = rounds;
+    auto r = c.probe(k++, 1, duration{0}, rng);
+    json line = {{"scenario", "fail"}, {"nodes", o.nodes}, {"seed", o.seed}, {"fail_percent", f},
+                 {"after_rounds", rounds}, {"reliability", r.reliability}, {"rmr", r.rmr}, {"ldh", r.ldh}};
+    out << line.dump() << '\n';
+    row += fmt(r.reliability) + " / " + fmt(r.rmr) + " / " + std::to_string(r.ldh) + "       ";
+    last_reliability = r.reliability;
+  }
+  char head[16];
+  std::snprintf(head, sizeof head, "  %5d  ", f);
+  out << "@row " << head << row << '\n';
+  if (o.min_reliability && last_reliability < *o.min_reliability) {
+    std::cerr << "fail: reliability " << fmt(last_reliability) << " after 5 rounds with " << f
+              << " % failed, below " << fmt(*o.min_reliability) << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+// Every failure size starts from the same formed cluster: formed once, then
+// copied by fork() for each size (--jobs at a time), which is what forming
+// it again with the same seed gave, without paying for it ten times. The
+// children write to files read back in order, so the output does not
+// depend on --jobs.
 int scenario_fail(const options& o) {
-  int rc = 0;
   std::cout << "\nfail: " << o.nodes << " nodes, seed " << o.seed
             << "; reliability / RMR / LDH of a broadcast right after the failure and after 1, 2, 5 membership rounds\n";
   std::printf("  %5s  %-26s %-26s %-26s %-26s\n", "fail%", "immediately", "after 1 round", "after 2 rounds",
               "after 5 rounds");
-  for (int f : o.fail_percents) {
-    cluster c(o.nodes, o);
-    formed(c, o);
-    c.net.run_for(30s);
-    random_engine rng(o.seed * 31 + static_cast<std::uint64_t>(f));
-    // A working cluster: the tree has settled under traffic before the
-    // failure, and traffic goes on between the measured broadcasts.
-    std::uint64_t background = 10'000'000;
-    c.probe(background, 20, 100ms, rng);
-    background += 20;
-    std::vector<std::size_t> order(o.nodes);
-    for (std::size_t i = 0; i < o.nodes; ++i) order[i] = i;
-    std::shuffle(order.begin(), order.end(), rng);
-    const auto kill = o.nodes * static_cast<std::size_t>(f) / 100;
-    for (std::size_t i = 0; i < kill; ++i) c.kill(order[i]);
-    std::string row;
-    double last_reliability = 0;
-    std::uint64_t k = static_cast<std::uint64_t>(f) * 100;
-    int rounds_done = 0;
-    for (int rounds : {0, 1, 2, 5}) {
-      const auto until = c.net.now() + c.nodes[0]->config().membership.shuffle_interval * (rounds - rounds_done);
-      while (c.net.now() < until) c.send_unmeasured(background++, rng), c.net.run_for(500ms);
-      rounds_done = rounds;
-      auto r = c.probe(k++, 1, duration{0}, rng);
-      json line = {{"scenario", "fail"}, {"nodes", o.nodes}, {"seed", o.seed}, {"fail_percent", f},
-                   {"after_rounds", rounds}, {"reliability", r.reliability}, {"rmr", r.rmr}, {"ldh", r.ldh}};
-      std::cout << line.dump() << '\n';
-      row += fmt(r.reliability) + " / " + fmt(r.rmr) + " / " + std::to_string(r.ldh) + "       ";
-      last_reliability = r.reliability;
+  std::fflush(stdout);
+  std::cout.flush();
+  cluster c(o.nodes, o);
+  formed(c, o);
+  c.net.run_for(30s);
+  const auto dir = std::filesystem::temp_directory_path() / ("barrel-p2p-sim-fail-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto file_of = [&](std::size_t i) { return dir / std::to_string(i); };
+  std::vector<int> status(o.fail_percents.size(), 1);
+  std::map<pid_t, std::size_t> running;
+  const auto reap_one = [&] {
+    int st = 0;
+    const pid_t pid = ::wait(&st);
+    if (pid <= 0) return;
+    auto it = running.find(pid);
+    if (it == running.end()) return;
+    status[it->second] = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
+    running.erase(it);
+  };
+  for (std::size_t i = 0; i < o.fail_percents.size(); ++i) {
+    while (running.size() >= std::max<std::size_t>(1, o.jobs)) reap_one();
+    c.io.notify_fork(boost::asio::execution_context::fork_prepare);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      c.io.notify_fork(boost::asio::execution_context::fork_child);
+      std::ofstream out(file_of(i));
+      const int rc = fail_one(c, o, o.fail_percents[i], out);
+      out.close();
+      std::cerr.flush();
+      ::_exit(out ? rc : 1);  // no destructors: the parent owns the cluster
     }
-    std::printf("  %5d  %s\n", f, row.c_str());
-    if (o.min_reliability && last_reliability < *o.min_reliability) {
-      std::cerr << "fail: reliability " << fmt(last_reliability) << " after 5 rounds with " << f
-                << " % failed, below " << fmt(*o.min_reliability) << "\n";
-      rc = 1;
+    c.io.notify_fork(boost::asio::execution_context::fork_parent);
+    if (pid < 0) {
+      std::cerr << "fail: fork failed\n";
+      break;
     }
+    running.emplace(pid, i);
   }
+  while (!running.empty()) reap_one();
+  int rc = 0;
+  for (std::size_t i = 0; i < o.fail_percents.size(); ++i) {
+    std::ifstream in(file_of(i));
+    std::string line, row;
+    while (std::getline(in, line)) {
+      if (line.rfind("@row ", 0) == 0) row = line.substr(5);
+      else std::cout << line << '\n';
+    }
+    std::cout << row << '\n';
+    if (status[i] != 0 || row.empty()) rc = 1;
+  }
+  std::filesystem::remove_all(dir);
   return rc;
 }
 
