@@ -64,7 +64,6 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   wake_signal work_ready;
   bool timers_idle = false;    // the loop waits on work_ready
   bool expiry_alarm = false;   // an alarm is set for the cache's next expiry
-  bool expiry_due = false;     // the alarm rang: this instant is the expiry's tick
   random_engine rng;
   bool started = false;
   bool stopped = false;
@@ -378,8 +377,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
           // when a tick came first; the expiry's tick runs now (in real time
           // the alarm wakes a little late, and the grid shifts with it).
           const auto now = self->sched.now();
-          next_tick = self->expiry_due ? now : tick_from(now + duration{1});
-          self->expiry_due = false;
+          next_tick = self->oldest_expired() ? now : tick_from(now + duration{1});
         }
       }
       if (next_tick < self->sched.now()) next_tick = tick_from(self->sched.now());  // fell behind (real time)
@@ -400,15 +398,18 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   static task<> alarm(std::shared_ptr<impl> self, duration at) {
     const bool elapsed = co_await self->sched.sleep(at - self->sched.now());
     self->expiry_alarm = false;
-    if (!elapsed || !self->timers_idle) co_return;
-    self->expiry_due = true;
-    self->wake_timers();
+    if (elapsed) self->wake_timers();
   }
 
   void wake_timers() {
     if (!timers_idle) return;
     timers_idle = false;
     work_ready.notify();
+  }
+
+  // The oldest cached entry is past its time to live (expire_cache drops it).
+  bool oldest_expired() const {
+    return !cache_order.empty() && sched.now() - cache_order.front().first > config.cache_ttl;
   }
 
   // Nothing to announce or fetch: the loop need not tick.
@@ -491,8 +492,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   }
 
   void expire_cache() {
-    const auto now = sched.now();
-    while (!cache_order.empty() && now - cache_order.front().first > config.cache_ttl) forget_oldest();
+    while (oldest_expired()) forget_oldest();
     counters.cache_size = cache.size();
     counters.cache_bytes = cache_bytes;
   }

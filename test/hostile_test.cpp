@@ -432,3 +432,19 @@ TEST_CASE("openings for instances that do not exist here are kept within bounds,
   boost::asio::co_spawn(io, raw->stop(), boost::asio::detached);
   net.run_for(1s);  // before raw goes
 }
+
+TEST_CASE("a membership message of a bad shape is counted and dropped, the link kept; bytes that are no CBOR are refused as a bad frame (TCP then closes the link)") {
+  lone_map_node c;
+  auto& a = *c.a;
+  auto raw = connected_raw(c.io, c.net, "raw", a.self().address);
+  const auto bad_before = a.membership().counters().bad_messages;
+  raw->send("a", channel::membership, encode_body(json{{"t", "neighbor_reply"}, {"ok", 1}}));  // ok not a boolean
+  c.net.run_for(100ms);
+  CHECK(a.membership().counters().bad_messages == bad_before + 1);
+  CHECK(raw->is_connected("a"));
+  const auto frames_before = a.net().counters().bad_frames;
+  const std::vector<std::uint8_t> not_cbor{0xff, 0x00};
+  raw->send("a", channel::membership, message_body(share_bytes(not_cbor)));
+  c.net.run_for(100ms);
+  CHECK(a.net().counters().bad_frames == frames_before + 1);
+}

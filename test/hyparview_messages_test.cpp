@@ -97,7 +97,6 @@ TEST_CASE("membership messages: malformed shapes are refused, and told from byte
     std::string why;
     CHECK_FALSE(parse_membership_message(encode_cbor(j), 16, &why));
     CHECK_FALSE(why.empty());
-    CHECK(decode_cbor(encode_cbor(j)));  // a message of a bad shape: dropped, the link kept
   }
   // Booleans are the bytes F4 and F5 only: not a float, not a two-byte
   // simple value (which is no valid CBOR at all).

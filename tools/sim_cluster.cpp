@@ -67,13 +67,12 @@ void cluster::form(std::uint64_t seed, std::size_t count) {
   }, boost::asio::detached);
 }
 
+// From the views mirrored by on_membership, which hold what active_view()
+// holds (the statistics do not depend on the order).
 std::vector<std::vector<std::size_t>> cluster::graph() const {
-  std::map<std::string, std::size_t> index;
-  for (std::size_t i = 0; i < nodes.size(); ++i) index[nodes[i]->id()] = i;
   std::vector<std::vector<std::size_t>> g(nodes.size());
   for (std::size_t i = 0; i < nodes.size(); ++i)
-    if (alive(i))
-      for (const auto& d : nodes[i]->membership().active_view()) g[i].push_back(index.at(d.id));
+    if (alive(i)) g[i].assign(active[i].begin(), active[i].end());
   return g;
 }
 
