@@ -15,7 +15,9 @@
 #include <algorithm>
 #include <deque>
 #include <map>
+#include <optional>
 #include <stdexcept>
+#include <tuple>
 #include <unordered_map>
 #include <variant>
 
@@ -81,6 +83,7 @@ struct sim_node {
   link_table links;
   duration wall_skew{0};                        // this node's wall clock minus true time
   duration extra_delay{0};                      // a slow node: added to what it sends and receives
+  std::uint32_t region = 0;
   // hold_reading: messages from a held peer wait here, in order, as they
   // would in TCP's buffers (unbounded: the sender's side is not modelled).
   struct parked_message {
@@ -140,6 +143,12 @@ struct sim_network::impl {
   std::unordered_map<std::string, std::size_t> index_of;
   std::set<std::pair<std::string, std::string>> blocked;  // directed
   sim_stats stats;
+  std::optional<sim_regions> regions;
+  // Links that are down until an instant, by (lower, higher) node index.
+  std::map<std::pair<std::uint32_t, std::uint32_t>, duration> down_until;
+  double flaps_per_second = 0;
+  duration flap_length{0};
+  std::uint64_t flap_generation = 0;  // ends an earlier set_flapping's chain
 
   impl(asio::io_context& io_, sim_config c) : io(io_), config(c), rng(c.seed) {}
 
@@ -177,11 +186,12 @@ struct sim_network::impl {
     return true;
   }
 
-  sim_node& node(const std::string& id) {
+  std::uint32_t index(const std::string& id) const {
     auto it = index_of.find(id);
     if (it == index_of.end()) throw std::invalid_argument("sim_network: unknown node " + id);
-    return *nodes[it->second];
+    return static_cast<std::uint32_t>(it->second);
   }
+  sim_node& node(const std::string& id) const { return *nodes[index(id)]; }
 
   // Traffic from a can reach b.
   bool can_send(const sim_node& a, const sim_node& b) const {
@@ -193,11 +203,64 @@ struct sim_network::impl {
     return can_send(a, b) && can_send(b, a);
   }
 
-  duration one_way_delay() {
-    auto j = config.jitter.count();
-    auto d = config.latency.count() +
-             (j > 0 ? std::uniform_int_distribution<duration::rep>(-j, j)(rng) : 0);
+  duration base_delay(std::uint32_t a, std::uint32_t b) const {
+    if (!regions) return config.latency;
+    const auto rtt = regions->rtt[nodes[a]->region][nodes[b]->region];
+    return std::max(duration{1}, rtt / 2);
+  }
+
+  duration one_way_delay(std::uint32_t a, std::uint32_t b) {
+    const auto base = base_delay(a, b).count();
+    const auto j = regions ? static_cast<duration::rep>(static_cast<double>(base) * regions->jitter_share)
+                           : config.jitter.count();
+    auto d = base + (j > 0 ? std::uniform_int_distribution<duration::rep>(-j, j)(rng) : 0);
     return duration(std::max<duration::rep>(d, 0));
+  }
+
+  double loss_between(std::uint32_t a, std::uint32_t b) const {
+    if (!regions) return 0;
+    return nodes[a]->region == nodes[b]->region ? regions->loss_within : regions->loss_between;
+  }
+
+  // How long a message on the link a-b waits for the link to come back.
+  duration outage_left(std::uint32_t a, std::uint32_t b) {
+    if (down_until.empty()) return duration{0};
+    auto it = down_until.find(std::minmax(a, b));
+    if (it == down_until.end()) return duration{0};
+    if (it->second <= now) {
+      down_until.erase(it);
+      return duration{0};
+    }
+    ++stats.messages_held;
+    return it->second - now;
+  }
+
+  void flap(sim_node& a, const std::string& peer, duration down_for) {
+    auto it = a.links.find(peer);
+    if (it == a.links.end()) return;
+    const auto ai = index(a.desc.id);
+    auto& until = down_until[std::minmax(ai, it->second.peer)];
+    until = std::max(until, now + down_for);
+    ++stats.links_flapped;
+    if (down_for >= config.failure_detection) fail_link(a, peer, it->second.epoch);
+  }
+
+  duration flap_interval() const {
+    return duration{std::max<duration::rep>(1, static_cast<duration::rep>(1000.0 / flaps_per_second))};
+  }
+
+  // One random link of a random live node flaps, then the next is due.
+  void flap_tick(std::uint64_t generation) {
+    if (generation != flap_generation || flaps_per_second <= 0) return;
+    for (int tries = 0; tries < 16 && !nodes.empty(); ++tries) {
+      auto& n = *nodes[std::uniform_int_distribution<std::size_t>(0, nodes.size() - 1)(rng)];
+      if (!n.alive || n.links.begin() == n.links.end()) continue;
+      std::vector<std::string> peers;
+      for (const auto& [id, l] : n.links) peers.push_back(id);
+      flap(n, peers[std::uniform_int_distribution<std::size_t>(0, peers.size() - 1)(rng)], flap_length);
+      break;
+    }
+    schedule(flap_interval(), [this, generation] { flap_tick(generation); });
   }
 
   bool roll(double p) { return p > 0 && std::uniform_real_distribution<double>(0, 1)(rng) < p; }
@@ -362,7 +425,7 @@ class sim_transport final : public transport {
         co_return std::nullopt;
       }
     }
-    co_await pause(net, net.config.latency * 2);  // the handshake's round trip
+    co_await pause(net, net.base_delay(static_cast<std::uint32_t>(index), static_cast<std::uint32_t>(target_index)) * 2);  // the handshake's round trip
     auto& a = me();
     auto& b = *net.nodes[target_index];
     if (!a.attached) co_return std::nullopt;  // its transport went meanwhile
@@ -396,7 +459,8 @@ class sim_transport final : public transport {
     net_.stats.bytes_sent += body.size() + 5;
     ++net_.stats.per_channel_sent[static_cast<std::size_t>(ch)];
     auto& b = *net_.nodes[peer];
-    if (!net_.can_send(a, b) || net_.roll(net_.config.loss)) {
+    const auto from = static_cast<std::uint32_t>(index_);
+    if (!net_.can_send(a, b) || net_.roll(net_.config.loss) || net_.roll(net_.loss_between(from, peer))) {
       ++net_.stats.messages_lost;
       return true;  // sent as far as the sender can tell
     }
@@ -406,9 +470,10 @@ class sim_transport final : public transport {
     if (!body.tail.empty()) {
       received = share_bytes(body.to_bytes());
     }
+    const auto wait = net_.outage_left(from, peer);
     for (int i = 0; i < copies; ++i)
-      net_.schedule(net_.one_way_delay() + a.extra_delay + b.extra_delay,
-                    delivery{static_cast<std::uint32_t>(index_), peer, epoch, ch, received});
+      net_.schedule(wait + net_.one_way_delay(from, peer) + a.extra_delay + b.extra_delay,
+                    delivery{from, peer, epoch, ch, received});
     return true;
   }
 
@@ -417,8 +482,9 @@ class sim_transport final : public transport {
     auto it = a.links.find(peer_id);
     if (it == a.links.end()) return;
     const auto epoch = it->second.epoch;
+    const auto delay = net_.one_way_delay(static_cast<std::uint32_t>(index_), it->second.peer);
     net_.drop_side(a, peer_id, epoch, disconnect_reason::closed_locally);
-    net_.schedule(net_.one_way_delay(), [net = &net_, from = a.desc.id, peer_id, epoch] {
+    net_.schedule(delay, [net = &net_, from = a.desc.id, peer_id, epoch] {
       net->drop_side(net->node(peer_id), from, epoch, disconnect_reason::closed_by_peer);
     });
   }
@@ -452,11 +518,11 @@ class sim_transport final : public transport {
   void detach(bool notify_self) {
     auto& a = me();
     if (!a.attached) return;
-    std::vector<std::pair<std::string, std::uint64_t>> links;
-    for (const auto& [peer, l] : a.links) links.emplace_back(peer, l.epoch);
-    for (const auto& [peer, epoch] : links) {
+    std::vector<std::tuple<std::string, std::uint64_t, std::uint32_t>> links;
+    for (const auto& [peer, l] : a.links) links.emplace_back(peer, l.epoch, l.peer);
+    for (const auto& [peer, epoch, peer_index] : links) {
       if (notify_self) net_.drop_side(a, peer, epoch, disconnect_reason::closed_locally);
-      net_.schedule(net_.one_way_delay(), [net = &net_, from = a.desc.id, peer, epoch] {
+      net_.schedule(net_.one_way_delay(static_cast<std::uint32_t>(index_), peer_index), [net = &net_, from = a.desc.id, peer, epoch] {
         net->drop_side(net->node(peer), from, epoch, disconnect_reason::closed_by_peer);
       });
     }
@@ -568,6 +634,50 @@ void sim_network::set_latency(duration latency, duration jitter) {
   impl_->config.latency = latency;
   impl_->config.jitter = jitter;
 }
+void sim_network::set_regions(sim_regions r) {
+  const auto n = r.names.size();
+  bool ok = n > 0 && r.rtt.size() == n && r.jitter_share >= 0 && r.jitter_share <= 1;
+  for (std::size_t i = 0; ok && i < n; ++i) {
+    ok = r.rtt[i].size() == n;
+    for (std::size_t j = 0; ok && j < n; ++j) ok = r.rtt[i][j] >= duration{0};
+  }
+  for (std::size_t i = 0; ok && i < n; ++i)
+    for (std::size_t j = 0; ok && j < n; ++j) ok = r.rtt[i][j] == r.rtt[j][i];
+  if (!ok)
+    throw std::invalid_argument("sim_network: regions need a square, symmetric rtt matrix of non-negative times, "
+                                "one row per name, and a jitter share in [0, 1]");
+  for (auto& node : impl_->nodes)
+    if (node->region >= n) node->region = 0;
+  impl_->regions = std::move(r);
+}
+
+void sim_network::set_region(const std::string& id, std::size_t region) {
+  const auto n = impl_->regions ? impl_->regions->names.size() : 1;
+  if (region >= n) throw std::invalid_argument("sim_network: no region " + std::to_string(region));
+  impl_->node(id).region = static_cast<std::uint32_t>(region);
+}
+
+std::size_t sim_network::region_of(const std::string& id) const {
+  return impl_->node(id).region;
+}
+
+duration sim_network::base_delay(const std::string& a, const std::string& b) const {
+  return impl_->base_delay(impl_->index(a), impl_->index(b));
+}
+
+void sim_network::flap(const std::string& a, const std::string& b, duration down_for) {
+  impl_->index(b);  // both must exist
+  impl_->flap(impl_->node(a), b, down_for);
+}
+
+void sim_network::set_flapping(double per_second, duration down_for) {
+  impl_->flaps_per_second = per_second;
+  impl_->flap_length = down_for;
+  const auto generation = ++impl_->flap_generation;
+  if (per_second > 0)
+    impl_->schedule(impl_->flap_interval(), [net = impl_.get(), generation] { net->flap_tick(generation); });
+}
+
 const sim_stats& sim_network::stats() const { return impl_->stats; }
 const sim_config& sim_network::config() const { return impl_->config; }
 

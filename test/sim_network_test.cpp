@@ -188,3 +188,151 @@ TEST_CASE("ten virtual minutes of timers pass quickly") {
   CHECK(ticks == 6000);
   CHECK(sched->wall_ms() == net.config().epoch_ms + 600'000);
 }
+
+namespace {
+
+// Three regions: a-b 80 ms apart, a-c 200 ms, b-c 150 ms, 2 ms within each.
+sim_regions three_regions(double jitter_share = 0) {
+  sim_regions r;
+  r.names = {"east", "west", "far"};
+  r.rtt = {{2ms, 80ms, 200ms}, {80ms, 2ms, 150ms}, {200ms, 150ms, 2ms}};
+  r.jitter_share = jitter_share;
+  return r;
+}
+
+// When each message from `from` reaches `to`, after the link is up.
+struct timed_link {
+  std::vector<duration> arrivals;
+  duration connected_at{-1};
+  void watch(sim_network& net, transport& to) {
+    to.on_message(channel::replica, [this, &net](const std::string&, const byte_slice&) {
+      arrivals.push_back(net.now());
+      return true;
+    });
+  }
+};
+
+}  // namespace
+
+TEST_CASE("regions: a link's delay is half its regions' round trip, the handshake a whole one") {
+  boost::asio::io_context io;
+  sim_network net(io, {});
+  std::vector<std::unique_ptr<transport>> t;
+  for (const char* id : {"a1", "a2", "b", "c"}) t.push_back(net.add_node(id));
+  net.set_regions(three_regions());
+  net.set_region("b", 1);
+  net.set_region("c", 2);
+  CHECK(net.region_of("a1") == 0);
+  CHECK(net.region_of("c") == 2);
+  CHECK(net.base_delay("a1", "a2") == 1ms);
+  CHECK(net.base_delay("a1", "c") == 100ms);
+  CHECK(net.base_delay("c", "b") == 75ms);
+  timed_link to_a2, to_b, to_c;
+  to_a2.watch(net, *t[1]);
+  to_b.watch(net, *t[2]);
+  to_c.watch(net, *t[3]);
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    for (std::uint16_t port : {1, 2, 3}) {
+      const auto start = net.now();
+      auto peer = co_await t[0]->connect({"sim", port});
+      REQUIRE(peer.has_value());
+      const auto rtt = net.now() - start;
+      CHECK(rtt == 2 * net.base_delay("a1", peer->id));
+      t[0]->send(peer->id, channel::replica, encode_body(1));
+    }
+  }, boost::asio::detached);
+  net.run_for(2s);
+  // Dials one after the other: 2 ms, then 80 ms, then 200 ms of handshake.
+  CHECK(to_a2.arrivals == std::vector<duration>{3ms});
+  CHECK(to_b.arrivals == std::vector<duration>{82ms + 40ms});
+  CHECK(to_c.arrivals == std::vector<duration>{282ms + 100ms});
+}
+
+TEST_CASE("regions: loss between regions only, jitter within the share, bad matrices refused") {
+  boost::asio::io_context io;
+  sim_network net(io, {});
+  auto a = net.add_node("a"), a2 = net.add_node("a2"), b = net.add_node("b");
+  auto r = three_regions(0.1);
+  r.loss_between = 0.5;
+  net.set_regions(r);
+  net.set_region("b", 1);
+  timed_link to_a2, to_b;
+  to_a2.watch(net, *a2);
+  to_b.watch(net, *b);
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    co_await a->connect({"sim", 1});
+    co_await a->connect({"sim", 2});
+  }, boost::asio::detached);
+  net.run_for(1s);
+  REQUIRE(a->is_connected("b"));
+  const auto sent = net.now();
+  for (int k = 0; k < 400; ++k) a->send("a2", channel::replica, encode_body(k)), a->send("b", channel::replica, encode_body(k));
+  net.run_for(1s);
+  CHECK(to_a2.arrivals.size() == 400);                              // within a region: no loss
+  CHECK(to_b.arrivals.size() > 150);                                // between: about half
+  CHECK(to_b.arrivals.size() < 250);
+  for (auto at : to_b.arrivals) CHECK((at - sent >= 36ms && at - sent <= 44ms));  // 40 ms ± 10 %
+  CHECK(std::adjacent_find(to_b.arrivals.begin(), to_b.arrivals.end(), std::not_equal_to<>()) != to_b.arrivals.end());
+  auto asymmetric = three_regions();
+  asymmetric.rtt[0][1] = 90ms;
+  CHECK_THROWS_AS(net.set_regions(asymmetric), std::invalid_argument);
+  auto short_row = three_regions();
+  short_row.rtt[2].pop_back();
+  CHECK_THROWS_AS(net.set_regions(short_row), std::invalid_argument);
+  CHECK_THROWS_AS(net.set_region("a", 3), std::invalid_argument);
+}
+
+TEST_CASE("a flapping link holds messages through a short outage and closes after a long one") {
+  boost::asio::io_context io;
+  sim_config cfg;
+  cfg.latency = 10ms;
+  cfg.jitter = 0ms;
+  cfg.failure_detection = 2s;
+  sim_network net(io, cfg);
+  auto a = net.add_node("a"), b = net.add_node("b");
+  timed_link to_b;
+  to_b.watch(net, *b);
+  std::optional<duration> down_at;
+  b->on_disconnected([&](const std::string&, disconnect_reason r) {
+    CHECK(r == disconnect_reason::heartbeat_timeout);
+    down_at = net.now();
+  });
+  boost::asio::co_spawn(io, [&]() -> task<> { co_await a->connect({"sim", 1}); }, boost::asio::detached);
+  net.run_for(100ms);
+  net.flap("a", "b", 500ms);  // shorter than failure detection: held, not lost
+  a->send("b", channel::replica, encode_body(1));
+  net.run_for(300ms);
+  a->send("b", channel::replica, encode_body(2));
+  net.run_for(1s);
+  CHECK(to_b.arrivals == std::vector<duration>{610ms, 610ms});
+  CHECK(a->is_connected("b"));
+  a->send("b", channel::replica, encode_body(3));  // after the outage: the usual delay
+  net.run_for(100ms);
+  CHECK(to_b.arrivals.back() == 1410ms);
+  CHECK(net.stats().messages_held == 2);
+  net.flap("b", "a", 5s);  // longer: both sides close it, as heartbeats would
+  a->send("b", channel::replica, encode_body(4));
+  net.run_for(10s);
+  CHECK(down_at == 1500ms + 2s);
+  CHECK_FALSE(a->is_connected("b"));
+  CHECK(to_b.arrivals.size() == 3);
+  CHECK(net.stats().links_flapped == 2);
+}
+
+TEST_CASE("set_flapping flaps random links at the given rate until it is set to 0") {
+  boost::asio::io_context io;
+  sim_network net(io, {});
+  std::vector<std::unique_ptr<transport>> t;
+  for (int i = 0; i < 6; ++i) t.push_back(net.add_node("n" + std::to_string(i)));
+  boost::asio::co_spawn(io, [&]() -> task<> {
+    for (std::uint16_t i = 1; i < 6; ++i) co_await t[0]->connect({"sim", i});
+  }, boost::asio::detached);
+  net.run_for(1s);
+  net.set_flapping(5, 100ms);
+  net.run_for(10s);
+  CHECK(net.stats().links_flapped == 50);
+  net.set_flapping(0, 100ms);
+  net.run_for(10s);
+  CHECK(net.stats().links_flapped == 50);
+  for (int i = 1; i < 6; ++i) CHECK(t[0]->is_connected("n" + std::to_string(i)));  // short outages close nothing
+}

@@ -53,12 +53,23 @@ struct options {
   double loss = 0;  // steady: message loss on every link once formed
   std::size_t jobs = 1;  // fail: failure sizes run at once, each in a forked copy of the formed cluster
   std::size_t origins = 0;  // steady: broadcasts come from this many fixed nodes (0: any node)
+  // The network: 0 regions is one flat network of 5 ms links; 1..5 places
+  // node i in region i mod K of measured_regions() (its latencies).
+  std::size_t regions = 0;
+  double region_jitter = 0.1;      // share of a link's one-way delay
+  double cross_region_loss = 0;    // steady, churn: once formed
+  double flaps_per_s = 0;          // steady, churn: random links down for flap_ms, once formed
+  std::uint64_t flap_ms = 1000;
   bool nodes_given = false;
   sim::nemesis_options nemesis;
 };
 
-/// Every link's one-way latency: hop counts follow from delivery times.
+/// Every link's one-way latency in the flat network.
 constexpr duration link_latency{5};
+
+/// The first `k` (1..5) of five regions on three continents, with the
+/// round-trip times measured between them (sources in simulator.md).
+sim_regions measured_regions(std::size_t k);
 
 /// A probe broadcast: its number, as one CBOR unsigned integer.
 shared_bytes probe_payload(std::uint64_t k);
@@ -101,6 +112,24 @@ struct cluster {
   // How many nodes form() started (the first ones): the overlay checked.
   std::size_t members = SIZE_MAX;
   std::optional<duration> joins_ended;
+
+  // With regions: each node's region, when each measured probe was sent,
+  // and each delivery's latency (ms) by the receiver's region.
+  std::vector<std::string> region_names;
+  std::vector<std::uint8_t> region;
+  std::map<std::uint64_t, duration> sent_at;
+  std::vector<std::vector<std::uint32_t>> latency_ms;
+  struct region_latency {
+    std::string name;
+    std::size_t nodes = 0, deliveries = 0;
+    std::uint32_t p50 = 0, p90 = 0, p99 = 0, max = 0;
+  };
+  // Per region, over the deliveries recorded since the last call.
+  std::vector<region_latency> take_region_latencies();
+  // After formation: cross-region loss and link flapping, as asked.
+  void start_network_faults(const options& o);
+  // How long probe() lets its broadcasts settle after the last.
+  duration settle_time{3s};
 
   void on_membership(std::size_t i, const membership_event& ev);
 

@@ -7,6 +7,7 @@
 //   barrel-p2p-sim --scenario nemesis [--seeds A..B] [--nodes N] [--fault-seconds S] [--trace] [--sabotage]
 //                  [--skip-faults K,...] [--shrink]
 //                  [--broadcasts K] [--fail 10,20,...] [--jobs J] [--churn-per-s R] [--churn-seconds S]
+//                  [--regions K] [--cross-region-loss P] [--flaps-per-s R] [--flap-ms T]
 //                  [tuning and bounds of the steady scenario: see docs/reference/simulator.md]
 #include <barrel_p2p/keyed_hash.hpp>
 
@@ -55,6 +56,11 @@ int main(int argc, char** argv) {
       else if (a == "--origins") o.origins = std::stoul(value());
       else if (a == "--loss") o.loss = std::stod(value());
       else if (a == "--trace-tree") o.trace_tree = true;
+      else if (a == "--regions") o.regions = std::stoul(value());
+      else if (a == "--region-jitter") o.region_jitter = std::stod(value());
+      else if (a == "--cross-region-loss") o.cross_region_loss = std::stod(value());
+      else if (a == "--flaps-per-s") o.flaps_per_s = std::stod(value());
+      else if (a == "--flap-ms") o.flap_ms = std::stoull(value());
       else if (a == "--max-rmr") o.max_rmr = std::stod(value());
       else if (a == "--max-graft-prune") o.max_graft_prune = std::stod(value());
       else if (a == "--max-ldh") o.max_ldh = std::stoull(value());
@@ -79,6 +85,8 @@ int main(int argc, char** argv) {
                      "                      [--flood-after-graft 0|1] [--optimization-threshold H]\n"
                      "                      [--optimization-interval-ms T] [--origins K] [--gap-ms T]\n"
                      "                      [--jitter-ms J] [--loss P] [--trace-tree]\n"
+                     "                      [--regions K] [--region-jitter F] [--cross-region-loss P]\n"
+                     "                      [--flaps-per-s R] [--flap-ms T]\n"
                      "                      [--max-rmr R] [--max-ldh L] [--max-graft-prune G] [--min-complete C]\n"
                      "                      [--max-connect-ms T] [--min-reliability R] [--max-converge-ms T]\n"
                      "       barrel-p2p-sim --scenario nemesis [--seeds A..B] [--nodes N] [--fault-seconds S] [--trace] [--sabotage]\n"
@@ -92,6 +100,13 @@ int main(int argc, char** argv) {
   }
   if (!(o.churn_per_s > 0 && o.churn_per_s <= 1000) || o.churn_seconds == 0) {
     std::cerr << "barrel-p2p-sim: --churn-per-s must be in (0, 1000], --churn-seconds positive\n";
+    return 2;
+  }
+  if (o.regions > 5 || !(o.region_jitter >= 0 && o.region_jitter <= 1) ||
+      !(o.cross_region_loss >= 0 && o.cross_region_loss <= 1) || !(o.flaps_per_s >= 0 && o.flaps_per_s <= 10000) ||
+      (o.regions == 0 && o.cross_region_loss > 0)) {
+    std::cerr << "barrel-p2p-sim: --regions must be 0..5, --region-jitter and --cross-region-loss in [0, 1]"
+                 " (the latter with --regions), --flaps-per-s in [0, 10000]\n";
     return 2;
   }
   if (o.nodes < 2 || o.nodes > 60000) {

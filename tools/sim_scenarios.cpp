@@ -59,6 +59,25 @@ int scenario_form(const options& o) {
 
 namespace {
 
+// With --regions: the delivery latency of the measured broadcasts by the
+// receiver's region (a JSON line each, then a table).
+void print_region_latencies(cluster& c, const options& o, const char* scenario) {
+  if (o.regions == 0) return;
+  auto rows = c.take_region_latencies();
+  for (const auto& r : rows) {
+    json line = {{"scenario", scenario}, {"region", r.name}, {"nodes", r.nodes}, {"deliveries", r.deliveries},
+                 {"latency_p50_ms", r.p50}, {"latency_p90_ms", r.p90}, {"latency_p99_ms", r.p99},
+                 {"latency_max_ms", r.max}};
+    std::cout << line.dump() << '\n';
+  }
+  std::cout << "  delivery latency by region (broadcast sent -> delivered), ms:\n";
+  std::printf("    %-16s %6s %10s %6s %6s %6s %6s\n", "region", "nodes", "deliveries", "p50", "p90", "p99", "max");
+  for (const auto& r : rows)
+    std::printf("    %-16s %6zu %10zu %6u %6u %6u %6u\n", r.name.c_str(), r.nodes, r.deliveries, r.p50, r.p90, r.p99,
+                r.max);
+  std::fflush(stdout);
+}
+
 // One failure size on a formed cluster: the JSON lines and the table row go
 // to `out`; the return value is the exit status.
 int fail_one(cluster& c, const options& o, int f, std::ostream& out) {
@@ -171,6 +190,7 @@ int scenario_steady(const options& o) {
   random_engine rng(o.seed);
   c.probe(0, 20, 100ms, rng);  // warm-up: the tree settles
   if (o.loss > 0) c.net.set_loss(o.loss);
+  c.start_network_faults(o);
   const auto payload0 = c.total(&plumtree_counters::gossip_sent);
   const auto ihave0 = c.total(&plumtree_counters::ihave_sent);
   const auto broadcast0 = c.net.stats().per_channel_sent[static_cast<std::size_t>(channel::broadcast)];
@@ -196,6 +216,7 @@ int scenario_steady(const options& o) {
                 << " joins " << c.total(&H::joins_received) - j0 << " swaps " << c.total(&H::swaps) - sw0 << " shuffles " << c.total(&H::shuffles_sent) - sh0 << "\n";
     }
   }
+  c.take_region_latencies();  // the warm-up's are not measured
   auto r = c.probe(1000, o.broadcasts, duration{o.gap_ms}, rng, o.origins);
   const auto t1 = c.tree();
   std::cerr << "tree before: directed " << t0.directed << " mutual " << t0.mutual << " one-way " << t0.one_way
@@ -233,6 +254,7 @@ int scenario_steady(const options& o) {
     std::cerr << "steady: " << what << " " << fmt(value) << (below ? " below " : " above ") << fmt(*bound) << "\n";
     rc = 1;
   };
+  print_region_latencies(c, o, "steady");
   over("RMR", r.rmr, o.max_rmr);
   over("GRAFT+PRUNE per broadcast", graft_prune, o.max_graft_prune);
   over("LDH", static_cast<double>(r.ldh), o.max_ldh ? std::optional<double>(static_cast<double>(*o.max_ldh)) : std::nullopt);
@@ -271,6 +293,7 @@ int scenario_churn(const options& o) {
   std::uint64_t grafts0 = 0, promotions0 = 0;
   for (auto& nd : c.nodes) grafts0 += nd->broadcast().counters().graft_sent, promotions0 += nd->membership().counters().promotions;
   const auto membership0 = count_membership();
+  c.start_network_faults(o);
   std::map<std::uint64_t, std::vector<std::size_t>> up_at_send;
   const auto churn_every = duration{static_cast<duration::rep>(1000.0 / o.churn_per_s)};
   std::size_t next_join = o.nodes, crashes = 0;
@@ -297,11 +320,12 @@ int scenario_churn(const options& o) {
     for (std::size_t i = 0; i < up.size(); ++i)
       if (up[i] && i != origin) live.push_back(i);
     c.delivered[k].emplace(origin, 0);
+    if (!c.region.empty()) c.sent_at[k] = c.net.now();
     c.nodes[origin]->broadcast().broadcast("probe", probe_payload(k));
     ++k;
     c.net.run_for(100ms);
   }
-  c.net.run_for(5s);
+  c.net.run_for(std::max<duration>(5s, c.settle_time));
   double sum = 0, worst = 1;
   std::vector<double> per_second(o.churn_seconds, 0.0);  // 10 probes a second
   for (auto& [id, live] : up_at_send) {
@@ -335,6 +359,7 @@ int scenario_churn(const options& o) {
             << "  delivery ratio avg " << fmt(avg) << ", worst probe " << fmt(worst) << "\n"
             << "  repair: " << (grafts - grafts0) << " grafts, " << (promotions - promotions0)
             << " passive promotions, " << fmt(membership_per_s) << " membership messages/s cluster-wide\n";
+  print_region_latencies(c, o, "churn");
   return avg > 0.99 ? 0 : 1;
 }
 

@@ -13,7 +13,9 @@
 // messages and, like heartbeats would, close the connections that cross them
 // after failure_detection; a killed node is silent (a crash): its peers see
 // the connection fail after failure_detection. A killed node's objects keep
-// running in isolation; revive() reconnects it to the network.
+// running in isolation; revive() reconnects it to the network. Nodes may sit
+// in regions (set_regions): a link's delay is then half its regions'
+// round-trip time, and links may flap (go down for a while, then back).
 #pragma once
 
 #include <barrel_p2p/scheduler.hpp>
@@ -47,6 +49,18 @@ struct sim_config {
   std::uint64_t seed = 1;
 };
 
+/// A network spread over regions: a message between regions i and j takes
+/// half of rtt[i][j] (rtt[i][i]: within region i), at least 1 ms, plus or
+/// minus up to `jitter_share` of that; it is lost with `loss_within` or
+/// `loss_between` (on top of sim_config::loss).
+struct sim_regions {
+  std::vector<std::string> names;             ///< one per region
+  std::vector<std::vector<duration>> rtt;     ///< square, symmetric, names.size() wide
+  double jitter_share = 0.1;
+  double loss_within = 0.0;
+  double loss_between = 0.0;
+};
+
 /// Traffic seen by the whole network.
 struct sim_stats {
   std::uint64_t messages_sent = 0;
@@ -54,6 +68,8 @@ struct sim_stats {
   std::uint64_t messages_lost = 0;  ///< loss, partitions, dead nodes
   std::uint64_t bytes_sent = 0;
   std::uint64_t events = 0;         ///< timeline events executed
+  std::uint64_t links_flapped = 0;  ///< link outages started by flap()/set_flapping()
+  std::uint64_t messages_held = 0;  ///< messages that waited for a flapping link
   std::uint64_t per_channel_sent[channel_count] = {};
 };
 
@@ -98,6 +114,22 @@ class sim_network {
   /// Every link's one-way delay from now on: `latency` plus or minus up to
   /// `jitter` (jitter reorders messages on a link, as a path change would).
   void set_latency(duration latency, duration jitter);
+  /// From now on links follow `r` (throws std::invalid_argument when the
+  /// matrix is not square and symmetric with one row per name). Every node
+  /// is in region 0 until set_region() places it.
+  void set_regions(sim_regions r);
+  void set_region(const std::string& id, std::size_t region);
+  [[nodiscard]] std::size_t region_of(const std::string& id) const;
+  /// The one-way delay between two nodes before jitter and slow-node delays.
+  [[nodiscard]] duration base_delay(const std::string& a, const std::string& b) const;
+  /// The link between a and b (if any) goes down for `down_for`: what is
+  /// sent on it waits and arrives after it is back, as TCP's
+  /// retransmissions would deliver it; an outage of failure_detection or
+  /// more closes the link on both sides, as heartbeats would.
+  void flap(const std::string& a, const std::string& b, duration down_for);
+  /// Flaps `per_second` random links (of live nodes) a second, each for
+  /// `down_for`; 0 stops it.
+  void set_flapping(double per_second, duration down_for);
   /// A slow node: `extra` is added to the delay of every message it sends
   /// or receives (a loaded host, a congested uplink). 0 undoes it.
   void set_node_delay(const std::string& id, duration extra);
