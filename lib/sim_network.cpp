@@ -206,7 +206,7 @@ struct sim_network::impl {
   duration base_delay(std::uint32_t a, std::uint32_t b) const {
     if (!regions) return config.latency;
     const auto rtt = regions->rtt[nodes[a]->region][nodes[b]->region];
-    return std::max(duration{1}, rtt / 2);
+    return std::max(duration{1}, (rtt + duration{1}) / 2);  // rounded up: a handshake never beats the round trip
   }
 
   duration one_way_delay(std::uint32_t a, std::uint32_t b) {
@@ -235,6 +235,16 @@ struct sim_network::impl {
     return it->second - now;
   }
 
+  bool is_down(std::uint32_t a, std::uint32_t b) const {
+    if (down_until.empty()) return false;
+    auto it = down_until.find(std::minmax(a, b));
+    return it != down_until.end() && it->second > now;
+  }
+
+  void forget_ended_outages() {
+    std::erase_if(down_until, [this](const auto& e) { return e.second <= now; });
+  }
+
   void flap(sim_node& a, const std::string& peer, duration down_for) {
     auto it = a.links.find(peer);
     if (it == a.links.end()) return;
@@ -252,11 +262,16 @@ struct sim_network::impl {
   // One random link of a random live node flaps, then the next is due.
   void flap_tick(std::uint64_t generation) {
     if (generation != flap_generation || flaps_per_second <= 0) return;
+    forget_ended_outages();
+    // Best effort: a tick that finds no live node with a live peer in a few
+    // draws flaps nothing.
     for (int tries = 0; tries < 16 && !nodes.empty(); ++tries) {
       auto& n = *nodes[std::uniform_int_distribution<std::size_t>(0, nodes.size() - 1)(rng)];
-      if (!n.alive || n.links.begin() == n.links.end()) continue;
+      if (!n.alive) continue;
       std::vector<std::string> peers;
-      for (const auto& [id, l] : n.links) peers.push_back(id);
+      for (const auto& [id, l] : n.links)
+        if (nodes[l.peer]->alive) peers.push_back(id);
+      if (peers.empty()) continue;
       flap(n, peers[std::uniform_int_distribution<std::size_t>(0, peers.size() - 1)(rng)], flap_length);
       break;
     }
@@ -419,7 +434,7 @@ class sim_transport final : public transport {
     {
       auto& target = *net.nodes[target_index];
       if (me().links.contains(target.desc.id)) co_return target.desc;
-      if (!net.reachable(me(), target)) {
+      if (!net.reachable(me(), target) || net.is_down(static_cast<std::uint32_t>(index), static_cast<std::uint32_t>(target_index))) {
         co_await pause(net, net.config.connect_timeout);
         ++me().counters.connect_failures;
         co_return std::nullopt;
@@ -430,7 +445,7 @@ class sim_transport final : public transport {
     auto& b = *net.nodes[target_index];
     if (!a.attached) co_return std::nullopt;  // its transport went meanwhile
     if (a.links.contains(b.desc.id)) co_return b.desc;  // the other side dialled meanwhile
-    if (!net.reachable(a, b)) {
+    if (!net.reachable(a, b) || net.is_down(static_cast<std::uint32_t>(index), static_cast<std::uint32_t>(target_index))) {
       ++a.counters.connect_failures;
       co_return std::nullopt;
     }
@@ -482,9 +497,10 @@ class sim_transport final : public transport {
     auto it = a.links.find(peer_id);
     if (it == a.links.end()) return;
     const auto epoch = it->second.epoch;
-    const auto delay = net_.one_way_delay(static_cast<std::uint32_t>(index_), it->second.peer);
+    const auto peer = it->second.peer;
     net_.drop_side(a, peer_id, epoch, disconnect_reason::closed_locally);
-    net_.schedule(delay, [net = &net_, from = a.desc.id, peer_id, epoch] {
+    // Drawn after the local handler ran, which may send (and draw) itself.
+    net_.schedule(net_.one_way_delay(static_cast<std::uint32_t>(index_), peer), [net = &net_, from = a.desc.id, peer_id, epoch] {
       net->drop_side(net->node(peer_id), from, epoch, disconnect_reason::closed_by_peer);
     });
   }
@@ -636,7 +652,8 @@ void sim_network::set_latency(duration latency, duration jitter) {
 }
 void sim_network::set_regions(sim_regions r) {
   const auto n = r.names.size();
-  bool ok = n > 0 && r.rtt.size() == n && r.jitter_share >= 0 && r.jitter_share <= 1;
+  auto share = [](double p) { return p >= 0 && p <= 1; };
+  bool ok = n > 0 && r.rtt.size() == n && share(r.jitter_share) && share(r.loss_within) && share(r.loss_between);
   for (std::size_t i = 0; ok && i < n; ++i) {
     ok = r.rtt[i].size() == n;
     for (std::size_t j = 0; ok && j < n; ++j) ok = r.rtt[i][j] >= duration{0};
@@ -645,7 +662,7 @@ void sim_network::set_regions(sim_regions r) {
     for (std::size_t j = 0; ok && j < n; ++j) ok = r.rtt[i][j] == r.rtt[j][i];
   if (!ok)
     throw std::invalid_argument("sim_network: regions need a square, symmetric rtt matrix of non-negative times, "
-                                "one row per name, and a jitter share in [0, 1]");
+                                "one row per name, and a jitter share and losses in [0, 1]");
   for (auto& node : impl_->nodes)
     if (node->region >= n) node->region = 0;
   impl_->regions = std::move(r);

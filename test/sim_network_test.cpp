@@ -231,18 +231,19 @@ TEST_CASE("regions: a link's delay is half its regions' round trip, the handshak
   to_a2.watch(net, *t[1]);
   to_b.watch(net, *t[2]);
   to_c.watch(net, *t[3]);
+  std::vector<duration> handshakes;
   boost::asio::co_spawn(io, [&]() -> task<> {
     for (std::uint16_t port : {1, 2, 3}) {
       const auto start = net.now();
       auto peer = co_await t[0]->connect({"sim", port});
       REQUIRE(peer.has_value());
-      const auto rtt = net.now() - start;
-      CHECK(rtt == 2 * net.base_delay("a1", peer->id));
+      handshakes.push_back(net.now() - start);
       t[0]->send(peer->id, channel::replica, encode_body(1));
     }
   }, boost::asio::detached);
   net.run_for(2s);
   // Dials one after the other: 2 ms, then 80 ms, then 200 ms of handshake.
+  CHECK(handshakes == std::vector<duration>{2ms, 80ms, 200ms});
   CHECK(to_a2.arrivals == std::vector<duration>{3ms});
   CHECK(to_b.arrivals == std::vector<duration>{82ms + 40ms});
   CHECK(to_c.arrivals == std::vector<duration>{282ms + 100ms});
@@ -279,7 +280,34 @@ TEST_CASE("regions: loss between regions only, jitter within the share, bad matr
   auto short_row = three_regions();
   short_row.rtt[2].pop_back();
   CHECK_THROWS_AS(net.set_regions(short_row), std::invalid_argument);
+  auto negative = three_regions();
+  negative.rtt[1][1] = -1ms;
+  CHECK_THROWS_AS(net.set_regions(negative), std::invalid_argument);
+  auto wide = three_regions(1.5);
+  CHECK_THROWS_AS(net.set_regions(wide), std::invalid_argument);
+  auto lossy = three_regions();
+  lossy.loss_within = 2;
+  CHECK_THROWS_AS(net.set_regions(lossy), std::invalid_argument);
   CHECK_THROWS_AS(net.set_region("a", 3), std::invalid_argument);
+}
+
+TEST_CASE("regions: loss within a region, and odd round trips rounded up") {
+  boost::asio::io_context io;
+  sim_network net(io, {});
+  auto a = net.add_node("a"), a2 = net.add_node("a2");
+  auto r = three_regions();
+  r.rtt[0][0] = 5ms;
+  r.loss_within = 1.0;
+  net.set_regions(r);
+  CHECK(net.base_delay("a", "a2") == 3ms);
+  timed_link to_a2;
+  to_a2.watch(net, *a2);
+  boost::asio::co_spawn(io, [&]() -> task<> { co_await a->connect({"sim", 1}); }, boost::asio::detached);
+  net.run_for(1s);
+  REQUIRE(a->is_connected("a2"));
+  for (int k = 0; k < 20; ++k) a->send("a2", channel::replica, encode_body(k));
+  net.run_for(1s);
+  CHECK(to_a2.arrivals.empty());
 }
 
 TEST_CASE("a flapping link holds messages through a short outage and closes after a long one") {
@@ -312,10 +340,22 @@ TEST_CASE("a flapping link holds messages through a short outage and closes afte
   CHECK(net.stats().messages_held == 2);
   net.flap("b", "a", 5s);  // longer: both sides close it, as heartbeats would
   a->send("b", channel::replica, encode_body(4));
-  net.run_for(10s);
+  net.run_for(2500ms);
   CHECK(down_at == 1500ms + 2s);
   CHECK_FALSE(a->is_connected("b"));
-  CHECK(to_b.arrivals.size() == 3);
+  // While the outage lasts, a new connection fails as across a partition.
+  std::optional<std::optional<peer_descriptor>> redial;
+  boost::asio::co_spawn(io, [&]() -> task<> { redial = co_await a->connect({"sim", 1}); }, boost::asio::detached);
+  net.run_for(1500ms);
+  REQUIRE(redial.has_value());
+  CHECK_FALSE(redial->has_value());
+  net.run_for(10s);  // the outage is over: a dial succeeds
+  redial.reset();
+  boost::asio::co_spawn(io, [&]() -> task<> { redial = co_await a->connect({"sim", 1}); }, boost::asio::detached);
+  net.run_for(1s);
+  REQUIRE(redial.has_value());
+  CHECK(redial->has_value());
+  CHECK(to_b.arrivals.size() == 3);  // message 4 went with the old link
   CHECK(net.stats().links_flapped == 2);
 }
 
@@ -335,4 +375,10 @@ TEST_CASE("set_flapping flaps random links at the given rate until it is set to 
   net.run_for(10s);
   CHECK(net.stats().links_flapped == 50);
   for (int i = 1; i < 6; ++i) CHECK(t[0]->is_connected("n" + std::to_string(i)));  // short outages close nothing
+  // Only links to live peers flap: with every peer of n0 dead, nothing does.
+  for (int i = 1; i < 6; ++i) net.kill("n" + std::to_string(i));
+  const auto before = net.stats().links_flapped;
+  net.set_flapping(5, 100ms);
+  net.run_for(10s);
+  CHECK(net.stats().links_flapped == before);
 }

@@ -7,6 +7,7 @@
 #include <boost/asio/detached.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <queue>
@@ -45,11 +46,15 @@ std::vector<cluster::region_latency> cluster::take_region_latencies() {
     auto& v = latency_ms[r];
     region_latency l;
     l.name = region_names[r];
-    for (auto x : region) l.nodes += x == r;
+    for (auto x : region) l.assigned += x == r;
     l.deliveries = v.size();
     if (!v.empty()) {
       std::sort(v.begin(), v.end());
-      auto at = [&](double q) { return v[std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size())))]; };
+      // The smallest sample with at least a share q of them at or below it.
+      auto at = [&](double q) {
+        const auto rank = static_cast<std::size_t>(std::ceil(q * static_cast<double>(v.size())));
+        return v[std::min(v.size(), std::max<std::size_t>(rank, 1)) - 1];
+      };
       l.p50 = at(0.5), l.p90 = at(0.9), l.p99 = at(0.99), l.max = v.back();
     }
     v.clear();
@@ -124,17 +129,21 @@ cluster::cluster(std::size_t n, const options& o) : net(io, [&] {
 
 void cluster::form(std::uint64_t seed, std::size_t count) {
   members = std::min(count, nodes.size());
-  boost::asio::co_spawn(io, [this, seed, count]() -> task<> {
-    random_engine rng(seed);
-    for (std::size_t i = 0; i < std::min(count, nodes.size()); ++i) {
-      co_await nodes[i]->start();
-      if (i == 0) continue;
-      peer_address contact{"sim", static_cast<std::uint16_t>(std::uniform_int_distribution<std::size_t>(0, i - 1)(rng))};
-      co_await nodes[i]->membership().join(contact);
-      co_await nodes[i]->sched().sleep(10ms);
-    }
-    joins_ended = net.now();
-  }, boost::asio::detached);
+  // A member coroutine, not a lambda: GCC 12 warns wrongly
+  // (mismatched-new-delete) on the lambda's frame here.
+  boost::asio::co_spawn(io, join_in_turn(seed, members), boost::asio::detached);
+}
+
+task<> cluster::join_in_turn(std::uint64_t seed, std::size_t count) {
+  random_engine rng(seed);
+  for (std::size_t i = 0; i < count; ++i) {
+    co_await nodes[i]->start();
+    if (i == 0) continue;
+    peer_address contact{"sim", static_cast<std::uint16_t>(std::uniform_int_distribution<std::size_t>(0, i - 1)(rng))};
+    co_await nodes[i]->membership().join(contact);
+    co_await nodes[i]->sched().sleep(10ms);
+  }
+  joins_ended = net.now();
 }
 
 // From the views mirrored by on_membership, which hold what active_view()
@@ -356,6 +365,10 @@ std::string fmt(double v) {
   return buf;
 }
 
+duration formation_limit(std::size_t n) {
+  return std::max<duration>(600s, duration{400} * static_cast<duration::rep>(n));
+}
+
 // The check walks the whole overlay, cheaply.
 duration settle(cluster& c, duration limit) {
   const auto start = c.net.now();
@@ -366,7 +379,7 @@ duration settle(cluster& c, duration limit) {
 duration formed(cluster& c, const options& o) {
   c.form(o.seed);
   c.net.run_for(duration{10} * static_cast<duration::rep>(o.nodes));
-  return settle(c, 600s);
+  return settle(c, formation_limit(c.nodes.size()));
 }
 
 }  // namespace barrel_p2p::sim

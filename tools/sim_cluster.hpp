@@ -91,6 +91,7 @@ struct cluster {
   // (all by default), one after the other with 10 ms between a join's end
   // and the next start; `joins_ended` is set when the last has joined.
   void form(std::uint64_t seed, std::size_t count = SIZE_MAX);
+  task<> join_in_turn(std::uint64_t seed, std::size_t count);
 
   std::vector<std::vector<std::size_t>> graph() const;
 
@@ -121,7 +122,7 @@ struct cluster {
   std::vector<std::vector<std::uint32_t>> latency_ms;
   struct region_latency {
     std::string name;
-    std::size_t nodes = 0, deliveries = 0;
+    std::size_t assigned = 0, deliveries = 0;  // nodes placed in the region (crashed ones too)
     std::uint32_t p50 = 0, p90 = 0, p99 = 0, max = 0;
   };
   // Per region, over the deliveries recorded since the last call.
@@ -182,6 +183,11 @@ std::string fmt(double v);
 /// Runs until the overlay is connected and symmetric, checking every 100 ms
 /// of virtual time; returns how long that took (`limit` at most).
 duration settle(cluster& c, duration limit);
+
+/// How long formation may take before a scenario goes on regardless: 600 s,
+/// or 400 ms a node (a join across regions takes a few round trips, so
+/// 10,000 nodes on `--regions 5` join for about half an hour of virtual time).
+duration formation_limit(std::size_t n);
 
 /// Every node joins (form), then the overlay settles: runs 10 ms x N, then
 /// until the overlay is connected (which is not before the last join).

@@ -7,7 +7,7 @@
 //   barrel-p2p-sim --scenario nemesis [--seeds A..B] [--nodes N] [--fault-seconds S] [--trace] [--sabotage]
 //                  [--skip-faults K,...] [--shrink]
 //                  [--broadcasts K] [--fail 10,20,...] [--jobs J] [--churn-per-s R] [--churn-seconds S]
-//                  [--regions K] [--cross-region-loss P] [--flaps-per-s R] [--flap-ms T]
+//                  [--regions K] [--region-jitter F] [--cross-region-loss P] [--flaps-per-s R] [--flap-ms T]
 //                  [tuning and bounds of the steady scenario: see docs/reference/simulator.md]
 #include <barrel_p2p/keyed_hash.hpp>
 
@@ -102,12 +102,25 @@ int main(int argc, char** argv) {
     std::cerr << "barrel-p2p-sim: --churn-per-s must be in (0, 1000], --churn-seconds positive\n";
     return 2;
   }
-  if (o.regions > 5 || !(o.region_jitter >= 0 && o.region_jitter <= 1) ||
-      !(o.cross_region_loss >= 0 && o.cross_region_loss <= 1) || !(o.flaps_per_s >= 0 && o.flaps_per_s <= 10000) ||
-      (o.regions == 0 && o.cross_region_loss > 0)) {
-    std::cerr << "barrel-p2p-sim: --regions must be 0..5, --region-jitter and --cross-region-loss in [0, 1]"
-                 " (the latter with --regions), --flaps-per-s in [0, 10000]\n";
-    return 2;
+  {
+    // The network model's flags: out of range, or given where they do nothing.
+    const bool faults_apply = o.scenario == "steady" || o.scenario == "churn";
+    const char* wrong = nullptr;
+    if (o.regions > 5) wrong = "--regions must be 0..5";
+    else if (!(o.region_jitter >= 0 && o.region_jitter <= 1) || !(o.cross_region_loss >= 0 && o.cross_region_loss <= 1))
+      wrong = "--region-jitter and --cross-region-loss must be in [0, 1]";
+    else if (!(o.flaps_per_s >= 0 && o.flaps_per_s <= 1000)) wrong = "--flaps-per-s must be in [0, 1000]";
+    else if (o.flap_ms == 0 || o.flap_ms > 3'600'000) wrong = "--flap-ms must be 1..3600000";
+    else if (o.regions == 0 && (o.region_jitter != 0.1 || o.cross_region_loss > 0))
+      wrong = "--region-jitter and --cross-region-loss need --regions";
+    else if (o.regions > 0 && o.jitter_ms > 0) wrong = "--jitter-ms is the flat network's; with --regions use --region-jitter";
+    else if (o.regions == 1 && o.cross_region_loss > 0) wrong = "--cross-region-loss needs two regions at least";
+    else if (!faults_apply && (o.cross_region_loss > 0 || o.flaps_per_s > 0))
+      wrong = "--cross-region-loss and --flaps-per-s apply to steady and churn only";
+    if (wrong) {
+      std::cerr << "barrel-p2p-sim: " << wrong << "\n";
+      return 2;
+    }
   }
   if (o.nodes < 2 || o.nodes > 60000) {
     std::cerr << "barrel-p2p-sim: --nodes must be 2..60000\n";

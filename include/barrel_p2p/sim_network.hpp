@@ -50,8 +50,8 @@ struct sim_config {
 };
 
 /// A network spread over regions: a message between regions i and j takes
-/// half of rtt[i][j] (rtt[i][i]: within region i), at least 1 ms, plus or
-/// minus up to `jitter_share` of that; it is lost with `loss_within` or
+/// half of rtt[i][j] (rtt[i][i]: within region i), rounded up to whole ms,
+/// plus or minus up to `jitter_share` of that (whole ms: none on a 1 ms hop); it is lost with `loss_within` or
 /// `loss_between` (on top of sim_config::loss).
 struct sim_regions {
   std::vector<std::string> names;             ///< one per region
@@ -125,10 +125,13 @@ class sim_network {
   /// The link between a and b (if any) goes down for `down_for`: what is
   /// sent on it waits and arrives after it is back, as TCP's
   /// retransmissions would deliver it; an outage of failure_detection or
-  /// more closes the link on both sides, as heartbeats would.
+  /// more closes the link on both sides, as heartbeats would. While it
+  /// lasts, a new connection between the two fails as across a partition.
   void flap(const std::string& a, const std::string& b, duration down_for);
-  /// Flaps `per_second` random links (of live nodes) a second, each for
-  /// `down_for`; 0 stops it.
+  /// About `per_second` times a second (every 1000/per_second ms, in whole
+  /// ms), a random live node's link to a random live peer flaps for
+  /// `down_for`; best effort: a tick that finds no such link in a few draws
+  /// flaps nothing. 0 stops it.
   void set_flapping(double per_second, duration down_for);
   /// A slow node: `extra` is added to the delay of every message it sends
   /// or receives (a loaded host, a congested uplink). 0 undoes it.
