@@ -241,7 +241,7 @@ int scenario_steady(const options& o) {
                {"grafts_per_broadcast", grafts / n}, {"prunes_per_broadcast", prunes / n},
                {"prunes_after_graft_per_broadcast", late / n}, {"links_up", ups}, {"origins", o.origins}};
   std::cout << line.dump() << '\n';
-  std::cout << "\nsteady: " << o.nodes << " nodes, " << o.broadcasts << " broadcasts (one every 50 ms), seed "
+  std::cout << "\nsteady: " << o.nodes << " nodes, " << o.broadcasts << " broadcasts (one every " << o.gap_ms << " ms), seed "
             << o.seed << "\n"
             << "  reliability " << fmt(r.reliability) << " (" << fmt(r.complete * 100) << " % of broadcasts reached every node), RMR " << fmt(r.rmr) << ", LDH " << r.ldh << "\n"
             << "  per broadcast: payload " << fmt(payload) << ", IHAVE " << fmt(ihave) << ", GRAFT+PRUNE "
