@@ -11,6 +11,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <utility>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -151,6 +152,8 @@ bool node::simulated() const { return impl_->tcp == nullptr; }
 
 node::~node() {
   *impl_->alive = false;
+  // A wait_joined still pending ends now (false), not with a leaked frame.
+  for (auto& w : std::exchange(impl_->join_waiters, {})) w->close();
   // Attachments someone still holds must not reach the layers destroyed
   // next; the rest go with the registry.
   auto attached = impl_->attached_newest_first();
@@ -201,6 +204,7 @@ task<bool> node::wait_joined(duration timeout) {
 }
 
 task<bool> node::impl::do_wait_joined(impl& m, duration timeout) {
+  const auto alive = m.alive;  // `m` may be destroyed while this waits
   // A day at most: "wait forever" as duration::max() must not overflow.
   const auto deadline = m.sched->now() + std::min(timeout, duration(std::chrono::hours(24)));
   while (m.membership->active_view().empty() && !m.stopped) {
@@ -210,6 +214,7 @@ task<bool> node::impl::do_wait_joined(impl& m, duration timeout) {
     m.join_waiters.push_back(wake);
     m.timers->spawn("wait_joined", notify_after(*m.sched, wake, deadline - now));
     const bool woken = co_await wake->wait();
+    if (!*alive) co_return false;
     std::erase(m.join_waiters, wake);
     wake->close();
     if (!woken) break;  // cancelled

@@ -104,8 +104,13 @@ task<> task_group::stop() {
   while (st->running > 0) {
     asio::steady_timer idle(st->ex, asio::steady_timer::time_point::max());
     st->waiters.push_back(&idle);
+    // Out of the list however the wait ends (a cancelled caller throws).
+    struct unlisted {
+      std::vector<asio::steady_timer*>& list;
+      asio::steady_timer* t;
+      ~unlisted() { std::erase(list, t); }
+    } guard{st->waiters, &idle};
     co_await idle.async_wait(asio::as_tuple(asio::use_awaitable));
-    std::erase(st->waiters, &idle);
   }
 }
 

@@ -129,6 +129,20 @@ TEST_CASE("wait_joined: true once a contact that was down comes up; false at its
   CHECK_FALSE(stopped_waiter);
 }
 
+TEST_CASE("a node destroyed while someone waits to be joined: the waiter ends with false") {
+  sim_nodes s(3);
+  auto& lone = s.add("lone");  // nobody to join
+  auto result = std::make_shared<std::optional<bool>>();
+  s.spawn([&lone, result]() -> task<> { *result = co_await lone.wait_joined(std::chrono::hours(1)); });
+  s.net.run_for(1s);
+  CHECK_FALSE(result->has_value());
+  s.nodes.clear();  // destroyed without stop(), as a crash would
+  s.net.run_for(1s);
+  // Released at once (before, the frame waited forever, and leaked).
+  REQUIRE(result->has_value());
+  CHECK_FALSE(**result);
+}
+
 TEST_CASE("a second process with the same node id is named as such, not as a connection to self") {
   boost::asio::io_context io;
   logged_config logs_a, logs_b;
