@@ -46,7 +46,10 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   plumtree_counters counters;
   std::set<std::string> eager, lazy;
   std::unordered_map<message_id, cached_message, message_id_hash> cache;
-  std::deque<std::pair<duration, message_id>> cache_order;  // for expiry, oldest first
+  // For expiry, oldest first: each entry points at its key in `cache`
+  // (stable until erased, and only forget_oldest erases), 16 bytes instead
+  // of a copy of the id.
+  std::deque<std::pair<duration, const message_id*>> cache_order;
   std::unordered_map<message_id, missing_message, message_id_hash> missing;
   std::map<std::string, std::vector<announcement>> pending_ihave;  // peer -> announced ids
   std::unordered_map<std::string, std::uint32_t> duplicate_streak;  // eager peer -> duplicates in a row
@@ -116,10 +119,11 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       grafted = was_missing->second.grafted;
       missing.erase(was_missing);
     }
-    if (!cache.emplace(id, cached_message{tag, payload, round, grafted}).second) return grafted;
+    const auto [entry, added] = cache.emplace(id, cached_message{tag, payload, round, grafted});
+    if (!added) return grafted;
     if (cache_order.empty()) wake_timers();
     cache_bytes += payload.size();
-    cache_order.emplace_back(sched.now(), id);
+    cache_order.emplace_back(sched.now(), &entry->first);
     while ((cache.size() > config.cache_max_messages || cache_bytes > config.cache_max_bytes) &&
            !cache_order.empty())
       forget_oldest();
@@ -130,7 +134,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   }
 
   void forget_oldest() {
-    if (auto it = cache.find(cache_order.front().second); it != cache.end()) {
+    if (auto it = cache.find(*cache_order.front().second); it != cache.end()) {
       cache_bytes -= it->second.payload.size();
       cache.erase(it);
     }
