@@ -26,7 +26,15 @@ struct cached_message {
   std::string tag;
   byte_slice payload;
   std::uint64_t round = 0;
+  duration received{0};  // when the first copy arrived (or was broadcast)
   bool grafted = false;  // this node asked for it by GRAFT before it arrived
+};
+
+// An eager peer that keeps sending copies this node already has.
+struct duplicate_run {
+  std::uint32_t count = 0;  // duplicates in a row
+  duration since{0};        // when the first of them arrived
+  double lag_ms = 0;        // how late its duplicates trail the first copies (smoothed)
 };
 
 struct missing_message {
@@ -52,7 +60,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   std::deque<std::pair<duration, const message_id*>> cache_order;
   std::unordered_map<message_id, missing_message, message_id_hash> missing;
   std::map<std::string, std::vector<announcement>> pending_ihave;  // peer -> announced ids
-  std::unordered_map<std::string, std::uint32_t> duplicate_streak;  // eager peer -> duplicates in a row
+  std::unordered_map<std::string, duplicate_run> duplicate_streak;  // eager peer -> its run of duplicates
   std::size_t cache_bytes = 0;  // payload bytes held by the cache
   // Until then this node sits at a fresh cut of the tree (it lost an eager
   // link) and grafts announced messages at once instead of after
@@ -80,9 +88,11 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       throw std::invalid_argument(
           "plumtree_config: intervals must be positive, batch, cache and graft answer budgets > 0");
     if (config.prune_after_duplicates == 0 || !(config.graft_jitter >= 0 && config.graft_jitter <= 100) ||
+        !(config.prune_span_lags >= 0 && config.prune_span_lags <= 1000) ||
         config.repair_graft_timeout < duration{0} || config.repair_window < duration{0})
       throw std::invalid_argument(
-          "plumtree_config: prune_after_duplicates must be > 0, graft_jitter in [0, 100], repair times >= 0");
+          "plumtree_config: prune_after_duplicates must be > 0, graft_jitter in [0, 100], prune_span_lags in "
+          "[0, 1000], repair times >= 0");
     rng.seed(config.seed ? config.seed : std::random_device{}());
   }
 
@@ -119,7 +129,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       grafted = was_missing->second.grafted;
       missing.erase(was_missing);
     }
-    const auto [entry, added] = cache.emplace(id, cached_message{tag, payload, round, grafted});
+    const auto [entry, added] = cache.emplace(id, cached_message{tag, payload, round, sched.now(), grafted});
     if (!added) return grafted;
     if (cache_order.empty()) wake_timers();
     cache_bytes += payload.size();
@@ -201,17 +211,31 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       // One duplicate proves little while messages from several origins
       // are in flight: a link just grafted carries copies of messages that
       // crossed elsewhere, and two messages meeting on one cycle at two
-      // places would prune two of its links and cut the tree. A link that
-      // delivers nothing new for several messages in a row is redundant.
-      if (eager.contains(from) && ++duplicate_streak[from] >= config.prune_after_duplicates) {
-        duplicate_streak.erase(from);
-        to_lazy(from);
-        ++counters.prune_sent;
-        net.send(from, channel::broadcast, encode_prune());
+      // places would prune two of its links and cut the tree. A link is
+      // redundant when it delivers nothing new for several messages in a
+      // row, and for longer than its duplicates trail the first copies:
+      // on slow paths (seconds across oceans) many messages are in flight
+      // on each, and a count alone lets both ends of a cycle prune before
+      // either prune has arrived.
+      if (eager.contains(from)) {
+        auto& run = duplicate_streak[from];
+        const auto now = sched.now();
+        if (seen != cache.end()) {
+          const double lag = static_cast<double>((now - seen->second.received).count());
+          run.lag_ms = run.lag_ms == 0 ? lag : run.lag_ms + (lag - run.lag_ms) / 8;
+        }
+        if (run.count++ == 0) run.since = now;
+        if (run.count >= config.prune_after_duplicates &&
+            static_cast<double>((now - run.since).count()) >= config.prune_span_lags * run.lag_ms) {
+          duplicate_streak.erase(from);
+          to_lazy(from);
+          ++counters.prune_sent;
+          net.send(from, channel::broadcast, encode_prune());
+        }
       }
       return;
     }
-    duplicate_streak.erase(from);
+    if (auto run = duplicate_streak.find(from); run != duplicate_streak.end()) run->second.count = 0;
     optimize(msg.id, msg.round, from);
     const bool grafted = remember(msg.id, msg.tag, msg.payload, msg.round);
     if (is_peer(from)) to_eager(from);

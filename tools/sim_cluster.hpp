@@ -41,6 +41,7 @@ struct options {
   std::uint64_t jitter_ms = 0;  // per-message link jitter
   std::uint64_t gap_ms = 50;  // steady: between broadcasts
   std::optional<std::uint32_t> prune_after;
+  std::optional<double> prune_span_lags;
   std::optional<bool> flood_after_graft;
   // steady: exit 1 when a figure is above its bound (the suite's regression guard)
   std::optional<double> max_rmr, max_graft_prune, min_complete;

@@ -53,8 +53,14 @@ struct plumtree_config {
   /// eager, as in the paper.
   bool lazy_new_links = false;
   /// An eager link is pruned after this many duplicates in a row from it
-  /// (the paper prunes on the first; see docs/concepts/broadcast.md).
+  /// (the paper prunes on the first; see docs/concepts/broadcast.md)...
   std::uint32_t prune_after_duplicates = 3;
+  /// ... once that run has also lasted this many times the delay by which
+  /// the link's duplicates trail the first copies (smoothed). On slow paths
+  /// many messages are in flight at once, and a count alone lets both ends
+  /// of a cycle prune before either prune arrives, which cuts the tree.
+  /// 0: the count alone.
+  double prune_span_lags = 8;
   /// A message that came as the answer to this node's GRAFT is pushed to
   /// every peer, lazy ones too: the tree is broken around here, and an
   /// announcement would cost each node further on another graft timeout.
