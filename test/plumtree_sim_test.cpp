@@ -13,6 +13,8 @@
 
 #include <doctest/doctest.h>
 
+#include <limits>
+
 #include <algorithm>
 
 using namespace barrel_p2p;
@@ -237,6 +239,11 @@ TEST_CASE("configurations that would spin or never fire are refused") {
   plumtree_config bad_jitter;
   bad_jitter.graft_jitter = -1;
   CHECK_THROWS_AS(plumtree(*t, hv, *sched, bad_jitter), std::invalid_argument);
+  plumtree_config bad_span;
+  bad_span.prune_span_lags = -1;
+  CHECK_THROWS_AS(plumtree(*t, hv, *sched, bad_span), std::invalid_argument);
+  bad_span.prune_span_lags = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_AS(plumtree(*t, hv, *sched, bad_span), std::invalid_argument);
 }
 
 namespace {
