@@ -447,8 +447,7 @@ struct hyparview::impl : std::enable_shared_from_this<hyparview::impl> {
     auto wake = std::make_shared<wake_signal>(sched.get_executor());
     // A promotion of the same peer still waiting ends now, as refused:
     // once replaced, nothing but its timeout could reach it.
-    if (auto earlier = neighbor_answers.find(c->id); earlier != neighbor_answers.end() && earlier->second.wake)
-      earlier->second.wake->close();
+    if (auto earlier = neighbor_answers.find(c->id); earlier != neighbor_answers.end()) earlier->second.wake->close();
     neighbor_answers[c->id] = pending_neighbor{std::nullopt, wake};
     send(c->id, neighbor_message{self(), high});
     // The reply, a disconnect or the timeout wakes us, whichever is first.

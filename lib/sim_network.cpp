@@ -222,30 +222,21 @@ struct sim_network::impl {
     return nodes[a]->region == nodes[b]->region ? regions->loss_within : regions->loss_between;
   }
 
-  // How long a message on the link a-b waits for the link to come back.
-  duration outage_left(std::uint32_t a, std::uint32_t b) {
+  // How long the link a-b stays down from now (0: it is up). Ended
+  // outages are swept by flap().
+  duration outage_left(std::uint32_t a, std::uint32_t b) const {
     if (down_until.empty()) return duration{0};
     auto it = down_until.find(std::minmax(a, b));
-    if (it == down_until.end()) return duration{0};
-    if (it->second <= now) {
-      down_until.erase(it);
-      return duration{0};
-    }
-    ++stats.messages_held;
-    return it->second - now;
+    return it == down_until.end() ? duration{0} : std::max(duration{0}, it->second - now);
   }
 
-  bool is_down(std::uint32_t a, std::uint32_t b) const {
-    if (down_until.empty()) return false;
-    auto it = down_until.find(std::minmax(a, b));
-    return it != down_until.end() && it->second > now;
-  }
-
-  void forget_ended_outages() {
-    std::erase_if(down_until, [this](const auto& e) { return e.second <= now; });
+  // A connection between a and b can be made (both ways open, link not down).
+  bool can_connect(std::uint32_t a, std::uint32_t b) const {
+    return reachable(*nodes[a], *nodes[b]) && outage_left(a, b) == duration{0};
   }
 
   void flap(sim_node& a, const std::string& peer, duration down_for) {
+    std::erase_if(down_until, [this](const auto& e) { return e.second <= now; });
     auto it = a.links.find(peer);
     if (it == a.links.end()) return;
     const auto ai = index(a.desc.id);
@@ -262,7 +253,6 @@ struct sim_network::impl {
   // One random link of a random live node flaps, then the next is due.
   void flap_tick(std::uint64_t generation) {
     if (generation != flap_generation || flaps_per_second <= 0) return;
-    forget_ended_outages();
     // Best effort: a tick that finds no live node with a live peer in a few
     // draws flaps nothing.
     for (int tries = 0; tries < 16 && !nodes.empty(); ++tries) {
@@ -402,7 +392,7 @@ class sim_scheduler final : public scheduler {
 
 class sim_transport final : public transport {
  public:
-  sim_transport(sim_network::impl& net, std::size_t index) : net_(net), index_(index) {}
+  sim_transport(sim_network::impl& net, std::uint32_t index) : net_(net), index_(index) {}
   ~sim_transport() override { detach(false); }
 
   const peer_descriptor& self() const override { return me().desc; }
@@ -424,34 +414,34 @@ class sim_transport final : public transport {
 
   // Static, on the network's state only: the transport may be destroyed
   // while a dial waits (a node that crashes), the network never is.
-  static task<std::optional<peer_descriptor>> dial(sim_network::impl& net, std::size_t index, peer_address addr) {
+  static task<std::optional<peer_descriptor>> dial(sim_network::impl& net, std::uint32_t index, peer_address addr) {
     auto me = [&net, index]() -> sim_node& { return *net.nodes[index]; };
     if (addr.host != "sim" || addr.port >= net.nodes.size() || addr.port == index || !me().attached) {
       ++me().counters.connect_failures;
       co_return std::nullopt;
     }
-    const std::size_t target_index = addr.port;
+    const std::uint32_t target_index = addr.port;
     {
       auto& target = *net.nodes[target_index];
       if (me().links.contains(target.desc.id)) co_return target.desc;
-      if (!net.reachable(me(), target) || net.is_down(static_cast<std::uint32_t>(index), static_cast<std::uint32_t>(target_index))) {
+      if (!net.can_connect(index, target_index)) {
         co_await pause(net, net.config.connect_timeout);
         ++me().counters.connect_failures;
         co_return std::nullopt;
       }
     }
-    co_await pause(net, net.base_delay(static_cast<std::uint32_t>(index), static_cast<std::uint32_t>(target_index)) * 2);  // the handshake's round trip
+    co_await pause(net, net.base_delay(index, target_index) * 2);  // the handshake's round trip
     auto& a = me();
     auto& b = *net.nodes[target_index];
     if (!a.attached) co_return std::nullopt;  // its transport went meanwhile
     if (a.links.contains(b.desc.id)) co_return b.desc;  // the other side dialled meanwhile
-    if (!net.reachable(a, b) || net.is_down(static_cast<std::uint32_t>(index), static_cast<std::uint32_t>(target_index))) {
+    if (!net.can_connect(index, target_index)) {
       ++a.counters.connect_failures;
       co_return std::nullopt;
     }
     const auto epoch = net.next_epoch++;
-    a.links[b.desc.id] = {epoch, static_cast<std::uint32_t>(target_index)};
-    b.links[a.desc.id] = {epoch, static_cast<std::uint32_t>(index)};
+    a.links[b.desc.id] = {epoch, target_index};
+    b.links[a.desc.id] = {epoch, index};
     ++a.counters.connections_opened;
     ++b.counters.connections_opened;
     const auto a_desc = a.desc;
@@ -474,7 +464,7 @@ class sim_transport final : public transport {
     net_.stats.bytes_sent += body.size() + 5;
     ++net_.stats.per_channel_sent[static_cast<std::size_t>(ch)];
     auto& b = *net_.nodes[peer];
-    const auto from = static_cast<std::uint32_t>(index_);
+    const auto from = index_;
     if (!net_.can_send(a, b) || net_.roll(net_.config.loss) || net_.roll(net_.loss_between(from, peer))) {
       ++net_.stats.messages_lost;
       return true;  // sent as far as the sender can tell
@@ -486,6 +476,7 @@ class sim_transport final : public transport {
       received = share_bytes(body.to_bytes());
     }
     const auto wait = net_.outage_left(from, peer);
+    if (wait > duration{0}) ++net_.stats.messages_held;
     for (int i = 0; i < copies; ++i)
       net_.schedule(wait + net_.one_way_delay(from, peer) + a.extra_delay + b.extra_delay,
                     delivery{from, peer, epoch, ch, received});
@@ -500,7 +491,7 @@ class sim_transport final : public transport {
     const auto peer = it->second.peer;
     net_.drop_side(a, peer_id, epoch, disconnect_reason::closed_locally);
     // Drawn after the local handler ran, which may send (and draw) itself.
-    net_.schedule(net_.one_way_delay(static_cast<std::uint32_t>(index_), peer), [net = &net_, from = a.desc.id, peer_id, epoch] {
+    net_.schedule(net_.one_way_delay(index_, peer), [net = &net_, from = a.desc.id, peer_id, epoch] {
       net->drop_side(net->node(peer_id), from, epoch, disconnect_reason::closed_by_peer);
     });
   }
@@ -538,7 +529,7 @@ class sim_transport final : public transport {
     for (const auto& [peer, l] : a.links) links.emplace_back(peer, l.epoch, l.peer);
     for (const auto& [peer, epoch, peer_index] : links) {
       if (notify_self) net_.drop_side(a, peer, epoch, disconnect_reason::closed_locally);
-      net_.schedule(net_.one_way_delay(static_cast<std::uint32_t>(index_), peer_index), [net = &net_, from = a.desc.id, peer, epoch] {
+      net_.schedule(net_.one_way_delay(index_, peer_index), [net = &net_, from = a.desc.id, peer, epoch] {
         net->drop_side(net->node(peer), from, epoch, disconnect_reason::closed_by_peer);
       });
     }
@@ -550,7 +541,7 @@ class sim_transport final : public transport {
   }
 
   sim_network::impl& net_;
-  std::size_t index_;
+  std::uint32_t index_;
 };
 
 }  // namespace
@@ -574,7 +565,7 @@ std::unique_ptr<transport> sim_network::add_node(const std::string& id) {
   });
   impl_->nodes.push_back(std::move(n));
   impl_->index_of[id] = index;
-  return std::make_unique<sim_transport>(*impl_, index);
+  return std::make_unique<sim_transport>(*impl_, static_cast<std::uint32_t>(index));
 }
 
 std::unique_ptr<scheduler> sim_network::make_scheduler(duration wall_skew) {

@@ -40,13 +40,20 @@ sim_regions measured_regions(std::size_t k) {
   return r;
 }
 
+sim_regions network_regions(const options& o, double loss_between) {
+  auto r = measured_regions(o.regions);
+  r.jitter_share = o.region_jitter.value_or(0.1);
+  r.loss_between = loss_between;
+  return r;
+}
+
 std::vector<cluster::region_latency> cluster::take_region_latencies() {
   std::vector<region_latency> out;
   for (std::size_t r = 0; r < latency_ms.size(); ++r) {
     auto& v = latency_ms[r];
     region_latency l;
     l.name = region_names[r];
-    for (auto x : region) l.assigned += x == r;
+    for (std::size_t i = 0; i < nodes.size(); ++i) l.assigned += region_of(i) == r;
     l.deliveries = v.size();
     if (!v.empty()) {
       std::sort(v.begin(), v.end());
@@ -65,12 +72,7 @@ std::vector<cluster::region_latency> cluster::take_region_latencies() {
 }
 
 void cluster::start_network_faults(const options& o) {
-  if (o.cross_region_loss > 0 && o.regions > 0) {
-    auto r = measured_regions(o.regions);
-    r.jitter_share = o.region_jitter;
-    r.loss_between = o.cross_region_loss;
-    net.set_regions(std::move(r));
-  }
+  if (o.cross_region_loss > 0 && o.regions > 0) net.set_regions(network_regions(o, o.cross_region_loss));
   if (o.flaps_per_s > 0) net.set_flapping(o.flaps_per_s, duration{static_cast<duration::rep>(o.flap_ms)});
 }
 
@@ -83,8 +85,7 @@ cluster::cluster(std::size_t n, const options& o) : net(io, [&] {
 }()) {
   active.resize(n);
   if (o.regions > 0) {
-    auto r = measured_regions(o.regions);
-    r.jitter_share = o.region_jitter;
+    auto r = network_regions(o);
     region_names = r.names;
     latency_ms.resize(r.names.size());
     net.set_regions(std::move(r));
@@ -110,10 +111,7 @@ cluster::cluster(std::size_t n, const options& o) : net(io, [&] {
     c.clocks.seed = seed * 4'000'037 + i + 1;
     c.log = [](const std::string&) {};
     nodes.push_back(std::make_unique<node>(net, c));
-    if (o.regions > 0) {
-      region.push_back(static_cast<std::uint8_t>(i % o.regions));
-      net.set_region(c.transport.node_id, region.back());
-    }
+    if (o.regions > 0) net.set_region(c.transport.node_id, region_of(i));
     auto* me = this;
     nodes.back()->membership().add_listener([me, i](const membership_event& ev) { me->on_membership(i, ev); });
     nodes.back()->broadcast().subscribe(
@@ -123,7 +121,7 @@ cluster::cluster(std::size_t n, const options& o) : net(io, [&] {
           me->delivered[*k].emplace(i, d.hops);
           if (me->sent_at.empty()) return;
           if (auto at = me->sent_at.find(*k); at != me->sent_at.end())
-            me->latency_ms[me->region[i]].push_back(static_cast<std::uint32_t>((me->net.now() - at->second).count()));
+            me->latency_ms[me->region_of(i)].push_back(static_cast<std::uint32_t>((me->net.now() - at->second).count()));
         });
   }
 }
@@ -317,6 +315,12 @@ cluster::tree_stats cluster::tree() const {
   return t;
 }
 
+void cluster::send_probe(std::uint64_t k, std::size_t origin) {
+  delivered[k].emplace(origin, 0);
+  if (!region_names.empty()) sent_at[k] = net.now();
+  nodes[origin]->broadcast().broadcast("probe", probe_payload(k));
+}
+
 void cluster::send_unmeasured(std::uint64_t k, random_engine& rng) {
   std::vector<std::size_t> live;
   for (std::size_t i = 0; i < nodes.size(); ++i)
@@ -334,9 +338,7 @@ cluster::broadcast_result cluster::probe(std::uint64_t first, std::size_t count,
   const auto before = total(&plumtree_counters::gossip_sent);
   for (std::uint64_t k = first; k < first + count; ++k) {
     const auto origin = senders[std::uniform_int_distribution<std::size_t>(0, senders.size() - 1)(rng)];
-    delivered[k].emplace(origin, 0);
-    if (!region.empty()) sent_at[k] = net.now();
-    nodes[origin]->broadcast().broadcast("probe", probe_payload(k));
+    send_probe(k, origin);
     net.run_for(gap);
   }
   net.run_for(settle_time);

@@ -57,7 +57,7 @@ struct options {
   // The network: 0 regions is one flat network of 5 ms links; 1..5 places
   // node i in region i mod K of measured_regions() (its latencies).
   std::size_t regions = 0;
-  double region_jitter = 0.1;      // share of a link's one-way delay
+  std::optional<double> region_jitter;  // share of a link's one-way delay (0.1 when not given)
   double cross_region_loss = 0;    // steady, churn: once formed
   double flaps_per_s = 0;          // steady, churn: random links down for flap_ms, once formed
   std::uint64_t flap_ms = 1000;
@@ -71,6 +71,10 @@ constexpr duration link_latency{5};
 /// The first `k` (1..5) of five regions on three continents, with the
 /// round-trip times measured between them (sources in simulator.md).
 sim_regions measured_regions(std::size_t k);
+
+/// measured_regions(o.regions) with the command line's jitter, and
+/// `loss_between` between regions.
+sim_regions network_regions(const options& o, double loss_between = 0);
 
 /// A probe broadcast: its number, as one CBOR unsigned integer.
 shared_bytes probe_payload(std::uint64_t k);
@@ -115,10 +119,11 @@ struct cluster {
   std::size_t members = SIZE_MAX;
   std::optional<duration> joins_ended;
 
-  // With regions: each node's region, when each measured probe was sent,
-  // and each delivery's latency (ms) by the receiver's region.
+  // With regions (node i is in region i mod their number): when each
+  // measured probe was sent, and each delivery's latency (ms) by the
+  // receiver's region.
   std::vector<std::string> region_names;
-  std::vector<std::uint8_t> region;
+  std::size_t region_of(std::size_t i) const { return i % region_names.size(); }
   std::map<std::uint64_t, duration> sent_at;
   std::vector<std::vector<std::uint32_t>> latency_ms;
   struct region_latency {
@@ -168,6 +173,10 @@ struct cluster {
     double rmr = 0;          ///< payload messages / (deliveries - 1) - 1, over the batch
     std::uint64_t ldh = 0;   ///< greatest hop count of any delivery
   };
+
+  // Probe `k` from `origin`, recorded as delivered there (hop 0) and, with
+  // regions, timed.
+  void send_probe(std::uint64_t k, std::size_t origin);
 
   // One broadcast from a random live node, not measured (traffic).
   void send_unmeasured(std::uint64_t k, random_engine& rng);

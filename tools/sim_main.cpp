@@ -108,11 +108,11 @@ int main(int argc, char** argv) {
     const bool faults_apply = o.scenario == "steady" || o.scenario == "churn";
     const char* wrong = nullptr;
     if (o.regions > 5) wrong = "--regions must be 0..5";
-    else if (!(o.region_jitter >= 0 && o.region_jitter <= 1) || !(o.cross_region_loss >= 0 && o.cross_region_loss <= 1))
+    else if (!(o.region_jitter.value_or(0) >= 0 && o.region_jitter.value_or(0) <= 1) || !(o.cross_region_loss >= 0 && o.cross_region_loss <= 1))
       wrong = "--region-jitter and --cross-region-loss must be in [0, 1]";
     else if (!(o.flaps_per_s >= 0 && o.flaps_per_s <= 1000)) wrong = "--flaps-per-s must be in [0, 1000]";
     else if (o.flap_ms == 0 || o.flap_ms > 3'600'000) wrong = "--flap-ms must be 1..3600000";
-    else if (o.regions == 0 && (o.region_jitter != 0.1 || o.cross_region_loss > 0))
+    else if (o.regions == 0 && (o.region_jitter || o.cross_region_loss > 0))
       wrong = "--region-jitter and --cross-region-loss need --regions";
     else if (o.regions > 0 && o.jitter_ms > 0) wrong = "--jitter-ms is the flat network's; with --regions use --region-jitter";
     else if (o.regions == 1 && o.cross_region_loss > 0) wrong = "--cross-region-loss needs two regions at least";

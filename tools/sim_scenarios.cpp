@@ -319,9 +319,7 @@ int scenario_churn(const options& o) {
     auto& live = up_at_send[k];
     for (std::size_t i = 0; i < up.size(); ++i)
       if (up[i] && i != origin) live.push_back(i);
-    c.delivered[k].emplace(origin, 0);
-    if (!c.region.empty()) c.sent_at[k] = c.net.now();
-    c.nodes[origin]->broadcast().broadcast("probe", probe_payload(k));
+    c.send_probe(k, origin);
     ++k;
     c.net.run_for(100ms);
   }
