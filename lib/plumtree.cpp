@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <deque>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <set>
 #include <unordered_map>
@@ -34,7 +35,9 @@ struct cached_message {
 struct duplicate_run {
   std::uint32_t count = 0;  // duplicates in a row
   duration since{0};        // when the first of them arrived
-  double lag_ms = 0;        // how late its duplicates trail the first copies (smoothed)
+  // How late its duplicates trail the first copies (smoothed); none until
+  // a duplicate of a cached message has been timed (0 ms is a real lag).
+  std::optional<double> lag_ms;
 };
 
 struct missing_message {
@@ -120,6 +123,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   void to_lazy(const std::string& p) {
     eager.erase(p);
     lazy.insert(p);
+    // A run counts duplicates in a row while eager: if the link is grafted
+    // again, it starts a new run (its lag still describes the path).
+    if (auto run = duplicate_streak.find(p); run != duplicate_streak.end()) run->second.count = 0;
   }
 
   // Caches a message; returns whether this node had grafted it.
@@ -222,13 +228,16 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         const auto now = sched.now();
         if (seen != cache.end()) {
           const double lag = static_cast<double>((now - seen->second.received).count());
-          run.lag_ms = run.lag_ms == 0 ? lag : run.lag_ms + (lag - run.lag_ms) / 8;
+          run.lag_ms = run.lag_ms ? *run.lag_ms + (lag - *run.lag_ms) / 8 : lag;
         }
         if (run.count++ == 0) run.since = now;
-        if (run.count >= config.prune_after_duplicates &&
-            static_cast<double>((now - run.since).count()) >= config.prune_span_lags * run.lag_ms) {
-          duplicate_streak.erase(from);
-          to_lazy(from);
+        // Without a timed duplicate (only copies of this node's own messages
+        // whose cache entries expired) the span cannot be judged: wait for
+        // one, unless the span rule is off.
+        const bool span_known = run.lag_ms || config.prune_span_lags == 0;
+        if (run.count >= config.prune_after_duplicates && span_known &&
+            static_cast<double>((now - run.since).count()) >= config.prune_span_lags * run.lag_ms.value_or(0)) {
+          to_lazy(from);  // ends the run, keeps its lag
           ++counters.prune_sent;
           net.send(from, channel::broadcast, encode_prune());
         }
