@@ -3,6 +3,7 @@
 #include "barrel_p2p/keyed_hash.hpp"
 
 #include <algorithm>
+#include <mutex>
 #include <unordered_set>
 
 namespace barrel_p2p::crdt_wire {
@@ -248,7 +249,7 @@ namespace {
 // The end of every ingest: the clock moves past the newest accepted entry,
 // then the entries merge.
 void merge_accepted(ormap& local, std::vector<std::pair<std::string, entry>> accepted, hlc_clock& clock,
-                    ingest_result& r) {
+                    ingest_result& r, std::shared_mutex* merge_lock) {
   r.accepted = accepted.size();
   if (accepted.empty()) return;
   const auto newest = std::max_element(accepted.begin(), accepted.end(), [](const auto& a, const auto& b) {
@@ -260,16 +261,23 @@ void merge_accepted(ormap& local, std::vector<std::pair<std::string, entry>> acc
     // Only if the wall clock stepped back between accept and here: the
     // entries are merged; the clock catches up on the next one.
   }
-  for (auto& [key, e] : accepted)
-    if (local.merge_entry(key, std::move(e))) r.changed.push_back(std::move(key));
+  std::unique_lock<std::shared_mutex> lock;
+  if (merge_lock) lock = std::unique_lock(*merge_lock);
+  for (auto& [key, e] : accepted) {
+    const bool tombstone_in = std::holds_alternative<tombstone>(e);
+    const auto merged = local.merge_entry(key, std::move(e));
+    if (!merged) continue;
+    if (tombstone_in && merged.replaced_value) r.removed_values.push_back(r.changed.size());
+    r.changed.push_back(std::move(key));
+  }
 }
 
 }  // namespace
 
 ingest_result ingest(ormap& local, const json& incoming, hlc_clock& clock,
-                     const leaf_validator& leaf, const limits& lim) {
+                     const leaf_validator& leaf, const limits& lim, std::shared_mutex* merge_lock) {
   ingest_result r;
-  merge_accepted(local, accept_entries(incoming, clock, leaf, r.why, lim), clock, r);
+  merge_accepted(local, accept_entries(incoming, clock, leaf, r.why, lim), clock, r, merge_lock);
   return r;
 }
 
@@ -356,7 +364,8 @@ std::optional<entry> read_entry(const std::string& key, std::span<const std::uin
 }  // namespace
 
 std::optional<ingest_result> ingest_cbor(ormap& local, std::span<const std::uint8_t> bytes, hlc_clock& clock,
-                                         const leaf_validator& leaf, const limits& lim, const cbor_limits& cbor) {
+                                         const leaf_validator& leaf, const limits& lim, const cbor_limits& cbor,
+                                         std::shared_mutex* merge_lock) {
   ingest_result r;
   std::vector<std::pair<std::string, entry>> accepted;
   cbor_reader in(bytes);
@@ -392,7 +401,7 @@ std::optional<ingest_result> ingest_cbor(ormap& local, std::span<const std::uint
     else note_rejection(r.why, ahead, clock);
   }
   if (!in.at_end()) return std::nullopt;
-  merge_accepted(local, std::move(accepted), clock, r);
+  merge_accepted(local, std::move(accepted), clock, r, merge_lock);
   return r;
 }
 

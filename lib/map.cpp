@@ -34,7 +34,10 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   node& n;
   std::string name;
   map_options options;
-  ormap state;  // strand only
+  // Changed on the strand only, under `mu` held exclusively; read on the
+  // strand freely and elsewhere under `mu` shared. One copy of each value:
+  // no projection beside it.
+  ormap state;
   std::unique_ptr<map_store> store;
   std::shared_ptr<replica> rep;
   event_publisher<map_event> events;
@@ -43,9 +46,8 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   std::filesystem::path dir;  // with persist: where the files are
   std::atomic<bool> closed{false};
 
-  // The read side: a projection of the live values, and the counters.
+  // Guards `state` against readers off the strand, and the counters.
   mutable std::shared_mutex mu;
-  std::unordered_map<std::string, json, keyed_string_hash> projection;  // keys from peers: keyed hash
   map_counters counts;
 
   impl(node& nd, std::string nm, map_options o)
@@ -71,28 +73,34 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   // nemesis found it).
   logger log;
 
-  // Applies what a merge changed: projection first, then disk (queued to
+  // Follows up what a merge changed (already in `state`): disk (queued to
   // the store's writer thread; a local write is already there), then
-  // events. Costs in proportion to the change, never to the size of the map.
-  void apply_changes(const std::vector<std::string>& changed, bool local) {
+  // events. `removed_values` are the positions in `changed` where a
+  // tombstone replaced a value; other tombstones change no live value.
+  // Costs in proportion to the change, never to the size of the map.
+  void apply_changes(const std::vector<std::string>& changed, const std::vector<std::size_t>& removed_values,
+                     bool local) {
     std::vector<map_event> out;
     const bool announce = events.has_subscribers();
     std::size_t applied = 0;
-    {
-      std::unique_lock lock(mu);
-      for (const auto& key : changed) {
-        const auto* e = state.get_entry(key);
-        if (!e) continue;
-        if (const auto* v = std::get_if<value_entry>(e)) {
-          projection[key] = v->payload;
-          ++applied;
-          if (announce) out.push_back({map_event::kind::put, key, v->payload});
-        } else if (projection.erase(key) > 0) {
-          ++applied;
-          if (announce) out.push_back({map_event::kind::remove, key, nullptr});
-        }
+    auto removal = removed_values.begin();
+    for (std::size_t i = 0; i < changed.size(); ++i) {
+      const auto& key = changed[i];
+      const bool removed = removal != removed_values.end() && *removal == i;
+      if (removed) ++removal;
+      const auto* e = state.get_entry(key);
+      if (!e) continue;
+      if (const auto* v = std::get_if<value_entry>(e)) {
+        ++applied;
+        if (announce) out.push_back({map_event::kind::put, key, v->payload});
+      } else if (removed) {
+        ++applied;
+        if (announce) out.push_back({map_event::kind::remove, key, nullptr});
       }
-      if (!local) counts.remote_changes += applied;
+    }
+    if (!local && applied > 0) {
+      std::unique_lock lock(mu);
+      counts.remote_changes += applied;
     }
     if (store) {
       if (!local)
@@ -111,7 +119,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       store->compact();
   }
 
-  void ingest(const json& incoming) { merged(crdt_wire::ingest(state, incoming, n.clock(), leaf())); }
+  void ingest(const json& incoming) { merged(crdt_wire::ingest(state, incoming, n.clock(), leaf(), {}, &mu)); }
   // What an ingest did: counted, reported, then applied.
   void merged(const crdt_wire::ingest_result& r) {
     if (r.why.total > 0) {
@@ -120,7 +128,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       counts.rejected_clock_ahead += r.why.clock_ahead;
     }
     if (r.why.clock_ahead > 0) report_clock_ahead(r.why);
-    apply_changes(r.changed, false);
+    apply_changes(r.changed, r.removed_values, false);
   }
 
   // Entries refused for a timestamp too far ahead are data a peer holds and
@@ -159,7 +167,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   // not take goes the json way.
   task<> apply_full_sync_cbor(const std::string& instance, std::span<const std::uint8_t> snapshot) override {
     constexpr cbor_limits checked{64, std::numeric_limits<std::size_t>::max()};  // the driver checked them
-    if (auto r = crdt_wire::ingest_cbor(state, snapshot, n.clock(), leaf(), {}, checked)) {
+    if (auto r = crdt_wire::ingest_cbor(state, snapshot, n.clock(), leaf(), {}, checked, &mu)) {
       merged(*r);
       co_return;
     }
@@ -177,14 +185,15 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   }
   task<> remove_node(const std::string&, const std::string& node_id) override {
     if (!options.prune_on_peer_down) co_return;
-    const auto dropped = state.remove_values_by(node_id);
+    std::vector<std::pair<std::string, dot>> dropped;
     std::vector<map_event> out;
     {
       std::unique_lock lock(mu);
-      for (const auto& [key, d] : dropped)
-        if (projection.erase(key) > 0) out.push_back({map_event::kind::remove, key, nullptr});
+      dropped = state.remove_values_by(node_id);
       counts.pruned += dropped.size();
     }
+    if (events.has_subscribers())
+      for (const auto& [key, d] : dropped) out.push_back({map_event::kind::remove, key, nullptr});
     // Logged, so a restart does not bring them back (nobody awaits it: a
     // prune is not acknowledged to anyone).
     if (store && !dropped.empty()) {
@@ -220,7 +229,17 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       if (closed) co_return;  // on disk: the next open loads and syncs it
     }
     // Merged after the wait: a newer peer write that came meanwhile still wins.
-    if (state.merge_entry(key, std::move(e))) apply_changes({key}, true);
+    const bool tombstone_in = std::holds_alternative<tombstone>(e);
+    ormap::merge_result merged;
+    {
+      std::unique_lock lock(mu);
+      merged = state.merge_entry(key, std::move(e));
+    }
+    if (merged) {
+      std::vector<std::size_t> removed;
+      if (tombstone_in && merged.replaced_value) removed.push_back(0);
+      apply_changes({key}, removed, true);
+    }
     co_await rep->publish_delta(std::move(payload));
   }
 
@@ -281,9 +300,8 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       const auto ttl = static_cast<std::uint64_t>(self->options.tombstone_ttl.count());
       const auto wall = self->n.sched().wall_ms();
       if (wall <= ttl) continue;
-      const auto swept = self->state.gc_tombstones(wall - ttl);
       std::unique_lock lock(self->mu);
-      self->counts.tombstones_swept += swept;
+      self->counts.tombstones_swept += self->state.gc_tombstones(wall - ttl);
     }
   }
 
@@ -345,8 +363,6 @@ std::shared_ptr<map> map::open(node& n, const std::string& name, map_options opt
       i->log("recovered entries stamped up to " + std::to_string((newest.wall_ms - wall) / 1000) +
              " s ahead of this clock: kept; peers take them once their clocks admit them");
     n.clock().restore(newest);
-    std::unique_lock lock(i->mu);
-    for (const auto& [k, v] : i->state.to_list()) i->projection.emplace(k, v);
     if (r.why.total) i->log("dropped " + std::to_string(r.why.total) + " invalid recovered entries");
   }
   i->rep = replica::start(n.replicas(), name, *i);
@@ -385,17 +401,16 @@ task<> map::remove(std::string key) {
 
 std::optional<json> map::get(const std::string& key) const {
   std::shared_lock lock(impl_->mu);
-  auto it = impl_->projection.find(key);
-  if (it == impl_->projection.end()) return std::nullopt;
-  return it->second;
+  return impl_->state.get(key);
 }
 
 std::vector<std::string> map::keys() const {
   std::vector<std::string> out;
   {
     std::shared_lock lock(impl_->mu);
-    out.reserve(impl_->projection.size());
-    for (const auto& [k, v] : impl_->projection) out.push_back(k);
+    out.reserve(impl_->state.live_size());
+    for (const auto& [k, e] : impl_->state.entries())
+      if (std::holds_alternative<value_entry>(e)) out.push_back(k);
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -405,7 +420,9 @@ std::vector<std::pair<std::string, json>> map::to_list() const {
   std::vector<std::pair<std::string, json>> out;
   {
     std::shared_lock lock(impl_->mu);
-    out.assign(impl_->projection.begin(), impl_->projection.end());
+    out.reserve(impl_->state.live_size());
+    for (const auto& [k, e] : impl_->state.entries())
+      if (const auto* v = std::get_if<value_entry>(&e)) out.emplace_back(k, v->payload);
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   return out;
@@ -414,14 +431,15 @@ std::vector<std::pair<std::string, json>> map::to_list() const {
 map_page map::page(std::size_t limit, const std::optional<std::string>& after) const {
   map_page out;
   // The `limit` smallest keys past `after`, in a max-heap of pointers into
-  // the projection: no key or value is copied until the page is known.
+  // the map: no key or value is copied until the page is known.
   const auto greater_key = [](const auto* a, const auto* b) { return a->first < b->first; };
-  std::vector<const std::pair<const std::string, json>*> heap;
+  std::vector<const ormap::container::value_type*> heap;
   std::shared_lock lock(impl_->mu);
-  out.size = impl_->projection.size();
+  out.size = impl_->state.live_size();
   std::size_t candidates = 0;
   if (limit > 0) heap.reserve(std::min(limit, out.size));
-  for (const auto& kv : impl_->projection) {
+  for (const auto& kv : impl_->state.entries()) {
+    if (!std::holds_alternative<value_entry>(kv.second)) continue;
     if (after && kv.first <= *after) continue;
     ++candidates;
     if (limit == 0) continue;
@@ -437,13 +455,13 @@ map_page map::page(std::size_t limit, const std::optional<std::string>& after) c
   std::sort_heap(heap.begin(), heap.end(), greater_key);
   out.more = candidates > heap.size();
   out.entries.reserve(heap.size());
-  for (const auto* kv : heap) out.entries.emplace_back(kv->first, kv->second);
+  for (const auto* kv : heap) out.entries.emplace_back(kv->first, std::get<value_entry>(kv->second).payload);
   return out;
 }
 
 std::size_t map::size() const {
   std::shared_lock lock(impl_->mu);
-  return impl_->projection.size();
+  return impl_->state.live_size();
 }
 
 event_stream<map_event> map::subscribe(std::size_t capacity) { return impl_->events.subscribe(capacity); }
@@ -473,6 +491,9 @@ map_counters map::counters() const {
 
 replica_counters map::replica_stats() const { return impl_->rep ? impl_->rep->counters() : replica_counters{}; }
 
-std::size_t map::entry_count() const { return impl_->state.entry_count(); }
+std::size_t map::entry_count() const {
+  std::shared_lock lock(impl_->mu);
+  return impl_->state.entry_count();
+}
 
 }  // namespace barrel_p2p

@@ -72,34 +72,32 @@ std::vector<std::pair<std::string, json>> ormap::to_list() const {
   return out;
 }
 
-bool ormap::is_empty() const { return live_size() == 0; }
+bool ormap::is_empty() const { return live_ == 0; }
 
-std::size_t ormap::live_size() const {
-  return static_cast<std::size_t>(std::count_if(
-      entries_.begin(), entries_.end(),
-      [](const auto& kv) { return std::holds_alternative<value_entry>(kv.second); }));
-}
-
-bool ormap::merge_entry(const std::string& key, entry&& incoming) {
+ormap::merge_result ormap::merge_entry(const std::string& key, entry&& incoming) {
   auto [it, inserted] = entries_.try_emplace(key, std::move(incoming));
+  merge_result r{true, false};
   if (!inserted) {
-    if (!entry_wins(incoming, it->second)) return false;
-    untrack(it->first, it->second);
+    if (!entry_wins(incoming, it->second)) return {};
+    r.replaced_value = std::holds_alternative<value_entry>(it->second);
+    left(it->first, it->second);
     it->second = std::move(incoming);
   }
-  track(it->first, it->second);
-  return true;
+  entered(it->first, it->second);
+  return r;
 }
 
-bool ormap::merge_entry(const std::string& key, const entry& incoming) {
+ormap::merge_result ormap::merge_entry(const std::string& key, const entry& incoming) {
   auto [it, inserted] = entries_.try_emplace(key, incoming);
+  merge_result r{true, false};
   if (!inserted) {
-    if (!entry_wins(incoming, it->second)) return false;
-    untrack(it->first, it->second);
+    if (!entry_wins(incoming, it->second)) return {};
+    r.replaced_value = std::holds_alternative<value_entry>(it->second);
+    left(it->first, it->second);
     it->second = incoming;
   }
-  track(it->first, it->second);
-  return true;
+  entered(it->first, it->second);
+  return r;
 }
 
 sync_item sync_item_of(const std::string& key, const entry& e) {
@@ -111,6 +109,16 @@ void ormap::track_sync_items() {
   if (tracking_.t) return;
   tracking_.t = std::make_unique<tracking>();
   for (const auto& [k, e] : entries_) track(k, e);
+}
+
+void ormap::entered(const std::string& key, const entry& e) {
+  if (std::holds_alternative<value_entry>(e)) ++live_;
+  track(key, e);
+}
+
+void ormap::left(const std::string& key, const entry& e) {
+  if (std::holds_alternative<value_entry>(e)) --live_;
+  untrack(key, e);
 }
 
 void ormap::track(const std::string& key, const entry& e) {
@@ -167,7 +175,7 @@ std::size_t ormap::gc_tombstones(std::uint64_t cutoff_wall_ms) {
   return std::erase_if(entries_, [this, cutoff_wall_ms](const auto& kv) {
     const auto* t = std::get_if<tombstone>(&kv.second);
     if (!t || t->hlc.wall_ms >= cutoff_wall_ms) return false;
-    untrack(kv.first, kv.second);
+    left(kv.first, kv.second);
     return true;
   });
 }
@@ -177,7 +185,7 @@ std::vector<std::pair<std::string, dot>> ormap::remove_values_by(const std::stri
   for (auto it = entries_.begin(); it != entries_.end();) {
     auto* v = std::get_if<value_entry>(&it->second);
     if (v && v->dot.node == node) {
-      untrack(it->first, it->second);
+      left(it->first, it->second);
       removed.emplace_back(it->first, std::move(v->dot));
       it = entries_.erase(it);
     } else {
@@ -192,7 +200,7 @@ bool ormap::remove_value_if(const std::string& key, const dot& d) {
   if (it == entries_.end()) return false;
   const auto* v = std::get_if<value_entry>(&it->second);
   if (!v || v->dot != d) return false;
-  untrack(it->first, it->second);
+  left(it->first, it->second);
   entries_.erase(it);
   return true;
 }

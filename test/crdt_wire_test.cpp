@@ -144,6 +144,30 @@ TEST_CASE("ingest merges, reports changed keys, and only accepted entries advanc
   CHECK(t.wall_ms < now_ms + 120'000);
 }
 
+TEST_CASE("ingest says which changes removed a live value, as json and as CBOR") {
+  const auto make_local = [] {
+    ormap local;
+    local.add("live", "v", "n1", {now_ms - 10, 0});
+    local.remove("dead", {now_ms - 10, 0});
+    return local;
+  };
+  const json t = {{"t", hlc_json(now_ms - 5)}};
+  const json incoming = {{"dead", t}, {"live", t}, {"never", t}, {"put", value_json(1, "n2", now_ms - 5)}};
+  auto clock = fixed_clock();
+  auto a = make_local();
+  const auto r = wire::ingest(a, incoming, clock);
+  REQUIRE(r.changed.size() == 4);  // every entry is newer than what the map held
+  REQUIRE(r.removed_values.size() == 1);
+  CHECK(r.changed[r.removed_values[0]] == "live");
+  auto b = make_local();
+  const auto c = wire::ingest_cbor(b, encode_cbor(incoming), clock);
+  REQUIRE(c);
+  REQUIRE(c->removed_values.size() == 1);
+  CHECK(c->changed[c->removed_values[0]] == "live");
+  CHECK(a == b);
+  CHECK(a.live_size() == 1);
+}
+
 TEST_CASE("ingest of a dot set keeps its greatest dot") {
   auto clock = fixed_clock();
   json incoming = {{"k", {{"v", "x"},

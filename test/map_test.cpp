@@ -161,6 +161,31 @@ TEST_CASE("validator: a rejected put throws; an invalid value from a peer is dro
   CHECK(checked->counters().rejected_remote >= 1);
 }
 
+TEST_CASE("a validator may read its own map: peer data is validated before the state's lock is taken") {
+  cluster<tcp_net> c;
+  c.add("a");
+  c.add("b");
+  std::shared_ptr<map> mb;
+  int reads = 0;  // the validator runs on b's strand, as c.run does
+  map_options reading;
+  reading.validator = [&](const std::string& k, const json&) {
+    if (mb) {
+      (void)mb->get(k);  // would deadlock if the merge held the lock
+      ++reads;
+    }
+    return true;
+  };
+  auto ma = map::open(*c.nodes[0], "kv");
+  mb = map::open(*c.nodes[1], "kv", reading);
+  c.run([&]() -> task<> {
+    co_await ma->put("k", 1);
+    co_await ma->put("k", 2);
+  });
+  REQUIRE(c.eventually([&] { return mb->get("k") == json(2); }));
+  CHECK(reads >= 1);
+  CHECK(mb->size() == 1);
+}
+
 TEST_CASE("prune_on_peer_down drops a stopped node's keys; the default map keeps them") {
   cluster<tcp_net> c;
   c.add("a");

@@ -224,3 +224,20 @@ TEST_CASE("remove_values_by drops exactly the keys whose winning write is that n
   CHECK(m.remove_value_if("again", dot{"gone", {20, 0}}));
   CHECK_FALSE(m.get("again").has_value());
 }
+
+TEST_CASE("live_size counts values as entries change, and merge_entry says what it replaced") {
+  std::mt19937_64 rng(11);
+  ormap m;
+  for (int i = 0; i < 2000; ++i) {
+    const auto& key = keys[rng() % keys.size()];
+    const auto before = m.get_entry(key);
+    const bool had_value = before && std::holds_alternative<value_entry>(*before);
+    const auto r = m.merge_entry(key, random_entry(rng));
+    CHECK(r.replaced_value == (r.changed && had_value));
+    if (i % 500 == 499) m.gc_tombstones(2000);
+    if (i % 700 == 699) m.remove_values_by(nodes[rng() % nodes.size()]);
+    REQUIRE(m.live_size() == m.keys().size());
+  }
+  const ormap copy = m;
+  CHECK(copy.live_size() == m.live_size());
+}

@@ -18,6 +18,7 @@
 
 #include <functional>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -96,14 +97,22 @@ struct ingest_result {
   std::size_t accepted = 0;
   /// Keys whose local entry changed: emit events for exactly these.
   std::vector<std::string> changed;
+  /// Positions in `changed` where a tombstone replaced a value: the changes
+  /// a reader sees as removals (a tombstone over a tombstone, or over
+  /// nothing, changes no live value).
+  std::vector<std::size_t> removed_values;
   /// Entries dropped as invalid (why.total), and why.
   rejections why;
 };
 
 /// accept + absorb_clock + merge in one step. `local` is left unchanged by
 /// anything invalid; nothing thrown reaches the caller from peer content.
+/// With `merge_lock`, it is held exclusively while `local` changes and not
+/// while `leaf` runs: readers on other threads take it shared, and a leaf
+/// may read what the lock guards.
 ingest_result ingest(ormap& local, const json& incoming, hlc_clock& clock,
-                     const leaf_validator& leaf = {}, const limits& lim = {});
+                     const leaf_validator& leaf = {}, const limits& lim = {},
+                     std::shared_mutex* merge_lock = nullptr);
 
 /// ingest, read straight from the CBOR of a map in wire form (a snapshot as
 /// it arrives) without building its json tree: only each value is decoded,
@@ -114,6 +123,6 @@ ingest_result ingest(ormap& local, const json& incoming, hlc_clock& clock,
 /// ingest(decode_cbor(bytes)).
 std::optional<ingest_result> ingest_cbor(ormap& local, std::span<const std::uint8_t> bytes, hlc_clock& clock,
                                          const leaf_validator& leaf = {}, const limits& lim = {},
-                                         const cbor_limits& cbor = {});
+                                         const cbor_limits& cbor = {}, std::shared_mutex* merge_lock = nullptr);
 
 }  // namespace barrel_p2p::crdt_wire

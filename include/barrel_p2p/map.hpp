@@ -9,9 +9,10 @@
 // close and erase hop onto it, so they may be called from any executor;
 // open() and subscribe() do not: call them, and read the stream, there).
 // Reads (get, keys, to_list, size, page, counters) take a shared lock over
-// a projection and may be called from any thread: each key is read
-// atomically, but there is no snapshot across keys. The projection is updated before the
-// event for that change is published, so a subscriber that reads after an
+// the map's state (changes take it exclusively, on the strand, never while
+// a validator runs) and may be called from any thread: each key is read
+// atomically, but there is no snapshot across calls. A change is in the
+// state before its event is published, so a subscriber that reads after an
 // event sees the new value.
 #pragma once
 

@@ -98,14 +98,20 @@ class ormap {
   [[nodiscard]] std::vector<std::pair<std::string, json>> to_list() const;
   /// True when no key holds a live value (tombstones do not count).
   [[nodiscard]] bool is_empty() const;
-  /// Number of live values.
-  [[nodiscard]] std::size_t live_size() const;
+  /// Number of live values (kept as entries change: O(1)).
+  [[nodiscard]] std::size_t live_size() const noexcept { return live_; }
   /// Number of entries, tombstones included.
   [[nodiscard]] std::size_t entry_count() const noexcept { return entries_.size(); }
 
-  /// Merges one entry; true when the local entry changed.
-  bool merge_entry(const std::string& key, const entry& incoming);
-  bool merge_entry(const std::string& key, entry&& incoming);
+  /// What merging one entry did.
+  struct merge_result {
+    bool changed = false;       ///< the local entry changed
+    bool replaced_value = false;  ///< ... and it held a value before (a removal if the new one is a tombstone)
+    explicit operator bool() const noexcept { return changed; }
+  };
+  /// Merges one entry; true (changed) when the local entry changed.
+  merge_result merge_entry(const std::string& key, const entry& incoming);
+  merge_result merge_entry(const std::string& key, entry&& incoming);
   /// Merges another map. Returns the keys whose entry changed, in the order
   /// met, so a caller can emit events for exactly those.
   std::vector<std::string> merge(const ormap& other);
@@ -167,8 +173,12 @@ class ormap {
   // `key` is the container's own string (its address is kept).
   void untrack(const std::string& key, const entry& e);
   void track(const std::string& key, const entry& e);
+  // An entry came in or went out: the live count, then the index.
+  void entered(const std::string& key, const entry& e);
+  void left(const std::string& key, const entry& e);
 
   container entries_;
+  std::size_t live_ = 0;  // entries holding a value
   tracking_slot tracking_;
 };
 
