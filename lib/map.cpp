@@ -185,11 +185,13 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   }
   task<> remove_node(const std::string&, const std::string& node_id) override {
     if (!options.prune_on_peer_down) co_return;
-    std::vector<std::pair<std::string, dot>> dropped;
+    // Found without the lock (only this strand changes the state), then
+    // dropped under it: readers wait for the drops, not for the scan.
+    auto dropped = state.values_by(node_id);
     std::vector<map_event> out;
     {
       std::unique_lock lock(mu);
-      dropped = state.remove_values_by(node_id);
+      std::erase_if(dropped, [&](const auto& kd) { return !state.remove_value_if(kd.first, kd.second); });
       counts.pruned += dropped.size();
     }
     if (events.has_subscribers())
@@ -300,8 +302,11 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       const auto ttl = static_cast<std::uint64_t>(self->options.tombstone_ttl.count());
       const auto wall = self->n.sched().wall_ms();
       if (wall <= ttl) continue;
+      // As for a prune: found without the lock, dropped under it.
+      const auto expired = self->state.expired_tombstones(wall - ttl);
+      if (expired.empty()) continue;
       std::unique_lock lock(self->mu);
-      self->counts.tombstones_swept += self->state.gc_tombstones(wall - ttl);
+      for (const auto& key : expired) self->counts.tombstones_swept += self->state.gc_tombstone(key, wall - ttl);
     }
   }
 

@@ -124,21 +124,29 @@ void ormap::left(const std::string& key, const entry& e) {
 void ormap::track(const std::string& key, const entry& e) {
   if (!tracking_.t) return;
   const auto item = sync_item_of(key, e);
-  tracking_.t->index.insert(item);  // (already there when another key collides)
-  tracking_.t->keys.emplace(item.id, &key);
+  if (!tracking_.t->index.insert(item, &key)) tracking_.t->collisions.emplace(item, &key);
 }
 
 void ormap::untrack(const std::string& key, const entry& e) {
   if (!tracking_.t) return;
+  auto& t = *tracking_.t;
   const auto item = sync_item_of(key, e);
-  auto [first, last] = tracking_.t->keys.equal_range(item.id);
-  for (auto it = first; it != last; ++it)
-    if (it->second == &key) {
-      tracking_.t->keys.erase(it);
-      break;
-    }
+  if (t.index.find(item) != &key) {
+    // Not the key the index names: one of the colliding keys.
+    for (auto [it, last] = t.collisions.equal_range(item); it != last; ++it)
+      if (it->second == &key) {
+        t.collisions.erase(it);
+        break;
+      }
+    return;
+  }
   // The item stays while another key's current entry is the same item.
-  if (!key_of(item)) tracking_.t->index.erase(item);
+  if (auto other = t.collisions.find(item); other != t.collisions.end()) {
+    t.index.set_ref(item, other->second);
+    t.collisions.erase(other);
+  } else {
+    t.index.erase(item);
+  }
 }
 
 const std::string* ormap::key_of(const sync_item& item) const {
@@ -148,12 +156,10 @@ const std::string* ormap::key_of(const sync_item& item) const {
 
 const ormap::container::value_type* ormap::current_of(const sync_item& item) const {
   if (!tracking_.t) return nullptr;
-  auto [first, last] = tracking_.t->keys.equal_range(item.id);
-  for (auto it = first; it != last; ++it) {
-    const auto e = entries_.find(*it->second);
-    if (e != entries_.end() && sync_item_of(e->first, e->second) == item) return &*e;
-  }
-  return nullptr;
+  const auto* key = static_cast<const std::string*>(tracking_.t->index.find(item));
+  if (!key) return nullptr;
+  const auto e = entries_.find(*key);
+  return e != entries_.end() && sync_item_of(e->first, e->second) == item ? &*e : nullptr;
 }
 
 std::vector<std::string> ormap::merge(const ormap& other) {
@@ -178,6 +184,30 @@ std::size_t ormap::gc_tombstones(std::uint64_t cutoff_wall_ms) {
     left(kv.first, kv.second);
     return true;
   });
+}
+
+std::vector<std::string> ormap::expired_tombstones(std::uint64_t cutoff_wall_ms) const {
+  std::vector<std::string> out;
+  for (const auto& [k, e] : entries_)
+    if (const auto* t = std::get_if<tombstone>(&e); t && t->hlc.wall_ms < cutoff_wall_ms) out.push_back(k);
+  return out;
+}
+
+bool ormap::gc_tombstone(const std::string& key, std::uint64_t cutoff_wall_ms) {
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return false;
+  const auto* t = std::get_if<tombstone>(&it->second);
+  if (!t || t->hlc.wall_ms >= cutoff_wall_ms) return false;
+  left(it->first, it->second);
+  entries_.erase(it);
+  return true;
+}
+
+std::vector<std::pair<std::string, dot>> ormap::values_by(const std::string& node) const {
+  std::vector<std::pair<std::string, dot>> out;
+  for (const auto& [k, e] : entries_)
+    if (const auto* v = std::get_if<value_entry>(&e); v && v->dot.node == node) out.emplace_back(k, v->dot);
+  return out;
 }
 
 std::vector<std::pair<std::string, dot>> ormap::remove_values_by(const std::string& node) {

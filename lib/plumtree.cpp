@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <limits>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -23,12 +24,14 @@ using message_id_hash = broadcast_id_hash;
 
 // The payload as it arrived (a slice of the received frame) or as its origin
 // encoded it: the same bytes are forwarded, cached and delivered.
+// One per message for cache_ttl: 80 bytes with libstdc++, so the round is kept in 32
+// bits (a round past that would have crossed four billion hops).
 struct cached_message {
   std::string tag;
   byte_slice payload;
-  std::uint64_t round = 0;
-  duration received{0};  // when the first copy arrived (or was broadcast)
-  bool grafted = false;  // this node asked for it by GRAFT before it arrived
+  duration received{0};     // when the first copy arrived (or was broadcast)
+  std::uint32_t round = 0;  // saturated
+  bool grafted = false;     // this node asked for it by GRAFT before it arrived
 };
 
 // An eager peer that keeps sending copies this node already has.
@@ -135,7 +138,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       grafted = was_missing->second.grafted;
       missing.erase(was_missing);
     }
-    const auto [entry, added] = cache.emplace(id, cached_message{tag, payload, round, sched.now(), grafted});
+    const auto [entry, added] = cache.emplace(id, cached_message{tag, payload, sched.now(),
+                                                                    static_cast<std::uint32_t>(std::min<std::uint64_t>(round, std::numeric_limits<std::uint32_t>::max())),
+                                                                    grafted});
     if (!added) return grafted;
     if (cache_order.empty()) wake_timers();
     cache_bytes += payload.size();
@@ -331,7 +336,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     }
     ++counters.gossip_sent;
     net.send(from, channel::broadcast,
-             encode_gossip(*msg.id, it->second.tag, it->second.round + 1, it->second.payload));
+             encode_gossip(*msg.id, it->second.tag, std::uint64_t{it->second.round} + 1, it->second.payload));
   }
 
   // Payload bytes per peer. Forgotten on peer_down; a peer outside the

@@ -27,7 +27,10 @@ shared_bytes encode_delta_payload(const std::string& key, const entry& e) {
   cbor_writer w;
   w.map(2).text("k").text("d").text("d").map(1).text(key);
   crdt_wire::write_entry(w, e);
-  return share_bytes(w.take());
+  // Cached by Plumtree for its TTL: no spare capacity kept with it.
+  auto bytes = w.take();
+  bytes.shrink_to_fit();
+  return share_bytes(std::move(bytes));
 }
 
 shared_bytes encode_custom_payload(const json& payload) {

@@ -80,10 +80,10 @@ void sync_index::clear() {
 
 void sync_index::update(std::uint32_t n) noexcept {
   auto& x = nodes_[n];
-  auto f = x.own;
-  if (x.left != none) f = f.plus(nodes_[x.left].sub);
-  if (x.right != none) f = f.plus(nodes_[x.right].sub);
-  x.sub = f;
+  auto f = own_of(x);
+  if (x.left != none) f = f.plus(sub_of(nodes_[x.left]));
+  if (x.right != none) f = f.plus(sub_of(nodes_[x.right]));
+  set_sub(x, f);
 }
 
 void sync_index::split(std::uint32_t t, const sync_item& key, std::uint32_t& lo, std::uint32_t& hi) {
@@ -121,17 +121,31 @@ std::uint32_t sync_index::merge(std::uint32_t a, std::uint32_t b) {
   return b;
 }
 
-bool sync_index::contains(const sync_item& item) const {
+std::uint32_t sync_index::find_node(const sync_item& item) const noexcept {
   auto n = root_;
   while (n != none) {
     const auto& x = nodes_[n];
-    if (item == x.item) return true;
+    if (item == x.item) return n;
     n = item < x.item ? x.left : x.right;
   }
-  return false;
+  return none;
 }
 
-bool sync_index::insert(const sync_item& item) {
+bool sync_index::contains(const sync_item& item) const { return find_node(item) != none; }
+
+const void* sync_index::find(const sync_item& item) const noexcept {
+  const auto n = find_node(item);
+  return n == none ? nullptr : nodes_[n].ref;
+}
+
+bool sync_index::set_ref(const sync_item& item, const void* ref) noexcept {
+  const auto n = find_node(item);
+  if (n == none) return false;
+  nodes_[n].ref = ref;
+  return true;
+}
+
+bool sync_index::insert(const sync_item& item, const void* ref) {
   if (contains(item)) return false;
   if (nodes_.size() >= none - 1 && free_.empty()) throw std::length_error("sync_index: too many items");
   std::uint32_t n;
@@ -143,8 +157,8 @@ bool sync_index::insert(const sync_item& item) {
     nodes_.emplace_back();
   }
   const auto own = fingerprint::of(item);
-  const auto priority = splitmix(rng_);
-  nodes_[n] = node{item, priority, none, none, own, own};
+  const auto priority = static_cast<std::uint32_t>(splitmix(rng_) >> 32);
+  nodes_[n] = node{item, ref, none, none, priority, 1, own.sum_a, own.sum_b, own.sum_a, own.sum_b};
   // One walk down: the new node goes where its priority ranks it, and the
   // subtree it displaces is split around it. Each node passed on the way
   // gains the new item in its sums; no sibling is read (on a large index
@@ -152,7 +166,7 @@ bool sync_index::insert(const sync_item& item) {
   std::uint32_t* link = &root_;
   while (*link != none && nodes_[*link].priority > priority) {
     auto& x = nodes_[*link];
-    x.sub = x.sub.plus(own);
+    set_sub(x, sub_of(x).plus(own));
     link = item < x.item ? &x.left : &x.right;
   }
   std::uint32_t lo = none, hi = none;
@@ -225,8 +239,8 @@ fingerprint sync_index::prefix(std::size_t k) const {
       n = x.left;
       continue;
     }
-    if (x.left != none) f = f.plus(nodes_[x.left].sub);
-    f = f.plus(x.own);
+    if (x.left != none) f = f.plus(sub_of(nodes_[x.left]));
+    f = f.plus(own_of(x));
     k -= left + 1;
     n = x.right;
   }

@@ -241,3 +241,20 @@ TEST_CASE("live_size counts values as entries change, and merge_entry says what 
   const ormap copy = m;
   CHECK(copy.live_size() == m.live_size());
 }
+
+TEST_CASE("expired_tombstones and values_by name what gc_tombstones and remove_values_by drop") {
+  std::mt19937_64 rng(5);
+  for (int round = 0; round < 50; ++round) {
+    ormap m = random_map(rng);
+    for (int i = 0; i < 20; ++i) m.merge_entry(keys[rng() % keys.size()], random_entry(rng));
+    ormap by_key = m, by_node = m, all_at_once = m;
+    for (const auto& k : m.expired_tombstones(1002)) CHECK(by_key.gc_tombstone(k, 1002));
+    all_at_once.gc_tombstones(1002);
+    CHECK(by_key == all_at_once);
+    CHECK(by_key.expired_tombstones(1002).empty());
+    const auto named = m.values_by("n2");
+    for (const auto& [k, d] : named) CHECK(by_node.remove_value_if(k, d));
+    CHECK(m.remove_values_by("n2") == named);
+    CHECK(by_node == m);
+  }
+}

@@ -36,7 +36,8 @@ struct bcluster {
   sim_network net;
   std::vector<std::unique_ptr<bnode>> nodes;
 
-  explicit bcluster(std::size_t n, std::uint64_t seed, duration jitter = duration{2}) : net(io, [&] {
+  explicit bcluster(std::size_t n, std::uint64_t seed, duration jitter = duration{2}, plumtree_config base = {})
+      : net(io, [&] {
     sim_config c;
     c.seed = seed;
     c.jitter = jitter;
@@ -50,7 +51,7 @@ struct bcluster {
       hc.seed = seed * 7919 + i + 1;
       hc.random_promotion = 0;  // a stable overlay, to watch the tree settle
       b->membership = std::make_unique<hyparview>(*b->net, *b->sched, hc);
-      plumtree_config pc;
+      plumtree_config pc = base;
       pc.seed = seed * 104729 + i + 1;
       b->broadcast = std::make_unique<plumtree>(*b->net, *b->membership, *b->sched, pc);
       b->membership->start();
@@ -200,25 +201,65 @@ TEST_CASE("an IHAVE repeating one id many times is one announcement: one GRAFT, 
   CHECK(a.broadcast->counters().missing == 0);     // b never answered; nobody is left to ask
 }
 
-TEST_CASE("a link that delivers a duplicate is pruned only after prune_after_duplicates in a row") {
-  bcluster c(2, 6);
-  auto& a = *c.nodes[0];
-  auto& b = *c.nodes[1];
-  random_engine rng(1);
-  c.broadcast_many(0, 1, 100ms, rng);  // one message both nodes have
-  REQUIRE(a.broadcast->eager_peers() == std::vector<std::string>{"n1"});
-  // b pushes a copy of a message a already has, as a redundant tree link would.
-  const auto k = share_bytes(cbor_writer().uint(0).take());
-  auto dup = [&] {
+namespace {
+// Two nodes, one eager link each way, and a way for b to push a's node a
+// copy of a message a sent itself: never cached under that id, so the
+// copy's lag behind the first cannot be timed.
+struct duplicate_pair {
+  bcluster c;
+  bnode& a;
+  bnode& b;
+  shared_bytes k = share_bytes(cbor_writer().uint(0).take());
+  explicit duplicate_pair(plumtree_config base) : c(2, 6, duration{2}, base), a(*c.nodes[0]), b(*c.nodes[1]) {
+    random_engine rng(1);
+    c.broadcast_many(0, 1, 100ms, rng);  // one message both nodes have
+    REQUIRE(a.broadcast->eager_peers() == std::vector<std::string>{"n1"});
+  }
+  void dup() {
     b.net->send("n0", channel::broadcast, encode_gossip(broadcast_id(a.net->self().id, 1), "t", 2, byte_slice(k)));
     c.net.run_for(100ms);
-  };
-  dup();
-  dup();
-  CHECK(a.broadcast->eager_peers() == std::vector<std::string>{"n1"});  // two in a row: kept
-  dup();
-  CHECK(a.broadcast->eager_peers().empty());  // the third prunes it
-  CHECK(a.broadcast->counters().prune_sent == 1);
+  }
+};
+plumtree_config count_rule_only() {
+  plumtree_config pc;
+  pc.prune_span_lags = 0;
+  return pc;
+}
+}  // namespace
+
+TEST_CASE("a link that delivers a duplicate is pruned only after prune_after_duplicates in a row") {
+  duplicate_pair p(count_rule_only());
+  p.dup();
+  p.dup();
+  CHECK(p.a.broadcast->eager_peers() == std::vector<std::string>{"n1"});  // two in a row: kept
+  p.dup();
+  CHECK(p.a.broadcast->eager_peers().empty());  // the third prunes it
+  CHECK(p.a.broadcast->counters().prune_sent == 1);
+}
+
+TEST_CASE("a run of duplicates ends when its link goes lazy: grafted again, the link starts a new run") {
+  duplicate_pair p(count_rule_only());
+  p.dup();
+  p.dup();
+  p.b.net->send("n0", channel::broadcast, encode_prune());  // b prunes a: lazy on a's side
+  p.c.net.run_for(100ms);
+  CHECK(p.a.broadcast->eager_peers().empty());
+  p.b.net->send("n0", channel::broadcast, encode_graft_link());  // and takes it back: eager again
+  p.c.net.run_for(100ms);
+  REQUIRE(p.a.broadcast->eager_peers() == std::vector<std::string>{"n1"});
+  p.dup();  // the first of a new run, not the third of the old one
+  CHECK(p.a.broadcast->eager_peers() == std::vector<std::string>{"n1"});
+  CHECK(p.a.broadcast->counters().prune_sent == 0);
+  p.dup();
+  p.dup();
+  CHECK(p.a.broadcast->eager_peers().empty());
+}
+
+TEST_CASE("with the span rule, duplicates whose lag was never timed do not prune a link on their count") {
+  duplicate_pair p(plumtree_config{});  // prune_span_lags 8, the default
+  for (int i = 0; i < 10; ++i) p.dup();
+  CHECK(p.a.broadcast->eager_peers() == std::vector<std::string>{"n1"});
+  CHECK(p.a.broadcast->counters().prune_sent == 0);
 }
 
 TEST_CASE("configurations that would spin or never fire are refused") {

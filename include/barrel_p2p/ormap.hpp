@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -124,6 +125,12 @@ class ormap {
   /// Drops tombstones whose HLC wall time is older than `cutoff_wall_ms`.
   /// Values are never touched. Returns how many were dropped.
   std::size_t gc_tombstones(std::uint64_t cutoff_wall_ms);
+  /// The keys gc_tombstones(cutoff_wall_ms) would drop; changes nothing.
+  [[nodiscard]] std::vector<std::string> expired_tombstones(std::uint64_t cutoff_wall_ms) const;
+  /// Drops `key`'s entry if it is a tombstone older than `cutoff_wall_ms`.
+  bool gc_tombstone(const std::string& key, std::uint64_t cutoff_wall_ms);
+  // (The pairs above let an owner find its garbage without a lock and hold
+  // its readers' lock only while dropping it.)
 
   /// Direct access for iteration (snapshot, wire encoding).
   [[nodiscard]] const container& entries() const noexcept { return entries_; }
@@ -131,6 +138,8 @@ class ormap {
   /// Removes every entry whose winning write was made by `node` (values
   /// only), returning their keys and dots. Backs prune-on-peer-down.
   std::vector<std::pair<std::string, barrel_p2p::dot>> remove_values_by(const std::string& node);
+  /// What remove_values_by(node) would remove; changes nothing.
+  [[nodiscard]] std::vector<std::pair<std::string, barrel_p2p::dot>> values_by(const std::string& node) const;
   /// Removes `key`'s value if its winning write is `d` (and nothing newer
   /// replaced it): replays one prune-on-peer-down removal from a log.
   bool remove_value_if(const std::string& key, const barrel_p2p::dot& d);
@@ -153,10 +162,12 @@ class ormap {
 
  private:
   struct tracking {
+    // Each item's ref is the key in entries_ whose current entry it is.
     sync_index index;
-    // item id -> the keys in entries_ (two keys may share an id: a hash
-    // collision, which a member can make for its own writes).
-    std::unordered_multimap<std::uint64_t, const std::string*, keyed_word_hash> keys;
+    // Keys whose current entry is an item another key already holds in the
+    // index (a hash collision, which a member can make for its own writes):
+    // one takes over the item when that key's entry changes.
+    std::multimap<sync_item, const std::string*> collisions;
   };
   // Not copied with the map: a copy is a delta or a snapshot.
   struct tracking_slot {

@@ -69,8 +69,15 @@ class sync_index {
   sync_index();
   explicit sync_index(std::uint64_t seed);  // the treap's priorities (tests)
 
-  /// False when the item was there already.
-  bool insert(const sync_item& item);
+  /// Inserts `item` with `ref`, what the item stands for to its owner (the
+  /// OR-Map keeps its key there; null when the owner needs nothing). False
+  /// when the item was there already: its ref is kept.
+  bool insert(const sync_item& item, const void* ref = nullptr);
+  /// The ref an item was inserted with (or last given), or nullptr when the
+  /// item is absent (or was inserted without one).
+  [[nodiscard]] const void* find(const sync_item& item) const noexcept;
+  /// Gives a present item another ref; false when the item is absent.
+  bool set_ref(const sync_item& item, const void* ref) noexcept;
   /// False when the item was not there.
   bool erase(const sync_item& item);
   [[nodiscard]] bool contains(const sync_item& item) const;
@@ -88,20 +95,34 @@ class sync_index {
 
  private:
   static constexpr std::uint32_t none = 0xffffffffu;
+  // 72 bytes: the index is kept beside every entry of a map, so each
+  // field is as narrow as it can be. The fingerprints are stored as their
+  // two sums (an item's own count is 1; a subtree's fits 32 bits, as the
+  // node indices do).
   struct node {
     sync_item item;
-    std::uint64_t priority;
+    const void* ref;
     std::uint32_t left, right;
-    fingerprint own;  // of the item alone (hashed once, at insert)
-    fingerprint sub;  // of the subtree rooted here
+    std::uint32_t priority;
+    std::uint32_t count;    // items in the subtree rooted here
+    std::uint64_t own_a, own_b;  // the item alone (hashed once, at insert)
+    std::uint64_t sub_a, sub_b;  // the subtree rooted here
   };
+  [[nodiscard]] static fingerprint own_of(const node& x) noexcept { return {1, x.own_a, x.own_b}; }
+  [[nodiscard]] static fingerprint sub_of(const node& x) noexcept { return {x.count, x.sub_a, x.sub_b}; }
+  static void set_sub(node& x, const fingerprint& f) noexcept {
+    x.count = static_cast<std::uint32_t>(f.count);
+    x.sub_a = f.sum_a;
+    x.sub_b = f.sum_b;
+  }
+  [[nodiscard]] std::uint32_t find_node(const sync_item& item) const noexcept;
   std::vector<node> nodes_;
   std::vector<std::uint32_t> free_;
   std::uint32_t root_ = none;
   std::uint64_t rng_;
 
   [[nodiscard]] std::size_t size_of(std::uint32_t n) const noexcept {
-    return n == none ? 0 : static_cast<std::size_t>(nodes_[n].sub.count);
+    return n == none ? 0 : static_cast<std::size_t>(nodes_[n].count);
   }
   void update(std::uint32_t n) noexcept;
   // Splits `t` into items < key and items >= key.
