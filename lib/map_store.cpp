@@ -493,6 +493,23 @@ map_store::~map_store() {
   else writer_.join();
   compactor_.join();
   ::close(shared_->log_fd);
+  // A durable() still waiting resumes when the outcomes just posted run.
+  // Should the executor be destroyed without running them, its frame would
+  // keep the shared state alive, and the state the frame (in `waiters`),
+  // for good: this drain, destroyed unrun with them, lets the frames go.
+  struct unrun_drain {
+    std::shared_ptr<shared> state;
+    bool ran = false;
+    unrun_drain(std::shared_ptr<shared> s) : state(std::move(s)) {}
+    unrun_drain(const unrun_drain&) = delete;
+    unrun_drain& operator=(const unrun_drain&) = delete;
+    ~unrun_drain() {
+      if (ran) return;
+      auto orphans = std::move(state->waiters);  // destroyed here, not in `state`
+      state->waiters.clear();
+    }
+  };
+  boost::asio::post(shared_->completions, [drain = std::make_shared<unrun_drain>(shared_)] { drain->ran = true; });
 }
 
 void map_store::recover() {

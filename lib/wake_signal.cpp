@@ -52,13 +52,18 @@ task<bool> wake_signal::wait() {
   // Named and holding a plain pointer: GCC 12 destroys a temporary in a
   // co_await expression twice (see docs/how-to/contributing.md).
   auto* raw = st.get();
-  const auto initiate = [raw](auto handler) {
+  const std::weak_ptr<state> weak = st;
+  const auto initiate = [raw, &weak](auto handler) {
     auto slot = asio::get_associated_cancellation_slot(handler);
     raw->waiter_ex = asio::get_associated_executor(handler, raw->ex);
     raw->waiter = std::make_unique<state::handler>(std::move(handler));
     if (slot.is_connected()) {
       raw->slot = slot;
-      slot.assign([raw](asio::cancellation_type) { raw->complete(false, true); });
+      // Weak: after a cancellation the handler stays in the slot, which
+      // its owner may emit again after the state is gone.
+      slot.assign([weak](asio::cancellation_type) {
+        if (auto s = weak.lock()) s->complete(false, true);
+      });
     }
   };
   const bool woken = co_await asio::async_initiate<decltype(asio::use_awaitable), void(bool)>(initiate,

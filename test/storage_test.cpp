@@ -441,6 +441,41 @@ TEST_CASE("a failed fsync stops the store for good: later puts are refused, none
   std::filesystem::remove_all(root);
 }
 
+TEST_CASE("a put waiting for its fsync does not outlive its store when the executor never runs again") {
+  const auto dir = std::filesystem::temp_directory_path() / ("barrel_store_unrun_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::atomic<bool> release{false};
+  bool frame_gone = false;
+  {
+    struct sentinel {
+      bool* gone;
+      ~sentinel() { *gone = true; }
+    };
+    boost::asio::io_context io;
+    {
+      // The writer holds its first write until released: the put below is
+      // surely waiting when the store goes.
+      map_store store(dir, io.get_executor(), {}, [&release](disk_op, std::size_t&) {
+        while (!release) std::this_thread::sleep_for(1ms);
+        return 0;
+      });
+      const auto seq = store.append("k", entry(tombstone{{1, 0}}));
+      boost::asio::co_spawn(
+          io,
+          [&store, seq, gone = &frame_gone]() -> task<> {
+            sentinel s{gone};
+            co_await store.durable(seq);
+          },
+          boost::asio::detached);
+      io.poll();  // up to the wait
+      REQUIRE_FALSE(frame_gone);
+      release = true;
+    }  // the store writes, fsyncs and posts the outcome, which never runs
+  }    // the executor goes unrun: the waiting frame must go with it
+  CHECK(frame_gone);
+  std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("prune_on_peer_down removals stay removed after a restart") {
   const auto root = temp_dir("prune");
   {
