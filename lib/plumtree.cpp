@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <deque>
-#include <limits>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -24,10 +23,51 @@ using message_id_hash = broadcast_id_hash;
 
 // The payload as it arrived (a slice of the received frame) or as its origin
 // encoded it: the same bytes are forwarded, cached and delivered.
-// One per message for cache_ttl: 80 bytes with libstdc++, so the round is kept in 32
-// bits (a round past that would have crossed four billion hops).
+// Origins and tags, held once however many cached messages carry them (a
+// cache of 100,000 messages from a few nodes would hold 100,000 copies of
+// each): counted, so a name goes with its last message. Names come from
+// peers: the keyed hash.
+class name_pool {
+ public:
+  const std::string* hold(const std::string& name) {
+    auto it = names_.try_emplace(name, 0).first;
+    ++it->second;
+    return &it->first;
+  }
+  void release(const std::string* name) {
+    if (auto it = names_.find(*name); it != names_.end() && --it->second == 0) names_.erase(it);
+  }
+
+ private:
+  std::unordered_map<std::string, std::size_t, keyed_string_hash> names_;
+};
+
+// A cached message's id, its origin in the name pool. Found by a
+// broadcast_id too (the same hash and equality), without building one.
+struct cached_id {
+  const std::string* origin;
+  std::uint64_t seq;
+};
+struct cached_id_hash {
+  using is_transparent = void;
+  std::size_t operator()(const cached_id& id) const noexcept { return broadcast_id_hash::of(*id.origin, id.seq); }
+  std::size_t operator()(const broadcast_id& id) const noexcept { return broadcast_id_hash::of(id.origin, id.seq); }
+};
+struct cached_id_equal {
+  using is_transparent = void;
+  static std::pair<std::string_view, std::uint64_t> parts(const cached_id& id) noexcept { return {*id.origin, id.seq}; }
+  static std::pair<std::string_view, std::uint64_t> parts(const broadcast_id& id) noexcept { return {id.origin, id.seq}; }
+  template <class A, class B>
+  bool operator()(const A& a, const B& b) const noexcept {
+    return parts(a) == parts(b);
+  }
+};
+
+// One per message for cache_ttl: 56 bytes with libstdc++ (names pooled,
+// the round kept in 32 bits: a round past that would have crossed four
+// billion hops).
 struct cached_message {
-  std::string tag;
+  const std::string* tag;  // in the name pool
   byte_slice payload;
   duration received{0};     // when the first copy arrived (or was broadcast)
   std::uint32_t round = 0;  // saturated
@@ -59,11 +99,12 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   logger log{config.log, net.self().id, "broadcast"};
   plumtree_counters counters;
   std::set<std::string> eager, lazy;
-  std::unordered_map<message_id, cached_message, message_id_hash> cache;
+  name_pool names;  // declared before the cache, whose keys point into it
+  std::unordered_map<cached_id, cached_message, cached_id_hash, cached_id_equal> cache;
   // For expiry, oldest first: each entry points at its key in `cache`
   // (stable until erased, and only forget_oldest erases), 16 bytes instead
   // of a copy of the id.
-  std::deque<std::pair<duration, const message_id*>> cache_order;
+  std::deque<std::pair<duration, const cached_id*>> cache_order;
   std::unordered_map<message_id, missing_message, message_id_hash> missing;
   std::map<std::string, std::vector<announcement>> pending_ihave;  // peer -> announced ids
   std::unordered_map<std::string, duplicate_run> duplicate_streak;  // eager peer -> its run of duplicates
@@ -138,10 +179,11 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       grafted = was_missing->second.grafted;
       missing.erase(was_missing);
     }
-    const auto [entry, added] = cache.emplace(id, cached_message{tag, payload, sched.now(),
-                                                                    static_cast<std::uint32_t>(std::min<std::uint64_t>(round, std::numeric_limits<std::uint32_t>::max())),
-                                                                    grafted});
-    if (!added) return grafted;
+    if (cache.contains(id)) return grafted;
+    const auto saturated = static_cast<std::uint32_t>(std::min<std::uint64_t>(round, UINT32_MAX));
+    const auto entry = cache.emplace(cached_id{names.hold(id.origin), id.seq},
+                                     cached_message{names.hold(tag), payload, sched.now(), saturated, grafted})
+                           .first;
     if (cache_order.empty()) wake_timers();
     cache_bytes += payload.size();
     cache_order.emplace_back(sched.now(), &entry->first);
@@ -157,7 +199,11 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   void forget_oldest() {
     if (auto it = cache.find(*cache_order.front().second); it != cache.end()) {
       cache_bytes -= it->second.payload.size();
+      const auto origin = it->first.origin;
+      const auto tag = it->second.tag;
       cache.erase(it);
+      names.release(origin);
+      names.release(tag);
     }
     cache_order.pop_front();
   }
@@ -336,7 +382,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     }
     ++counters.gossip_sent;
     net.send(from, channel::broadcast,
-             encode_gossip(*msg.id, it->second.tag, std::uint64_t{it->second.round} + 1, it->second.payload));
+             encode_gossip(*msg.id, *it->second.tag, std::uint64_t{it->second.round} + 1, it->second.payload));
   }
 
   // Payload bytes per peer. Forgotten on peer_down; a peer outside the

@@ -63,9 +63,9 @@ std::optional<broadcast_message> parse(const byte_slice& body) {
 // Origin and seq both come from peers: both go through the keyed hash (the
 // origin's hash keys the hash of the seq's 8 bytes), so no peer can choose
 // ids that pile up in one bucket of the cache or the missing table.
-std::size_t broadcast_id_hash::operator()(const broadcast_id& id) const noexcept {
+std::size_t broadcast_id_hash::of(std::string_view origin, std::uint64_t seq) noexcept {
   const auto& key = process_hash_key();
-  return static_cast<std::size_t>(siphash24({key[0] ^ siphash24(key, id.origin), key[1]}, id.seq));
+  return static_cast<std::size_t>(siphash24({key[0] ^ siphash24(key, origin), key[1]}, seq));
 }
 
 message_body encode_gossip(const broadcast_id& id, const std::string& tag, std::uint64_t round,

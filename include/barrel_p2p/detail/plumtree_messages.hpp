@@ -33,7 +33,9 @@ struct broadcast_id {
 };
 
 struct broadcast_id_hash {
-  std::size_t operator()(const broadcast_id& id) const noexcept;
+  std::size_t operator()(const broadcast_id& id) const noexcept { return of(id.origin, id.seq); }
+  /// The same hash from the parts (for a key that holds its origin elsewhere).
+  static std::size_t of(std::string_view origin, std::uint64_t seq) noexcept;
 };
 
 /// Longest origin id and tag accepted from a peer.
