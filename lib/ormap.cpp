@@ -31,14 +31,14 @@ bool entry_wins(const entry& incoming, const entry& current) {
 ormap ormap::add(const std::string& key, json payload, const std::string& node,
                  const hlc_timestamp& hlc) {
   ormap delta;
-  delta.entries_.emplace(key, value_entry{std::move(payload), {node, hlc}});
+  delta.merge_entry(key, value_entry{std::move(payload), {node, hlc}});
   merge_entry(key, delta.entries_.begin()->second);
   return delta;
 }
 
 ormap ormap::remove(const std::string& key, const hlc_timestamp& hlc) {
   ormap delta;
-  delta.entries_.emplace(key, tombstone{hlc});
+  delta.merge_entry(key, tombstone{hlc});
   merge_entry(key, delta.entries_.begin()->second);
   return delta;
 }
@@ -93,8 +93,9 @@ ormap::merge_result ormap::merge_entry(const std::string& key, const entry& inco
   if (!inserted) {
     if (!entry_wins(incoming, it->second)) return {};
     r.replaced_value = std::holds_alternative<value_entry>(it->second);
+    entry copy = incoming;  // may throw: before the old entry is let go
     left(it->first, it->second);
-    it->second = incoming;
+    it->second = std::move(copy);
   }
   entered(it->first, it->second);
   return r;

@@ -181,9 +181,18 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     }
     if (cache.contains(id)) return grafted;
     const auto saturated = static_cast<std::uint32_t>(std::min<std::uint64_t>(round, UINT32_MAX));
-    const auto entry = cache.emplace(cached_id{names.hold(id.origin), id.seq},
-                                     cached_message{names.hold(tag), payload, sched.now(), saturated, grafted})
-                           .first;
+    const auto* origin = names.hold(id.origin);
+    const std::string* pooled_tag = nullptr;
+    decltype(cache)::iterator entry;
+    try {
+      pooled_tag = names.hold(tag);
+      entry = cache.emplace(cached_id{origin, id.seq}, cached_message{pooled_tag, payload, sched.now(), saturated, grafted})
+                  .first;
+    } catch (...) {  // allocation failure: the names are not held by anything
+      names.release(origin);
+      if (pooled_tag) names.release(pooled_tag);
+      throw;
+    }
     if (cache_order.empty()) wake_timers();
     cache_bytes += payload.size();
     cache_order.emplace_back(sched.now(), &entry->first);

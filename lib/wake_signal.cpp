@@ -3,6 +3,7 @@
 #include "barrel_p2p/scheduler.hpp"
 
 #include <boost/asio/any_completion_handler.hpp>
+#include <cstdint>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
@@ -25,6 +26,7 @@ struct wake_signal::state {
   asio::cancellation_slot slot;
   bool pending = false;
   bool closed = false;
+  std::uint64_t waits = 0;  // counts waits: a cancellation is for its own wait only
 
   // Resumes the waiter, if any, with `value` (posted: never inline). From
   // the cancellation handler itself the slot is left alone: clearing it
@@ -53,16 +55,18 @@ task<bool> wake_signal::wait() {
   // co_await expression twice (see docs/how-to/contributing.md).
   auto* raw = st.get();
   const std::weak_ptr<state> weak = st;
-  const auto initiate = [raw, &weak](auto handler) {
+  const auto this_wait = ++st->waits;
+  const auto initiate = [raw, &weak, this_wait](auto handler) {
     auto slot = asio::get_associated_cancellation_slot(handler);
     raw->waiter_ex = asio::get_associated_executor(handler, raw->ex);
     raw->waiter = std::make_unique<state::handler>(std::move(handler));
     if (slot.is_connected()) {
       raw->slot = slot;
-      // Weak: after a cancellation the handler stays in the slot, which
-      // its owner may emit again after the state is gone.
-      slot.assign([weak](asio::cancellation_type) {
-        if (auto s = weak.lock()) s->complete(false, true);
+      // After a cancellation the handler stays in the slot, which its
+      // owner may emit again: after the state is gone (so weak), or while
+      // another coroutine waits (so only for this wait).
+      slot.assign([weak, this_wait](asio::cancellation_type) {
+        if (auto s = weak.lock(); s && s->waits == this_wait) s->complete(false, true);
       });
     }
   };

@@ -170,7 +170,7 @@ TEST_CASE("a validator may read its own map: peer data is validated before the s
   map_options reading;
   reading.validator = [&](const std::string& k, const json&) {
     if (mb) {
-      (void)mb->get(k);  // would deadlock if the merge held the lock
+      (void)mb->get(k);  // refused (EDEADLK) or a deadlock if the merge held the lock
       ++reads;
     }
     return true;

@@ -240,6 +240,12 @@ TEST_CASE("live_size counts values as entries change, and merge_entry says what 
   }
   const ormap copy = m;
   CHECK(copy.live_size() == m.live_size());
+  ormap moved = std::move(m);
+  CHECK(moved.live_size() == copy.live_size());
+  CHECK(m.live_size() == 0);  // NOLINT(bugprone-use-after-move): a moved-from map is empty
+  CHECK(m.entry_count() == 0);
+  CHECK(ormap().add("k", 1, "n1", {1, 0}).live_size() == 1);  // a delta counts its value
+  CHECK(ormap().remove("k", {1, 0}).live_size() == 0);
 }
 
 TEST_CASE("expired_tombstones and values_by name what gc_tombstones and remove_values_by drop") {

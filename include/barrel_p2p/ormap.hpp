@@ -79,6 +79,22 @@ class ormap {
   /// peer can choose keys that pile up in one bucket (keyed_hash.hpp).
   using container = std::unordered_map<std::string, entry, keyed_string_hash>;
 
+  ormap() = default;
+  ormap(const ormap&) = default;
+  ormap& operator=(const ormap&) = default;
+  /// A moved-from map is empty (its live count too).
+  ormap(ormap&& other) noexcept
+      : entries_(std::move(other.entries_)), live_(std::exchange(other.live_, 0)), tracking_(std::move(other.tracking_)) {
+    other.entries_.clear();
+  }
+  ormap& operator=(ormap&& other) noexcept {
+    entries_ = std::move(other.entries_);
+    live_ = std::exchange(other.live_, 0);
+    tracking_ = std::move(other.tracking_);
+    other.entries_.clear();
+    return *this;
+  }
+
   /// Local write: records `payload` under `key` with the dot {node, hlc} and
   /// returns the delta to broadcast (a one-key map). The caller passes a
   /// fresh HLC from its clock, so the local write wins locally.
