@@ -264,10 +264,9 @@ void merge_accepted(ormap& local, std::vector<std::pair<std::string, entry>> acc
   std::unique_lock<std::shared_mutex> lock;
   if (merge_lock) lock = std::unique_lock(*merge_lock);
   for (auto& [key, e] : accepted) {
-    const bool tombstone_in = std::holds_alternative<tombstone>(e);
     const auto merged = local.merge_entry(key, std::move(e));
     if (!merged) continue;
-    if (tombstone_in && merged.replaced_value) r.removed_values.push_back(r.changed.size());
+    if (merged.removed_value) r.removed_values.push_back(r.changed.size());
     r.changed.push_back(std::move(key));
   }
 }

@@ -231,7 +231,6 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       if (closed) co_return;  // on disk: the next open loads and syncs it
     }
     // Merged after the wait: a newer peer write that came meanwhile still wins.
-    const bool tombstone_in = std::holds_alternative<tombstone>(e);
     ormap::merge_result merged;
     {
       std::unique_lock lock(mu);
@@ -239,7 +238,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
     }
     if (merged) {
       std::vector<std::size_t> removed;
-      if (tombstone_in && merged.replaced_value) removed.push_back(0);
+      if (merged.removed_value) removed.push_back(0);
       apply_changes({key}, removed, true);
     }
     co_await rep->publish_delta(std::move(payload));

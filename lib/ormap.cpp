@@ -4,6 +4,19 @@
 
 namespace barrel_p2p {
 
+namespace {
+// What the sweep drops, and what a prune on peer down drops: one test each
+// for the one-step and the find-then-drop forms.
+bool expired_tombstone(const entry& e, std::uint64_t cutoff_wall_ms) {
+  const auto* t = std::get_if<tombstone>(&e);
+  return t && t->hlc.wall_ms < cutoff_wall_ms;
+}
+bool value_by(const entry& e, const std::string& node) {
+  const auto* v = std::get_if<value_entry>(&e);
+  return v && v->dot.node == node;
+}
+}  // namespace
+
 const hlc_timestamp& entry_hlc(const entry& e) noexcept {
   if (const auto* v = std::get_if<value_entry>(&e)) return v->dot.hlc;
   return std::get<tombstone>(e).hlc;
@@ -74,31 +87,29 @@ std::vector<std::pair<std::string, json>> ormap::to_list() const {
 
 bool ormap::is_empty() const { return live_ == 0; }
 
-ormap::merge_result ormap::merge_entry(const std::string& key, entry&& incoming) {
-  auto [it, inserted] = entries_.try_emplace(key, std::move(incoming));
-  merge_result r{true, false};
-  if (!inserted) {
-    if (!entry_wins(incoming, it->second)) return {};
-    r.replaced_value = std::holds_alternative<value_entry>(it->second);
-    left(it->first, it->second);
-    it->second = std::move(incoming);
+// Both overloads: `incoming` is copied or moved only when it wins.
+template <class E>
+ormap::merge_result ormap::merge_one(const std::string& key, E&& incoming) {
+  auto [it, inserted] = entries_.try_emplace(key, std::forward<E>(incoming));  // untouched unless inserted
+  if (inserted) {
+    entered(it->first, it->second);
+    return {true, false};
   }
+  if (!entry_wins(incoming, it->second)) return {};
+  entry next = std::forward<E>(incoming);  // a copy may throw: before the old entry is let go
+  const bool had_value = std::holds_alternative<value_entry>(it->second);
+  left(it->first, it->second);
+  it->second = std::move(next);
   entered(it->first, it->second);
-  return r;
+  return {true, had_value && std::holds_alternative<tombstone>(it->second)};
+}
+
+ormap::merge_result ormap::merge_entry(const std::string& key, entry&& incoming) {
+  return merge_one(key, std::move(incoming));
 }
 
 ormap::merge_result ormap::merge_entry(const std::string& key, const entry& incoming) {
-  auto [it, inserted] = entries_.try_emplace(key, incoming);
-  merge_result r{true, false};
-  if (!inserted) {
-    if (!entry_wins(incoming, it->second)) return {};
-    r.replaced_value = std::holds_alternative<value_entry>(it->second);
-    entry copy = incoming;  // may throw: before the old entry is let go
-    left(it->first, it->second);
-    it->second = std::move(copy);
-  }
-  entered(it->first, it->second);
-  return r;
+  return merge_one(key, incoming);
 }
 
 sync_item sync_item_of(const std::string& key, const entry& e) {
@@ -180,8 +191,7 @@ void ormap::absorb_clock(hlc_clock& clock) const {
 
 std::size_t ormap::gc_tombstones(std::uint64_t cutoff_wall_ms) {
   return std::erase_if(entries_, [this, cutoff_wall_ms](const auto& kv) {
-    const auto* t = std::get_if<tombstone>(&kv.second);
-    if (!t || t->hlc.wall_ms >= cutoff_wall_ms) return false;
+    if (!expired_tombstone(kv.second, cutoff_wall_ms)) return false;
     left(kv.first, kv.second);
     return true;
   });
@@ -190,15 +200,13 @@ std::size_t ormap::gc_tombstones(std::uint64_t cutoff_wall_ms) {
 std::vector<std::string> ormap::expired_tombstones(std::uint64_t cutoff_wall_ms) const {
   std::vector<std::string> out;
   for (const auto& [k, e] : entries_)
-    if (const auto* t = std::get_if<tombstone>(&e); t && t->hlc.wall_ms < cutoff_wall_ms) out.push_back(k);
+    if (expired_tombstone(e, cutoff_wall_ms)) out.push_back(k);
   return out;
 }
 
 bool ormap::gc_tombstone(const std::string& key, std::uint64_t cutoff_wall_ms) {
   auto it = entries_.find(key);
-  if (it == entries_.end()) return false;
-  const auto* t = std::get_if<tombstone>(&it->second);
-  if (!t || t->hlc.wall_ms >= cutoff_wall_ms) return false;
+  if (it == entries_.end() || !expired_tombstone(it->second, cutoff_wall_ms)) return false;
   left(it->first, it->second);
   entries_.erase(it);
   return true;
@@ -207,17 +215,16 @@ bool ormap::gc_tombstone(const std::string& key, std::uint64_t cutoff_wall_ms) {
 std::vector<std::pair<std::string, dot>> ormap::values_by(const std::string& node) const {
   std::vector<std::pair<std::string, dot>> out;
   for (const auto& [k, e] : entries_)
-    if (const auto* v = std::get_if<value_entry>(&e); v && v->dot.node == node) out.emplace_back(k, v->dot);
+    if (value_by(e, node)) out.emplace_back(k, std::get<value_entry>(e).dot);
   return out;
 }
 
 std::vector<std::pair<std::string, dot>> ormap::remove_values_by(const std::string& node) {
   std::vector<std::pair<std::string, dot>> removed;
   for (auto it = entries_.begin(); it != entries_.end();) {
-    auto* v = std::get_if<value_entry>(&it->second);
-    if (v && v->dot.node == node) {
+    if (value_by(it->second, node)) {
       left(it->first, it->second);
-      removed.emplace_back(it->first, std::move(v->dot));
+      removed.emplace_back(it->first, std::move(std::get<value_entry>(it->second).dot));
       it = entries_.erase(it);
     } else {
       ++it;

@@ -122,8 +122,8 @@ class ormap {
 
   /// What merging one entry did.
   struct merge_result {
-    bool changed = false;       ///< the local entry changed
-    bool replaced_value = false;  ///< ... and it held a value before (a removal if the new one is a tombstone)
+    bool changed = false;        ///< the local entry changed
+    bool removed_value = false;  ///< ... from a value to a tombstone: a removal readers see
     explicit operator bool() const noexcept { return changed; }
   };
   /// Merges one entry; true (changed) when the local entry changed.
@@ -200,6 +200,8 @@ class ormap {
   // `key` is the container's own string (its address is kept).
   void untrack(const std::string& key, const entry& e);
   void track(const std::string& key, const entry& e);
+  template <class E>
+  merge_result merge_one(const std::string& key, E&& incoming);
   // An entry came in or went out: the live count, then the index.
   void entered(const std::string& key, const entry& e);
   void left(const std::string& key, const entry& e);
