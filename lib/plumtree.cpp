@@ -136,10 +136,14 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
           "plumtree_config: intervals must be positive, batch, cache and graft answer budgets > 0");
     if (config.prune_after_duplicates == 0 || !(config.graft_jitter >= 0 && config.graft_jitter <= 100) ||
         !(config.prune_span_lags >= 0 && config.prune_span_lags <= 1000) ||
-        config.repair_graft_timeout < duration{0} || config.repair_window < duration{0})
+        config.repair_graft_timeout < duration{0} || config.repair_window < duration{0} ||
+        !(config.congested_fill > 0 && config.congested_fill <= 1) ||
+        !(config.write_room_fill > 0 && config.write_room_fill <= config.congested_fill) ||
+        config.slow_peer_after < duration{0})
       throw std::invalid_argument(
           "plumtree_config: prune_after_duplicates must be > 0, graft_jitter in [0, 100], prune_span_lags in "
-          "[0, 1000], repair times >= 0");
+          "[0, 1000], repair times >= 0, congested_fill in (0, 1], write_room_fill in (0, congested_fill], "
+          "slow_peer_after >= 0");
     rng.seed(config.seed ? config.seed : std::random_device{}());
   }
 
@@ -226,7 +230,13 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   void push(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round,
             const std::string& except, bool everyone = false) {
     message_body body;
+    auto announce_to = [&](const std::string& p) { announce(p, id, round); };
     auto send_to = [&](const std::string& p) {
+      if (congested(p)) {
+        ++counters.congested_announcements;
+        announce_to(p);
+        return;
+      }
       if (!body) body = encode_gossip(id, tag, round, payload);
       if (net.send(p, channel::broadcast, body)) ++counters.gossip_sent;
     };
@@ -235,11 +245,30 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     for (const auto& p : lazy) {
       if (p == except) continue;
       if (everyone) send_to(p);
-      else {
-        if (pending_ihave.empty()) wake_timers();
-        pending_ihave[p].push_back({id, round});
-      }
+      else announce_to(p);
     }
+  }
+
+  void announce(const std::string& p, const message_id& id, std::uint64_t round) {
+    if (pending_ihave.empty()) wake_timers();
+    pending_ihave[p].push_back({id, round});
+  }
+
+  // The send queue to `p` is over congested_fill: payloads wait (as
+  // announcements) so that it never fills up and drops.
+  bool congested(const std::string& p) const {
+    const auto queue = net.send_queue(p);
+    return queue && queue->fill() > config.congested_fill;
+  }
+
+  bool room_for_writes(std::size_t admitted) const {
+    for (const auto& p : eager) {
+      auto queue = net.send_queue(p);
+      if (!queue || queue->blocked_for >= config.slow_peer_after) continue;
+      queue->frames += admitted;
+      if (queue->fill() > config.write_room_fill) return false;
+    }
+    return true;
   }
 
   void broadcast(const std::string& tag, byte_slice payload) {
@@ -385,6 +414,14 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     if (!msg.id) return;  // the link only
     auto it = cache.find(*msg.id);
     if (it == cache.end()) return;  // expired: the grafter will ask someone else
+    if (congested(from)) {
+      // Announced again, so the grafter keeps this node among those it may
+      // ask, and asks again after the next flush: by then the queue may
+      // have room.
+      ++counters.graft_answers_deferred;
+      if (is_peer(from)) announce(from, *msg.id, std::uint64_t{it->second.round} + 1);
+      return;
+    }
     if (!spend_graft_budget(from, it->second.payload.size())) {
       ++counters.graft_answers_throttled;
       return;
@@ -572,6 +609,13 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         pick = std::find_if(m->announcers.begin(), m->announcers.end(),
                             [&](const auto& a) { return a.first == joining; });
       if (pick == m->announcers.end()) pick = m->announcers.begin();
+      if (congested(pick->first)) {
+        // One GRAFT (and PRUNE) per id: after a long stall thousands are
+        // due at once. Asked at the next tick instead of overflowing the
+        // queue the answer would have to share.
+        ++counters.grafts_deferred;
+        continue;
+      }
       const auto [peer, round] = *pick;
       m->announcers.erase(pick);
       ++counters.graft_sent;
@@ -646,6 +690,7 @@ void plumtree::subscribe(const std::string& tag, delivery_handler handler) {
 
 void plumtree::unsubscribe(const std::string& tag) { impl_->subscribers.erase(tag); }
 
+bool plumtree::room_for_writes(std::size_t admitted) const { return impl_->room_for_writes(admitted); }
 std::vector<std::string> plumtree::eager_peers() const { return {impl_->eager.begin(), impl_->eager.end()}; }
 std::vector<std::string> plumtree::lazy_peers() const { return {impl_->lazy.begin(), impl_->lazy.end()}; }
 const plumtree_counters& plumtree::counters() const { return impl_->counters; }

@@ -105,20 +105,19 @@ struct replica_host::impl {
   }
 
 
-  // Waits (polling each millisecond) until every send queue is at most half
-  // full, counting the writes already let through that have not reached the
-  // queues yet (they suspend in the owner's merge first): without them, a
-  // crowd of waiters would all pass on the same drain and overflow the
-  // queue. Gives up after backpressure_max_wait. True when it had to wait.
-  // The caller holds a room_ticket until its broadcast is queued.
+  // Waits (polling each millisecond) until the broadcast layer has room
+  // for a local write at every eager peer, counting the writes already let
+  // through that have not been broadcast yet (they suspend in the owner's
+  // merge first): without them, a crowd of waiters would all pass on the
+  // same drain. Gives up after backpressure_max_wait. True when it had to
+  // wait. The caller holds a room_ticket until its broadcast is queued.
   std::size_t admitted = 0;
-  bool room() const { return net.fullest_send_queue() + admitted <= net.send_queue_limit() / 2; }
   task<bool> wait_for_room() {
-    const auto limit = net.send_queue_limit();
-    if (stopped || limit == 0 || config.backpressure_max_wait == duration{0} || room()) co_return false;
+    if (stopped || config.backpressure_max_wait == duration{0} || broadcast.room_for_writes(admitted))
+      co_return false;
     const auto deadline = sched.now() + config.backpressure_max_wait;
     // `stopped` first: after node::stop the transport may be gone.
-    while (!stopped && !room() && sched.now() < deadline)
+    while (!stopped && !broadcast.room_for_writes(admitted) && sched.now() < deadline)
       if (!co_await sched.sleep(duration{1})) break;
     co_return true;
   }

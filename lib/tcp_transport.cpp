@@ -230,6 +230,21 @@ std::size_t tcp_transport_impl::fullest_send_queue() const {
   return most;
 }
 
+std::optional<send_queue_state> tcp_transport_impl::send_queue(const std::string& peer_id) const {
+  const auto it = peers_.find(peer_id);
+  if (it == peers_.end()) return std::nullopt;
+  const auto& entry = it->second;
+  const auto& queue = entry.active ? entry.active->queue : entry.held;
+  send_queue_state state;
+  state.frames = queue.size();
+  state.bytes = queue.bytes;
+  state.frame_limit = config_.send_queue_limit;
+  state.byte_limit = config_.send_queue_bytes_limit;
+  if (entry.active && entry.active->write_started)
+    state.blocked_for = clock_now() - *entry.active->write_started;
+  return state;
+}
+
 void tcp_transport_impl::set_cluster_secrets(std::string primary, std::vector<std::string> accepted) {
   if (config_.security != transport_security::psk)
     throw std::logic_error("tcp_transport: cluster secrets are for psk mode");
@@ -414,7 +429,9 @@ class tcp_transport_handle final : public tcp_transport {
   std::optional<handshake_failure> last_dial_failure(const peer_address& addr) const override {
     return impl_->last_dial_failure(addr);
   }
-  std::size_t send_queue_limit() const override { return impl_->send_queue_limit(); }
+  std::optional<send_queue_state> send_queue(const std::string& peer_id) const override {
+    return impl_->send_queue(peer_id);
+  }
   read_hold hold_reading(const std::string& peer_id) override { return impl_->hold_reading(peer_id); }
   const transport_counters& counters() const override { return impl_->counters(); }
   void set_cluster_secrets(std::string primary, std::vector<std::string> accepted) override {

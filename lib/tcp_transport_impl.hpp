@@ -281,7 +281,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
 
   std::size_t fullest_send_queue() const;
 
-  std::size_t send_queue_limit() const { return config_.send_queue_limit; }
+  std::optional<send_queue_state> send_queue(const std::string& peer_id) const;
 
   void set_cluster_secrets(std::string primary, std::vector<std::string> accepted);
 

@@ -30,7 +30,9 @@ class forwarding_transport : public transport {
   // Forwarded too: without them the replica's backpressure sees no queue
   // limit and never waits, and a test would run without it unawares.
   std::size_t fullest_send_queue() const override { return inner_->fullest_send_queue(); }
-  std::size_t send_queue_limit() const override { return inner_->send_queue_limit(); }
+  std::optional<send_queue_state> send_queue(const std::string& peer_id) const override {
+    return inner_->send_queue(peer_id);
+  }
   std::optional<handshake_failure> last_dial_failure(const peer_address& addr) const override {
     return inner_->last_dial_failure(addr);
   }

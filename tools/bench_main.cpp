@@ -65,7 +65,7 @@ struct options {
   std::string json_path = "bench.json";
   std::vector<std::size_t> sync_sizes = {10'000, 100'000};
   std::vector<std::size_t> state_sizes = {1'000, 100'000, 1'000'000};
-  std::string only;  // run one section: latency, throughput, sync, memory, state, micro
+  std::string only;  // run some sections (see usage)
   std::vector<std::string> tls_modes = {"psk"};
 };
 
@@ -257,8 +257,17 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
     if (!all) co_await sched->sleep(10ms);
   }
   const auto delivered = steady::now();
-  std::uint64_t drops = 0, waits = 0, duplicates = 0, first_receipts = 0, grafts = 0, prunes = 0;
+  std::uint64_t drops = 0, waits = 0, duplicates = 0, first_receipts = 0, grafts = 0, prunes = 0, announced = 0;
+  std::uint64_t after_graft = 0, grafts_deferred = 0, answers_deferred = 0, eager_links = 0, lazy_links = 0;
   for (auto& nd : c.nodes) {
+    // The shape of the tree at the end: with every link eager there is no
+    // tree, and each node receives a copy from every neighbour.
+    eager_links += nd->broadcast().eager_peers().size();
+    lazy_links += nd->broadcast().lazy_peers().size();
+    after_graft += nd->broadcast().counters().duplicates_after_graft;
+    grafts_deferred += nd->broadcast().counters().grafts_deferred;
+    answers_deferred += nd->broadcast().counters().graft_answers_deferred;
+    announced += nd->broadcast().counters().congested_announcements;
     grafts += nd->broadcast().counters().graft_sent;
     prunes += nd->broadcast().counters().prune_sent;
     drops += nd->net().counters().send_queue_drops;
@@ -269,12 +278,93 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
   co_await c.stop();
   co_return json{{"bench", all_nodes ? "throughput_all" : "throughput"}, {"tls", tls.name}, {"nodes", n}, {"puts", k},
                  {"send_queue_drops", drops}, {"backpressure_waits", waits},
-                 {"grafts", grafts}, {"prunes", prunes},
+                 {"grafts", grafts}, {"prunes", prunes}, {"congested_announcements", announced},
+                 {"grafts_deferred", grafts_deferred}, {"graft_answers_deferred", answers_deferred},
+                 {"duplicates_after_graft", after_graft}, {"eager_links_at_end", eager_links},
+                 {"lazy_links_at_end", lazy_links},
                  {"duplicates_per_delivery",
                   first_receipts ? static_cast<double>(duplicates) / static_cast<double>(first_receipts) : 0.0},
                  {"puts_per_s", static_cast<double>(k) / std::chrono::duration<double>(put_end - start).count()},
                  {"all_delivered", all},
                  {"drain_ms", std::chrono::duration<double, std::milli>(delivered - put_end).count()}};
+}
+
+// One writer paced at `rate` puts/s of `value`, from `from` to `until`.
+// Each put's latency counts from the time it was due, not from when the
+// previous one returned: a stalled put delays the ones behind it, and
+// those delays are in the figures too.
+task<> paced_writer(executor ex, std::shared_ptr<map> m, std::string prefix, json value, double rate,
+                    steady::time_point from, steady::time_point until, std::vector<double>& latencies_us,
+                    std::size_t& running) {
+  auto sched = make_real_scheduler(ex);
+  const auto gap = std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(1.0 / rate));
+  std::size_t k = 0;
+  for (auto due = from; due < until; due += gap, ++k) {
+    if (const auto now = steady::now(); now < due)
+      co_await sched->sleep(std::chrono::duration_cast<duration>(due - now));
+    co_await m->put(prefix + std::to_string(k), value);
+    latencies_us.push_back(us(steady::now() - due));
+  }
+  --running;
+}
+
+// One slow peer: node 0 stops reading from every peer for `hold` while the
+// others write at a steady rate; their put latencies with node 0 reading
+// (the first phase) and not reading (the second) are compared. Queues of
+// 256 frames and 32 KiB values make node 0's queues fill within the hold.
+task<json> slow_peer(boost::asio::io_context& io, std::size_t n, double rate, steady::duration hold) {
+  bench_cluster c(io);
+  c.tweak = [](node_config& cfg) { cfg.transport.send_queue_limit = 256; };
+  co_await c.start(n);
+  const json value = std::string(32 * 1024, 'v');
+  std::vector<std::vector<double>> before(n), during(n);
+  std::size_t running = 0;
+  auto sched = make_real_scheduler(io.get_executor());
+  const auto phase = [&](std::vector<std::vector<double>>& out, const char* tag) -> task<> {
+    const auto from = steady::now(), until = from + hold;
+    running = n - 1;
+    for (std::size_t w = 1; w < n; ++w)
+      boost::asio::co_spawn(io,
+                            paced_writer(io.get_executor(), c.maps[w], std::string(tag) + std::to_string(w) + "-", value, rate, from,
+                                         until, out[w], running),
+                            boost::asio::detached);
+    while (running > 0) co_await sched->sleep(1ms);
+  };
+  co_await phase(before, "a");
+  std::vector<read_hold> holds;
+  for (std::size_t w = 1; w < n; ++w) holds.push_back(c.nodes[0]->net().hold_reading(c.nodes[w]->self().id));
+  co_await phase(during, "b");
+  const auto released = steady::now();
+  holds.clear();
+  std::size_t keys = 0;
+  for (std::size_t w = 1; w < n; ++w) keys += before[w].size() + during[w].size();
+  bool all = false;
+  for (int i = 0; i < 6000 && !all; ++i) {
+    all = true;
+    for (auto& m : c.maps) all &= m->size() == keys;
+    if (!all) co_await sched->sleep(10ms);
+  }
+  const auto caught_up = steady::now();
+  std::uint64_t drops = 0, announced = 0;
+  for (auto& nd : c.nodes) {
+    drops += nd->net().counters().send_queue_drops;
+    announced += nd->broadcast().counters().congested_announcements;
+  }
+  co_await c.stop();
+  const auto flat = [](const std::vector<std::vector<double>>& v) {
+    std::vector<double> all;
+    for (const auto& x : v) all.insert(all.end(), x.begin(), x.end());
+    return summarize(all);
+  };
+  const auto a = flat(before), b = flat(during);
+  co_return json{{"bench", "slow_peer"}, {"tls", tls.name}, {"nodes", n}, {"writers", n - 1},
+                 {"rate_per_writer", rate}, {"value_bytes", 32 * 1024}, {"send_queue_limit", 256},
+                 {"hold_ms", std::chrono::duration<double, std::milli>(hold).count()},
+                 {"reading_p50_us", a.p50}, {"reading_p99_us", a.p99}, {"reading_max_us", a.max},
+                 {"held_p50_us", b.p50}, {"held_p99_us", b.p99}, {"held_max_us", b.max},
+                 {"delay_p99_us", b.p99 - a.p99}, {"send_queue_drops", drops}, {"congested_announcements", announced},
+                 {"all_delivered", all},
+                 {"catch_up_ms", std::chrono::duration<double, std::milli>(caught_up - released).count()}};
 }
 
 task<json> micro(boost::asio::io_context& io) {
@@ -705,12 +795,26 @@ int main(int argc, char** argv) {
         const bool on = value() == "1";
         add_tuning([on](node_config& c) { c.broadcast.flood_after_graft = on; });
       }
+      else if (a == "--slow-peer-after") {
+        const auto ms = std::chrono::milliseconds(std::stol(value()));
+        add_tuning([ms](node_config& c) { c.broadcast.slow_peer_after = ms; });
+      } else if (a == "--congested-fill") {
+        const double f = std::stod(value());
+        add_tuning([f](node_config& c) {
+          c.broadcast.congested_fill = f;
+          c.broadcast.write_room_fill = std::min(c.broadcast.write_room_fill, f);  // must stay at most f
+        });
+      } else if (a == "--write-room-fill") {
+        const double f = std::stod(value());
+        add_tuning([f](node_config& c) { c.broadcast.write_room_fill = f; });
+      }
       else if (a == "--tls") o.tls_modes = cli::parse_list<std::string>(value());
       else {
         std::cerr << "usage: barrel-p2p-bench [--nodes 3,5,10,20] [--puts N] [--rate R] "
                      "[--throughput-seconds S] [--sync-keys 10000,100000] [--state-keys 1000,100000,1000000]\n"
-                     "                       [--only latency,throughput,sync,reconcile,memory,state,flood,persist,micro] [--json FILE]\n"
-                     "                       [--tls off,psk,cert]\n";
+                     "                       [--only latency,throughput,slowpeer,sync,reconcile,memory,state,flood,persist,micro] [--json FILE]\n"
+                     "                       [--tls off,psk,cert] [--prune-after N] [--flood-after-graft 0|1]\n"
+                     "                       [--slow-peer-after MS] [--congested-fill F] [--write-room-fill F]\n";
         return 2;
       }
     }
@@ -745,25 +849,44 @@ int main(int argc, char** argv) {
       }
     }
     if (want("throughput")) {
-      std::printf("\n%-14s %6s %10s %12s %10s %8s %10s %10s\n", "throughput", "nodes", "puts", "puts/s", "drain ms",
-                  "drops", "bp waits", "dup/recv");
+      std::printf("\n%-14s %6s %10s %12s %10s %8s %10s %10s %10s\n", "throughput", "nodes", "puts", "puts/s",
+                  "drain ms", "drops", "bp waits", "dup/recv", "announced");
       for (const auto& mode : o.tls_modes)
       for (bool all_nodes : {false, true})
         for (auto n : o.sizes) {
           tls.use(mode);
           auto r = co_await throughput(io, n, o, all_nodes);
           const auto label = mode + (all_nodes ? " all nodes" : " one node");
-          std::printf("%-14s %6zu %10zu %12.0f %10.0f %8llu %10llu %10.3f%s\n", label.c_str(), n,
+          std::printf("%-14s %6zu %10zu %12.0f %10.0f %8llu %10llu %10.3f %10llu%s\n", label.c_str(), n,
                       r["puts"].get<std::size_t>(), r["puts_per_s"].get<double>(), r["drain_ms"].get<double>(),
                       static_cast<unsigned long long>(r["send_queue_drops"].get<std::uint64_t>()),
                       static_cast<unsigned long long>(r["backpressure_waits"].get<std::uint64_t>()),
                       r["duplicates_per_delivery"].get<double>(),
+                      static_cast<unsigned long long>(r["congested_announcements"].get<std::uint64_t>()),
                       r["all_delivered"].get<bool>() ? "" : "  (not all delivered!)");
           ok &= r["all_delivered"].get<bool>();
           results.push_back(std::move(r));
         }
     }
     tls.use(o.tls_modes.front());
+    if (want("slowpeer")) {
+      for (auto n : o.sizes) {
+        if (n < 3) continue;
+        auto r = co_await slow_peer(io, n, o.rate, 3s);
+        std::printf("\nslow peer (%s, %zu nodes, %zu writers at %.0f puts/s of 32 KiB): put p50/p99/max %.2f/%.2f/%.2f ms "
+                    "while node 0 reads, %.2f/%.2f/%.2f ms while it reads nothing for 3 s (p99 delay %.2f ms); "
+                    "%llu announced instead of pushed, %llu drops, caught up %.0f ms after reading again%s\n",
+                    tls.name.c_str(), n, n - 1, o.rate, r["reading_p50_us"].get<double>() / 1000.0,
+                    r["reading_p99_us"].get<double>() / 1000.0, r["reading_max_us"].get<double>() / 1000.0,
+                    r["held_p50_us"].get<double>() / 1000.0, r["held_p99_us"].get<double>() / 1000.0,
+                    r["held_max_us"].get<double>() / 1000.0, r["delay_p99_us"].get<double>() / 1000.0,
+                    static_cast<unsigned long long>(r["congested_announcements"].get<std::uint64_t>()),
+                    static_cast<unsigned long long>(r["send_queue_drops"].get<std::uint64_t>()),
+                    r["catch_up_ms"].get<double>(), r["all_delivered"].get<bool>() ? "" : "  (not all delivered!)");
+        ok &= r["all_delivered"].get<bool>();
+        results.push_back(std::move(r));
+      }
+    }
     if (want("sync")) {
       std::printf("\n%-10s %8s %10s %10s %14s %10s\n", "full sync", "threads", "keys", "ms", "bytes", "B/key");
       for (auto k : o.sync_sizes)

@@ -89,6 +89,23 @@ struct plumtree_config {
   /// payload (the transport's max_frame_bytes), or that one is never sent.
   std::size_t graft_answer_bytes_per_second = 16 * 1024 * 1024;
   std::size_t graft_answer_burst_bytes = 16 * 1024 * 1024;
+  /// Flow control over the transport's send queue to each peer. An eager
+  /// peer whose queue is fuller than congested_fill (of its limits) gets
+  /// an announcement instead of the payload, and grafts it if no other
+  /// copy comes first; its GRAFTs wait for room too (unanswered and
+  /// counted, the grafter asks again). The rest of the queue stays for
+  /// membership and control, so a busy link slows the tree down around it
+  /// instead of dropping. In (0, 1]; 1: push until the transport drops.
+  double congested_fill = 0.75;
+  /// Local writes wait (see room_for_writes) while an eager peer's queue
+  /// is fuller than write_room_fill, in (0, congested_fill]...
+  double write_room_fill = 0.5;
+  /// ... unless the write in progress to that peer has been blocked at
+  /// least this long: a peer that takes nothing (stopped, or behind a
+  /// path slower than the writers) must not hold up the cluster's writes.
+  /// It gets announcements once congested, and catches up by GRAFT or
+  /// anti-entropy.
+  duration slow_peer_after{20};
   /// Seed of this node's generator (0: from std::random_device).
   std::uint64_t seed = 0;
   /// One-line log sink. Empty: silent.
@@ -118,6 +135,15 @@ struct plumtree_counters {
   std::uint64_t bad_messages = 0;     ///< malformed broadcast messages dropped
   /// GRAFTs not answered: the asking peer's answer budget was spent.
   std::uint64_t graft_answers_throttled = 0;
+  /// Payloads for an eager peer sent as announcements instead: its send
+  /// queue was over congested_fill.
+  std::uint64_t congested_announcements = 0;
+  /// GRAFTs not answered because the grafter's send queue was over
+  /// congested_fill (it asks again).
+  std::uint64_t graft_answers_deferred = 0;
+  /// GRAFTs not sent yet: the send queue to the announcer was over
+  /// congested_fill (sent at a later tick).
+  std::uint64_t grafts_deferred = 0;
   std::uint64_t cache_size = 0;       ///< gauge: messages cached
   std::uint64_t cache_bytes = 0;      ///< gauge: payload bytes cached
   std::uint64_t missing = 0;          ///< gauge: ids announced, not yet received
@@ -170,6 +196,13 @@ class plumtree {
   void subscribe(const std::string& tag, delivery_handler handler);
   /// Not from inside that tag's handler: it would destroy the running one.
   void unsubscribe(const std::string& tag);
+
+  /// Whether a local write may go out now: every eager peer's send queue,
+  /// with `admitted` more messages (writes let through and not yet
+  /// broadcast), is at most write_room_fill full, or that peer is slow
+  /// (slow_peer_after). Lazy peers do not count: they get announcements.
+  /// The replica layer waits for it before each local write.
+  [[nodiscard]] bool room_for_writes(std::size_t admitted) const;
 
   [[nodiscard]] std::vector<std::string> eager_peers() const;
   [[nodiscard]] std::vector<std::string> lazy_peers() const;

@@ -101,11 +101,12 @@ struct replica_config {
   /// back under half of it. One fast or hostile peer then waits in TCP
   /// instead of filling the inbox and making it drop what others send.
   std::size_t inbox_peer_limit_bytes = std::size_t{16} << 20;
-  /// Backpressure: a local write waits while a peer's send queue is more
-  /// than half full (the transport's send_queue_limit), so a burst of puts
-  /// slows to the network's pace instead of overflowing the queue and
-  /// leaving the gap to anti-entropy. After waiting this long it goes ahead
-  /// anyway (a dead-slow peer must not stall writers forever).
+  /// Backpressure: a local write waits while the send queue to one of the
+  /// node's eager (tree) peers is fuller than plumtree_config's
+  /// write_room_fill, so a burst of puts slows to the tree's pace instead
+  /// of turning into announcements and grafts. Lazy peers and slow ones
+  /// (a write to them blocked for slow_peer_after) do not hold writes up.
+  /// After waiting this long it goes ahead anyway. 0: never waits.
   duration backpressure_max_wait{5'000};
   /// Full sync of a large state: a snapshot whose sync message (CBOR) is larger
   /// than sync_chunk_bytes travels as parts of that size (each one frame,

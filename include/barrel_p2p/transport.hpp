@@ -17,7 +17,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -132,6 +134,26 @@ struct message_body {
 /// replica control, tests).
 [[nodiscard]] message_body encode_body(const json& message);
 
+/// One peer's send queue: what waits in it, where it drops, and whether
+/// the socket is taking anything at all.
+struct send_queue_state {
+  std::size_t frames = 0;
+  std::size_t bytes = 0;
+  std::size_t frame_limit = 0;  ///< a send beyond either limit is dropped
+  std::size_t byte_limit = 0;
+  /// How long the write in progress has been blocked (0 when none is):
+  /// the peer, or the path to it, is not taking bytes.
+  std::chrono::milliseconds blocked_for{0};
+
+  /// How full the queue is, 0..1: the larger of its two fill ratios.
+  [[nodiscard]] double fill() const noexcept {
+    const auto ratio = [](std::size_t n, std::size_t limit) {
+      return limit == 0 ? 0.0 : static_cast<double>(n) / static_cast<double>(limit);
+    };
+    return std::max(ratio(frames, frame_limit), ratio(bytes, byte_limit));
+  }
+};
+
 enum class disconnect_reason {
   closed_locally,     ///< disconnect() or stop() on this node
   closed_by_peer,     ///< orderly close or EOF from the peer
@@ -239,11 +261,18 @@ class transport {
 
   [[nodiscard]] virtual bool is_connected(const std::string& peer_id) const = 0;
   [[nodiscard]] virtual std::vector<std::string> connected_peers() const = 0;
-  /// Messages waiting in the fullest per-peer send queue, and the limit at
-  /// which a queue drops (0: no limit, no backpressure). The replica layer
-  /// slows local writes down when a queue is half full instead of letting
-  /// it overflow.
+  /// Messages waiting in the fullest per-peer send queue (0 for a
+  /// transport without queues). For diagnostics and tests.
   [[nodiscard]] virtual std::size_t fullest_send_queue() const { return 0; }
+  /// The send queue to one connected peer, for flow control above the
+  /// transport (Plumtree announces instead of pushing to a congested peer;
+  /// a local write waits for room at its eager peers). nullopt when the
+  /// peer is not connected or the transport has no queues (the simulated
+  /// network): never congested.
+  [[nodiscard]] virtual std::optional<send_queue_state> send_queue(const std::string& peer_id) const {
+    (void)peer_id;
+    return std::nullopt;
+  }
   /// Why the last connect() to `addr` failed its handshake, if it did (and
   /// nothing has connected there since): what the dial itself met, not a
   /// counter other connections move. Kept for the last 256 addresses.
@@ -251,7 +280,6 @@ class transport {
     (void)addr;
     return std::nullopt;
   }
-  [[nodiscard]] virtual std::size_t send_queue_limit() const { return 0; }
 
   /// A receive budget: while the returned hold (or another on the same peer)
   /// is alive, nothing more is read from `peer_id`, so the peer's own sends
