@@ -139,11 +139,11 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         config.repair_graft_timeout < duration{0} || config.repair_window < duration{0} ||
         !(config.congested_fill > 0 && config.congested_fill <= 1) ||
         !(config.write_room_fill > 0 && config.write_room_fill <= config.congested_fill) ||
-        config.slow_peer_after < duration{0})
+        config.slow_peer_after <= duration{0})
       throw std::invalid_argument(
           "plumtree_config: prune_after_duplicates must be > 0, graft_jitter in [0, 100], prune_span_lags in "
           "[0, 1000], repair times >= 0, congested_fill in (0, 1], write_room_fill in (0, congested_fill], "
-          "slow_peer_after >= 0");
+          "slow_peer_after > 0");
     rng.seed(config.seed ? config.seed : std::random_device{}());
   }
 
@@ -265,6 +265,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     for (const auto& p : eager) {
       auto queue = net.send_queue(p);
       if (!queue || queue->blocked_for >= config.slow_peer_after) continue;
+      // Admitted writes are not in the queue yet: counted as frames of
+      // the queue's average size, so large values bind on bytes too.
+      if (queue->frames > 0) queue->bytes += admitted * (queue->bytes / queue->frames);
       queue->frames += admitted;
       if (queue->fill() > config.write_room_fill) return false;
     }
@@ -602,17 +605,19 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     for (const auto& [peer, n] : lazy_announcers)
       if (n > best) best = n, joining = peer;
     for (auto [id, m] : due) {
-      // Prefer a tree link, then the joining peer, then the first announcer.
+      // Prefer a tree link, then the joining peer, then the first
+      // announcer; skip announcers whose send queue is congested. One GRAFT
+      // (and PRUNE) goes per id, so after a long stall thousands are due
+      // at once: they would overflow the queue to a congested announcer.
+      // When every announcer is congested the id waits for a later tick.
+      const auto free = [&](const auto& a) { return !congested(a.first); };
       auto pick = std::find_if(m->announcers.begin(), m->announcers.end(),
-                               [&](const auto& a) { return eager.contains(a.first); });
+                               [&](const auto& a) { return eager.contains(a.first) && free(a); });
       if (pick == m->announcers.end())
         pick = std::find_if(m->announcers.begin(), m->announcers.end(),
-                            [&](const auto& a) { return a.first == joining; });
-      if (pick == m->announcers.end()) pick = m->announcers.begin();
-      if (congested(pick->first)) {
-        // One GRAFT (and PRUNE) per id: after a long stall thousands are
-        // due at once. Asked at the next tick instead of overflowing the
-        // queue the answer would have to share.
+                            [&](const auto& a) { return a.first == joining && free(a); });
+      if (pick == m->announcers.end()) pick = std::find_if(m->announcers.begin(), m->announcers.end(), free);
+      if (pick == m->announcers.end()) {
         ++counters.grafts_deferred;
         continue;
       }

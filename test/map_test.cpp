@@ -434,9 +434,19 @@ TEST_CASE("backpressure: a peer that stops reading does not hold up the others' 
   MESSAGE("slowest put while sp0 was not reading: ",
           std::chrono::duration_cast<std::chrono::milliseconds>(slowest).count(), " ms");
   CHECK(slowest < 2s);  // a wait for sp0 lasts until it reads again
+  // The test did what it means to: sp0 is still a peer of every writer (not
+  // dropped as failed, which would let the writes go on for another
+  // reason), and a queue to it is fuller than the old rule allowed.
   std::uint64_t announced = 0;
-  for (int w = 1; w < 4; ++w) announced += c.nodes[w]->broadcast().counters().congested_announcements;
-  CHECK(announced > 0);  // the test did congest sp0's queues
+  double fullest_to_sp0 = 0;
+  for (int w = 1; w < 4; ++w) {
+    announced += c.nodes[w]->broadcast().counters().congested_announcements;
+    CHECK(c.nodes[w]->net().is_connected("sp0"));
+    if (auto q = c.nodes[w]->net().send_queue("sp0")) fullest_to_sp0 = std::max(fullest_to_sp0, q->fill());
+  }
+  MESSAGE("fullest queue to sp0: ", fullest_to_sp0);
+  CHECK(fullest_to_sp0 > 0.5);
+  CHECK(announced > 0);
   holds.clear();
   // Sizes first: all_equal copies every map (57 MiB each here), and run on
   // every poll it would starve the cluster it waits for.

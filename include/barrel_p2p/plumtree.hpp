@@ -93,18 +93,19 @@ struct plumtree_config {
   /// peer whose queue is fuller than congested_fill (of its limits) gets
   /// an announcement instead of the payload, and grafts it if no other
   /// copy comes first; its GRAFTs wait for room too (unanswered and
-  /// counted, the grafter asks again). The rest of the queue stays for
-  /// membership and control, so a busy link slows the tree down around it
-  /// instead of dropping. In (0, 1]; 1: push until the transport drops.
+  /// counted, the grafter asks again), and so do GRAFTs to it. Other
+  /// messages are not held to this fill and find the rest of the queue
+  /// free, so a busy link slows the tree down around it instead of
+  /// dropping. In (0, 1]; 1: push until the transport drops.
   double congested_fill = 0.75;
   /// Local writes wait (see room_for_writes) while an eager peer's queue
   /// is fuller than write_room_fill, in (0, congested_fill]...
   double write_room_fill = 0.5;
-  /// ... unless the write in progress to that peer has been blocked at
-  /// least this long: a peer that takes nothing (stopped, or behind a
+  /// ... unless the write in progress to that peer has lasted at least
+  /// this long (> 0): a peer that takes nothing (stopped, or behind a
   /// path slower than the writers) must not hold up the cluster's writes.
   /// It gets announcements once congested, and catches up by GRAFT or
-  /// anti-entropy.
+  /// anti-entropy. A batch write (up to 1 MiB) on a slow link counts too.
   duration slow_peer_after{20};
   /// Seed of this node's generator (0: from std::random_device).
   std::uint64_t seed = 0;
