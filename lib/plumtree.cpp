@@ -230,11 +230,10 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   void push(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round,
             const std::string& except, bool everyone = false) {
     message_body body;
-    auto announce_to = [&](const std::string& p) { announce(p, id, round); };
     auto send_to = [&](const std::string& p) {
       if (congested(p)) {
         ++counters.congested_announcements;
-        announce_to(p);
+        announce(p, id, round);
         return;
       }
       if (!body) body = encode_gossip(id, tag, round, payload);
@@ -245,7 +244,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     for (const auto& p : lazy) {
       if (p == except) continue;
       if (everyone) send_to(p);
-      else announce_to(p);
+      else announce(p, id, round);
     }
   }
 
@@ -419,7 +418,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     if (it == cache.end()) return;  // expired: the grafter will ask someone else
     if (congested(from)) {
       // Announced again, so the grafter keeps this node among those it may
-      // ask, and asks again after the next flush: by then the queue may
+      // ask; it asks again after graft_retry_timeout, when the queue may
       // have room.
       ++counters.graft_answers_deferred;
       if (is_peer(from)) announce(from, *msg.id, std::uint64_t{it->second.round} + 1);

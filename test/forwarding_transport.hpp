@@ -27,8 +27,9 @@ class forwarding_transport : public transport {
   bool is_connected(const std::string& peer) const override { return inner_->is_connected(peer); }
   std::vector<std::string> connected_peers() const override { return inner_->connected_peers(); }
   read_hold hold_reading(const std::string& peer) override { return inner_->hold_reading(peer); }
-  // Forwarded too: without them the replica's backpressure sees no queue
-  // limit and never waits, and a test would run without it unawares.
+  // Forwarded too: without send_queue the broadcast layer sees no queue,
+  // so neither its flow control nor the replica's backpressure would act,
+  // and a test would run without them unawares.
   std::size_t fullest_send_queue() const override { return inner_->fullest_send_queue(); }
   std::optional<send_queue_state> send_queue(const std::string& peer_id) const override {
     return inner_->send_queue(peer_id);

@@ -149,6 +149,15 @@ struct bench_cluster {
   task<> stop() {
     for (auto& nd : nodes) co_await boost::asio::co_spawn(nd->get_executor(), nd->stop(), boost::asio::use_awaitable);
   }
+  // Polls every 10 ms until every map holds `keys` keys; false after 60 s.
+  task<bool> every_map_holds(std::size_t keys) {
+    auto sched = make_real_scheduler(io.get_executor());
+    for (int i = 0; i < 6000; ++i) {
+      if (std::all_of(maps.begin(), maps.end(), [&](const auto& m) { return m->size() == keys; })) co_return true;
+      co_await sched->sleep(10ms);
+    }
+    co_return false;
+  }
   std::uint64_t bytes_sent() const {
     std::uint64_t b = 0;
     for (auto& nd : nodes) b += nd->net().counters().bytes_sent;
@@ -249,13 +258,7 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
   std::size_t k = 0;
   for (auto x : counts) k += x;
   const auto put_end = steady::now();
-  auto sched = make_real_scheduler(io.get_executor());
-  bool all = false;
-  for (int i = 0; i < 6000 && !all; ++i) {
-    all = true;
-    for (auto& m : c.maps) all &= m->size() == k;
-    if (!all) co_await sched->sleep(10ms);
-  }
+  const bool all = co_await c.every_map_holds(k);
   const auto delivered = steady::now();
   std::uint64_t drops = 0, waits = 0, duplicates = 0, first_receipts = 0, grafts = 0, prunes = 0, announced = 0;
   std::uint64_t after_graft = 0, grafts_deferred = 0, answers_deferred = 0, eager_links = 0, lazy_links = 0;
@@ -338,12 +341,7 @@ task<json> slow_peer(boost::asio::io_context& io, std::size_t n, double rate, st
   holds.clear();
   std::size_t keys = 0;
   for (std::size_t w = 1; w < n; ++w) keys += before[w].size() + during[w].size();
-  bool all = false;
-  for (int i = 0; i < 6000 && !all; ++i) {
-    all = true;
-    for (auto& m : c.maps) all &= m->size() == keys;
-    if (!all) co_await sched->sleep(10ms);
-  }
+  const bool all = co_await c.every_map_holds(keys);
   const auto caught_up = steady::now();
   std::uint64_t drops = 0, announced = 0;
   for (auto& nd : c.nodes) {

@@ -105,7 +105,7 @@ struct replica_config {
   /// node's eager (tree) peers is fuller than plumtree_config's
   /// write_room_fill, so a burst of puts slows to the tree's pace instead
   /// of turning into announcements and grafts. Lazy peers and slow ones
-  /// (a write to them blocked for slow_peer_after) do not hold writes up.
+  /// (the write to them in progress has lasted slow_peer_after) do not hold writes up.
   /// After waiting this long it goes ahead anyway. 0: never waits.
   duration backpressure_max_wait{5'000};
   /// Full sync of a large state: a snapshot whose sync message (CBOR) is larger

@@ -134,15 +134,16 @@ struct message_body {
 /// replica control, tests).
 [[nodiscard]] message_body encode_body(const json& message);
 
-/// One peer's send queue: what waits in it, where it drops, and whether
-/// the socket is taking anything at all.
+/// One peer's send queue: what waits in it, where it drops, and how long
+/// the socket has been busy with the write in progress.
 struct send_queue_state {
   std::size_t frames = 0;
   std::size_t bytes = 0;
   std::size_t frame_limit = 0;  ///< a send beyond either limit is dropped
   std::size_t byte_limit = 0;
-  /// How long the write in progress has been blocked (0 when none is):
-  /// the peer, or the path to it, is not taking bytes.
+  /// How long the write in progress has lasted (0 when none is). A write
+  /// carries a batch of frames (up to 1 MiB): a long one means the peer,
+  /// or the path to it, takes bytes slowly or not at all.
   std::chrono::milliseconds blocked_for{0};
 
   /// How full the queue is, 0..1: the larger of its two fill ratios.
