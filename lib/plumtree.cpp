@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <set>
 #include <unordered_map>
+#include <utility>
 
 namespace barrel_p2p {
 namespace {
@@ -83,6 +84,18 @@ struct duplicate_run {
   std::optional<double> lag_ms;
 };
 
+// One origin's departures from the shared tree: eager links over which its
+// messages are announced instead of pushed, and the runs of duplicates of
+// its messages on the others.
+struct origin_tree {
+  std::set<std::string> pruned;
+  struct run {
+    std::uint32_t count = 0;  // duplicates in a row
+    duration since{0};        // when the first of them arrived
+  };
+  std::unordered_map<std::string, run> streak;  // peer -> its run of this origin's duplicates
+};
+
 struct missing_message {
   std::deque<std::pair<std::string, std::uint64_t>> announcers;  // (peer, round), in arrival order
   duration deadline{0};
@@ -108,6 +121,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   std::unordered_map<message_id, missing_message, message_id_hash> missing;
   std::map<std::string, std::vector<announcement>> pending_ihave;  // peer -> announced ids
   std::unordered_map<std::string, duplicate_run> duplicate_streak;  // eager peer -> its run of duplicates
+  std::unordered_map<std::string, origin_tree, keyed_string_hash> origin_trees;  // origin -> its overrides
   std::size_t cache_bytes = 0;  // payload bytes held by the cache
   // Until then this node sits at a fresh cut of the tree (it lost an eager
   // link) and grafts announced messages at once instead of after
@@ -134,15 +148,18 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         config.graft_answer_bytes_per_second == 0 || config.graft_answer_burst_bytes == 0)
       throw std::invalid_argument(
           "plumtree_config: intervals must be positive, batch, cache and graft answer budgets > 0");
+    if (config.origin_prune_after_duplicates > 0 && config.max_origin_trees == 0)
+      throw std::invalid_argument("plumtree_config: max_origin_trees must be > 0 with origin_prune_after_duplicates");
     if (config.prune_after_duplicates == 0 || !(config.graft_jitter >= 0 && config.graft_jitter <= 100) ||
         !(config.prune_span_lags >= 0 && config.prune_span_lags <= 1000) ||
+        !(config.origin_prune_span_lags >= 0 && config.origin_prune_span_lags <= 1000) ||
         config.repair_graft_timeout < duration{0} || config.repair_window < duration{0} ||
         !(config.congested_fill > 0 && config.congested_fill <= 1) ||
         !(config.write_room_fill > 0 && config.write_room_fill <= config.congested_fill) ||
         config.slow_peer_after <= duration{0})
       throw std::invalid_argument(
-          "plumtree_config: prune_after_duplicates must be > 0, graft_jitter in [0, 100], prune_span_lags in "
-          "[0, 1000], repair times >= 0, congested_fill in (0, 1], write_room_fill in (0, congested_fill], "
+          "plumtree_config: prune_after_duplicates must be > 0, graft_jitter in [0, 100], prune_span_lags and "
+          "origin_prune_span_lags in [0, 1000], repair times >= 0, congested_fill in (0, 1], write_room_fill in (0, congested_fill], "
           "slow_peer_after > 0");
     rng.seed(config.seed ? config.seed : std::random_device{}());
   }
@@ -174,6 +191,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     // A run counts duplicates in a row while eager: if the link is grafted
     // again, it starts a new run (its lag still describes the path).
     if (auto run = duplicate_streak.find(p); run != duplicate_streak.end()) run->second.count = 0;
+    for (auto& [origin, tree] : origin_trees) tree.streak.erase(p);
   }
 
   // Caches a message; returns whether this node had grafted it.
@@ -230,6 +248,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   void push(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round,
             const std::string& except, bool everyone = false) {
     message_body body;
+    const auto* tree = everyone ? nullptr : find_tree(id.origin);
     auto send_to = [&](const std::string& p) {
       if (congested(p)) {
         ++counters.congested_announcements;
@@ -239,10 +258,14 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       if (!body) body = encode_gossip(id, tag, round, payload);
       if (net.send(p, channel::broadcast, body)) ++counters.gossip_sent;
     };
-    for (const auto& p : eager)
-      if (p != except) send_to(p);
+    // The origin has the message: nothing goes back to it.
+    for (const auto& p : eager) {
+      if (p == except || p == id.origin) continue;
+      if (tree && tree->pruned.contains(p)) announce(p, id, round);
+      else send_to(p);
+    }
     for (const auto& p : lazy) {
-      if (p == except) continue;
+      if (p == except || p == id.origin) continue;
       if (everyone) send_to(p);
       else announce(p, id, round);
     }
@@ -261,7 +284,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   }
 
   bool room_for_writes(std::size_t admitted) const {
+    const auto* own = find_tree(self());
     for (const auto& p : eager) {
+      if (own && own->pruned.contains(p)) continue;  // it gets this node's writes as announcements
       auto queue = net.send_queue(p);
       if (!queue || queue->blocked_for >= config.slow_peer_after) continue;
       // Admitted writes are not in the queue yet: counted as frames of
@@ -333,14 +358,64 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
           net.send(from, channel::broadcast, encode_prune());
         }
       }
+      if (config.origin_prune_after_duplicates > 0 && is_peer(from)) origin_duplicate(from, msg.id.origin);
       return;
     }
     if (auto run = duplicate_streak.find(from); run != duplicate_streak.end()) run->second.count = 0;
+    if (auto* tree = find_tree(msg.id.origin)) tree->streak.erase(from);
     optimize(msg.id, msg.round, from);
     const bool grafted = remember(msg.id, msg.tag, msg.payload, msg.round);
     if (is_peer(from)) to_eager(from);
     push(msg.id, msg.tag, msg.payload, msg.round + 1, from, grafted && config.flood_after_graft);
     deliver(msg.id, msg.tag, msg.payload, msg.round, from);
+  }
+
+  // Per-origin trees (origin_prune_after_duplicates). A link that only
+  // repeats one origin's messages is redundant in that origin's tree, though
+  // other origins' messages may come over it first; with one shared tree
+  // those first copies end every run, and with every node writing no link
+  // is ever pruned. Pruned on both ends, like a link of the shared tree:
+  // the peer sent these copies, so it has the messages without this node.
+  const origin_tree* find_tree(const std::string& origin) const {
+    auto it = origin_trees.find(origin);
+    return it == origin_trees.end() ? nullptr : &it->second;
+  }
+  origin_tree* find_tree(const std::string& origin) {
+    return const_cast<origin_tree*>(std::as_const(*this).find_tree(origin));
+  }
+  origin_tree& tree_of(const std::string& origin) {
+    if (auto* t = find_tree(origin)) return *t;
+    // Dropping an origin's state brings its links back into its tree: more
+    // duplicates until they are pruned again, nothing lost. Which one goes
+    // is the keyed hash's order, not a peer's choice.
+    if (origin_trees.size() >= config.max_origin_trees) origin_trees.erase(origin_trees.begin());
+    auto& t = origin_trees[origin];
+    counters.origin_trees = origin_trees.size();
+    return t;
+  }
+
+  void origin_duplicate(const std::string& from, const std::string& origin) {
+    auto& tree = tree_of(origin);
+    // A peer pruned here may push this origin's messages all the same: it
+    // floods after a graft, or this node's GRAFT put it back on its side
+    // (only the answering end of a GRAFT goes back into the tree). Its run
+    // counts too, and a PRUNE again brings its side in line.
+    auto& run = tree.streak[from];
+    const auto now = sched.now();
+    if (run.count++ == 0) run.since = now;
+    if (run.count < config.origin_prune_after_duplicates) return;
+    // The span rule of the shared tree, with the link's lag: on a path with
+    // many messages in flight both ends of a cycle would prune it at once.
+    if (config.origin_prune_span_lags > 0) {
+      auto link = duplicate_streak.find(from);
+      if (link == duplicate_streak.end() || !link->second.lag_ms ||
+          static_cast<double>((now - run.since).count()) < config.origin_prune_span_lags * *link->second.lag_ms)
+        return;
+    }
+    tree.streak.erase(from);
+    tree.pruned.insert(from);
+    ++counters.origin_prunes_sent;
+    net.send(from, channel::broadcast, encode_origin_prune(origin));
   }
 
   void deliver(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t hops,
@@ -413,7 +488,11 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   void on(const std::string& from, const graft_message& msg) {
     ++counters.graft_received;
     if (is_peer(from)) to_eager(from);
-    if (!msg.id) return;  // the link only
+    if (!msg.id) {  // the link only, for every origin
+      for (auto& [origin, tree] : origin_trees) tree.pruned.erase(from);
+      return;
+    }
+    if (auto* tree = find_tree(msg.id->origin)) tree->pruned.erase(from);
     auto it = cache.find(*msg.id);
     if (it == cache.end()) return;  // expired: the grafter will ask someone else
     if (congested(from)) {
@@ -443,9 +522,17 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
                               [&](const std::string& p) { return is_peer(p); });
   }
 
-  void on(const std::string& from, const prune_message&) {
-    ++counters.prune_received;
-    if (is_peer(from)) to_lazy(from);
+  void on(const std::string& from, const prune_message& msg) {
+    if (!msg.origin) {
+      ++counters.prune_received;
+      if (is_peer(from)) to_lazy(from);
+      return;
+    }
+    ++counters.origin_prunes_received;
+    if (!is_peer(from) || config.origin_prune_after_duplicates == 0) return;
+    auto& tree = tree_of(*msg.origin);
+    tree.pruned.insert(from);
+    tree.streak.erase(from);
   }
 
   void on_membership(const membership_event& ev) {
@@ -474,6 +561,12 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       pending_ihave.erase(ev.peer.id);
       graft_budgets.forget(ev.peer.id);
       duplicate_streak.erase(ev.peer.id);
+      for (auto it = origin_trees.begin(); it != origin_trees.end();) {
+        it->second.pruned.erase(ev.peer.id);
+        it->second.streak.erase(ev.peer.id);
+        it = it->second.pruned.empty() && it->second.streak.empty() ? origin_trees.erase(it) : std::next(it);
+      }
+      counters.origin_trees = origin_trees.size();
       for (auto& [id, m] : missing)
         std::erase_if(m.announcers, [&](const auto& a) { return a.first == ev.peer.id; });
     }

@@ -50,9 +50,13 @@ std::optional<broadcast_message> parse(const byte_slice& body) {
       if (!id || !round || !r.at_end()) return std::nullopt;
       return graft_message{std::move(*id), *round};
     }
-    case prune:
-      if (*items != 1 || !r.at_end()) return std::nullopt;
-      return prune_message{};
+    case prune: {
+      if (*items == 1) return r.at_end() ? std::optional<broadcast_message>(prune_message{}) : std::nullopt;
+      if (*items != 2) return std::nullopt;
+      auto origin = r.text(broadcast_max_name_bytes);
+      if (!origin || origin->empty() || !r.at_end()) return std::nullopt;
+      return prune_message{std::string(*origin)};
+    }
     default:
       return std::nullopt;
   }
@@ -103,6 +107,12 @@ message_body encode_graft_link() {
 message_body encode_prune() {
   static const message_body body = kind_only(prune);
   return body;
+}
+
+message_body encode_origin_prune(const std::string& origin) {
+  cbor_writer w;
+  w.array(2).uint(prune).text(origin);
+  return message_body(share_bytes(w.take()));
 }
 
 std::optional<broadcast_message> parse_broadcast_message(const byte_slice& body) noexcept {

@@ -285,6 +285,103 @@ TEST_CASE("configurations that would spin or never fire are refused") {
   CHECK_THROWS_AS(plumtree(*t, hv, *sched, bad_span), std::invalid_argument);
   bad_span.prune_span_lags = std::numeric_limits<double>::quiet_NaN();
   CHECK_THROWS_AS(plumtree(*t, hv, *sched, bad_span), std::invalid_argument);
+  plumtree_config no_origin_room;
+  no_origin_room.origin_prune_after_duplicates = 3;
+  no_origin_room.max_origin_trees = 0;
+  CHECK_THROWS_AS(plumtree(*t, hv, *sched, no_origin_room), std::invalid_argument);
+  no_origin_room.origin_prune_after_duplicates = 0;  // off: nothing to bound
+  CHECK_NOTHROW(plumtree(*t, hv, *sched, no_origin_room));
+}
+
+namespace {
+// Every node broadcasts at once, `rounds` times, 50 ms apart: the load
+// under which one shared tree keeps every link eager.
+std::uint64_t all_at_once(bcluster& c, std::uint64_t first, int rounds) {
+  std::uint64_t k = first;
+  for (int r = 0; r < rounds; ++r) {
+    for (auto& b : c.nodes) {
+      b->broadcast->broadcast("t", share_bytes(cbor_writer().uint(k).take()));
+      ++b->received[k++];
+    }
+    c.net.run_for(50ms);
+  }
+  c.net.run_for(5s);
+  return k - first;
+}
+std::uint64_t duplicates(const bcluster& c) {
+  std::uint64_t n = 0;
+  for (auto& b : c.nodes) n += b->broadcast->counters().duplicates;
+  return n;
+}
+}  // namespace
+
+TEST_CASE("every node broadcasting: links that only repeat one origin's messages leave that origin's tree") {
+  // Five nodes, each the others' neighbour, all broadcasting at once. Each
+  // neighbour's own message comes first over the direct link and ends the
+  // run of duplicates on it, and the three relayed copies that follow come
+  // within a few ms, too short a run for prune_span_lags: the shared tree
+  // keeps all links eager, and each broadcast reaches each node once
+  // directly and three more times by relays.
+  for (const std::uint32_t after : {0u, 2u}) {
+    CAPTURE(after);
+    plumtree_config pc;
+    pc.origin_prune_after_duplicates = after;
+    bcluster c(5, 13, duration{2}, pc);
+    const auto warm = all_at_once(c, 0, 30);
+    REQUIRE(c.delivered_everywhere(0, warm) == warm);
+    const auto before = duplicates(c);
+    const auto n = all_at_once(c, 1000, 10);
+    CHECK(c.delivered_everywhere(1000, n) == n);
+    const auto dups = duplicates(c) - before;
+    std::uint64_t origin_prunes = 0;
+    for (auto& b : c.nodes) origin_prunes += b->broadcast->counters().origin_prunes_sent;
+    MESSAGE("origin_prune_after_duplicates ", after, ": ", dups, " duplicates in ", n, " broadcasts after warm-up, ",
+            origin_prunes, " prunes for one origin");
+    if (after == 0) {
+      CHECK(dups > n);  // the shared tree alone: more duplicates than broadcasts
+      CHECK(origin_prunes == 0);
+    } else {
+      CHECK(dups == 0);  // each origin's tree settled to a tree
+      CHECK(origin_prunes > 0);
+    }
+  }
+}
+
+TEST_CASE("PRUNE for one origin: that origin's messages are announced over the link; a GRAFT for one restores it") {
+  plumtree_config pc;
+  pc.origin_prune_after_duplicates = 3;
+  bcluster c(2, 5, duration{2}, pc);
+  auto& a = *c.nodes[0];
+  auto& b = *c.nodes[1];
+  REQUIRE(a.broadcast->eager_peers() == std::vector<std::string>{"n1"});
+  b.net->send("n0", channel::broadcast, encode_origin_prune("n0"));
+  c.net.run_for(100ms);
+  CHECK(a.broadcast->counters().origin_prunes_received == 1);
+  CHECK(a.broadcast->eager_peers() == std::vector<std::string>{"n1"});  // the shared link stays
+  const auto pushed = a.broadcast->counters().gossip_sent;
+  a.broadcast->broadcast("t", share_bytes(cbor_writer().uint(1).take()));
+  c.net.run_for(100ms);
+  CHECK(b.received.count(1) == 0);  // announced, not pushed
+  c.net.run_for(2s);
+  CHECK(b.received[1] == 1);  // b grafted it
+  CHECK(b.broadcast->counters().graft_sent == 1);
+  CHECK(a.broadcast->counters().gossip_sent == pushed + 1);  // the graft answer
+  a.broadcast->broadcast("t", share_bytes(cbor_writer().uint(2).take()));
+  c.net.run_for(100ms);
+  CHECK(b.received[2] == 1);  // pushed again: the GRAFT brought the link back into n0's tree
+  CHECK(b.broadcast->counters().graft_sent == 1);
+}
+
+TEST_CASE("per-origin state is bounded: PRUNEs naming endless origins keep at most max_origin_trees") {
+  plumtree_config pc;
+  pc.origin_prune_after_duplicates = 3;
+  pc.max_origin_trees = 16;
+  bcluster c(2, 5, duration{2}, pc);
+  for (int i = 0; i < 1000; ++i) c.nodes[1]->net->send("n0", channel::broadcast, encode_origin_prune("o" + std::to_string(i)));
+  c.net.run_for(1s);
+  CHECK(c.nodes[0]->broadcast->counters().origin_prunes_received == 1000);
+  CHECK(c.nodes[0]->broadcast->counters().origin_trees == 16);
+  CHECK(c.nodes[0]->broadcast->counters().bad_messages == 0);
 }
 
 namespace {

@@ -62,6 +62,7 @@ struct options {
   std::size_t puts = 1000;
   double rate = 200;
   double throughput_seconds = 10;
+  double writer_rate = 0;  // throughput: puts/s per writer (0: back to back)
   std::string json_path = "bench.json";
   std::vector<std::size_t> sync_sizes = {10'000, 100'000};
   std::vector<std::size_t> state_sizes = {1'000, 100'000, 1'000'000};
@@ -232,10 +233,19 @@ task<json> latency(boost::asio::io_context& io, std::size_t n, const options& o)
                  {"wire_bytes_per_put_per_node", wire_per_put / static_cast<double>(n - 1)}};
 }
 
-// One writer: puts back to back on one node until `until`.
-task<> writer(std::shared_ptr<map> m, std::string prefix, steady::time_point until, std::size_t& count,
+// One writer: puts on one node until `until`, back to back, or `rate` a
+// second (0: back to back).
+task<> writer(std::shared_ptr<map> m, std::string prefix, steady::time_point until, double rate, std::size_t& count,
               std::size_t& running) {
+  auto pace = make_real_scheduler(co_await boost::asio::this_coro::executor);
+  const auto start = steady::now();
   while (steady::now() < until) {
+    if (rate > 0) {
+      const auto due = start + std::chrono::duration_cast<steady::duration>(
+                                   std::chrono::duration<double>(static_cast<double>(count) / rate));
+      if (const auto now = steady::now(); due > now)
+        co_await pace->sleep(std::chrono::duration_cast<duration>(due - now));
+    }
     co_await m->put(prefix + std::to_string(count), count);
     ++count;
   }
@@ -251,17 +261,37 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
   std::vector<std::size_t> counts(writers, 0);
   std::size_t running = writers;
   for (std::size_t w = 0; w < writers; ++w)
-    boost::asio::co_spawn(io, writer(c.maps[w], "t" + std::to_string(w) + "-", until, counts[w], running),
+    boost::asio::co_spawn(io, writer(c.maps[w], "t" + std::to_string(w) + "-", until, o.writer_rate, counts[w], running),
                           boost::asio::detached);
   auto wait = make_real_scheduler(io.get_executor());
-  while (running > 0) co_await wait->sleep(1ms);
+  // Duplicates and first receipts of every node so far: sampled half way,
+  // to tell a tree that settled during the run from one that never did.
+  const auto receipts = [&] {
+    std::pair<std::uint64_t, std::uint64_t> r{0, 0};
+    for (auto& nd : c.nodes) {
+      const auto& b = nd->broadcast().counters();
+      r.first += b.duplicates;
+      r.second += b.gossip_received - b.duplicates;
+    }
+    return r;
+  };
+  const auto half_way = start + (until - start) / 2;
+  std::optional<std::pair<std::uint64_t, std::uint64_t>> at_half;
+  while (running > 0) {
+    co_await wait->sleep(1ms);
+    if (!at_half && steady::now() >= half_way) at_half = receipts();
+  }
   std::size_t k = 0;
   for (auto x : counts) k += x;
   const auto put_end = steady::now();
+  const auto at_end = receipts();
+  const auto late_firsts = at_half ? at_end.second - at_half->second : 0;
+  const double late_duplicates =
+      late_firsts ? static_cast<double>(at_end.first - at_half->first) / static_cast<double>(late_firsts) : 0.0;
   const bool all = co_await c.every_map_holds(k);
   const auto delivered = steady::now();
   std::uint64_t drops = 0, waits = 0, duplicates = 0, first_receipts = 0, grafts = 0, prunes = 0, announced = 0;
-  std::uint64_t after_graft = 0, grafts_deferred = 0, answers_deferred = 0, eager_links = 0, lazy_links = 0;
+  std::uint64_t origin_prunes = 0, after_graft = 0, grafts_deferred = 0, answers_deferred = 0, eager_links = 0, lazy_links = 0;
   for (auto& nd : c.nodes) {
     // The shape of the tree at the end: with every link eager there is no
     // tree, and each node receives a copy from every neighbour.
@@ -273,6 +303,7 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
     announced += nd->broadcast().counters().congested_announcements;
     grafts += nd->broadcast().counters().graft_sent;
     prunes += nd->broadcast().counters().prune_sent;
+    origin_prunes += nd->broadcast().counters().origin_prunes_sent;
     drops += nd->net().counters().send_queue_drops;
     duplicates += nd->broadcast().counters().duplicates;
     first_receipts += nd->broadcast().counters().gossip_received - nd->broadcast().counters().duplicates;
@@ -280,11 +311,13 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
   for (auto& m : c.maps) waits += m->replica_stats().backpressure_waits;
   co_await c.stop();
   co_return json{{"bench", all_nodes ? "throughput_all" : "throughput"}, {"tls", tls.name}, {"nodes", n}, {"puts", k},
+                 {"writer_rate", o.writer_rate},
                  {"send_queue_drops", drops}, {"backpressure_waits", waits},
-                 {"grafts", grafts}, {"prunes", prunes}, {"congested_announcements", announced},
-                 {"grafts_deferred", grafts_deferred}, {"graft_answers_deferred", answers_deferred},
+                 {"grafts", grafts}, {"prunes", prunes}, {"origin_prunes", origin_prunes},
+                 {"congested_announcements", announced}, {"grafts_deferred", grafts_deferred}, {"graft_answers_deferred", answers_deferred},
                  {"duplicates_after_graft", after_graft}, {"eager_links_at_end", eager_links},
                  {"lazy_links_at_end", lazy_links},
+                 {"duplicates_per_delivery_second_half", late_duplicates},
                  {"duplicates_per_delivery",
                   first_receipts ? static_cast<double>(duplicates) / static_cast<double>(first_receipts) : 0.0},
                  {"puts_per_s", static_cast<double>(k) / std::chrono::duration<double>(put_end - start).count()},
@@ -782,6 +815,7 @@ int main(int argc, char** argv) {
       else if (a == "--puts") o.puts = std::stoul(value());
       else if (a == "--rate") o.rate = std::stod(value());
       else if (a == "--throughput-seconds") o.throughput_seconds = std::stod(value());
+      else if (a == "--writer-rate") o.writer_rate = std::stod(value());
       else if (a == "--json") o.json_path = value();
       else if (a == "--sync-keys") o.sync_sizes = cli::parse_list<std::size_t>(value());
       else if (a == "--state-keys") o.state_sizes = cli::parse_list<std::size_t>(value());
@@ -789,6 +823,18 @@ int main(int argc, char** argv) {
       else if (a == "--prune-after") {
         const auto n = static_cast<std::uint32_t>(std::stoul(value()));
         add_tuning([n](node_config& c) { c.broadcast.prune_after_duplicates = n; });
+      } else if (a == "--graft-timeout-ms") {
+        const auto ms = std::chrono::milliseconds(std::stol(value()));
+        add_tuning([ms](node_config& c) { c.broadcast.graft_timeout = ms; });
+      } else if (a == "--prune-span-lags") {
+        const double f = std::stod(value());
+        add_tuning([f](node_config& c) { c.broadcast.prune_span_lags = f; });
+      } else if (a == "--origin-prune-span-lags") {
+        const double f = std::stod(value());
+        add_tuning([f](node_config& c) { c.broadcast.origin_prune_span_lags = f; });
+      } else if (a == "--origin-prune-after") {
+        const auto n = static_cast<std::uint32_t>(std::stoul(value()));
+        add_tuning([n](node_config& c) { c.broadcast.origin_prune_after_duplicates = n; });
       } else if (a == "--flood-after-graft") {
         const bool on = value() == "1";
         add_tuning([on](node_config& c) { c.broadcast.flood_after_graft = on; });
@@ -809,9 +855,10 @@ int main(int argc, char** argv) {
       else if (a == "--tls") o.tls_modes = cli::parse_list<std::string>(value());
       else {
         std::cerr << "usage: barrel-p2p-bench [--nodes 3,5,10,20] [--puts N] [--rate R] "
-                     "[--throughput-seconds S] [--sync-keys 10000,100000] [--state-keys 1000,100000,1000000]\n"
+                     "[--throughput-seconds S] [--writer-rate R] [--sync-keys 10000,100000] [--state-keys 1000,100000,1000000]\n"
                      "                       [--only latency,throughput,slowpeer,sync,reconcile,memory,state,flood,persist,micro] [--json FILE]\n"
-                     "                       [--tls off,psk,cert] [--prune-after N] [--flood-after-graft 0|1]\n"
+                     "                       [--tls off,psk,cert] [--prune-after N] [--origin-prune-after N] [--flood-after-graft 0|1]\n"
+                     "                       [--graft-timeout-ms MS] [--prune-span-lags F] [--origin-prune-span-lags F]\n"
                      "                       [--slow-peer-after MS] [--congested-fill F] [--write-room-fill F]\n";
         return 2;
       }

@@ -42,6 +42,8 @@ struct options {
   std::uint64_t gap_ms = 50;  // steady: between broadcasts
   std::optional<std::uint32_t> prune_after;
   std::optional<double> prune_span_lags;
+  std::optional<std::uint32_t> origin_prune_after;  // 0: per-origin trees off
+  std::optional<double> origin_prune_span_lags;
   std::optional<bool> flood_after_graft;
   // steady: exit 1 when a figure is above its bound (the suite's regression guard)
   std::optional<double> max_rmr, max_graft_prune, min_complete;

@@ -199,6 +199,7 @@ int scenario_steady(const options& o) {
   using P = plumtree_counters;
   using H = hyparview_counters;
   const auto grafts0 = c.total(&P::graft_sent), prunes0 = c.total(&P::prune_sent);
+  const auto origin_prunes0 = c.total(&P::origin_prunes_sent);
   const auto late0 = c.total(&P::duplicates_after_graft), ups0 = c.total(&H::peers_up);
   const auto t0 = c.tree();
   if (o.trace_tree) {  // 10 chunks of 30 broadcasts before the measured run, tree shape after each
@@ -226,6 +227,7 @@ int scenario_steady(const options& o) {
   const double grafts = static_cast<double>(c.total(&P::graft_sent) - grafts0);
   const double prunes = static_cast<double>(c.total(&P::prune_sent) - prunes0);
   const double late = static_cast<double>(c.total(&P::duplicates_after_graft) - late0);
+  const double origin_prunes = static_cast<double>(c.total(&P::origin_prunes_sent) - origin_prunes0);
   const double ups = static_cast<double>(c.total(&H::peers_up) - ups0);
   const auto n = static_cast<double>(o.broadcasts);
   const double payload = static_cast<double>(c.total(&plumtree_counters::gossip_sent) - payload0) / n;
@@ -239,6 +241,7 @@ int scenario_steady(const options& o) {
                {"payload_msgs_per_broadcast", payload}, {"ihave_msgs_per_broadcast", ihave},
                {"graft_prune_msgs_per_broadcast", graft_prune}, {"membership_replica_msgs_per_broadcast", other},
                {"grafts_per_broadcast", grafts / n}, {"prunes_per_broadcast", prunes / n},
+               {"origin_prunes_per_broadcast", origin_prunes / n},
                {"prunes_after_graft_per_broadcast", late / n}, {"links_up", ups}, {"origins", o.origins}};
   std::cout << line.dump() << '\n';
   std::cout << "\nsteady: " << o.nodes << " nodes, " << o.broadcasts << " broadcasts (one every " << o.gap_ms << " ms), seed "
@@ -247,7 +250,8 @@ int scenario_steady(const options& o) {
             << "  per broadcast: payload " << fmt(payload) << ", IHAVE " << fmt(ihave) << ", GRAFT+PRUNE "
             << fmt(graft_prune) << ", membership/replica traffic meanwhile " << fmt(other) << "\n"
             << "  per broadcast: " << fmt(grafts / n) << " grafts, " << fmt(prunes / n) << " prunes (of which "
-            << fmt(late / n) << " duplicates of a grafted message); " << ups << " links up meanwhile\n";
+            << fmt(late / n) << " duplicates of a grafted message), " << fmt(origin_prunes / n)
+            << " prunes for one origin; " << ups << " links up meanwhile\n";
   int rc = 0;
   auto over = [&](const char* what, double value, std::optional<double> bound, bool below = false) {
     if (!bound || (below ? value >= *bound : value <= *bound)) return;

@@ -61,6 +61,24 @@ struct plumtree_config {
   /// of a cycle prune before either prune arrives, which cuts the tree.
   /// 0: the count alone.
   double prune_span_lags = 8;
+  /// Per-origin trees over the shared one (riak_core_broadcast keeps its
+  /// eager and lazy sets per root), off by default: an eager link that
+  /// delivers this many duplicates in a row of one origin's messages
+  /// (copies of other origins' messages neither count nor end the run)
+  /// leaves that origin's tree only. This node sends PRUNE [3, origin], and
+  /// neither end pushes that origin's messages over the link any more: both
+  /// announce them, and a GRAFT for one of them brings the link back into
+  /// that origin's tree. It settles a cluster where every node broadcasts
+  /// at once faster than the shared rule, but where the shared tree
+  /// settles it cuts origins' trees and costs grafts (measured in
+  /// docs/concepts/broadcast.md, "Per-origin trees"). 0: off.
+  std::uint32_t origin_prune_after_duplicates = 0;
+  /// ... once that run has also lasted this many times the link's lag (as
+  /// prune_span_lags). 0: the count alone.
+  double origin_prune_span_lags = 0;
+  /// Most origins with per-origin state at once (origins come from peers);
+  /// past it the state of one is dropped, which costs duplicates only.
+  std::size_t max_origin_trees = 1024;
   /// A message that came as the answer to this node's GRAFT is pushed to
   /// every peer, lazy ones too: the tree is broken around here, and an
   /// announcement would cost each node further on another graft timeout.
@@ -145,6 +163,10 @@ struct plumtree_counters {
   /// GRAFTs not sent yet: the send queue to the announcer was over
   /// congested_fill (sent at a later tick).
   std::uint64_t grafts_deferred = 0;
+  /// PRUNEs for one origin's messages (origin_prune_after_duplicates).
+  std::uint64_t origin_prunes_sent = 0;
+  std::uint64_t origin_prunes_received = 0;
+  std::uint64_t origin_trees = 0;     ///< gauge: origins with per-origin state
   std::uint64_t cache_size = 0;       ///< gauge: messages cached
   std::uint64_t cache_bytes = 0;      ///< gauge: payload bytes cached
   std::uint64_t missing = 0;          ///< gauge: ids announced, not yet received

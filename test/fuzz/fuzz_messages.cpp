@@ -36,7 +36,8 @@ void check_broadcast(const byte_slice& body) {
   } else if (auto* gr = std::get_if<graft_message>(&*m)) {
     again = gr->id ? encode_graft(*gr->id, gr->round) : encode_graft_link();
   } else {
-    again = encode_prune();
+    const auto& pr = std::get<prune_message>(*m);
+    again = pr.origin ? encode_origin_prune(*pr.origin) : encode_prune();
   }
   // Canonical input (shortest-form heads) comes back byte for byte; any
   // accepted input parses again to the same message.
@@ -49,6 +50,8 @@ void check_broadcast(const byte_slice& body) {
         !same(g->payload.bytes(), first.payload.bytes()))
       __builtin_trap();
   }
+  if (auto* pr = std::get_if<prune_message>(&*back); pr && pr->origin != std::get<prune_message>(*m).origin)
+    __builtin_trap();
 }
 
 void check_replica(std::span<const std::uint8_t> bytes) {

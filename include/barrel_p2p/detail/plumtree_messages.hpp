@@ -6,7 +6,7 @@
 //   GOSSIP  [0, origin, seq, tag, round, payload]  payload: a byte string
 //   IHAVE   [1, origin, seq, round, origin, seq, round, ...]
 //   GRAFT   [2, origin, seq, round]  or  [2]: make the link eager, send nothing
-//   PRUNE   [3]
+//   PRUNE   [3]  or  [3, origin]: that origin's messages only
 // The payload of a GOSSIP is opaque here: encoded once at its origin, it
 // travels as a byte string whose bytes every relay forwards unchanged behind
 // a new head (only the round changes) and every cache keeps as received.
@@ -66,7 +66,13 @@ struct graft_message {
   std::uint64_t round = 0;
 };
 
-struct prune_message {};
+/// Asks the peer to stop pushing whole messages to this node: all of them
+/// (the link leaves the tree), or, when `origin` is set, only that origin's
+/// (the link leaves that origin's tree; see plumtree_config::
+/// origin_prune_after_duplicates). The peer announces them instead.
+struct prune_message {
+  std::optional<std::string> origin;
+};
 
 using broadcast_message = std::variant<gossip_message, ihave_message, graft_message, prune_message>;
 
@@ -81,6 +87,8 @@ using broadcast_message = std::variant<gossip_message, ihave_message, graft_mess
 /// A GRAFT that carries no message id: [2].
 [[nodiscard]] message_body encode_graft_link();
 [[nodiscard]] message_body encode_prune();
+/// A PRUNE for one origin's messages: [3, origin].
+[[nodiscard]] message_body encode_origin_prune(const std::string& origin);
 
 /// Validating parse of a broadcast frame body; nullopt on any bad shape
 /// (other kind, missing or mistyped item, origin or tag empty or over
