@@ -148,8 +148,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         config.graft_answer_bytes_per_second == 0 || config.graft_answer_burst_bytes == 0)
       throw std::invalid_argument(
           "plumtree_config: intervals must be positive, batch, cache and graft answer budgets > 0");
-    if (config.origin_prune_after_duplicates > 0 && config.max_origin_trees == 0)
-      throw std::invalid_argument("plumtree_config: max_origin_trees must be > 0 with origin_prune_after_duplicates");
+    if (config.max_origin_trees == 0) throw std::invalid_argument("plumtree_config: max_origin_trees must be > 0");
     if (config.prune_after_duplicates == 0 || !(config.graft_jitter >= 0 && config.graft_jitter <= 100) ||
         !(config.prune_span_lags >= 0 && config.prune_span_lags <= 1000) ||
         !(config.origin_prune_span_lags >= 0 && config.origin_prune_span_lags <= 1000) ||
@@ -191,7 +190,12 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     // A run counts duplicates in a row while eager: if the link is grafted
     // again, it starts a new run (its lag still describes the path).
     if (auto run = duplicate_streak.find(p); run != duplicate_streak.end()) run->second.count = 0;
-    for (auto& [origin, tree] : origin_trees) tree.streak.erase(p);
+    for (auto it = origin_trees.begin(); it != origin_trees.end();) {
+      auto next = std::next(it);
+      it->second.streak.erase(p);
+      drop_if_empty(it);
+      it = next;
+    }
   }
 
   // Caches a message; returns whether this node had grafted it.
@@ -356,13 +360,16 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
           to_lazy(from);  // ends the run, keeps its lag
           ++counters.prune_sent;
           net.send(from, channel::broadcast, encode_prune());
+          return;  // out of every tree: no PRUNE for one origin as well
         }
       }
+      // From a lazy peer too: one that still pushes this origin's messages
+      // (its side of the link is eager) is told to stop for this origin.
       if (config.origin_prune_after_duplicates > 0 && is_peer(from)) origin_duplicate(from, msg.id.origin);
       return;
     }
     if (auto run = duplicate_streak.find(from); run != duplicate_streak.end()) run->second.count = 0;
-    if (auto* tree = find_tree(msg.id.origin)) tree->streak.erase(from);
+    end_origin_run(msg.id.origin, from);
     optimize(msg.id, msg.round, from);
     const bool grafted = remember(msg.id, msg.tag, msg.payload, msg.round);
     if (is_peer(from)) to_eager(from);
@@ -388,10 +395,27 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     // Dropping an origin's state brings its links back into its tree: more
     // duplicates until they are pruned again, nothing lost. Which one goes
     // is the keyed hash's order, not a peer's choice.
-    if (origin_trees.size() >= config.max_origin_trees) origin_trees.erase(origin_trees.begin());
+    if (origin_trees.size() >= config.max_origin_trees) {
+      origin_trees.erase(origin_trees.begin());  // an arbitrary one
+      counters.origin_trees = origin_trees.size();
+    }
     auto& t = origin_trees[origin];
     counters.origin_trees = origin_trees.size();
     return t;
+  }
+
+  // A tree with nothing pruned and no run counted holds nothing: dropped,
+  // so that the bound counts origins that matter.
+  void end_origin_run(const std::string& origin, const std::string& peer) {
+    auto it = origin_trees.find(origin);
+    if (it == origin_trees.end()) return;
+    it->second.streak.erase(peer);
+    drop_if_empty(it);
+  }
+  void drop_if_empty(decltype(origin_trees)::iterator it) {
+    if (!it->second.pruned.empty() || !it->second.streak.empty()) return;
+    origin_trees.erase(it);
+    counters.origin_trees = origin_trees.size();
   }
 
   void origin_duplicate(const std::string& from, const std::string& origin) {
@@ -489,10 +513,18 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     ++counters.graft_received;
     if (is_peer(from)) to_eager(from);
     if (!msg.id) {  // the link only, for every origin
-      for (auto& [origin, tree] : origin_trees) tree.pruned.erase(from);
+      for (auto it = origin_trees.begin(); it != origin_trees.end();) {
+        auto next = std::next(it);
+        it->second.pruned.erase(from);
+        drop_if_empty(it);
+        it = next;
+      }
       return;
     }
-    if (auto* tree = find_tree(msg.id->origin)) tree->pruned.erase(from);
+    if (auto it = origin_trees.find(msg.id->origin); it != origin_trees.end()) {
+      it->second.pruned.erase(from);
+      drop_if_empty(it);
+    }
     auto it = cache.find(*msg.id);
     if (it == cache.end()) return;  // expired: the grafter will ask someone else
     if (congested(from)) {
@@ -528,8 +560,10 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       if (is_peer(from)) to_lazy(from);
       return;
     }
+    // Honoured with the rule off here too (the peer runs it): bounded by
+    // max_origin_trees all the same.
     ++counters.origin_prunes_received;
-    if (!is_peer(from) || config.origin_prune_after_duplicates == 0) return;
+    if (!is_peer(from)) return;
     auto& tree = tree_of(*msg.origin);
     tree.pruned.insert(from);
     tree.streak.erase(from);

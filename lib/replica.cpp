@@ -95,11 +95,13 @@ struct replica_host::impl {
         config.range_sync.max_ranges <= config.range_sync.branching || config.range_sync.max_need == 0 ||
         config.backpressure_max_wait < duration{0} || config.sync_chunk_bytes < 1024 ||
         config.reconcile_push_window <= duration{0} ||
+        !(config.reconcile_push_max_fill > 0 && config.reconcile_push_max_fill <= 1) ||
         config.max_snapshot_bytes < config.sync_chunk_bytes || config.max_snapshot_items == 0)
       throw std::invalid_argument(
           "replica_config: anti_entropy_interval must be positive, jitter in [0, 1), inbox_limit, inbox_limit_bytes, inbox_peer_limit_bytes and reconcile_batch_items > 0, "
           "range_sync.branching >= 2, list_threshold and max_need > 0, max_ranges > branching, "
           "backpressure_max_wait >= 0, sync_chunk_bytes >= 1024, reconcile_push_window > 0, "
+          "reconcile_push_max_fill in (0, 1], "
           "max_snapshot_bytes >= sync_chunk_bytes, "
           "max_snapshot_items > 0");
   }
@@ -242,6 +244,15 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     return allowed;
   }
 
+  // Entries taken from the budgets and then not pushed (the queue filled
+  // up between batches) go back: a slow peer must not spend the budget of
+  // all peers on entries it never got.
+  void return_push_budget(const std::string& peer, std::size_t unused) {
+    if (unused == 0) return;
+    if (auto it = push_budget.find(peer); it != push_budget.end()) it->second.give_back(static_cast<double>(unused));
+    if (all_push_budget) all_push_budget->give_back(static_cast<double>(unused));
+  }
+
   // Items and wire bytes queued: the newest item is the one dropped, so
   // what is queued stays exactly known.
   std::size_t queued_items = 0;
@@ -379,12 +390,22 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     if (!index) co_return;
     const auto& cfg = host->config;
     auto step = range_sync_answer(*index, message, cfg.range_sync);
+    // A queue already over the fill takes nothing from the budget either.
+    if (push_congested(peer)) {
+      counters.reconcile_push_congested += step.send.size();
+      step.send.clear();
+    }
     step.send.resize(take_push_budget(peer, index->size(), step.send.size()));
     // Batches of reconcile_batch_items entries, halved while one encodes
     // over max_snapshot_bytes (large values): every entry goes, or is
     // logged as too large alone.
     std::size_t batch_items = cfg.reconcile_batch_items;
     for (std::size_t from = 0; from < step.send.size() && !stopped;) {
+      if (from > 0 && push_congested(peer)) {  // the batches so far filled it: the rest next round
+        counters.reconcile_push_congested += step.send.size() - from;
+        return_push_budget(peer, step.send.size() - from);
+        break;
+      }
       const auto to = std::min(step.send.size(), from + batch_items);
       const std::vector<sync_item> batch(step.send.begin() + static_cast<std::ptrdiff_t>(from),
                                          step.send.begin() + static_cast<std::ptrdiff_t>(to));
@@ -404,6 +425,14 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
       from = to;
     }
     if (step.reply && !stopped) send_ranges(peer, std::move(*step.reply));
+  }
+
+  // The send queue to `peer` is over reconcile_push_max_fill: entries it
+  // lacks wait for a later round instead of queueing behind the last
+  // round's copies (or being dropped with a part of them).
+  bool push_congested(const std::string& peer) const {
+    const auto queue = host->net.send_queue(peer);
+    return queue && queue->fill() > host->config.reconcile_push_max_fill;
   }
 
   // False only when the snapshot is over max_snapshot_bytes and

@@ -26,6 +26,9 @@ class token_bucket {
     return true;
   }
 
+  /// Returns `n` tokens taken and not used (never past the burst).
+  void give_back(double n) { tokens_ = std::min(burst_, tokens_ + n); }
+
   /// The tokens there are at `now` (whole ones), without taking any.
   double available(duration now) {
     refill(now);

@@ -62,8 +62,8 @@ struct plumtree_config {
   /// 0: the count alone.
   double prune_span_lags = 8;
   /// Per-origin trees over the shared one (riak_core_broadcast keeps its
-  /// eager and lazy sets per root), off by default: an eager link that
-  /// delivers this many duplicates in a row of one origin's messages
+  /// eager and lazy sets per root), off by default: a link that delivers
+  /// this many duplicates in a row of one origin's messages
   /// (copies of other origins' messages neither count nor end the run)
   /// leaves that origin's tree only. This node sends PRUNE [3, origin], and
   /// neither end pushes that origin's messages over the link any more: both
@@ -78,6 +78,8 @@ struct plumtree_config {
   double origin_prune_span_lags = 0;
   /// Most origins with per-origin state at once (origins come from peers);
   /// past it the state of one is dropped, which costs duplicates only.
+  /// Used with the rule off too: a peer that runs it prunes this node.
+  /// Must be > 0.
   std::size_t max_origin_trees = 1024;
   /// A message that came as the answer to this node's GRAFT is pushed to
   /// every peer, lazy ones too: the tree is broken around here, and an

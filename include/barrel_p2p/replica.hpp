@@ -130,6 +130,17 @@ struct replica_config {
   /// this much and no more; entries over a budget wait for a later round
   /// (counted in reconcile_push_deferred). A joiner's full sync fits.
   duration reconcile_push_window{60'000};
+  /// Reconciliation pushes a batch of entries to a peer only while the
+  /// send queue to it (transport::send_queue) is at most this full, of
+  /// either limit; the rest wait for a later round (counted in
+  /// reconcile_push_congested). A peer that takes its data slowly would
+  /// otherwise get the same entries again each round, before it has read
+  /// the last copies, until its queue drops parts. The fill is read before
+  /// each batch; a batch larger than the room left can still overflow.
+  /// The default is plumtree_config::congested_fill's, so that a queue
+  /// that holds broadcast writes back holds repair back too, and no
+  /// lower. In (0, 1]; 1: push until the transport drops.
+  double reconcile_push_max_fill = 0.75;
   std::uint64_t seed = 0;
   std::function<void(const std::string&)> log;
 };
@@ -158,6 +169,7 @@ struct replica_counters {
   std::uint64_t reconcile_crossed = 0;   ///< openings dropped: ours, opened at the same time, goes on
   std::uint64_t reconcile_items_sent = 0;  ///< entries pushed because a peer lacked them
   std::uint64_t reconcile_push_deferred = 0;  ///< entries a peer lacked, not pushed: over reconcile_push_window's budget
+  std::uint64_t reconcile_push_congested = 0;  ///< entries a peer lacked, not pushed: its send queue was over reconcile_push_max_fill
 };
 
 /// A local write: add a value or remove a key.
