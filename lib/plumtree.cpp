@@ -14,7 +14,6 @@
 #include <stdexcept>
 #include <set>
 #include <unordered_map>
-#include <utility>
 
 namespace barrel_p2p {
 namespace {
@@ -190,12 +189,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     // A run counts duplicates in a row while eager: if the link is grafted
     // again, it starts a new run (its lag still describes the path).
     if (auto run = duplicate_streak.find(p); run != duplicate_streak.end()) run->second.count = 0;
-    for (auto it = origin_trees.begin(); it != origin_trees.end();) {
-      auto next = std::next(it);
-      it->second.streak.erase(p);
-      drop_if_empty(it);
-      it = next;
-    }
+    edit_trees([&](origin_tree& t) { t.streak.erase(p); });
   }
 
   // Caches a message; returns whether this node had grafted it.
@@ -369,7 +363,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       return;
     }
     if (auto run = duplicate_streak.find(from); run != duplicate_streak.end()) run->second.count = 0;
-    end_origin_run(msg.id.origin, from);
+    edit_tree(msg.id.origin, [&](origin_tree& t) { t.streak.erase(from); });
     optimize(msg.id, msg.round, from);
     const bool grafted = remember(msg.id, msg.tag, msg.payload, msg.round);
     if (is_peer(from)) to_eager(from);
@@ -387,32 +381,31 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     auto it = origin_trees.find(origin);
     return it == origin_trees.end() ? nullptr : &it->second;
   }
-  origin_tree* find_tree(const std::string& origin) {
-    return const_cast<origin_tree*>(std::as_const(*this).find_tree(origin));
-  }
   origin_tree& tree_of(const std::string& origin) {
-    if (auto* t = find_tree(origin)) return *t;
-    // Dropping an origin's state brings its links back into its tree: more
-    // duplicates until they are pruned again, nothing lost. Which one goes
-    // is the keyed hash's order, not a peer's choice.
-    if (origin_trees.size() >= config.max_origin_trees) {
-      origin_trees.erase(origin_trees.begin());  // an arbitrary one
-      counters.origin_trees = origin_trees.size();
-    }
+    if (auto it = origin_trees.find(origin); it != origin_trees.end()) return it->second;
+    // Dropping an origin's state (an arbitrary one) brings its links back
+    // into its tree: more duplicates until they are pruned again, nothing
+    // lost.
+    if (origin_trees.size() >= config.max_origin_trees) origin_trees.erase(origin_trees.begin());
     auto& t = origin_trees[origin];
     counters.origin_trees = origin_trees.size();
     return t;
   }
 
-  // A tree with nothing pruned and no run counted holds nothing: dropped,
-  // so that the bound counts origins that matter.
-  void end_origin_run(const std::string& origin, const std::string& peer) {
-    auto it = origin_trees.find(origin);
-    if (it == origin_trees.end()) return;
-    it->second.streak.erase(peer);
-    drop_if_empty(it);
+  // Changes one origin's tree (if it has one) or every tree. A tree left
+  // with nothing pruned and no run counted holds nothing: dropped, so that
+  // the bound counts origins that matter.
+  template <class F>
+  void edit_tree(const std::string& origin, const F& change) {
+    if (auto it = origin_trees.find(origin); it != origin_trees.end()) edit_at(it, change);
   }
-  void drop_if_empty(decltype(origin_trees)::iterator it) {
+  template <class F>
+  void edit_trees(const F& change) {
+    for (auto it = origin_trees.begin(); it != origin_trees.end();) edit_at(it++, change);
+  }
+  template <class F>
+  void edit_at(decltype(origin_trees)::iterator it, const F& change) {
+    change(it->second);
     if (!it->second.pruned.empty() || !it->second.streak.empty()) return;
     origin_trees.erase(it);
     counters.origin_trees = origin_trees.size();
@@ -512,19 +505,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   void on(const std::string& from, const graft_message& msg) {
     ++counters.graft_received;
     if (is_peer(from)) to_eager(from);
-    if (!msg.id) {  // the link only, for every origin
-      for (auto it = origin_trees.begin(); it != origin_trees.end();) {
-        auto next = std::next(it);
-        it->second.pruned.erase(from);
-        drop_if_empty(it);
-        it = next;
-      }
-      return;
-    }
-    if (auto it = origin_trees.find(msg.id->origin); it != origin_trees.end()) {
-      it->second.pruned.erase(from);
-      drop_if_empty(it);
-    }
+    const auto unprune = [&](origin_tree& t) { t.pruned.erase(from); };
+    if (!msg.id) return edit_trees(unprune);  // the link only, for every origin
+    edit_tree(msg.id->origin, unprune);
     auto it = cache.find(*msg.id);
     if (it == cache.end()) return;  // expired: the grafter will ask someone else
     if (congested(from)) {
@@ -595,12 +578,10 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       pending_ihave.erase(ev.peer.id);
       graft_budgets.forget(ev.peer.id);
       duplicate_streak.erase(ev.peer.id);
-      for (auto it = origin_trees.begin(); it != origin_trees.end();) {
-        it->second.pruned.erase(ev.peer.id);
-        it->second.streak.erase(ev.peer.id);
-        it = it->second.pruned.empty() && it->second.streak.empty() ? origin_trees.erase(it) : std::next(it);
-      }
-      counters.origin_trees = origin_trees.size();
+      edit_trees([&](origin_tree& t) {
+        t.pruned.erase(ev.peer.id);
+        t.streak.erase(ev.peer.id);
+      });
       for (auto& [id, m] : missing)
         std::erase_if(m.announcers, [&](const auto& a) { return a.first == ev.peer.id; });
     }

@@ -190,6 +190,25 @@ TEST_CASE("PRUNE takes a link out of the tree, GRAFT without an id puts it back 
   CHECK(a.broadcast->counters().bad_messages == 0);
 }
 
+TEST_CASE("nothing is pushed or announced back to a message's origin") {
+  bcluster c(3, 5);
+  auto& a = *c.nodes[0];
+  auto& b = *c.nodes[1];
+  REQUIRE(a.broadcast->eager_peers().size() == 2);
+  // a takes b out of its tree; b still pushes to a. a's message reaches b
+  // through c, and b, relaying it, must not send it back to a.
+  b.net->send("n0", channel::broadcast, encode_prune());
+  c.net.run_for(100ms);
+  REQUIRE(a.broadcast->lazy_peers() == std::vector<std::string>{"n1"});
+  REQUIRE(b.broadcast->eager_peers().size() == 2);
+  a.broadcast->broadcast("t", share_bytes(cbor_writer().uint(1).take()));
+  ++a.received[1];
+  c.net.run_for(2s);
+  CHECK(c.delivered_everywhere(1, 1) == 1);
+  CHECK(a.broadcast->counters().gossip_received == 0);
+  CHECK(b.broadcast->counters().ihave_ids_sent == 0);
+}
+
 TEST_CASE("an IHAVE repeating one id many times is one announcement: one GRAFT, no retries to the same peer") {
   bcluster c(2, 7);
   auto& a = *c.nodes[0];

@@ -290,7 +290,8 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
       late_firsts ? static_cast<double>(at_end.first - at_half->first) / static_cast<double>(late_firsts) : 0.0;
   const bool all = co_await c.every_map_holds(k);
   const auto delivered = steady::now();
-  std::uint64_t drops = 0, waits = 0, duplicates = 0, first_receipts = 0, grafts = 0, prunes = 0, announced = 0;
+  const auto [duplicates, first_receipts] = receipts();  // after the drain
+  std::uint64_t drops = 0, waits = 0, grafts = 0, prunes = 0, announced = 0;
   std::uint64_t origin_prunes = 0, after_graft = 0, grafts_deferred = 0, answers_deferred = 0, eager_links = 0, lazy_links = 0;
   for (auto& nd : c.nodes) {
     // The shape of the tree at the end: with every link eager there is no
@@ -305,8 +306,6 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
     prunes += nd->broadcast().counters().prune_sent;
     origin_prunes += nd->broadcast().counters().origin_prunes_sent;
     drops += nd->net().counters().send_queue_drops;
-    duplicates += nd->broadcast().counters().duplicates;
-    first_receipts += nd->broadcast().counters().gossip_received - nd->broadcast().counters().duplicates;
   }
   for (auto& m : c.maps) waits += m->replica_stats().backpressure_waits;
   co_await c.stop();
