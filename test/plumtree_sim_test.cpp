@@ -281,6 +281,21 @@ TEST_CASE("with the span rule, duplicates whose lag was never timed do not prune
   CHECK(p.a.broadcast->counters().prune_sent == 0);
 }
 
+TEST_CASE("per-origin runs: with origin_prune_span_lags, duplicates whose lag was never timed do not prune") {
+  for (const double span : {0.0, 8.0}) {
+    CAPTURE(span);
+    plumtree_config pc;  // the shared rule's span (8) keeps it from pruning these untimed copies
+    pc.origin_prune_after_duplicates = 3;
+    pc.origin_prune_span_lags = span;
+    duplicate_pair p(pc);
+    for (int i = 0; i < 10; ++i) p.dup();
+    CHECK(p.a.broadcast->counters().prune_sent == 0);
+    // The count alone: one PRUNE per run of three (b keeps pushing, as a
+    // peer that did not take the PRUNE would, and each run prunes again).
+    CHECK(p.a.broadcast->counters().origin_prunes_sent == (span == 0 ? 3u : 0u));
+  }
+}
+
 TEST_CASE("configurations that would spin or never fire are refused") {
   boost::asio::io_context io;
   sim_network net(io, {});
