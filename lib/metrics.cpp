@@ -109,6 +109,7 @@ const field<plumtree_counters> broadcast_fields[] = {
     {"barrel_p2p_broadcast_cache_messages", K::gauge, "Payloads kept to answer grafts.", &plumtree_counters::cache_size},
     {"barrel_p2p_broadcast_cache_bytes", K::gauge, "Payload bytes kept to answer grafts (bounded by cache_max_bytes).", &plumtree_counters::cache_bytes},
     {"barrel_p2p_broadcast_missing_messages", K::gauge, "Ids announced but not yet received.", &plumtree_counters::missing},
+    {"barrel_p2p_broadcast_graft_wait_ms", K::gauge, "The wait before grafting an announced message, ms (graft_timeout, or the adaptive one).", &plumtree_counters::graft_wait_ms},
 };
 
 const field<map_counters> map_fields[] = {

@@ -5,9 +5,11 @@
 #include "barrel_p2p/detail/plumtree_messages.hpp"
 #include "barrel_p2p/detail/task_group.hpp"
 #include "barrel_p2p/detail/wake_signal.hpp"
+#include "barrel_p2p/detail/delay_estimate.hpp"
 #include "token_bucket.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <deque>
 #include <map>
 #include <optional>
@@ -99,6 +101,7 @@ struct missing_message {
   std::deque<std::pair<std::string, std::uint64_t>> announcers;  // (peer, round), in arrival order
   duration deadline{0};
   bool grafted = false;
+  duration announced{0};  // when the first announcement came
 };
 
 }  // namespace
@@ -128,6 +131,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   // graft repairs the cut before the timers of the nodes behind it fire.
   duration repair_until{0};
   duration next_optimization{0};  // optimisations are at least optimization_interval apart
+  // How long after its first announcement a message's tree copy arrives
+  // (adaptive_graft_timeout).
+  detail::delay_estimate tree_delay;
   std::map<std::string, delivery_handler> subscribers;
   task_group loops;
   // The timers loop, when idle, waits here for work: an announcement queued,
@@ -148,6 +154,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       throw std::invalid_argument(
           "plumtree_config: intervals must be positive, batch, cache and graft answer budgets > 0");
     if (config.max_origin_trees == 0) throw std::invalid_argument("plumtree_config: max_origin_trees must be > 0");
+    if (config.graft_timeout_min <= duration{0} || config.graft_timeout_max < config.graft_timeout_min)
+      throw std::invalid_argument("plumtree_config: graft_timeout_min must be > 0 and <= graft_timeout_max");
+    counters.graft_wait_ms = static_cast<std::uint64_t>(config.graft_timeout.count());
     if (config.prune_after_duplicates == 0 || !(config.graft_jitter >= 0 && config.graft_jitter <= 100) ||
         !(config.prune_span_lags >= 0 && config.prune_span_lags <= 1000) ||
         !(config.origin_prune_span_lags >= 0 && config.origin_prune_span_lags <= 1000) ||
@@ -197,6 +206,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     bool grafted = false;
     if (auto was_missing = missing.find(id); was_missing != missing.end()) {
       grafted = was_missing->second.grafted;
+      // The tree's copy, announced first: how far it trails announcements.
+      // After a graft the copy may be its answer: no sample (Karn).
+      if (!grafted) tree_delay.sample(static_cast<double>((sched.now() - was_missing->second.announced).count()));
       missing.erase(was_missing);
     }
     if (cache.contains(id)) return grafted;
@@ -296,6 +308,14 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     return true;
   }
 
+  duration write_room_recheck() const {
+    auto soonest = config.slow_peer_after;
+    for (const auto& p : eager)
+      if (const auto queue = net.send_queue(p); queue && queue->blocked_for < config.slow_peer_after)
+        soonest = std::min(soonest, config.slow_peer_after - queue->blocked_for);
+    return std::max(soonest, duration{1});
+  }
+
   void broadcast(const std::string& tag, byte_slice payload) {
     const message_id id{self(), fresh_seq()};
     ++counters.broadcasts;
@@ -327,6 +347,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       if (seen != cache.end() && seen->second.grafted) {
         ++counters.duplicates_after_graft;
         seen->second.grafted = false;
+        // The graft was early: the tree's copy trailed the announcement by
+        // at least the wait and then how late it is behind the answer.
+        tree_delay.sample(static_cast<double>((graft_wait_base() + (sched.now() - seen->second.received)).count()));
       }
       // One duplicate proves little while messages from several origins
       // are in flight: a link just grafted carries copies of messages that
@@ -457,7 +480,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         const auto wait =
             now < repair_until || eager.empty() ? config.repair_graft_timeout : graft_wait();
         if (missing.empty()) wake_timers();
-        it = missing.emplace(a.id, missing_message{{}, now + wait, false}).first;
+        it = missing.emplace(a.id, missing_message{{}, now + wait, false, now}).first;
       }
       // One entry per announcer, however often it repeats the id: the list
       // is bounded by the active view.
@@ -472,9 +495,20 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   // tried so that the nodes behind a cut would not all graft at once; no
   // measured effect once the other rules are in, so it is off.
   duration graft_wait() {
-    const auto spread = static_cast<duration::rep>(static_cast<double>(config.graft_timeout.count()) * config.graft_jitter);
-    if (spread <= 0) return config.graft_timeout;
-    return config.graft_timeout + duration{std::uniform_int_distribution<duration::rep>(0, spread)(rng)};
+    const auto base = graft_wait_base();
+    counters.graft_wait_ms = static_cast<std::uint64_t>(base.count());
+    const auto spread = static_cast<duration::rep>(static_cast<double>(base.count()) * config.graft_jitter);
+    if (spread <= 0) return base;
+    return base + duration{std::uniform_int_distribution<duration::rep>(0, spread)(rng)};
+  }
+
+  // graft_timeout, or with adaptive_graft_timeout the delay by which tree
+  // copies trail announcements here (see plumtree_config).
+  duration graft_wait_base() const {
+    if (!config.adaptive_graft_timeout) return config.graft_timeout;
+    const auto ms = [](duration d) { return static_cast<double>(d.count()); };
+    return duration{static_cast<duration::rep>(std::llround(tree_delay.timeout(
+        ms(config.graft_timeout), ms(config.graft_timeout_min), ms(config.graft_timeout_max))))};
   }
 
   // The paper's optimisation: a message that arrives by the tree `round`
@@ -803,6 +837,7 @@ void plumtree::subscribe(const std::string& tag, delivery_handler handler) {
 void plumtree::unsubscribe(const std::string& tag) { impl_->subscribers.erase(tag); }
 
 bool plumtree::room_for_writes(std::size_t admitted) const { return impl_->room_for_writes(admitted); }
+duration plumtree::write_room_recheck() const { return impl_->write_room_recheck(); }
 std::vector<std::string> plumtree::eager_peers() const { return {impl_->eager.begin(), impl_->eager.end()}; }
 std::vector<std::string> plumtree::lazy_peers() const { return {impl_->lazy.begin(), impl_->lazy.end()}; }
 const plumtree_counters& plumtree::counters() const { return impl_->counters; }

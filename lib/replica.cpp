@@ -6,6 +6,7 @@
 #include "barrel_p2p/event_stream.hpp"
 #include "barrel_p2p/replica_messages.hpp"
 #include "barrel_p2p/detail/task_group.hpp"
+#include "barrel_p2p/detail/wake_signal.hpp"
 #include "log_limiter.hpp"
 #include "token_bucket.hpp"
 
@@ -107,21 +108,39 @@ struct replica_host::impl {
   }
 
 
-  // Waits (polling each millisecond) until the broadcast layer has room
-  // for a local write at every eager peer, counting the writes already let
-  // through that have not been broadcast yet (they suspend in the owner's
-  // merge first): without them, a crowd of waiters would all pass on the
-  // same drain. Gives up after backpressure_max_wait. True when it had to
-  // wait. The caller holds a room_ticket until its broadcast is queued.
+  // Waits until the broadcast layer has room for a local write at every
+  // eager peer, counting the writes already let through that have not
+  // been broadcast yet (they suspend in the owner's merge first): without
+  // them, a crowd of waiters would all pass on the same drain. Looks again
+  // when a send queue shrinks (transport::on_send_progress) and when a
+  // stalled peer may have become slow (plumtree::write_room_recheck).
+  // Gives up after backpressure_max_wait. True when it had to wait. The
+  // caller holds a room_ticket until its broadcast is queued.
   std::size_t admitted = 0;
+  std::vector<std::shared_ptr<wake_signal>> room_waiters;
   task<bool> wait_for_room() {
     if (stopped || config.backpressure_max_wait == duration{0} || broadcast.room_for_writes(admitted))
       co_return false;
     const auto deadline = sched.now() + config.backpressure_max_wait;
     // `stopped` first: after node::stop the transport may be gone.
-    while (!stopped && !broadcast.room_for_writes(admitted) && sched.now() < deadline)
-      if (!co_await sched.sleep(duration{1})) break;
+    while (!stopped && !broadcast.room_for_writes(admitted)) {
+      const auto now = sched.now();
+      if (now >= deadline) break;
+      auto wake = std::make_shared<wake_signal>(sched.get_executor());
+      room_waiters.push_back(wake);
+      loops.spawn("replica_room_recheck",
+                  notify_after(sched, wake, std::min(deadline - now, broadcast.write_room_recheck())));
+      const bool woken = co_await wake->wait();
+      wake->close();  // a notification still to come goes nowhere
+      std::erase(room_waiters, wake);
+      if (!woken) break;
+    }
     co_return true;
+  }
+
+  // A send queue shrank (or went): every waiting writer looks again.
+  void on_send_progress() {
+    for (auto& w : room_waiters) w->notify();
   }
 
 
@@ -414,6 +433,22 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
                        [&]() -> task<> { snapshot = co_await callbacks.snapshot_cbor_of(name, batch); });
       if (stopped) break;
       if (snapshot) {
+        // A batch whose parts would take the queue over the fill is not
+        // queued: a part dropped there would abandon the whole snapshot.
+        // Fewer entries at a time, sized to the room left; one entry that
+        // does not fit waits for a later round, unless the queue is empty.
+        if (const double fit = push_fit(peer, snapshot->size()); fit < 1) {
+          if (batch_items > 1) {
+            batch_items = std::clamp<std::size_t>(static_cast<std::size_t>(static_cast<double>(batch_items) * fit),
+                                                  1, batch_items / 2);
+            continue;
+          }
+          if (!queue_empty(peer)) {
+            counters.reconcile_push_congested += step.send.size() - from;
+            return_push_budget(peer, step.send.size() - from);
+            break;
+          }
+        }
         // What is still current of the batch: the snapshot map's length.
         const auto entries = cbor_reader(*snapshot).map().value_or(batch.size());
         if (!send_snapshot(peer, std::move(*snapshot), batch_items > 1)) {
@@ -433,6 +468,30 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
   bool push_congested(const std::string& peer) const {
     const auto queue = host->net.send_queue(peer);
     return queue && queue->fill() > host->config.reconcile_push_max_fill;
+  }
+
+  // How much of a snapshot of `size` bytes the queue to `peer` takes
+  // before it is over reconcile_push_max_fill: its parts (frames of
+  // sync_chunk_bytes) against the frame limit, its bytes against the byte
+  // limit. 1 or more: all of it; infinity: the transport reports no queue.
+  double push_fit(const std::string& peer, std::size_t size) const {
+    const auto queue = host->net.send_queue(peer);
+    if (!queue) return std::numeric_limits<double>::infinity();
+    const double max_fill = host->config.reconcile_push_max_fill;
+    const auto share = [&](std::size_t used, std::size_t limit, std::size_t needed) {
+      if (limit == 0) return std::numeric_limits<double>::infinity();
+      const double room = max_fill * static_cast<double>(limit) - static_cast<double>(used);
+      return std::max(0.0, room) / static_cast<double>(needed);
+    };
+    const auto chunk = host->config.sync_chunk_bytes;
+    const auto parts = std::max<std::size_t>(1, (size + chunk - 1) / chunk);
+    return std::min(share(queue->frames, queue->frame_limit, parts),
+                    share(queue->bytes, queue->byte_limit, std::max<std::size_t>(1, size)));
+  }
+
+  bool queue_empty(const std::string& peer) const {
+    const auto queue = host->net.send_queue(peer);
+    return !queue || queue->frames == 0;
   }
 
   // False only when the snapshot is over max_snapshot_bytes and
@@ -675,7 +734,10 @@ replica_host::replica_host(transport& net, hyparview& membership, plumtree& broa
 
 replica_host::~replica_host() {
   impl_->stopped = true;
-  if (impl_->started) impl_->net.on_message(channel::replica, nullptr);
+  if (impl_->started) {
+    impl_->net.on_message(channel::replica, nullptr);
+    impl_->net.on_send_progress(nullptr);
+  }
   impl_->loops.cancel();
 }
 
@@ -684,6 +746,7 @@ void replica_host::start() {
   if (h->started) return;
   h->started = true;
   h->net.on_message(channel::replica, [h](const std::string& from, const byte_slice& body) { return h->on_message(from, body); });
+  h->net.on_send_progress([h](const std::string&) { h->on_send_progress(); });
   std::weak_ptr<impl> weak = impl_;
   h->membership.add_listener([weak](const membership_event& ev) {
     if (auto p = weak.lock()) p->on_membership(ev);
@@ -710,6 +773,7 @@ task<> replica_host::stop() {
   impl_->instances.clear();
   impl_->assemblies.clear();
   impl_->stopped = true;
+  for (auto& w : impl_->room_waiters) w->close();  // writers waiting for room end now
   co_await impl_->loops.stop();
 }
 

@@ -126,6 +126,7 @@ task<disconnect_reason> tcp_transport_impl::write_loop(std::shared_ptr<connectio
           bytes += batch.back().body.size();
         }
         if (!co_await write_frames(conn, batch)) co_return disconnect_reason::io_error;
+        if (!batch.empty()) report_send_progress(conn->peer.id);
       }
       if (conn->closing) {
         if (!conn->write_shut) {

@@ -130,6 +130,7 @@ void tcp_transport_impl::close_everything() {
 void tcp_transport_impl::abandon() {
   on_connected_ = nullptr;
   on_disconnected_ = nullptr;
+  on_send_progress_ = nullptr;
   for (auto& h : handlers_) h = nullptr;
   log = logger();
   if (stopped_) return;
@@ -402,6 +403,7 @@ class tcp_transport_handle final : public tcp_transport {
   const peer_descriptor& self() const override { return impl_->self(); }
   void on_connected(connected_handler h) override { impl_->on_connected(std::move(h)); }
   void on_disconnected(disconnected_handler h) override { impl_->on_disconnected(std::move(h)); }
+  void on_send_progress(send_progress_handler h) override { impl_->on_send_progress(std::move(h)); }
   void on_message(channel ch, message_handler h) override { impl_->on_message(ch, std::move(h)); }
   // Each coroutine holds the implementation alive while it runs.
   task<> start() override {

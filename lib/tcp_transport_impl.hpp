@@ -244,6 +244,8 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
 
   void on_disconnected(transport::disconnected_handler h) { on_disconnected_ = std::move(h); }
 
+  void on_send_progress(transport::send_progress_handler h) { on_send_progress_ = std::move(h); }
+
   void on_message(channel ch, transport::message_handler h) {
     const auto i = static_cast<std::size_t>(ch);
     if (ch == channel::control || i >= channel_count) return;  // control is ours
@@ -339,7 +341,10 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
 
   void report_disconnected(const std::string& peer_id, disconnect_reason why) {
     call_handler("disconnected", on_disconnected_, peer_id, why);
+    report_send_progress(peer_id);  // its queue went with it
   }
+
+  void report_send_progress(const std::string& peer_id) { call_handler("send progress", on_send_progress_, peer_id); }
 
   // -------- The peer table and timers (tcp_transport.cpp)
 
@@ -473,6 +478,7 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
 
   transport::connected_handler on_connected_;
   transport::disconnected_handler on_disconnected_;
+  transport::send_progress_handler on_send_progress_;
   std::array<transport::message_handler, channel_count> handlers_;
   transport_counters counters_;
   detail::read_hold_table read_holds_{[this](const std::string& peer_id) { resume_reading(peer_id); }};

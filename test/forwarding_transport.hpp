@@ -34,6 +34,7 @@ class forwarding_transport : public transport {
   std::optional<send_queue_state> send_queue(const std::string& peer_id) const override {
     return inner_->send_queue(peer_id);
   }
+  void on_send_progress(send_progress_handler h) override { inner_->on_send_progress(std::move(h)); }
   std::optional<handshake_failure> last_dial_failure(const peer_address& addr) const override {
     return inner_->last_dial_failure(addr);
   }

@@ -4,6 +4,7 @@
 
 #include <barrel_p2p/cbor.hpp>
 #include <barrel_p2p/plumtree.hpp>
+#include <barrel_p2p/detail/delay_estimate.hpp>
 #include <barrel_p2p/detail/plumtree_messages.hpp>
 #include <barrel_p2p/sim_network.hpp>
 
@@ -172,6 +173,53 @@ TEST_CASE("200 nodes with 1% message loss: every broadcast is still delivered ev
   CHECK(grafts > 0);  // the lazy links did the repairing
 }
 
+TEST_CASE("a delay estimate follows its samples: mean plus four deviations, within its bounds") {
+  detail::delay_estimate d;
+  CHECK(d.timeout(500, 20, 5000) == 500);  // nothing observed: the start
+  d.sample(100);
+  CHECK(d.timeout(500, 20, 5000) == doctest::Approx(300));  // 100 + 4 * 50
+  for (int i = 0; i < 200; ++i) d.sample(10);
+  CHECK(d.mean() == doctest::Approx(10).epsilon(0.01));
+  CHECK(d.timeout(500, 20, 5000) == 20);  // the floor
+  for (int i = 0; i < 200; ++i) d.sample(i % 2 ? 1000 : 3000);
+  CHECK(d.timeout(500, 20, 5000) > 3000);  // a spread widens it
+  for (int i = 0; i < 200; ++i) d.sample(100'000);
+  CHECK(d.timeout(500, 20, 5000) == 5000);  // the ceiling
+}
+
+namespace {
+double average_graft_wait(const bcluster& c) {
+  double sum = 0;
+  for (auto& b : c.nodes) sum += static_cast<double>(b->broadcast->counters().graft_wait_ms);
+  return sum / static_cast<double>(c.nodes.size());
+}
+}  // namespace
+
+TEST_CASE("adaptive graft timeout: the wait follows how late tree copies trail announcements, both ways") {
+  plumtree_config adaptive;
+  adaptive.adaptive_graft_timeout = true;
+  SUBCASE("fast links: shorter than graft_timeout, every broadcast delivered once") {
+    bcluster c(100, 13, duration{2}, adaptive);
+    random_engine rng(4);
+    c.broadcast_many(0, 200, 50ms, rng);
+    CHECK(c.delivered_everywhere(0, 200) == 200);
+    MESSAGE("average graft wait: ", average_graft_wait(c), " ms");
+    CHECK(average_graft_wait(c) < 250);  // from 500
+  }
+  SUBCASE("slow, jittery links and a wait that starts too short: grafts come early, the wait grows") {
+    adaptive.graft_timeout = 20ms;  // the floor too
+    bcluster c(100, 13, duration{150}, adaptive);
+    random_engine rng(4);
+    c.broadcast_many(0, 200, 50ms, rng);
+    CHECK(c.delivered_everywhere(0, 200) == 200);
+    std::uint64_t late = 0;
+    for (auto& b : c.nodes) late += b->broadcast->counters().duplicates_after_graft;
+    MESSAGE("average graft wait: ", average_graft_wait(c), " ms; copies after a graft: ", late);
+    CHECK(late > 0);
+    CHECK(average_graft_wait(c) > 60);  // from 20
+  }
+}
+
 TEST_CASE("PRUNE takes a link out of the tree, GRAFT without an id puts it back and fetches nothing") {
   bcluster c(2, 5);
   auto& a = *c.nodes[0];
@@ -308,6 +356,12 @@ TEST_CASE("configurations that would spin or never fire are refused") {
   plumtree_config bad_pt;
   bad_pt.ihave_batch_max = 0;
   CHECK_THROWS_AS(plumtree(*t, hv, *sched, bad_pt), std::invalid_argument);
+  plumtree_config bad_bounds;
+  bad_bounds.graft_timeout_min = duration{0};
+  CHECK_THROWS_AS(plumtree(*t, hv, *sched, bad_bounds), std::invalid_argument);
+  bad_bounds.graft_timeout_min = duration{100};
+  bad_bounds.graft_timeout_max = duration{50};
+  CHECK_THROWS_AS(plumtree(*t, hv, *sched, bad_bounds), std::invalid_argument);
   plumtree_config no_prune;
   no_prune.prune_after_duplicates = 0;
   CHECK_THROWS_AS(plumtree(*t, hv, *sched, no_prune), std::invalid_argument);

@@ -293,6 +293,7 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
   const auto [duplicates, first_receipts] = receipts();  // after the drain
   std::uint64_t drops = 0, waits = 0, grafts = 0, prunes = 0, announced = 0;
   std::uint64_t origin_prunes = 0, after_graft = 0, grafts_deferred = 0, answers_deferred = 0, eager_links = 0, lazy_links = 0;
+  std::uint64_t graft_wait_ms = 0;
   for (auto& nd : c.nodes) {
     // The shape of the tree at the end: with every link eager there is no
     // tree, and each node receives a copy from every neighbour.
@@ -305,6 +306,7 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
     grafts += nd->broadcast().counters().graft_sent;
     prunes += nd->broadcast().counters().prune_sent;
     origin_prunes += nd->broadcast().counters().origin_prunes_sent;
+    graft_wait_ms += nd->broadcast().counters().graft_wait_ms;
     drops += nd->net().counters().send_queue_drops;
   }
   for (auto& m : c.maps) waits += m->replica_stats().backpressure_waits;
@@ -315,6 +317,7 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
                  {"grafts", grafts}, {"prunes", prunes}, {"origin_prunes", origin_prunes},
                  {"congested_announcements", announced}, {"grafts_deferred", grafts_deferred}, {"graft_answers_deferred", answers_deferred},
                  {"duplicates_after_graft", after_graft}, {"eager_links_at_end", eager_links},
+                 {"graft_wait_ms_avg", static_cast<double>(graft_wait_ms) / static_cast<double>(c.nodes.size())},
                  {"lazy_links_at_end", lazy_links},
                  {"duplicates_per_delivery_second_half", late_duplicates},
                  {"duplicates_per_delivery",
@@ -837,6 +840,9 @@ int main(int argc, char** argv) {
       } else if (a == "--flood-after-graft") {
         const bool on = value() == "1";
         add_tuning([on](node_config& c) { c.broadcast.flood_after_graft = on; });
+      } else if (a == "--adaptive-graft") {
+        const bool on = value() == "1";
+        add_tuning([on](node_config& c) { c.broadcast.adaptive_graft_timeout = on; });
       }
       else if (a == "--slow-peer-after") {
         const auto ms = std::chrono::milliseconds(std::stol(value()));
@@ -856,7 +862,7 @@ int main(int argc, char** argv) {
         std::cerr << "usage: barrel-p2p-bench [--nodes 3,5,10,20] [--puts N] [--rate R] "
                      "[--throughput-seconds S] [--writer-rate R] [--sync-keys 10000,100000] [--state-keys 1000,100000,1000000]\n"
                      "                       [--only latency,throughput,slowpeer,sync,reconcile,memory,state,flood,persist,micro] [--json FILE]\n"
-                     "                       [--tls off,psk,cert] [--prune-after N] [--origin-prune-after N] [--flood-after-graft 0|1]\n"
+                     "                       [--tls off,psk,cert] [--prune-after N] [--origin-prune-after N] [--flood-after-graft 0|1] [--adaptive-graft 0|1]\n"
                      "                       [--graft-timeout-ms MS] [--prune-span-lags F] [--origin-prune-span-lags F]\n"
                      "                       [--slow-peer-after MS] [--congested-fill F] [--write-room-fill F]\n";
         return 2;

@@ -103,6 +103,7 @@ cluster::cluster(std::size_t n, const options& o) : net(io, [&] {
     if (o.origin_prune_after) c.broadcast.origin_prune_after_duplicates = *o.origin_prune_after;
     if (o.origin_prune_span_lags) c.broadcast.origin_prune_span_lags = *o.origin_prune_span_lags;
     if (o.flood_after_graft) c.broadcast.flood_after_graft = *o.flood_after_graft;
+    if (o.adaptive_graft) c.broadcast.adaptive_graft_timeout = *o.adaptive_graft;
     if (o.optimization_threshold) c.broadcast.optimization_threshold = *o.optimization_threshold;
     if (o.optimization_interval_ms) c.broadcast.optimization_interval = duration{*o.optimization_interval_ms};
     if (o.lazy_new_links) c.broadcast.lazy_new_links = *o.lazy_new_links;

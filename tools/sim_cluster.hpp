@@ -45,6 +45,7 @@ struct options {
   std::optional<std::uint32_t> origin_prune_after;  // 0: per-origin trees off
   std::optional<double> origin_prune_span_lags;
   std::optional<bool> flood_after_graft;
+  std::optional<bool> adaptive_graft;  // adaptive_graft_timeout
   // steady: exit 1 when a figure is above its bound (the suite's regression guard)
   std::optional<double> max_rmr, max_graft_prune, min_complete;
   std::optional<std::uint64_t> max_ldh;

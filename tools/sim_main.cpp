@@ -79,6 +79,7 @@ int main(int argc, char** argv) {
       else if (a == "--optimization-interval-ms") o.optimization_interval_ms = std::stoull(value());
       else if (a == "--lazy-new-links") o.lazy_new_links = value() == "1";
       else if (a == "--flood-after-graft") o.flood_after_graft = value() == "1";
+      else if (a == "--adaptive-graft") o.adaptive_graft = value() == "1";
       else if (a == "--repair-graft-ms") o.repair_graft_ms = std::stoull(value());
       else {
         std::cerr << "usage: barrel-p2p-sim --scenario form|fail|steady|churn|partition [--nodes N] [--seed S]"
@@ -86,7 +87,7 @@ int main(int argc, char** argv) {
                      "                      [--random-promotion P] [--graft-timeout-ms T] [--graft-jitter F]\n"
                      "                      [--prune-after N] [--prune-span-lags F] [--origin-prune-after N]\n"
                      "                      [--origin-prune-span-lags F] [--lazy-new-links 0|1] [--repair-graft-ms T]\n"
-                     "                      [--flood-after-graft 0|1] [--optimization-threshold H]\n"
+                     "                      [--flood-after-graft 0|1] [--adaptive-graft 0|1] [--optimization-threshold H]\n"
                      "                      [--optimization-interval-ms T] [--origins K] [--gap-ms T]\n"
                      "                      [--jitter-ms J] [--loss P] [--trace-tree]\n"
                      "                      [--regions K] [--region-jitter F] [--cross-region-loss P]\n"

@@ -229,6 +229,7 @@ int scenario_steady(const options& o) {
   const double late = static_cast<double>(c.total(&P::duplicates_after_graft) - late0);
   const double origin_prunes = static_cast<double>(c.total(&P::origin_prunes_sent) - origin_prunes0);
   const double ups = static_cast<double>(c.total(&H::peers_up) - ups0);
+  const double graft_wait = static_cast<double>(c.total(&P::graft_wait_ms)) / static_cast<double>(c.nodes.size());
   const auto n = static_cast<double>(o.broadcasts);
   const double payload = static_cast<double>(c.total(&plumtree_counters::gossip_sent) - payload0) / n;
   const double ihave = static_cast<double>(c.total(&plumtree_counters::ihave_sent) - ihave0) / n;
@@ -242,7 +243,8 @@ int scenario_steady(const options& o) {
                {"graft_prune_msgs_per_broadcast", graft_prune}, {"membership_replica_msgs_per_broadcast", other},
                {"grafts_per_broadcast", grafts / n}, {"prunes_per_broadcast", prunes / n},
                {"origin_prunes_per_broadcast", origin_prunes / n},
-               {"prunes_after_graft_per_broadcast", late / n}, {"links_up", ups}, {"origins", o.origins}};
+               {"prunes_after_graft_per_broadcast", late / n}, {"links_up", ups}, {"origins", o.origins},
+               {"graft_wait_ms_avg", graft_wait}};
   std::cout << line.dump() << '\n';
   std::cout << "\nsteady: " << o.nodes << " nodes, " << o.broadcasts << " broadcasts (one every " << o.gap_ms << " ms), seed "
             << o.seed << "\n"
@@ -251,7 +253,8 @@ int scenario_steady(const options& o) {
             << fmt(graft_prune) << ", membership/replica traffic meanwhile " << fmt(other) << "\n"
             << "  per broadcast: " << fmt(grafts / n) << " grafts, " << fmt(prunes / n) << " prunes (of which "
             << fmt(late / n) << " duplicates of a grafted message), " << fmt(origin_prunes / n)
-            << " prunes for one origin; " << ups << " links up meanwhile\n";
+            << " prunes for one origin; " << ups << " links up meanwhile; graft wait " << fmt(graft_wait)
+            << " ms (node average)\n";
   int rc = 0;
   auto over = [&](const char* what, double value, std::optional<double> bound, bool below = false) {
     if (!bound || (below ? value >= *bound : value <= *bound)) return;

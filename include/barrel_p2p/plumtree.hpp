@@ -39,6 +39,17 @@ struct plumtree_config {
   /// graft_retry_timeout, from the next one, and so on.
   duration graft_timeout{500};
   duration graft_retry_timeout{250};
+  /// Adaptive graft timeout, off by default: the wait before grafting an
+  /// announced message follows how long after its first announcement the
+  /// tree's copy arrives here: the smoothed delay plus four deviations, as
+  /// TCP's retransmission timer (RFC 6298), within [graft_timeout_min,
+  /// graft_timeout_max], starting at graft_timeout. A copy that comes after
+  /// its graft counts as a delay of at least the wait plus how late it
+  /// trails the graft's answer, which lengthens the wait; copies that come
+  /// early shorten it. Measured in docs/concepts/broadcast.md.
+  bool adaptive_graft_timeout = false;
+  duration graft_timeout_min{20};
+  duration graft_timeout_max{5000};
   /// Each graft timeout is drawn from [graft_timeout, graft_timeout * (1 +
   /// graft_jitter)].
   double graft_jitter = 0.0;
@@ -172,6 +183,9 @@ struct plumtree_counters {
   std::uint64_t cache_size = 0;       ///< gauge: messages cached
   std::uint64_t cache_bytes = 0;      ///< gauge: payload bytes cached
   std::uint64_t missing = 0;          ///< gauge: ids announced, not yet received
+  /// gauge: the wait before grafting an announced message, ms
+  /// (graft_timeout unless adaptive_graft_timeout).
+  std::uint64_t graft_wait_ms = 0;
 };
 
 /// Once constructed, every member is called on the node's executor (the
@@ -228,6 +242,11 @@ class plumtree {
   /// (slow_peer_after). Lazy peers do not count: they get announcements.
   /// The replica layer waits for it before each local write.
   [[nodiscard]] bool room_for_writes(std::size_t admitted) const;
+  /// How long room_for_writes may turn true with no send progress
+  /// (transport::on_send_progress): until the first write in progress to
+  /// an eager peer has lasted slow_peer_after. A writer waiting for room
+  /// looks again after at most this long.
+  [[nodiscard]] duration write_room_recheck() const;
 
   [[nodiscard]] std::vector<std::string> eager_peers() const;
   [[nodiscard]] std::vector<std::string> lazy_peers() const;

@@ -135,8 +135,9 @@ struct replica_config {
   /// either limit; the rest wait for a later round (counted in
   /// reconcile_push_congested). A peer that takes its data slowly would
   /// otherwise get the same entries again each round, before it has read
-  /// the last copies, until its queue drops parts. The fill is read before
-  /// each batch; a batch larger than the room left can still overflow.
+  /// the last copies, until its queue drops parts. A batch whose parts
+  /// would take the queue over this fill is cut to the room left; a single
+  /// entry that does not fit waits too, unless the queue is empty.
   /// The default is plumtree_config::congested_fill's, so that a queue
   /// that holds broadcast writes back holds repair back too, and no
   /// lower. In (0, 1]; 1: push until the transport drops.

@@ -231,6 +231,9 @@ class transport {
   /// frame and closes the connection (protocol_error). A message that
   /// decodes but makes no sense is the layer's to drop and count.
   using message_handler = std::function<bool(const std::string& peer_id, const byte_slice& body)>;
+  /// The send queue to a peer shrank: a batch of its frames was written,
+  /// or the connection ended and its queue with it.
+  using send_progress_handler = std::function<void(const std::string& peer_id)>;
 
   virtual ~transport() = default;
 
@@ -274,6 +277,11 @@ class transport {
     (void)peer_id;
     return std::nullopt;
   }
+  /// One handler, set before start(), run on the node's executor each
+  /// time a send queue shrinks: what waits for room in a queue (a local
+  /// write under backpressure) wakes on it instead of polling. A transport
+  /// without queues never calls it.
+  virtual void on_send_progress(send_progress_handler h) { (void)h; }
   /// Why the last connect() to `addr` failed its handshake, if it did (and
   /// nothing has connected there since): what the dial itself met, not a
   /// counter other connections move. Kept for the last 256 addresses.
