@@ -145,7 +145,7 @@ const field<replica_counters> replica_fields[] = {
     {"barrel_p2p_replica_reconcile_crossed_total", K::counter, "Openings from a peer dropped because this node's own opening to it, sent at the same time, goes on.", &replica_counters::reconcile_crossed},
     {"barrel_p2p_replica_reconcile_entries_sent_total", K::counter, "Entries pushed to peers because reconciliation showed they lacked them.", &replica_counters::reconcile_items_sent},
     {"barrel_p2p_replica_reconcile_push_deferred_total", K::counter, "Entries peers lacked that were not pushed: over the reconciliation push budget (reconcile_push_window).", &replica_counters::reconcile_push_deferred},
-    {"barrel_p2p_replica_reconcile_push_congested_total", K::counter, "Entries peers lacked that were not pushed yet: the send queue to the peer was over reconcile_push_max_fill.", &replica_counters::reconcile_push_congested},
+    {"barrel_p2p_replica_reconcile_push_congested_total", K::counter, "Entries peers lacked that were not pushed yet: the send queue to the peer was over reconcile_push_max_fill or still held the last push to it.", &replica_counters::reconcile_push_congested},
 };
 
 const field<clock_monitor_counters> clock_fields[] = {

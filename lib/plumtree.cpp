@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <deque>
 #include <map>
 #include <optional>
@@ -74,6 +75,9 @@ struct cached_message {
   duration received{0};     // when the first copy arrived (or was broadcast)
   std::uint32_t round = 0;  // saturated
   bool grafted = false;     // this node asked for it by GRAFT before it arrived
+  // Grafted: ms from its first announcement to the graft's answer
+  // (saturated; in the padding), for adaptive_graft_timeout.
+  std::uint16_t answered_after_ms = 0;
 };
 
 // An eager peer that keeps sending copies this node already has.
@@ -204,11 +208,13 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   // Caches a message; returns whether this node had grafted it.
   bool remember(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round) {
     bool grafted = false;
+    duration since_announced{0};
     if (auto was_missing = missing.find(id); was_missing != missing.end()) {
       grafted = was_missing->second.grafted;
+      since_announced = sched.now() - was_missing->second.announced;
       // The tree's copy, announced first: how far it trails announcements.
       // After a graft the copy may be its answer: no sample (Karn).
-      if (!grafted) tree_delay.sample(static_cast<double>((sched.now() - was_missing->second.announced).count()));
+      if (!grafted) tree_delay.sample(static_cast<double>(since_announced.count()));
       missing.erase(was_missing);
     }
     if (cache.contains(id)) return grafted;
@@ -218,7 +224,11 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     decltype(cache)::iterator entry;
     try {
       pooled_tag = names.hold(tag);
-      entry = cache.emplace(cached_id{origin, id.seq}, cached_message{pooled_tag, payload, sched.now(), saturated, grafted})
+      const auto answered_after = static_cast<std::uint16_t>(
+          std::clamp<duration::rep>(since_announced.count(), 0, std::numeric_limits<std::uint16_t>::max()));
+      entry = cache
+                  .emplace(cached_id{origin, id.seq},
+                           cached_message{pooled_tag, payload, sched.now(), saturated, grafted, answered_after})
                   .first;
     } catch (...) {  // allocation failure: the names are not held by anything
       names.release(origin);
@@ -348,8 +358,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         ++counters.duplicates_after_graft;
         seen->second.grafted = false;
         // The graft was early: the tree's copy trailed the announcement by
-        // at least the wait and then how late it is behind the answer.
-        tree_delay.sample(static_cast<double>((graft_wait_base() + (sched.now() - seen->second.received)).count()));
+        // the time to the graft's answer and then its lag behind that.
+        tree_delay.sample(static_cast<double>(seen->second.answered_after_ms) +
+                          static_cast<double>((sched.now() - seen->second.received).count()));
       }
       // One duplicate proves little while messages from several origins
       // are in flight: a link just grafted carries copies of messages that

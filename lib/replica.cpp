@@ -88,7 +88,8 @@ struct replica_host::impl {
 
   impl(transport& n, hyparview& m, plumtree& b, scheduler& s, hlc_clock& c, replica_config cfg)
       : net(n), membership(m), broadcast(b), sched(s), clock(c), config(std::move(cfg)),
-        rng(config.seed ? config.seed : std::random_device{}()), loops(s.get_executor()) {
+        rng(config.seed ? config.seed : std::random_device{}()), loops(s.get_executor()),
+        room_waiters_came(s.get_executor()) {
     if (config.anti_entropy_interval <= duration{0} || config.anti_entropy_jitter < 0 ||
         config.anti_entropy_jitter >= 1 || config.inbox_limit == 0 || config.inbox_limit_bytes == 0 ||
         config.inbox_peer_limit_bytes == 0 || config.reconcile_batch_items == 0 ||
@@ -112,35 +113,77 @@ struct replica_host::impl {
   // eager peer, counting the writes already let through that have not
   // been broadcast yet (they suspend in the owner's merge first): without
   // them, a crowd of waiters would all pass on the same drain. Looks again
-  // when a send queue shrinks (transport::on_send_progress) and when a
-  // stalled peer may have become slow (plumtree::write_room_recheck).
-  // Gives up after backpressure_max_wait. True when it had to wait. The
-  // caller holds a room_ticket until its broadcast is queued.
+  // when a send queue shrinks (transport::on_send_progress) and when the
+  // recheck loop says time alone may have made room (a stalled eager peer
+  // reaching slow_peer_after) or a waiter's deadline has come. Gives up
+  // after backpressure_max_wait. True when it had to wait. The caller
+  // holds a room_ticket until its broadcast is queued.
   std::size_t admitted = 0;
-  std::vector<std::shared_ptr<wake_signal>> room_waiters;
+  struct room_waiter {
+    std::shared_ptr<wake_signal> wake;
+    duration deadline;
+  };
+  std::vector<room_waiter> room_waiters;
+  wake_signal room_waiters_came;  // the recheck loop idles on it
   task<bool> wait_for_room() {
     if (stopped || config.backpressure_max_wait == duration{0} || broadcast.room_for_writes(admitted))
       co_return false;
     const auto deadline = sched.now() + config.backpressure_max_wait;
+    auto wake = std::make_shared<wake_signal>(sched.get_executor());
+    room_waiters.push_back({wake, deadline});
+    room_waiters_came.notify();
     // `stopped` first: after node::stop the transport may be gone.
-    while (!stopped && !broadcast.room_for_writes(admitted)) {
-      const auto now = sched.now();
-      if (now >= deadline) break;
-      auto wake = std::make_shared<wake_signal>(sched.get_executor());
-      room_waiters.push_back(wake);
-      loops.spawn("replica_room_recheck",
-                  notify_after(sched, wake, std::min(deadline - now, broadcast.write_room_recheck())));
-      const bool woken = co_await wake->wait();
-      wake->close();  // a notification still to come goes nowhere
-      std::erase(room_waiters, wake);
-      if (!woken) break;
-    }
+    while (!stopped && !broadcast.room_for_writes(admitted) && sched.now() < deadline)
+      if (!co_await wake->wait()) break;  // closed: the host stops
+    std::erase_if(room_waiters, [&](const room_waiter& w) { return w.wake == wake; });
     co_return true;
   }
 
-  // A send queue shrank (or went): every waiting writer looks again.
-  void on_send_progress() {
-    for (auto& w : room_waiters) w->notify();
+  // A send queue shrank (or went): every waiting writer looks again, and
+  // a reconciliation push to that peer may have left the queue.
+  void on_send_progress(const std::string& peer, std::size_t bytes_written) {
+    for (auto& w : room_waiters) w.wake->notify();
+    if (auto it = pushes_in_flight.find(peer); it != pushes_in_flight.end()) {
+      const auto queue = net.send_queue(peer);
+      it->second -= std::min(it->second, bytes_written);
+      if (it->second == 0 || !queue || queue->frames == 0) pushes_in_flight.erase(it);
+    }
+  }
+
+  // Reconciliation pushes still in the send queue to a peer: the queue's
+  // bytes up to the end of the last push (they leave in order). While one
+  // is, an answer to that peer pushes nothing: the entries it lacks may be
+  // the ones on their way, and a peer slower than the rounds would
+  // otherwise get them again each round, faster than it applies them.
+  // (The batch being written when the push was queued is not counted: the
+  // push may count as gone up to one batch early.)
+  std::map<std::string, std::size_t> pushes_in_flight;
+  void note_push(const std::string& peer) {
+    if (const auto queue = net.send_queue(peer); queue && queue->bytes > 0) pushes_in_flight[peer] = queue->bytes;
+  }
+
+  // While writers wait: wakes them all when time alone may have made room
+  // (plumtree::write_room_recheck) or the first deadline comes; idle
+  // otherwise. One loop for all waiters rather than a timer each.
+  static task<> room_recheck_loop(std::shared_ptr<impl> self) {
+    while (!self->stopped) {
+      if (self->room_waiters.empty()) {
+        if (!co_await self->room_waiters_came.wait()) break;
+        continue;
+      }
+      const auto now = self->sched.now();
+      auto next = self->broadcast.write_room_recheck();
+      for (const auto& w : self->room_waiters) next = std::min(next, std::max(w.deadline - now, duration{1}));
+      const bool elapsed = co_await self->sched.sleep(next);
+      if (!elapsed) break;
+      for (auto& w : self->room_waiters) w.wake->notify();
+    }
+  }
+
+  // Every waiting writer ends its wait now (the host stops or goes).
+  void release_room_waiters() {
+    room_waiters_came.close();
+    for (auto& w : room_waiters) w.wake->close();
   }
 
 
@@ -409,8 +452,9 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     if (!index) co_return;
     const auto& cfg = host->config;
     auto step = range_sync_answer(*index, message, cfg.range_sync);
-    // A queue already over the fill takes nothing from the budget either.
-    if (push_congested(peer)) {
+    // A queue already over the fill, or still holding our last push to
+    // the peer, takes nothing from the budget either.
+    if (!step.send.empty() && (push_congested(peer) || host->pushes_in_flight.contains(peer))) {
       counters.reconcile_push_congested += step.send.size();
       step.send.clear();
     }
@@ -419,6 +463,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     // over max_snapshot_bytes (large values): every entry goes, or is
     // logged as too large alone.
     std::size_t batch_items = cfg.reconcile_batch_items;
+    bool pushed = false;
     for (std::size_t from = 0; from < step.send.size() && !stopped;) {
       if (from > 0 && push_congested(peer)) {  // the batches so far filled it: the rest next round
         counters.reconcile_push_congested += step.send.size() - from;
@@ -437,10 +482,13 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
         // queued: a part dropped there would abandon the whole snapshot.
         // Fewer entries at a time, sized to the room left; one entry that
         // does not fit waits for a later round, unless the queue is empty.
-        if (const double fit = push_fit(peer, snapshot->size()); fit < 1) {
-          if (batch_items > 1) {
-            batch_items = std::clamp<std::size_t>(static_cast<std::size_t>(static_cast<double>(batch_items) * fit),
-                                                  1, batch_items / 2);
+        // (A batch over max_snapshot_bytes is cut by the retry below.)
+        const auto batch_size = to - from;
+        if (const double fit = snapshot->size() > cfg.max_snapshot_bytes ? 1 : push_fit(peer, snapshot->size());
+            fit < 1) {
+          if (batch_size > 1) {
+            batch_items = std::clamp<std::size_t>(
+                static_cast<std::size_t>(static_cast<double>(batch_size) * fit), 1, batch_size / 2);
             continue;
           }
           if (!queue_empty(peer)) {
@@ -451,14 +499,16 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
         }
         // What is still current of the batch: the snapshot map's length.
         const auto entries = cbor_reader(*snapshot).map().value_or(batch.size());
-        if (!send_snapshot(peer, std::move(*snapshot), batch_items > 1)) {
-          batch_items = std::max<std::size_t>(1, batch_items / 2);
+        if (!send_snapshot(peer, std::move(*snapshot), batch_size > 1)) {
+          batch_items = std::max<std::size_t>(1, batch_size / 2);
           continue;  // the same entries again, fewer at a time
         }
         counters.reconcile_items_sent += entries;
+        pushed = true;
       }
       from = to;
     }
+    if (pushed && !stopped) host->note_push(peer);
     if (step.reply && !stopped) send_ranges(peer, std::move(*step.reply));
   }
 
@@ -738,6 +788,7 @@ replica_host::~replica_host() {
     impl_->net.on_message(channel::replica, nullptr);
     impl_->net.on_send_progress(nullptr);
   }
+  impl_->release_room_waiters();  // each resumes by a post, never in here
   impl_->loops.cancel();
 }
 
@@ -746,11 +797,12 @@ void replica_host::start() {
   if (h->started) return;
   h->started = true;
   h->net.on_message(channel::replica, [h](const std::string& from, const byte_slice& body) { return h->on_message(from, body); });
-  h->net.on_send_progress([h](const std::string&) { h->on_send_progress(); });
+  h->net.on_send_progress([h](const std::string& peer, std::size_t bytes) { h->on_send_progress(peer, bytes); });
   std::weak_ptr<impl> weak = impl_;
   h->membership.add_listener([weak](const membership_event& ev) {
     if (auto p = weak.lock()) p->on_membership(ev);
   });
+  h->loops.spawn("replica_room_recheck", impl::room_recheck_loop(impl_));
   h->loops.spawn("replica_partial_snapshot_sweep", [self = impl_]() -> task<> {
     while (!self->stopped) {
       const bool elapsed = co_await self->sched.sleep(self->sweep_period);
@@ -773,7 +825,7 @@ task<> replica_host::stop() {
   impl_->instances.clear();
   impl_->assemblies.clear();
   impl_->stopped = true;
-  for (auto& w : impl_->room_waiters) w->close();  // writers waiting for room end now
+  impl_->release_room_waiters();
   co_await impl_->loops.stop();
 }
 

@@ -121,12 +121,14 @@ task<disconnect_reason> tcp_transport_impl::write_loop(std::shared_ptr<connectio
           conn->notice_due.reset();
           batch.push_back({encode_frame_header(channel::control, body.size()), body});
         }
+        std::size_t dequeued = 0;  // as the queue counted them (the notice was not queued)
         while (!conn->queue.empty() && batch.size() < write_batch_frames && bytes < write_batch_bytes) {
           batch.push_back(conn->queue.pop());
           bytes += batch.back().body.size();
+          dequeued += frame_queue::cost(batch.back());
         }
         if (!co_await write_frames(conn, batch)) co_return disconnect_reason::io_error;
-        if (!batch.empty()) report_send_progress(conn->peer.id);
+        if (dequeued > 0) report_send_progress(conn->peer.id, dequeued);
       }
       if (conn->closing) {
         if (!conn->write_shut) {

@@ -341,10 +341,12 @@ class tcp_transport_impl : public std::enable_shared_from_this<tcp_transport_imp
 
   void report_disconnected(const std::string& peer_id, disconnect_reason why) {
     call_handler("disconnected", on_disconnected_, peer_id, why);
-    report_send_progress(peer_id);  // its queue went with it
+    report_send_progress(peer_id, 0);  // its queue went with it
   }
 
-  void report_send_progress(const std::string& peer_id) { call_handler("send progress", on_send_progress_, peer_id); }
+  void report_send_progress(const std::string& peer_id, std::size_t bytes_written) {
+    call_handler("send progress", on_send_progress_, peer_id, bytes_written);
+  }
 
   // -------- The peer table and timers (tcp_transport.cpp)
 

@@ -44,9 +44,9 @@ struct plumtree_config {
   /// tree's copy arrives here: the smoothed delay plus four deviations, as
   /// TCP's retransmission timer (RFC 6298), within [graft_timeout_min,
   /// graft_timeout_max], starting at graft_timeout. A copy that comes after
-  /// its graft counts as a delay of at least the wait plus how late it
-  /// trails the graft's answer, which lengthens the wait; copies that come
-  /// early shorten it. Measured in docs/concepts/broadcast.md.
+  /// its graft counts too (its whole delay since the announcement), which
+  /// lengthens the wait; the graft's own answer is no sample.
+  /// Measured in docs/concepts/broadcast.md.
   bool adaptive_graft_timeout = false;
   duration graft_timeout_min{20};
   duration graft_timeout_max{5000};

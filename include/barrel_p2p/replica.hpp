@@ -170,7 +170,7 @@ struct replica_counters {
   std::uint64_t reconcile_crossed = 0;   ///< openings dropped: ours, opened at the same time, goes on
   std::uint64_t reconcile_items_sent = 0;  ///< entries pushed because a peer lacked them
   std::uint64_t reconcile_push_deferred = 0;  ///< entries a peer lacked, not pushed: over reconcile_push_window's budget
-  std::uint64_t reconcile_push_congested = 0;  ///< entries a peer lacked, not pushed: its send queue was over reconcile_push_max_fill
+  std::uint64_t reconcile_push_congested = 0;  ///< entries a peer lacked, not pushed: its send queue was over reconcile_push_max_fill, or still held the last push to it
 };
 
 /// A local write: add a value or remove a key.

@@ -231,9 +231,10 @@ class transport {
   /// frame and closes the connection (protocol_error). A message that
   /// decodes but makes no sense is the layer's to drop and count.
   using message_handler = std::function<bool(const std::string& peer_id, const byte_slice& body)>;
-  /// The send queue to a peer shrank: a batch of its frames was written,
-  /// or the connection ended and its queue with it.
-  using send_progress_handler = std::function<void(const std::string& peer_id)>;
+  /// The send queue to a peer shrank: a batch of its frames was written
+  /// (`bytes_written`: what they counted in send_queue_state::bytes), or
+  /// the connection ended and its queue with it (0).
+  using send_progress_handler = std::function<void(const std::string& peer_id, std::size_t bytes_written)>;
 
   virtual ~transport() = default;
 
@@ -277,10 +278,11 @@ class transport {
     (void)peer_id;
     return std::nullopt;
   }
-  /// One handler, set before start(), run on the node's executor each
-  /// time a send queue shrinks: what waits for room in a queue (a local
-  /// write under backpressure) wakes on it instead of polling. A transport
-  /// without queues never calls it.
+  /// One handler (set when the layer above starts; replaced by a later
+  /// call), run on the node's executor each time a send queue shrinks:
+  /// what waits for room in a queue (a local write under backpressure)
+  /// wakes on it. A transport that reports send_queue must call it, or
+  /// such waits last until their timers; one without queues never does.
   virtual void on_send_progress(send_progress_handler h) { (void)h; }
   /// Why the last connect() to `addr` failed its handshake, if it did (and
   /// nothing has connected there since): what the dial itself met, not a
