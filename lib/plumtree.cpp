@@ -79,6 +79,9 @@ struct cached_message {
   // (saturated; in the padding), for adaptive_graft_timeout.
   std::uint16_t answered_after_ms = 0;
 };
+// The field above lives in what was padding: one per cached message.
+static_assert(sizeof(cached_message) ==
+              sizeof(const std::string*) + sizeof(byte_slice) + sizeof(duration) + sizeof(std::uint64_t));
 
 // An eager peer that keeps sending copies this node already has.
 struct duplicate_run {
@@ -303,26 +306,39 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     return queue && queue->fill() > config.congested_fill;
   }
 
-  bool room_for_writes(std::size_t admitted) const {
+  // The queues a local write waits for: its eager peers' (not those
+  // pruned from this node's own tree: they get its writes as
+  // announcements), except a peer's whose write in progress has lasted
+  // slow_peer_after. `f` returns false to stop.
+  template <class F>
+  void for_each_write_queue(const F& f) const {
     const auto* own = find_tree(self());
     for (const auto& p : eager) {
-      if (own && own->pruned.contains(p)) continue;  // it gets this node's writes as announcements
+      if (own && own->pruned.contains(p)) continue;
       auto queue = net.send_queue(p);
-      if (!queue || queue->blocked_for >= config.slow_peer_after) continue;
+      if (queue && queue->blocked_for < config.slow_peer_after && !f(*queue)) return;
+    }
+  }
+
+  bool room_for_writes(std::size_t admitted) const {
+    bool room = true;
+    for_each_write_queue([&](send_queue_state queue) {
       // Admitted writes are not in the queue yet: counted as frames of
       // the queue's average size, so large values bind on bytes too.
-      if (queue->frames > 0) queue->bytes += admitted * (queue->bytes / queue->frames);
-      queue->frames += admitted;
-      if (queue->fill() > config.write_room_fill) return false;
-    }
-    return true;
+      if (queue.frames > 0) queue.bytes += admitted * (queue.bytes / queue.frames);
+      queue.frames += admitted;
+      room = queue.fill() <= config.write_room_fill;
+      return room;
+    });
+    return room;
   }
 
   duration write_room_recheck() const {
     auto soonest = config.slow_peer_after;
-    for (const auto& p : eager)
-      if (const auto queue = net.send_queue(p); queue && queue->blocked_for < config.slow_peer_after)
-        soonest = std::min(soonest, config.slow_peer_after - queue->blocked_for);
+    for_each_write_queue([&](const send_queue_state& queue) {
+      soonest = std::min<duration>(soonest, config.slow_peer_after - queue.blocked_for);
+      return true;
+    });
     return std::max(soonest, duration{1});
   }
 

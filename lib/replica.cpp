@@ -408,7 +408,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     std::optional<json> snapshot;
     co_await guarded("full_sync_snapshot", [&]() -> task<> { snapshot = co_await callbacks.full_sync_snapshot(name); });
     if (!snapshot || stopped) co_return;
-    send_snapshot(peer, encode_cbor(*snapshot), false);
+    send_snapshot(peer, encode_cbor(*snapshot));
   }
 
   // ---- range reconciliation (owners with sync_items) ---------------------
@@ -459,9 +459,10 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
       step.send.clear();
     }
     step.send.resize(take_push_budget(peer, index->size(), step.send.size()));
-    // Batches of reconcile_batch_items entries, halved while one encodes
-    // over max_snapshot_bytes (large values): every entry goes, or is
-    // logged as too large alone.
+    // Batches of at most reconcile_batch_items entries, each built again
+    // with fewer while it would encode over max_snapshot_bytes (large
+    // values) or take the queue past the fill: every entry goes, waits
+    // for a later round, or is logged as too large alone.
     std::size_t batch_items = cfg.reconcile_batch_items;
     bool pushed = false;
     for (std::size_t from = 0; from < step.send.size() && !stopped;) {
@@ -478,33 +479,31 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
                        [&]() -> task<> { snapshot = co_await callbacks.snapshot_cbor_of(name, batch); });
       if (stopped) break;
       if (snapshot) {
-        // A batch whose parts would take the queue over the fill is not
-        // queued: a part dropped there would abandon the whole snapshot.
-        // Fewer entries at a time, sized to the room left; one entry that
-        // does not fit waits for a later round, unless the queue is empty.
-        // (A batch over max_snapshot_bytes is cut by the retry below.)
+        // How much of the batch fits: under max_snapshot_bytes, and its
+        // parts in the queue below the fill (a part dropped there would
+        // abandon the whole snapshot). A batch that does not fit is built
+        // again with that share of its entries (at most half); one entry
+        // that does not fit the queue waits for a later round, unless the
+        // queue is empty; one too large alone is counted and logged.
         const auto batch_size = to - from;
-        if (const double fit = snapshot->size() > cfg.max_snapshot_bytes ? 1 : push_fit(peer, snapshot->size());
-            fit < 1) {
-          if (batch_size > 1) {
-            batch_items = std::clamp<std::size_t>(
-                static_cast<std::size_t>(static_cast<double>(batch_size) * fit), 1, batch_size / 2);
-            continue;
-          }
-          if (!queue_empty(peer)) {
-            counters.reconcile_push_congested += step.send.size() - from;
-            return_push_budget(peer, step.send.size() - from);
-            break;
-          }
+        const double fit = std::min(push_fit(peer, snapshot->size()), static_cast<double>(cfg.max_snapshot_bytes) /
+                                                                          static_cast<double>(snapshot->size()));
+        if (fit < 1 && batch_size > 1) {
+          batch_items = std::clamp<std::size_t>(static_cast<std::size_t>(static_cast<double>(batch_size) * fit), 1,
+                                                batch_size / 2);
+          continue;  // the same entries again, fewer at a time
+        }
+        if (fit < 1 && snapshot->size() <= cfg.max_snapshot_bytes && !queue_empty(peer)) {
+          counters.reconcile_push_congested += step.send.size() - from;
+          return_push_budget(peer, step.send.size() - from);
+          break;
         }
         // What is still current of the batch: the snapshot map's length.
         const auto entries = cbor_reader(*snapshot).map().value_or(batch.size());
-        if (!send_snapshot(peer, std::move(*snapshot), batch_size > 1)) {
-          batch_items = std::max<std::size_t>(1, batch_size / 2);
-          continue;  // the same entries again, fewer at a time
+        if (send_snapshot(peer, std::move(*snapshot))) {
+          counters.reconcile_items_sent += entries;
+          pushed = true;
         }
-        counters.reconcile_items_sent += entries;
-        pushed = true;
       }
       from = to;
     }
@@ -544,20 +543,18 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     return !queue || queue->frames == 0;
   }
 
-  // False only when the snapshot is over max_snapshot_bytes and
-  // `may_retry` (the caller sends it again in smaller pieces); otherwise
-  // that is counted and logged here.
-  bool send_snapshot(const std::string& peer, std::vector<std::uint8_t> snapshot_cbor, bool may_retry) {
+  // False when the snapshot is over max_snapshot_bytes: not sent, counted
+  // and logged here.
+  bool send_snapshot(const std::string& peer, std::vector<std::uint8_t> snapshot_cbor) {
     // Full sync goes straight to the peer, not through the broadcast tree.
     // The snapshot's bytes are encoded once and travel as the tail of one
     // message, or of several parts when they are too big for one.
     const auto& cfg = host->config;
     if (snapshot_cbor.size() > cfg.max_snapshot_bytes) {
-      if (may_retry) return false;
       ++counters.snapshots_too_large;
       log("snapshot of " + std::to_string(snapshot_cbor.size()) +
                 " bytes is over max_snapshot_bytes; not sent to " + peer);
-      return true;
+      return false;
     }
     const auto bytes = share_bytes(std::move(snapshot_cbor));
     if (auto whole = encode_sync(name, byte_slice(bytes)); whole.size() <= cfg.sync_chunk_bytes) {
