@@ -66,7 +66,7 @@ struct cached_id_equal {
   }
 };
 
-// One per message for cache_ttl: 56 bytes with libstdc++ (names pooled,
+// One per message for cache_ttl: 40 bytes with libstdc++ (names pooled,
 // the round kept in 32 bits: a round past that would have crossed four
 // billion hops).
 struct cached_message {

@@ -238,7 +238,7 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
     auto stream = q->out.subscribe(max);
     auto done = q->done;
     auto bytes = share_bytes(qw::encode(r));
-    const auto digest = qw::request_digest(*bytes);
+    const auto digest = qw::request_digest(bytes.bytes());
     q->digest = digest;
     self->pending.emplace(r.id, std::move(q));
     ++self->counters.asked;

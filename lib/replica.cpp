@@ -567,8 +567,8 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
     // pull or peer_up starts another).
     ++counters.syncs_sent;
     const auto id = std::uniform_int_distribution<std::uint64_t>(1)(host->rng);
-    const auto parts = (bytes->size() + cfg.sync_chunk_bytes - 1) / cfg.sync_chunk_bytes;
-    const std::span<const std::uint8_t> all(*bytes);
+    const auto parts = (bytes.size() + cfg.sync_chunk_bytes - 1) / cfg.sync_chunk_bytes;
+    const std::span<const std::uint8_t> all(bytes.bytes());
     for (std::uint64_t i = 0; i < parts; ++i) {
       const auto begin = i * cfg.sync_chunk_bytes;
       const auto length = std::min<std::size_t>(all.size() - begin, cfg.sync_chunk_bytes);
@@ -741,12 +741,12 @@ std::optional<work_item_body> replica_host::impl::on_part(const std::string& fro
   auto bytes = share_bytes(std::move(a.bytes));
   assemblies.erase(key);
   // Checked, not decoded: the owner reads it (apply_full_sync_cbor).
-  cbor_reader check(*bytes);
+  cbor_reader check(bytes.bytes());
   std::size_t items = config.max_snapshot_items;
   if (check.item(64, items) && check.at_end()) return work_item_body{byte_slice(std::move(bytes))};
   // An encoding the check does not take (indefinite lengths) still decodes.
   cbor_error error;
-  auto whole = decode_cbor(*bytes, cbor_limits{64, config.max_snapshot_items}, &error);
+  auto whole = decode_cbor(bytes.bytes(), cbor_limits{64, config.max_snapshot_items}, &error);
   if (!whole) return refuse("reassembled snapshot does not decode: " + error.reason);
   return work_item_body{std::move(*whole)};
 }

@@ -27,10 +27,9 @@ shared_bytes encode_delta_payload(const std::string& key, const entry& e) {
   cbor_writer w;
   w.map(2).text("k").text("d").text("d").map(1).text(key);
   crdt_wire::write_entry(w, e);
-  // Cached by Plumtree for its TTL: no spare capacity kept with it.
-  auto bytes = w.take();
-  bytes.shrink_to_fit();
-  return share_bytes(std::move(bytes));
+  // Cached by Plumtree for its TTL: shared_bytes copies exactly the bytes
+  // written, without the writer's spare capacity.
+  return share_bytes(w.take());
 }
 
 shared_bytes encode_custom_payload(const json& payload) {

@@ -322,7 +322,7 @@ struct sim_network::impl {
     }
     ++stats.messages_delivered;
     ++dst.counters.frames_received;
-    dst.counters.bytes_received += body->size() + 5;
+    dst.counters.bytes_received += body.size() + 5;
     auto& handler = dst.on_message[static_cast<std::size_t>(ch)];
     // Not a message at all: counted (a TCP link would also be cut).
     if (handler && !handler(from, byte_slice(body))) ++dst.counters.bad_frames;
@@ -471,10 +471,7 @@ class sim_transport final : public transport {
     }
     const int copies = net_.roll(net_.config.duplicate) ? 2 : 1;
     // What the receiver reads is the frame body in one buffer, as over TCP.
-    shared_bytes received = body.head;
-    if (!body.tail.empty()) {
-      received = share_bytes(body.to_bytes());
-    }
+    const shared_bytes received = body.to_shared();
     const auto wait = net_.outage_left(from, peer);
     if (wait > duration{0}) ++net_.stats.messages_held;
     for (int i = 0; i < copies; ++i)

@@ -64,7 +64,7 @@ task<disconnect_reason> tcp_transport_impl::read_loop(std::shared_ptr<connection
       if (in.ch == channel::control) {
         // A heartbeat (hearing it was the point) or a hold notice; it
         // must still be CBOR.
-        auto control = decode_cbor(*in.body, handshake_cbor_limits);
+        auto control = decode_cbor(in.body.bytes(), handshake_cbor_limits);
         if (!control) {
           ++counters_.bad_frames;
           log("closing connection to " + describe(*conn) + ": bad frame: undecodable control body");
@@ -270,14 +270,14 @@ task<frame_in> tcp_transport_impl::read_frame(std::shared_ptr<connection> conn, 
   conn->read_begin += frame_header_size;
   // The length was checked above; only now is a large body allocated.
   const std::size_t size = parsed.header.body_size;
-  std::vector<std::uint8_t> large;
+  shared_bytes body;
   if (size <= conn->read_buffer.size()) {
     if (auto ec = co_await fill(conn, size)) co_return failed(ec);
-    const auto* first = conn->read_buffer.data() + conn->read_begin;
-    large.assign(first, first + size);
+    body = shared_bytes(std::span<const std::uint8_t>(conn->read_buffer.data() + conn->read_begin, size));
     conn->read_begin += size;
   } else {
-    large.resize(size);
+    body = shared_bytes::zeroed(size);
+    const auto large = body.mutable_bytes();  // nobody else holds it yet
     std::size_t got = conn->read_end - conn->read_begin;
     std::memcpy(large.data(), conn->read_buffer.data() + conn->read_begin, got);
     conn->read_begin = conn->read_end = 0;
@@ -292,7 +292,7 @@ task<frame_in> tcp_transport_impl::read_frame(std::shared_ptr<connection> conn, 
   ++counters_.frames_received;
   counters_.bytes_received += frame_header_size + size;
   in.ch = parsed.header.ch;
-  in.body = share_bytes(std::move(large));
+  in.body = std::move(body);
   co_return in;
 }
 
@@ -301,7 +301,7 @@ task<bool> tcp_transport_impl::write_frames(std::shared_ptr<connection> conn, co
   buffers.reserve(3 * frames.size());
   for (const auto& f : frames) {
     buffers.push_back(asio::buffer(f.header));
-    buffers.push_back(asio::buffer(*f.body.head));
+    buffers.push_back(asio::buffer(f.body.head.data(), f.body.head.size()));
     if (!f.body.tail.empty()) buffers.push_back(asio::buffer(f.body.tail.bytes().data(), f.body.tail.size()));
   }
   conn->write_started = clock_now();

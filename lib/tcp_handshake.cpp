@@ -104,7 +104,7 @@ task<std::optional<handshake_error>> tcp_transport_impl::handshake(std::shared_p
     std::optional<hello_message> peer_hello;
     std::optional<id_refusal> refusal;
     if (in.ch == channel::control) {
-      if (auto decoded = decode_cbor(*in.body, handshake_cbor_limits)) {
+      if (auto decoded = decode_cbor(in.body.bytes(), handshake_cbor_limits)) {
         peer_hello = parse_hello(*decoded);
         if (!peer_hello && conn->outbound) refusal = parse_id_refusal(*decoded);
       } else {

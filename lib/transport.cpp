@@ -30,10 +30,6 @@ std::optional<peer_descriptor> descriptor_from_json(const json& j) noexcept {
   }
 }
 
-shared_bytes share_bytes(std::vector<std::uint8_t> bytes) {
-  return std::make_shared<const std::vector<std::uint8_t>>(std::move(bytes));
-}
-
 message_body encode_body(const json& message) { return message_body(share_bytes(encode_cbor(message))); }
 
 std::string_view to_string(disconnect_reason r) noexcept {

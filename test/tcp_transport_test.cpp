@@ -176,7 +176,7 @@ task<> stop_all(node& x, node& y) {
 }
 
 json body_of(const message_body& b) {
-  std::vector<std::uint8_t> whole(*b.head);
+  std::vector<std::uint8_t> whole(b.head.begin(), b.head.end());
   whole.insert(whole.end(), b.tail.bytes().begin(), b.tail.bytes().end());
   return *decode_cbor(whole);
 }

@@ -596,7 +596,7 @@ json sync_stages_once(std::size_t keys) {
                                       items.begin() + static_cast<std::ptrdiff_t>(std::min(items.size(), from + batch)));
     const auto body = encode_sync("bench", byte_slice(share_bytes(*crdt_wire::write_items(holder, part))));
     entry_bytes += body.tail.size();
-    std::vector<std::uint8_t> flat(*body.head);
+    std::vector<std::uint8_t> flat(body.head.begin(), body.head.end());
     flat.insert(flat.end(), body.tail.bytes().begin(), body.tail.bytes().end());
     messages.push_back(std::move(flat));
   }

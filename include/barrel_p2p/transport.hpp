@@ -13,6 +13,7 @@
 // coroutine and must not block.
 #pragma once
 
+#include <barrel_p2p/shared_bytes.hpp>
 #include <barrel_p2p/task.hpp>
 
 #include <nlohmann/json.hpp>
@@ -78,37 +79,6 @@ enum class channel : std::uint8_t {
 };
 inline constexpr std::size_t channel_count = 6;
 
-/// Immutable bytes shared by everyone who holds them (send queues, caches).
-using shared_bytes = std::shared_ptr<const std::vector<std::uint8_t>>;
-[[nodiscard]] shared_bytes share_bytes(std::vector<std::uint8_t> bytes);
-
-/// A range of shared bytes that keeps its buffer alive: a layer keeps the
-/// part of a received frame it needs (a broadcast payload) without a copy.
-class byte_slice {
- public:
-  byte_slice() = default;
-  /// All of `owner`.
-  explicit byte_slice(shared_bytes owner) noexcept
-      : owner_(std::move(owner)), bytes_(owner_ ? std::span<const std::uint8_t>(*owner_) : std::span<const std::uint8_t>{}) {}
-  /// `part` must lie inside `*owner`.
-  byte_slice(shared_bytes owner, std::span<const std::uint8_t> part) noexcept
-      : owner_(std::move(owner)), bytes_(part) {}
-
-  [[nodiscard]] std::span<const std::uint8_t> bytes() const noexcept { return bytes_; }
-  [[nodiscard]] std::size_t size() const noexcept { return bytes_.size(); }
-  [[nodiscard]] bool empty() const noexcept { return bytes_.empty(); }
-  /// The first `n` bytes dropped (n <= size()).
-  [[nodiscard]] byte_slice drop_front(std::size_t n) const noexcept { return {owner_, bytes_.subspan(n)}; }
-  /// `length` bytes from `offset` (offset + length <= size()).
-  [[nodiscard]] byte_slice sub(std::size_t offset, std::size_t length) const noexcept {
-    return {owner_, bytes_.subspan(offset, length)};
-  }
-
- private:
-  shared_bytes owner_;
-  std::span<const std::uint8_t> bytes_;
-};
-
 /// What one send writes: `head`, then `tail` unchanged. Built once and
 /// shared by every peer's queue (a broadcast to five peers encodes once).
 /// The tail carries bytes encoded elsewhere, e.g. a broadcast payload that a
@@ -119,13 +89,18 @@ struct message_body {
 
   message_body() = default;
   explicit message_body(shared_bytes h, byte_slice t = {}) : head(std::move(h)), tail(std::move(t)) {}
-  [[nodiscard]] std::size_t size() const noexcept { return (head ? head->size() : 0) + tail.size(); }
-  explicit operator bool() const noexcept { return head != nullptr; }
-  /// The whole body in one buffer, as the receiver reads it (a copy).
+  [[nodiscard]] std::size_t size() const noexcept { return head.size() + tail.size(); }
+  explicit operator bool() const noexcept { return static_cast<bool>(head); }
+  /// The whole body in one shared buffer, as the receiver reads it: the
+  /// head itself when there is no tail, else a copy.
+  [[nodiscard]] shared_bytes to_shared() const {
+    return tail.empty() ? head : shared_bytes::concat(head.bytes(), tail.bytes());
+  }
+  /// The whole body in one buffer (a copy).
   [[nodiscard]] std::vector<std::uint8_t> to_bytes() const {
     std::vector<std::uint8_t> out;
     out.reserve(size());
-    if (head) out.insert(out.end(), head->begin(), head->end());
+    out.insert(out.end(), head.begin(), head.end());
     out.insert(out.end(), tail.bytes().begin(), tail.bytes().end());
     return out;
   }
