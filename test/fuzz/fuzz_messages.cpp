@@ -74,7 +74,7 @@ void check_replica(std::span<const std::uint8_t> bytes) {
     const auto again = std::holds_alternative<replica_delta>(*p)
                            ? encode_delta_payload(std::get<replica_delta>(*p).delta)
                            : encode_custom_payload(std::get<replica_custom>(*p).payload);
-    if (!parse_replica_payload(*again)) __builtin_trap();
+    if (!parse_replica_payload(again.bytes())) __builtin_trap();
   }
 }
 
@@ -112,8 +112,8 @@ void check_clock(std::span<const std::uint8_t> bytes) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const auto bytes = share_bytes(std::vector<std::uint8_t>(data, data + size));
   check_broadcast(byte_slice(bytes));
-  check_replica(*bytes);
-  check_membership(*bytes);
-  check_clock(*bytes);
+  check_replica(bytes.bytes());
+  check_membership(bytes.bytes());
+  check_clock(bytes.bytes());
   return 0;
 }
