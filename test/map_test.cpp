@@ -5,6 +5,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <doctest/doctest.h>
 
@@ -161,6 +162,41 @@ TEST_CASE("validator: a rejected put throws; an invalid value from a peer is dro
   REQUIRE(c.eventually([&] { return checked->get("good").has_value(); }));
   CHECK_FALSE(checked->get("bad").has_value());
   CHECK(checked->counters().rejected_remote >= 1);
+}
+
+TEST_CASE("put and remove from code on the node's executor run without a hop, with the same results") {
+  cluster<tcp_net> c;
+  c.add("a");
+  c.add("b");
+  map_options strict;
+  strict.validator = [](const std::string&, const json& v) { return v.is_number_integer(); };
+  auto ma = map::open(*c.nodes[0], "kv", strict);
+  auto mb = map::open(*c.nodes[1], "kv");
+  bool refused = false;
+  bool visible_at_once = false;
+  c.run([&]() -> task<> {
+    // The body runs on node a's strand: put and remove take the inline path.
+    auto on_strand = [&]() -> task<> {
+      co_await ma->put("k", 1);
+      visible_at_once = ma->get("k") == json(1);
+      co_await ma->put("gone", 2);
+      co_await ma->remove("gone");
+      try {
+        co_await ma->put("bad", "text");
+      } catch (const map_error&) {
+        refused = true;
+      }
+    };
+    co_await boost::asio::co_spawn(c.nodes[0]->get_executor(), on_strand(), boost::asio::use_awaitable);
+  });
+  CHECK(visible_at_once);
+  CHECK(refused);
+  CHECK(ma->counters().puts == 2);
+  CHECK(ma->counters().removes == 1);
+  CHECK(ma->counters().rejected_local == 1);
+  REQUIRE(c.eventually([&] { return mb->get("k") == json(1) && mb->entry_count() == 2; }));
+  CHECK_FALSE(mb->get("gone").has_value());
+  CHECK_FALSE(mb->get("bad").has_value());
 }
 
 TEST_CASE("a validator may read its own map: peer data is validated before the state's lock is taken") {
