@@ -5,6 +5,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <doctest/doctest.h>
@@ -174,10 +175,16 @@ TEST_CASE("put and remove from code on the node's executor run without a hop, wi
   auto mb = map::open(*c.nodes[1], "kv");
   bool refused = false;
   bool visible_at_once = false;
+  bool no_hop = false;
+  bool queued_ran = false;  // outlives the body: the handler runs after it
   c.run([&]() -> task<> {
     // The body runs on node a's strand: put and remove take the inline path.
     auto on_strand = [&]() -> task<> {
+      // Inline: a handler queued on the strand before the put has not run
+      // when it returns (a hop would let it run; nothing here suspends).
+      boost::asio::post(c.nodes[0]->get_executor(), [&queued_ran] { queued_ran = true; });
       co_await ma->put("k", 1);
+      no_hop = !queued_ran;
       visible_at_once = ma->get("k") == json(1);
       co_await ma->put("gone", 2);
       co_await ma->remove("gone");
@@ -189,6 +196,7 @@ TEST_CASE("put and remove from code on the node's executor run without a hop, wi
     };
     co_await boost::asio::co_spawn(c.nodes[0]->get_executor(), on_strand(), boost::asio::use_awaitable);
   });
+  CHECK(no_hop);
   CHECK(visible_at_once);
   CHECK(refused);
   CHECK(ma->counters().puts == 2);
