@@ -73,13 +73,12 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
   // nemesis found it).
   logger log;
 
-  // Follows up what a merge changed (already in `state`): disk (queued to
-  // the store's writer thread; a local write is already there), then
-  // events. `removed_values` are the positions in `changed` where a
-  // tombstone replaced a value; other tombstones change no live value.
+  // Follows up what a merge of peer data changed (already in `state`):
+  // disk (queued to the store's writer thread), then events.
+  // `removed_values` are the positions in `changed` where a tombstone
+  // replaced a value; other tombstones change no live value.
   // Costs in proportion to the change, never to the size of the map.
-  void apply_changes(const std::vector<std::string>& changed, const std::vector<std::size_t>& removed_values,
-                     bool local) {
+  void apply_changes(const std::vector<std::string>& changed, const std::vector<std::size_t>& removed_values) {
     std::vector<map_event> out;
     const bool announce = events.has_subscribers();
     std::size_t applied = 0;
@@ -88,27 +87,40 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       const auto& key = changed[i];
       const bool removed = removal != removed_values.end() && *removal == i;
       if (removed) ++removal;
-      const auto* e = state.get_entry(key);
+      const auto* e = changed_entry(key, removed);
       if (!e) continue;
-      if (const auto* v = std::get_if<value_entry>(e)) {
-        ++applied;
-        if (announce) out.push_back({map_event::kind::put, key, v->payload});
-      } else if (removed) {
-        ++applied;
-        if (announce) out.push_back({map_event::kind::remove, key, nullptr});
-      }
+      ++applied;
+      if (announce) out.push_back(event_of(key, *e));
     }
-    if (!local && applied > 0) {
+    if (applied > 0) {
       std::unique_lock lock(mu);
       counts.remote_changes += applied;
     }
     if (store) {
-      if (!local)
-        for (const auto& key : changed)
-          if (const auto* e = state.get_entry(key)) store->append(key, *e);
+      for (const auto& key : changed)
+        if (const auto* e = state.get_entry(key)) store->append(key, *e);
       maybe_compact();
     }
     for (auto& ev : out) events.publish(std::move(ev));
+  }
+
+  // apply_changes for one local write, without its vectors (the put path):
+  // the write is on disk already; what is left is compaction and the event.
+  void applied_local(const std::string& key, bool removed_value) {
+    if (store) maybe_compact();
+    if (!events.has_subscribers()) return;
+    if (const auto* e = changed_entry(key, removed_value)) events.publish(event_of(key, *e));
+  }
+
+  // A merged key's new entry when subscribers hear of it: a value, or a
+  // tombstone that replaced a value (other tombstones change nothing live).
+  const entry* changed_entry(const std::string& key, bool removed_value) const {
+    const auto* e = state.get_entry(key);
+    return e && (std::holds_alternative<value_entry>(*e) || removed_value) ? e : nullptr;
+  }
+  static map_event event_of(const std::string& key, const entry& e) {
+    if (const auto* v = std::get_if<value_entry>(&e)) return {map_event::kind::put, key, v->payload};
+    return {map_event::kind::remove, key, nullptr};
   }
 
   // Compact once the log holds as many records as the map has entries (and
@@ -128,7 +140,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       counts.rejected_clock_ahead += r.why.clock_ahead;
     }
     if (r.why.clock_ahead > 0) report_clock_ahead(r.why);
-    apply_changes(r.changed, r.removed_values, false);
+    apply_changes(r.changed, r.removed_values);
   }
 
   // Entries refused for a timestamp too far ahead are data a peer holds and
@@ -236,11 +248,7 @@ struct map::impl final : replica_callbacks, std::enable_shared_from_this<map::im
       std::unique_lock lock(mu);
       merged = state.merge_entry(key, std::move(e));
     }
-    if (merged) {
-      std::vector<std::size_t> removed;
-      if (merged.removed_value) removed.push_back(0);
-      apply_changes({key}, removed, true);
-    }
+    if (merged) applied_local(key, merged.removed_value);
     co_await rep->publish_delta(std::move(payload));
   }
 

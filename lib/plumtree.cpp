@@ -15,6 +15,7 @@
 #include <map>
 #include <optional>
 #include <stdexcept>
+#include <tuple>
 #include <set>
 #include <unordered_map>
 
@@ -38,11 +39,19 @@ class name_pool {
     return &it->first;
   }
   void release(const std::string* name) {
+    if (name == pinned_) return;
     if (auto it = names_.find(*name); it != names_.end() && --it->second == 0) names_.erase(it);
+  }
+  // A name held for the pool's life (this node's own id, the origin of
+  // each of its broadcasts): found without a lookup, never released.
+  const std::string* pin(const std::string& name) {
+    pinned_ = hold(name);
+    return pinned_;
   }
 
  private:
   std::unordered_map<std::string, std::size_t, keyed_string_hash> names_;
+  const std::string* pinned_ = nullptr;
 };
 
 // A cached message's id, its origin in the name pool. Found by a
@@ -122,6 +131,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   plumtree_counters counters;
   std::set<std::string> eager, lazy;
   name_pool names;  // declared before the cache, whose keys point into it
+  const std::string* own_name = names.pin(net.self().id);
   std::unordered_map<cached_id, cached_message, cached_id_hash, cached_id_equal> cache;
   // For expiry, oldest first: each entry points at its key in `cache`
   // (stable until erased, and only forget_oldest erases), 16 bytes instead
@@ -208,11 +218,15 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     edit_trees([&](origin_tree& t) { t.streak.erase(p); });
   }
 
-  // Caches a message; returns whether this node had grafted it.
-  bool remember(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round) {
+  // Caches a message; returns whether this node had grafted it. `own`: a
+  // fresh id of this node's, which can be neither missing nor cached yet.
+  bool remember(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round,
+                bool own = false) {
     bool grafted = false;
     duration since_announced{0};
-    if (auto was_missing = missing.find(id); was_missing != missing.end()) {
+    if (own) {
+      // Nothing to look up.
+    } else if (auto was_missing = missing.find(id); was_missing != missing.end()) {
       grafted = was_missing->second.grafted;
       since_announced = sched.now() - was_missing->second.announced;
       // The tree's copy, announced first: how far it trails announcements.
@@ -220,23 +234,27 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       if (!grafted) tree_delay.sample(static_cast<double>(since_announced.count()));
       missing.erase(was_missing);
     }
-    if (cache.contains(id)) return grafted;
+    if (!own && cache.contains(id)) return grafted;
     const auto saturated = static_cast<std::uint32_t>(std::min<std::uint64_t>(round, UINT32_MAX));
-    const auto* origin = names.hold(id.origin);
+    const auto* origin = own ? own_name : names.hold(id.origin);
     const std::string* pooled_tag = nullptr;
     decltype(cache)::iterator entry;
+    bool inserted = false;
     try {
       pooled_tag = names.hold(tag);
       const auto answered_after = static_cast<std::uint16_t>(
           std::clamp<duration::rep>(since_announced.count(), 0, std::numeric_limits<std::uint16_t>::max()));
-      entry = cache
-                  .emplace(cached_id{origin, id.seq},
-                           cached_message{pooled_tag, payload, sched.now(), saturated, grafted, answered_after})
-                  .first;
+      std::tie(entry, inserted) = cache.emplace(
+          cached_id{origin, id.seq}, cached_message{pooled_tag, payload, sched.now(), saturated, grafted, answered_after});
     } catch (...) {  // allocation failure: the names are not held by anything
       names.release(origin);
       if (pooled_tag) names.release(pooled_tag);
       throw;
+    }
+    if (!inserted) {  // an own id already cached: a seeded node replaying its ids after a restart
+      names.release(origin);
+      names.release(pooled_tag);
+      return grafted;
     }
     if (cache_order.empty()) wake_timers();
     cache_bytes += payload.size();
@@ -345,7 +363,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   void broadcast(const std::string& tag, byte_slice payload) {
     const message_id id{self(), fresh_seq()};
     ++counters.broadcasts;
-    remember(id, tag, payload, 0);
+    remember(id, tag, payload, 0, true);
     push(id, tag, payload, 1, {});
   }
 

@@ -159,7 +159,7 @@ struct queries::impl : std::enable_shared_from_this<queries::impl> {
         co_return;
       }
     }
-    if (net.send(r.asker.id, channel::query, message_body(share_bytes(std::move(bytes)))))
+    if (net.send(r.asker.id, channel::query, message_body(share_bytes(bytes))))
       ++self->counters.answers_sent;
     else
       ++self->counters.answers_unsent;

@@ -556,7 +556,7 @@ struct replica::impl : std::enable_shared_from_this<replica::impl> {
                 " bytes is over max_snapshot_bytes; not sent to " + peer);
       return false;
     }
-    const auto bytes = share_bytes(std::move(snapshot_cbor));
+    const auto bytes = share_bytes(snapshot_cbor);
     if (auto whole = encode_sync(name, byte_slice(bytes)); whole.size() <= cfg.sync_chunk_bytes) {
       ++counters.syncs_sent;
       host->net.send(peer, channel::replica, whole);
@@ -738,7 +738,7 @@ std::optional<work_item_body> replica_host::impl::on_part(const std::string& fro
   if (a.bytes.size() + slice.size() > config.max_snapshot_bytes) return refuse("over max_snapshot_bytes");
   a.bytes.insert(a.bytes.end(), slice.begin(), slice.end());
   if (++a.next < a.parts) return std::nullopt;
-  auto bytes = share_bytes(std::move(a.bytes));
+  auto bytes = share_bytes(a.bytes);
   assemblies.erase(key);
   // Checked, not decoded: the owner reads it (apply_full_sync_cbor).
   cbor_reader check(bytes.bytes());

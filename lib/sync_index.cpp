@@ -42,13 +42,23 @@ std::optional<sync_item> sync_item::from_bytes(std::span<const std::uint8_t> byt
 }
 
 std::uint64_t sync_key_id(std::string_view key, std::string_view writer) noexcept {
-  // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
-  std::string buf;
-  buf.reserve(key.size() + writer.size() + 8);
+  // Length-prefixed, so ("ab", "c") and ("a", "bc") differ. Assembled on
+  // the stack when it fits (every write computes two ids).
+  constexpr std::size_t on_stack = 256;
   const auto n = static_cast<std::uint64_t>(key.size());
-  for (int i = 0; i < 8; ++i) buf.push_back(static_cast<char>(n >> (8 * i)));
-  buf.append(key);
-  buf.append(writer);
+  const auto assemble = [&](char* out) {
+    for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(n >> (8 * i));
+    std::copy(key.begin(), key.end(), out + 8);
+    std::copy(writer.begin(), writer.end(), out + 8 + key.size());
+  };
+  const auto size = 8 + key.size() + writer.size();
+  if (size <= on_stack) {
+    char buf[on_stack];
+    assemble(buf);
+    return siphash24(id_key, std::string_view(buf, size));
+  }
+  std::string buf(size, '\0');
+  assemble(buf.data());
   return siphash24(id_key, buf);
 }
 
@@ -179,21 +189,20 @@ bool sync_index::insert(const sync_item& item, const void* ref) {
 }
 
 bool sync_index::erase(const sync_item& item) {
-  if (!contains(item)) return false;
-  std::uint32_t lo = none, rest = none, mid = none, hi = none;
-  split(root_, item, lo, rest);
-  // The smallest item of `rest` is `item`: split it off as the items < its
-  // successor. Items are distinct, so "< successor" is "<= item".
-  constexpr auto max = ~std::uint64_t{0};
-  if (item.ts == max && item.id == max) {
-    mid = rest;  // the largest possible item: nothing can follow it
-  } else {
-    sync_item next = item;
-    if (++next.id == 0) ++next.ts;  // the next value in item order
-    split(rest, next, mid, hi);
+  const auto at = find_node(item);
+  if (at == none) return false;
+  // One walk down: each node passed loses the item from its sums, and the
+  // item's node is replaced by the merge of its two subtrees (which keeps
+  // the heap order: both sides rank below it).
+  const auto own = own_of(nodes_[at]);
+  std::uint32_t* link = &root_;
+  while (*link != at) {
+    auto& x = nodes_[*link];
+    set_sub(x, sub_of(x).minus(own));
+    link = item < x.item ? &x.left : &x.right;
   }
-  free_.push_back(mid);  // mid is the one node holding `item`
-  root_ = merge(lo, hi);
+  *link = merge(nodes_[at].left, nodes_[at].right);
+  free_.push_back(at);
   return true;
 }
 

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 using namespace barrel_p2p;
@@ -146,6 +147,10 @@ TEST_CASE("sync_key_id tells keys and writers apart, the same on every node") {
   // every build's), so ids and item hashes are pinned.
   CHECK(sync_key_id("", "") == 12737803176652581091ull);
   CHECK(sync_key_id("user:7", "n1") == 17745434276778149023ull);
+  // Ids assembled on the stack (up to 256 bytes with the length) and on
+  // the heap agree with the same definition.
+  CHECK(sync_key_id(std::string(248, 'k'), "") == 8008058225125974426ull);
+  CHECK(sync_key_id(std::string(300, 'k'), "n1") == 15446448046055782772ull);
   CHECK(fingerprint::of({1, 2}) == fingerprint{1, 14179618294641549977ull, 14819987592256420047ull});
   const sync_item i{0x0102030405060708ull, 0x1112131415161718ull};
   const auto bytes = i.to_bytes();

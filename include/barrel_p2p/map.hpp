@@ -118,7 +118,7 @@ class map : public node::attachment, public std::enable_shared_from_this<map> {
   /// ahead of the cluster by more than max_clock_offset under the refuse
   /// policy (clock_monitor.hpp): the peers would drop the write. Any
   /// executor; from the node's executor it runs inline, without the hop
-  /// to the strand and back (about half the cost of a put alone).
+  /// to the strand and back (more than half the cost of a put alone).
   task<> put(std::string key, json value);
   /// Removes `key` (a tombstone that beats every older write). Throws as put.
   task<> remove(std::string key);

@@ -73,8 +73,9 @@ class shared_bytes {
   header* block_ = nullptr;
 };
 
-/// Shares a copy of `bytes` (they are copied into the one allocation; the
-/// vector's own buffer is freed).
+/// Shares a copy of `bytes`: one allocation and one copy, whatever the
+/// vector (the block holds the count and length beside the bytes, so a
+/// vector's buffer cannot be adopted).
 [[nodiscard]] shared_bytes share_bytes(const std::vector<std::uint8_t>& bytes);
 
 /// A range of shared bytes that keeps its buffer alive: a layer keeps the
