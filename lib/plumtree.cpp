@@ -430,7 +430,8 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       if (config.origin_prune_after_duplicates > 0 && is_peer(from)) origin_duplicate(from, msg.id.origin);
       return;
     }
-    if (auto run = duplicate_streak.find(from); run != duplicate_streak.end()) run->second.count = 0;
+    if (config.origin_copies_end_runs || msg.id.origin != from)
+      if (auto run = duplicate_streak.find(from); run != duplicate_streak.end()) run->second.count = 0;
     edit_tree(msg.id.origin, [&](origin_tree& t) { t.streak.erase(from); });
     optimize(msg.id, msg.round, from);
     const bool grafted = remember(msg.id, msg.tag, msg.payload, msg.round);

@@ -42,6 +42,7 @@ struct options {
   std::uint64_t gap_ms = 50;  // steady: between broadcasts
   std::optional<std::uint32_t> prune_after;
   std::optional<double> prune_span_lags;
+  std::optional<bool> origin_copies_end_runs;
   std::optional<std::uint32_t> origin_prune_after;  // 0: per-origin trees off
   std::optional<double> origin_prune_span_lags;
   std::optional<bool> flood_after_graft;

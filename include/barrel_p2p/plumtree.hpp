@@ -72,6 +72,14 @@ struct plumtree_config {
   /// of a cycle prune before either prune arrives, which cuts the tree.
   /// 0: the count alone.
   double prune_span_lags = 8;
+  /// Whether a peer's first copy of its own message (the peer is the
+  /// origin) ends its run of duplicates, as other first copies do. Such a
+  /// copy proves nothing about the link: a neighbour's own messages come
+  /// first over the direct link whether or not it is in the tree, so with
+  /// every node broadcasting they would end every run and keep every
+  /// cycle eager. false: they neither count nor end the run (measured in
+  /// docs/concepts/broadcast.md, "Every node writing").
+  bool origin_copies_end_runs = false;
   /// Per-origin trees over the shared one (riak_core_broadcast keeps its
   /// eager and lazy sets per root), off by default: a link that delivers
   /// this many duplicates in a row of one origin's messages
