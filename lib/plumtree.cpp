@@ -14,9 +14,9 @@
 #include <deque>
 #include <map>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <tuple>
-#include <set>
 #include <unordered_map>
 
 namespace barrel_p2p {
@@ -218,25 +218,30 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     edit_trees([&](origin_tree& t) { t.streak.erase(p); });
   }
 
-  // Caches a message; returns whether this node had grafted it. `own`: a
-  // fresh id of this node's, which can be neither missing nor cached yet.
-  bool remember(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round,
-                bool own = false) {
+  // Caches a received message; returns whether this node had grafted it.
+  bool remember(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round) {
     bool grafted = false;
     duration since_announced{0};
-    if (own) {
-      // Nothing to look up.
-    } else if (auto was_missing = missing.find(id); was_missing != missing.end()) {
+    if (auto was_missing = missing.find(id); was_missing != missing.end()) {
       grafted = was_missing->second.grafted;
       since_announced = sched.now() - was_missing->second.announced;
       // The tree's copy, announced first: how far it trails announcements.
       // After a graft the copy may be its answer: no sample (Karn).
       if (!grafted) tree_delay.sample(static_cast<double>(since_announced.count()));
       missing.erase(was_missing);
+      counters.missing = missing.size();
     }
-    if (!own && cache.contains(id)) return grafted;
+    if (!cache.contains(id)) cache_message(names.hold(id.origin), id.seq, tag, payload, round, grafted, since_announced);
+    return grafted;
+  }
+
+  // Inserts a message into the cache. `origin` is held in the name pool for
+  // the entry (released with it, or here when nothing is inserted). A
+  // node's own broadcasts come here directly: a fresh id can be neither
+  // missing nor cached, and its origin is the pinned own name.
+  void cache_message(const std::string* origin, std::uint64_t seq, const std::string& tag, const byte_slice& payload,
+                     std::uint64_t round, bool grafted, duration since_announced) {
     const auto saturated = static_cast<std::uint32_t>(std::min<std::uint64_t>(round, UINT32_MAX));
-    const auto* origin = own ? own_name : names.hold(id.origin);
     const std::string* pooled_tag = nullptr;
     decltype(cache)::iterator entry;
     bool inserted = false;
@@ -245,16 +250,16 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       const auto answered_after = static_cast<std::uint16_t>(
           std::clamp<duration::rep>(since_announced.count(), 0, std::numeric_limits<std::uint16_t>::max()));
       std::tie(entry, inserted) = cache.emplace(
-          cached_id{origin, id.seq}, cached_message{pooled_tag, payload, sched.now(), saturated, grafted, answered_after});
+          cached_id{origin, seq}, cached_message{pooled_tag, payload, sched.now(), saturated, grafted, answered_after});
     } catch (...) {  // allocation failure: the names are not held by anything
       names.release(origin);
       if (pooled_tag) names.release(pooled_tag);
       throw;
     }
-    if (!inserted) {  // an own id already cached: a seeded node replaying its ids after a restart
+    if (!inserted) {  // an own id drawn twice (64 pseudorandom bits): the first copy stays
       names.release(origin);
       names.release(pooled_tag);
-      return grafted;
+      return;
     }
     if (cache_order.empty()) wake_timers();
     cache_bytes += payload.size();
@@ -264,8 +269,6 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       forget_oldest();
     counters.cache_size = cache.size();
     counters.cache_bytes = cache_bytes;
-    counters.missing = missing.size();
-    return grafted;
   }
 
   void forget_oldest() {
@@ -363,7 +366,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   void broadcast(const std::string& tag, byte_slice payload) {
     const message_id id{self(), fresh_seq()};
     ++counters.broadcasts;
-    remember(id, tag, payload, 0, true);
+    cache_message(own_name, id.seq, tag, payload, 0, false, duration{0});
     push(id, tag, payload, 1, {});
   }
 

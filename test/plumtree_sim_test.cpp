@@ -406,9 +406,9 @@ TEST_CASE("every node broadcasting: links that only repeat one origin's messages
   // run of duplicates on it, and the relayed copies that follow come
   // within a few ms, too short a run for prune_span_lags: the shared tree
   // prunes few links, and most broadcasts reach a node more than once.
-  // Measured against the shared rule as it was: every first copy, a
-  // neighbour's own messages included, ends a run (the default since
-  // counts runs across those; the next test).
+  // Measured against the shared rule as it was, where every first copy,
+  // a neighbour's own messages included, ends a run. The default now lets
+  // runs go on across those copies (the next test).
   for (const std::uint32_t after : {0u, 2u, 3u}) {
     CAPTURE(after);
     plumtree_config pc;
