@@ -2,6 +2,7 @@
 
 #include "barrel_p2p/keyed_hash.hpp"
 #include "big_endian.hpp"
+#include "siphash_concat.hpp"
 
 #include <algorithm>
 #include <random>
@@ -42,24 +43,12 @@ std::optional<sync_item> sync_item::from_bytes(std::span<const std::uint8_t> byt
 }
 
 std::uint64_t sync_key_id(std::string_view key, std::string_view writer) noexcept {
-  // Length-prefixed, so ("ab", "c") and ("a", "bc") differ. Assembled on
-  // the stack when it fits (every write computes two ids).
-  constexpr std::size_t on_stack = 256;
+  // Length-prefixed, so ("ab", "c") and ("a", "bc") differ. Hashed in
+  // pieces: no buffer to assemble, whatever the lengths.
   const auto n = static_cast<std::uint64_t>(key.size());
-  const auto assemble = [&](char* out) {
-    for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(n >> (8 * i));
-    std::copy(key.begin(), key.end(), out + 8);
-    std::copy(writer.begin(), writer.end(), out + 8 + key.size());
-  };
-  const auto size = 8 + key.size() + writer.size();
-  if (size <= on_stack) {
-    char buf[on_stack];
-    assemble(buf);
-    return siphash24(id_key, std::string_view(buf, size));
-  }
-  std::string buf(size, '\0');
-  assemble(buf.data());
-  return siphash24(id_key, buf);
+  char length[8];
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<char>(n >> (8 * i));
+  return detail::siphash24_concat(id_key, {std::string_view(length, 8), key, writer});
 }
 
 fingerprint fingerprint::of(const sync_item& item) noexcept {

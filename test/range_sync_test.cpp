@@ -2,6 +2,7 @@
 // set, and the protocol between two random sets with random differences,
 // which must always end with both holding their union.
 #include <barrel_p2p/cbor.hpp>
+#include <barrel_p2p/keyed_hash.hpp>
 #include <barrel_p2p/range_sync.hpp>
 #include <barrel_p2p/sync_index.hpp>
 
@@ -138,6 +139,23 @@ TEST_CASE("sync_index: rank, at, items and range fingerprints match a sorted set
   CHECK_FALSE(index.contains(top));
 }
 
+TEST_CASE("sync_key_id hashed in pieces equals SipHash of the assembled id, at every split") {
+  // The definition: SipHash-2-4 under the fixed public key of the key's
+  // length (8 bytes, little-endian), the key, then the writer. Hashed in
+  // pieces, the key and the writer may start and end anywhere in a block.
+  const siphash_key id_key{0x62617272656c5f70ull, 0x32705f6b65795f69ull};
+  for (std::size_t k = 0; k <= 40; ++k)
+    for (std::size_t w : {0, 1, 2, 7, 8, 9, 15, 16, 17, 300}) {
+      std::string key, writer;
+      for (std::size_t i = 0; i < k; ++i) key += static_cast<char>('a' + (i * 7) % 26);
+      for (std::size_t i = 0; i < w; ++i) writer += static_cast<char>('A' + (i * 5) % 26);
+      std::string assembled(8, '\0');
+      for (int i = 0; i < 8; ++i) assembled[i] = static_cast<char>(static_cast<std::uint64_t>(k) >> (8 * i));
+      assembled += key + writer;
+      CHECK(sync_key_id(key, writer) == siphash24(id_key, assembled));
+    }
+}
+
 TEST_CASE("sync_key_id tells keys and writers apart, the same on every node") {
   CHECK(sync_key_id("ab", "c") != sync_key_id("a", "bc"));
   CHECK(sync_key_id("k", "n1") != sync_key_id("k", "n2"));
@@ -147,8 +165,8 @@ TEST_CASE("sync_key_id tells keys and writers apart, the same on every node") {
   // every build's), so ids and item hashes are pinned.
   CHECK(sync_key_id("", "") == 12737803176652581091ull);
   CHECK(sync_key_id("user:7", "n1") == 17745434276778149023ull);
-  // Ids assembled on the stack (up to 256 bytes with the length) and on
-  // the heap agree with the same definition.
+  // Long ids too (pinned when ids up to 256 bytes were assembled on the
+  // stack and longer ones on the heap; now both are hashed in pieces).
   CHECK(sync_key_id(std::string(248, 'k'), "") == 8008058225125974426ull);
   CHECK(sync_key_id(std::string(300, 'k'), "n1") == 15446448046055782772ull);
   CHECK(fingerprint::of({1, 2}) == fingerprint{1, 14179618294641549977ull, 14819987592256420047ull});
