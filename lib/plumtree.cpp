@@ -99,6 +99,9 @@ struct duplicate_run {
   // How late its duplicates trail the first copies (smoothed); none until
   // a duplicate of a cached message has been timed (0 ms is a real lag).
   std::optional<double> lag_ms;
+  // Until then a first copy from the peer, lazy since this node pruned it,
+  // does not bring it back: the copy was on its way before the PRUNE came.
+  duration in_flight_until{0};
 };
 
 // One origin's departures from the shared tree: eager links over which its
@@ -118,6 +121,9 @@ struct missing_message {
   duration deadline{0};
   bool grafted = false;
   duration announced{0};  // when the first announcement came
+  // Lazy peers it was fetched from (GRAFT then PRUNE): without
+  // fetch_answers_join_tree their answer leaves the link lazy.
+  std::vector<std::string> fetched_from;
 };
 
 }  // namespace
@@ -178,12 +184,12 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         !(config.prune_span_lags >= 0 && config.prune_span_lags <= 1000) ||
         !(config.origin_prune_span_lags >= 0 && config.origin_prune_span_lags <= 1000) ||
         config.repair_graft_timeout < duration{0} || config.repair_window < duration{0} ||
-        !(config.congested_fill > 0 && config.congested_fill <= 1) ||
+        config.prune_grace < duration{0} || !(config.congested_fill > 0 && config.congested_fill <= 1) ||
         !(config.write_room_fill > 0 && config.write_room_fill <= config.congested_fill) ||
         config.slow_peer_after <= duration{0})
       throw std::invalid_argument(
           "plumtree_config: prune_after_duplicates must be > 0, graft_jitter in [0, 100], prune_span_lags and "
-          "origin_prune_span_lags in [0, 1000], repair times >= 0, congested_fill in (0, 1], write_room_fill in (0, congested_fill], "
+          "origin_prune_span_lags in [0, 1000], repair times and prune_grace >= 0, congested_fill in (0, 1], write_room_fill in (0, congested_fill], "
           "slow_peer_after > 0");
     rng.seed(config.seed ? config.seed : std::random_device{}());
   }
@@ -217,13 +223,29 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     if (auto run = duplicate_streak.find(p); run != duplicate_streak.end()) run->second.count = 0;
     edit_trees([&](origin_tree& t) { t.streak.erase(p); });
   }
+  // Whether `from`, lazy since this node pruned it less than prune_grace
+  // ago, may have pushed what comes from it now before the PRUNE arrived.
+  bool sent_before_prune(const std::string& from) const {
+    if (!lazy.contains(from)) return false;
+    auto run = duplicate_streak.find(from);
+    return run != duplicate_streak.end() && sched.now() < run->second.in_flight_until;
+  }
 
-  // Caches a received message; returns whether this node had grafted it.
-  bool remember(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round) {
+  // Caches a received message; returns how it came: after this node's
+  // GRAFT for it or not, and whether `from` is a peer it was fetched from.
+  struct receipt {
     bool grafted = false;
+    bool fetched_from_sender = false;
+  };
+  receipt remember(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round,
+                   const std::string& from) {
+    bool grafted = false;
+    bool fetched_from_sender = false;
     duration since_announced{0};
     if (auto was_missing = missing.find(id); was_missing != missing.end()) {
       grafted = was_missing->second.grafted;
+      const auto& fetched = was_missing->second.fetched_from;
+      fetched_from_sender = std::find(fetched.begin(), fetched.end(), from) != fetched.end();
       since_announced = sched.now() - was_missing->second.announced;
       // The tree's copy, announced first: how far it trails announcements.
       // After a graft the copy may be its answer: no sample (Karn).
@@ -232,7 +254,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       counters.missing = missing.size();
     }
     if (!cache.contains(id)) cache_message(names.hold(id.origin), id.seq, tag, payload, round, grafted, since_announced);
-    return grafted;
+    return {grafted, fetched_from_sender};
   }
 
   // Inserts a message into the cache. `origin` is held in the name pool for
@@ -423,6 +445,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         if (run.count >= config.prune_after_duplicates && span_known &&
             static_cast<double>((now - run.since).count()) >= config.prune_span_lags * run.lag_ms.value_or(0)) {
           to_lazy(from);  // ends the run, keeps its lag
+          run.in_flight_until = now + config.prune_grace;
           ++counters.prune_sent;
           net.send(from, channel::broadcast, encode_prune());
           return;  // out of every tree: no PRUNE for one origin as well
@@ -437,9 +460,14 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       if (auto run = duplicate_streak.find(from); run != duplicate_streak.end()) run->second.count = 0;
     edit_tree(msg.id.origin, [&](origin_tree& t) { t.streak.erase(from); });
     optimize(msg.id, msg.round, from);
-    const bool grafted = remember(msg.id, msg.tag, msg.payload, msg.round);
-    if (is_peer(from)) to_eager(from);
-    push(msg.id, msg.tag, msg.payload, msg.round + 1, from, grafted && config.flood_after_graft);
+    const auto how = remember(msg.id, msg.tag, msg.payload, msg.round, from);
+    // The first copy's link joins the tree, as in the paper; with options
+    // off by default, not when it is the answer to a fetch (the PRUNE sent
+    // with that GRAFT took the link out on the far side) or a copy the
+    // peer pushed before this node's PRUNE reached it (prune_grace).
+    if (is_peer(from) && !(how.fetched_from_sender && !config.fetch_answers_join_tree) && !sent_before_prune(from))
+      to_eager(from);
+    push(msg.id, msg.tag, msg.payload, msg.round + 1, from, how.grafted && config.flood_after_graft);
     deliver(msg.id, msg.tag, msg.payload, msg.round, from);
   }
 
@@ -529,7 +557,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         const auto wait =
             now < repair_until || eager.empty() ? config.repair_graft_timeout : graft_wait();
         if (missing.empty()) wake_timers();
-        it = missing.emplace(a.id, missing_message{{}, now + wait, false, now}).first;
+        it = missing.emplace(a.id, missing_message{{}, now + wait, false, now, {}}).first;
       }
       // One entry per announcer, however often it repeats the id: the list
       // is bounded by the active view.
@@ -818,8 +846,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       if (eager.contains(peer) || peer == joining) {
         to_eager(peer);
       } else {
-        ++counters.prune_sent;  // fetch only: the link stays out of the tree
+        ++counters.prune_sent;  // fetch only: the far side keeps the link out of its tree
         net.send(peer, channel::broadcast, encode_prune());
+        m->fetched_from.push_back(peer);
       }
       m->deadline = now + config.graft_retry_timeout;
       m->grafted = true;

@@ -322,6 +322,77 @@ TEST_CASE("a run of duplicates ends when its link goes lazy: grafted again, the 
   CHECK(p.a.broadcast->eager_peers().empty());
 }
 
+TEST_CASE("fetch_answers_join_tree: whether a fetch's answer brings its link into the fetching side's tree") {
+  for (const bool join : {true, false}) {
+    CAPTURE(join);
+    plumtree_config pc;
+    pc.fetch_answers_join_tree = join;
+    bcluster c(3, 5, duration{2}, pc);
+    auto& a = *c.nodes[0];
+    auto& b = *c.nodes[1];
+    auto& n2 = *c.nodes[2];
+    REQUIRE(a.broadcast->eager_peers().size() == 2);
+    // Every link of a lazy on a's side, and a lazy on n2's side, so that
+    // n2 announces its message to a. b is silent from here on: it
+    // announces two ids nobody has, and a grafts b (the lazy peer that
+    // announced most) into its tree; n2's message, announced by n2 alone,
+    // is fetched from it: GRAFT, then PRUNE.
+    b.net->send("n0", channel::broadcast, encode_prune());
+    n2.net->send("n0", channel::broadcast, encode_prune());
+    a.net->send("n2", channel::broadcast, encode_prune());
+    boost::asio::co_spawn(c.io, b.broadcast->stop(), boost::asio::detached);
+    c.net.run_for(100ms);
+    REQUIRE(a.broadcast->eager_peers().empty());
+    n2.broadcast->broadcast("t", share_bytes(cbor_writer().uint(1).take()));
+    ++n2.received[1];
+    // b's announcements right after n2's, so that all three ids fall due
+    // in the same pass of a's timer.
+    for (int ms = 0; ms < 500 && a.broadcast->counters().missing == 0; ++ms) c.net.run_for(1ms);
+    REQUIRE(a.broadcast->counters().missing == 1);
+    std::vector<announcement> ids{announcement{broadcast_id("nobody", 1), 1}, announcement{broadcast_id("nobody", 2), 1}};
+    b.net->send("n0", channel::broadcast, encode_ihave(ids, 0, ids.size()));
+    c.net.run_for(2s);
+    CHECK(a.received[1] == 1);  // fetched from n2
+    CHECK(a.broadcast->counters().graft_sent == 3);
+    CHECK(a.broadcast->counters().prune_sent == 1);  // the fetch's
+    if (join) {
+      CHECK(a.broadcast->eager_peers() == std::vector<std::string>{"n1", "n2"});  // the answer's link joined
+    } else {
+      CHECK(a.broadcast->eager_peers() == std::vector<std::string>{"n1"});
+      CHECK(a.broadcast->lazy_peers() == std::vector<std::string>{"n2"});
+    }
+  }
+}
+
+TEST_CASE("prune_grace: a first copy sent before a PRUNE arrived does not bring its link back") {
+  for (const auto grace : {duration{0}, duration{1000}}) {
+    CAPTURE(grace.count());
+    auto config = count_rule_only();
+    config.prune_grace = grace;
+    duplicate_pair p(config);
+    p.dup();
+    p.dup();
+    p.dup();
+    REQUIRE(p.a.broadcast->eager_peers().empty());  // pruned
+    // A message b pushed before the PRUNE reached it, first here.
+    const auto first_copy = [&](std::uint64_t n) {
+      p.b.net->send("n0", channel::broadcast,
+                    encode_gossip(broadcast_id("n1", 100 + n), "t", 1, byte_slice(share_bytes(cbor_writer().uint(n).take()))));
+      p.c.net.run_for(100ms);
+    };
+    first_copy(1);
+    CHECK(p.a.received[1] == 1);  // delivered all the same
+    if (grace == duration{0}) {
+      CHECK(p.a.broadcast->eager_peers() == std::vector<std::string>{"n1"});  // the paper's rule
+    } else {
+      CHECK(p.a.broadcast->eager_peers().empty());
+      p.c.net.run_for(grace);
+      first_copy(2);  // after the grace: the link delivers first, it is back
+      CHECK(p.a.broadcast->eager_peers() == std::vector<std::string>{"n1"});
+    }
+  }
+}
+
 TEST_CASE("with the span rule, duplicates whose lag was never timed do not prune a link on their count") {
   duplicate_pair p(plumtree_config{});  // prune_span_lags 8, the default
   for (int i = 0; i < 10; ++i) p.dup();

@@ -841,6 +841,12 @@ int main(int argc, char** argv) {
       } else if (a == "--prune-span-lags") {
         const double f = std::stod(value());
         add_tuning([f](node_config& c) { c.broadcast.prune_span_lags = f; });
+      } else if (a == "--prune-grace-ms") {
+        const auto ms = std::chrono::milliseconds(std::stol(value()));
+        add_tuning([ms](node_config& c) { c.broadcast.prune_grace = ms; });
+      } else if (a == "--fetch-answers-join-tree") {
+        const bool on = value() == "1";
+        add_tuning([on](node_config& c) { c.broadcast.fetch_answers_join_tree = on; });
       } else if (a == "--origin-copies-end-runs") {
         const bool on = value() == "1";
         add_tuning([on](node_config& c) { c.broadcast.origin_copies_end_runs = on; });
@@ -876,7 +882,7 @@ int main(int argc, char** argv) {
                      "[--throughput-seconds S] [--writer-rate R] [--sync-keys 10000,100000] [--state-keys 1000,100000,1000000]\n"
                      "                       [--only latency,throughput,slowpeer,sync,reconcile,memory,state,flood,persist,micro] [--json FILE]\n"
                      "                       [--tls off,psk,cert] [--prune-after N] [--origin-prune-after N] [--flood-after-graft 0|1] [--adaptive-graft 0|1]\n"
-                     "                       [--graft-timeout-ms MS] [--prune-span-lags F] [--origin-copies-end-runs 0|1] [--origin-prune-span-lags F]\n"
+                     "                       [--graft-timeout-ms MS] [--prune-span-lags F] [--prune-grace-ms MS] [--fetch-answers-join-tree 0|1] [--origin-copies-end-runs 0|1] [--origin-prune-span-lags F]\n"
                      "                       [--slow-peer-after MS] [--congested-fill F] [--write-room-fill F]\n";
         return 2;
       }

@@ -101,6 +101,8 @@ cluster::cluster(std::size_t n, const options& o) : net(io, [&] {
     if (o.prune_after) c.broadcast.prune_after_duplicates = *o.prune_after;
     if (o.prune_span_lags) c.broadcast.prune_span_lags = *o.prune_span_lags;
     if (o.origin_copies_end_runs) c.broadcast.origin_copies_end_runs = *o.origin_copies_end_runs;
+    if (o.prune_grace_ms) c.broadcast.prune_grace = duration{*o.prune_grace_ms};
+    if (o.fetch_answers_join_tree) c.broadcast.fetch_answers_join_tree = *o.fetch_answers_join_tree;
     if (o.origin_prune_after) c.broadcast.origin_prune_after_duplicates = *o.origin_prune_after;
     if (o.origin_prune_span_lags) c.broadcast.origin_prune_span_lags = *o.origin_prune_span_lags;
     if (o.flood_after_graft) c.broadcast.flood_after_graft = *o.flood_after_graft;

@@ -43,6 +43,8 @@ struct options {
   std::optional<std::uint32_t> prune_after;
   std::optional<double> prune_span_lags;
   std::optional<bool> origin_copies_end_runs;
+  std::optional<std::uint64_t> prune_grace_ms;
+  std::optional<bool> fetch_answers_join_tree;
   std::optional<std::uint32_t> origin_prune_after;  // 0: per-origin trees off
   std::optional<double> origin_prune_span_lags;
   std::optional<bool> flood_after_graft;

@@ -73,6 +73,8 @@ int main(int argc, char** argv) {
       else if (a == "--graft-jitter") o.graft_jitter = std::stod(value());
       else if (a == "--prune-after") o.prune_after = static_cast<std::uint32_t>(std::stoul(value()));
       else if (a == "--prune-span-lags") o.prune_span_lags = std::stod(value());
+      else if (a == "--prune-grace-ms") o.prune_grace_ms = std::stoull(value());
+      else if (a == "--fetch-answers-join-tree") o.fetch_answers_join_tree = value() == "1";
       else if (a == "--origin-copies-end-runs") o.origin_copies_end_runs = value() == "1";
       else if (a == "--origin-prune-after") o.origin_prune_after = static_cast<std::uint32_t>(std::stoul(value()));
       else if (a == "--origin-prune-span-lags") o.origin_prune_span_lags = std::stod(value());
@@ -86,7 +88,7 @@ int main(int argc, char** argv) {
         std::cerr << "usage: barrel-p2p-sim --scenario form|fail|steady|churn|partition [--nodes N] [--seed S]"
                      " [--broadcasts K] [--fail 10,20,...] [--jobs J] [--churn-per-s R] [--churn-seconds S]\n"
                      "                      [--random-promotion P] [--graft-timeout-ms T] [--graft-jitter F]\n"
-                     "                      [--prune-after N] [--prune-span-lags F] [--origin-copies-end-runs 0|1] [--origin-prune-after N]\n"
+                     "                      [--prune-after N] [--prune-span-lags F] [--prune-grace-ms MS] [--fetch-answers-join-tree 0|1] [--origin-copies-end-runs 0|1] [--origin-prune-after N]\n"
                      "                      [--origin-prune-span-lags F] [--lazy-new-links 0|1] [--repair-graft-ms T]\n"
                      "                      [--flood-after-graft 0|1] [--adaptive-graft 0|1] [--optimization-threshold H]\n"
                      "                      [--optimization-interval-ms T] [--origins K] [--gap-ms T]\n"

@@ -80,6 +80,21 @@ struct plumtree_config {
   /// cycle eager. false: they neither count nor end the run (measured in
   /// docs/concepts/broadcast.md, "Every node writing").
   bool origin_copies_end_runs = false;
+  /// After this node prunes a link, for this long a first copy over it
+  /// does not bring it back into the tree: with many messages in flight the
+  /// peer pushed it before the PRUNE arrived, and taking the link back
+  /// would only start another run of duplicates. 0 (the default): any first
+  /// copy brings its link back, as in the paper. Measured in
+  /// docs/concepts/broadcast.md ("A first copy sent before the PRUNE").
+  duration prune_grace{0};
+  /// Whether the answer to a fetch brings its link into this node's tree.
+  /// A fetch asks a lazy peer for one message without taking the link
+  /// into the tree (GRAFT, then PRUNE: the far side keeps it lazy); true
+  /// (the default, as before): the answer, a first copy, makes the link
+  /// eager on this side all the same, until duplicates prune it. false:
+  /// it stays lazy on both sides. Measured in docs/concepts/broadcast.md
+  /// ("A first copy sent before the PRUNE").
+  bool fetch_answers_join_tree = true;
   /// Per-origin trees over the shared one (riak_core_broadcast keeps its
   /// eager and lazy sets per root), off by default: a link that delivers
   /// this many duplicates in a row of one origin's messages
