@@ -10,7 +10,7 @@
 #include <cstdio>
 
 int main(int argc, char** argv) {
-  if (!barrel_p2p::fix_process_hash_key(barrel_p2p::siphash_key{0x0706050403020100, 0x0f0e0d0c0b0a0908}))
+  if (!barrel_p2p::fix_process_hash_key(barrel_p2p::replay_hash_key))
     std::fprintf(stderr, "the hash key was drawn already: simulated runs will not replay exactly\n");
   return doctest::Context(argc, argv).run();
 }

@@ -23,7 +23,7 @@ using namespace barrel_p2p::sim;
 
 int main(int argc, char** argv) {
   // Before anything hashes: runs replay only with the same hash-table order.
-  if (!fix_process_hash_key(siphash_key{0x0706050403020100, 0x0f0e0d0c0b0a0908}))
+  if (!fix_process_hash_key(replay_hash_key))
     std::cerr << "barrel-p2p-sim: the hash key was drawn already: runs will not replay exactly\n";
   options o;
   cli::flag_reader args(argc, argv);

@@ -39,6 +39,10 @@ using siphash_key = std::array<std::uint64_t, 2>;
 /// only with the same key. Call it first thing in main().
 bool fix_process_hash_key(const siphash_key& key) noexcept;
 
+/// The key that barrel-p2p-sim and the replayed test suites fix: the same
+/// key in both, so that a run in a test and in the simulator hash alike.
+inline constexpr siphash_key replay_hash_key{0x0706050403020100, 0x0f0e0d0c0b0a0908};
+
 // The two hashers below are deliberately not noexcept: libstdc++ stores each
 // node's hash code only for a hasher that may throw (or is known to be
 // slow), and otherwise recomputes it for every node a lookup walks past in
