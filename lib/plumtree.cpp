@@ -184,12 +184,12 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         !(config.prune_span_lags >= 0 && config.prune_span_lags <= 1000) ||
         !(config.origin_prune_span_lags >= 0 && config.origin_prune_span_lags <= 1000) ||
         config.repair_graft_timeout < duration{0} || config.repair_window < duration{0} ||
-        config.prune_grace < duration{0} || !(config.congested_fill > 0 && config.congested_fill <= 1) ||
+        config.prune_grace < duration{0} || config.prune_grace > duration{3'600'000} || !(config.congested_fill > 0 && config.congested_fill <= 1) ||
         !(config.write_room_fill > 0 && config.write_room_fill <= config.congested_fill) ||
         config.slow_peer_after <= duration{0})
       throw std::invalid_argument(
           "plumtree_config: prune_after_duplicates must be > 0, graft_jitter in [0, 100], prune_span_lags and "
-          "origin_prune_span_lags in [0, 1000], repair times and prune_grace >= 0, congested_fill in (0, 1], write_room_fill in (0, congested_fill], "
+          "origin_prune_span_lags in [0, 1000], repair times >= 0, prune_grace in [0, 1 h], congested_fill in (0, 1], write_room_fill in (0, congested_fill], "
           "slow_peer_after > 0");
     rng.seed(config.seed ? config.seed : std::random_device{}());
   }
@@ -212,7 +212,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   bool is_peer(const std::string& p) const { return eager.contains(p) || lazy.contains(p); }
 
   void to_eager(const std::string& p) {
-    lazy.erase(p);
+    // Back in the tree: a grace from an earlier prune no longer applies.
+    if (lazy.erase(p) != 0)
+      if (auto run = duplicate_streak.find(p); run != duplicate_streak.end()) run->second.in_flight_until = duration{0};
     eager.insert(p);
   }
   void to_lazy(const std::string& p) {
@@ -459,13 +461,16 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     if (config.origin_copies_end_runs || msg.id.origin != from)
       if (auto run = duplicate_streak.find(from); run != duplicate_streak.end()) run->second.count = 0;
     edit_tree(msg.id.origin, [&](origin_tree& t) { t.streak.erase(from); });
-    optimize(msg.id, msg.round, from);
+    const bool swapped = optimize(msg.id, msg.round, from);
     const auto how = remember(msg.id, msg.tag, msg.payload, msg.round, from);
-    // The first copy's link joins the tree, as in the paper; with options
-    // off by default, not when it is the answer to a fetch (the PRUNE sent
-    // with that GRAFT took the link out on the far side) or a copy the
-    // peer pushed before this node's PRUNE reached it (prune_grace).
-    if (is_peer(from) && !(how.fetched_from_sender && !config.fetch_answers_join_tree) && !sent_before_prune(from))
+    // The first copy's link joins the tree, as in the paper, unless the
+    // optimisation just took it out for a shorter path (until 2026-12-03
+    // this undid that swap at once); with options off by default, not when
+    // it is the answer to a fetch (the PRUNE sent with that GRAFT took the
+    // link out on the far side) or a copy the peer pushed before this
+    // node's PRUNE reached it (prune_grace).
+    if (is_peer(from) && !swapped && !(how.fetched_from_sender && !config.fetch_answers_join_tree) &&
+        !sent_before_prune(from))
       to_eager(from);
     push(msg.id, msg.tag, msg.payload, msg.round + 1, from, how.grafted && config.flood_after_graft);
     deliver(msg.id, msg.tag, msg.payload, msg.round, from);
@@ -594,23 +599,26 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   // the announcer's link joins the tree and the sender's leaves it, so the
   // tree stays a tree (the announcer is not behind this node: it had the
   // message first) and gets shallower.
-  void optimize(const message_id& id, std::uint64_t round, const std::string& from) {
-    if (config.optimization_threshold == 0 || !eager.contains(from)) return;
+  // True when it took the sender out of the tree.
+  bool optimize(const message_id& id, std::uint64_t round, const std::string& from) {
+    if (config.optimization_threshold == 0 || !eager.contains(from)) return false;
     auto it = missing.find(id);
-    if (it == missing.end()) return;
+    if (it == missing.end()) return false;
     const std::pair<std::string, std::uint64_t>* best = nullptr;
     for (const auto& a : it->second.announcers)
       if (a.first != from && lazy.contains(a.first) && (!best || a.second < best->second)) best = &a;
-    if (!best || best->second + 1 + config.optimization_threshold > round) return;
+    if (!best || best->second + 1 + config.optimization_threshold > round) return false;
     const auto now = sched.now();
-    if (now < next_optimization) return;
+    if (now < next_optimization) return false;
     next_optimization = now + config.optimization_interval;
     ++counters.optimizations;
     to_eager(best->first);
     net.send(best->first, channel::broadcast, encode_graft_link());
     to_lazy(from);
+    duplicate_streak[from].in_flight_until = now + config.prune_grace;
     ++counters.prune_sent;
     net.send(from, channel::broadcast, encode_prune());
+    return true;
   }
 
   void on(const std::string& from, const graft_message& msg) {
@@ -693,8 +701,10 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         t.pruned.erase(ev.peer.id);
         t.streak.erase(ev.peer.id);
       });
-      for (auto& [id, m] : missing)
+      for (auto& [id, m] : missing) {
         std::erase_if(m.announcers, [&](const auto& a) { return a.first == ev.peer.id; });
+        std::erase(m.fetched_from, ev.peer.id);
+      }
     }
   }
 
@@ -848,7 +858,8 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       } else {
         ++counters.prune_sent;  // fetch only: the far side keeps the link out of its tree
         net.send(peer, channel::broadcast, encode_prune());
-        m->fetched_from.push_back(peer);
+        if (std::find(m->fetched_from.begin(), m->fetched_from.end(), peer) == m->fetched_from.end())
+          m->fetched_from.push_back(peer);  // at most once each: bounded by the active view
       }
       m->deadline = now + config.graft_retry_timeout;
       m->grafted = true;

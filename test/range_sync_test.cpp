@@ -139,7 +139,7 @@ TEST_CASE("sync_index: rank, at, items and range fingerprints match a sorted set
   CHECK_FALSE(index.contains(top));
 }
 
-TEST_CASE("sync_key_id hashed in pieces equals SipHash of the assembled id, at every split") {
+TEST_CASE("sync_key_id hashed in pieces equals SipHash of the assembled id, key and writer lengths around block edges") {
   // The definition: SipHash-2-4 under the fixed public key of the key's
   // length (8 bytes, little-endian), the key, then the writer. Hashed in
   // pieces, the key and the writer may start and end anywhere in a block.

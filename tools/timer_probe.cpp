@@ -18,6 +18,7 @@
 #include <fcntl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -25,6 +26,7 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -49,7 +51,8 @@ std::size_t fsync_loop(const std::filesystem::path& file, const std::atomic<bool
     ++syncs;
   }
   ::close(fd);
-  std::filesystem::remove(file);
+  std::error_code ignored;
+  std::filesystem::remove(file, ignored);
   return syncs;
 }
 
@@ -58,26 +61,33 @@ std::size_t fsync_loop(const std::filesystem::path& file, const std::atomic<bool
 int main(int argc, char** argv) {
   double seconds = 5;
   bool fsync = false, trace = false;
-  int spinners = 0;
-  for (int i = 1; i < argc; ++i) {
+  long spinners = 0;
+  bool ok = true;
+  // A number that is all of its argument, or ok = false.
+  const auto number = [&ok](const char* text) {
+    char* end = nullptr;
+    const double v = std::strtod(text, &end);
+    if (end == text || *end != '\0') ok = false;
+    return v;
+  };
+  for (int i = 1; i < argc && ok; ++i) {
     const std::string_view a = argv[i];
-    if (a == "--seconds" && i + 1 < argc) seconds = std::atof(argv[++i]);
-    else if (a == "--spin" && i + 1 < argc) spinners = std::atoi(argv[++i]);
+    if (a == "--seconds" && i + 1 < argc) seconds = number(argv[++i]);
+    else if (a == "--spin" && i + 1 < argc) spinners = static_cast<long>(number(argv[++i]));
     else if (a == "--fsync") fsync = true;
     else if (a == "--trace") trace = true;
-    else {
-      std::fprintf(stderr, "usage: barrel-p2p-timer-probe [--seconds S] [--fsync] [--spin N] [--trace]\n");
-      return 2;
-    }
+    else ok = false;
   }
-  if (seconds <= 0 || spinners < 0 || spinners > 64) {
-    std::fprintf(stderr, "barrel-p2p-timer-probe: --seconds > 0, 0 <= --spin <= 64\n");
+  if (!ok || !std::isfinite(seconds) || seconds < 0.01 || seconds > 86'400 || spinners < 0 || spinners > 64) {
+    std::fprintf(stderr,
+                 "usage: barrel-p2p-timer-probe [--seconds S] [--fsync] [--spin N] [--trace]\n"
+                 "       0.01 <= S <= 86400, 0 <= N <= 64\n");
     return 2;
   }
 
   std::atomic<bool> stop{false};
   std::vector<std::thread> load;
-  for (int s = 0; s < spinners; ++s)
+  for (long s = 0; s < spinners; ++s)
     load.emplace_back([&stop] {
       while (!stop.load(std::memory_order_relaxed)) {
       }
@@ -103,12 +113,13 @@ int main(int argc, char** argv) {
   stop = true;
   for (auto& t : load) t.join();
 
+  if (late_ms.empty()) late_ms.push_back(0.0);  // a run shorter than one sleep
   const auto over = std::count_if(late_ms.begin(), late_ms.end(), [](double l) { return l > 2.0; });
   std::sort(late_ms.begin(), late_ms.end());
   std::printf("1 ms sleeps: %zu, late p50 %.3f ms, p99 %.3f ms, worst %.2f ms, %ld over 2 ms",
               late_ms.size(), late_ms[late_ms.size() / 2], late_ms[late_ms.size() * 99 / 100], late_ms.back(),
               static_cast<long>(over));
   if (fsync) std::printf("; fsyncs beside: %zu (%.0f/s)", syncs, static_cast<double>(syncs) / seconds);
-  if (spinners > 0) std::printf("; busy threads beside: %d", spinners);
+  if (spinners > 0) std::printf("; busy threads beside: %ld", spinners);
   std::printf("\n");
 }
