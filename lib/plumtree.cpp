@@ -9,6 +9,7 @@
 #include "token_bucket.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <deque>
@@ -84,13 +85,52 @@ struct cached_message {
   duration received{0};     // when the first copy arrived (or was broadcast)
   std::uint32_t round = 0;  // saturated
   bool grafted = false;     // this node asked for it by GRAFT before it arrived
+  // The peer it came from, as a slot of sender_slots (0: none or not
+  // tracked), for optimization_mean_hops; in the padding.
+  std::uint8_t sender = 0;
   // Grafted: ms from its first announcement to the graft's answer
   // (saturated; in the padding), for adaptive_graft_timeout.
   std::uint16_t answered_after_ms = 0;
 };
-// The field above lives in what was padding: one per cached message.
+// The fields above live in what was padding: one per cached message.
 static_assert(sizeof(cached_message) ==
               sizeof(const std::string*) + sizeof(byte_slice) + sizeof(duration) + sizeof(std::uint64_t));
+
+// Peers named by one byte, for the sender of each cached message: a slot
+// is given on a peer's first message and freed when it leaves the view
+// (cache entries that still name it then name nobody, or a later peer in
+// the same slot: a wrong sample for the optimisation, nothing else).
+class sender_slots {
+ public:
+  std::uint8_t slot(const std::string& peer) {
+    if (auto it = slots_.find(peer); it != slots_.end()) return it->second;
+    for (std::size_t s = 1; s < names_.size(); ++s)
+      if (names_[s].empty()) {
+        names_[s] = peer;
+        slots_.emplace(peer, static_cast<std::uint8_t>(s));
+        return static_cast<std::uint8_t>(s);
+      }
+    return 0;  // more than 255 peers at once: not tracked
+  }
+  const std::string* name(std::uint8_t s) const { return s && !names_[s].empty() ? &names_[s] : nullptr; }
+  void release(const std::string& peer) {
+    if (auto it = slots_.find(peer); it != slots_.end()) {
+      names_[it->second].clear();
+      slots_.erase(it);
+    }
+  }
+
+ private:
+  std::array<std::string, 256> names_;
+  std::unordered_map<std::string, std::uint8_t> slots_;
+};
+
+// How many hops sooner a lazy peer offers the messages an eager peer
+// brings (optimization_mean_hops).
+struct path_saving {
+  double mean = 0;
+  std::uint32_t samples = 0;
+};
 
 // An eager peer that keeps sending copies this node already has.
 struct duplicate_run {
@@ -154,6 +194,10 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   // graft repairs the cut before the timers of the nodes behind it fire.
   duration repair_until{0};
   duration next_optimization{0};  // optimisations are at least optimization_interval apart
+  sender_slots senders;           // optimization_mean_hops only
+  // (lazy announcer, eager sender) -> hops saved by the announcer, while
+  // the first is lazy and the second eager: at most the view's size squared.
+  std::map<std::pair<std::string, std::string>, path_saving> savings;
   // How long after its first announcement a message's tree copy arrives
   // (adaptive_graft_timeout).
   detail::delay_estimate tree_delay;
@@ -177,6 +221,8 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       throw std::invalid_argument(
           "plumtree_config: intervals must be positive, batch, cache and graft answer budgets > 0");
     if (config.max_origin_trees == 0) throw std::invalid_argument("plumtree_config: max_origin_trees must be > 0");
+    if (!(config.optimization_mean_hops >= 0 && config.optimization_mean_hops <= 1000) || config.optimization_samples == 0)
+      throw std::invalid_argument("plumtree_config: optimization_mean_hops must be in [0, 1000], optimization_samples > 0");
     if (config.graft_timeout_min <= duration{0} || config.graft_timeout_max < config.graft_timeout_min)
       throw std::invalid_argument("plumtree_config: graft_timeout_min must be > 0 and <= graft_timeout_max");
     counters.graft_wait_ms = static_cast<std::uint64_t>(config.graft_timeout.count());
@@ -213,12 +259,14 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
 
   void to_eager(const std::string& p) {
     // Back in the tree: a grace from an earlier prune no longer applies.
-    if (lazy.erase(p) != 0)
+    if (lazy.erase(p) != 0) {
       if (auto run = duplicate_streak.find(p); run != duplicate_streak.end()) run->second.in_flight_until = duration{0};
+      forget_savings(p);
+    }
     eager.insert(p);
   }
   void to_lazy(const std::string& p) {
-    eager.erase(p);
+    if (eager.erase(p) != 0) forget_savings(p);
     lazy.insert(p);
     // A run counts duplicates in a row while eager: if the link is grafted
     // again, it starts a new run (its lag still describes the path).
@@ -255,7 +303,10 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       missing.erase(was_missing);
       counters.missing = missing.size();
     }
-    if (!cache.contains(id)) cache_message(names.hold(id.origin), id.seq, tag, payload, round, grafted, since_announced);
+    if (!cache.contains(id)) {
+      const std::uint8_t sender = config.optimization_mean_hops > 0 && is_peer(from) ? senders.slot(from) : 0;
+      cache_message(names.hold(id.origin), id.seq, tag, payload, round, grafted, since_announced, sender);
+    }
     return {grafted, fetched_from_sender};
   }
 
@@ -264,7 +315,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   // node's own broadcasts come here directly: a fresh id can be neither
   // missing nor cached, and its origin is the pinned own name.
   void cache_message(const std::string* origin, std::uint64_t seq, const std::string& tag, const byte_slice& payload,
-                     std::uint64_t round, bool grafted, duration since_announced) {
+                     std::uint64_t round, bool grafted, duration since_announced, std::uint8_t sender = 0) {
     const auto saturated = static_cast<std::uint32_t>(std::min<std::uint64_t>(round, UINT32_MAX));
     const std::string* pooled_tag = nullptr;
     decltype(cache)::iterator entry;
@@ -274,7 +325,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       const auto answered_after = static_cast<std::uint16_t>(
           std::clamp<duration::rep>(since_announced.count(), 0, std::numeric_limits<std::uint16_t>::max()));
       std::tie(entry, inserted) = cache.emplace(
-          cached_id{origin, seq}, cached_message{pooled_tag, payload, sched.now(), saturated, grafted, answered_after});
+          cached_id{origin, seq}, cached_message{pooled_tag, payload, sched.now(), saturated, grafted, sender, answered_after});
     } catch (...) {  // allocation failure: the names are not held by anything
       names.release(origin);
       if (pooled_tag) names.release(pooled_tag);
@@ -461,7 +512,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     if (config.origin_copies_end_runs || msg.id.origin != from)
       if (auto run = duplicate_streak.find(from); run != duplicate_streak.end()) run->second.count = 0;
     edit_tree(msg.id.origin, [&](origin_tree& t) { t.streak.erase(from); });
-    const bool swapped = optimize(msg.id, msg.round, from);
+    const bool swapped = optimize(msg.id, msg.round, from) || judge_announcers(msg.id, msg.round, from);
     const auto how = remember(msg.id, msg.tag, msg.payload, msg.round, from);
     // The first copy's link joins the tree, as in the paper, unless the
     // optimisation just took it out for a shorter path (until 2026-12-03
@@ -555,7 +606,14 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   void on(const std::string& from, const ihave_message& msg) {
     const auto now = sched.now();
     for (const auto& a : msg.ids) {
-      if (cache.contains(a.id) || a.id.origin == self()) continue;
+      if (a.id.origin == self()) continue;
+      if (auto c = cache.find(a.id); c != cache.end()) {
+        // Announced after its copy came: how much sooner (or later) this
+        // announcer would have brought it.
+        if (const auto* sender = senders.name(c->second.sender))
+          judge_path(from, *sender, static_cast<double>(c->second.round) - static_cast<double>(a.round));
+        continue;
+      }
       auto it = missing.find(a.id);
       if (it == missing.end()) {
         if (missing.size() >= config.max_missing) continue;
@@ -608,17 +666,57 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     for (const auto& a : it->second.announcers)
       if (a.first != from && lazy.contains(a.first) && (!best || a.second < best->second)) best = &a;
     if (!best || best->second + 1 + config.optimization_threshold > round) return false;
+    return swap_link(best->first, from);
+  }
+
+  // The announcers of a message that has just come by the tree from
+  // `sender` at `round`: each one's offer is a sample of its pair.
+  bool judge_announcers(const message_id& id, std::uint64_t round, const std::string& sender) {
+    if (config.optimization_mean_hops <= 0) return false;
+    auto it = missing.find(id);
+    if (it == missing.end()) return false;
+    for (const auto& [announcer, offered] : it->second.announcers)
+      if (judge_path(announcer, sender, static_cast<double>(round) - static_cast<double>(offered))) return true;
+    return false;
+  }
+
+  // One sample of how many hops sooner `announcer` (lazy) offered a message
+  // that came by `sender` (eager); swaps the two links once the pair's
+  // average reaches optimization_mean_hops. The message at hand must have
+  // come the longer way as well: the announcer then did not have it through
+  // this node, so it is on the sender's side of the tree, and the swap
+  // keeps the tree connected.
+  bool judge_path(const std::string& announcer, const std::string& sender, double saved) {
+    if (config.optimization_mean_hops <= 0 || announcer == sender || !lazy.contains(announcer) ||
+        !eager.contains(sender))
+      return false;
+    auto& s = savings[{announcer, sender}];
+    ++s.samples;
+    s.mean += (saved - s.mean) / static_cast<double>(std::min(s.samples, config.optimization_samples));
+    if (s.samples < config.optimization_samples || s.mean < config.optimization_mean_hops || saved < 1) return false;
+    return swap_link(announcer, sender);
+  }
+
+  // The optimisation's swap: `in` joins the tree on both ends, `out` leaves
+  // it on both ends. At most one per optimization_interval.
+  bool swap_link(const std::string& in, const std::string& out) {
     const auto now = sched.now();
     if (now < next_optimization) return false;
     next_optimization = now + config.optimization_interval;
     ++counters.optimizations;
-    to_eager(best->first);
-    net.send(best->first, channel::broadcast, encode_graft_link());
-    to_lazy(from);
-    duplicate_streak[from].in_flight_until = now + config.prune_grace;
+    to_eager(in);
+    net.send(in, channel::broadcast, encode_graft_link());
+    to_lazy(out);
+    duplicate_streak[out].in_flight_until = now + config.prune_grace;
     ++counters.prune_sent;
-    net.send(from, channel::broadcast, encode_prune());
+    net.send(out, channel::broadcast, encode_prune());
     return true;
+  }
+
+  // A link that changed sides: its pairs' samples described the old tree.
+  void forget_savings(const std::string& peer) {
+    if (savings.empty()) return;
+    std::erase_if(savings, [&](const auto& e) { return e.first.first == peer || e.first.second == peer; });
   }
 
   void on(const std::string& from, const graft_message& msg) {
@@ -697,6 +795,8 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       pending_ihave.erase(ev.peer.id);
       graft_budgets.forget(ev.peer.id);
       duplicate_streak.erase(ev.peer.id);
+      senders.release(ev.peer.id);
+      forget_savings(ev.peer.id);
       edit_trees([&](origin_tree& t) {
         t.pruned.erase(ev.peer.id);
         t.streak.erase(ev.peer.id);

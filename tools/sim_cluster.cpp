@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <climits>
 #include <queue>
 #include <stdexcept>
 #include <set>
@@ -109,6 +110,8 @@ cluster::cluster(std::size_t n, const options& o) : net(io, [&] {
     if (o.adaptive_graft) c.broadcast.adaptive_graft_timeout = *o.adaptive_graft;
     if (o.optimization_threshold) c.broadcast.optimization_threshold = *o.optimization_threshold;
     if (o.optimization_interval_ms) c.broadcast.optimization_interval = duration{*o.optimization_interval_ms};
+    if (o.optimization_mean_hops) c.broadcast.optimization_mean_hops = *o.optimization_mean_hops;
+    if (o.optimization_samples) c.broadcast.optimization_samples = *o.optimization_samples;
     if (o.lazy_new_links) c.broadcast.lazy_new_links = *o.lazy_new_links;
     if (o.repair_graft_ms) c.broadcast.repair_graft_timeout = duration{*o.repair_graft_ms};
     c.membership.seed = seed * 1'000'003 + i + 1;
@@ -231,6 +234,48 @@ bool cluster::overlay_connected() const {
   return reached == live;
 }
 
+// Breadth-first distances over `g` (live nodes only). With `sources` > 0:
+// the average shortest path and the average eccentricity (greatest distance)
+// from up to that many sources spread over the nodes, the first at `first`;
+// `reached` counts the live nodes reachable from `first`.
+cluster::path_stats cluster::distances(const std::vector<std::vector<std::size_t>>& g, std::size_t first,
+                                       std::size_t* reached, std::size_t sources) const {
+  auto bfs = [&](std::size_t from) {
+    std::vector<int> dist(g.size(), -1);
+    std::queue<std::size_t> q;
+    dist[from] = 0;
+    q.push(from);
+    while (!q.empty()) {
+      auto v = q.front();
+      q.pop();
+      for (auto w : g[v])
+        if (alive(w) && dist[w] < 0) dist[w] = dist[v] + 1, q.push(w);
+    }
+    return dist;
+  };
+  path_stats r;
+  if (first >= g.size()) return r;
+  if (reached) {
+    auto d0 = bfs(first);
+    *reached = 0;
+    for (std::size_t i = 0; i < g.size(); ++i) *reached += alive(i) && d0[i] >= 0;
+  }
+  double total = 0, eccentricity = 0;
+  std::size_t pairs = 0, used = 0;
+  for (std::size_t i = first; i < g.size() && used < sources; i += std::max<std::size_t>(1, g.size() / sources)) {
+    if (!alive(i)) continue;
+    ++used;
+    auto d = bfs(i);
+    int farthest = 0;
+    for (std::size_t j = 0; j < g.size(); ++j)
+      if (j != i && d[j] > 0) total += d[j], ++pairs, farthest = std::max(farthest, d[j]);
+    eccentricity += farthest;
+  }
+  r.avg_path = pairs ? total / static_cast<double>(pairs) : 0;
+  r.avg_eccentricity = used ? eccentricity / static_cast<double>(used) : 0;
+  return r;
+}
+
 cluster::overlay_stats cluster::stats(bool paths) const {
   overlay_stats s;
   auto g = graph();
@@ -257,34 +302,53 @@ cluster::overlay_stats cluster::stats(bool paths) const {
   s.avg_active /= static_cast<double>(s.live);
   s.avg_passive /= static_cast<double>(s.live);
   s.clustering /= static_cast<double>(s.live);
-  auto bfs = [&](std::size_t from) {
+  std::size_t reached = 0;
+  distances(g, first, &reached);
+  s.reached = reached;
+  if (paths) {
+    auto d = distances(g, first, nullptr, 50);
+    s.avg_path = d.avg_path;
+    s.avg_eccentricity = d.avg_eccentricity;
+  }
+  return s;
+}
+
+// One shared tree cannot be shallow for every origin. A breadth-first tree
+// grown from the overlay's centre (the node whose farthest node is nearest)
+// is about as shallow as one tree gets: its average eccentricity is, about,
+// the floor of a shared tree's average LDH.
+double cluster::centre_tree_eccentricity() const {
+  const auto g = graph();
+  auto bfs = [&](std::size_t from, std::vector<std::size_t>* parent) {
     std::vector<int> dist(g.size(), -1);
     std::queue<std::size_t> q;
     dist[from] = 0;
     q.push(from);
+    int farthest = 0;
     while (!q.empty()) {
       auto v = q.front();
       q.pop();
+      farthest = std::max(farthest, dist[v]);
       for (auto w : g[v])
-        if (alive(w) && dist[w] < 0) dist[w] = dist[v] + 1, q.push(w);
+        if (alive(w) && dist[w] < 0) {
+          dist[w] = dist[v] + 1, q.push(w);
+          if (parent) (*parent)[w] = v;
+        }
     }
-    return dist;
+    return farthest;
   };
-  auto d0 = bfs(first);
-  for (std::size_t i = 0; i < g.size(); ++i) s.reached += alive(i) && d0[i] >= 0;
-  if (paths) {  // average shortest path from up to 50 sources
-    double total = 0;
-    std::size_t pairs = 0, sources = 0;
-    for (std::size_t i = first; i < g.size() && sources < 50; i += std::max<std::size_t>(1, g.size() / 50)) {
-      if (!alive(i)) continue;
-      ++sources;
-      auto d = bfs(i);
-      for (std::size_t j = 0; j < g.size(); ++j)
-        if (j != i && d[j] > 0) total += d[j], ++pairs;
-    }
-    s.avg_path = pairs ? total / static_cast<double>(pairs) : 0;
-  }
-  return s;
+  std::size_t centre = SIZE_MAX;
+  int best = INT_MAX;
+  for (std::size_t i = 0; i < g.size(); ++i)
+    if (alive(i))
+      if (const int e = bfs(i, nullptr); e < best) best = e, centre = i;
+  if (centre == SIZE_MAX) return 0;
+  std::vector<std::size_t> parent(g.size(), SIZE_MAX);
+  bfs(centre, &parent);
+  std::vector<std::vector<std::size_t>> tree(g.size());
+  for (std::size_t i = 0; i < g.size(); ++i)
+    if (parent[i] != SIZE_MAX) tree[i].push_back(parent[i]), tree[parent[i]].push_back(i);
+  return distances(tree, centre, nullptr, 50).avg_eccentricity;
 }
 
 cluster::tree_stats cluster::tree() const {
@@ -318,6 +382,16 @@ cluster::tree_stats cluster::tree() const {
   }
   for (std::size_t i = 0; i < nodes.size(); ++i) t.components += alive(i) && find(i) == i;
   t.cycles = undirected + t.components - live;
+  // Either direction of an eager link carries messages one way or the other.
+  std::vector<std::vector<std::size_t>> links(nodes.size());
+  for (std::size_t i = 0; i < nodes.size(); ++i)
+    for (auto j : eager[i]) {
+      links[i].push_back(j);
+      if (!eager[j].contains(i)) links[j].push_back(i);
+    }
+  std::size_t first = 0;
+  while (first < nodes.size() && !alive(first)) ++first;
+  t.avg_eccentricity = distances(links, first, nullptr, 50).avg_eccentricity;
   return t;
 }
 
@@ -352,17 +426,21 @@ cluster::broadcast_result cluster::probe(std::uint64_t first, std::size_t count,
   double deliveries_minus_one = 0;
   for (std::uint64_t k = first; k < first + count; ++k) {
     std::size_t got = 0;
+    std::uint64_t last = 0;
     for (auto& [i, hops] : delivered[k]) {
       if (!alive(i)) continue;
       ++got;
-      r.ldh = std::max(r.ldh, hops);
+      last = std::max(last, hops);
     }
+    r.ldh = std::max(r.ldh, last);
+    r.ldh_mean += static_cast<double>(last);
     r.reliability += static_cast<double>(got) / static_cast<double>(live.size());
     r.complete += got == live.size() ? 1.0 : 0.0;
     deliveries_minus_one += got > 0 ? static_cast<double>(got - 1) : 0.0;
   }
   r.reliability /= static_cast<double>(count);
   r.complete /= static_cast<double>(count);
+  r.ldh_mean /= static_cast<double>(count);
   const double msgs = static_cast<double>(total(&plumtree_counters::gossip_sent) - before);
   r.rmr = deliveries_minus_one > 0 ? msgs / deliveries_minus_one - 1.0 : 0.0;
   return r;

@@ -38,6 +38,8 @@ struct options {
   std::optional<std::uint64_t> repair_graft_ms;
   std::optional<std::uint64_t> optimization_threshold;
   std::optional<std::uint64_t> optimization_interval_ms;
+  std::optional<double> optimization_mean_hops;
+  std::optional<std::uint32_t> optimization_samples;
   std::uint64_t jitter_ms = 0;  // per-message link jitter
   std::uint64_t gap_ms = 50;  // steady: between broadcasts
   std::optional<std::uint32_t> prune_after;
@@ -149,10 +151,17 @@ struct cluster {
   struct overlay_stats {
     std::size_t live = 0, asymmetric = 0, reached = 0, min_active = SIZE_MAX, max_active = 0;
     double avg_active = 0, avg_passive = 0, clustering = 0, avg_path = 0;
+    double avg_eccentricity = 0;  ///< greatest distance from a source, averaged over the sampled sources: the floor of a message's LDH
     bool connected() const { return reached == live && asymmetric == 0; }
   };
 
   overlay_stats stats(bool paths) const;
+
+  struct path_stats {
+    double avg_path = 0, avg_eccentricity = 0;
+  };
+  path_stats distances(const std::vector<std::vector<std::size_t>>& g, std::size_t first, std::size_t* reached,
+                       std::size_t sources = 0) const;
 
   std::uint64_t total(std::uint64_t plumtree_counters::*field) const {
     std::uint64_t n = 0;
@@ -170,14 +179,17 @@ struct cluster {
   // links eager in at least one direction.
   struct tree_stats {
     std::size_t directed = 0, mutual = 0, one_way = 0, components = 0, cycles = 0;
+    double avg_eccentricity = 0;  ///< over eager links: the floor of a message's LDH on this tree
   };
   tree_stats tree() const;
+  double centre_tree_eccentricity() const;
 
   struct broadcast_result {
     double reliability = 0;  ///< live nodes reached / live nodes, averaged over the messages
     double complete = 0;     ///< share of the messages that reached every live node
     double rmr = 0;          ///< payload messages / (deliveries - 1) - 1, over the batch
     std::uint64_t ldh = 0;   ///< greatest hop count of any delivery
+    double ldh_mean = 0;     ///< the greatest hop count of each message, averaged over the messages (the paper's LDH)
   };
 
   // Probe `k` from `origin`, recorded as delivered there (hop 0) and, with

@@ -80,6 +80,8 @@ int main(int argc, char** argv) {
       else if (a == "--origin-prune-span-lags") o.origin_prune_span_lags = std::stod(value());
       else if (a == "--optimization-threshold") o.optimization_threshold = std::stoull(value());
       else if (a == "--optimization-interval-ms") o.optimization_interval_ms = std::stoull(value());
+      else if (a == "--optimization-mean-hops") o.optimization_mean_hops = std::stod(value());
+      else if (a == "--optimization-samples") o.optimization_samples = static_cast<std::uint32_t>(std::stoul(value()));
       else if (a == "--lazy-new-links") o.lazy_new_links = value() == "1";
       else if (a == "--flood-after-graft") o.flood_after_graft = value() == "1";
       else if (a == "--adaptive-graft") o.adaptive_graft = value() == "1";
@@ -91,7 +93,8 @@ int main(int argc, char** argv) {
                      "                      [--prune-after N] [--prune-span-lags F] [--prune-grace-ms MS] [--fetch-answers-join-tree 0|1] [--origin-copies-end-runs 0|1] [--origin-prune-after N]\n"
                      "                      [--origin-prune-span-lags F] [--lazy-new-links 0|1] [--repair-graft-ms T]\n"
                      "                      [--flood-after-graft 0|1] [--adaptive-graft 0|1] [--optimization-threshold H]\n"
-                     "                      [--optimization-interval-ms T] [--origins K] [--gap-ms T]\n"
+                     "                      [--optimization-interval-ms T] [--optimization-mean-hops H]\n"
+                     "                      [--optimization-samples N] [--origins K] [--gap-ms T]\n"
                      "                      [--jitter-ms J] [--loss P] [--trace-tree]\n"
                      "                      [--regions K] [--region-jitter F] [--cross-region-loss P]\n"
                      "                      [--flaps-per-s R] [--flap-ms T]\n"

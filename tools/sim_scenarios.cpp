@@ -40,6 +40,7 @@ int scenario_form(const options& o) {
                {"asymmetric_edges", s.asymmetric}, {"active_min", s.min_active}, {"active_max", s.max_active},
                {"active_avg", s.avg_active}, {"passive_avg", s.avg_passive},
                {"clustering", s.clustering}, {"avg_shortest_path", s.avg_path},
+               {"avg_eccentricity", s.avg_eccentricity},
                {"events", c.net.stats().events}, {"messages", c.net.stats().messages_delivered}};
   std::cout << line.dump() << '\n';
   std::cout << "\nform: " << o.nodes << " nodes, seed " << o.seed << "\n"
@@ -48,7 +49,7 @@ int scenario_form(const options& o) {
             << "  active view min/avg/max " << s.min_active << "/" << fmt(s.avg_active) << "/" << s.max_active
             << ", passive avg " << fmt(s.avg_passive) << ", asymmetric edges " << s.asymmetric << "\n"
             << "  clustering coefficient " << fmt(s.clustering) << ", average shortest path " << fmt(s.avg_path)
-            << "\n";
+            << ", average eccentricity " << fmt(s.avg_eccentricity) << "\n";
   if (!s.connected()) return 1;
   if (o.max_connect_ms && static_cast<std::uint64_t>(extra.count()) > *o.max_connect_ms) {
     std::cerr << "form: connected " << extra.count() << " ms after the last join, above " << *o.max_connect_ms << "\n";
@@ -200,6 +201,7 @@ int scenario_steady(const options& o) {
   using H = hyparview_counters;
   const auto grafts0 = c.total(&P::graft_sent), prunes0 = c.total(&P::prune_sent);
   const auto origin_prunes0 = c.total(&P::origin_prunes_sent);
+  const auto optimizations0 = c.total(&P::optimizations);
   const auto late0 = c.total(&P::duplicates_after_graft), ups0 = c.total(&H::peers_up);
   const auto t0 = c.tree();
   if (o.trace_tree) {  // 10 chunks of 30 broadcasts before the measured run, tree shape after each
@@ -220,6 +222,8 @@ int scenario_steady(const options& o) {
   c.take_region_latencies();  // the warm-up's are not measured
   auto r = c.probe(1000, o.broadcasts, duration{o.gap_ms}, rng, o.origins);
   const auto t1 = c.tree();
+  const auto overlay = c.stats(true);
+  const double centre_tree = c.centre_tree_eccentricity();
   std::cerr << "tree before: directed " << t0.directed << " mutual " << t0.mutual << " one-way " << t0.one_way
             << " components " << t0.components << " cycles " << t0.cycles << "\n";
   std::cerr << "tree after:  directed " << t1.directed << " mutual " << t1.mutual << " one-way " << t1.one_way
@@ -238,17 +242,25 @@ int scenario_steady(const options& o) {
   const double other = static_cast<double>(c.net.stats().messages_sent - broadcast_msgs - broadcast0 - other0) / n;
   json line = {{"scenario", "steady"}, {"nodes", o.nodes}, {"seed", o.seed}, {"broadcasts", o.broadcasts},
                {"reliability_avg", r.reliability}, {"complete", r.complete}, {"rmr", r.rmr}, {"ldh_max", r.ldh},
+               {"ldh_mean", r.ldh_mean}, {"avg_shortest_path", overlay.avg_path},
+               {"avg_eccentricity", overlay.avg_eccentricity}, {"tree_avg_eccentricity", t1.avg_eccentricity},
+               {"centre_tree_avg_eccentricity", centre_tree},
                {"loss", o.loss},
                {"payload_msgs_per_broadcast", payload}, {"ihave_msgs_per_broadcast", ihave},
                {"graft_prune_msgs_per_broadcast", graft_prune}, {"membership_replica_msgs_per_broadcast", other},
                {"grafts_per_broadcast", grafts / n}, {"prunes_per_broadcast", prunes / n},
                {"origin_prunes_per_broadcast", origin_prunes / n},
+               {"optimizations_per_broadcast", static_cast<double>(c.total(&P::optimizations) - optimizations0) / n},
                {"prunes_after_graft_per_broadcast", late / n}, {"links_up", ups}, {"origins", o.origins},
                {"graft_wait_ms_avg", graft_wait}};
   std::cout << line.dump() << '\n';
   std::cout << "\nsteady: " << o.nodes << " nodes, " << o.broadcasts << " broadcasts (one every " << o.gap_ms << " ms), seed "
             << o.seed << "\n"
-            << "  reliability " << fmt(r.reliability) << " (" << fmt(r.complete * 100) << " % of broadcasts reached every node), RMR " << fmt(r.rmr) << ", LDH " << r.ldh << "\n"
+            << "  reliability " << fmt(r.reliability) << " (" << fmt(r.complete * 100) << " % of broadcasts reached every node), RMR " << fmt(r.rmr) << ", LDH " << r.ldh << " (greatest), "
+            << fmt(r.ldh_mean) << " (a broadcast's, averaged)\n"
+            << "  overlay: average shortest path " << fmt(overlay.avg_path) << ", average eccentricity "
+            << fmt(overlay.avg_eccentricity) << "; eager links at the end: average eccentricity " << fmt(t1.avg_eccentricity)
+            << ", of a breadth-first tree from the overlay's centre " << fmt(centre_tree) << "\n"
             << "  per broadcast: payload " << fmt(payload) << ", IHAVE " << fmt(ihave) << ", GRAFT+PRUNE "
             << fmt(graft_prune) << ", membership/replica traffic meanwhile " << fmt(other) << "\n"
             << "  per broadcast: " << fmt(grafts / n) << " grafts, " << fmt(prunes / n) << " prunes (of which "

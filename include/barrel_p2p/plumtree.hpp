@@ -125,6 +125,21 @@ struct plumtree_config {
   std::uint64_t optimization_threshold = 0;
   /// At most one optimisation per node this often (0: no limit).
   duration optimization_interval{0};
+  /// The optimisation judged on average, across origins (0: off; used
+  /// beside or instead of optimization_threshold's one-message rule). For
+  /// each pair of a lazy peer and an eager one, this node tracks how many
+  /// hops sooner the lazy peer's announcements offer the messages that
+  /// came by the eager one (smoothed; negative when later). Once
+  /// optimization_samples of them average at least this many hops, and
+  /// the message at hand came the longer way too, the lazy link replaces
+  /// the eager one in the tree. With many origins a path shorter for one
+  /// origin is longer for another, and the one-message rule swaps back
+  /// and forth; the average swaps only when the new link is shorter for
+  /// the messages the old one brought. Must be in [0, 1000].
+  double optimization_mean_hops = 0;
+  /// Samples a pair needs before optimization_mean_hops judges it; must
+  /// be > 0.
+  std::uint32_t optimization_samples = 16;
   /// Received messages are kept this long (to answer GRAFTs and to
   /// recognise duplicates), and at most this many, holding at most this
   /// many payload bytes (the oldest go first).
