@@ -9,7 +9,6 @@
 #include "token_bucket.hpp"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <limits>
 #include <deque>
@@ -85,7 +84,7 @@ struct cached_message {
   duration received{0};     // when the first copy arrived (or was broadcast)
   std::uint32_t round = 0;  // saturated
   bool grafted = false;     // this node asked for it by GRAFT before it arrived
-  // The peer it came from, as a slot of sender_slots (0: none or not
+  // The peer it came from, as a slot of peer_slots (0: none or not
   // tracked), for optimization_mean_hops; in the padding.
   std::uint8_t sender = 0;
   // Grafted: ms from its first announcement to the graft's answer
@@ -96,32 +95,53 @@ struct cached_message {
 static_assert(sizeof(cached_message) ==
               sizeof(const std::string*) + sizeof(byte_slice) + sizeof(duration) + sizeof(std::uint64_t));
 
-// Peers named by one byte, for the sender of each cached message: a slot
-// is given on a peer's first message and freed when it leaves the view
-// (cache entries that still name it then name nobody, or a later peer in
-// the same slot: a wrong sample for the optimisation, nothing else).
-class sender_slots {
+// Peers named by one byte (optimization_mean_hops): the sender of each
+// cached message, and both ends of each pair whose savings are tracked. A
+// slot is given on a peer's first use and freed when it leaves the view.
+// A cached message received before its sender's slot was given names
+// nobody, so a slot given again is not taken for the peer that left (only
+// a message received in the very millisecond of the handover could be).
+class peer_slots {
  public:
-  std::uint8_t slot(const std::string& peer) {
+  std::uint8_t slot(const std::string& peer, duration now) {
     if (auto it = slots_.find(peer); it != slots_.end()) return it->second;
-    for (std::size_t s = 1; s < names_.size(); ++s)
-      if (names_[s].empty()) {
-        names_[s] = peer;
-        slots_.emplace(peer, static_cast<std::uint8_t>(s));
-        return static_cast<std::uint8_t>(s);
-      }
-    return 0;  // more than 255 peers at once: not tracked
+    auto free = std::find_if(holders_.begin(), holders_.end(), [](const holder& h) { return h.peer.empty(); });
+    if (free == holders_.end()) {
+      if (holders_.size() == 255) return 0;  // more than 255 peers at once: not tracked
+      // Reserved whole on first use: name()'s pointers stay valid as slots are given.
+      if (holders_.empty()) holders_.reserve(255);
+      free = holders_.emplace(holders_.end());
+    }
+    free->peer = peer;
+    free->since = now;
+    const auto s = static_cast<std::uint8_t>(free - holders_.begin() + 1);
+    slots_.emplace(peer, s);
+    return s;
   }
-  const std::string* name(std::uint8_t s) const { return s && !names_[s].empty() ? &names_[s] : nullptr; }
+  // 0 when the peer has no slot.
+  std::uint8_t find(const std::string& peer) const {
+    auto it = slots_.find(peer);
+    return it == slots_.end() ? 0 : it->second;
+  }
+  // The peer in slot `s`, if it held the slot at `received`.
+  const std::string* name(std::uint8_t s, duration received) const {
+    if (s == 0 || s > holders_.size()) return nullptr;
+    const auto& h = holders_[s - 1];
+    return !h.peer.empty() && received >= h.since ? &h.peer : nullptr;
+  }
   void release(const std::string& peer) {
     if (auto it = slots_.find(peer); it != slots_.end()) {
-      names_[it->second].clear();
+      holders_[it->second - 1].peer.clear();
       slots_.erase(it);
     }
   }
 
  private:
-  std::array<std::string, 256> names_;
+  struct holder {
+    std::string peer;  // empty: free
+    duration since{0};
+  };
+  std::vector<holder> holders_;  // slot s is holders_[s - 1]; grown on first use
   std::unordered_map<std::string, std::uint8_t> slots_;
 };
 
@@ -194,10 +214,11 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   // graft repairs the cut before the timers of the nodes behind it fire.
   duration repair_until{0};
   duration next_optimization{0};  // optimisations are at least optimization_interval apart
-  sender_slots senders;           // optimization_mean_hops only
-  // (lazy announcer, eager sender) -> hops saved by the announcer, while
-  // the first is lazy and the second eager: at most the view's size squared.
-  std::map<std::pair<std::string, std::string>, path_saving> savings;
+  peer_slots slots;               // optimization_mean_hops only
+  // (lazy announcer's slot << 8 | eager sender's slot) -> hops saved by the
+  // announcer, while the first is lazy and the second eager: at most the
+  // view's size squared.
+  std::unordered_map<std::uint16_t, path_saving> savings;
   // How long after its first announcement a message's tree copy arrives
   // (adaptive_graft_timeout).
   detail::delay_estimate tree_delay;
@@ -304,7 +325,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       counters.missing = missing.size();
     }
     if (!cache.contains(id)) {
-      const std::uint8_t sender = config.optimization_mean_hops > 0 && is_peer(from) ? senders.slot(from) : 0;
+      const std::uint8_t sender = config.optimization_mean_hops > 0 && is_peer(from) ? slots.slot(from, sched.now()) : 0;
       cache_message(names.hold(id.origin), id.seq, tag, payload, round, grafted, since_announced, sender);
     }
     return {grafted, fetched_from_sender};
@@ -610,8 +631,8 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       if (auto c = cache.find(a.id); c != cache.end()) {
         // Announced after its copy came: how much sooner (or later) this
         // announcer would have brought it.
-        if (const auto* sender = senders.name(c->second.sender))
-          judge_path(from, *sender, static_cast<double>(c->second.round) - static_cast<double>(a.round));
+        if (const auto* sender = slots.name(c->second.sender, c->second.received))
+          sample_saving(from, *sender, static_cast<double>(c->second.round) - static_cast<double>(a.round));
         continue;
       }
       auto it = missing.find(a.id);
@@ -676,7 +697,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     auto it = missing.find(id);
     if (it == missing.end()) return false;
     for (const auto& [announcer, offered] : it->second.announcers)
-      if (judge_path(announcer, sender, static_cast<double>(round) - static_cast<double>(offered))) return true;
+      if (sample_saving(announcer, sender, static_cast<double>(round) - static_cast<double>(offered))) return true;
     return false;
   }
 
@@ -686,15 +707,21 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   // come the longer way as well: the announcer then did not have it through
   // this node, so it is on the sender's side of the tree, and the swap
   // keeps the tree connected.
-  bool judge_path(const std::string& announcer, const std::string& sender, double saved) {
+  bool sample_saving(const std::string& announcer, const std::string& sender, double saved) {
     if (config.optimization_mean_hops <= 0 || announcer == sender || !lazy.contains(announcer) ||
         !eager.contains(sender))
       return false;
-    auto& s = savings[{announcer, sender}];
-    ++s.samples;
-    s.mean += (saved - s.mean) / static_cast<double>(std::min(s.samples, config.optimization_samples));
-    if (s.samples < config.optimization_samples || s.mean < config.optimization_mean_hops || saved < 1) return false;
-    return swap_link(announcer, sender);
+    const auto now = sched.now();
+    const auto a = slots.slot(announcer, now), e = slots.slot(sender, now);
+    if (a == 0 || e == 0) return false;
+    // Rounds come from peers: one absurd round moves the mean a bounded step.
+    saved = std::clamp(saved, -64.0, 64.0);
+    auto& pair = savings[static_cast<std::uint16_t>(a << 8 | e)];
+    if (pair.samples < std::numeric_limits<std::uint32_t>::max()) ++pair.samples;
+    // A plain mean up to optimization_samples, then a moving one.
+    pair.mean += (saved - pair.mean) / static_cast<double>(std::min(pair.samples, config.optimization_samples));
+    const bool shorter = pair.samples >= config.optimization_samples && pair.mean >= config.optimization_mean_hops;
+    return shorter && saved >= 1 && swap_link(announcer, sender);  // (the swap forgets `pair`)
   }
 
   // The optimisation's swap: `in` joins the tree on both ends, `out` leaves
@@ -716,7 +743,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   // A link that changed sides: its pairs' samples described the old tree.
   void forget_savings(const std::string& peer) {
     if (savings.empty()) return;
-    std::erase_if(savings, [&](const auto& e) { return e.first.first == peer || e.first.second == peer; });
+    const auto s = slots.find(peer);
+    if (s == 0) return;
+    std::erase_if(savings, [&](const auto& e) { return (e.first >> 8) == s || (e.first & 0xff) == s; });
   }
 
   void on(const std::string& from, const graft_message& msg) {
@@ -795,8 +824,8 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       pending_ihave.erase(ev.peer.id);
       graft_budgets.forget(ev.peer.id);
       duplicate_streak.erase(ev.peer.id);
-      senders.release(ev.peer.id);
-      forget_savings(ev.peer.id);
+      forget_savings(ev.peer.id);  // before its slot goes
+      slots.release(ev.peer.id);
       edit_trees([&](origin_tree& t) {
         t.pruned.erase(ev.peer.id);
         t.streak.erase(ev.peer.id);

@@ -452,24 +452,29 @@ TEST_CASE("the optimisation judged on average: a shallower tree, every broadcast
     const auto early = c.optimizations();
     c.broadcast_many(1000, 600, 50ms, rng);
     const auto late = c.optimizations() - early;
+    std::uint64_t grafts_before = 0, grafts_after = 0;
+    for (auto& b : c.nodes) grafts_before += b->broadcast->counters().graft_sent;
     c.broadcast_many(2000, 200, 50ms, rng);
+    for (auto& b : c.nodes) grafts_after += b->broadcast->counters().graft_sent;
     CHECK(c.delivered_everywhere(0, 600) == 600);
     CHECK(c.delivered_everywhere(1000, 600) == 600);
     CHECK(c.delivered_everywhere(2000, 200) == 200);
     struct result {
       double ldh;
-      std::uint64_t early, late;
+      std::uint64_t early, late, grafts;
     };
-    return result{c.mean_last_delivery_hop(2000, 200), early, late};
+    return result{c.mean_last_delivery_hop(2000, 200), early, late, grafts_after - grafts_before};
   };
   const auto off = run(0);
   const auto on = run(3);
   MESSAGE("mean LDH without ", off.ldh, ", with ", on.ldh, "; swaps in the first 600 broadcasts ", on.early,
-          ", in the next 600 ", on.late);
+          ", in the next 600 ", on.late, "; grafts in the last 200 without ", off.grafts, ", with ", on.grafts);
   CHECK(off.early + off.late == 0);
   CHECK(on.early > 0);
   CHECK(on.ldh < 0.8 * off.ldh);
   CHECK(on.late * 4 <= on.early);
+  // A settled tree needs no repair: a swap that cut it would show here.
+  CHECK(on.grafts <= 10);
 }
 
 TEST_CASE("configurations that would spin or never fire are refused") {

@@ -54,6 +54,7 @@ struct options {
   // steady: exit 1 when a figure is above its bound (the suite's regression guard)
   std::optional<double> max_rmr, max_graft_prune, min_complete;
   std::optional<std::uint64_t> max_ldh;
+  std::optional<double> max_ldh_mean;  // steady: fail above this mean last-delivery hop
   // form, fail, partition: the same kind of bounds (the suite's guard)
   std::optional<std::uint64_t> max_connect_ms;  // form: overlay connected after the last join
   std::optional<double> min_reliability;        // fail: every failure size, after 5 rounds

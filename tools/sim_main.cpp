@@ -64,6 +64,7 @@ int main(int argc, char** argv) {
       else if (a == "--max-rmr") o.max_rmr = std::stod(value());
       else if (a == "--max-graft-prune") o.max_graft_prune = std::stod(value());
       else if (a == "--max-ldh") o.max_ldh = std::stoull(value());
+      else if (a == "--max-ldh-mean") o.max_ldh_mean = std::stod(value());
       else if (a == "--min-complete") o.min_complete = std::stod(value());
       else if (a == "--max-connect-ms") o.max_connect_ms = std::stoull(value());
       else if (a == "--min-reliability") o.min_reliability = std::stod(value());
@@ -98,7 +99,8 @@ int main(int argc, char** argv) {
                      "                      [--jitter-ms J] [--loss P] [--trace-tree]\n"
                      "                      [--regions K] [--region-jitter F] [--cross-region-loss P]\n"
                      "                      [--flaps-per-s R] [--flap-ms T]\n"
-                     "                      [--max-rmr R] [--max-ldh L] [--max-graft-prune G] [--min-complete C]\n"
+                     "                      [--max-rmr R] [--max-ldh L] [--max-ldh-mean L] [--max-graft-prune G]\n"
+                     "                      [--min-complete C]\n"
                      "                      [--max-connect-ms T] [--min-reliability R] [--max-converge-ms T]\n"
                      "       barrel-p2p-sim --scenario nemesis [--seeds A..B] [--nodes N] [--fault-seconds S] [--trace] [--sabotage]\n"
                      "                      [--skip-faults K,...] [--shrink]\n";

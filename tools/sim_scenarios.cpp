@@ -277,6 +277,7 @@ int scenario_steady(const options& o) {
   over("RMR", r.rmr, o.max_rmr);
   over("GRAFT+PRUNE per broadcast", graft_prune, o.max_graft_prune);
   over("LDH", static_cast<double>(r.ldh), o.max_ldh ? std::optional<double>(static_cast<double>(*o.max_ldh)) : std::nullopt);
+  over("mean LDH", r.ldh_mean, o.max_ldh_mean);
   over("share of complete broadcasts", r.complete, o.min_complete, true);
   return rc;
 }
