@@ -63,6 +63,7 @@ struct options {
   double rate = 200;
   double throughput_seconds = 10;
   double writer_rate = 0;  // throughput: puts/s per writer (0: back to back)
+  std::size_t threads = 1;  // throughput: threads the nodes are spread over
   std::string json_path = "bench.json";
   std::vector<std::size_t> sync_sizes = {10'000, 100'000};
   std::vector<std::size_t> state_sizes = {1'000, 100'000, 1'000'000};
@@ -103,6 +104,20 @@ tls_setup tls;
 
 double us(steady::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
 
+task<std::uint64_t> bytes_received(node& n) { co_return n.net().counters().bytes_received; }
+task<replica_counters> replica_stats(std::shared_ptr<map> m) { co_return m->replica_stats(); }
+
+// `read(n)`, run on the node's executor: nodes may run on other threads,
+// and their state is read where they run.
+template <class F>
+task<std::invoke_result_t<F&, node&>> read_on_node(node& n, F read) {
+  co_return read(n);
+}
+template <class F>
+task<std::invoke_result_t<F&, node&>> read_node(node& n, F read) {
+  co_return co_await boost::asio::co_spawn(n.get_executor(), read_on_node(n, std::move(read)), boost::asio::use_awaitable);
+}
+
 struct bench_cluster {
   boost::asio::io_context& io;
   std::vector<std::unique_ptr<node>> nodes;
@@ -135,13 +150,21 @@ struct bench_cluster {
     co_return map::open(n, "bench");
   }
 
+  // Where node k runs (nullopt: the cluster's io_context).
+  std::function<std::optional<executor>(std::size_t)> place;
+
   task<> start(std::size_t n) {
-    for (std::size_t k = 0; k < n; ++k) co_await add();
+    for (std::size_t k = 0; k < n; ++k) {
+      std::optional<executor> where;  // (a ?: inside co_await's operand miscompiles with g++ 12)
+      if (place) where = place(k);
+      co_await add(where);
+    }
     // Let the overlay settle: every node with a full or non-empty view.
     auto sched = make_real_scheduler(io.get_executor());
     for (int i = 0; i < 200; ++i) {
       bool ok = true;
-      for (auto& nd : nodes) ok &= !nd->membership().active_view().empty();
+      for (auto& nd : nodes)
+        ok &= co_await read_node(*nd, [](node& x) { return !x.membership().active_view().empty(); });
       if (ok) break;
       co_await sched->sleep(10ms);
     }
@@ -252,8 +275,23 @@ task<> writer(std::shared_ptr<map> m, std::string prefix, steady::time_point unt
   --running;
 }
 
+// With `o.threads` > 1 the nodes are spread over that many threads (node k
+// on thread k mod T, node 0 and the writers on the cluster's io_context),
+// as nodes on separate machines would each have cores of their own.
 task<json> throughput(boost::asio::io_context& io, std::size_t n, const options& o, bool all_nodes) {
+  std::vector<std::unique_ptr<boost::asio::io_context>> extra_io;
+  std::vector<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work;
+  std::vector<std::thread> threads;
+  for (std::size_t t = 1; t < o.threads; ++t) {
+    extra_io.push_back(std::make_unique<boost::asio::io_context>(1));
+    work.push_back(boost::asio::make_work_guard(*extra_io.back()));
+    threads.emplace_back([ctx = extra_io.back().get()] { ctx->run(); });
+  }
   bench_cluster c(io);
+  c.place = [&](std::size_t k) -> std::optional<executor> {
+    if (k % o.threads == 0) return std::nullopt;
+    return executor(extra_io[k % o.threads - 1]->get_executor());
+  };
   co_await c.start(n);
   const auto start = steady::now();
   const auto until = start + std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(o.throughput_seconds));
@@ -266,52 +304,70 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
   auto wait = make_real_scheduler(io.get_executor());
   // Duplicates and first receipts of every node so far: sampled half way,
   // to tell a tree that settled during the run from one that never did.
-  const auto receipts = [&] {
+  const auto receipts = [&]() -> task<std::pair<std::uint64_t, std::uint64_t>> {
     std::pair<std::uint64_t, std::uint64_t> r{0, 0};
     for (auto& nd : c.nodes) {
-      const auto& b = nd->broadcast().counters();
+      const auto b = co_await read_node(*nd, [](node& x) { return x.broadcast().counters(); });
       r.first += b.duplicates;
       r.second += b.gossip_received - b.duplicates;
     }
-    return r;
+    co_return r;
   };
   const auto half_way = start + (until - start) / 2;
   std::optional<std::pair<std::uint64_t, std::uint64_t>> at_half;
   while (running > 0) {
     co_await wait->sleep(1ms);
-    if (!at_half && steady::now() >= half_way) at_half = receipts();
+    if (!at_half && steady::now() >= half_way) at_half = co_await receipts();
   }
   std::size_t k = 0;
   for (auto x : counts) k += x;
   const auto put_end = steady::now();
-  const auto at_end = receipts();
+  const auto at_end = co_await receipts();
   const auto late_firsts = at_half ? at_end.second - at_half->second : 0;
   const double late_duplicates =
       late_firsts ? static_cast<double>(at_end.first - at_half->first) / static_cast<double>(late_firsts) : 0.0;
   const bool all = co_await c.every_map_holds(k);
   const auto delivered = steady::now();
-  const auto [duplicates, first_receipts] = receipts();  // after the drain
+  const auto [duplicates, first_receipts] = co_await receipts();  // after the drain
   std::uint64_t drops = 0, waits = 0, grafts = 0, prunes = 0, announced = 0;
   std::uint64_t origin_prunes = 0, after_graft = 0, grafts_deferred = 0, answers_deferred = 0, eager_links = 0, lazy_links = 0;
   std::uint64_t graft_wait_ms = 0;
+  struct tally {
+    plumtree_counters broadcast;
+    std::uint64_t drops = 0;
+    std::size_t eager = 0, lazy = 0;
+  };
   for (auto& nd : c.nodes) {
+    const auto t = co_await read_node(*nd, [](node& x) {
+      return tally{x.broadcast().counters(), x.net().counters().send_queue_drops, x.broadcast().eager_peers().size(),
+                   x.broadcast().lazy_peers().size()};
+    });
     // The shape of the tree at the end: with every link eager there is no
     // tree, and each node receives a copy from every neighbour.
-    eager_links += nd->broadcast().eager_peers().size();
-    lazy_links += nd->broadcast().lazy_peers().size();
-    after_graft += nd->broadcast().counters().duplicates_after_graft;
-    grafts_deferred += nd->broadcast().counters().grafts_deferred;
-    answers_deferred += nd->broadcast().counters().graft_answers_deferred;
-    announced += nd->broadcast().counters().congested_announcements;
-    grafts += nd->broadcast().counters().graft_sent;
-    prunes += nd->broadcast().counters().prune_sent;
-    origin_prunes += nd->broadcast().counters().origin_prunes_sent;
-    graft_wait_ms += nd->broadcast().counters().graft_wait_ms;
-    drops += nd->net().counters().send_queue_drops;
+    eager_links += t.eager;
+    lazy_links += t.lazy;
+    after_graft += t.broadcast.duplicates_after_graft;
+    grafts_deferred += t.broadcast.grafts_deferred;
+    answers_deferred += t.broadcast.graft_answers_deferred;
+    announced += t.broadcast.congested_announcements;
+    grafts += t.broadcast.graft_sent;
+    prunes += t.broadcast.prune_sent;
+    origin_prunes += t.broadcast.origin_prunes_sent;
+    graft_wait_ms += t.broadcast.graft_wait_ms;
+    drops += t.drops;
   }
-  for (auto& m : c.maps) waits += m->replica_stats().backpressure_waits;
+  for (std::size_t i = 0; i < c.maps.size(); ++i)
+    waits += (co_await boost::asio::co_spawn(c.nodes[i]->get_executor(), replica_stats(c.maps[i]), boost::asio::use_awaitable))
+                 .backpressure_waits;
   co_await c.stop();
+  // The threads end before their nodes are destroyed (see full_sync).
+  work.clear();
+  for (auto& ctx : extra_io) ctx->stop();
+  for (auto& t : threads) t.join();
+  c.maps.clear();
+  c.nodes.clear();
   co_return json{{"bench", all_nodes ? "throughput_all" : "throughput"}, {"tls", tls.name}, {"nodes", n}, {"puts", k},
+                 {"threads", o.threads},
                  {"writer_rate", o.writer_rate},
                  {"send_queue_drops", drops}, {"backpressure_waits", waits},
                  {"grafts", grafts}, {"prunes", prunes}, {"origin_prunes", origin_prunes},
@@ -509,8 +565,6 @@ task<json> persisted(boost::asio::io_context& io, double seconds) {
 
 // Read on a node's executor (co_spawned there). Plain coroutines rather
 // than capturing coroutine lambdas, which GCC 12 can destroy twice.
-task<std::uint64_t> bytes_received(node& n) { co_return n.net().counters().bytes_received; }
-task<replica_counters> replica_stats(std::shared_ptr<map> m) { co_return m->replica_stats(); }
 
 // Full sync: one node holds `keys` keys; a second joins. Time from its
 // start to holding every key, and the bytes it received. With
@@ -828,6 +882,10 @@ int main(int argc, char** argv) {
       else if (a == "--rate") o.rate = std::stod(value());
       else if (a == "--throughput-seconds") o.throughput_seconds = std::stod(value());
       else if (a == "--writer-rate") o.writer_rate = std::stod(value());
+      else if (a == "--threads") {
+        o.threads = std::stoul(value());
+        if (o.threads == 0 || o.threads > 64) throw std::invalid_argument("--threads must be in [1, 64]");
+      }
       else if (a == "--json") o.json_path = value();
       else if (a == "--sync-keys") o.sync_sizes = cli::parse_list<std::size_t>(value());
       else if (a == "--state-keys") o.state_sizes = cli::parse_list<std::size_t>(value());
@@ -879,7 +937,7 @@ int main(int argc, char** argv) {
       else if (a == "--tls") o.tls_modes = cli::parse_list<std::string>(value());
       else {
         std::cerr << "usage: barrel-p2p-bench [--nodes 3,5,10,20] [--puts N] [--rate R] "
-                     "[--throughput-seconds S] [--writer-rate R] [--sync-keys 10000,100000] [--state-keys 1000,100000,1000000]\n"
+                     "[--throughput-seconds S] [--writer-rate R] [--threads T] [--sync-keys 10000,100000] [--state-keys 1000,100000,1000000]\n"
                      "                       [--only latency,throughput,slowpeer,sync,reconcile,memory,state,flood,persist,micro] [--json FILE]\n"
                      "                       [--tls off,psk,cert] [--prune-after N] [--origin-prune-after N] [--flood-after-graft 0|1] [--adaptive-graft 0|1]\n"
                      "                       [--graft-timeout-ms MS] [--prune-span-lags F] [--prune-grace-ms MS] [--fetch-answers-join-tree 0|1] [--origin-copies-end-runs 0|1] [--origin-prune-span-lags F]\n"
