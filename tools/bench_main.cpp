@@ -104,8 +104,37 @@ tls_setup tls;
 
 double us(steady::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
 
-task<std::uint64_t> bytes_received(node& n) { co_return n.net().counters().bytes_received; }
 task<replica_counters> replica_stats(std::shared_ptr<map> m) { co_return m->replica_stats(); }
+
+// io_contexts, each run by a thread of its own, as nodes on other machines
+// would have cores of their own. join() ends the threads; call it before
+// the nodes on them are destroyed (a node destroyed while another thread
+// ran its executor corrupted the heap now and then).
+class worker_threads {
+ public:
+  explicit worker_threads(std::size_t count) {
+    for (std::size_t t = 0; t < count; ++t) {
+      contexts_.push_back(std::make_unique<boost::asio::io_context>(1));
+      work_.push_back(boost::asio::make_work_guard(*contexts_.back()));
+      threads_.emplace_back([ctx = contexts_.back().get()] { ctx->run(); });
+    }
+  }
+  worker_threads(const worker_threads&) = delete;
+  worker_threads& operator=(const worker_threads&) = delete;
+  ~worker_threads() { join(); }
+  executor at(std::size_t t) const { return contexts_[t]->get_executor(); }
+  void join() {
+    work_.clear();
+    for (auto& ctx : contexts_) ctx->stop();
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+
+ private:
+  std::vector<std::unique_ptr<boost::asio::io_context>> contexts_;
+  std::vector<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
+  std::vector<std::thread> threads_;
+};
 
 // `read(n)`, run on the node's executor: nodes may run on other threads,
 // and their state is read where they run.
@@ -279,18 +308,11 @@ task<> writer(std::shared_ptr<map> m, std::string prefix, steady::time_point unt
 // on thread k mod T, node 0 and the writers on the cluster's io_context),
 // as nodes on separate machines would each have cores of their own.
 task<json> throughput(boost::asio::io_context& io, std::size_t n, const options& o, bool all_nodes) {
-  std::vector<std::unique_ptr<boost::asio::io_context>> extra_io;
-  std::vector<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work;
-  std::vector<std::thread> threads;
-  for (std::size_t t = 1; t < o.threads; ++t) {
-    extra_io.push_back(std::make_unique<boost::asio::io_context>(1));
-    work.push_back(boost::asio::make_work_guard(*extra_io.back()));
-    threads.emplace_back([ctx = extra_io.back().get()] { ctx->run(); });
-  }
+  worker_threads others(o.threads - 1);
   bench_cluster c(io);
   c.place = [&](std::size_t k) -> std::optional<executor> {
     if (k % o.threads == 0) return std::nullopt;
-    return executor(extra_io[k % o.threads - 1]->get_executor());
+    return others.at(k % o.threads - 1);
   };
   co_await c.start(n);
   const auto start = steady::now();
@@ -360,10 +382,7 @@ task<json> throughput(boost::asio::io_context& io, std::size_t n, const options&
     waits += (co_await boost::asio::co_spawn(c.nodes[i]->get_executor(), replica_stats(c.maps[i]), boost::asio::use_awaitable))
                  .backpressure_waits;
   co_await c.stop();
-  // The threads end before their nodes are destroyed (see full_sync).
-  work.clear();
-  for (auto& ctx : extra_io) ctx->stop();
-  for (auto& t : threads) t.join();
+  others.join();  // before the nodes on them are destroyed
   c.maps.clear();
   c.nodes.clear();
   co_return json{{"bench", all_nodes ? "throughput_all" : "throughput"}, {"tls", tls.name}, {"nodes", n}, {"puts", k},
@@ -572,10 +591,7 @@ task<json> persisted(boost::asio::io_context& io, double seconds) {
 // a second machine: each side's work overlaps the other's; on one thread
 // the figure is the sum of both sides' CPU.
 task<json> full_sync(boost::asio::io_context& io, std::size_t keys, bool two_threads) {
-  boost::asio::io_context joiner_io;
-  auto work = boost::asio::make_work_guard(joiner_io);
-  std::thread joiner_thread;
-  if (two_threads) joiner_thread = std::thread([&] { joiner_io.run(); });
+  worker_threads joiner_thread(two_threads ? 1 : 0);
   bench_cluster c(io);
   c.tweak = [](node_config& cfg) { cfg.replicas.anti_entropy_interval = std::chrono::hours(1); };
   co_await c.start(1);
@@ -586,12 +602,14 @@ task<json> full_sync(boost::asio::io_context& io, std::size_t keys, bool two_thr
     co_await s->sleep(3s);
   }
   const auto t0 = steady::now();
-  co_await c.add(two_threads ? std::optional<executor>(joiner_io.get_executor()) : std::nullopt);
+  std::optional<executor> joiner_at;  // (no ?: inside co_await's operand: g++ 12 miscompiles it)
+  if (two_threads) joiner_at = joiner_thread.at(0);
+  co_await c.add(joiner_at);
   auto sched = make_real_scheduler(io.get_executor());
   while (c.maps[1]->size() < keys && steady::now() - t0 < 120s) co_await sched->sleep(1ms);
   const auto t1 = steady::now();
   const auto received =
-      co_await boost::asio::co_spawn(c.nodes[1]->get_executor(), bytes_received(*c.nodes[1]), boost::asio::use_awaitable);
+      co_await read_node(*c.nodes[1], [](node& x) { return x.net().counters().bytes_received; });
   const bool complete = c.maps[1]->size() == keys;
   // How the sync ran: exchanges opened and crossed on each side, entries pushed.
   json exchanges = json::array();
@@ -602,14 +620,7 @@ task<json> full_sync(boost::asio::io_context& io, std::size_t keys, bool two_thr
                          {"entries_sent", st.reconcile_items_sent}});
   }
   co_await c.stop();
-  // The joiner's thread ends before its node is destroyed: a node is
-  // destroyed where nothing else runs its executor (destroying it here
-  // while that thread ran corrupted the heap now and then).
-  work.reset();
-  if (joiner_thread.joinable()) {
-    joiner_io.stop();
-    joiner_thread.join();
-  }
+  joiner_thread.join();  // before its node is destroyed
   c.maps.clear();
   c.nodes.clear();
   co_return json{{"bench", "full_sync"}, {"keys", keys}, {"threads", two_threads ? 2 : 1}, {"complete", complete},

@@ -234,29 +234,36 @@ bool cluster::overlay_connected() const {
   return reached == live;
 }
 
+// Distances from `from` over `g`, live nodes only (-1: not reached); with
+// `parent`, each reached node's parent in the breadth-first tree.
+std::vector<int> cluster::breadth_first(const std::vector<std::vector<std::size_t>>& g, std::size_t from,
+                                        std::vector<std::size_t>* parent) const {
+  std::vector<int> dist(g.size(), -1);
+  std::queue<std::size_t> q;
+  dist[from] = 0;
+  q.push(from);
+  while (!q.empty()) {
+    auto v = q.front();
+    q.pop();
+    for (auto w : g[v])
+      if (alive(w) && dist[w] < 0) {
+        dist[w] = dist[v] + 1, q.push(w);
+        if (parent) (*parent)[w] = v;
+      }
+  }
+  return dist;
+}
+
 // Breadth-first distances over `g` (live nodes only). With `sources` > 0:
 // the average shortest path and the average eccentricity (greatest distance)
 // from up to that many sources spread over the nodes, the first at `first`;
 // `reached` counts the live nodes reachable from `first`.
 cluster::path_stats cluster::distances(const std::vector<std::vector<std::size_t>>& g, std::size_t first,
                                        std::size_t* reached, std::size_t sources) const {
-  auto bfs = [&](std::size_t from) {
-    std::vector<int> dist(g.size(), -1);
-    std::queue<std::size_t> q;
-    dist[from] = 0;
-    q.push(from);
-    while (!q.empty()) {
-      auto v = q.front();
-      q.pop();
-      for (auto w : g[v])
-        if (alive(w) && dist[w] < 0) dist[w] = dist[v] + 1, q.push(w);
-    }
-    return dist;
-  };
   path_stats r;
   if (first >= g.size()) return r;
   if (reached) {
-    auto d0 = bfs(first);
+    auto d0 = breadth_first(g, first, nullptr);
     *reached = 0;
     for (std::size_t i = 0; i < g.size(); ++i) *reached += alive(i) && d0[i] >= 0;
   }
@@ -265,7 +272,7 @@ cluster::path_stats cluster::distances(const std::vector<std::vector<std::size_t
   for (std::size_t i = first; i < g.size() && used < sources; i += std::max<std::size_t>(1, g.size() / sources)) {
     if (!alive(i)) continue;
     ++used;
-    auto d = bfs(i);
+    auto d = breadth_first(g, i, nullptr);
     int farthest = 0;
     for (std::size_t j = 0; j < g.size(); ++j)
       if (j != i && d[j] > 0) total += d[j], ++pairs, farthest = std::max(farthest, d[j]);
@@ -319,32 +326,16 @@ cluster::overlay_stats cluster::stats(bool paths) const {
 // the floor of a shared tree's average LDH.
 double cluster::centre_tree_eccentricity() const {
   const auto g = graph();
-  auto bfs = [&](std::size_t from, std::vector<std::size_t>* parent) {
-    std::vector<int> dist(g.size(), -1);
-    std::queue<std::size_t> q;
-    dist[from] = 0;
-    q.push(from);
-    int farthest = 0;
-    while (!q.empty()) {
-      auto v = q.front();
-      q.pop();
-      farthest = std::max(farthest, dist[v]);
-      for (auto w : g[v])
-        if (alive(w) && dist[w] < 0) {
-          dist[w] = dist[v] + 1, q.push(w);
-          if (parent) (*parent)[w] = v;
-        }
-    }
-    return farthest;
-  };
   std::size_t centre = SIZE_MAX;
   int best = INT_MAX;
   for (std::size_t i = 0; i < g.size(); ++i)
-    if (alive(i))
-      if (const int e = bfs(i, nullptr); e < best) best = e, centre = i;
+    if (alive(i)) {
+      const auto d = breadth_first(g, i, nullptr);
+      if (const int e = *std::max_element(d.begin(), d.end()); e < best) best = e, centre = i;
+    }
   if (centre == SIZE_MAX) return 0;
   std::vector<std::size_t> parent(g.size(), SIZE_MAX);
-  bfs(centre, &parent);
+  breadth_first(g, centre, &parent);
   std::vector<std::vector<std::size_t>> tree(g.size());
   for (std::size_t i = 0; i < g.size(); ++i)
     if (parent[i] != SIZE_MAX) tree[i].push_back(parent[i]), tree[parent[i]].push_back(i);

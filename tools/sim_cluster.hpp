@@ -161,6 +161,8 @@ struct cluster {
   struct path_stats {
     double avg_path = 0, avg_eccentricity = 0;
   };
+  std::vector<int> breadth_first(const std::vector<std::vector<std::size_t>>& g, std::size_t from,
+                                 std::vector<std::size_t>* parent) const;
   path_stats distances(const std::vector<std::vector<std::size_t>>& g, std::size_t first, std::size_t* reached,
                        std::size_t sources = 0) const;
 
