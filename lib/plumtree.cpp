@@ -294,13 +294,6 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     if (auto run = duplicate_streak.find(p); run != duplicate_streak.end()) run->second.count = 0;
     edit_trees([&](origin_tree& t) { t.streak.erase(p); });
   }
-  // Whether `from`, lazy since this node pruned it less than prune_grace
-  // ago, may have pushed what comes from it now before the PRUNE arrived.
-  bool sent_before_prune(const std::string& from) const {
-    if (!lazy.contains(from)) return false;
-    auto run = duplicate_streak.find(from);
-    return run != duplicate_streak.end() && sched.now() < run->second.in_flight_until;
-  }
 
   // Caches a received message; returns how it came: after this node's
   // GRAFT for it or not, and whether `from` is a peer it was fetched from.
@@ -308,12 +301,13 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     bool grafted = false;
     bool fetched_from_sender = false;
   };
-  receipt remember(const message_id& id, const std::string& tag, const byte_slice& payload, std::uint64_t round,
-                   const std::string& from) {
+  // `was_missing` is the id's entry in the missing table, or its end.
+  receipt remember(decltype(missing)::iterator was_missing, const message_id& id, const std::string& tag,
+                   const byte_slice& payload, std::uint64_t round, const std::string& from) {
     bool grafted = false;
     bool fetched_from_sender = false;
     duration since_announced{0};
-    if (auto was_missing = missing.find(id); was_missing != missing.end()) {
+    if (was_missing != missing.end()) {
       grafted = was_missing->second.grafted;
       const auto& fetched = was_missing->second.fetched_from;
       fetched_from_sender = std::find(fetched.begin(), fetched.end(), from) != fetched.end();
@@ -329,6 +323,20 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
       cache_message(names.hold(id.origin), id.seq, tag, payload, round, grafted, since_announced, sender);
     }
     return {grafted, fetched_from_sender};
+  }
+
+  // Whether the link a first copy came over joins the tree. In the paper it
+  // always does. Here it does not when the optimisation has just taken it
+  // out for a shorter path (until 2026-12-03 this undid the swap at once),
+  // nor, with options off by default, when the copy answers a fetch (the
+  // PRUNE sent with that GRAFT took the link out on the far side) or was
+  // pushed before this node's PRUNE reached the peer (prune_grace).
+  bool joins_tree(const std::string& from, const receipt& how, bool swapped) const {
+    if (!is_peer(from) || swapped) return false;
+    if (how.fetched_from_sender && !config.fetch_answers_join_tree) return false;
+    if (!lazy.contains(from)) return true;  // eager already
+    auto run = duplicate_streak.find(from);
+    return run == duplicate_streak.end() || sched.now() >= run->second.in_flight_until;
   }
 
   // Inserts a message into the cache. `origin` is held in the name pool for
@@ -518,10 +526,7 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
         const bool span_known = run.lag_ms || config.prune_span_lags == 0;
         if (run.count >= config.prune_after_duplicates && span_known &&
             static_cast<double>((now - run.since).count()) >= config.prune_span_lags * run.lag_ms.value_or(0)) {
-          to_lazy(from);  // ends the run, keeps its lag
-          run.in_flight_until = now + config.prune_grace;
-          ++counters.prune_sent;
-          net.send(from, channel::broadcast, encode_prune());
+          prune_link(from);  // ends the run, keeps its lag
           return;  // out of every tree: no PRUNE for one origin as well
         }
       }
@@ -533,17 +538,12 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     if (config.origin_copies_end_runs || msg.id.origin != from)
       if (auto run = duplicate_streak.find(from); run != duplicate_streak.end()) run->second.count = 0;
     edit_tree(msg.id.origin, [&](origin_tree& t) { t.streak.erase(from); });
-    const bool swapped = optimize(msg.id, msg.round, from) || judge_announcers(msg.id, msg.round, from);
-    const auto how = remember(msg.id, msg.tag, msg.payload, msg.round, from);
-    // The first copy's link joins the tree, as in the paper, unless the
-    // optimisation just took it out for a shorter path (until 2026-12-03
-    // this undid that swap at once); with options off by default, not when
-    // it is the answer to a fetch (the PRUNE sent with that GRAFT took the
-    // link out on the far side) or a copy the peer pushed before this
-    // node's PRUNE reached it (prune_grace).
-    if (is_peer(from) && !swapped && !(how.fetched_from_sender && !config.fetch_answers_join_tree) &&
-        !sent_before_prune(from))
-      to_eager(from);
+    const auto was_missing = missing.find(msg.id);
+    const missing_message* announced = was_missing == missing.end() ? nullptr : &was_missing->second;
+    const bool swapped =
+        optimize(announced, msg.round, from) || judge_announcers(announced, msg.round, from);
+    const auto how = remember(was_missing, msg.id, msg.tag, msg.payload, msg.round, from);
+    if (joins_tree(from, how, swapped)) to_eager(from);
     push(msg.id, msg.tag, msg.payload, msg.round + 1, from, how.grafted && config.flood_after_graft);
     deliver(msg.id, msg.tag, msg.payload, msg.round, from);
   }
@@ -679,12 +679,11 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
   // tree stays a tree (the announcer is not behind this node: it had the
   // message first) and gets shallower.
   // True when it took the sender out of the tree.
-  bool optimize(const message_id& id, std::uint64_t round, const std::string& from) {
-    if (config.optimization_threshold == 0 || !eager.contains(from)) return false;
-    auto it = missing.find(id);
-    if (it == missing.end()) return false;
+  // `announced` is the message's entry in the missing table, if any.
+  bool optimize(const missing_message* announced, std::uint64_t round, const std::string& from) {
+    if (config.optimization_threshold == 0 || !announced || !eager.contains(from)) return false;
     const std::pair<std::string, std::uint64_t>* best = nullptr;
-    for (const auto& a : it->second.announcers)
+    for (const auto& a : announced->announcers)
       if (a.first != from && lazy.contains(a.first) && (!best || a.second < best->second)) best = &a;
     if (!best || best->second + 1 + config.optimization_threshold > round) return false;
     return swap_link(best->first, from);
@@ -692,11 +691,9 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
 
   // The announcers of a message that has just come by the tree from
   // `sender` at `round`: each one's offer is a sample of its pair.
-  bool judge_announcers(const message_id& id, std::uint64_t round, const std::string& sender) {
-    if (config.optimization_mean_hops <= 0) return false;
-    auto it = missing.find(id);
-    if (it == missing.end()) return false;
-    for (const auto& [announcer, offered] : it->second.announcers)
+  bool judge_announcers(const missing_message* announced, std::uint64_t round, const std::string& sender) {
+    if (config.optimization_mean_hops <= 0 || !announced) return false;
+    for (const auto& [announcer, offered] : announced->announcers)
       if (sample_saving(announcer, sender, static_cast<double>(round) - static_cast<double>(offered))) return true;
     return false;
   }
@@ -733,11 +730,18 @@ struct plumtree::impl : std::enable_shared_from_this<plumtree::impl> {
     ++counters.optimizations;
     to_eager(in);
     net.send(in, channel::broadcast, encode_graft_link());
-    to_lazy(out);
-    duplicate_streak[out].in_flight_until = now + config.prune_grace;
-    ++counters.prune_sent;
-    net.send(out, channel::broadcast, encode_prune());
+    prune_link(out);
     return true;
+  }
+
+  // This node takes `p` out of its tree, and tells `p` to do the same.
+  // Copies `p` pushed before the PRUNE reaches it may still come first
+  // for prune_grace (see joins_tree).
+  void prune_link(const std::string& p) {
+    to_lazy(p);
+    duplicate_streak[p].in_flight_until = sched.now() + config.prune_grace;
+    ++counters.prune_sent;
+    net.send(p, channel::broadcast, encode_prune());
   }
 
   // A link that changed sides: its pairs' samples described the old tree.
