@@ -1,5 +1,6 @@
 // The measured cluster of barrel-p2p-sim (see sim_cluster.hpp).
 #include "sim_cluster.hpp"
+#include "sim_trees.hpp"
 
 #include <barrel_p2p/cbor.hpp>
 
@@ -11,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <queue>
 #include <stdexcept>
 #include <set>
@@ -234,24 +236,10 @@ bool cluster::overlay_connected() const {
   return reached == live;
 }
 
-// Distances from `from` over `g`, live nodes only (-1: not reached); with
-// `parent`, each reached node's parent in the breadth-first tree.
-std::vector<int> cluster::breadth_first(const std::vector<std::vector<std::size_t>>& g, std::size_t from,
-                                        std::vector<std::size_t>* parent) const {
-  std::vector<int> dist(g.size(), -1);
-  std::queue<std::size_t> q;
-  dist[from] = 0;
-  q.push(from);
-  while (!q.empty()) {
-    auto v = q.front();
-    q.pop();
-    for (auto w : g[v])
-      if (alive(w) && dist[w] < 0) {
-        dist[w] = dist[v] + 1, q.push(w);
-        if (parent) (*parent)[w] = v;
-      }
-  }
-  return dist;
+std::vector<bool> cluster::live_mask() const {
+  std::vector<bool> live(nodes.size());
+  for (std::size_t i = 0; i < nodes.size(); ++i) live[i] = alive(i);
+  return live;
 }
 
 // Breadth-first distances over `g` (live nodes only). With `sources` > 0:
@@ -262,17 +250,18 @@ cluster::path_stats cluster::distances(const std::vector<std::vector<std::size_t
                                        std::size_t* reached, std::size_t sources) const {
   path_stats r;
   if (first >= g.size()) return r;
+  const auto live = live_mask();
   if (reached) {
-    auto d0 = breadth_first(g, first, nullptr);
+    auto d0 = breadth_first(g, live, first, nullptr);
     *reached = 0;
-    for (std::size_t i = 0; i < g.size(); ++i) *reached += alive(i) && d0[i] >= 0;
+    for (std::size_t i = 0; i < g.size(); ++i) *reached += live[i] && d0[i] >= 0;
   }
   double total = 0, eccentricity = 0;
   std::size_t pairs = 0, used = 0;
   for (std::size_t i = first; i < g.size() && used < sources; i += std::max<std::size_t>(1, g.size() / sources)) {
-    if (!alive(i)) continue;
+    if (!live[i]) continue;
     ++used;
-    auto d = breadth_first(g, i, nullptr);
+    auto d = breadth_first(g, live, i, nullptr);
     int farthest = 0;
     for (std::size_t j = 0; j < g.size(); ++j)
       if (j != i && d[j] > 0) total += d[j], ++pairs, farthest = std::max(farthest, d[j]);
@@ -320,22 +309,24 @@ cluster::overlay_stats cluster::stats(bool paths) const {
   return s;
 }
 
-// One shared tree cannot be shallow for every origin. A breadth-first tree
-// grown from the overlay's centre (the node whose farthest node is nearest)
-// is about as shallow as one tree gets: its average eccentricity is, about,
-// the floor of a shared tree's average LDH.
+// The average eccentricity of a breadth-first tree grown from the
+// overlay's centre (the node whose farthest node is nearest), over 50
+// sampled sources: the first estimate of how shallow one shared tree gets,
+// kept so that figures recorded with it can be run again
+// (shared_tree_bounds gives a proven floor and the best such tree).
 double cluster::centre_tree_eccentricity() const {
   const auto g = graph();
+  const auto live = live_mask();
   std::size_t centre = SIZE_MAX;
   int best = INT_MAX;
   for (std::size_t i = 0; i < g.size(); ++i)
-    if (alive(i)) {
-      const auto d = breadth_first(g, i, nullptr);
+    if (live[i]) {
+      const auto d = breadth_first(g, live, i, nullptr);
       if (const int e = *std::max_element(d.begin(), d.end()); e < best) best = e, centre = i;
     }
   if (centre == SIZE_MAX) return 0;
   std::vector<std::size_t> parent(g.size(), SIZE_MAX);
-  breadth_first(g, centre, &parent);
+  breadth_first(g, live, centre, &parent);
   std::vector<std::vector<std::size_t>> tree(g.size());
   for (std::size_t i = 0; i < g.size(); ++i)
     if (parent[i] != SIZE_MAX) tree[i].push_back(parent[i]), tree[parent[i]].push_back(i);
@@ -346,6 +337,8 @@ double cluster::centre_tree_eccentricity() const {
   while (first < g.size() && !alive(first)) ++first;
   return distances(tree, first, nullptr, 50).avg_eccentricity;
 }
+
+shared_tree_depth cluster::shared_tree_bounds() const { return sim::shared_tree_bounds(graph(), live_mask()); }
 
 cluster::tree_stats cluster::tree() const {
   std::map<std::string, std::size_t> index;

@@ -9,6 +9,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include "sim_nemesis.hpp"
+#include "sim_trees.hpp"
 
 #include <cstdint>
 #include <map>
@@ -161,8 +162,7 @@ struct cluster {
   struct path_stats {
     double avg_path = 0, avg_eccentricity = 0;
   };
-  std::vector<int> breadth_first(const std::vector<std::vector<std::size_t>>& g, std::size_t from,
-                                 std::vector<std::size_t>* parent) const;
+  std::vector<bool> live_mask() const;  ///< alive(i) for every node
   path_stats distances(const std::vector<std::vector<std::size_t>>& g, std::size_t first, std::size_t* reached,
                        std::size_t sources = 0) const;
 
@@ -186,6 +186,10 @@ struct cluster {
   };
   tree_stats tree() const;
   double centre_tree_eccentricity() const;
+
+  // How shallow one tree shared by every origin can be on this overlay
+  // (sim_trees.hpp).
+  shared_tree_depth shared_tree_bounds() const;
 
   struct broadcast_result {
     double reliability = 0;  ///< live nodes reached / live nodes, averaged over the messages

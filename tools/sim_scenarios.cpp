@@ -224,6 +224,7 @@ int scenario_steady(const options& o) {
   const auto t1 = c.tree();
   const auto overlay = c.stats(true);
   const double centre_tree = c.centre_tree_eccentricity();
+  const auto shared = c.shared_tree_bounds();
   std::cerr << "tree before: directed " << t0.directed << " mutual " << t0.mutual << " one-way " << t0.one_way
             << " components " << t0.components << " cycles " << t0.cycles << "\n";
   std::cerr << "tree after:  directed " << t1.directed << " mutual " << t1.mutual << " one-way " << t1.one_way
@@ -245,6 +246,8 @@ int scenario_steady(const options& o) {
                {"ldh_mean", r.ldh_mean}, {"avg_shortest_path", overlay.avg_path},
                {"avg_eccentricity", overlay.avg_eccentricity}, {"tree_avg_eccentricity", t1.avg_eccentricity},
                {"centre_tree_avg_eccentricity", centre_tree},
+               {"shared_tree_floor", shared.floor}, {"best_bfs_tree_avg_eccentricity", shared.best_bfs_tree},
+               {"overlay_radius", shared.radius},
                {"loss", o.loss},
                {"payload_msgs_per_broadcast", payload}, {"ihave_msgs_per_broadcast", ihave},
                {"graft_prune_msgs_per_broadcast", graft_prune}, {"membership_replica_msgs_per_broadcast", other},
@@ -261,6 +264,10 @@ int scenario_steady(const options& o) {
             << "  overlay: average shortest path " << fmt(overlay.avg_path) << ", average eccentricity "
             << fmt(overlay.avg_eccentricity) << "; eager links at the end: average eccentricity " << fmt(t1.avg_eccentricity)
             << ", of a breadth-first tree from the overlay's centre " << fmt(centre_tree) << "\n"
+            << "  one tree shared by every origin: average eccentricity at least " << fmt(shared.floor)
+            << " (radius " << shared.radius << " + the least mean distance to an edge), "
+            << fmt(shared.best_bfs_tree) << " for the best breadth-first tree (from node " << shared.best_bfs_root
+            << ")\n"
             << "  per broadcast: payload " << fmt(payload) << ", IHAVE " << fmt(ihave) << ", GRAFT+PRUNE "
             << fmt(graft_prune) << ", membership/replica traffic meanwhile " << fmt(other) << "\n"
             << "  per broadcast: " << fmt(grafts / n) << " grafts, " << fmt(prunes / n) << " prunes (of which "
@@ -279,6 +286,8 @@ int scenario_steady(const options& o) {
   over("LDH", static_cast<double>(r.ldh), o.max_ldh ? std::optional<double>(static_cast<double>(*o.max_ldh)) : std::nullopt);
   over("mean LDH", r.ldh_mean, o.max_ldh_mean);
   over("share of complete broadcasts", r.complete, o.min_complete, true);
+  // A floor above a tree that exists is a wrong proof or a wrong search.
+  over("shared-tree floor", shared.floor, shared.best_bfs_tree + 1e-9);
   return rc;
 }
 
